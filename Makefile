@@ -1,0 +1,49 @@
+# make install | lint | format | test | stack | demo | bench | router-accuracy
+# Everything runs from the project's own virtualenv (.venv), built from the pinned
+# requirements on first use, so a fresh clone needs only python3 and make.
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+LINT_PATHS := shared functions infra tests scripts
+
+.PHONY: install lint format test unit stack demo bench router-accuracy clean
+
+install: $(STAMP)
+
+$(STAMP): requirements.txt requirements-dev.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements-dev.txt
+	touch $(STAMP)
+
+lint: install
+	$(PY) -m ruff check $(LINT_PATHS)
+	$(PY) -m ruff format --check $(LINT_PATHS)
+	$(PY) -m mypy
+
+format: install
+	$(PY) -m ruff format $(LINT_PATHS)
+	$(PY) -m ruff check --fix $(LINT_PATHS)
+
+# pytest exits 5 when it collected no test: that must fail, not pass silently.
+test: lint
+	@$(PY) -m pytest $(PYTEST_ARGS); rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing" >&2; exit 1; fi; \
+	exit $$rc
+
+stack: install
+	$(PY) -m infra.local.stack
+
+demo: install
+	$(PY) -m infra.local.demo
+
+bench: install
+	$(PY) scripts/bench.py
+
+router-accuracy: install
+	$(PY) scripts/router_accuracy.py
+
+clean:
+	rm -rf $(VENV) .local build .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,64 @@
+"""The local Postgres: ``DATABASE_URL`` when set, else an embedded server from ``pgserver``.
+
+``pgserver`` ships real PostgreSQL binaries in a wheel and runs them (also as root) with the
+data in a folder of ours; it listens on a Unix socket only, so it never collides with
+another stack on a TCP port. ``database_uri`` derives the URI of another database on the
+same server (tests clone a template database per test).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from psycopg import conninfo
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+DEFAULT_DATA_DIR = REPO_ROOT / ".local" / "pgdata"
+
+
+@dataclass
+class Postgres:
+    """A reachable server and its admin (superuser) URI."""
+
+    uri: str
+    _server: Any = field(default=None, repr=False)
+
+    def database_uri(self, dbname: str) -> str:
+        return conninfo.make_conninfo(self.uri, dbname=dbname)
+
+    def create_database(self, dbname: str, *, template: str | None = None) -> str:
+        with psycopg.connect(self.uri, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')
+            if template:
+                conn.execute(f'CREATE DATABASE "{dbname}" TEMPLATE "{template}"')
+            else:
+                conn.execute(f'CREATE DATABASE "{dbname}"')
+        return self.database_uri(dbname)
+
+    def drop_database(self, dbname: str) -> None:
+        with psycopg.connect(self.uri, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.cleanup()
+            self._server = None
+
+
+def start_postgres(data_dir: Path | None = None) -> Postgres:
+    """Use ``DATABASE_URL`` if set; otherwise start (or join) an embedded server."""
+    url = os.environ.get("DATABASE_URL", "").strip()
+    if url:
+        return Postgres(uri=url)
+    import pgserver
+
+    path = Path(data_dir or DEFAULT_DATA_DIR)
+    path.mkdir(parents=True, exist_ok=True)
+    server = pgserver.get_server(  # type: ignore[attr-defined]
+        str(path), cleanup_mode="stop"
+    )
+    return Postgres(uri=server.get_uri(), _server=server)

@@ -1,0 +1,217 @@
+"""The job model: types, statuses, priorities, allowed transitions and the API shapes.
+
+No I/O here: this module imports neither the database nor any Google client. The database
+enforces the same state machine (``infra/supabase/migrations``); ``TRANSITIONS`` is the
+reference the tests check it against.
+"""
+
+from __future__ import annotations
+
+import enum
+import uuid
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic.alias_generators import to_camel
+
+
+class JobType(enum.StrEnum):
+    ANALYSIS = "analysis"  #: findings per server
+    REPORT = "report"  #: incident report with root cause and actions
+    OPTIMIZATION = "optimization"  #: capacity and cost recommendations
+    PREDICTION = "prediction"  #: forecasts and time-to-threshold
+
+
+class JobStatus(enum.StrEnum):
+    QUEUED = "queued"  #: waiting for a worker (new, or a retryable failure)
+    PROCESSING = "processing"  #: a worker holds the lease
+    COMPLETED = "completed"  #: result stored; final
+    FAILED = "failed"  #: permanent error or attempts used up; final
+    CANCELLED = "cancelled"  #: cancelled by the client; final
+
+    @property
+    def is_final(self) -> bool:
+        return self in FINAL_STATUSES
+
+
+class Priority(enum.StrEnum):
+    LOW = "low"
+    NORMAL = "normal"
+    HIGH = "high"
+
+
+class Complexity(enum.StrEnum):
+    SIMPLE = "simple"  #: answered synchronously
+    MEDIUM = "medium"
+    COMPLEX = "complex"
+
+
+FINAL_STATUSES = frozenset({JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED})
+
+#: Every legal status change, named by the SQL function that makes it.
+TRANSITIONS: dict[str, frozenset[tuple[JobStatus, JobStatus]]] = {
+    "claim_job": frozenset(
+        {
+            (JobStatus.QUEUED, JobStatus.PROCESSING),
+            # only when the previous lease expired
+            (JobStatus.PROCESSING, JobStatus.PROCESSING),
+        }
+    ),
+    "complete_job": frozenset({(JobStatus.PROCESSING, JobStatus.COMPLETED)}),
+    "fail_job": frozenset(
+        {
+            (JobStatus.PROCESSING, JobStatus.FAILED),
+            (JobStatus.PROCESSING, JobStatus.QUEUED),  # retryable, attempts left
+        }
+    ),
+    "cancel_job": frozenset(
+        {
+            (JobStatus.QUEUED, JobStatus.CANCELLED),
+            (JobStatus.PROCESSING, JobStatus.CANCELLED),
+        }
+    ),
+    "reap_jobs": frozenset(
+        {
+            (JobStatus.PROCESSING, JobStatus.FAILED),  # lease expired, no attempts left
+            (JobStatus.PROCESSING, JobStatus.QUEUED),  # lease expired: dispatch again
+        }
+    ),
+}
+
+
+def is_legal(operation: str, old: JobStatus, new: JobStatus) -> bool:
+    return (old, new) in TRANSITIONS.get(operation, frozenset())
+
+
+class WireModel(BaseModel):
+    """camelCase on the wire, snake_case in Python."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True
+    )
+
+
+MAX_QUERY_CHARS = 4000
+
+
+class CreateJobOptions(WireModel):
+    priority: Priority = Priority.NORMAL
+
+
+class CreateJobRequest(WireModel):
+    """The body of ``POST ai-jobs-create`` (seed §7.2: ``{type, query, options}``)."""
+
+    query: str = Field(min_length=1, max_length=MAX_QUERY_CHARS)
+    type: JobType | None = None
+    options: CreateJobOptions = CreateJobOptions()
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("query")
+    @classmethod
+    def _strip(cls, value: str) -> str:
+        value = value.strip()
+        if not value:
+            raise ValueError("query must not be blank")
+        return value
+
+
+class Job(BaseModel):
+    """A row of ``ai_jobs`` as the store returns it (snake_case, every column)."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    id: uuid.UUID
+    user_id: str
+    type: JobType
+    query: str
+    priority: Priority
+    status: JobStatus
+    progress: int
+    current_step: str | None = None
+    result: dict[str, Any] | None = None
+    error: str | None = None
+    error_code: str | None = None
+    complexity: Complexity | None = None
+    complexity_score: float | None = None
+    estimated_seconds: int | None = None
+    idempotency_key: str | None = None
+    request_hash: str | None = None
+    attempts: int = 0
+    max_attempts: int = 3
+    lease_token: uuid.UUID | None = None
+    lease_expires_at: datetime | None = None
+    dispatch_count: int = 0
+    dispatched_at: datetime | None = None
+    created_at: datetime
+    updated_at: datetime
+    started_at: datetime | None = None
+    completed_at: datetime | None = None
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+
+class JobView(WireModel):
+    """A job as the API shows it (seed §7.2 GET response, plus what clients need)."""
+
+    job_id: uuid.UUID
+    type: JobType
+    query: str
+    priority: Priority
+    status: JobStatus
+    progress: int
+    current_step: str | None = None
+    result: dict[str, Any] | None = None
+    error: str | None = None
+    error_code: str | None = None
+    attempts: int = 0
+    max_attempts: int = 0
+    complexity: Complexity | None = None
+    estimated_seconds: int | None = None
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    created_at: datetime
+    updated_at: datetime
+    started_at: datetime | None = None
+    completed_at: datetime | None = None
+
+    @classmethod
+    def from_job(cls, job: Job, *, include_result: bool = True) -> JobView:
+        return cls(
+            job_id=job.id,
+            type=job.type,
+            query=job.query,
+            priority=job.priority,
+            status=job.status,
+            progress=job.progress,
+            current_step=job.current_step,
+            result=job.result if include_result else None,
+            error=job.error,
+            error_code=job.error_code,
+            attempts=job.attempts,
+            max_attempts=job.max_attempts,
+            complexity=job.complexity,
+            estimated_seconds=job.estimated_seconds,
+            metadata=job.metadata,
+            created_at=job.created_at,
+            updated_at=job.updated_at,
+            started_at=job.started_at,
+            completed_at=job.completed_at,
+        )
+
+    def wire(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", by_alias=True)
+
+
+class JobLog(BaseModel):
+    """A row of ``ai_job_logs``."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    id: int
+    job_id: uuid.UUID
+    attempt: int
+    level: str
+    progress: int | None = None
+    step: str | None = None
+    message: str
+    data: dict[str, Any] | None = None
+    created_at: datetime

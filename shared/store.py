@@ -1,0 +1,328 @@
+"""The job store: one method per SQL function, called with the real ``supabase`` client.
+
+The state machine lives in the database (``infra/supabase/migrations``); this module only
+names the calls, converts rows into ``shared.jobs`` models and maps PostgREST errors onto
+the project's exceptions. The client is created lazily, once per process (a Cloud Functions
+instance reuses it across invocations).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from shared import errors
+from shared.jobs import Job, JobLog
+
+if TYPE_CHECKING:
+    from postgrest.exceptions import APIError
+    from supabase import Client
+
+    from shared.settings import Settings
+
+#: SQL error messages (see the migration's header) -> exception classes.
+_SQL_ERRORS: dict[str, type[errors.AppError]] = {
+    "job_not_found": errors.JobNotFound,
+    "illegal_state": errors.IllegalTransition,
+    "lease_lost": errors.LeaseLost,
+    "idempotency_conflict": errors.IdempotencyConflict,
+    "invalid_argument": errors.ValidationFailed,
+}
+_UNAVAILABLE_PREFIXES = ("PGRST000", "PGRST001", "PGRST002", "08", "53", "57P", "5")
+
+
+def _details(raw: Any) -> dict[str, Any]:
+    if isinstance(raw, dict):
+        return raw
+    if isinstance(raw, str) and raw.startswith("{"):
+        try:
+            parsed = json.loads(raw)
+        except ValueError:
+            return {"details": raw}
+        return parsed if isinstance(parsed, dict) else {"details": raw}
+    return {} if raw is None else {"details": raw}
+
+
+def map_api_error(error: APIError) -> errors.AppError:
+    """Turn a PostgREST error (code = SQLSTATE or PGRSTxxx) into the project's exception."""
+    code = str(error.code or "")
+    message = str(error.message or "")
+    details = _details(error.details)
+    human = str(error.hint or message)
+    if code in {"PT429"}:
+        return errors.RateLimited(
+            human,
+            retry_after=int(details.get("retryAfter", 60)),
+            details={"reason": message, **details},
+        )
+    if code.startswith("PT") and message in _SQL_ERRORS:
+        return _SQL_ERRORS[message](human, details=details)
+    if code.startswith("22"):  # data exception, e.g. invalid input syntax for a uuid
+        return errors.ValidationFailed(message, details={"sqlstate": code})
+    if code.startswith(_UNAVAILABLE_PREFIXES):
+        return errors.DatabaseUnavailable("the database is unavailable", details={"upstream": code})
+    return errors.AppError(
+        "unexpected database error", details={"upstream": code, "message": message}
+    )
+
+
+@dataclass(frozen=True)
+class CreatedJob:
+    job: Job
+    created: bool  #: False when an Idempotency-Key replay returned the existing job
+
+
+@dataclass(frozen=True)
+class ReapedJob:
+    job_id: uuid.UUID
+    action: str  #: "dispatch" (task lost), "redispatch" (lease expired) or "failed"
+    dispatch_count: int
+    attempts: int
+
+
+@dataclass(frozen=True)
+class JobPage:
+    jobs: list[Job]
+    has_more: bool
+
+
+class JobStore:
+    """Calls the SQL functions through PostgREST (``supabase.rpc``)."""
+
+    def __init__(self, url: str, service_key: str, *, timeout_s: float = 10.0) -> None:
+        self._url = url
+        self._key = service_key
+        self._timeout_s = timeout_s
+        self._client: Client | None = None
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> JobStore:
+        return cls(settings.supabase_url, settings.supabase_service_key)
+
+    @property
+    def client(self) -> Client:
+        if self._client is None:
+            with self._lock:
+                if self._client is None:
+                    from supabase import ClientOptions, create_client
+
+                    self._client = create_client(
+                        self._url,
+                        self._key,
+                        options=ClientOptions(
+                            postgrest_client_timeout=self._timeout_s,
+                            auto_refresh_token=False,
+                            persist_session=False,
+                        ),
+                    )
+        return self._client
+
+    def rpc(self, function: str, params: dict[str, Any]) -> Any:
+        import httpx
+        from postgrest.exceptions import APIError
+
+        try:
+            return self.client.rpc(function, params).execute().data
+        except APIError as exc:
+            raise map_api_error(exc) from None
+        except httpx.HTTPError as exc:
+            raise errors.DatabaseUnavailable(
+                "the database is unavailable", details={"upstream": type(exc).__name__}
+            ) from None
+
+    # --- clients' operations -------------------------------------------------------------
+
+    def create_job(
+        self,
+        *,
+        user_id: str,
+        job_type: str,
+        query: str,
+        priority: str,
+        idempotency_key: str | None = None,
+        request_hash: str | None = None,
+        complexity: str | None = None,
+        complexity_score: float | None = None,
+        estimated_seconds: int | None = None,
+        metadata: dict[str, Any] | None = None,
+        max_attempts: int = 3,
+        max_per_minute: int = 30,
+        max_active: int = 10,
+    ) -> CreatedJob:
+        data = self.rpc(
+            "create_job",
+            {
+                "p_user_id": user_id,
+                "p_type": job_type,
+                "p_query": query,
+                "p_priority": priority,
+                "p_idempotency_key": idempotency_key,
+                "p_request_hash": request_hash,
+                "p_complexity": complexity,
+                "p_complexity_score": complexity_score,
+                "p_estimated_seconds": estimated_seconds,
+                "p_metadata": metadata or {},
+                "p_max_attempts": max_attempts,
+                "p_max_per_minute": max_per_minute,
+                "p_max_active": max_active,
+            },
+        )
+        return CreatedJob(job=Job.model_validate(data["job"]), created=bool(data["created"]))
+
+    def release_dispatch(self, job_id: uuid.UUID) -> bool:
+        return bool(self.rpc("release_dispatch", {"p_job_id": str(job_id)}))
+
+    def get_job(self, job_id: uuid.UUID, user_id: str | None = None) -> Job:
+        return Job.model_validate(
+            self.rpc("get_job", {"p_job_id": str(job_id), "p_user_id": user_id})
+        )
+
+    def list_jobs(
+        self,
+        user_id: str,
+        *,
+        statuses: list[str] | None = None,
+        types: list[str] | None = None,
+        limit: int = 20,
+        before: tuple[datetime, uuid.UUID] | None = None,
+    ) -> JobPage:
+        rows = self.rpc(
+            "list_jobs",
+            {
+                "p_user_id": user_id,
+                "p_statuses": statuses,
+                "p_types": types,
+                "p_limit": limit + 1,  # one more tells whether a next page exists
+                "p_before_created_at": before[0].isoformat() if before else None,
+                "p_before_id": str(before[1]) if before else None,
+            },
+        )
+        jobs = [Job.model_validate(row) for row in rows]
+        return JobPage(jobs=jobs[:limit], has_more=len(jobs) > limit)
+
+    def list_job_logs(
+        self, job_id: uuid.UUID, user_id: str | None = None, *, after_id: int = 0, limit: int = 100
+    ) -> list[JobLog]:
+        rows = self.rpc(
+            "list_job_logs",
+            {
+                "p_job_id": str(job_id),
+                "p_user_id": user_id,
+                "p_after_id": after_id,
+                "p_limit": limit,
+            },
+        )
+        return [JobLog.model_validate(row) for row in rows]
+
+    def cancel_job(
+        self, job_id: uuid.UUID, user_id: str | None = None, reason: str | None = None
+    ) -> Job:
+        return Job.model_validate(
+            self.rpc(
+                "cancel_job",
+                {"p_job_id": str(job_id), "p_user_id": user_id, "p_reason": reason},
+            )
+        )
+
+    # --- the worker's operations ---------------------------------------------------------
+
+    def claim_job(self, job_id: uuid.UUID, lease_seconds: int) -> Job | None:
+        data = self.rpc("claim_job", {"p_job_id": str(job_id), "p_lease_seconds": lease_seconds})
+        return None if data is None else Job.model_validate(data)
+
+    def report_progress(
+        self,
+        job_id: uuid.UUID,
+        lease_token: uuid.UUID,
+        progress: int,
+        step: str,
+        *,
+        message: str | None = None,
+        level: str = "info",
+        data: dict[str, Any] | None = None,
+        lease_seconds: int | None = None,
+    ) -> bool:
+        """Record progress; False means the job was cancelled and the worker must stop."""
+        return bool(
+            self.rpc(
+                "report_progress",
+                {
+                    "p_job_id": str(job_id),
+                    "p_lease_token": str(lease_token),
+                    "p_progress": progress,
+                    "p_step": step,
+                    "p_message": message,
+                    "p_level": level,
+                    "p_data": data,
+                    "p_lease_seconds": lease_seconds,
+                },
+            )
+        )
+
+    def complete_job(
+        self, job_id: uuid.UUID, lease_token: uuid.UUID, result: dict[str, Any]
+    ) -> Job:
+        return Job.model_validate(
+            self.rpc(
+                "complete_job",
+                {"p_job_id": str(job_id), "p_lease_token": str(lease_token), "p_result": result},
+            )
+        )
+
+    def fail_job(
+        self,
+        job_id: uuid.UUID,
+        lease_token: uuid.UUID,
+        error: str,
+        *,
+        error_code: str = "internal",
+        retryable: bool = False,
+    ) -> Job:
+        return Job.model_validate(
+            self.rpc(
+                "fail_job",
+                {
+                    "p_job_id": str(job_id),
+                    "p_lease_token": str(lease_token),
+                    "p_error": error,
+                    "p_error_code": error_code,
+                    "p_retryable": retryable,
+                },
+            )
+        )
+
+    # --- the reaper ----------------------------------------------------------------------
+
+    def reap_jobs(self, queued_grace_s: int, limit: int = 100) -> list[ReapedJob]:
+        rows = self.rpc("reap_jobs", {"p_queued_grace_seconds": queued_grace_s, "p_limit": limit})
+        return [
+            ReapedJob(
+                job_id=uuid.UUID(row["job_id"]),
+                action=row["action"],
+                dispatch_count=row["dispatch_count"],
+                attempts=row["attempts"],
+            )
+            for row in rows
+        ]
+
+    def purge_jobs(self, retention_days: int, limit: int = 1000) -> int:
+        return int(self.rpc("purge_jobs", {"p_retention_days": retention_days, "p_limit": limit}))
+
+
+_store: JobStore | None = None
+_store_lock = threading.Lock()
+
+
+def get_store(settings: Settings) -> JobStore:
+    """The process-wide store (lazy global, reused across invocations)."""
+    global _store
+    if _store is None:
+        with _store_lock:
+            if _store is None:
+                _store = JobStore.from_settings(settings)
+    return _store

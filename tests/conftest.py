@@ -1,0 +1,52 @@
+"""Test harness shared by every tier.
+
+A real PostgreSQL (``DATABASE_URL`` or an embedded ``pgserver`` in a temporary folder, so a
+suite never collides with a stack you left running) is started once per run; a template
+database is bootstrapped like Supabase and migrated once, then cloned for each test that
+asks for ``db_uri``.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from infra.local.migrate import apply_migrations
+from infra.local.postgres import Postgres, start_postgres
+
+TEMPLATE_DB = "ajq_template"
+
+
+@pytest.fixture(autouse=True)
+def _restore_environ() -> Iterator[None]:
+    # functions_framework.create_app and the settings read os.environ; keep tests apart.
+    saved = dict(os.environ)
+    yield
+    os.environ.clear()
+    os.environ.update(saved)
+
+
+@pytest.fixture(scope="session")
+def pg(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Postgres]:
+    server = start_postgres(Path(tmp_path_factory.mktemp("pgdata")))
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def template_db(pg: Postgres) -> str:
+    uri = pg.create_database(TEMPLATE_DB)
+    apply_migrations(uri)
+    return TEMPLATE_DB
+
+
+@pytest.fixture
+def db_uri(pg: Postgres, template_db: str) -> Iterator[str]:
+    name = f"ajq_{uuid.uuid4().hex[:12]}"
+    uri = pg.create_database(name, template=template_db)
+    yield uri
+    pg.drop_database(name)

@@ -202,9 +202,11 @@ class JobView(WireModel):
 
 
 class JobLog(BaseModel):
-    """A row of ``ai_job_logs``."""
+    """A row of ``ai_job_logs`` (camelCase on the wire)."""
 
-    model_config = ConfigDict(extra="ignore", frozen=True)
+    model_config = ConfigDict(
+        alias_generator=to_camel, populate_by_name=True, extra="ignore", frozen=True
+    )
 
     id: int
     job_id: uuid.UUID

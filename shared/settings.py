@@ -148,6 +148,8 @@ class Settings:
     processor_secret: str | None = None
     verify_oidc: bool = False
     oidc_audience: str | None = None
+    oidc_certs_url: str | None = None
+    reaper_url: str = "http://127.0.0.1:8080/ai-jobs-reap"
     dispatch_deadline_s: int = 540
     job_deadline_s: float = 480.0
     lease_seconds: int = 600
@@ -186,6 +188,8 @@ class Settings:
             processor_secret=e.opt("PROCESSOR_SHARED_SECRET"),
             verify_oidc=e.flag("PROCESSOR_VERIFY_OIDC", False),
             oidc_audience=e.opt("PROCESSOR_OIDC_AUDIENCE") or processor_url,
+            oidc_certs_url=e.opt("OIDC_CERTS_URL"),
+            reaper_url=e.text("REAPER_URL", "http://127.0.0.1:8080/ai-jobs-reap"),
             dispatch_deadline_s=e.integer("TASK_DISPATCH_DEADLINE_S", 540, minimum=15),
             job_deadline_s=e.number("JOB_DEADLINE_S", 480.0, minimum=1.0),
             lease_seconds=e.integer("LEASE_SECONDS", 600, minimum=1),

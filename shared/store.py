@@ -233,7 +233,10 @@ class JobStore:
 
     def claim_job(self, job_id: uuid.UUID, lease_seconds: int) -> Job | None:
         data = self.rpc("claim_job", {"p_job_id": str(job_id), "p_lease_seconds": lease_seconds})
-        return None if data is None else Job.model_validate(data)
+        # PostgREST answers a null row of a single-row function as an object of nulls.
+        if not data or data.get("id") is None:
+            return None
+        return Job.model_validate(data)
 
     def report_progress(
         self,

@@ -25,6 +25,13 @@ $$;
 
 grant anon, authenticated, service_role to authenticator;
 
+-- Supabase databases run in UTC; timestamps then serialise as +00:00 as in production.
+do $$
+begin
+  execute format('alter database %I set timezone to %L', current_database(), 'UTC');
+end
+$$;
+
 alter role anon set statement_timeout = '3s';
 alter role authenticated set statement_timeout = '8s';
 

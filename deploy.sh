@@ -1,0 +1,627 @@
+#!/usr/bin/env bash
+# deploy.sh — deploy the AI job queue to a real Google Cloud project (Cloud Functions gen2).
+#
+# Idempotent: every resource is described first, then created or updated, so the script can be
+# re-run after any change (or after a failure half way). Run `./deploy.sh --help` for every
+# flag and environment variable with its default; `--dry-run` prints each command instead of
+# running it (staging of the function sources still happens: it is local and harmless).
+#
+# Order: APIs → service accounts and their roles → Cloud Tasks queue → secrets → stage and
+# deploy the functions (processor first: the others need its URL) → Cloud Scheduler job for the
+# reaper → Supabase migrations → the function URLs.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+cd "$ROOT"
+
+# name|entry point|access — the processor comes first: every other function needs its URL.
+FUNCTIONS=(
+  "ai-jobs-process|process_job|private"
+  "ai-jobs-create|create_job|public"
+  "ai-jobs-get|get_job|public"
+  "ai-jobs-list|list_jobs|public"
+  "ai-jobs-cancel|cancel_job|public"
+  "ai-jobs-reap|reap_jobs|private"
+)
+PROCESSOR=ai-jobs-process
+REAPER=ai-jobs-reap
+APIS=(
+  cloudfunctions.googleapis.com
+  run.googleapis.com
+  cloudbuild.googleapis.com
+  artifactregistry.googleapis.com
+  cloudtasks.googleapis.com
+  cloudscheduler.googleapis.com
+  secretmanager.googleapis.com
+  logging.googleapis.com
+  iam.googleapis.com
+)
+# Application settings copied into every function's environment when they are set here; unset
+# ones keep the application's default (README, "Configuration"). Secrets are never in this list.
+PASSTHROUGH_SETTINGS=(
+  GEMINI_MODEL AI_WRITER PROCESSOR_OIDC_AUDIENCE MAX_JOBS_PER_MINUTE MAX_ACTIVE_JOBS
+  RETENTION_DAYS REAP_GRACE_S ENABLE_JOB_QUEUE ENABLE_COMPLEXITY_ROUTING ALLOWED_ORIGINS
+  USER_ID_HEADER ALLOW_ANONYMOUS POLL_INTERVAL_S MAX_BODY_BYTES GEMINI_TIMEOUT_S
+  GEMINI_MAX_RETRIES FLEET_SOURCE FLEET_SEED ROUTER_MEDIUM_SCORE ROUTER_COMPLEX_SCORE
+)
+
+usage() {
+  cat <<'EOF'
+Usage: ./deploy.sh [--dry-run] [--project ID] [--region REGION] [--only NAME[,NAME...]]
+                   [--skip-migrations] [--help]
+
+Flags
+  --dry-run            print every command instead of running it; describe-probes are not run
+                       and every resource is assumed absent (the create path is printed);
+                       the function sources are still staged
+  --project ID         Google Cloud project (overrides GCP_PROJECT)
+  --region REGION      region of the functions (overrides FUNCTION_REGION)
+  --only NAMES         deploy only these functions (comma list of ai-jobs-process,
+                       ai-jobs-create, ai-jobs-get, ai-jobs-list, ai-jobs-cancel, ai-jobs-reap);
+                       APIs, service accounts, queue, secrets and migrations are still ensured
+  --skip-migrations    do not run `supabase db push`
+  -h, --help           this text
+
+Required
+  GCP_PROJECT                     Google Cloud project id (or --project)
+  SUPABASE_URL                    https://<ref>.supabase.co
+
+Secrets (read from the environment, stored in Secret Manager through stdin, mounted as env vars)
+  SUPABASE_SERVICE_ROLE_KEY       -> secret supabase-service-role-key (needed on the first run;
+                                     later runs keep the stored version when unset)
+  GEMINI_API_KEY                  -> secret gemini-api-key (optional: without it the local
+                                     engine writes the answers)
+  SUPABASE_JWT_SECRET             -> secret supabase-jwt-secret (optional: verifies user JWTs)
+  PROCESSOR_SHARED_SECRET         -> secret processor-shared-secret (optional: extra header
+                                     check on the processor and the reaper)
+  SUPABASE_DB_URL                 Postgres URL for `supabase db push` (unset: migrations skipped)
+
+Google Cloud (default)
+  FUNCTION_REGION                 asia-northeast1
+  TASKS_LOCATION                  FUNCTION_REGION
+  TASKS_QUEUE                     ai-jobs
+  SCHEDULER_LOCATION              FUNCTION_REGION
+  RUNTIME_SA_NAME                 ai-jobs-runtime   (the functions run as it)
+  INVOKER_SA_NAME                 ai-jobs-invoker   (OIDC identity of Cloud Tasks / Scheduler;
+                                                     sets TASKS_INVOKER_SA)
+  BUILD_SERVICE_ACCOUNT           unset (Cloud Build's default; else projects/P/serviceAccounts/E)
+  DEPLOY_BUILD_DIR                build/deploy      (where each function's source is staged)
+
+Functions (default)
+  FUNCTION_RUNTIME                python311
+  PROCESSOR_MEMORY                1Gi
+  PROCESSOR_TIMEOUT_S             540
+  PROCESSOR_MAX_INSTANCES         10
+  PROCESSOR_MIN_INSTANCES         0
+  FUNCTION_MEMORY                 256Mi   (the five other functions)
+  FUNCTION_TIMEOUT_S              60
+  FUNCTION_MAX_INSTANCES          20
+  FUNCTION_MIN_INSTANCES          0
+
+Cloud Tasks queue retry configuration (default)
+  QUEUE_MAX_ATTEMPTS              5     (must be >= MAX_ATTEMPTS)
+  QUEUE_MIN_BACKOFF               10s
+  QUEUE_MAX_BACKOFF               300s
+  QUEUE_MAX_DOUBLINGS             4
+  QUEUE_MAX_CONCURRENT_DISPATCHES 10
+  QUEUE_MAX_DISPATCHES_PER_SECOND 5
+
+Cloud Scheduler job for the reaper (default)
+  REAP_SCHEDULE                   */5 * * * *
+  REAP_TIME_ZONE                  Asia/Seoul
+  REAP_ATTEMPT_DEADLINE           FUNCTION_TIMEOUT_S + "s"
+
+Settings written into the functions' environment (default)
+  GCP_PROJECT, FUNCTION_REGION, TASKS_LOCATION, TASKS_QUEUE, TASKS_INVOKER_SA (as above)
+  SUPABASE_URL                    required
+  PROCESSOR_URL                   the processor's URL, read after deploying it
+  REAPER_URL                      the reaper's URL, read after deploying it (OIDC audience)
+  PUBLIC_BASE_URL                 https://REGION-PROJECT.cloudfunctions.net (builds pollUrl)
+  PROCESSOR_VERIFY_OIDC           true
+  TASK_DISPATCH_DEADLINE_S        PROCESSOR_TIMEOUT_S (540)
+  JOB_DEADLINE_S                  480   (must be < TASK_DISPATCH_DEADLINE_S)
+  LEASE_SECONDS                   600   (must be > TASK_DISPATCH_DEADLINE_S)
+  MAX_ATTEMPTS                    3
+  passed through only when set (else the application's default, README "Configuration"):
+  GEMINI_MODEL (gemini-2.5-flash), AI_WRITER (auto), PROCESSOR_OIDC_AUDIENCE (PROCESSOR_URL),
+  MAX_JOBS_PER_MINUTE, MAX_ACTIVE_JOBS, RETENTION_DAYS, REAP_GRACE_S, ENABLE_JOB_QUEUE,
+  ENABLE_COMPLEXITY_ROUTING, ALLOWED_ORIGINS, USER_ID_HEADER, ALLOW_ANONYMOUS,
+  POLL_INTERVAL_S, MAX_BODY_BYTES, GEMINI_TIMEOUT_S, GEMINI_MAX_RETRIES, FLEET_SOURCE,
+  FLEET_SEED, ROUTER_MEDIUM_SCORE, ROUTER_COMPLEX_SCORE
+EOF
+}
+
+die() {
+  echo "error: $*" >&2
+  exit 1
+}
+
+log() {
+  echo "==> $*"
+}
+
+# ---------------------------------------------------------------------------------------------
+# Flags
+DRY_RUN=false
+SKIP_MIGRATIONS=false
+ONLY=""
+while (($# > 0)); do
+  case "$1" in
+    --dry-run) DRY_RUN=true ;;
+    --skip-migrations) SKIP_MIGRATIONS=true ;;
+    --project) GCP_PROJECT=${2:?--project needs a value}; shift ;;
+    --project=*) GCP_PROJECT=${1#*=} ;;
+    --region) FUNCTION_REGION=${2:?--region needs a value}; shift ;;
+    --region=*) FUNCTION_REGION=${1#*=} ;;
+    --only) ONLY=${2:?--only needs a value}; shift ;;
+    --only=*) ONLY=${1#*=} ;;
+    -h | --help) usage; exit 0 ;;
+    *) echo "error: unknown argument: $1 (see --help)" >&2; exit 2 ;;
+  esac
+  shift
+done
+
+# ---------------------------------------------------------------------------------------------
+# Settings (environment, then the defaults documented in --help)
+PROJECT=${GCP_PROJECT:-}
+[[ -n "$PROJECT" ]] || die "GCP_PROJECT is not set: export GCP_PROJECT=<project id> or pass --project"
+[[ -n "${SUPABASE_URL:-}" ]] || die "SUPABASE_URL is not set: export SUPABASE_URL=https://<ref>.supabase.co"
+REGION=${FUNCTION_REGION:-asia-northeast1}
+TASKS_LOCATION=${TASKS_LOCATION:-$REGION}
+TASKS_QUEUE=${TASKS_QUEUE:-ai-jobs}
+SCHEDULER_LOCATION=${SCHEDULER_LOCATION:-$REGION}
+RUNTIME_SA_NAME=${RUNTIME_SA_NAME:-ai-jobs-runtime}
+INVOKER_SA_NAME=${INVOKER_SA_NAME:-ai-jobs-invoker}
+RUNTIME_SA="${RUNTIME_SA_NAME}@${PROJECT}.iam.gserviceaccount.com"
+INVOKER_SA="${INVOKER_SA_NAME}@${PROJECT}.iam.gserviceaccount.com"
+BUILD_SERVICE_ACCOUNT=${BUILD_SERVICE_ACCOUNT:-}
+BUILD_DIR=${DEPLOY_BUILD_DIR:-build/deploy}
+
+FUNCTION_RUNTIME=${FUNCTION_RUNTIME:-python311}
+PROCESSOR_MEMORY=${PROCESSOR_MEMORY:-1Gi}
+PROCESSOR_TIMEOUT_S=${PROCESSOR_TIMEOUT_S:-540}
+PROCESSOR_MAX_INSTANCES=${PROCESSOR_MAX_INSTANCES:-10}
+PROCESSOR_MIN_INSTANCES=${PROCESSOR_MIN_INSTANCES:-0}
+FUNCTION_MEMORY=${FUNCTION_MEMORY:-256Mi}
+FUNCTION_TIMEOUT_S=${FUNCTION_TIMEOUT_S:-60}
+FUNCTION_MAX_INSTANCES=${FUNCTION_MAX_INSTANCES:-20}
+FUNCTION_MIN_INSTANCES=${FUNCTION_MIN_INSTANCES:-0}
+
+QUEUE_MAX_ATTEMPTS=${QUEUE_MAX_ATTEMPTS:-5}
+QUEUE_MIN_BACKOFF=${QUEUE_MIN_BACKOFF:-10s}
+QUEUE_MAX_BACKOFF=${QUEUE_MAX_BACKOFF:-300s}
+QUEUE_MAX_DOUBLINGS=${QUEUE_MAX_DOUBLINGS:-4}
+QUEUE_MAX_CONCURRENT_DISPATCHES=${QUEUE_MAX_CONCURRENT_DISPATCHES:-10}
+QUEUE_MAX_DISPATCHES_PER_SECOND=${QUEUE_MAX_DISPATCHES_PER_SECOND:-5}
+
+REAP_SCHEDULE=${REAP_SCHEDULE:-"*/5 * * * *"}
+REAP_TIME_ZONE=${REAP_TIME_ZONE:-Asia/Seoul}
+REAP_ATTEMPT_DEADLINE=${REAP_ATTEMPT_DEADLINE:-${FUNCTION_TIMEOUT_S}s}
+
+PUBLIC_BASE_URL=${PUBLIC_BASE_URL:-https://${REGION}-${PROJECT}.cloudfunctions.net}
+PROCESSOR_VERIFY_OIDC=${PROCESSOR_VERIFY_OIDC:-true}
+TASK_DISPATCH_DEADLINE_S=${TASK_DISPATCH_DEADLINE_S:-$PROCESSOR_TIMEOUT_S}
+JOB_DEADLINE_S=${JOB_DEADLINE_S:-480}
+LEASE_SECONDS=${LEASE_SECONDS:-600}
+MAX_ATTEMPTS=${MAX_ATTEMPTS:-3}
+# Set only when given: otherwise read from the deployed function after its deploy.
+PROCESSOR_URL_OVERRIDE=${PROCESSOR_URL:-}
+REAPER_URL_OVERRIDE=${REAPER_URL:-}
+SUPABASE_DB_URL=${SUPABASE_DB_URL:-}
+
+is_int() { [[ "$1" =~ ^[0-9]+$ ]]; }
+[[ "$JOB_DEADLINE_S" =~ ^[0-9]+(\.[0-9]+)?$ ]] || die "JOB_DEADLINE_S must be a number of seconds, got '$JOB_DEADLINE_S'"
+for name in PROCESSOR_TIMEOUT_S FUNCTION_TIMEOUT_S TASK_DISPATCH_DEADLINE_S LEASE_SECONDS \
+  MAX_ATTEMPTS QUEUE_MAX_ATTEMPTS; do
+  is_int "${!name}" || die "$name must be a whole number of seconds/attempts, got '${!name}'"
+done
+# The pipeline must fail cleanly before Cloud Tasks gives up on the request, and a lease must
+# outlive the request it belongs to, or a second delivery could claim a job still running.
+((${JOB_DEADLINE_S%.*} < TASK_DISPATCH_DEADLINE_S)) \
+  || die "JOB_DEADLINE_S ($JOB_DEADLINE_S) must be < TASK_DISPATCH_DEADLINE_S ($TASK_DISPATCH_DEADLINE_S)"
+((TASK_DISPATCH_DEADLINE_S <= PROCESSOR_TIMEOUT_S)) \
+  || die "TASK_DISPATCH_DEADLINE_S ($TASK_DISPATCH_DEADLINE_S) must be <= PROCESSOR_TIMEOUT_S ($PROCESSOR_TIMEOUT_S)"
+((LEASE_SECONDS > TASK_DISPATCH_DEADLINE_S)) \
+  || die "LEASE_SECONDS ($LEASE_SECONDS) must be > TASK_DISPATCH_DEADLINE_S ($TASK_DISPATCH_DEADLINE_S)"
+# The job's own attempt counter decides when a job has failed for good (it answers 2xx then);
+# the queue must allow at least that many deliveries or the last attempt is never made.
+((QUEUE_MAX_ATTEMPTS >= MAX_ATTEMPTS)) \
+  || die "QUEUE_MAX_ATTEMPTS ($QUEUE_MAX_ATTEMPTS) must be >= MAX_ATTEMPTS ($MAX_ATTEMPTS)"
+
+# Which functions this run deploys.
+declare -A SELECTED=()
+if [[ -z "$ONLY" ]]; then
+  for spec in "${FUNCTIONS[@]}"; do SELECTED[${spec%%|*}]=1; done
+else
+  IFS=',' read -r -a wanted <<<"$ONLY"
+  for name in "${wanted[@]}"; do
+    found=false
+    for spec in "${FUNCTIONS[@]}"; do
+      if [[ "${spec%%|*}" == "$name" ]]; then found=true; fi
+    done
+    $found || die "--only: unknown function '$name' (known: $(for s in "${FUNCTIONS[@]}"; do printf '%s ' "${s%%|*}"; done))"
+    SELECTED[$name]=1
+  done
+fi
+MIGRATE=true
+if $SKIP_MIGRATIONS || [[ -z "$SUPABASE_DB_URL" ]]; then MIGRATE=false; fi
+
+if ! $DRY_RUN; then
+  command -v gcloud >/dev/null || die "gcloud is not installed (https://cloud.google.com/sdk)"
+  if $MIGRATE; then
+    command -v supabase >/dev/null || die "the Supabase CLI is not installed (needed for migrations; or --skip-migrations)"
+  fi
+  export CLOUDSDK_CORE_DISABLE_PROMPTS=1
+fi
+
+# ---------------------------------------------------------------------------------------------
+# Printing and running commands. Secret values never reach a command line: they go through
+# stdin. The printed form is redacted anyway, in case a value also occurs elsewhere.
+SECRET_VALUES=()
+for name in SUPABASE_SERVICE_ROLE_KEY GEMINI_API_KEY SUPABASE_JWT_SECRET PROCESSOR_SHARED_SECRET; do
+  if [[ -n "${!name:-}" ]]; then SECRET_VALUES+=("${!name}"); fi
+done
+if [[ "$SUPABASE_DB_URL" =~ ^[a-z]+://[^:/@]+:([^@]+)@ ]]; then
+  SECRET_VALUES+=("${BASH_REMATCH[1]}")
+fi
+
+redact() {
+  local text=$1 value
+  for value in "${SECRET_VALUES[@]}"; do
+    text=${text//"$value"/<redacted>}
+  done
+  printf '%s' "$text"
+}
+
+show() {
+  local out="+" arg
+  for arg in "$@"; do
+    if [[ "$arg" =~ ^[A-Za-z0-9_./:=@,+%-]+$ ]]; then
+      out+=" $arg"
+    else
+      out+=" '${arg//\'/\'\\\'\'}'"
+    fi
+  done
+  redact "$out"
+  echo
+}
+
+# run CMD...: print it, then run it unless --dry-run.
+run() {
+  show "$@"
+  $DRY_RUN || "$@"
+}
+
+# run_with_secret VALUE CMD...: the value is given on stdin (`--data-file=-`), never printed.
+run_with_secret() {
+  local value=$1
+  shift
+  echo "$(show "$@") <<< <redacted>"
+  $DRY_RUN || printf '%s' "$value" | "$@"
+}
+
+# exists CMD...: a describe-probe, true when the resource exists. Not run in --dry-run.
+exists() {
+  if $DRY_RUN; then
+    echo "# probe (dry-run: not run, assuming absent): $(show "$@" | cut -c3-)"
+    return 1
+  fi
+  "$@" >/dev/null 2>&1
+}
+
+# function_url NAME: sets URL to the deployed function's URL ("" if it is not deployed).
+function_url() {
+  local cmd=(gcloud functions describe "$1" --gen2 --region="$REGION" --project="$PROJECT"
+    --format='value(serviceConfig.uri)')
+  if $DRY_RUN; then
+    echo "# probe (dry-run: not run, placeholder URL): $(show "${cmd[@]}" | cut -c3-)"
+    URL="https://${REGION}-${PROJECT}.cloudfunctions.net/$1"
+  else
+    URL=$("${cmd[@]}" 2>/dev/null || true)
+  fi
+}
+
+yaml_quote() {
+  local s=$1
+  s=${s//\\/\\\\}
+  s=${s//\"/\\\"}
+  printf '"%s"' "$s"
+}
+
+if $DRY_RUN; then
+  echo "# dry-run: commands are printed, not run; describe-probes are skipped and every resource"
+  echo "# is assumed absent, so the create path is shown. Function sources are staged for real."
+fi
+
+# ---------------------------------------------------------------------------------------------
+log "Enabling APIs in project $PROJECT"
+run gcloud services enable "${APIS[@]}" --project="$PROJECT"
+
+# ---------------------------------------------------------------------------------------------
+log "Service accounts"
+# ai-jobs-runtime: identity of all six functions. ai-jobs-invoker: the identity in the OIDC
+# tokens of Cloud Tasks (→ processor) and Cloud Scheduler (→ reaper); it can invoke those two
+# services and nothing else.
+for sa_name in "$RUNTIME_SA_NAME" "$INVOKER_SA_NAME"; do
+  email="${sa_name}@${PROJECT}.iam.gserviceaccount.com"
+  if exists gcloud iam service-accounts describe "$email" --project="$PROJECT"; then
+    echo "service account $email exists"
+  else
+    run gcloud iam service-accounts create "$sa_name" --project="$PROJECT" \
+      --display-name="AI job queue: ${sa_name#ai-jobs-}"
+    # A new service account takes a few seconds to be visible to IAM policy bindings.
+    $DRY_RUN || sleep 10
+  fi
+done
+run gcloud projects add-iam-policy-binding "$PROJECT" \
+  --member="serviceAccount:$RUNTIME_SA" --role=roles/logging.logWriter --condition=None
+# actAs on the invoker only: creating a task that carries an OIDC token for a service account
+# requires iam.serviceAccounts.actAs on that account. (The Cloud Tasks service agent needs no
+# extra role in current GCP; nor does the Cloud Scheduler agent. Whoever runs this script needs
+# actAs on the invoker too, to create the Scheduler job — project Owner/Editor has it.)
+run gcloud iam service-accounts add-iam-policy-binding "$INVOKER_SA" --project="$PROJECT" \
+  --member="serviceAccount:$RUNTIME_SA" --role=roles/iam.serviceAccountUser --condition=None
+
+# ---------------------------------------------------------------------------------------------
+log "Cloud Tasks queue $TASKS_QUEUE ($TASKS_LOCATION)"
+# One queue: priority is stored on the job and shown to clients; a queue per priority would
+# split the concurrency budget at this volume (future work). Retries are Cloud Tasks' own.
+queue_flags=(
+  --location="$TASKS_LOCATION" --project="$PROJECT"
+  --max-attempts="$QUEUE_MAX_ATTEMPTS"
+  --min-backoff="$QUEUE_MIN_BACKOFF"
+  --max-backoff="$QUEUE_MAX_BACKOFF"
+  --max-doublings="$QUEUE_MAX_DOUBLINGS"
+  --max-concurrent-dispatches="$QUEUE_MAX_CONCURRENT_DISPATCHES"
+  --max-dispatches-per-second="$QUEUE_MAX_DISPATCHES_PER_SECOND"
+)
+if exists gcloud tasks queues describe "$TASKS_QUEUE" --location="$TASKS_LOCATION" --project="$PROJECT"; then
+  run gcloud tasks queues update "$TASKS_QUEUE" "${queue_flags[@]}"
+else
+  run gcloud tasks queues create "$TASKS_QUEUE" "${queue_flags[@]}"
+fi
+# Granted on this queue, not the project: create tasks (create/reap) and delete pending ones
+# (cancel) here only.
+for role in roles/cloudtasks.enqueuer roles/cloudtasks.taskDeleter; do
+  run gcloud tasks queues add-iam-policy-binding "$TASKS_QUEUE" --location="$TASKS_LOCATION" \
+    --project="$PROJECT" --member="serviceAccount:$RUNTIME_SA" --role="$role"
+done
+
+# ---------------------------------------------------------------------------------------------
+log "Secrets"
+# env var|secret name|required|functions that mount it
+SECRETS=(
+  "SUPABASE_SERVICE_ROLE_KEY|supabase-service-role-key|required|ai-jobs-process ai-jobs-create ai-jobs-get ai-jobs-list ai-jobs-cancel ai-jobs-reap"
+  "GEMINI_API_KEY|gemini-api-key|optional|ai-jobs-process ai-jobs-create"
+  "SUPABASE_JWT_SECRET|supabase-jwt-secret|optional|ai-jobs-create ai-jobs-get ai-jobs-list ai-jobs-cancel"
+  "PROCESSOR_SHARED_SECRET|processor-shared-secret|optional|ai-jobs-process ai-jobs-create ai-jobs-reap"
+)
+declare -A MOUNTS=()  # function name -> comma list for --set-secrets
+for spec in "${SECRETS[@]}"; do
+  IFS='|' read -r env_name secret required users <<<"$spec"
+  value=${!env_name:-}
+  present=false
+  if exists gcloud secrets describe "$secret" --project="$PROJECT"; then
+    present=true
+    if [[ -z "$value" ]]; then
+      echo "secret $secret: $env_name not set, keeping the stored version"
+    elif [[ "$(gcloud secrets versions access latest --secret="$secret" --project="$PROJECT" 2>/dev/null || true)" == "$value" ]]; then
+      echo "secret $secret: unchanged"
+    else
+      run_with_secret "$value" gcloud secrets versions add "$secret" --data-file=- --project="$PROJECT"
+    fi
+  elif [[ -n "$value" ]]; then
+    run_with_secret "$value" gcloud secrets create "$secret" --replication-policy=automatic \
+      --data-file=- --project="$PROJECT"
+    present=true
+  elif [[ "$required" == required ]]; then
+    $DRY_RUN || die "$env_name is not set and secret $secret does not exist yet"
+    echo "# dry-run: $env_name is not set; a real run needs it (or an existing secret $secret)"
+    present=true
+  else
+    echo "secret $secret: $env_name not set, not stored and not mounted"
+  fi
+  $present || continue
+  # Read access to this secret only, not to the project's secrets.
+  run gcloud secrets add-iam-policy-binding "$secret" --project="$PROJECT" \
+    --member="serviceAccount:$RUNTIME_SA" --role=roles/secretmanager.secretAccessor --condition=None
+  for fn in $users; do
+    MOUNTS[$fn]="${MOUNTS[$fn]:+${MOUNTS[$fn]},}${env_name}=${secret}:latest"
+  done
+done
+HAS_SHARED_SECRET=false
+if [[ "${MOUNTS[$REAPER]:-}" == *PROCESSOR_SHARED_SECRET=* ]]; then HAS_SHARED_SECRET=true; fi
+
+# ---------------------------------------------------------------------------------------------
+# stage NAME: build/deploy/NAME/ = functions/NAME/main.py + shared/ + requirements.txt
+stage() {
+  local name=$1 dest="$BUILD_DIR/$1"
+  [[ -f "functions/$name/main.py" ]] || die "functions/$name/main.py is missing"
+  rm -rf "$dest"
+  mkdir -p "$dest"
+  cp "functions/$name/main.py" "$dest/main.py"
+  cp -R shared "$dest/shared"
+  find "$dest/shared" -name __pycache__ -type d -prune -exec rm -rf {} +
+  find "$dest/shared" -name '*.pyc' -delete
+  cp requirements.txt "$dest/requirements.txt"
+  echo "staged $dest (main.py, shared/, requirements.txt)"
+}
+
+# write_env NAME PROCESSOR_URL REAPER_URL: the function's non-secret settings as a YAML file
+# (--env-vars-file: no comma escaping, so ALLOWED_ORIGINS can be a comma list).
+write_env() {
+  local name=$1 file="$BUILD_DIR/$1.env.yaml" var
+  {
+    echo "# written by deploy.sh for $name; secrets are mounted from Secret Manager, not here"
+    for var in SUPABASE_URL GCP_PROJECT FUNCTION_REGION TASKS_LOCATION TASKS_QUEUE \
+      TASKS_INVOKER_SA PROCESSOR_URL PROCESSOR_VERIFY_OIDC PUBLIC_BASE_URL \
+      TASK_DISPATCH_DEADLINE_S JOB_DEADLINE_S LEASE_SECONDS MAX_ATTEMPTS; do
+      case "$var" in
+        GCP_PROJECT) echo "$var: $(yaml_quote "$PROJECT")" ;;
+        FUNCTION_REGION) echo "$var: $(yaml_quote "$REGION")" ;;
+        TASKS_INVOKER_SA) echo "$var: $(yaml_quote "$INVOKER_SA")" ;;
+        PROCESSOR_URL) echo "$var: $(yaml_quote "$2")" ;;
+        *) echo "$var: $(yaml_quote "${!var}")" ;;
+      esac
+    done
+    if [[ "$name" == "$REAPER" ]]; then echo "REAPER_URL: $(yaml_quote "$3")"; fi
+    for var in "${PASSTHROUGH_SETTINGS[@]}"; do
+      if [[ -n "${!var:-}" ]]; then echo "$var: $(yaml_quote "${!var}")"; fi
+    done
+  } >"$file"
+  ENV_FILE=$file
+}
+
+# deploy NAME ENTRY_POINT ACCESS PROCESSOR_URL REAPER_URL
+deploy() {
+  local name=$1 entry=$2 access=$3 memory=$FUNCTION_MEMORY timeout=$FUNCTION_TIMEOUT_S
+  local max=$FUNCTION_MAX_INSTANCES min=$FUNCTION_MIN_INSTANCES
+  if [[ "$name" == "$PROCESSOR" ]]; then
+    memory=$PROCESSOR_MEMORY timeout=$PROCESSOR_TIMEOUT_S
+    max=$PROCESSOR_MAX_INSTANCES min=$PROCESSOR_MIN_INSTANCES
+  fi
+  write_env "$name" "$4" "$5"
+  local cmd=(gcloud functions deploy "$name" --gen2 --region="$REGION" --project="$PROJECT"
+    --runtime="$FUNCTION_RUNTIME" --source="$BUILD_DIR/$name" --entry-point="$entry"
+    --trigger-http)
+  if [[ "$access" == public ]]; then
+    cmd+=(--allow-unauthenticated)
+  else
+    cmd+=(--no-allow-unauthenticated)
+  fi
+  cmd+=(--memory="$memory" --timeout="${timeout}s" --max-instances="$max" --min-instances="$min"
+    --service-account="$RUNTIME_SA" --env-vars-file="$ENV_FILE"
+    --set-secrets="${MOUNTS[$name]:-}")
+  if [[ -n "$BUILD_SERVICE_ACCOUNT" ]]; then
+    cmd+=(--build-service-account="$BUILD_SERVICE_ACCOUNT")
+  fi
+  run "${cmd[@]}"
+}
+
+# deploy_self_addressed NAME ENTRY ACCESS OVERRIDE: for the processor and the reaper, which
+# check the OIDC audience against their own URL. That URL (serviceConfig.uri, the run.app URL
+# Cloud Run accepts as audience) exists only after the first deploy, so on the very first run
+# the function is deployed once more with the URL it got. Sets SELF_URL.
+deploy_self_addressed() {
+  local name=$1 entry=$2 access=$3 override=$4 before
+  if [[ -n "$override" ]]; then
+    before=$override
+  else
+    function_url "$name"
+    before=${URL:-https://${REGION}-${PROJECT}.cloudfunctions.net/$name}
+  fi
+  if [[ "$name" == "$PROCESSOR" ]]; then
+    deploy "$name" "$entry" "$access" "$before" ""
+  else
+    deploy "$name" "$entry" "$access" "$PROCESSOR_URL_RESOLVED" "$before"
+  fi
+  SELF_URL=$before
+  if [[ -n "$override" ]]; then return 0; fi
+  function_url "$name"
+  if [[ -n "$URL" && "$URL" != "$before" ]]; then
+    log "$name: first deploy, its URL is now known ($URL); deploying again with it"
+    SELF_URL=$URL
+    if [[ "$name" == "$PROCESSOR" ]]; then
+      deploy "$name" "$entry" "$access" "$URL" ""
+    else
+      deploy "$name" "$entry" "$access" "$PROCESSOR_URL_RESOLVED" "$URL"
+    fi
+  fi
+}
+
+log "Staging and deploying functions ($REGION)"
+mkdir -p "$BUILD_DIR"
+PROCESSOR_URL_RESOLVED=""
+REAPER_URL_RESOLVED=""
+if [[ -z "${SELECTED[$PROCESSOR]:-}" ]]; then
+  if [[ -n "$PROCESSOR_URL_OVERRIDE" ]]; then
+    PROCESSOR_URL_RESOLVED=$PROCESSOR_URL_OVERRIDE
+  else
+    function_url "$PROCESSOR"
+    PROCESSOR_URL_RESOLVED=$URL
+    [[ -n "$PROCESSOR_URL_RESOLVED" ]] \
+      || die "$PROCESSOR is not deployed yet: deploy it first (drop --only) or set PROCESSOR_URL"
+  fi
+fi
+for spec in "${FUNCTIONS[@]}"; do
+  IFS='|' read -r name entry access <<<"$spec"
+  [[ -n "${SELECTED[$name]:-}" ]] || continue
+  stage "$name"
+  case "$name" in
+    "$PROCESSOR")
+      deploy_self_addressed "$name" "$entry" "$access" "$PROCESSOR_URL_OVERRIDE"
+      PROCESSOR_URL_RESOLVED=$SELF_URL
+      ;;
+    "$REAPER")
+      deploy_self_addressed "$name" "$entry" "$access" "$REAPER_URL_OVERRIDE"
+      REAPER_URL_RESOLVED=$SELF_URL
+      ;;
+    *) deploy "$name" "$entry" "$access" "$PROCESSOR_URL_RESOLVED" "" ;;
+  esac
+  if [[ "$access" == private ]]; then
+    # roles/run.invoker on this function's Cloud Run service only, for the invoker account.
+    run gcloud functions add-invoker-policy-binding "$name" --region="$REGION" \
+      --project="$PROJECT" --member="serviceAccount:$INVOKER_SA"
+  fi
+done
+
+# ---------------------------------------------------------------------------------------------
+if [[ -n "${SELECTED[$REAPER]:-}" ]]; then
+  log "Cloud Scheduler job $REAPER ($REAP_SCHEDULE, $REAP_TIME_ZONE)"
+  job_flags=(
+    --location="$SCHEDULER_LOCATION" --project="$PROJECT"
+    --schedule="$REAP_SCHEDULE" --time-zone="$REAP_TIME_ZONE"
+    --uri="$REAPER_URL_RESOLVED" --http-method=POST
+    --oidc-service-account-email="$INVOKER_SA" --oidc-token-audience="$REAPER_URL_RESOLVED"
+    --attempt-deadline="$REAP_ATTEMPT_DEADLINE"
+  )
+  headers_flag=--headers
+  if exists gcloud scheduler jobs describe "$REAPER" --location="$SCHEDULER_LOCATION" --project="$PROJECT"; then
+    verb=update
+    headers_flag=--update-headers
+  else
+    verb=create
+  fi
+  if $HAS_SHARED_SECRET && $DRY_RUN; then
+    job_flags+=("--flags-file=<private temp file>")
+  elif $HAS_SHARED_SECRET; then
+    # The reaper checks the shared secret header too. It goes in a private flags file, so the
+    # value is not on the command line.
+    flags_file=$(mktemp)
+    trap 'rm -f "$flags_file"' EXIT
+    chmod 600 "$flags_file"
+    shared_secret=${PROCESSOR_SHARED_SECRET:-}
+    if [[ -z "$shared_secret" ]] && ! $DRY_RUN; then
+      shared_secret=$(gcloud secrets versions access latest --secret=processor-shared-secret \
+        --project="$PROJECT")
+    fi
+    printf -- '%s:\n  X-AI-Jobs-Secret: %s\n' "$headers_flag" "$(yaml_quote "$shared_secret")" \
+      >"$flags_file"
+    job_flags+=(--flags-file="$flags_file")
+  fi
+  run gcloud scheduler jobs "$verb" http "$REAPER" "${job_flags[@]}"
+  if $HAS_SHARED_SECRET; then
+    echo "# the flags file holds $headers_flag X-AI-Jobs-Secret=<redacted>"
+  fi
+fi
+
+# ---------------------------------------------------------------------------------------------
+log "Supabase migrations (infra/supabase/migrations)"
+if $SKIP_MIGRATIONS; then
+  echo "skipped: --skip-migrations"
+elif [[ -z "$SUPABASE_DB_URL" ]]; then
+  echo "skipped: SUPABASE_DB_URL is not set (Supabase dashboard → Connect → connection string)"
+else
+  # --workdir is the folder that holds supabase/ (config.toml, migrations/).
+  run supabase db push --db-url "$SUPABASE_DB_URL" --workdir infra --yes
+fi
+
+# ---------------------------------------------------------------------------------------------
+log "Function URLs"
+for spec in "${FUNCTIONS[@]}"; do
+  name=${spec%%|*}
+  [[ -n "${SELECTED[$name]:-}" ]] || continue
+  function_url "$name"
+  printf '%-16s %s\n' "$name" "${URL:-(not found)}"
+done
+echo "Clients use PUBLIC_BASE_URL: $PUBLIC_BASE_URL (e.g. $PUBLIC_BASE_URL/ai-jobs-create)"

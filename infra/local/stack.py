@@ -1,0 +1,367 @@
+"""The whole local stack: Postgres, the Supabase gateway, the Cloud Tasks emulator, the
+function host and a stand-in for Cloud Scheduler that calls the reaper.
+
+Each service runs as its own process (so a test can kill the function host mid-job, as a
+crashed Cloud Functions instance would die) and the production code reaches each through
+its real client, configured only by environment variables.
+
+    python -m infra.local.stack            # make stack: serve until Ctrl-C
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import httpx
+
+from infra.local.postgres import DEFAULT_DATA_DIR, Postgres, start_postgres
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+#: The Supabase CLI's local JWT secret: local only, never a production value.
+LOCAL_JWT_SECRET = "super-secret-jwt-token-with-at-least-32-characters-long"
+PROJECT = "local-project"
+LOCATION = "asia-northeast1"
+QUEUE = "ai-jobs"
+DATABASE = "ai_jobs"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class StackConfig:
+    host_port: int = 8080
+    gateway_port: int = 54321
+    emulator_port: int = 8123
+    data_dir: Path = DEFAULT_DATA_DIR
+    log_dir: Path | None = None
+    #: seconds between reaper calls (the local Cloud Scheduler); 0 turns it off
+    reap_interval_s: float = 60.0
+    #: extra environment for the function host (overrides the defaults below)
+    function_env: dict[str, str] = field(default_factory=dict)
+    #: queue retry configuration (Cloud Tasks RetryConfig), small for local runs
+    min_backoff_s: float = 1.0
+    max_backoff_s: float = 10.0
+    max_doublings: int = 3
+    max_task_attempts: int = 5
+    max_concurrent_dispatches: int = 10
+    quiet: bool = False
+
+    @classmethod
+    def for_tests(cls, tmp: Path, **overrides: Any) -> StackConfig:
+        """Free ports and a private data folder, so tests never collide with a running stack."""
+        return cls(
+            host_port=free_port(),
+            gateway_port=free_port(),
+            emulator_port=free_port(),
+            data_dir=tmp / "pgdata",
+            log_dir=tmp / "logs",
+            quiet=True,
+            **overrides,
+        )
+
+
+class LocalStack:
+    """Starts everything, waits until each answers, and stops it all (a context manager)."""
+
+    def __init__(self, config: StackConfig) -> None:
+        self.config = config
+        self.pg: Postgres | None = None
+        self.db_uri = ""
+        self.processes: dict[str, subprocess.Popen[bytes]] = {}
+        self._logs: list[IO[bytes]] = []
+        self._log_dir = config.log_dir or Path(tempfile.mkdtemp(prefix="ajq-logs-"))
+        self._stop = threading.Event()
+        self._scheduler: threading.Thread | None = None
+        self.secret = secrets.token_urlsafe(24)
+        self.service_key = ""
+        self.function_env: dict[str, str] = {}
+
+    # --- addresses ------------------------------------------------------------------------
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.config.host_port}"
+
+    @property
+    def gateway_url(self) -> str:
+        return f"http://127.0.0.1:{self.config.gateway_port}"
+
+    @property
+    def emulator_host(self) -> str:
+        return f"127.0.0.1:{self.config.emulator_port}"
+
+    @property
+    def queue_path(self) -> str:
+        return f"projects/{PROJECT}/locations/{LOCATION}/queues/{QUEUE}"
+
+    # --- lifecycle ------------------------------------------------------------------------
+
+    def __enter__(self) -> LocalStack:
+        try:
+            self.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def say(self, message: str) -> None:
+        if not self.config.quiet:
+            print(message, flush=True)
+
+    def start(self) -> None:
+        from infra.local.gateway import make_jwt
+        from infra.local.migrate import apply_migrations
+
+        self._log_dir.mkdir(parents=True, exist_ok=True)
+        self.say("starting Postgres ...")
+        self.pg = start_postgres(self.config.data_dir)
+        self._ensure_database()
+        applied = apply_migrations(self.db_uri)
+        self.say(f"  migrations applied now: {', '.join(applied) or 'none pending'}")
+        self.service_key = make_jwt(LOCAL_JWT_SECRET, "service_role")
+        self.start_gateway()
+        self.start_emulator()
+        self.function_env = self._function_env()
+        self.start_host()
+        if self.config.reap_interval_s > 0:
+            self._scheduler = threading.Thread(target=self._schedule_reaper, daemon=True)
+            self._scheduler.start()
+
+    def _ensure_database(self) -> None:
+        import psycopg
+
+        assert self.pg is not None
+        if os.environ.get("DATABASE_URL"):
+            self.db_uri = self.pg.uri
+            return
+        with psycopg.connect(self.pg.uri, autocommit=True) as conn:
+            exists = conn.execute(
+                "select 1 from pg_database where datname = %s", (DATABASE,)
+            ).fetchone()
+            if not exists:
+                conn.execute(f'create database "{DATABASE}"')
+        self.db_uri = self.pg.database_uri(DATABASE)
+
+    def _spawn(self, name: str, args: list[str], env: dict[str, str] | None = None) -> None:
+        log = (self._log_dir / f"{name}.log").open("ab")
+        self._logs.append(log)
+        self.processes[name] = subprocess.Popen(
+            [sys.executable, "-m", *args],
+            cwd=REPO_ROOT,
+            env={**os.environ, **(env or {})},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+
+    def start_gateway(self) -> None:
+        self.say(f"starting the Supabase gateway on {self.gateway_url} ...")
+        self._spawn(
+            "gateway",
+            [
+                "infra.local.gateway",
+                "--db-uri", self.db_uri,
+                "--jwt-secret", LOCAL_JWT_SECRET,
+                "--host", "127.0.0.1",
+                "--port", str(self.config.gateway_port),
+            ],
+        )
+        self._wait("gateway", lambda: httpx.get(f"{self.gateway_url}/rest/v1/").status_code == 200)
+
+    def start_emulator(self) -> None:
+        self.say(f"starting the Cloud Tasks emulator on {self.emulator_host} ...")
+        self._spawn(
+            "tasks-emulator",
+            [
+                "infra.local.tasks_emulator",
+                "--host", "127.0.0.1",
+                "--port", str(self.config.emulator_port),
+            ],
+        )
+        self._wait("tasks-emulator", self._create_queue)
+
+    def _create_queue(self) -> bool:
+        from google.api_core import exceptions as gexc
+        from google.cloud import tasks_v2
+        from google.protobuf import duration_pb2
+
+        client = self.tasks_client()
+        c = self.config
+        queue = tasks_v2.Queue(
+            name=self.queue_path,
+            rate_limits=tasks_v2.RateLimits(
+                max_concurrent_dispatches=c.max_concurrent_dispatches,
+                max_dispatches_per_second=50,
+            ),
+            retry_config=tasks_v2.RetryConfig(
+                max_attempts=c.max_task_attempts,
+                min_backoff=duration_pb2.Duration(nanos=0, seconds=int(c.min_backoff_s)),
+                max_backoff=duration_pb2.Duration(seconds=int(c.max_backoff_s)),
+                max_doublings=c.max_doublings,
+            ),
+        )
+        try:
+            client.create_queue(
+                parent=f"projects/{PROJECT}/locations/{LOCATION}", queue=queue, timeout=2
+            )
+        except gexc.AlreadyExists:
+            pass
+        except gexc.GoogleAPIError:
+            return False
+        return True
+
+    def tasks_client(self) -> Any:
+        import grpc
+        from google.cloud import tasks_v2
+        from google.cloud.tasks_v2.services.cloud_tasks.transports import (
+            CloudTasksGrpcTransport,
+        )
+
+        channel = grpc.insecure_channel(self.emulator_host)
+        return tasks_v2.CloudTasksClient(transport=CloudTasksGrpcTransport(channel=channel))
+
+    def _function_env(self) -> dict[str, str]:
+        env = {
+            "SUPABASE_URL": self.gateway_url,
+            "SUPABASE_SERVICE_ROLE_KEY": self.service_key,
+            "GCP_PROJECT": PROJECT,
+            "FUNCTION_REGION": LOCATION,
+            "TASKS_LOCATION": LOCATION,
+            "TASKS_QUEUE": QUEUE,
+            "CLOUD_TASKS_EMULATOR_HOST": self.emulator_host,
+            "PROCESSOR_URL": f"{self.base_url}/ai-jobs-process",
+            "REAPER_URL": f"{self.base_url}/ai-jobs-reap",
+            "PROCESSOR_SHARED_SECRET": self.secret,
+            "PUBLIC_BASE_URL": self.base_url,
+            "AI_WRITER": "local",
+            "REAP_GRACE_S": "30",
+            "PYTHONUNBUFFERED": "1",
+        }
+        env.update(self.config.function_env)
+        return env
+
+    def start_host(self, extra_env: dict[str, str] | None = None) -> None:
+        self.say(f"starting the function host on {self.base_url} ...")
+        env = {**self.function_env, **(extra_env or {})}
+        self._spawn(
+            "functions",
+            ["infra.local.host", "--host", "127.0.0.1", "--port", str(self.config.host_port)],
+            env,
+        )
+        self._wait("functions", lambda: httpx.get(f"{self.base_url}/").status_code == 200)
+
+    def kill(self, name: str) -> None:
+        """Kill one service at once (SIGKILL): a crashed instance, or a service that is down."""
+        process = self.processes.pop(name)
+        process.kill()
+        process.wait(10)
+
+    def reap(self) -> httpx.Response:
+        """What Cloud Scheduler does: call the private reaper."""
+        from shared.tasks import SECRET_HEADER
+
+        return httpx.post(
+            f"{self.base_url}/ai-jobs-reap", headers={SECRET_HEADER: self.secret}, timeout=30
+        )
+
+    def _schedule_reaper(self) -> None:
+        while not self._stop.wait(self.config.reap_interval_s):
+            try:
+                self.reap()
+            except httpx.HTTPError:
+                continue
+
+    def _wait(self, name: str, ready: Any, timeout_s: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            process = self.processes[name]
+            if process.poll() is not None:
+                raise RuntimeError(
+                    f"{name} exited with {process.returncode}; see {self._log_dir / name}.log"
+                )
+            try:
+                if ready():
+                    return
+            except (httpx.HTTPError, OSError):
+                pass
+            time.sleep(0.1)
+        raise RuntimeError(f"{name} did not become ready in {timeout_s:.0f}s")
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._scheduler is not None:
+            self._scheduler.join(timeout=35)
+        for process in self.processes.values():
+            if process.poll() is None:
+                process.terminate()
+        for process in self.processes.values():
+            try:
+                process.wait(10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(5)
+        self.processes.clear()
+        for log in self._logs:
+            log.close()
+        self._logs.clear()
+        if self.pg is not None:
+            self.pg.stop()
+            self.pg = None
+
+    def log_text(self, name: str) -> str:
+        path = self._log_dir / f"{name}.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Run the whole stack locally until Ctrl-C.")
+    parser.add_argument("--port", type=int, default=8080, help="function host port")
+    parser.add_argument("--reap-interval", type=float, default=60.0)
+    args = parser.parse_args(argv)
+    config = StackConfig(
+        host_port=args.port,
+        reap_interval_s=args.reap_interval,
+        log_dir=REPO_ROOT / ".local" / "logs",
+    )
+    stopping = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stopping.set())
+    with LocalStack(config) as stack:
+        print("\nthe stack is up:")
+        for name in ("ai-jobs-create", "ai-jobs-get", "ai-jobs-list", "ai-jobs-cancel"):
+            print(f"  {stack.base_url}/{name}")
+        print(f"  {stack.base_url}/ai-jobs-process   (private: Cloud Tasks only)")
+        print(f"  {stack.base_url}/ai-jobs-reap      (private: every {args.reap_interval:.0f}s)")
+        print(f"  Supabase gateway  {stack.gateway_url}   Cloud Tasks emulator {stack.emulator_host}")
+        print(f"  logs in {config.log_dir}\nCtrl-C stops everything.", flush=True)
+        try:
+            while not stopping.wait(0.5):
+                for name, process in stack.processes.items():
+                    if process.poll() is not None:
+                        print(f"{name} exited ({process.returncode}); stopping", file=sys.stderr)
+                        stopping.set()
+        except KeyboardInterrupt:
+            pass
+        print("stopping ...", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,569 @@
+"""Queues, tasks and the dispatcher: the state behind the emulated Cloud Tasks API.
+
+One lock (a condition variable) guards all state. A scheduler thread wakes when something
+changes or becomes due, launches due tasks into a bounded thread pool within each queue's
+`max_concurrent_dispatches` and token bucket (`max_dispatches_per_second`), and shuts down the
+socket of any attempt that outlives its dispatch deadline. Workers send the HTTP request
+without the lock and report the outcome back, which either deletes the task (2xx, or retries
+used up) or schedules the next attempt with the queue's backoff.
+
+Task names are remembered for the emulator's lifetime once a task completes, fails for good
+or is deleted, so reusing a name is ALREADY_EXISTS as in Cloud Tasks (which keeps such
+tombstones for up to a day or more).
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field
+from typing import Any
+
+from google.cloud import tasks_v2
+from google.rpc import status_pb2
+
+from infra.local.tasks_emulator import dispatch
+from infra.local.tasks_emulator.model import (
+    DEFAULT_DISPATCH_DEADLINE_S,
+    MAX_DISPATCH_DEADLINE_S,
+    QUEUE_STATE_PAUSED,
+    QUEUE_STATE_RUNNING,
+    AttemptPb,
+    EmulatorError,
+    QueuePb,
+    RetryPolicy,
+    TaskPb,
+    already_exists,
+    check_location_name,
+    check_queue_name,
+    duration_of,
+    epoch_of,
+    invalid,
+    normalise_rate_limits,
+    normalise_retry_config,
+    not_found,
+    parse_task_name,
+    queue_id,
+    seconds_of,
+    timestamp_of,
+    unimplemented,
+)
+from infra.local.tasks_emulator.oidc import OidcSigner
+
+LOGGER = logging.getLogger("infra.local.tasks_emulator")
+
+# The scheduler re-checks at least this often even when nothing is due, as a safety net.
+_IDLE_WAKE_S = 1.0
+
+_HTTP_METHODS = {
+    int(tasks_v2.HttpMethod.POST): "POST",
+    int(tasks_v2.HttpMethod.GET): "GET",
+    int(tasks_v2.HttpMethod.HEAD): "HEAD",
+    int(tasks_v2.HttpMethod.PUT): "PUT",
+    int(tasks_v2.HttpMethod.DELETE): "DELETE",
+    int(tasks_v2.HttpMethod.PATCH): "PATCH",
+    int(tasks_v2.HttpMethod.OPTIONS): "OPTIONS",
+}
+_METHODS_WITH_BODY = {"POST", "PUT", "PATCH"}
+# Request headers Cloud Tasks computes or reserves, so a task's own values are dropped.
+_RESERVED_HEADERS = {"host", "content-length", "user-agent"}
+_RESERVED_PREFIXES = ("x-google-", "x-appengine-", "x-cloudtasks-")
+
+
+@dataclass
+class _TokenBucket:
+    """Cloud Tasks' rate limiter: `rate` tokens a second, at most `capacity` saved up."""
+
+    rate: float
+    capacity: float
+    tokens: float
+    updated_at: float
+
+    def take(self, now: float) -> float:
+        """Take a token and return 0, or return the seconds until one is available."""
+        self.tokens = min(self.capacity, self.tokens + (now - self.updated_at) * self.rate)
+        self.updated_at = now
+        if self.tokens >= 1:
+            self.tokens -= 1
+            return 0.0
+        return (1 - self.tokens) / self.rate
+
+
+@dataclass(eq=False)
+class _TaskEntry:
+    task: Any  #: the Task pb as GetTask shows it
+    due_at: float  #: epoch seconds of the next attempt
+    in_flight: bool = False
+    first_dispatch_at: float | None = None
+    previous_response: int | None = None  #: HTTP status of the last attempt, if any
+    retry_reason: str | None = None
+
+
+@dataclass(eq=False)
+class _QueueEntry:
+    queue: Any  #: the Queue pb as GetQueue shows it
+    bucket: _TokenBucket
+    tasks: dict[str, _TaskEntry] = field(default_factory=dict)
+    in_flight: int = 0
+
+
+@dataclass(eq=False)
+class _Attempt:
+    """One dispatch in progress; the scheduler watches its deadline."""
+
+    queue: _QueueEntry
+    entry: _TaskEntry
+    request: dispatch.HttpDispatch
+    deadline_at: float  #: monotonic
+    sock: socket.socket | None = None
+    timed_out: bool = False
+
+
+def _bucket_for(rate_limits: Any) -> _TokenBucket:
+    capacity = float(rate_limits.max_burst_size)
+    return _TokenBucket(
+        rate=rate_limits.max_dispatches_per_second,
+        capacity=capacity,
+        tokens=capacity,
+        updated_at=time.monotonic(),
+    )
+
+
+def _has_header(headers: Any, name: str) -> bool:
+    return any(key.lower() == name for key in headers)
+
+
+def _is_reserved(header: str) -> bool:
+    lowered = header.lower()
+    return lowered in _RESERVED_HEADERS or lowered.startswith(_RESERVED_PREFIXES)
+
+
+def _min_wait(current: float | None, candidate: float | None) -> float | None:
+    if candidate is None:
+        return current
+    return candidate if current is None else min(current, candidate)
+
+
+def _check_http_request(task: Any) -> None:
+    """Validate a new task's HTTP request in place, defaulting the method to POST."""
+    if not task.HasField("http_request"):
+        raise unimplemented("the emulator dispatches HTTP tasks (http_request) only")
+    request = task.http_request
+    if not request.url.startswith(("http://", "https://")):
+        raise invalid("http_request.url must begin with http:// or https://")
+    if request.HasField("oauth_token"):
+        raise unimplemented("the emulator cannot mint OAuth access tokens; use oidc_token")
+    request.http_method = request.http_method or int(tasks_v2.HttpMethod.POST)
+    method = _HTTP_METHODS.get(request.http_method)
+    if method is None:
+        raise invalid("http_request.http_method is not a known method")
+    if request.body and method not in _METHODS_WITH_BODY:
+        raise invalid(f"a body is allowed only with POST, PUT or PATCH, not {method}")
+
+
+class Engine:
+    """The emulator's state and dispatcher; every public method is one Cloud Tasks RPC."""
+
+    def __init__(
+        self,
+        *,
+        signer: OidcSigner,
+        max_workers: int,
+        min_dispatch_deadline_s: float,
+        logger: logging.Logger = LOGGER,
+    ) -> None:
+        self._signer = signer
+        self._max_workers = max_workers
+        self._min_deadline_s = min_dispatch_deadline_s
+        self._log = logger
+        self._cond = threading.Condition()
+        self._queues: dict[str, _QueueEntry] = {}
+        self._tombstones: set[str] = set()
+        self._attempts: set[_Attempt] = set()
+        self._stopping = False
+        self._pool = ThreadPoolExecutor(max_workers, thread_name_prefix="tasks-emulator-dispatch")
+        self._scheduler = threading.Thread(
+            target=self._schedule_loop, name="tasks-emulator-scheduler", daemon=True
+        )
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._scheduler.start()
+
+    def stop(self) -> None:
+        """Stop dispatching, abort attempts in flight, and join every thread."""
+        with self._cond:
+            if self._stopping:
+                return
+            self._stopping = True
+            for attempt in self._attempts:
+                self._abort(attempt)
+            self._cond.notify_all()
+        if self._scheduler.is_alive():
+            self._scheduler.join()
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
+        with self._cond:
+            yield
+            # Any state change may make a task due or free a slot.
+            self._cond.notify_all()
+
+    # -- queues --------------------------------------------------------------------------
+
+    def create_queue(self, parent: str, queue: Any) -> Any:
+        check_location_name(parent)
+        name = check_queue_name(queue.name)
+        if not name.startswith(parent + "/queues/"):
+            raise invalid(f"queue {name!r} is not in {parent!r}")
+        stored = self._normalised_queue(queue)
+        with self._locked():
+            if name in self._queues:
+                raise already_exists(f"queue {name!r} already exists")
+            self._queues[name] = _QueueEntry(stored, _bucket_for(stored.rate_limits))
+            return self._copy_queue(stored)
+
+    def update_queue(self, queue: Any, paths: list[str]) -> Any:
+        """UpdateQueue: merge the masked (or all settable) fields; creates a missing queue."""
+        name = check_queue_name(queue.name)
+        with self._locked():
+            current = self._queues.get(name)
+            merged = QueuePb(name=name)
+            if current is not None:
+                merged.CopyFrom(current.queue)
+            for path in paths or ["rate_limits", "retry_config"]:
+                top = path.split(".", 1)[0]
+                if top not in {"rate_limits", "retry_config"}:
+                    raise invalid(f"field {path!r} cannot be updated by the emulator")
+                self._merge_path(merged, queue, path)
+            stored = self._normalised_queue(merged)
+            if current is None:
+                self._queues[name] = _QueueEntry(stored, _bucket_for(stored.rate_limits))
+            else:
+                current.queue = stored
+                current.bucket = _bucket_for(stored.rate_limits)
+            return self._copy_queue(stored)
+
+    def get_queue(self, name: str) -> Any:
+        with self._cond:
+            return self._copy_queue(self._queue(name).queue)
+
+    def list_queues(self, parent: str, state: int | None) -> list[Any]:
+        check_location_name(parent)
+        prefix = parent + "/queues/"
+        with self._cond:
+            return [
+                self._copy_queue(entry.queue)
+                for name, entry in sorted(self._queues.items())
+                if name.startswith(prefix) and (state is None or entry.queue.state == state)
+            ]
+
+    def delete_queue(self, name: str) -> None:
+        with self._locked():
+            entry = self._queue(name)
+            self._tombstones.update(entry.tasks)
+            del self._queues[name]
+
+    def purge_queue(self, name: str) -> Any:
+        with self._locked():
+            entry = self._queue(name)
+            self._tombstones.update(entry.tasks)
+            entry.tasks.clear()
+            entry.queue.purge_time.CopyFrom(timestamp_of(time.time()))
+            return self._copy_queue(entry.queue)
+
+    def set_queue_state(self, name: str, state: int) -> Any:
+        with self._locked():
+            entry = self._queue(name)
+            entry.queue.state = state
+            return self._copy_queue(entry.queue)
+
+    # -- tasks ---------------------------------------------------------------------------
+
+    def create_task(self, parent: str, task: Any) -> Any:
+        check_queue_name(parent)
+        stored = self._validated_task(parent, task)
+        now = time.time()
+        with self._locked():
+            queue = self._queue(parent)
+            if not stored.name:
+                stored.name = f"{parent}/tasks/{uuid.uuid4().int % 10**19:019d}"
+            if stored.name in queue.tasks or stored.name in self._tombstones:
+                raise already_exists(f"task {stored.name!r} already exists or existed recently")
+            if not stored.HasField("schedule_time") or epoch_of(stored.schedule_time) < now:
+                stored.schedule_time.CopyFrom(timestamp_of(now))
+            # create_time is truncated to the second, as Cloud Tasks documents.
+            stored.create_time.CopyFrom(timestamp_of(float(int(now))))
+            queue.tasks[stored.name] = _TaskEntry(stored, epoch_of(stored.schedule_time))
+            return self._copy_task(stored)
+
+    def get_task(self, name: str) -> Any:
+        with self._cond:
+            return self._copy_task(self._task(name)[1].task)
+
+    def list_tasks(self, parent: str) -> list[Any]:
+        with self._cond:
+            queue = self._queue(parent)
+            entries = sorted(queue.tasks.values(), key=lambda e: (e.due_at, e.task.name))
+            return [self._copy_task(entry.task) for entry in entries]
+
+    def delete_task(self, name: str) -> None:
+        with self._locked():
+            queue, _ = self._task(name)
+            # An attempt in flight still runs to its end; its outcome is then ignored.
+            del queue.tasks[name]
+            self._tombstones.add(name)
+
+    def run_task(self, name: str) -> Any:
+        """RunTask: dispatch now, ignoring schedule_time, rate limits and a paused queue."""
+        with self._locked():
+            queue, entry = self._task(name)
+            if not entry.in_flight and not self._stopping:
+                self._launch(queue, entry, time.time())
+            return self._copy_task(entry.task)
+
+    # -- validation and lookup helpers (call with the lock held where they read state) ---
+
+    def _queue(self, name: str) -> _QueueEntry:
+        check_queue_name(name)
+        entry = self._queues.get(name)
+        if entry is None:
+            raise not_found(f"queue {name!r} does not exist")
+        return entry
+
+    def _task(self, name: str) -> tuple[_QueueEntry, _TaskEntry]:
+        queue_name, _ = parse_task_name(name)
+        queue = self._queue(queue_name)
+        entry = queue.tasks.get(name)
+        if entry is None:
+            raise not_found(f"task {name!r} does not exist")
+        return queue, entry
+
+    @staticmethod
+    def _normalised_queue(queue: Any) -> Any:
+        if queue.HasField("app_engine_routing_override") or queue.HasField("http_target"):
+            raise unimplemented("the emulator does not support queue-level routing or http_target")
+        stored = QueuePb(name=queue.name)
+        stored.rate_limits.CopyFrom(normalise_rate_limits(queue.rate_limits))
+        stored.retry_config.CopyFrom(normalise_retry_config(queue.retry_config))
+        stored.state = queue.state or QUEUE_STATE_RUNNING
+        if queue.HasField("purge_time"):
+            stored.purge_time.CopyFrom(queue.purge_time)
+        return stored
+
+    @staticmethod
+    def _merge_path(target: Any, source: Any, path: str) -> None:
+        *parents, leaf = path.split(".")
+        for part in parents:
+            target, source = getattr(target, part), getattr(source, part)
+        value = getattr(source, leaf)
+        if hasattr(value, "CopyFrom"):
+            getattr(target, leaf).CopyFrom(value)
+        else:
+            setattr(target, leaf, value)
+
+    def _validated_task(self, parent: str, task: Any) -> Any:
+        if task.name:
+            queue_name, _ = parse_task_name(task.name)
+            if queue_name != parent:
+                raise invalid(f"task {task.name!r} is not in queue {parent!r}")
+        stored = TaskPb()
+        stored.CopyFrom(task)
+        _check_http_request(stored)
+        if task.HasField("dispatch_deadline"):
+            deadline_s = seconds_of(task.dispatch_deadline)
+            if not self._min_deadline_s <= deadline_s <= MAX_DISPATCH_DEADLINE_S:
+                raise invalid(
+                    f"dispatch_deadline must be in [{self._min_deadline_s:g}s, "
+                    f"{MAX_DISPATCH_DEADLINE_S:g}s]"
+                )
+        else:
+            stored.dispatch_deadline.CopyFrom(duration_of(DEFAULT_DISPATCH_DEADLINE_S))
+        if task.HasField("retry_config"):
+            stored.retry_config.CopyFrom(normalise_retry_config(task.retry_config))
+        for output_only in ("dispatch_count", "response_count", "first_attempt", "last_attempt"):
+            stored.ClearField(output_only)
+        return stored
+
+    @staticmethod
+    def _copy_queue(queue: Any) -> Any:
+        copy = QueuePb()
+        copy.CopyFrom(queue)
+        return copy
+
+    @staticmethod
+    def _copy_task(task: Any) -> Any:
+        copy = TaskPb()
+        copy.CopyFrom(task)
+        return copy
+
+    # -- dispatching ---------------------------------------------------------------------
+
+    def _schedule_loop(self) -> None:
+        with self._cond:
+            while not self._stopping:
+                # Launch first, so the deadlines of attempts just launched set the next wake.
+                launch_wait = self._launch_due()
+                wait = _min_wait(self._enforce_deadlines(), launch_wait)
+                self._cond.wait(_IDLE_WAKE_S if wait is None else min(wait, _IDLE_WAKE_S))
+
+    def _launch_due(self) -> float | None:
+        """Launch every task that may go now; return seconds until the next may."""
+        now = time.time()
+        wait: float | None = None
+        for queue in self._queues.values():
+            if queue.queue.state != QUEUE_STATE_RUNNING:
+                continue
+            waiting = sorted(
+                (entry for entry in queue.tasks.values() if not entry.in_flight),
+                key=lambda entry: entry.due_at,
+            )
+            for entry in waiting:
+                if entry.due_at > now:
+                    wait = _min_wait(wait, entry.due_at - now)
+                    break
+                # A full pool or a full queue frees up when an attempt ends, which notifies.
+                if len(self._attempts) >= self._max_workers:
+                    return wait
+                if queue.in_flight >= queue.queue.rate_limits.max_concurrent_dispatches:
+                    break
+                token_wait = queue.bucket.take(time.monotonic())
+                if token_wait > 0:
+                    wait = _min_wait(wait, token_wait)
+                    break
+                self._launch(queue, entry, now)
+        return wait
+
+    def _launch(self, queue: _QueueEntry, entry: _TaskEntry, now: float) -> None:
+        task = entry.task
+        request = self._http_dispatch(queue, entry)
+        task.dispatch_count += 1
+        attempt_pb = AttemptPb(dispatch_time=timestamp_of(now))
+        attempt_pb.schedule_time.CopyFrom(task.schedule_time)
+        if not task.HasField("first_attempt"):
+            # Cloud Tasks keeps only the dispatch time of the first attempt.
+            task.first_attempt.dispatch_time.CopyFrom(attempt_pb.dispatch_time)
+            entry.first_dispatch_at = now
+        task.last_attempt.CopyFrom(attempt_pb)
+        entry.in_flight = True
+        queue.in_flight += 1
+        attempt = _Attempt(queue, entry, request, time.monotonic() + request.deadline_s)
+        self._attempts.add(attempt)
+        self._pool.submit(self._run, attempt)
+
+    def _http_dispatch(self, queue: _QueueEntry, entry: _TaskEntry) -> dispatch.HttpDispatch:
+        """The request Cloud Tasks would send for the task's next attempt."""
+        task = entry.task
+        request = task.http_request
+        headers = {key: value for key, value in request.headers.items() if not _is_reserved(key)}
+        if request.body and not _has_header(headers, "content-type"):
+            headers["Content-Type"] = "application/octet-stream"
+        headers["User-Agent"] = "Google-Cloud-Tasks"
+        headers["X-CloudTasks-QueueName"] = queue_id(queue.queue.name)
+        headers["X-CloudTasks-TaskName"] = task.name.rsplit("/", 1)[-1]
+        headers["X-CloudTasks-TaskRetryCount"] = str(task.dispatch_count)
+        headers["X-CloudTasks-TaskExecutionCount"] = str(task.response_count)
+        headers["X-CloudTasks-TaskETA"] = f"{epoch_of(task.schedule_time):.6f}"
+        if task.dispatch_count > 0:
+            if entry.previous_response is not None:
+                headers["X-CloudTasks-TaskPreviousResponse"] = str(entry.previous_response)
+            if entry.retry_reason is not None:
+                headers["X-CloudTasks-TaskRetryReason"] = entry.retry_reason
+        if request.HasField("oidc_token"):
+            headers = {k: v for k, v in headers.items() if k.lower() != "authorization"}
+            token = self._signer.mint(
+                service_account_email=request.oidc_token.service_account_email,
+                audience=request.oidc_token.audience or request.url,
+            )
+            headers["Authorization"] = f"Bearer {token}"
+        return dispatch.HttpDispatch(
+            method=_HTTP_METHODS[request.http_method],
+            url=request.url,
+            headers=headers,
+            body=bytes(request.body),
+            deadline_s=seconds_of(task.dispatch_deadline),
+        )
+
+    def _run(self, attempt: _Attempt) -> None:
+        started = time.monotonic()
+        outcome = dispatch.send(attempt.request, lambda sock: self._watch(attempt, sock))
+        overran = time.monotonic() - started > attempt.request.deadline_s
+        with self._locked():
+            if attempt.timed_out or (overran and not outcome.succeeded):
+                outcome = dispatch.deadline_exceeded(attempt.request.deadline_s)
+            self._finish(attempt, outcome)
+
+    def _watch(self, attempt: _Attempt, sock: socket.socket | None) -> None:
+        with self._cond:
+            attempt.sock = sock
+            if sock is not None and attempt.timed_out:
+                self._abort(attempt)  # the deadline passed while it was still connecting
+
+    def _enforce_deadlines(self) -> float | None:
+        """Abort attempts past their dispatch deadline; return seconds to the next deadline."""
+        now = time.monotonic()
+        wait: float | None = None
+        for attempt in self._attempts:
+            if attempt.timed_out:
+                continue  # aborted already; the worker reports back shortly
+            if now >= attempt.deadline_at:
+                self._abort(attempt)
+            else:
+                wait = _min_wait(wait, attempt.deadline_at - now)
+        return wait
+
+    @staticmethod
+    def _abort(attempt: _Attempt) -> None:
+        attempt.timed_out = True
+        if attempt.sock is not None:
+            # shutdown (not close) wakes the worker blocked in recv and leaves closing to it;
+            # on a socket already closed it fails harmlessly (a closed socket object has no fd).
+            with suppress(OSError):
+                attempt.sock.shutdown(socket.SHUT_RDWR)
+
+    def _finish(self, attempt: _Attempt, outcome: dispatch.AttemptOutcome) -> None:
+        self._attempts.discard(attempt)
+        queue, entry = attempt.queue, attempt.entry
+        queue.in_flight -= 1
+        entry.in_flight = False
+        task = entry.task
+        self._log.info(
+            "dispatch task=%s url=%s attempt=%d status=%s",
+            task.name,
+            attempt.request.url,
+            task.dispatch_count,
+            outcome.label,
+        )
+        still_queued = queue.tasks.get(task.name) is entry
+        if self._queues.get(queue.queue.name) is not queue or not still_queued:
+            return  # deleted or purged while in flight: Cloud Tasks forgets the outcome too
+        now = time.time()
+        if outcome.http_status is not None:
+            task.response_count += 1
+        task.last_attempt.response_time.CopyFrom(timestamp_of(now))
+        task.last_attempt.response_status.CopyFrom(
+            status_pb2.Status(code=outcome.rpc_code, message=outcome.message)
+        )
+        policy = RetryPolicy.from_pb(
+            task.retry_config if task.HasField("retry_config") else queue.queue.retry_config
+        )
+        first_dispatch_at = entry.first_dispatch_at if entry.first_dispatch_at is not None else now
+        if outcome.succeeded or policy.gives_up(task.dispatch_count, now - first_dispatch_at):
+            del queue.tasks[task.name]
+            self._tombstones.add(task.name)
+            return
+        entry.due_at = now + policy.backoff_s(task.dispatch_count)
+        task.schedule_time.CopyFrom(timestamp_of(entry.due_at))
+        entry.previous_response = outcome.http_status
+        entry.retry_reason = outcome.label
+
+
+__all__ = ["QUEUE_STATE_PAUSED", "QUEUE_STATE_RUNNING", "EmulatorError", "Engine"]

@@ -1,0 +1,134 @@
+"""OIDC tokens as Cloud Tasks attaches them, and the certificate endpoint that verifies them.
+
+Cloud Tasks signs an ID token for the task's service account with Google's keys; receivers
+check it against `https://www.googleapis.com/oauth2/v1/certs`. The emulator does the same with
+an RSA key made at start: `OidcSigner` mints RS256 tokens with Google's claims and a `kid`
+header, and `CertsServer` publishes the matching X.509 certificate in the v1 certs format
+(`{"<kid>": "-----BEGIN CERTIFICATE-----..."}`), so `google.oauth2.id_token.verify_token(...,
+certs_url=...)` verifies emulator tokens exactly as it verifies Google's.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import socket
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import jwt
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.x509.oid import NameOID
+
+GOOGLE_ISSUER = "https://accounts.google.com"
+CERTS_PATH = "/oauth2/v1/certs"
+TOKEN_LIFETIME_S = 3600
+_CERT_LIFETIME = dt.timedelta(days=2)
+
+
+def _subject_id(email: str) -> str:
+    """A stable 21-digit numeric id per account, shaped like Google's `sub` for accounts."""
+    digest = int.from_bytes(hashlib.sha256(email.encode()).digest()[:16], "big")
+    return f"1{digest % 10**20:020d}"
+
+
+class OidcSigner:
+    """Holds the emulator's signing key and its self-signed certificate."""
+
+    def __init__(self) -> None:
+        self._key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        now = dt.datetime.now(dt.UTC)
+        subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "tasks-emulator.local")])
+        certificate = (
+            x509.CertificateBuilder()
+            .subject_name(subject)
+            .issuer_name(subject)
+            .public_key(self._key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(hours=1))
+            .not_valid_after(now + _CERT_LIFETIME)
+            .sign(self._key, hashes.SHA256())
+        )
+        # Google's key ids are hex digests; the certificate's fingerprint is one too.
+        self.kid = certificate.fingerprint(hashes.SHA1()).hex()
+        self._certificate_pem = certificate.public_bytes(serialization.Encoding.PEM).decode()
+
+    def certs_document(self) -> bytes:
+        """The body of the v1 certs endpoint: key id → PEM certificate."""
+        return json.dumps({self.kid: self._certificate_pem}).encode()
+
+    def mint(self, *, service_account_email: str, audience: str, now: float | None = None) -> str:
+        """An ID token with the claims Google puts in a service account's OIDC token."""
+        issued_at = int(time.time() if now is None else now)
+        subject = _subject_id(service_account_email)
+        claims: dict[str, Any] = {
+            "aud": audience,
+            "azp": subject,
+            "email": service_account_email,
+            "email_verified": True,
+            "exp": issued_at + TOKEN_LIFETIME_S,
+            "iat": issued_at,
+            "iss": GOOGLE_ISSUER,
+            "sub": subject,
+        }
+        return jwt.encode(claims, self._key, algorithm="RS256", headers={"kid": self.kid})
+
+
+class _CertsHandler(BaseHTTPRequestHandler):
+    server: _CertsHTTPServer
+
+    def do_GET(self) -> None:
+        if self.path.split("?", 1)[0] != CERTS_PATH:
+            self.send_error(404)
+            return
+        body = self.server.document
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json; charset=UTF-8")
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Cache-Control", "public, max-age=3600")
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        # Certificate fetches are routine; the emulator logs dispatches only.
+        return
+
+
+class _CertsHTTPServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, address: tuple[str, int], document: bytes) -> None:
+        if ":" in address[0]:
+            self.address_family = socket.AF_INET6
+        super().__init__(address, _CertsHandler)
+        self.document = document
+
+
+class CertsServer:
+    """Serves `OidcSigner.certs_document()` at `http://HOST:PORT/oauth2/v1/certs`."""
+
+    def __init__(self, signer: OidcSigner, host: str) -> None:
+        self._httpd = _CertsHTTPServer((host, 0), signer.certs_document())
+        self._thread = threading.Thread(
+            target=self._httpd.serve_forever,
+            kwargs={"poll_interval": 0.1},
+            name="tasks-emulator-certs",
+            daemon=True,
+        )
+        port = self._httpd.server_address[1]
+        url_host = f"[{host}]" if ":" in host else host
+        self.url = f"http://{url_host}:{port}{CERTS_PATH}"
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        if self._thread.is_alive():
+            self._httpd.shutdown()
+            self._thread.join()
+        self._httpd.server_close()

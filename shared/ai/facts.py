@@ -1,0 +1,168 @@
+"""The facts the analytics compute from the fleet: what every AI answer is built from.
+
+Pure data (pydantic, camelCase on the wire). Numbers are rounded once here, when the facts are
+made, and every text shows them exactly as stored, so each number in an answer can be traced
+to a fact.
+"""
+
+from __future__ import annotations
+
+import enum
+from datetime import datetime
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.alias_generators import to_camel
+
+
+class FactModel(BaseModel):
+    model_config = ConfigDict(
+        alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True
+    )
+
+
+class Severity(enum.StrEnum):
+    NORMAL = "normal"
+    WARNING = "warning"
+    CRITICAL = "critical"
+    DOWN = "down"
+
+    @property
+    def rank(self) -> int:
+        return _SEVERITY_RANK[self]
+
+
+_SEVERITY_RANK = {Severity.NORMAL: 0, Severity.WARNING: 1, Severity.CRITICAL: 2, Severity.DOWN: 3}
+
+
+class Window(FactModel):
+    start: datetime
+    end: datetime
+    interval_minutes: int
+    points: int
+    servers: int
+    source: str
+
+
+class Episode(FactModel):
+    """One metric of one server out of its normal range for a while."""
+
+    server_id: str
+    metric: str
+    unit: str
+    kind: str  #: "threshold" (crossed a warning/critical limit) or "deviation" (from baseline)
+    severity: Severity
+    signs_at: datetime | None  #: first warning sign before ``start``
+    start: datetime
+    end: datetime  #: last abnormal sample
+    recovered_at: datetime | None  #: first normal sample after ``end``; None while ongoing
+    baseline: float  #: rolling mean before the episode
+    peak: float
+    peak_at: datetime
+    threshold: float | None  #: the limit crossed, for threshold episodes
+
+    @property
+    def first_seen(self) -> datetime:
+        return self.signs_at or self.start
+
+
+class TimelineEvent(FactModel):
+    at: datetime
+    server_id: str
+    metric: str
+    event: str  #: warning_signs | started | peak | recovered | down
+    value: float
+    unit: str
+
+
+class RootCause(FactModel):
+    server_id: str
+    metric: str
+    kind: str
+    evidence: list[str]  #: machine-readable evidence keys, rendered per language
+    lead_minutes: int  #: how long before the next server the root server went wrong
+    confidence: float = Field(ge=0, le=1)
+
+
+class Incident(FactModel):
+    id: str
+    kind: str  #: cpu_spike, memory_leak, disk_io_saturation, packet_loss, ...
+    severity: Severity
+    start: datetime
+    end: datetime
+    recovered_at: datetime | None
+    ongoing: bool
+    duration_minutes: int
+    servers: list[str]  #: in the order they were hit
+    root_cause: RootCause
+    episodes: list[Episode]
+    timeline: list[TimelineEvent]
+
+
+class Trend(FactModel):
+    """A least-squares line through a metric's recent samples."""
+
+    server_id: str
+    metric: str
+    unit: str
+    since: datetime
+    current: float
+    slope_per_hour: float
+    r2: float
+    warning: float
+    critical: float
+    hours_to_warning: float | None
+    hours_to_critical: float | None
+
+
+class Capacity(FactModel):
+    server_id: str
+    role: str
+    datacenter: str
+    cpu_cores: int
+    memory_gb: float
+    cpu_p50: float
+    cpu_p95: float
+    memory_p50: float
+    memory_p95: float
+    verdict: str  #: over_provisioned | under_provisioned | balanced
+
+
+class Consolidation(FactModel):
+    servers: list[str]
+    role: str
+    datacenter: str
+    combined_cpu_p95: float
+    combined_memory_p95: float
+    servers_saved: int
+
+
+class ServerStatus(FactModel):
+    server_id: str
+    role: str
+    datacenter: str
+    status: Severity
+    cpu: float
+    memory: float
+    disk: float
+    response_ms: float
+    alerts: list[str]  #: metric names over a limit now
+
+
+class StatusSummary(FactModel):
+    at: datetime
+    total: int
+    counts: dict[str, int]  #: per Severity value
+    avg_cpu: float
+    avg_memory: float
+    incidents_24h: int
+    ongoing_incidents: int
+    servers: list[ServerStatus]
+
+
+class FleetFacts(FactModel):
+    window: Window
+    status: StatusSummary
+    incidents: list[Incident]
+    trends: list[Trend]
+    capacity: list[Capacity]
+    consolidations: list[Consolidation]

@@ -1,0 +1,87 @@
+"""The AI job's steps, as the seed lays them out: start 0 → collecting data 20 → AI analysis
+50 → formatting 80 → done 100.
+
+``on_progress`` is asked before each step whether to go on; ``False`` (the job was cancelled)
+stops the run at once with ``JobCancelled`` and nothing is written. ``deadline`` (a
+``time.monotonic()`` value) ends the run with ``DeadlineExceeded`` before the caller's own
+timeout, and bounds the model's request timeout.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from shared.ai import analytics, compose
+from shared.ai.fleet import FleetSource, fleet_source_from_settings
+from shared.ai.lang import Language, detect_language, step_message
+from shared.ai.render import render_markdown
+from shared.ai.results import AIResult
+from shared.ai.router import classify, wants_optimisation
+from shared.ai.writers import LocalWriter, Writer, merge_narrative, writer_from_settings
+from shared.errors import DeadlineExceeded, JobCancelled
+from shared.jobs import JobType
+from shared.settings import AISettings
+
+ProgressCallback = Callable[[int, str], bool]
+
+
+class _Steps:
+    """Reports progress and enforces cancel and deadline between steps."""
+
+    def __init__(
+        self, on_progress: ProgressCallback, language: Language, deadline: float | None
+    ) -> None:
+        self.on_progress = on_progress
+        self.language = language
+        self.deadline = deadline
+
+    def check_deadline(self) -> None:
+        if self.deadline is not None and time.monotonic() >= self.deadline:
+            raise DeadlineExceeded("the AI work ran out of time", details={"step": "deadline"})
+
+    def step(self, percent: int) -> None:
+        self.check_deadline()
+        message = step_message(percent, self.language)
+        if not self.on_progress(percent, message):
+            raise JobCancelled("job cancelled", details={"percent": percent})
+
+
+def run(
+    query: str,
+    job_type: JobType | None,
+    on_progress: ProgressCallback,
+    *,
+    settings: AISettings,
+    deadline: float | None = None,
+    writer: Writer | None = None,
+    fleet: FleetSource | None = None,
+) -> AIResult:
+    """Run one AI job and return its result (with Markdown); see the module docstring."""
+    language = detect_language(query)
+    steps = _Steps(on_progress, language, deadline)
+    steps.step(0)
+    job_type = job_type or classify(query, settings).job_type
+    source = fleet or fleet_source_from_settings(settings.fleet_source, settings.fleet_seed)
+
+    steps.step(20)
+    facts = analytics.analyse(source.load())
+    draft = compose.draft(
+        job_type, facts, query, language, with_optimisation=wants_optimisation(query)
+    )
+
+    steps.step(50)
+    local = LocalWriter()
+    fallback = local.write(draft)
+    chosen = writer or writer_from_settings(settings)
+    narrative = (
+        fallback if isinstance(chosen, LocalWriter) else chosen.write(draft, deadline=deadline)
+    )
+    steps.check_deadline()
+
+    steps.step(80)
+    result = merge_narrative(draft, narrative, fallback, chosen.name)
+    result = result.model_copy(update={"markdown": render_markdown(result)})
+
+    steps.step(100)
+    return result

@@ -1,0 +1,212 @@
+"""The private functions: the processor Cloud Tasks calls, and the reaper Cloud Scheduler calls.
+
+Processor contract (DESIGN.md): claim the job under a lease, run the AI pipeline writing
+progress, then complete or fail it. Answer 2xx to delete the task - on success, on a
+permanent failure (recorded as failed), on cancel and on a duplicate that finds nothing to
+do - and 5xx only for a retryable error while attempts remain, so Cloud Tasks retries.
+"""
+
+from __future__ import annotations
+
+import hmac
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import flask
+
+from shared import errors, logs
+from shared.http import json_response, parse_job_id, read_json
+from shared.jobs import Job, JobStatus
+from shared.settings import Settings
+from shared.store import JobStore, get_store
+from shared.tasks import SECRET_HEADER, get_queue
+
+#: Ends the pipeline this long before the dispatch deadline, so failing cleanly fits in.
+_DEADLINE_MARGIN_S = 30.0
+_google_request: Any = None
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """What Cloud Tasks tells us about this delivery (the X-CloudTasks-* headers)."""
+
+    task_name: str | None
+    retry_count: int
+    execution_count: int
+
+    @classmethod
+    def from_request(cls, request: flask.Request) -> Delivery:
+        def number(name: str) -> int:
+            raw = request.headers.get(name, "0")
+            return int(raw) if raw.isdigit() else 0
+
+        return cls(
+            task_name=request.headers.get("X-CloudTasks-TaskName"),
+            retry_count=number("X-CloudTasks-TaskRetryCount"),
+            execution_count=number("X-CloudTasks-TaskExecutionCount"),
+        )
+
+
+def verify_caller(request: flask.Request, settings: Settings, *, audience: str) -> None:
+    """Only our Cloud Tasks queue / Cloud Scheduler job may call the private functions.
+
+    In production IAM keeps the function private; on top of that, with
+    PROCESSOR_VERIFY_OIDC the Google-signed OIDC token is checked (issuer, audience, service
+    account), and with PROCESSOR_SHARED_SECRET the secret header the task carries.
+    """
+    if settings.processor_secret:
+        given = request.headers.get(SECRET_HEADER, "")
+        if not hmac.compare_digest(given.encode(), settings.processor_secret.encode()):
+            raise errors.Forbidden("this function only accepts calls from the task queue")
+    if settings.verify_oidc:
+        _verify_oidc(request, settings, audience)
+
+
+def _verify_oidc(request: flask.Request, settings: Settings, audience: str) -> None:
+    global _google_request
+    import google.auth.transport.requests
+    from google.oauth2 import id_token
+
+    auth = request.headers.get("Authorization", "")
+    if not auth.lower().startswith("bearer "):
+        raise errors.Unauthorized("an OIDC bearer token is required")
+    if _google_request is None:
+        _google_request = google.auth.transport.requests.Request()
+    kwargs: dict[str, Any] = {"audience": audience}
+    if settings.oidc_certs_url:
+        kwargs["certs_url"] = settings.oidc_certs_url
+    try:
+        claims = id_token.verify_token(auth[7:].strip(), _google_request, **kwargs)
+    except ValueError as exc:
+        raise errors.Unauthorized(
+            "the OIDC token is not valid", details={"reason": str(exc)[:200]}
+        ) from None
+    if claims.get("iss") not in {"https://accounts.google.com", "accounts.google.com"}:
+        raise errors.Unauthorized("the OIDC token has the wrong issuer")
+    expected = settings.tasks_invoker_sa
+    if expected and (claims.get("email") != expected or not claims.get("email_verified")):
+        raise errors.Forbidden("the OIDC token is not from the invoker service account")
+
+
+def process_job(request: flask.Request, settings: Settings) -> flask.Response:
+    if not request.headers.get("X-CloudTasks-QueueName"):
+        raise errors.Forbidden("this function only accepts Cloud Tasks deliveries")
+    verify_caller(request, settings, audience=settings.oidc_audience or settings.processor_url)
+    body = read_json(request, settings)
+    job_id = parse_job_id(body.get("jobId"))
+    delivery = Delivery.from_request(request)
+    outcome, status = Processor(get_store(settings), settings).process(job_id, delivery)
+    return json_response({"jobId": str(job_id), "outcome": outcome}, status)
+
+
+class Processor:
+    def __init__(self, store: JobStore, settings: Settings) -> None:
+        self.store = store
+        self.settings = settings
+
+    def process(self, job_id: uuid.UUID, delivery: Delivery) -> tuple[str, int]:
+        """Returns (outcome, HTTP status for Cloud Tasks)."""
+        context = {"jobId": str(job_id), "task": delivery.task_name}
+        job = self.store.claim_job(job_id, self.settings.lease_seconds)
+        if job is None:
+            logs.info("nothing to do: duplicate or finished delivery", **context)
+            return "nothing_to_do", 200
+        context["attempt"] = str(job.attempts)
+        logs.info(
+            "job claimed",
+            **context,
+            retryCount=delivery.retry_count,
+            executionCount=delivery.execution_count,
+        )
+        try:
+            return self._run(job, context)
+        except errors.DependencyDown as exc:
+            # The database itself is unreachable: let Cloud Tasks retry; the lease expires
+            # and the next claim (or the reaper) takes over.
+            logs.error("dependency down while processing", **context, error=exc.code)
+            return "retry", 503
+
+    def _run(self, job: Job, context: dict[str, Any]) -> tuple[str, int]:
+        from shared.ai import pipeline
+
+        assert job.lease_token is not None
+        token = job.lease_token
+        budget = min(
+            self.settings.job_deadline_s,
+            self.settings.dispatch_deadline_s - _DEADLINE_MARGIN_S,
+        )
+        deadline = time.monotonic() + max(budget, 1.0)
+
+        def on_progress(progress: int, step: str) -> bool:
+            go_on = self.store.report_progress(
+                job.id, token, progress, step, lease_seconds=self.settings.lease_seconds
+            )
+            logs.info("progress", **context, progress=progress, step=step)
+            return go_on
+
+        try:
+            result = pipeline.run(
+                job.query, job.type, on_progress, settings=self.settings.ai, deadline=deadline
+            )
+        except errors.JobCancelled:
+            logs.info("job cancelled; stopping", **context)
+            return "cancelled", 200
+        except errors.LeaseLost:
+            logs.warning("lease lost; another attempt owns the job", **context)
+            return "lease_lost", 200
+        except errors.DependencyDown:
+            raise
+        except errors.AppError as exc:
+            return self._fail(job, token, exc, context)
+        except Exception as exc:  # a bug: fail the job, do not loop on it
+            logs.error("unexpected error in the pipeline", **context, error=repr(exc)[:500])
+            return self._fail(job, token, errors.AppError(f"internal error: {exc}"), context)
+
+        try:
+            self.store.complete_job(job.id, token, result.model_dump(mode="json", by_alias=True))
+        except errors.IllegalTransition:
+            logs.info("job was cancelled before completion", **context)
+            return "cancelled", 200
+        except errors.LeaseLost:
+            return "lease_lost", 200
+        logs.info("job completed", **context)
+        return "completed", 200
+
+    def _fail(
+        self, job: Job, token: uuid.UUID, exc: errors.AppError, context: dict[str, Any]
+    ) -> tuple[str, int]:
+        try:
+            failed = self.store.fail_job(
+                job.id, token, exc.message, error_code=exc.code, retryable=exc.retryable
+            )
+        except (errors.IllegalTransition, errors.LeaseLost):
+            return "superseded", 200
+        if failed.status == JobStatus.QUEUED:
+            logs.warning("retryable failure; Cloud Tasks will retry", **context, error=exc.code)
+            return "retry", 503
+        logs.error("job failed", **context, error=exc.code, message=exc.message)
+        return "failed", 200
+
+
+def reap_jobs(request: flask.Request, settings: Settings) -> flask.Response:
+    verify_caller(request, settings, audience=settings.reaper_url)
+    store = get_store(settings)
+    queue = get_queue(settings)
+    reaped = store.reap_jobs(settings.reap_grace_s)
+    dispatched, failed, lost = 0, 0, 0
+    for item in reaped:
+        if item.action == "failed":
+            failed += 1
+            continue
+        try:
+            queue.enqueue(item.job_id, item.dispatch_count)
+            dispatched += 1
+        except errors.QueueUnavailable:
+            lost += 1
+            store.release_dispatch(item.job_id)
+    purged = store.purge_jobs(settings.retention_days)
+    summary = {"dispatched": dispatched, "failed": failed, "undispatched": lost, "purged": purged}
+    logs.info("reaper sweep", **summary)
+    return json_response(summary, 503 if lost else 200)

@@ -1,0 +1,183 @@
+"""GeminiWriter with the real google-genai client against the fake Gemini on loopback."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from infra.local import fake_gemini
+from shared.ai import analytics, compose
+from shared.ai.fleet import build_synthetic_fleet
+from shared.ai.gemini import GeminiWriter
+from shared.ai.results import AIResult
+from shared.ai.writers import writer_from_settings
+from shared.errors import AIError
+from shared.jobs import JobType
+from shared.settings import AISettings
+
+MODEL = "gemini-2.5-flash"
+
+
+@pytest.fixture(scope="module")
+def draft() -> AIResult:
+    facts = analytics.analyse(build_synthetic_fleet(42))
+    return compose.draft(JobType.REPORT, facts, "리포트 만들어줘", "ko")
+
+
+@pytest.fixture
+def sleeps() -> list[float]:
+    return []
+
+
+@pytest.fixture
+def writer(fake: fake_gemini.FakeGemini, sleeps: list[float]) -> Iterator[GeminiWriter]:
+    def sleep(seconds: float) -> None:
+        sleeps.append(seconds)
+        time.sleep(min(seconds, 0.05))
+
+    with GeminiWriter(
+        api_key="fake",
+        model=MODEL,
+        base_url=fake.base_url,
+        timeout_s=5,
+        max_retries=2,
+        backoff_s=0.01,
+        sleep=sleep,
+    ) as gemini:
+        yield gemini
+
+
+def test_structured_answer(
+    writer: GeminiWriter, fake: fake_gemini.FakeGemini, draft: AIResult
+) -> None:
+    narrative = writer.write(draft)
+
+    assert narrative.title == "example title"
+    assert fake.calls == 1
+    request = fake.requests[0]
+    assert request.path == f"/v1beta/models/{MODEL}:generateContent" or request.path.endswith(
+        f"/models/{MODEL}:generateContent"
+    )
+    assert request.headers["x-goog-api-key"] == "fake"
+    config = request.body["generationConfig"]
+    assert config["responseMimeType"] == "application/json"
+    assert set(config["responseJsonSchema"]["properties"]) == {
+        "title",
+        "summary",
+        "explanations",
+        "actions",
+    }
+    assert "Korean" in request.body["systemInstruction"]["parts"][0]["text"]
+
+
+def test_429_then_success_honours_the_retry_hint(
+    writer: GeminiWriter, fake: fake_gemini.FakeGemini, draft: AIResult, sleeps: list[float]
+) -> None:
+    fake.push(fake_gemini.rate_limited(retry_delay_s=0.2))
+
+    narrative = writer.write(draft)
+
+    assert narrative.summary == "example summary"
+    assert fake.calls == 2
+    assert sleeps == [0.2]  # the server's RetryInfo, not our backoff
+
+
+def test_rate_limit_that_outlasts_the_retries_is_retryable(
+    writer: GeminiWriter, fake: fake_gemini.FakeGemini, draft: AIResult
+) -> None:
+    fake.push(*[fake_gemini.rate_limited(0.01)] * 3)
+    with pytest.raises(AIError) as caught:
+        writer.write(draft)
+    assert caught.value.retryable is True
+    assert caught.value.retry_after == 0.01
+    assert fake.calls == 3
+
+
+def test_server_errors_are_retried_with_backoff(
+    writer: GeminiWriter, fake: fake_gemini.FakeGemini, draft: AIResult, sleeps: list[float]
+) -> None:
+    fake.push(fake_gemini.server_error(500), fake_gemini.server_error(503))
+    writer.write(draft)
+    assert fake.calls == 3
+    assert sleeps == [0.01, 0.02]
+
+
+def test_malformed_model_json_is_permanent(
+    writer: GeminiWriter, fake: fake_gemini.FakeGemini, draft: AIResult
+) -> None:
+    fake.push(*[fake_gemini.malformed()] * 3)
+    with pytest.raises(AIError) as caught:
+        writer.write(draft)
+    assert caught.value.retryable is False
+    assert caught.value.details["reason"] == "malformed_output"
+    assert fake.calls == 3  # retried in place first: output varies between calls
+
+
+def test_malformed_once_then_valid_succeeds(
+    writer: GeminiWriter, fake: fake_gemini.FakeGemini, draft: AIResult
+) -> None:
+    fake.push(fake_gemini.malformed('{"title": 1}'))
+    assert writer.write(draft).title == "example title"
+    assert fake.calls == 2
+
+
+def test_timeout_is_retryable(fake: fake_gemini.FakeGemini, draft: AIResult) -> None:
+    fake.push(fake_gemini.slow(5), fake_gemini.slow(5))
+    started = time.monotonic()
+    with GeminiWriter(
+        api_key="fake",
+        model=MODEL,
+        base_url=fake.base_url,
+        timeout_s=1,
+        max_retries=1,
+        backoff_s=0.01,
+    ) as writer, pytest.raises(AIError) as caught:
+        writer.write(draft)
+    assert caught.value.retryable is True
+    assert caught.value.details["reason"] == "timeout"
+    assert fake.calls == 2
+    assert time.monotonic() - started < 4
+
+
+@pytest.mark.parametrize("status", [400, 403, 404])
+def test_client_errors_are_permanent_and_not_retried(
+    status: int, writer: GeminiWriter, fake: fake_gemini.FakeGemini, draft: AIResult
+) -> None:
+    fake.push(fake_gemini.client_error(status))
+    with pytest.raises(AIError) as caught:
+        writer.write(draft)
+    assert caught.value.retryable is False
+    assert caught.value.details["status"] == status
+    assert fake.calls == 1
+
+
+def test_settings_choose_the_writer(fake: fake_gemini.FakeGemini) -> None:
+    assert writer_from_settings(AISettings()).name == "local"
+    assert writer_from_settings(AISettings(writer="local", gemini_api_key="k")).name == "local"
+    env = {"GEMINI_API_KEY": "fake", "GEMINI_BASE_URL": fake.base_url}
+    chosen = writer_from_settings(AISettings.from_env(env))
+    assert isinstance(chosen, GeminiWriter)
+    assert chosen.base_url == fake.base_url and chosen.model == MODEL
+
+
+def test_example_instances_follow_the_schema() -> None:
+    schema = {
+        "type": "object",
+        "properties": {
+            "n": {"type": "integer", "minimum": 3},
+            "tags": {"type": "array", "items": {"$ref": "#/$defs/Tag"}, "minItems": 2},
+            "maybe": {"anyOf": [{"type": "null"}, {"type": "number"}]},
+            "mode": {"enum": ["a", "b"]},
+        },
+        "$defs": {"Tag": {"type": "object", "properties": {"name": {"type": "string"}}}},
+    }
+    assert fake_gemini.example_from_schema(schema) == {
+        "n": 3,
+        "tags": [{"name": "example name"}, {"name": "example name"}],
+        "maybe": 0.0,
+        "mode": "a",
+    }
+    openapi = {"type": "OBJECT", "properties": {"ok": {"type": "BOOLEAN"}}}
+    assert fake_gemini.example_from_schema(openapi) == {"ok": True}

@@ -1,0 +1,430 @@
+"""deploy.sh, checked through ``--dry-run`` (there is no gcloud, project or network in CI).
+
+Every run puts fake ``gcloud`` and ``supabase`` first on PATH that record any call, so a dry run
+that ran a cloud command instead of printing it fails the test. Staging is real in a dry run and
+goes to a temporary ``DEPLOY_BUILD_DIR``; it is compared with the repository's own files.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+SCRIPT = REPO / "deploy.sh"
+BASH = shutil.which("bash") or "/bin/bash"
+PROJECT = "demo-proj"
+REGION = "asia-northeast1"
+RUNTIME_SA = f"ai-jobs-runtime@{PROJECT}.iam.gserviceaccount.com"
+INVOKER_SA = f"ai-jobs-invoker@{PROJECT}.iam.gserviceaccount.com"
+ENTRY_POINTS = {
+    "ai-jobs-process": "process_job",
+    "ai-jobs-create": "create_job",
+    "ai-jobs-get": "get_job",
+    "ai-jobs-list": "list_jobs",
+    "ai-jobs-cancel": "cancel_job",
+    "ai-jobs-reap": "reap_jobs",
+}
+PRIVATE = {"ai-jobs-process", "ai-jobs-reap"}
+SECRET_VALUES = {
+    "SUPABASE_SERVICE_ROLE_KEY": "sk-test-service-role-5f1a",
+    "GEMINI_API_KEY": "gm-test-key-9c2e",
+    "SUPABASE_JWT_SECRET": "jwt-test-secret-77d0",
+    "PROCESSOR_SHARED_SECRET": "shared-test-secret-31b4",
+}
+DB_PASSWORD = "db-test-password-e8a2"
+APIS = [
+    "cloudfunctions",
+    "run",
+    "cloudbuild",
+    "artifactregistry",
+    "cloudtasks",
+    "cloudscheduler",
+    "secretmanager",
+    "logging",
+    "iam",
+]
+# What the functions read (the lead's list): --help must document each one.
+FUNCTION_SETTINGS = [
+    "SUPABASE_URL",
+    "SUPABASE_SERVICE_ROLE_KEY",
+    "GEMINI_API_KEY",
+    "GEMINI_MODEL",
+    "AI_WRITER",
+    "GCP_PROJECT",
+    "FUNCTION_REGION",
+    "TASKS_LOCATION",
+    "TASKS_QUEUE",
+    "PROCESSOR_URL",
+    "TASKS_INVOKER_SA",
+    "PROCESSOR_VERIFY_OIDC",
+    "PROCESSOR_OIDC_AUDIENCE",
+    "PROCESSOR_SHARED_SECRET",
+    "TASK_DISPATCH_DEADLINE_S",
+    "JOB_DEADLINE_S",
+    "LEASE_SECONDS",
+    "MAX_ATTEMPTS",
+    "MAX_JOBS_PER_MINUTE",
+    "MAX_ACTIVE_JOBS",
+    "RETENTION_DAYS",
+    "ENABLE_JOB_QUEUE",
+    "ENABLE_COMPLEXITY_ROUTING",
+    "ALLOWED_ORIGINS",
+    "USER_ID_HEADER",
+    "ALLOW_ANONYMOUS",
+    "SUPABASE_JWT_SECRET",
+    "PUBLIC_BASE_URL",
+    "POLL_INTERVAL_S",
+]
+FAKE_TOOL = '#!/bin/sh\necho "$0 $*" >> "{marker}"\nexit 97\n'
+
+
+def run_deploy(
+    tmp_path: Path, *args: str, dry_run: bool = True, **env_overrides: str | None
+) -> subprocess.CompletedProcess[str]:
+    fake_bin = tmp_path / "fake-bin"
+    fake_bin.mkdir(exist_ok=True)
+    for tool in ("gcloud", "supabase"):
+        fake = fake_bin / tool
+        fake.write_text(FAKE_TOOL.format(marker=tmp_path / "tool-calls.log"))
+        fake.chmod(0o755)
+    env: dict[str, str | None] = {
+        "PATH": f"{fake_bin}{os.pathsep}{os.environ['PATH']}",
+        "HOME": str(tmp_path),
+        "GCP_PROJECT": PROJECT,
+        "SUPABASE_URL": "https://abcd.supabase.co",
+        "DEPLOY_BUILD_DIR": str(tmp_path / "build"),
+        "SUPABASE_DB_URL": f"postgresql://postgres:{DB_PASSWORD}@db.abcd.supabase.co:5432/postgres",
+        "ALLOWED_ORIGINS": "https://app.example,https://admin.example",
+        **SECRET_VALUES,
+    }
+    env.update(env_overrides)
+    flags = ["--dry-run"] if dry_run else []
+    return subprocess.run(
+        [BASH, str(SCRIPT), *flags, *args],
+        env={k: v for k, v in env.items() if v is not None},
+        cwd=tmp_path,  # the script must find the repository on its own
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+
+
+def commands(stdout: str) -> list[str]:
+    return [line[2:] for line in stdout.splitlines() if line.startswith("+ ")]
+
+
+def deploy_lines(stdout: str) -> dict[str, str]:
+    found = {}
+    for cmd in commands(stdout):
+        if cmd.startswith("gcloud functions deploy "):
+            found[cmd.split()[3]] = cmd
+    return found
+
+
+def first_index(lines: list[str], *needles: str) -> int:
+    for i, line in enumerate(lines):
+        if all(needle in line for needle in needles):
+            return i
+    raise AssertionError(f"no line contains {needles}")
+
+
+def url_line(lines: list[str], name: str) -> int:
+    pattern = re.compile(rf"{name}\s+{re.escape(placeholder_url(name))}")
+    return next(i for i, line in enumerate(lines) if pattern.fullmatch(line))
+
+
+def placeholder_url(name: str) -> str:
+    return f"https://{REGION}-{PROJECT}.cloudfunctions.net/{name}"
+
+
+def test_dry_run_prints_every_step_in_order_and_runs_nothing(tmp_path: Path) -> None:
+    result = run_deploy(tmp_path)
+
+    assert result.returncode == 0, result.stderr
+    assert not (tmp_path / "tool-calls.log").exists()  # no gcloud/supabase was executed
+    lines = result.stdout.splitlines()
+    steps = [
+        first_index(lines, "+ gcloud services enable", *[f"{api}.googleapis.com" for api in APIS]),
+        first_index(lines, "+ gcloud iam service-accounts create ai-jobs-runtime"),
+        first_index(lines, "+ gcloud iam service-accounts create ai-jobs-invoker"),
+        first_index(
+            lines, "+ gcloud projects add-iam-policy-binding", RUNTIME_SA, "roles/logging.logWriter"
+        ),
+        first_index(
+            lines,
+            f"+ gcloud iam service-accounts add-iam-policy-binding {INVOKER_SA}",
+            f"--member=serviceAccount:{RUNTIME_SA}",
+            "--role=roles/iam.serviceAccountUser",
+        ),
+        first_index(lines, "+ gcloud tasks queues create ai-jobs", f"--location={REGION}"),
+        first_index(lines, "+ gcloud tasks queues add-iam-policy-binding", "cloudtasks.enqueuer"),
+        first_index(lines, "+ gcloud tasks queues add-iam-policy-binding", "taskDeleter"),
+        first_index(lines, "+ gcloud secrets create supabase-service-role-key"),
+        first_index(lines, "+ gcloud secrets create gemini-api-key"),
+        *[first_index(lines, f"+ gcloud functions deploy {name} ") for name in ENTRY_POINTS],
+        first_index(lines, "+ gcloud scheduler jobs create http ai-jobs-reap"),
+        first_index(lines, "+ supabase db push"),
+        *[url_line(lines, name) for name in ENTRY_POINTS],
+    ]
+    assert steps == sorted(steps)
+    assert len(set(steps)) == len(steps)
+
+
+def test_queue_has_every_retry_setting_with_defaults_and_overrides(tmp_path: Path) -> None:
+    defaults = run_deploy(tmp_path)
+    custom = run_deploy(tmp_path, QUEUE_MAX_ATTEMPTS="7", QUEUE_MIN_BACKOFF="2s", TASKS_QUEUE="q")
+
+    (queue,) = [c for c in commands(defaults.stdout) if c.startswith("gcloud tasks queues create")]
+    for flag in (
+        "--max-attempts=5",
+        "--min-backoff=10s",
+        "--max-backoff=300s",
+        "--max-doublings=4",
+        "--max-concurrent-dispatches=10",
+        "--max-dispatches-per-second=5",
+        f"--location={REGION}",
+        f"--project={PROJECT}",
+    ):
+        assert flag in queue.split()
+    assert "gcloud tasks queues create q " in custom.stdout
+    assert "--max-attempts=7" in custom.stdout
+    assert "--min-backoff=2s" in custom.stdout
+
+
+def test_each_function_is_deployed_with_its_settings(tmp_path: Path) -> None:
+    result = run_deploy(tmp_path)
+
+    deployed = deploy_lines(result.stdout)
+    assert list(deployed) == list(ENTRY_POINTS)  # processor first: the others need its URL
+    for name, cmd in deployed.items():
+        args = cmd.split()
+        assert f"--gen2 --region={REGION}" in cmd
+        assert f"--entry-point={ENTRY_POINTS[name]}" in args
+        assert "--runtime=python311" in args
+        assert "--trigger-http" in args
+        assert f"--source={tmp_path / 'build' / name}" in args
+        assert f"--service-account={RUNTIME_SA}" in args
+        assert f"--env-vars-file={tmp_path / 'build' / name}.env.yaml" in args
+        secrets = next(a for a in args if a.startswith("--set-secrets="))
+        assert "SUPABASE_SERVICE_ROLE_KEY=supabase-service-role-key:latest" in secrets
+        if name in PRIVATE:
+            assert "--no-allow-unauthenticated" in args
+            assert "--allow-unauthenticated" not in args
+        else:
+            assert "--allow-unauthenticated" in args
+            assert "--no-allow-unauthenticated" not in args
+    assert "--timeout=540s" in deployed["ai-jobs-process"].split()
+    assert "--memory=1Gi" in deployed["ai-jobs-process"].split()
+    for name in set(ENTRY_POINTS) - {"ai-jobs-process"}:
+        assert "--timeout=60s" in deployed[name].split()
+        assert "--memory=256Mi" in deployed[name].split()
+    assert "GEMINI_API_KEY=gemini-api-key:latest" in deployed["ai-jobs-process"]
+    assert "GEMINI_API_KEY" not in deployed["ai-jobs-get"]  # mounted only where it is used
+
+
+def test_invoker_may_call_only_the_private_functions(tmp_path: Path) -> None:
+    result = run_deploy(tmp_path)
+
+    bindings = [c for c in commands(result.stdout) if "add-invoker-policy-binding" in c]
+    assert sorted(c.split()[3] for c in bindings) == sorted(PRIVATE)
+    for cmd in bindings:
+        assert f"--member=serviceAccount:{INVOKER_SA}" in cmd.split()
+        assert f"--region={REGION}" in cmd.split()
+    roles = [c for c in commands(result.stdout) if "--role=" in c]
+    assert not any("run.invoker" in c or "roles/owner" in c or "roles/editor" in c for c in roles)
+    accessor = [c for c in roles if "secretmanager.secretAccessor" in c]
+    assert accessor
+    assert all(c.startswith("gcloud secrets add-iam-policy-binding") for c in accessor)
+
+
+def test_secret_values_never_appear(tmp_path: Path) -> None:
+    result = run_deploy(tmp_path)
+
+    output = result.stdout + result.stderr
+    for value in [*SECRET_VALUES.values(), DB_PASSWORD]:
+        assert value not in output
+        for staged in (tmp_path / "build").rglob("*"):
+            if staged.is_file():
+                assert value not in staged.read_text(errors="replace"), staged
+    creates = [c for c in commands(result.stdout) if c.startswith("gcloud secrets create")]
+    assert len(creates) == 4  # every secret was given a value
+    assert all("--data-file=-" in c.split() and c.endswith(" <<< <redacted>") for c in creates)
+    assert "supabase db push --db-url postgresql://postgres:<redacted>@" in result.stdout
+    # The reaper checks the shared secret: the Scheduler gets it through a flags file.
+    (job,) = [c for c in commands(result.stdout) if c.startswith("gcloud scheduler jobs")]
+    assert "--flags-file=" in job
+
+
+def test_optional_secrets_are_neither_stored_nor_mounted_when_unset(tmp_path: Path) -> None:
+    result = run_deploy(
+        tmp_path, GEMINI_API_KEY=None, SUPABASE_JWT_SECRET=None, PROCESSOR_SHARED_SECRET=None
+    )
+
+    assert result.returncode == 0, result.stderr
+    assert "gcloud secrets create supabase-service-role-key" in result.stdout
+    for secret in ("gemini-api-key", "supabase-jwt-secret", "processor-shared-secret"):
+        assert f"+ gcloud secrets create {secret}" not in result.stdout
+        assert f"{secret}:latest" not in result.stdout
+    assert "--flags-file" not in result.stdout
+
+
+def test_every_create_is_guarded_by_a_describe_probe(tmp_path: Path) -> None:
+    lines = run_deploy(tmp_path).stdout.splitlines()
+
+    creates = [
+        i
+        for i, line in enumerate(lines)
+        if re.match(
+            r"\+ gcloud (iam service-accounts|tasks queues|secrets|scheduler jobs) create", line
+        )
+    ]
+    assert len(creates) == 2 + 1 + 4 + 1
+    for i in creates:
+        probe = lines[i - 1]
+        assert probe.startswith("# probe (dry-run: not run, assuming absent): gcloud ")
+        assert " describe " in probe
+
+
+def test_scheduler_calls_the_reaper_with_an_oidc_token(tmp_path: Path) -> None:
+    result = run_deploy(tmp_path, REAP_SCHEDULE="*/10 * * * *")
+
+    (job,) = [c for c in commands(result.stdout) if c.startswith("gcloud scheduler jobs")]
+    reaper = placeholder_url("ai-jobs-reap")
+    assert job.startswith("gcloud scheduler jobs create http ai-jobs-reap ")
+    assert "'--schedule=*/10 * * * *'" in job
+    for flag in (
+        f"--location={REGION}",
+        "--time-zone=Asia/Seoul",
+        f"--uri={reaper}",
+        "--http-method=POST",
+        f"--oidc-service-account-email={INVOKER_SA}",
+        f"--oidc-token-audience={reaper}",
+    ):
+        assert flag in job.split()
+
+
+def test_migrations_run_with_the_supabase_cli_or_are_skipped(tmp_path: Path) -> None:
+    applied = run_deploy(tmp_path)
+    skipped_flag = run_deploy(tmp_path, "--skip-migrations")
+    skipped_unset = run_deploy(tmp_path, SUPABASE_DB_URL=None)
+
+    (push,) = [c for c in commands(applied.stdout) if c.startswith("supabase")]
+    assert push.startswith("supabase db push --db-url postgresql://")
+    assert "--workdir infra" in push  # the folder holding supabase/config.toml and migrations/
+    assert (REPO / "infra" / "supabase" / "config.toml").is_file()
+    assert list((REPO / "infra" / "supabase" / "migrations").glob("*.sql"))
+    for result in (skipped_flag, skipped_unset):
+        assert result.returncode == 0, result.stderr
+        assert "supabase db push" not in result.stdout
+        assert "skipped" in result.stdout
+
+
+def test_staging_copies_main_shared_and_requirements(tmp_path: Path) -> None:
+    result = run_deploy(tmp_path)
+
+    assert result.returncode == 0, result.stderr
+    repo_shared = sorted(
+        p.relative_to(REPO / "shared")
+        for p in (REPO / "shared").rglob("*")
+        if p.is_file() and "__pycache__" not in p.parts
+    )
+    for name in ENTRY_POINTS:
+        staged = tmp_path / "build" / name
+        assert (staged / "main.py").read_bytes() == (
+            REPO / "functions" / name / "main.py"
+        ).read_bytes()
+        assert (staged / "requirements.txt").read_bytes() == (
+            REPO / "requirements.txt"
+        ).read_bytes()
+        staged_shared = sorted(
+            p.relative_to(staged / "shared") for p in (staged / "shared").rglob("*") if p.is_file()
+        )
+        assert staged_shared == repo_shared
+        assert not list(staged.rglob("__pycache__"))
+        env_file = (tmp_path / "build" / f"{name}.env.yaml").read_text()
+        assert 'ALLOWED_ORIGINS: "https://app.example,https://admin.example"' in env_file
+        assert f'PROCESSOR_URL: "{placeholder_url("ai-jobs-process")}"' in env_file
+        assert f'TASKS_INVOKER_SA: "{INVOKER_SA}"' in env_file
+        assert 'PROCESSOR_VERIFY_OIDC: "true"' in env_file
+        assert ("REAPER_URL:" in env_file) == (name == "ai-jobs-reap")
+
+
+def test_missing_project_fails_with_a_message_naming_it(tmp_path: Path) -> None:
+    result = run_deploy(tmp_path, GCP_PROJECT=None)
+
+    assert result.returncode != 0
+    assert "GCP_PROJECT" in result.stderr
+    assert "+ gcloud" not in result.stdout
+
+
+def test_project_and_region_flags_override_the_environment(tmp_path: Path) -> None:
+    result = run_deploy(
+        tmp_path, "--project", "other-proj", "--region=europe-west1", GCP_PROJECT=None
+    )
+
+    assert result.returncode == 0, result.stderr
+    for cmd in deploy_lines(result.stdout).values():
+        assert "--gen2 --region=europe-west1 --project=other-proj" in cmd
+
+
+def test_missing_supabase_url_fails_with_a_message_naming_it(tmp_path: Path) -> None:
+    result = run_deploy(tmp_path, SUPABASE_URL=None)
+
+    assert result.returncode != 0
+    assert "SUPABASE_URL" in result.stderr
+
+
+def test_only_deploys_just_that_function(tmp_path: Path) -> None:
+    result = run_deploy(tmp_path, "--only", "ai-jobs-get")
+
+    assert result.returncode == 0, result.stderr
+    assert list(deploy_lines(result.stdout)) == ["ai-jobs-get"]
+    assert sorted(p.name for p in (tmp_path / "build").iterdir() if p.is_dir()) == ["ai-jobs-get"]
+    assert "gcloud scheduler jobs" not in result.stdout
+    assert "add-invoker-policy-binding" not in result.stdout
+
+
+def test_only_rejects_an_unknown_function(tmp_path: Path) -> None:
+    result = run_deploy(tmp_path, "--only", "ai-jobs-get,ai-jobs-nope")
+
+    assert result.returncode != 0
+    assert "ai-jobs-nope" in result.stderr
+
+
+def test_inconsistent_deadlines_are_refused(tmp_path: Path) -> None:
+    result = run_deploy(tmp_path, JOB_DEADLINE_S="600")
+
+    assert result.returncode != 0
+    assert "JOB_DEADLINE_S" in result.stderr
+
+
+def test_real_run_requires_gcloud(tmp_path: Path) -> None:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "dirname").symlink_to("/usr/bin/dirname")
+
+    result = run_deploy(tmp_path, dry_run=False, PATH=str(bin_dir))
+
+    assert result.returncode != 0
+    assert "gcloud is not installed" in result.stderr
+
+
+def test_help_lists_every_flag_and_variable(tmp_path: Path) -> None:
+    result = run_deploy(tmp_path, "--help", GCP_PROJECT=None, SUPABASE_URL=None)
+
+    assert result.returncode == 0
+    script = SCRIPT.read_text()
+    read_by_script = set(re.findall(r"\$\{([A-Z][A-Z0-9_]*):[-?]", script)) - {"URL"}
+    passthrough = re.search(r"PASSTHROUGH_SETTINGS=\(([^)]*)\)", script)
+    assert passthrough
+    documented = [*read_by_script, *passthrough.group(1).split(), *FUNCTION_SETTINGS]
+    assert len(read_by_script) > 30
+    for name in documented:
+        assert re.search(rf"\b{name}\b", result.stdout), name
+    for flag in ("--dry-run", "--project", "--region", "--only", "--skip-migrations", "--help"):
+        assert flag in result.stdout

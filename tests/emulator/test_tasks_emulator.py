@@ -1,0 +1,660 @@
+"""The Cloud Tasks emulator, driven by the real `google-cloud-tasks` client.
+
+Each test starts its own emulator and HTTP target on free ports; timings use backoffs and
+deadlines far below Cloud Tasks' minimums so the whole file runs in seconds.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import itertools
+import os
+import queue
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import google.auth.transport.requests
+import pytest
+from google.api_core import exceptions
+from google.cloud import tasks_v2
+from google.oauth2 import id_token
+from google.protobuf import duration_pb2, timestamp_pb2
+
+from infra.local.tasks_emulator import EmulatorHandle, QueueConfig, RetryPolicy, start_emulator
+from tests.emulator.conftest import (
+    LOCATION,
+    TEST_MIN_DEADLINE_S,
+    Received,
+    Reply,
+    Target,
+    make_client,
+    wait_until,
+)
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+RPC_INTERNAL = 13
+RPC_DEADLINE_EXCEEDED = 4
+SERVICE_ACCOUNT = "ai-jobs-invoker@test-project.iam.gserviceaccount.com"
+
+
+def seconds(value: float) -> duration_pb2.Duration:
+    whole = int(value)
+    return duration_pb2.Duration(seconds=whole, nanos=round((value - whole) * 1e9))
+
+
+def new_queue(
+    client: tasks_v2.CloudTasksClient,
+    queue_id: str,
+    *,
+    max_concurrent: int = 0,
+    retry: tasks_v2.RetryConfig | None = None,
+) -> str:
+    queue = tasks_v2.Queue(
+        name=f"{LOCATION}/queues/{queue_id}",
+        rate_limits=tasks_v2.RateLimits(max_concurrent_dispatches=max_concurrent),
+        retry_config=retry,
+    )
+    return client.create_queue(parent=LOCATION, queue=queue).name
+
+
+def http_task(
+    url: str,
+    *,
+    name: str = "",
+    body: bytes = b"",
+    headers: dict[str, str] | None = None,
+    deadline_s: float | None = None,
+    schedule_at: float | None = None,
+    oidc: tasks_v2.OidcToken | None = None,
+    method: int = tasks_v2.HttpMethod.POST,
+) -> tasks_v2.Task:
+    task = tasks_v2.Task(
+        name=name,
+        http_request=tasks_v2.HttpRequest(
+            http_method=method,
+            url=url,
+            headers=headers or {},
+            body=body,
+            oidc_token=oidc,
+        ),
+    )
+    if deadline_s is not None:
+        task.dispatch_deadline = seconds(deadline_s)
+    if schedule_at is not None:
+        stamp = timestamp_pb2.Timestamp()
+        stamp.FromNanoseconds(int(schedule_at * 1e9))
+        task.schedule_time = stamp
+    return task
+
+
+def gone(client: tasks_v2.CloudTasksClient, name: str) -> bool:
+    try:
+        client.get_task(name=name)
+    except exceptions.NotFound:
+        return True
+    return False
+
+
+# -- pure rules -----------------------------------------------------------------------------
+
+
+def test_backoff_follows_the_documented_example() -> None:
+    policy = RetryPolicy(
+        max_attempts=-1,
+        min_backoff_s=10,
+        max_backoff_s=300,
+        max_doublings=3,
+        max_retry_duration_s=0,
+    )
+
+    intervals = [policy.backoff_s(failures) for failures in range(1, 9)]
+
+    assert intervals == [10, 20, 40, 80, 160, 240, 300, 300]
+
+
+def test_retries_stop_only_when_attempts_and_duration_are_both_spent() -> None:
+    both = RetryPolicy(3, 0.1, 1, 16, max_retry_duration_s=60)
+    attempts_only = RetryPolicy(3, 0.1, 1, 16, max_retry_duration_s=0)
+    unlimited = RetryPolicy(-1, 0.1, 1, 16, max_retry_duration_s=0)
+
+    assert not both.gives_up(3, since_first_attempt_s=10)
+    assert both.gives_up(3, since_first_attempt_s=61)
+    assert not attempts_only.gives_up(2, since_first_attempt_s=1e6)
+    assert attempts_only.gives_up(3, since_first_attempt_s=0)
+    assert not unlimited.gives_up(10_000, since_first_attempt_s=1e6)
+
+
+# -- queues ---------------------------------------------------------------------------------
+
+
+def test_queues_are_created_read_listed_paused_and_deleted(
+    client: tasks_v2.CloudTasksClient,
+) -> None:
+    name = new_queue(client, "jobs", max_concurrent=7)
+    new_queue(client, "other")
+
+    fetched = client.get_queue(name=name)
+    listed = [q.name for q in client.list_queues(parent=LOCATION)]
+    paused = client.pause_queue(name=name)
+    only_paused = [
+        q.name for q in client.list_queues(request={"parent": LOCATION, "filter": "state: PAUSED"})
+    ]
+    resumed = client.resume_queue(name=name)
+    updated = client.update_queue(
+        queue=tasks_v2.Queue(
+            name=name, rate_limits=tasks_v2.RateLimits(max_concurrent_dispatches=9)
+        ),
+        update_mask={"paths": ["rate_limits.max_concurrent_dispatches"]},
+    )
+
+    assert fetched.name == name
+    assert fetched.rate_limits.max_concurrent_dispatches == 7
+    assert fetched.rate_limits.max_dispatches_per_second == 500  # Cloud Tasks' defaults
+    assert fetched.retry_config.max_attempts == 100
+    assert fetched.state == tasks_v2.Queue.State.RUNNING
+    assert listed == [name, f"{LOCATION}/queues/other"]
+    assert paused.state == tasks_v2.Queue.State.PAUSED
+    assert only_paused == [name]
+    assert resumed.state == tasks_v2.Queue.State.RUNNING
+    assert updated.rate_limits.max_concurrent_dispatches == 9
+    assert updated.retry_config == fetched.retry_config
+    with pytest.raises(exceptions.AlreadyExists):
+        new_queue(client, "jobs")
+    client.delete_queue(name=name)
+    with pytest.raises(exceptions.NotFound):
+        client.get_queue(name=name)
+
+
+def test_queue_names_are_validated(client: tasks_v2.CloudTasksClient) -> None:
+    with pytest.raises(exceptions.InvalidArgument):
+        client.get_queue(name="queues/jobs")
+    with pytest.raises(exceptions.InvalidArgument):
+        client.create_queue(parent=LOCATION, queue=tasks_v2.Queue(name=f"{LOCATION}/queues/a_b"))
+    with pytest.raises(exceptions.InvalidArgument):
+        client.create_queue(
+            parent="projects/other/locations/x", queue=tasks_v2.Queue(name=f"{LOCATION}/queues/a")
+        )
+
+
+def test_queues_can_be_created_from_python(emulator: EmulatorHandle) -> None:
+    emulator.create_queue(
+        QueueConfig(f"{LOCATION}/queues/pre", max_concurrent_dispatches=3, max_attempts=5)
+    )
+
+    with make_client(emulator.address) as client:
+        fetched = client.get_queue(name=f"{LOCATION}/queues/pre")
+
+    assert fetched.rate_limits.max_concurrent_dispatches == 3
+    assert fetched.retry_config.max_attempts == 5
+
+
+# -- tasks ----------------------------------------------------------------------------------
+
+
+def test_tasks_are_created_read_listed_and_deleted(
+    client: tasks_v2.CloudTasksClient, target: Target
+) -> None:
+    queue_name = new_queue(client, "jobs")
+    later = time.time() + 60
+    named = client.create_task(
+        parent=queue_name,
+        task=http_task(
+            target.url, name=f"{queue_name}/tasks/job-1-a1", body=b"{}", schedule_at=later
+        ),
+    )
+    unnamed = client.create_task(parent=queue_name, task=http_task(target.url, schedule_at=later))
+
+    basic = client.get_task(name=named.name)
+    full = client.get_task(request={"name": named.name, "response_view": tasks_v2.Task.View.FULL})
+    listed = [t.name for t in client.list_tasks(parent=queue_name)]
+
+    assert named.name == f"{queue_name}/tasks/job-1-a1"
+    assert re.fullmatch(rf"{queue_name}/tasks/[A-Za-z0-9_-]+", unnamed.name)
+    assert basic.dispatch_count == 0
+    assert basic.http_request.body == b""  # BASIC leaves the payload out
+    assert full.http_request.body == b"{}"
+    assert full.dispatch_deadline == dt.timedelta(
+        seconds=600
+    )  # the default deadline for HTTP tasks
+    assert abs(full.schedule_time.timestamp() - later) < 0.01
+    assert sorted(listed) == sorted([named.name, unnamed.name])
+
+    client.delete_task(name=named.name)
+
+    assert gone(client, named.name)
+    assert [t.name for t in client.list_tasks(parent=queue_name)] == [unnamed.name]
+    with pytest.raises(exceptions.NotFound):
+        client.delete_task(name=named.name)
+    with pytest.raises(exceptions.AlreadyExists):  # a deleted name stays taken
+        client.create_task(parent=queue_name, task=http_task(target.url, name=named.name))
+    assert target.received == []
+
+
+def test_duplicate_task_name_is_already_exists(
+    client: tasks_v2.CloudTasksClient, target: Target
+) -> None:
+    queue_name = new_queue(client, "jobs")
+    task = http_task(target.url, name=f"{queue_name}/tasks/job-7-attempt-1")
+
+    client.create_task(parent=queue_name, task=task)
+    with pytest.raises(exceptions.AlreadyExists):
+        client.create_task(parent=queue_name, task=task)
+    target.wait_for(1)
+    wait_until(lambda: gone(client, task.name), 5, "the completed task to be removed")
+
+    with pytest.raises(exceptions.AlreadyExists):  # also once it has completed
+        client.create_task(parent=queue_name, task=task)
+    time.sleep(0.2)
+    assert len(target.received) == 1
+
+
+def test_bad_task_requests_are_rejected(client: tasks_v2.CloudTasksClient, target: Target) -> None:
+    queue_name = new_queue(client, "jobs")
+    missing = f"{LOCATION}/queues/missing"
+    cases: list[tuple[str, tasks_v2.Task, type[Exception]]] = [
+        (missing, http_task(target.url), exceptions.NotFound),
+        (queue_name, http_task(target.url, name="job-1"), exceptions.InvalidArgument),
+        (queue_name, http_task(target.url, name=f"{missing}/tasks/a"), exceptions.InvalidArgument),
+        (queue_name, http_task("ftp://example.com/x"), exceptions.InvalidArgument),
+        (
+            queue_name,
+            http_task(target.url, deadline_s=TEST_MIN_DEADLINE_S / 2),
+            exceptions.InvalidArgument,
+        ),
+        (queue_name, http_task(target.url, deadline_s=1801), exceptions.InvalidArgument),
+    ]
+    get_with_body = http_task(target.url, body=b"x", method=tasks_v2.HttpMethod.GET)
+    cases.append((queue_name, get_with_body, exceptions.InvalidArgument))
+
+    for parent, task, error in cases:
+        with pytest.raises(error):
+            client.create_task(parent=parent, task=task)
+    assert list(client.list_tasks(parent=queue_name)) == []
+
+
+# -- dispatch -------------------------------------------------------------------------------
+
+
+def test_dispatch_sends_the_request_with_cloud_tasks_headers(
+    client: tasks_v2.CloudTasksClient, target: Target
+) -> None:
+    queue_name = new_queue(client, "jobs")
+    task = client.create_task(
+        parent=queue_name,
+        task=http_task(
+            f"{target.url}/ai-jobs-process?x=1",
+            name=f"{queue_name}/tasks/job-42",
+            body=b'{"jobId": "42"}',
+            headers={"X-Job-Id": "42", "User-Agent": "mine", "Host": "evil.example"},
+        ),
+    )
+    json_task = http_task(target.url, body=b"{}", headers={"Content-Type": "application/json"})
+
+    client.create_task(parent=queue_name, task=json_task)
+    first, second = sorted(target.wait_for(2), key=lambda r: r.path != "/ai-jobs-process?x=1")
+
+    assert first.method == "POST"
+    assert first.path == "/ai-jobs-process?x=1"
+    assert first.body == b'{"jobId": "42"}'
+    assert first.headers["x-job-id"] == "42"
+    assert first.headers["user-agent"] == "Google-Cloud-Tasks"
+    assert first.headers["host"] == target.url.removeprefix("http://")
+    assert first.headers["content-type"] == "application/octet-stream"
+    assert first.headers["x-cloudtasks-queuename"] == "jobs"
+    assert first.headers["x-cloudtasks-taskname"] == "job-42"
+    assert first.headers["x-cloudtasks-taskretrycount"] == "0"
+    assert first.headers["x-cloudtasks-taskexecutioncount"] == "0"
+    assert abs(float(first.headers["x-cloudtasks-tasketa"]) - task.schedule_time.timestamp()) < 1e-3
+    assert "x-cloudtasks-taskpreviousresponse" not in first.headers
+    assert "x-cloudtasks-taskretryreason" not in first.headers
+    assert "authorization" not in first.headers
+    assert second.headers["content-type"] == "application/json"
+    wait_until(lambda: gone(client, task.name), 5, "the succeeded task to be removed")
+
+
+def test_dispatches_run_concurrently_up_to_max_concurrent_dispatches(
+    client: tasks_v2.CloudTasksClient, target: Target
+) -> None:
+    queue_name = new_queue(client, "jobs", max_concurrent=4)
+    target.behaviour = lambda received, index: Reply(200, delay_s=0.4)
+
+    for _ in range(10):
+        client.create_task(parent=queue_name, task=http_task(target.url))
+    target.wait_for(10)
+    wait_until(lambda: not list(client.list_tasks(parent=queue_name)), 5, "an empty queue")
+
+    assert target.peak_in_flight == 4
+
+
+def test_dispatch_rate_follows_max_dispatches_per_second(
+    client: tasks_v2.CloudTasksClient, target: Target
+) -> None:
+    queue = tasks_v2.Queue(
+        name=f"{LOCATION}/queues/slow",
+        rate_limits=tasks_v2.RateLimits(max_dispatches_per_second=5),
+    )
+    queue_name = client.create_queue(parent=LOCATION, queue=queue).name
+
+    for _ in range(10):
+        client.create_task(parent=queue_name, task=http_task(target.url))
+    arrivals = sorted(r.arrived_at for r in target.wait_for(10))
+
+    # A burst of max_burst_size (5 at this rate), then one every 1/5 s.
+    assert client.get_queue(name=queue_name).rate_limits.max_burst_size == 5
+    assert arrivals[4] - arrivals[0] < 0.15
+    assert 0.9 <= arrivals[9] - arrivals[0] < 1.6
+
+
+def test_failed_attempts_are_retried_with_growing_backoff(
+    client: tasks_v2.CloudTasksClient, target: Target
+) -> None:
+    retry = tasks_v2.RetryConfig(
+        max_attempts=-1, min_backoff=seconds(0.1), max_backoff=seconds(2), max_doublings=2
+    )
+    queue_name = new_queue(client, "jobs", retry=retry)
+    target.behaviour = lambda received, index: Reply(500 if index < 4 else 204)
+
+    task = client.create_task(
+        parent=queue_name, task=http_task(target.url, name=f"{queue_name}/tasks/r")
+    )
+    attempts = target.wait_for(5)
+    wait_until(lambda: gone(client, task.name), 5, "the task to be removed after its 2xx")
+
+    gaps = [
+        later.arrived_at - earlier.arrived_at for earlier, later in itertools.pairwise(attempts)
+    ]
+    expected = [0.1, 0.2, 0.4, 0.8]  # doubles twice, then grows linearly by 0.4
+    for gap, want in zip(gaps, expected, strict=True):
+        assert want - 0.02 <= gap <= want + 0.25, (gaps, expected)
+    assert [a.headers["x-cloudtasks-taskretrycount"] for a in attempts] == ["0", "1", "2", "3", "4"]
+    assert [a.headers["x-cloudtasks-taskexecutioncount"] for a in attempts] == [
+        "0",
+        "1",
+        "2",
+        "3",
+        "4",
+    ]
+    assert [a.headers.get("x-cloudtasks-taskpreviousresponse") for a in attempts] == [
+        None,
+        "500",
+        "500",
+        "500",
+        "500",
+    ]
+    assert all(a.headers.get("x-cloudtasks-taskretryreason") for a in attempts[1:])
+    assert len(target.received) == 5
+
+
+def test_task_shows_its_attempts_while_waiting_to_retry(
+    client: tasks_v2.CloudTasksClient, target: Target
+) -> None:
+    retry = tasks_v2.RetryConfig(min_backoff=seconds(30), max_backoff=seconds(60))
+    queue_name = new_queue(client, "jobs", retry=retry)
+    target.behaviour = lambda received, index: Reply(500)
+    task = client.create_task(parent=queue_name, task=http_task(target.url))
+    target.wait_for(1)
+
+    wait_until(
+        lambda: client.get_task(name=task.name).response_count == 1,
+        5,
+        "the response to be recorded",
+    )
+    state = client.get_task(name=task.name)
+
+    assert state.dispatch_count == 1
+    assert state.first_attempt.dispatch_time.timestamp() > 0
+    assert state.last_attempt.response_status.code == RPC_INTERNAL
+    assert state.last_attempt.response_time.timestamp() > 0
+    assert 29 < state.schedule_time.timestamp() - time.time() <= 30
+    client.delete_task(name=task.name)  # a pending retry is cancelled with its task
+    assert gone(client, task.name)
+
+
+def test_max_attempts_ends_the_retries(client: tasks_v2.CloudTasksClient, target: Target) -> None:
+    retry = tasks_v2.RetryConfig(
+        max_attempts=3, min_backoff=seconds(0.05), max_backoff=seconds(0.1)
+    )
+    queue_name = new_queue(client, "jobs", retry=retry)
+    target.behaviour = lambda received, index: Reply(503)
+
+    task = client.create_task(parent=queue_name, task=http_task(target.url))
+    target.wait_for(3)
+    wait_until(lambda: gone(client, task.name), 5, "the exhausted task to be removed")
+    time.sleep(0.4)  # several backoffs: a fourth attempt would have arrived
+
+    assert len(target.received) == 3
+
+
+@pytest.mark.parametrize(
+    "slow_reply",
+    [Reply(200, delay_s=10), Reply(200, trickle_s=0.1)],
+    ids=["silent", "trickling"],  # the deadline bounds the whole attempt, not each read
+)
+def test_dispatch_deadline_aborts_a_slow_attempt(
+    client: tasks_v2.CloudTasksClient, target: Target, slow_reply: Reply
+) -> None:
+    retry = tasks_v2.RetryConfig(min_backoff=seconds(1), max_backoff=seconds(1))
+    queue_name = new_queue(client, "jobs", retry=retry)
+    target.behaviour = lambda received, index: slow_reply if index == 0 else Reply(200)
+    task = client.create_task(
+        parent=queue_name, task=http_task(target.url, deadline_s=TEST_MIN_DEADLINE_S)
+    )
+
+    first = target.wait_for(1)[0]
+    wait_until(
+        lambda: (
+            client.get_task(name=task.name).last_attempt.response_status.code
+            == RPC_DEADLINE_EXCEEDED
+        ),
+        5,
+        "the attempt to fail with DEADLINE_EXCEEDED",
+    )
+    aborted_after = time.time() - first.arrived_at
+    state = client.get_task(name=task.name)
+    retried = target.wait_for(2)[1]
+    wait_until(lambda: gone(client, task.name), 5, "the retried task to succeed")
+
+    # The target would have taken 10 s (silent) or 100 s (trickling) to answer.
+    assert TEST_MIN_DEADLINE_S - 0.05 <= aborted_after < TEST_MIN_DEADLINE_S + 0.5
+    assert state.dispatch_count == 1
+    assert state.response_count == 0
+    assert retried.headers["x-cloudtasks-taskretrycount"] == "1"
+    assert retried.headers["x-cloudtasks-taskexecutioncount"] == "0"
+    assert retried.headers["x-cloudtasks-taskretryreason"] == "DEADLINE_EXCEEDED"
+    assert "x-cloudtasks-taskpreviousresponse" not in retried.headers
+
+
+def test_schedule_time_in_the_future_delays_dispatch(
+    client: tasks_v2.CloudTasksClient, target: Target
+) -> None:
+    queue_name = new_queue(client, "jobs")
+    eta = time.time() + 1.0
+
+    task = client.create_task(parent=queue_name, task=http_task(target.url, schedule_at=eta))
+    time.sleep(0.5)
+    pending = client.get_task(name=task.name)
+    arrived = target.wait_for(1, timeout_s=5)[0]
+
+    assert pending.dispatch_count == 0
+    assert arrived.arrived_at >= eta
+    assert arrived.arrived_at < eta + 0.5
+    assert abs(float(arrived.headers["x-cloudtasks-tasketa"]) - eta) < 1e-3
+
+
+def test_run_task_dispatches_at_once(client: tasks_v2.CloudTasksClient, target: Target) -> None:
+    queue_name = new_queue(client, "jobs")
+    task = client.create_task(
+        parent=queue_name, task=http_task(target.url, schedule_at=time.time() + 60)
+    )
+
+    started = time.time()
+    client.run_task(name=task.name)
+    arrived = target.wait_for(1)[0]
+
+    assert arrived.arrived_at - started < 1
+
+
+def test_paused_queue_holds_tasks_and_purge_drops_them(
+    client: tasks_v2.CloudTasksClient, target: Target
+) -> None:
+    queue_name = new_queue(client, "jobs")
+    client.pause_queue(name=queue_name)
+    held = client.create_task(parent=queue_name, task=http_task(target.url))
+    time.sleep(0.3)
+    assert target.received == []
+
+    client.resume_queue(name=queue_name)
+    target.wait_for(1)
+    client.pause_queue(name=queue_name)
+    dropped = client.create_task(parent=queue_name, task=http_task(target.url))
+    client.purge_queue(name=queue_name)
+    client.resume_queue(name=queue_name)
+    time.sleep(0.3)
+
+    assert target.received[0].headers["x-cloudtasks-taskname"] == held.name.rsplit("/", 1)[1]
+    assert len(target.received) == 1
+    assert gone(client, dropped.name)
+
+
+# -- OIDC -----------------------------------------------------------------------------------
+
+
+def _bearer(received: Received) -> str:
+    scheme, _, token = received.headers["authorization"].partition(" ")
+    assert scheme == "Bearer"
+    return token
+
+
+def test_oidc_token_verifies_with_google_auth(
+    emulator: EmulatorHandle, client: tasks_v2.CloudTasksClient, target: Target
+) -> None:
+    queue_name = new_queue(client, "jobs")
+    audience = f"{target.url}/ai-jobs-process"
+    explicit = tasks_v2.OidcToken(service_account_email=SERVICE_ACCOUNT, audience=audience)
+    implicit = tasks_v2.OidcToken(service_account_email=SERVICE_ACCOUNT)
+    client.create_task(parent=queue_name, task=http_task(f"{target.url}/a", oidc=explicit))
+    client.create_task(
+        parent=queue_name,
+        task=http_task(f"{target.url}/b", oidc=implicit, headers={"Authorization": "Bearer x"}),
+    )
+    target.wait_for(2)
+    token_a = _bearer(next(r for r in target.received if r.path == "/a"))
+    token_b = _bearer(next(r for r in target.received if r.path == "/b"))
+
+    claims = id_token.verify_token(
+        token_a,
+        google.auth.transport.requests.Request(),
+        audience=audience,
+        certs_url=emulator.certs_url,
+    )
+    claims_b = id_token.verify_token(
+        token_b,
+        google.auth.transport.requests.Request(),
+        audience=f"{target.url}/b",  # no audience given: the task's URL
+        certs_url=emulator.certs_url,
+    )
+
+    assert claims["email"] == SERVICE_ACCOUNT
+    assert claims["email_verified"] is True
+    assert claims["iss"] == "https://accounts.google.com"
+    assert claims["aud"] == audience
+    assert claims["sub"].isdigit()
+    assert claims["exp"] > claims["iat"] >= int(time.time()) - 60
+    assert claims_b["aud"] == f"{target.url}/b"
+    with pytest.raises(ValueError, match="audience"):
+        id_token.verify_token(
+            token_a,
+            google.auth.transport.requests.Request(),
+            audience="https://someone-else.example/",
+            certs_url=emulator.certs_url,
+        )
+
+
+def test_token_from_another_emulator_is_rejected(
+    emulator: EmulatorHandle, client: tasks_v2.CloudTasksClient, target: Target
+) -> None:
+    queue_name = new_queue(client, "jobs")
+    oidc = tasks_v2.OidcToken(service_account_email=SERVICE_ACCOUNT)
+    client.create_task(parent=queue_name, task=http_task(target.url, oidc=oidc))
+    token = _bearer(target.wait_for(1)[0])
+
+    with start_emulator() as other, pytest.raises(ValueError):
+        id_token.verify_token(
+            token, google.auth.transport.requests.Request(), certs_url=other.certs_url
+        )
+
+
+# -- process --------------------------------------------------------------------------------
+
+
+def test_stop_joins_every_thread() -> None:
+    before = set(threading.enumerate())
+    handle = start_emulator()
+
+    started = set(threading.enumerate()) - before
+    handle.stop()
+    handle.stop()  # idempotent
+
+    assert started
+    assert not [t for t in started if t.is_alive()]
+
+
+def test_port_in_use_is_an_error(emulator: EmulatorHandle) -> None:
+    with pytest.raises(OSError, match="cannot listen"):
+        start_emulator(port=emulator.port)
+
+
+def _read_lines(stream: object, lines: queue.Queue[str]) -> None:
+    for line in stream:  # type: ignore[attr-defined]
+        lines.put(line)
+
+
+def _next_line_matching(lines: queue.Queue[str], pattern: str, timeout_s: float) -> re.Match[str]:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise AssertionError(f"no line matching {pattern!r}")
+        try:
+            line = lines.get(timeout=remaining)
+        except queue.Empty:
+            continue
+        match = re.search(pattern, line)
+        if match:
+            return match
+
+
+def test_command_line_serves_dispatches_logs_and_stops_on_sigterm(target: Target) -> None:
+    queue_name = f"{LOCATION}/queues/cli"
+    command = [
+        sys.executable, "-m", "infra.local.tasks_emulator",
+        "--port", "0", "--queue", queue_name, "--max-concurrent", "2",
+    ]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    with subprocess.Popen(
+        command, cwd=REPO_ROOT, env=env, stderr=subprocess.PIPE, text=True
+    ) as process:
+        lines: queue.Queue[str] = queue.Queue()
+        reader = threading.Thread(target=_read_lines, args=(process.stderr, lines))
+        reader.start()
+        try:
+            address = _next_line_matching(lines, r"listening on (\S+)", 20)[1]
+            with make_client(address) as client:
+                fetched = client.get_queue(name=queue_name)
+                task = client.create_task(parent=queue_name, task=http_task(target.url))
+            target.wait_for(1)
+            logged = _next_line_matching(lines, r"dispatch task=(\S+) .*status=(.+)$", 5)
+        finally:
+            process.send_signal(signal.SIGTERM)
+            returncode = process.wait(timeout=20)
+            reader.join()
+
+    assert fetched.rate_limits.max_concurrent_dispatches == 2
+    assert logged[1] == task.name
+    assert logged[2] == "HTTP 200"
+    assert returncode == 0

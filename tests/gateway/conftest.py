@@ -1,0 +1,241 @@
+"""Fixtures for the gateway tests: one embedded Postgres, a scratch database with the
+Supabase roles and a catalogue of test functions (one per response shape and error path), and
+one gateway serving it for the session."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import httpx
+import psycopg
+import pytest
+from supabase import Client, ClientOptions, create_client
+
+from infra.local.gateway import GatewayHandle, make_jwt, start_gateway
+from infra.local.postgres import Postgres, start_postgres
+
+JWT_SECRET = "super-secret-jwt-token-with-at-least-32-characters-long"
+DATABASE = "gateway_test"
+
+ROLES_SQL = """
+do $$
+begin
+  if not exists (select from pg_roles where rolname = 'anon') then
+    create role anon nologin noinherit;
+  end if;
+  if not exists (select from pg_roles where rolname = 'authenticated') then
+    create role authenticated nologin noinherit;
+  end if;
+  if not exists (select from pg_roles where rolname = 'service_role') then
+    create role service_role nologin noinherit bypassrls;
+  end if;
+end
+$$;
+grant usage on schema public to anon, authenticated, service_role;
+"""
+
+FUNCTIONS_SQL = """
+-- Test functions for the gateway: one per response shape, argument type and error path.
+
+create type public.mood as enum ('happy', 'sad');
+
+create table public.items (
+  id uuid primary key default gen_random_uuid(),
+  name text not null unique,
+  qty int not null check (qty >= 0),
+  tags text[] not null default '{}',
+  created_at timestamptz not null default '2026-01-02 03:04:05.678+00'
+);
+grant all on table public.items to anon, authenticated, service_role;
+
+-- scalars
+create function public.add(a int, b int) returns int
+language sql as $$ select a + b $$;
+
+create function public.shout(t text) returns text
+language sql as $$ select upper(t) $$;
+
+create function public.is_positive(n int) returns boolean
+language sql as $$ select n > 0 $$;
+
+create function public.nothing() returns int
+language sql as $$ select null::int $$;
+
+create function public.with_default(a int, b int default 10) returns int
+language sql as $$ select a + b $$;
+
+create function public.echo_doc(doc jsonb) returns jsonb
+language sql as $$ select doc $$;
+
+create function public.echo_json_text(doc json) returns json
+language sql as $$ select doc $$;
+
+create function public.single_unnamed(jsonb) returns jsonb
+language sql as $$ select jsonb_build_object('got', $1) $$;
+
+-- every argument type the project uses; reports what arrived and as which type
+create function public.describe(
+  id uuid, n int, label text, doc jsonb, at timestamptz, moods public.mood[], tags text[]
+) returns jsonb
+language sql as $$
+  select jsonb_build_object(
+    'id', id, 'n', n, 'label', label, 'doc', doc, 'epoch', extract(epoch from at),
+    'moods', moods, 'tags', tags, 'tagCount', cardinality(tags),
+    'types', jsonb_build_array(pg_typeof(id)::text, pg_typeof(at)::text,
+                               pg_typeof(moods)::text))
+$$;
+
+create function public.stamp(at timestamptz) returns timestamptz
+language sql as $$ select at $$;
+
+-- single composite rows
+create function public.add_item(p_name text, p_qty int, p_tags text[] default '{}')
+returns public.items
+language sql as $$
+  insert into public.items (name, qty, tags) values (p_name, p_qty, p_tags) returning *
+$$;
+
+create function public.find_item(p_name text) returns public.items
+language sql stable as $$ select * from public.items where name = p_name $$;
+
+create function public.item_stats(p_prefix text, out total int, out names text[])
+returns record
+language sql stable as $$
+  select count(*)::int, coalesce(array_agg(name order by name), '{}')
+  from public.items where name like p_prefix || '%'
+$$;
+
+-- sets
+create function public.list_items(p_prefix text, p_min int default 0)
+returns setof public.items
+language sql stable as $$
+  select * from public.items where name like p_prefix || '%' and qty >= p_min order by name
+$$;
+
+create function public.item_table(p_prefix text) returns table(name text, qty int)
+language sql stable as $$
+  select name, qty from public.items where name like p_prefix || '%' order by name
+$$;
+
+create function public.series(n int) returns setof int
+language sql immutable as $$ select generate_series(1, n) $$;
+
+-- void
+create function public.bump(p_name text) returns void
+language sql as $$ update public.items set qty = qty + 1 where name = p_name $$;
+
+-- errors
+create function public.fail(kind text) returns void
+language plpgsql as $$
+begin
+  if kind = 'conflict' then
+    raise sqlstate 'PT409' using message = 'job already finished',
+      detail = 'status is completed', hint = 'poll the job instead';
+  elsif kind = 'teapot' then
+    raise sqlstate 'PT418' using message = 'short and stout';
+  elsif kind = 'plain' then
+    raise exception 'plain failure';
+  elsif kind = 'internal' then
+    raise sqlstate 'XX000' using message = 'broken';
+  elsif kind = 'custom' then
+    raise sqlstate 'PGRST' using
+      message = '{"code":"X1","message":"custom body","details":"d","hint":"h"}',
+      detail = '{"status":402,"headers":{"X-Powered-By":"tests"}}';
+  end if;
+end
+$$;
+
+-- overloads
+create function public.pick(a int) returns text language sql as $$ select 'a' $$;
+create function public.pick(a int, b int) returns text language sql as $$ select 'a,b' $$;
+create function public.pick(x text) returns text language sql as $$ select 'x' $$;
+
+create function public.twin(a int, b int default 0) returns text
+language sql as $$ select 'b' $$;
+create function public.twin(a int, c text default '') returns text
+language sql as $$ select 'c' $$;
+
+-- who is calling
+create function public.whoami() returns jsonb
+language sql stable as $$
+  select jsonb_build_object(
+    'sub', current_setting('request.jwt.claims', true)::json ->> 'sub',
+    'role', current_user,
+    'method', current_setting('request.method', true),
+    'path', current_setting('request.path', true),
+    'probe', current_setting('request.headers', true)::json ->> 'x-probe')
+$$;
+
+-- only the service role may call this one
+create function public.admin_only() returns text
+language sql as $$ select 'secret' $$;
+revoke execute on function public.admin_only() from public, anon, authenticated;
+grant execute on function public.admin_only() to service_role;
+
+create function public.show_setting(p_name text) returns text
+language sql stable as $$ select current_setting(p_name) $$;
+
+create function public.count_items() returns bigint
+language sql stable as $$ select count(*) from public.items $$;
+"""
+
+
+@pytest.fixture(scope="session")
+def gateway_pg(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Postgres]:
+    server = start_postgres(tmp_path_factory.mktemp("pg"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def gateway_db(gateway_pg: Postgres) -> Iterator[str]:
+    uri = gateway_pg.create_database(DATABASE)
+    with psycopg.connect(uri, autocommit=True) as conn:
+        conn.execute(ROLES_SQL)
+        conn.execute(FUNCTIONS_SQL)
+    yield uri
+    gateway_pg.drop_database(DATABASE)
+
+
+@pytest.fixture(scope="session")
+def gateway(gateway_db: str) -> Iterator[GatewayHandle]:
+    with start_gateway(gateway_db, JWT_SECRET) as handle:
+        yield handle
+
+
+@pytest.fixture(scope="session")
+def service_key() -> str:
+    return make_jwt(JWT_SECRET, "service_role")
+
+
+@pytest.fixture(scope="session")
+def anon_key() -> str:
+    return make_jwt(JWT_SECRET, "anon")
+
+
+@pytest.fixture
+def http(gateway: GatewayHandle) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=gateway.url, timeout=10) as client:
+        yield client
+
+
+@pytest.fixture
+def supabase_for(gateway: GatewayHandle) -> Iterator[Callable[..., Client]]:
+    """``supabase_for(api_key, access_token=None)`` → a real supabase client on the gateway."""
+    sessions: list[httpx.Client] = []
+
+    def make(api_key: str, access_token: str | None = None) -> Client:
+        session = httpx.Client(timeout=10)
+        sessions.append(session)
+        headers = {"Authorization": f"Bearer {access_token}"} if access_token else {}
+        options = ClientOptions(httpx_client=session, headers=headers)
+        return create_client(gateway.url, api_key, options)
+
+    yield make
+    for session in sessions:
+        session.close()
+
+
+@pytest.fixture
+def service(supabase_for: Callable[..., Client], service_key: str) -> Client:
+    return supabase_for(service_key)

@@ -1,0 +1,539 @@
+"""The PostgREST-compatible gateway, through the real supabase client and raw HTTP."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable
+
+import httpx
+import psycopg
+import pytest
+from postgrest.exceptions import APIError
+from supabase import Client
+
+from infra.local.gateway import GatewayHandle, create_app, make_jwt, sqlstate_status, start_gateway
+from tests.gateway.conftest import DATABASE, JWT_SECRET
+
+
+def rpc_error(client: Client, fn: str, args: dict[str, object]) -> APIError:
+    with pytest.raises(APIError) as caught:
+        client.rpc(fn, args).execute()
+    return caught.value
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+# --- response shapes ---------------------------------------------------------------------------
+
+
+def test_scalar_results_are_bare_json_values(service: Client) -> None:
+    assert service.rpc("add", {"a": 2, "b": 3}).execute().data == 5
+    assert service.rpc("shout", {"t": "hi"}).execute().data == "HI"
+    assert service.rpc("is_positive", {"n": 1}).execute().data is True
+    assert service.rpc("nothing", {}).execute().data is None
+
+
+def test_scalar_bodies_on_the_wire(http: httpx.Client, service_key: str) -> None:
+    headers = {"apikey": service_key, "Authorization": f"Bearer {service_key}"}
+
+    number = http.post("/rest/v1/rpc/add", json={"a": 2, "b": 3}, headers=headers)
+    text = http.post("/rest/v1/rpc/shout", json={"t": "hi"}, headers=headers)
+    null = http.post("/rest/v1/rpc/nothing", json={}, headers=headers)
+
+    assert (number.status_code, number.text) == (200, "5")
+    assert number.headers["content-type"] == "application/json; charset=utf-8"
+    assert text.text == '"HI"'
+    assert (null.status_code, null.text) == (200, "null")
+
+
+def test_json_results_pass_through_unchanged(service: Client, http: httpx.Client,
+                                            service_key: str) -> None:
+    doc = {"a": [1, 2, {"b": None}], "c": "ü"}
+
+    assert service.rpc("echo_doc", {"doc": doc}).execute().data == doc
+    # json (not jsonb) keeps the caller's key order, as PostgREST does.
+    raw = http.post("/rest/v1/rpc/echo_json_text", content=b'{"doc": {"z": 1, "a": 2}}',
+                    headers={"Authorization": f"Bearer {service_key}"})
+    assert raw.text == '{"z": 1, "a": 2}'
+
+
+def test_single_composite_is_one_object(service: Client) -> None:
+    name = unique("one")
+
+    created = service.rpc("add_item", {"p_name": name, "p_qty": 2, "p_tags": ["x"]}).execute()
+    found = service.rpc("find_item", {"p_name": name}).execute()
+
+    assert isinstance(created.data, dict)
+    assert created.data["name"] == name
+    assert created.data["tags"] == ["x"]
+    assert created.data["created_at"] == "2026-01-02T03:04:05.678+00:00"
+    assert found.data == created.data
+    uuid.UUID(created.data["id"])
+
+
+def test_missing_composite_row_is_an_object_of_nulls_like_postgrest(service: Client) -> None:
+    # PostgREST calls the function in FROM, where a NULL composite is one row of NULLs.
+    found = service.rpc("find_item", {"p_name": unique("absent")}).execute()
+
+    assert found.data == {"id": None, "name": None, "qty": None, "tags": None,
+                          "created_at": None}
+
+
+def test_out_parameters_make_one_object(service: Client) -> None:
+    prefix = unique("stats")
+    for suffix in ("b", "a"):
+        service.rpc("add_item", {"p_name": f"{prefix}-{suffix}", "p_qty": 1}).execute()
+
+    stats = service.rpc("item_stats", {"p_prefix": prefix}).execute()
+
+    assert stats.data == {"total": 2, "names": [f"{prefix}-a", f"{prefix}-b"]}
+
+
+def test_sets_are_arrays(service: Client) -> None:
+    prefix = unique("set")
+    for name, qty in (("b", 5), ("a", 1)):
+        service.rpc("add_item", {"p_name": f"{prefix}-{name}", "p_qty": qty}).execute()
+
+    rows = service.rpc("list_items", {"p_prefix": prefix}).execute().data
+    filtered = service.rpc("list_items", {"p_prefix": prefix, "p_min": 2}).execute().data
+    table = service.rpc("item_table", {"p_prefix": prefix}).execute().data
+    empty = service.rpc("item_table", {"p_prefix": unique("none")}).execute().data
+    numbers = service.rpc("series", {"n": 3}).execute().data
+
+    assert [r["name"] for r in rows] == [f"{prefix}-a", f"{prefix}-b"]
+    assert set(rows[0]) == {"id", "name", "qty", "tags", "created_at"}
+    assert [r["qty"] for r in filtered] == [5]
+    assert table == [{"name": f"{prefix}-a", "qty": 1}, {"name": f"{prefix}-b", "qty": 5}]
+    assert empty == []
+    assert numbers == [1, 2, 3]
+
+
+def test_void_is_204_without_body(service: Client, http: httpx.Client,
+                                  service_key: str) -> None:
+    name = unique("void")
+    service.rpc("add_item", {"p_name": name, "p_qty": 1}).execute()
+
+    raw = http.post("/rest/v1/rpc/bump", json={"p_name": name},
+                    headers={"Authorization": f"Bearer {service_key}"})
+    via_client = service.rpc("bump", {"p_name": name}).execute()
+
+    assert (raw.status_code, raw.content) == (204, b"")
+    assert "content-type" not in raw.headers
+    assert via_client.data == []  # how postgrest-py reads an empty 204
+    assert service.rpc("find_item", {"p_name": name}).execute().data["qty"] == 3
+
+
+# --- arguments ---------------------------------------------------------------------------------
+
+
+def test_arguments_are_cast_to_the_declared_types(service: Client) -> None:
+    job_id = str(uuid.uuid4())
+
+    result = service.rpc("describe", {
+        "id": job_id, "n": 7, "label": "x", "doc": {"k": [1]},
+        "at": "2026-03-04T05:06:07+09:00", "moods": ["happy", "sad"], "tags": ["a", "b,c"],
+    }).execute().data
+
+    assert result == {
+        "id": job_id, "n": 7, "label": "x", "doc": {"k": [1]},
+        "epoch": 1772568367, "moods": ["happy", "sad"], "tags": ["a", "b,c"], "tagCount": 2,
+        "types": ["uuid", "timestamp with time zone", "mood[]"],
+    }
+
+
+def test_null_arguments_and_defaults(service: Client) -> None:
+    assert service.rpc("with_default", {"a": 1}).execute().data == 11
+    assert service.rpc("with_default", {"a": 1, "b": 2}).execute().data == 3
+    assert service.rpc("with_default", {"a": 1, "b": None}).execute().data is None
+
+
+def test_timestamps_round_trip_like_to_json(service: Client) -> None:
+    stamp = service.rpc("stamp", {"at": "2026-05-06T07:08:09.5Z"}).execute().data
+
+    assert isinstance(stamp, str)
+    assert stamp.startswith("2026-")
+    assert stamp[-6] in "+-"  # an offset, as Postgres's to_json writes it
+
+
+def test_overloads_are_chosen_by_argument_names(service: Client) -> None:
+    assert service.rpc("pick", {"a": 1}).execute().data == "a"
+    assert service.rpc("pick", {"a": 1, "b": 2}).execute().data == "a,b"
+    assert service.rpc("pick", {"x": "s"}).execute().data == "x"
+
+
+def test_ambiguous_overload_is_300_pgrst203(http: httpx.Client, service_key: str) -> None:
+    response = http.post("/rest/v1/rpc/twin", json={"a": 1},
+                         headers={"Authorization": f"Bearer {service_key}"})
+
+    body = response.json()
+    assert response.status_code == 300
+    assert body["code"] == "PGRST203"
+    assert body["message"].startswith("Could not choose the best candidate function between:")
+    assert "public.twin(a => integer, b => integer)" in body["message"]
+
+
+def test_single_unnamed_json_parameter_takes_the_whole_body(service: Client) -> None:
+    assert service.rpc("single_unnamed", {"k": 1}).execute().data == {"got": {"k": 1}}
+
+
+def test_params_single_object_passes_the_whole_body(http: httpx.Client,
+                                                    service_key: str) -> None:
+    response = http.post("/rest/v1/rpc/echo_doc", json={"x": 1, "y": [2]},
+                         headers={"Authorization": f"Bearer {service_key}",
+                                  "Prefer": "params=single-object"})
+
+    assert response.json() == {"x": 1, "y": [2]}
+
+
+def test_get_calls_stable_functions_read_only(http: httpx.Client, service_key: str) -> None:
+    headers = {"Authorization": f"Bearer {service_key}"}
+
+    ok = http.get("/rest/v1/rpc/add", params={"a": "2", "b": "40"}, headers=headers)
+    written = http.get("/rest/v1/rpc/add_item", params={"p_name": unique("get"), "p_qty": "1"},
+                       headers=headers)
+
+    assert (ok.status_code, ok.json()) == (200, 42)
+    assert written.status_code == 405
+    assert written.json()["code"] == "25006"
+
+
+# --- auth --------------------------------------------------------------------------------------
+
+
+def test_claims_and_role_reach_sql(supabase_for: Callable[..., Client], anon_key: str) -> None:
+    user_id = str(uuid.uuid4())
+    user_token = make_jwt(JWT_SECRET, "authenticated", sub=user_id)
+
+    as_user = supabase_for(anon_key, user_token).rpc("whoami", {}).execute().data
+    as_anon = supabase_for(anon_key).rpc("whoami", {}).execute().data
+
+    assert as_user == {"sub": user_id, "role": "authenticated", "method": "POST",
+                       "path": "/rpc/whoami", "probe": None}
+    assert as_anon["role"] == "anon"
+    assert as_anon["sub"] is None
+
+
+def test_role_settings_apply_to_the_switched_role(
+    supabase_for: Callable[..., Client], anon_key: str, gateway: GatewayHandle, gateway_db: str
+) -> None:
+    # PostgREST v12 applies ALTER ROLE … SET (Supabase's statement_timeout per role).
+    with psycopg.connect(gateway_db, autocommit=True) as conn:
+        conn.execute(f"alter role anon in database {DATABASE} set statement_timeout = '1234ms'")
+    gateway.app.reload()
+
+    shown = supabase_for(anon_key).rpc("show_setting", {"p_name": "statement_timeout"}).execute()
+
+    assert shown.data == "1234ms"
+
+
+def test_request_headers_are_visible(http: httpx.Client, service_key: str) -> None:
+    response = http.post("/rest/v1/rpc/whoami", json={},
+                         headers={"Authorization": f"Bearer {service_key}", "X-Probe": "p1"})
+
+    assert response.json()["probe"] == "p1"
+    assert response.json()["role"] == "service_role"
+
+
+def test_apikey_header_alone_authenticates(http: httpx.Client, service_key: str) -> None:
+    response = http.post("/rest/v1/rpc/add", json={"a": 1, "b": 1},
+                         headers={"apikey": service_key})
+
+    assert (response.status_code, response.json()) == (200, 2)
+
+
+def test_missing_key_is_401_pgrst302(http: httpx.Client) -> None:
+    response = http.post("/rest/v1/rpc/add", json={"a": 1, "b": 1})
+
+    assert response.status_code == 401
+    assert response.headers["www-authenticate"] == "Bearer"
+    assert response.json() == {"code": "PGRST302", "details": None, "hint": None,
+                               "message": "Anonymous access is disabled"}
+
+
+@pytest.mark.parametrize(("token", "message"), [
+    (make_jwt("another-secret-another-secret-another", "service_role"),
+     "JWSError JWSInvalidSignature"),
+    (make_jwt(JWT_SECRET, "service_role", exp=int(time.time()) - 120), "JWT expired"),
+    ("not-a-jwt", None),
+])
+def test_bad_token_is_401_pgrst301(http: httpx.Client, token: str, message: str | None) -> None:
+    response = http.post("/rest/v1/rpc/add", json={"a": 1, "b": 1},
+                         headers={"Authorization": f"Bearer {token}"})
+
+    body = response.json()
+    assert response.status_code == 401
+    assert body["code"] == "PGRST301"
+    assert response.headers["www-authenticate"].startswith('Bearer error="invalid_token"')
+    if message:
+        assert body["message"] == message
+
+
+def test_wrong_key_raises_api_error_in_the_client(supabase_for: Callable[..., Client]) -> None:
+    forged = make_jwt("another-secret-another-secret-another", "service_role")
+
+    error = rpc_error(supabase_for(forged), "add", {"a": 1, "b": 1})
+
+    assert error.code == "PGRST301"
+
+
+def test_unknown_role_is_refused(http: httpx.Client) -> None:
+    token = make_jwt(JWT_SECRET, "postgres")
+
+    response = http.post("/rest/v1/rpc/whoami", json={},
+                         headers={"Authorization": f"Bearer {token}"})
+
+    assert response.status_code == 401
+    assert response.json()["code"] == "42501"
+
+
+def test_service_only_function_refuses_anon_401_and_users_403(
+    supabase_for: Callable[..., Client], anon_key: str, service: Client
+) -> None:
+    user_token = make_jwt(JWT_SECRET, "authenticated", sub=str(uuid.uuid4()))
+
+    as_anon = rpc_error(supabase_for(anon_key), "admin_only", {})
+    as_user = rpc_error(supabase_for(anon_key, user_token), "admin_only", {})
+
+    assert as_anon.code == as_user.code == "42501"
+    assert as_anon.message == "permission denied for function admin_only"
+    assert service.rpc("admin_only", {}).execute().data == "secret"
+
+
+def test_permission_statuses(http: httpx.Client, anon_key: str) -> None:
+    user_token = make_jwt(JWT_SECRET, "authenticated", sub=str(uuid.uuid4()))
+
+    as_anon = http.post("/rest/v1/rpc/admin_only", json={},
+                        headers={"apikey": anon_key, "Authorization": f"Bearer {anon_key}"})
+    as_user = http.post("/rest/v1/rpc/admin_only", json={},
+                        headers={"apikey": anon_key, "Authorization": f"Bearer {user_token}"})
+
+    assert as_anon.status_code == 401
+    assert as_user.status_code == 403
+
+
+# --- errors ------------------------------------------------------------------------------------
+
+
+def test_unknown_function_is_404_pgrst202(service: Client, http: httpx.Client,
+                                          service_key: str) -> None:
+    error = rpc_error(service, "no_such_fn", {"b": 1, "a": 2})
+    near = http.post("/rest/v1/rpc/shouts", json={"t": "x"},
+                     headers={"Authorization": f"Bearer {service_key}"})
+    no_args = http.post("/rest/v1/rpc/no_such_fn", json={},
+                        headers={"Authorization": f"Bearer {service_key}"})
+
+    assert error.code == "PGRST202"
+    assert error.message == ("Could not find the function public.no_such_fn(a, b) in the schema "
+                             "cache")
+    assert error.details == ("Searched for the function public.no_such_fn with parameters a, b or "
+                             "with a single unnamed json/jsonb parameter, but no matches were "
+                             "found in the schema cache.")
+    assert error.hint is None
+    assert near.status_code == 404
+    assert near.json()["hint"] == "Perhaps you meant to call the function public.shout"
+    assert no_args.json()["message"] == ("Could not find the function public.no_such_fn without "
+                                         "parameters in the schema cache")
+
+
+def test_wrong_argument_names_are_404(service: Client) -> None:
+    error = rpc_error(service, "add", {"a": 1, "c": 2})
+
+    assert error.code == "PGRST202"
+    assert error.message == "Could not find the function public.add(a, c) in the schema cache"
+    assert error.hint == "Perhaps you meant to call the function public.add(a, b)"
+
+
+def test_new_functions_are_found_without_restart(service: Client, gateway_db: str) -> None:
+    name = f"fresh_{uuid.uuid4().hex[:8]}"
+    assert rpc_error(service, name, {}).code == "PGRST202"
+    with psycopg.connect(gateway_db, autocommit=True) as conn:
+        conn.execute(f"create function public.{name}() returns int language sql as 'select 1'")
+
+    assert service.rpc(name, {}).execute().data == 1
+
+
+def test_custom_ptxxx_status_keeps_message_details_hint(service: Client, http: httpx.Client,
+                                                         service_key: str) -> None:
+    error = rpc_error(service, "fail", {"kind": "conflict"})
+    raw = http.post("/rest/v1/rpc/fail", json={"kind": "conflict"},
+                    headers={"Authorization": f"Bearer {service_key}"})
+
+    assert (error.code, error.message, error.details, error.hint) == (
+        "PT409", "job already finished", "status is completed", "poll the job instead")
+    assert raw.status_code == 409
+    assert raw.json() == {"code": "PT409", "details": "status is completed",
+                          "hint": "poll the job instead", "message": "job already finished"}
+
+
+@pytest.mark.parametrize(("kind", "status", "code"), [
+    ("teapot", 418, "PT418"),
+    ("plain", 400, "P0001"),
+    ("internal", 500, "XX000"),
+    ("custom", 402, "X1"),
+])
+def test_raised_errors_map_to_statuses(http: httpx.Client, service_key: str, kind: str,
+                                       status: int, code: str) -> None:
+    response = http.post("/rest/v1/rpc/fail", json={"kind": kind},
+                         headers={"Authorization": f"Bearer {service_key}"})
+
+    assert response.status_code == status
+    assert response.json()["code"] == code
+
+
+def test_custom_pgrst_error_sets_body_and_headers(http: httpx.Client, service_key: str) -> None:
+    response = http.post("/rest/v1/rpc/fail", json={"kind": "custom"},
+                         headers={"Authorization": f"Bearer {service_key}"})
+
+    assert response.json() == {"code": "X1", "details": "d", "hint": "h",
+                               "message": "custom body"}
+    assert response.headers["x-powered-by"] == "tests"
+
+
+def test_unique_violation_is_409_23505(service: Client, http: httpx.Client,
+                                       service_key: str) -> None:
+    name = unique("dup")
+    service.rpc("add_item", {"p_name": name, "p_qty": 1}).execute()
+
+    error = rpc_error(service, "add_item", {"p_name": name, "p_qty": 1})
+    raw = http.post("/rest/v1/rpc/add_item", json={"p_name": name, "p_qty": 1},
+                    headers={"Authorization": f"Bearer {service_key}"})
+
+    assert error.code == "23505"
+    assert error.message == 'duplicate key value violates unique constraint "items_name_key"'
+    assert error.details == f"Key (name)=({name}) already exists."
+    assert raw.status_code == 409
+
+
+def test_check_violation_is_400_23514(http: httpx.Client, service_key: str) -> None:
+    response = http.post("/rest/v1/rpc/add_item", json={"p_name": unique("neg"), "p_qty": -1},
+                         headers={"Authorization": f"Bearer {service_key}"})
+
+    assert response.status_code == 400
+    assert response.json()["code"] == "23514"
+
+
+def test_invalid_uuid_is_400_22p02(service: Client, http: httpx.Client,
+                                   service_key: str) -> None:
+    args = {"id": "not-a-uuid", "n": 1, "label": "", "doc": {}, "at": "2026-01-01T00:00:00Z",
+            "moods": [], "tags": []}
+
+    error = rpc_error(service, "describe", args)
+    raw = http.post("/rest/v1/rpc/describe", json=args,
+                    headers={"Authorization": f"Bearer {service_key}"})
+
+    assert error.code == "22P02"
+    assert error.message == 'invalid input syntax for type uuid: "not-a-uuid"'
+    assert raw.status_code == 400
+
+
+def test_changes_of_a_failed_call_are_rolled_back(service: Client) -> None:
+    name = unique("rollback")
+    service.rpc("add_item", {"p_name": name, "p_qty": 1}).execute()
+    before = service.rpc("count_items", {}).execute().data
+
+    rpc_error(service, "add_item", {"p_name": name, "p_qty": 1})
+
+    assert service.rpc("count_items", {}).execute().data == before
+
+
+def test_invalid_json_body_is_400_pgrst102(http: httpx.Client, service_key: str) -> None:
+    response = http.post("/rest/v1/rpc/add", content=b"{not json",
+                         headers={"Authorization": f"Bearer {service_key}",
+                                  "Content-Type": "application/json"})
+
+    assert response.status_code == 400
+    assert response.json() == {"code": "PGRST102", "details": None, "hint": None,
+                               "message": "Empty or invalid json"}
+
+
+def test_unexposed_schema_is_406(http: httpx.Client, service_key: str) -> None:
+    response = http.post("/rest/v1/rpc/add", json={"a": 1, "b": 1},
+                         headers={"Authorization": f"Bearer {service_key}",
+                                  "Content-Profile": "private"})
+
+    assert response.status_code == 406
+    assert response.json()["code"] == "PGRST106"
+
+
+def test_readiness_and_other_paths(http: httpx.Client) -> None:
+    assert http.get("/rest/v1/").status_code == 200
+    assert http.get("/rest/v1/items").status_code == 404
+    assert http.get("/nothing").json()["code"] == "PGRST125"
+
+
+@pytest.mark.parametrize(("sqlstate", "role", "status"), [
+    ("08006", "service_role", 503), ("23503", "service_role", 409), ("23505", "anon", 409),
+    ("23502", "anon", 400), ("22P02", "anon", 400), ("25006", "anon", 405),
+    ("40001", "anon", 500), ("42883", "anon", 404), ("42P01", "anon", 404),
+    ("42501", "anon", 401), ("42501", "authenticated", 403), ("53300", "anon", 503),
+    ("57014", "anon", 500), ("P0001", "anon", 400), ("P0002", "anon", 500),
+    ("PT404", "anon", 404), ("XX000", "anon", 500), ("42703", "anon", 400),
+])
+def test_sqlstate_status_table(sqlstate: str, role: str, status: int) -> None:
+    assert sqlstate_status(sqlstate, "", role=role) == status
+
+
+# --- availability ------------------------------------------------------------------------------
+
+
+def test_database_down_is_503_pgrst000(service_key: str) -> None:
+    dead = "postgresql://postgres@127.0.0.1:1/postgres?connect_timeout=1"
+    with (start_gateway(dead, JWT_SECRET, pool_timeout=0.5) as down,
+          httpx.Client(base_url=down.url) as http):
+        response = http.post("/rest/v1/rpc/add", json={"a": 1, "b": 1},
+                             headers={"Authorization": f"Bearer {service_key}"})
+
+    assert response.status_code == 503
+    assert response.json()["code"] == "PGRST000"
+    assert response.json()["message"] == "Database connection error. Retrying the connection."
+
+
+def test_recovers_after_its_connections_are_killed(service: Client, gateway_db: str) -> None:
+    assert service.rpc("add", {"a": 1, "b": 1}).execute().data == 2
+    with psycopg.connect(gateway_db, autocommit=True) as conn:
+        conn.execute("select pg_terminate_backend(pid) from pg_stat_activity "
+                     "where datname = current_database() and pid <> pg_backend_pid()")
+
+    assert service.rpc("add", {"a": 2, "b": 2}).execute().data == 4
+
+
+def test_stop_closes_idle_keep_alive_connections(gateway_db: str, service_key: str) -> None:
+    handle = start_gateway(gateway_db, JWT_SECRET)
+    with httpx.Client(base_url=handle.url) as http:
+        response = http.post("/rest/v1/rpc/add", json={"a": 1, "b": 1},
+                             headers={"Authorization": f"Bearer {service_key}"})
+        started = time.perf_counter()
+        handle.stop()
+
+    assert response.json() == 2
+    assert time.perf_counter() - started < 2
+
+
+def test_wsgi_app_works_without_a_server(gateway_db: str, service_key: str) -> None:
+    app = create_app(gateway_db, JWT_SECRET)
+    try:
+        client = httpx.Client(transport=httpx.WSGITransport(app=app), base_url="http://gw")
+        with client:
+            response = client.post("/rest/v1/rpc/add", json={"a": 3, "b": 4},
+                                   headers={"Authorization": f"Bearer {service_key}"})
+    finally:
+        app.close()
+
+    assert response.json() == 7
+
+
+def test_an_rpc_call_takes_milliseconds(service: Client) -> None:
+    service.rpc("add", {"a": 1, "b": 1}).execute()
+    started = time.perf_counter()
+    for _ in range(50):
+        service.rpc("add", {"a": 1, "b": 1}).execute()
+    per_call = (time.perf_counter() - started) / 50
+
+    assert per_call < 0.02
+
+
+def test_handle_reports_its_url(gateway: GatewayHandle) -> None:
+    assert gateway.url == f"http://127.0.0.1:{gateway.port}"

@@ -591,7 +591,7 @@ if [[ -n "${SELECTED[$REAPER]:-}" ]]; then
     trap 'rm -f "$flags_file"' EXIT
     chmod 600 "$flags_file"
     shared_secret=${PROCESSOR_SHARED_SECRET:-}
-    if [[ -z "$shared_secret" ]] && ! $DRY_RUN; then
+    if [[ -z "$shared_secret" ]]; then
       shared_secret=$(gcloud secrets versions access latest --secret=processor-shared-secret \
         --project="$PROJECT")
     fi

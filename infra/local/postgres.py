@@ -9,6 +9,7 @@ same server (tests clone a template database per test).
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -54,7 +55,10 @@ def start_postgres(data_dir: Path | None = None) -> Postgres:
     url = os.environ.get("DATABASE_URL", "").strip()
     if url:
         return Postgres(uri=url)
-    import pgserver
+    with warnings.catch_warnings():
+        # platformdirs warns when XDG_RUNTIME_DIR is unset (CI, root shells); harmless here
+        warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR")
+        import pgserver
 
     path = Path(data_dir or DEFAULT_DATA_DIR)
     path.mkdir(parents=True, exist_ok=True)

@@ -29,7 +29,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from infra.local.stack import LocalStack, StackConfig  # noqa: E402
+from infra.local.stack import LocalStack, StackConfig
 
 COMPLEX = "모든 서버 분석하고 최적화 리포트 만들어줘"
 SIMPLE = "현재 서버 상태 알려줘"
@@ -132,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
             timed(lambda: http.get(f"/ai-jobs-get/{job_id}"), 5, 200)
             timed(lambda: http.post("/ai-jobs-create", json={"query": SIMPLE}), 3, 200)
 
-            print(f"\n== baselines (same run, same machine) ==")
+            print("\n== baselines (same run, same machine) ==")
             row("function host, no work (GET /)", timed(lambda: http.get("/"), n, 200))
             row(
                 "one PostgREST RPC (get_job) direct",
@@ -148,13 +148,19 @@ def main(argv: list[str] | None = None) -> int:
                 timed(lambda: http.post("/ai-jobs-create", json={"query": COMPLEX}), n, 202),
                 "target < 500 ms",
             )
-            row("poll job (200)", timed(lambda: http.get(f"/ai-jobs-get/{job_id}"), n, 200),
-                "target < 200 ms")
+            row(
+                "poll job (200)",
+                timed(lambda: http.get(f"/ai-jobs-get/{job_id}"), n, 200),
+                "target < 200 ms",
+            )
             etag = http.get(f"/ai-jobs-get/{job_id}").headers["ETag"]
             row(
                 "poll job, If-None-Match (304)",
-                timed(lambda: http.get(f"/ai-jobs-get/{job_id}", headers={"If-None-Match": etag}),
-                      n, 304),
+                timed(
+                    lambda: http.get(f"/ai-jobs-get/{job_id}", headers={"If-None-Match": etag}),
+                    n,
+                    304,
+                ),
                 "target < 200 ms",
             )
             row("list jobs (20 per page)", timed(lambda: http.get("/ai-jobs-list"), n // 2, 200))
@@ -167,13 +173,18 @@ def main(argv: list[str] | None = None) -> int:
             while http.get("/ai-jobs-list", params={"status": "queued,processing"}).json()["jobs"]:
                 time.sleep(0.2)
             print("\n== progress and throughput ==")
-            row("progress visible to a 50 ms poller", visibility(http, 5 if args.quick else 15),
-                "target < 5000 ms")
+            row(
+                "progress visible to a 50 ms poller",
+                visibility(http, 5 if args.quick else 15),
+                "target < 5000 ms",
+            )
             jobs = 20 if args.quick else 60
             rate, durations = throughput(stack.base_url, jobs, clients=8)
             row(f"whole job, submit -> completed ({jobs} jobs)", durations)
-            print(f"{'throughput, 8 concurrent clients':<38} {rate:.2f} jobs/s "
-                  "(local writer; the queue's own overhead)")
+            print(
+                f"{'throughput, 8 concurrent clients':<38} {rate:.2f} jobs/s "
+                "(local writer; the queue's own overhead)"
+            )
             gateway.close()
     return 0
 

@@ -128,7 +128,9 @@ def _answer_synchronously(query: str, job_type: JobType, settings: Settings) -> 
     from shared.ai import pipeline
 
     deadline = time.monotonic() + min(settings.job_deadline_s, 50.0)
-    result = pipeline.run(query, job_type, lambda _p, _s: True, settings=settings.ai, deadline=deadline)
+    result = pipeline.run(
+        query, job_type, lambda _p, _s: True, settings=settings.ai, deadline=deadline
+    )
     return json_response(
         {
             "mode": "sync",
@@ -183,7 +185,9 @@ def _int_arg(request: flask.Request, name: str, default: int, *, minimum: int, m
     try:
         value = int(raw)
     except ValueError:
-        raise errors.ValidationFailed(f"{name} must be an integer", details={"field": name}) from None
+        raise errors.ValidationFailed(
+            f"{name} must be an integer", details={"field": name}
+        ) from None
     if not minimum <= value <= maximum:
         raise errors.ValidationFailed(
             f"{name} must be between {minimum} and {maximum}", details={"field": name}
@@ -191,7 +195,9 @@ def _int_arg(request: flask.Request, name: str, default: int, *, minimum: int, m
     return value
 
 
-def _enum_list(request: flask.Request, name: str, allowed: type[JobStatus] | type[JobType]) -> list[str] | None:
+def _enum_list(
+    request: flask.Request, name: str, allowed: type[JobStatus] | type[JobType]
+) -> list[str] | None:
     raw = request.args.get(name)
     if not raw:
         return None
@@ -243,7 +249,8 @@ def cancel_job(request: flask.Request, settings: Settings) -> flask.Response:
     unknown = set(body) - {"jobId", "reason"}
     if unknown:
         raise errors.ValidationFailed(
-            "unknown field", details={"errors": [{"field": f, "message": "unknown field"} for f in sorted(unknown)]}
+            "unknown field",
+            details={"errors": [{"field": f, "message": "unknown field"} for f in sorted(unknown)]},
         )
     reason = body.get("reason")
     if reason is not None and (not isinstance(reason, str) or len(reason) > 500):

@@ -102,9 +102,7 @@ def endpoint(*methods: str, cors: bool = True) -> Callable[[Handler], Callable[.
                     )
                 )
             except Exception as exc:  # never leak a stack trace to the caller
-                logs.error(
-                    "unhandled error", function=handler.__name__, error=repr(exc)[:500]
-                )
+                logs.error("unhandled error", function=handler.__name__, error=repr(exc)[:500])
                 response = error_response(errors.AppError("internal error"))
             if cors and settings is not None:
                 for name, value in _cors_headers(request, settings).items():
@@ -173,7 +171,9 @@ def read_json(request: flask.Request, settings: Settings) -> dict[str, Any]:
     try:
         body = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
-        raise errors.InvalidJson("the body is not valid JSON", details={"reason": str(exc)}) from None
+        raise errors.InvalidJson(
+            "the body is not valid JSON", details={"reason": str(exc)}
+        ) from None
     if not isinstance(body, dict):
         raise errors.ValidationFailed("the body must be a JSON object")
     return body

@@ -186,7 +186,7 @@ class Processor:
         if failed.status == JobStatus.QUEUED:
             logs.warning("retryable failure; Cloud Tasks will retry", **context, error=exc.code)
             return "retry", 503
-        logs.error("job failed", **context, error=exc.code, message=exc.message)
+        logs.error("job failed", **context, error=exc.code, reason=exc.message)
         return "failed", 200
 
 

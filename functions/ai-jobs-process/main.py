@@ -1,4 +1,4 @@
-"""ai-jobs-process: the private worker Cloud Tasks calls: claim, run the AI pipeline, store the outcome.
+"""ai-jobs-process: the private worker Cloud Tasks calls (claim, run the AI pipeline, store).
 
 Deployed as a Cloud Functions gen2 HTTP function with entry point ``process_job``; the work is
 in ``shared/`` (staged beside this file by deploy.sh).

@@ -1,4 +1,4 @@
-"""ai-jobs-reap: the private sweep Cloud Scheduler calls: re-dispatch lost or stalled jobs, purge old ones.
+"""ai-jobs-reap: the private sweep Cloud Scheduler calls (re-dispatch lost jobs, purge old ones).
 
 Deployed as a Cloud Functions gen2 HTTP function with entry point ``reap_jobs``; the work is
 in ``shared/`` (staged beside this file by deploy.sh).

@@ -41,8 +41,10 @@ def run_demo(base_url: str, query: str, *, poll_s: float = 0.5, timeout_s: float
             for line in job.get("logs", []):
                 last_log = max(last_log, line["id"])
                 progress = "" if line.get("progress") is None else f"{line['progress']:3d}% "
-                text = line["step"] if line["message"] == line["step"] else (
-                    f"{line['step']}: {line['message']}"
+                text = (
+                    line["step"]
+                    if line["message"] == line["step"]
+                    else (f"{line['step']}: {line['message']}")
                 )
                 print(f"  [{line['createdAt'][11:23]}] {progress}{text}")
             if job["status"] in FINAL:

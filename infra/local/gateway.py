@@ -102,8 +102,12 @@ class ApiError(Exception):
     headers: dict[str, str] = field(default_factory=dict)
 
     def response(self) -> Response:
-        body = {"code": self.code, "details": self.details, "hint": self.hint,
-                "message": self.message}
+        body = {
+            "code": self.code,
+            "details": self.details,
+            "hint": self.hint,
+            "message": self.message,
+        }
         headers = {"Proxy-Status": f"PostgREST; error={self.code}", **self.headers}
         if self.status == 401:
             headers.setdefault("WWW-Authenticate", "Bearer")
@@ -112,13 +116,37 @@ class ApiError(Exception):
 
 # SQLSTATE → HTTP status, as PostgREST v12's pgErrorStatus. Exact codes first, then classes.
 _EXACT_STATUS = {
-    "23503": 409, "23505": 409, "25006": 405, "53400": 500, "57P01": 503,
-    "P0001": 400, "42883": 404, "42P01": 404, "42P17": 500,
+    "23503": 409,
+    "23505": 409,
+    "25006": 405,
+    "53400": 500,
+    "57P01": 503,
+    "P0001": 400,
+    "42883": 404,
+    "42P01": 404,
+    "42P17": 500,
 }
 _CLASS_STATUS = {
-    "08": 503, "09": 500, "0L": 403, "0P": 403, "25": 500, "28": 403, "2D": 500, "38": 500,
-    "39": 500, "3B": 500, "40": 500, "53": 503, "54": 500, "55": 500, "57": 500, "58": 500,
-    "F0": 500, "HV": 500, "P0": 500, "XX": 500,
+    "08": 503,
+    "09": 500,
+    "0L": 403,
+    "0P": 403,
+    "25": 500,
+    "28": 403,
+    "2D": 500,
+    "38": 500,
+    "39": 500,
+    "3B": 500,
+    "40": 500,
+    "53": 503,
+    "54": 500,
+    "55": 500,
+    "57": 500,
+    "58": 500,
+    "F0": 500,
+    "HV": 500,
+    "P0": 500,
+    "XX": 500,
 }
 
 
@@ -142,8 +170,9 @@ def _postgres_error(exc: psycopg.Error, role: str) -> ApiError:
     message = diag.message_primary or str(exc)
     if not sqlstate:
         # The connection broke during the call.
-        return ApiError(503, "PGRST001", "Database client error. Retrying the connection.",
-                        details=str(exc))
+        return ApiError(
+            503, "PGRST001", "Database client error. Retrying the connection.", details=str(exc)
+        )
     if sqlstate == "PGRST":
         return _custom_error(message, diag.message_detail)
     status = sqlstate_status(sqlstate, message, role=role)
@@ -164,14 +193,25 @@ def _custom_error(message: str, detail: str | None) -> ApiError:
             {str(k): str(v) for k, v in dict(extra.get("headers") or {}).items()},
         )
     except (ValueError, TypeError, AttributeError):
-        return ApiError(500, "PGRST121", "Could not parse JSON in the RAISE SQLSTATE 'PGRST' "
-                        "error", details=message, hint=None)
+        return ApiError(
+            500,
+            "PGRST121",
+            "Could not parse JSON in the RAISE SQLSTATE 'PGRST' error",
+            details=message,
+            hint=None,
+        )
 
 
 def _jwt_error(message: str) -> ApiError:
     description = message.replace('"', "'")
-    return ApiError(401, "PGRST301", message, headers={
-        "WWW-Authenticate": f'Bearer error="invalid_token", error_description="{description}"'})
+    return ApiError(
+        401,
+        "PGRST301",
+        message,
+        headers={
+            "WWW-Authenticate": f'Bearer error="invalid_token", error_description="{description}"'
+        },
+    )
 
 
 # --- schema cache -----------------------------------------------------------------------------
@@ -256,12 +296,26 @@ _OUT_MODES = ("o", "b", "t")
 
 
 def _routine_from_row(row: Sequence[Any]) -> Routine:
-    (schema, name, retset, volatility, returns_void, typtype, returns_relation,
-     n_defaults, arg_names, arg_modes, arg_types) = row
+    (
+        schema,
+        name,
+        retset,
+        volatility,
+        returns_void,
+        typtype,
+        returns_relation,
+        n_defaults,
+        arg_names,
+        arg_modes,
+        arg_types,
+    ) = row
     modes = list(arg_modes) or ["i"] * len(arg_types)
     names = list(arg_names) + [""] * (len(arg_types) - len(arg_names))
-    inputs = [(names[i] or "", arg_types[i], modes[i]) for i in range(len(arg_types))
-              if modes[i] in _IN_MODES]
+    inputs = [
+        (names[i] or "", arg_types[i], modes[i])
+        for i in range(len(arg_types))
+        if modes[i] in _IN_MODES
+    ]
     first_optional = len(inputs) - n_defaults
     params = tuple(
         Param(arg_name, arg_type, required=i < first_optional, variadic=mode == "v")
@@ -335,7 +389,8 @@ def resolve(
         whole = True
     elif matches or fallbacks:
         raise ApiError(
-            300, "PGRST203",
+            300,
+            "PGRST203",
             "Could not choose the best candidate function between: "
             + ", ".join(r.signature() for r in matches or fallbacks),
             hint="Try renaming the parameters or the function itself in the database so "
@@ -378,8 +433,10 @@ def _no_function(
         close = difflib.get_close_matches(name, names, n=1, cutoff=0.6)
         if close:
             hint = f"Perhaps you meant to call the function {schema}.{close[0]}"
-    details = (f"Searched for the function {qualified}{searched}, "
-               "but no matches were found in the schema cache.")
+    details = (
+        f"Searched for the function {qualified}{searched}, "
+        "but no matches were found in the schema cache."
+    )
     return ApiError(404, "PGRST202", message, details, hint)
 
 
@@ -391,22 +448,24 @@ def call_sql(call: Call) -> sql.Composed:
     and a bad value raises Postgres's own error (``22P02`` …).
     """
     routine = call.routine
-    function = sql.SQL("{}.{}").format(sql.Identifier(routine.schema),
-                                       sql.Identifier(routine.name))
+    function = sql.SQL("{}.{}").format(sql.Identifier(routine.schema), sql.Identifier(routine.name))
     source: sql.Composable = sql.SQL("")
     if call.whole_body:
-        args: sql.Composable = sql.SQL("%(body)s::{}").format(
-            sql.SQL(routine.params[0].type_sql))
+        args: sql.Composable = sql.SQL("%(body)s::{}").format(sql.SQL(routine.params[0].type_sql))
     elif call.keys:
         params = [p for p in routine.params if p.name in call.keys]
         columns = sql.SQL(", ").join(
-            sql.SQL("{} {}").format(sql.Identifier(p.name), sql.SQL(p.type_sql)) for p in params)
+            sql.SQL("{} {}").format(sql.Identifier(p.name), sql.SQL(p.type_sql)) for p in params
+        )
         source = sql.SQL("json_to_record(%(body)s::json) as pgrst_body({}), ").format(columns)
         args = sql.SQL(", ").join(
             sql.SQL("{}{} := pgrst_body.{}").format(
-                sql.SQL("variadic " if p.variadic else ""), sql.Identifier(p.name),
-                sql.Identifier(p.name))
-            for p in params)
+                sql.SQL("variadic " if p.variadic else ""),
+                sql.Identifier(p.name),
+                sql.Identifier(p.name),
+            )
+            for p in params
+        )
     else:
         args = sql.SQL("")
     invocation = sql.SQL("{}({})").format(function, args)
@@ -471,8 +530,13 @@ class Gateway:
         #: PostgREST's db-anon-role: the role of a request without a token (None: 401).
         self.anonymous_role = anonymous_role
         self.pool = ConnectionPool(
-            db_uri, min_size=pool_min, max_size=pool_max, timeout=pool_timeout, open=False,
-            check=ConnectionPool.check_connection, name="rest-gateway",
+            db_uri,
+            min_size=pool_min,
+            max_size=pool_max,
+            timeout=pool_timeout,
+            open=False,
+            check=ConnectionPool.check_connection,
+            name="rest-gateway",
         )
         self.pool.open(wait=False)
         self._cache: SchemaCache | None = None
@@ -506,11 +570,13 @@ class Gateway:
             with psycopg.connect(self.db_uri, connect_timeout=2):
                 pass
         except psycopg.OperationalError as exc:
-            return ApiError(503, "PGRST000",
-                            "Database connection error. Retrying the connection.",
-                            details=str(exc).strip())
-        return ApiError(504, "PGRST003",
-                        "Timed out acquiring connection from connection pool.")
+            return ApiError(
+                503,
+                "PGRST000",
+                "Database connection error. Retrying the connection.",
+                details=str(exc).strip(),
+            )
+        return ApiError(504, "PGRST003", "Timed out acquiring connection from connection pool.")
 
     # WSGI
 
@@ -531,19 +597,22 @@ class Gateway:
             ready = {"service": "rest-gateway", "schemas": list(self.schemas)}
             return Response(json.dumps(ready), 200, content_type=JSON_CONTENT_TYPE)
         prefix = f"{REST_PREFIX}/rpc/"
-        if not path.startswith(prefix) or "/" in path[len(prefix):] or path == prefix[:-1]:
+        if not path.startswith(prefix) or "/" in path[len(prefix) :] or path == prefix[:-1]:
             raise ApiError(404, "PGRST125", f"Invalid path specified in request URL: {path}")
         if request.method not in ("POST", "GET"):
             raise ApiError(405, "PGRST117", f"Unsupported HTTP method: {request.method}")
-        return self.rpc(request, path[len(prefix):])
+        return self.rpc(request, path[len(prefix) :])
 
     def rpc(self, request: Request, name: str) -> Response:
         identity = self.authenticate(request)
         profile_header = "Content-Profile" if request.method == "POST" else "Accept-Profile"
         schema = request.headers.get(profile_header) or self.schemas[0]
         if schema not in self.schemas:
-            raise ApiError(406, "PGRST106", "The schema must be one of the following: "
-                           + ", ".join(self.schemas))
+            raise ApiError(
+                406,
+                "PGRST106",
+                "The schema must be one of the following: " + ", ".join(self.schemas),
+            )
         prefer = request.headers.get("Prefer", "")
         single_object = "params=single-object" in prefer
         body = self._arguments(request, single_object=single_object)
@@ -560,8 +629,10 @@ class Gateway:
 
     def authenticate(self, request: Request) -> Identity:
         """Verify the bearer token like PostgREST; ``role`` claim → database role."""
-        token = _bearer(request.headers.get("Authorization")) or request.headers.get(
-            "apikey", "").strip()
+        token = (
+            _bearer(request.headers.get("Authorization"))
+            or request.headers.get("apikey", "").strip()
+        )
         if not token:
             if self.anonymous_role is None:
                 raise ApiError(401, "PGRST302", "Anonymous access is disabled")
@@ -577,7 +648,9 @@ class Gateway:
     def _decode(self, token: str) -> dict[str, Any]:
         try:
             claims = jwt.decode(
-                token, self.jwt_secret, algorithms=["HS256", "HS384", "HS512"],
+                token,
+                self.jwt_secret,
+                algorithms=["HS256", "HS384", "HS512"],
                 leeway=JWT_LEEWAY_SECONDS,
                 options={"verify_aud": False, "require": []},
             )
@@ -613,8 +686,9 @@ class Gateway:
     ) -> Response:
         setup = {
             "search_path": ", ".join(
-                sql.Identifier(s).as_string() for s in dict.fromkeys(
-                    (*self.schemas, *EXTRA_SEARCH_PATH))),
+                sql.Identifier(s).as_string()
+                for s in dict.fromkeys((*self.schemas, *EXTRA_SEARCH_PATH))
+            ),
             "role": identity.role,
             "claims": json.dumps(identity.claims),
             "method": request.method,
@@ -661,8 +735,15 @@ def create_app(
     pool_timeout: float = 10.0,
 ) -> Gateway:
     """The gateway as a WSGI application (call ``.close()`` to release its pool)."""
-    return Gateway(db_uri, jwt_secret, allowed_roles=allowed_roles, schemas=schemas,
-                   anonymous_role=anonymous_role, pool_max=pool_max, pool_timeout=pool_timeout)
+    return Gateway(
+        db_uri,
+        jwt_secret,
+        allowed_roles=allowed_roles,
+        schemas=schemas,
+        anonymous_role=anonymous_role,
+        pool_max=pool_max,
+        pool_timeout=pool_timeout,
+    )
 
 
 # --- serving ----------------------------------------------------------------------------------
@@ -710,8 +791,11 @@ class GatewayHandle:
         self.port: int = self._server.server_address[1]
         self.url = f"http://{host}:{self.port}"
         self._thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.1},
-            name=f"rest-gateway-{self.port}", daemon=True)
+            target=self._server.serve_forever,
+            kwargs={"poll_interval": 0.1},
+            name=f"rest-gateway-{self.port}",
+            daemon=True,
+        )
         self._thread.start()
         self._stopped = False
 
@@ -754,9 +838,15 @@ def start_gateway(
     pool_timeout: float = 10.0,
 ) -> GatewayHandle:
     """Serve the gateway on ``host:port`` (0: a free port) in a background thread."""
-    app = create_app(db_uri, jwt_secret, allowed_roles=allowed_roles, schemas=schemas,
-                     anonymous_role=anonymous_role, pool_max=pool_max,
-                     pool_timeout=pool_timeout)
+    app = create_app(
+        db_uri,
+        jwt_secret,
+        allowed_roles=allowed_roles,
+        schemas=schemas,
+        anonymous_role=anonymous_role,
+        pool_max=pool_max,
+        pool_timeout=pool_timeout,
+    )
     try:
         return GatewayHandle(app, host, port)
     except BaseException:
@@ -767,15 +857,18 @@ def start_gateway(
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m infra.local.gateway",
-        description="PostgREST-compatible /rest/v1/rpc gateway for the local stack.")
+        description="PostgREST-compatible /rest/v1/rpc gateway for the local stack.",
+    )
     parser.add_argument("--db-uri", required=True, help="admin (owner) URI of the database")
     parser.add_argument("--jwt-secret", required=True, help="HS256 secret of the API keys")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=DEFAULT_PORT)
     parser.add_argument("--debug", action="store_true", help="log one line per request")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.debug else logging.INFO,
-                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if args.debug else logging.INFO,
+        format="%(asctime)s %(name)s %(levelname)s %(message)s",
+    )
     logging.getLogger("psycopg").setLevel(logging.WARNING)
     handle = start_gateway(args.db_uri, args.jwt_secret, args.host, args.port)
     log.info("serving %s%s/rpc", handle.url, REST_PREFIX)

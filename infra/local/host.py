@@ -39,7 +39,7 @@ FUNCTIONS: dict[str, str] = {
 def _index(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
     request = Request(environ)
     if request.path in {"", "/"}:
-        body = {"functions": sorted(FUNCTIONS)}
+        body: dict[str, Any] = {"functions": sorted(FUNCTIONS)}
         status = 200
     else:
         body = {"error": {"code": "not_found", "message": "no such function", "details": {}}}
@@ -67,9 +67,11 @@ def build_app(functions_dir: Path = FUNCTIONS_DIR) -> DispatcherMiddleware:
 
     if str(REPO_ROOT) not in sys.path:
         sys.path.insert(0, str(REPO_ROOT))  # deploy.sh stages shared/ beside main.py
-    mounts = {
+    mounts: dict[str, Any] = {
         f"/{name}": _RootPath(
-            functions_framework.create_app(target, str(functions_dir / name / "main.py"))
+            functions_framework.create_app(  # type: ignore[no-untyped-call]
+                target, str(functions_dir / name / "main.py")
+            )
         )
         for name, target in FUNCTIONS.items()
     }

@@ -178,10 +178,14 @@ class LocalStack:
             "gateway",
             [
                 "infra.local.gateway",
-                "--db-uri", self.db_uri,
-                "--jwt-secret", LOCAL_JWT_SECRET,
-                "--host", "127.0.0.1",
-                "--port", str(self.config.gateway_port),
+                "--db-uri",
+                self.db_uri,
+                "--jwt-secret",
+                LOCAL_JWT_SECRET,
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.config.gateway_port),
             ],
         )
         self._wait("gateway", lambda: httpx.get(f"{self.gateway_url}/rest/v1/").status_code == 200)
@@ -192,8 +196,10 @@ class LocalStack:
             "tasks-emulator",
             [
                 "infra.local.tasks_emulator",
-                "--host", "127.0.0.1",
-                "--port", str(self.config.emulator_port),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.config.emulator_port),
             ],
         )
         self._wait("tasks-emulator", self._create_queue)
@@ -349,7 +355,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {stack.base_url}/{name}")
         print(f"  {stack.base_url}/ai-jobs-process   (private: Cloud Tasks only)")
         print(f"  {stack.base_url}/ai-jobs-reap      (private: every {args.reap_interval:.0f}s)")
-        print(f"  Supabase gateway  {stack.gateway_url}   Cloud Tasks emulator {stack.emulator_host}")
+        print(
+            f"  Supabase gateway  {stack.gateway_url}   Cloud Tasks emulator {stack.emulator_host}"
+        )
         print(f"  logs in {config.log_dir}\nCtrl-C stops everything.", flush=True)
         try:
             while not stopping.wait(0.5):

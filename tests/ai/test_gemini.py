@@ -126,14 +126,17 @@ def test_malformed_once_then_valid_succeeds(
 def test_timeout_is_retryable(fake: fake_gemini.FakeGemini, draft: AIResult) -> None:
     fake.push(fake_gemini.slow(5), fake_gemini.slow(5))
     started = time.monotonic()
-    with GeminiWriter(
-        api_key="fake",
-        model=MODEL,
-        base_url=fake.base_url,
-        timeout_s=1,
-        max_retries=1,
-        backoff_s=0.01,
-    ) as writer, pytest.raises(AIError) as caught:
+    with (
+        GeminiWriter(
+            api_key="fake",
+            model=MODEL,
+            base_url=fake.base_url,
+            timeout_s=1,
+            max_retries=1,
+            backoff_s=0.01,
+        ) as writer,
+        pytest.raises(AIError) as caught,
+    ):
         writer.write(draft)
     assert caught.value.retryable is True
     assert caught.value.details["reason"] == "timeout"

@@ -40,11 +40,8 @@ def test_each_result_validates_and_states_only_facts(
     wire = result.model_dump(mode="json", by_alias=True)
     assert wire["type"] == job_type.value
     assert (
-        ("markdown" in wire
-        and "facts" in wire
-        and "affectedServers" not in wire)
-        or job_type == JobType.REPORT
-    )
+        "markdown" in wire and "facts" in wire and "affectedServers" not in wire
+    ) or job_type == JobType.REPORT
     assert parse_result(wire) == result
     facts_only = allowed_numbers(result.facts.model_dump(mode="json", by_alias=True), result.query)
     code_items = allowed_numbers(result.model_dump(mode="json", exclude={"markdown"}), result.query)

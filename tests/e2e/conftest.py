@@ -29,6 +29,15 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
         yield running
 
 
+@pytest.fixture(autouse=True)
+def _no_unhandled_errors(stack: LocalStack) -> Iterator[None]:
+    # A handler that crashed answers 500 and Cloud Tasks would hide it by retrying: make
+    # any unhandled exception in the function host fail the test that caused it.
+    before = len(stack.log_text("functions"))
+    yield
+    assert "unhandled error" not in stack.log_text("functions")[before:]
+
+
 @pytest.fixture
 def http(stack: LocalStack) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=stack.base_url, timeout=30) as client:

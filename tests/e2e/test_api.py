@@ -98,8 +98,12 @@ def test_polling_is_cheap_with_etag_and_no_store(http: httpx.Client) -> None:
 
 def test_idempotency_key_over_http(http: httpx.Client) -> None:
     key = f"k-{uuid.uuid4()}"
-    first = http.post("/ai-jobs-create", json={"query": SEED_QUERY}, headers={"Idempotency-Key": key})
-    again = http.post("/ai-jobs-create", json={"query": SEED_QUERY}, headers={"Idempotency-Key": key})
+    first = http.post(
+        "/ai-jobs-create", json={"query": SEED_QUERY}, headers={"Idempotency-Key": key}
+    )
+    again = http.post(
+        "/ai-jobs-create", json={"query": SEED_QUERY}, headers={"Idempotency-Key": key}
+    )
     assert first.status_code == again.status_code == 202
     assert first.json()["jobId"] == again.json()["jobId"]
     assert again.headers["Idempotent-Replayed"] == "true"
@@ -156,17 +160,59 @@ def test_cors_preflight_and_allowed_origin(http: httpx.Client) -> None:
 
 BAD_INPUTS = [
     # (method, path, kwargs, status, code)
-    ("POST", "/ai-jobs-create", {"content": b"{not json", "headers": {"Content-Type": "application/json"}}, 400, "invalid_json"),
-    ("POST", "/ai-jobs-create", {"json": {"query": "x", "colour": "red"}}, 400, "validation_failed"),
+    (
+        "POST",
+        "/ai-jobs-create",
+        {"content": b"{not json", "headers": {"Content-Type": "application/json"}},
+        400,
+        "invalid_json",
+    ),
+    (
+        "POST",
+        "/ai-jobs-create",
+        {"json": {"query": "x", "colour": "red"}},
+        400,
+        "validation_failed",
+    ),
     ("POST", "/ai-jobs-create", {"json": {"query": ""}}, 400, "validation_failed"),
     ("POST", "/ai-jobs-create", {"json": {}}, 400, "validation_failed"),
     ("POST", "/ai-jobs-create", {"json": ["query"]}, 400, "validation_failed"),
-    ("POST", "/ai-jobs-create", {"json": {"query": "x", "type": "poetry"}}, 400, "validation_failed"),
-    ("POST", "/ai-jobs-create", {"json": {"query": "x", "options": {"priority": "urgent"}}}, 400, "validation_failed"),
+    (
+        "POST",
+        "/ai-jobs-create",
+        {"json": {"query": "x", "type": "poetry"}},
+        400,
+        "validation_failed",
+    ),
+    (
+        "POST",
+        "/ai-jobs-create",
+        {"json": {"query": "x", "options": {"priority": "urgent"}}},
+        400,
+        "validation_failed",
+    ),
     ("POST", "/ai-jobs-create", {"json": {"query": "x" * 9000}}, 413, "payload_too_large"),
-    ("POST", "/ai-jobs-create", {"content": b"query=x", "headers": {"Content-Type": "application/x-www-form-urlencoded"}}, 415, "unsupported_media_type"),
-    ("POST", "/ai-jobs-create", {"json": {"query": "x"}, "headers": {"Idempotency-Key": "bad key with spaces"}}, 400, "validation_failed"),
-    ("POST", "/ai-jobs-create", {"json": {"query": "x"}, "headers": {"X-User-Id": "bad user!"}}, 400, "validation_failed"),
+    (
+        "POST",
+        "/ai-jobs-create",
+        {"content": b"query=x", "headers": {"Content-Type": "application/x-www-form-urlencoded"}},
+        415,
+        "unsupported_media_type",
+    ),
+    (
+        "POST",
+        "/ai-jobs-create",
+        {"json": {"query": "x"}, "headers": {"Idempotency-Key": "bad key with spaces"}},
+        400,
+        "validation_failed",
+    ),
+    (
+        "POST",
+        "/ai-jobs-create",
+        {"json": {"query": "x"}, "headers": {"X-User-Id": "bad user!"}},
+        400,
+        "validation_failed",
+    ),
     ("GET", "/ai-jobs-create", {}, 405, "method_not_allowed"),
     ("GET", "/ai-jobs-get/not-a-uuid", {}, 400, "invalid_id"),
     ("GET", "/ai-jobs-get", {}, 400, "invalid_id"),
@@ -180,14 +226,20 @@ BAD_INPUTS = [
     ("POST", "/ai-jobs-list", {}, 405, "method_not_allowed"),
     ("POST", "/ai-jobs-cancel", {"json": {"jobId": "nope"}}, 400, "invalid_id"),
     ("POST", "/ai-jobs-cancel", {"json": {"jobId": 42}}, 400, "invalid_id"),
-    ("POST", "/ai-jobs-cancel", {"json": {"jobId": str(uuid.UUID(int=2)), "why": "x"}}, 400, "validation_failed"),
+    (
+        "POST",
+        "/ai-jobs-cancel",
+        {"json": {"jobId": str(uuid.UUID(int=2)), "why": "x"}},
+        400,
+        "validation_failed",
+    ),
     ("POST", "/ai-jobs-cancel", {"json": {"jobId": str(uuid.UUID(int=2))}}, 404, "job_not_found"),
     ("GET", "/ai-jobs-cancel", {}, 405, "method_not_allowed"),
 ]
 
 
 @pytest.mark.parametrize(("method", "path", "kwargs", "status", "code"), BAD_INPUTS)
-def test_bad_input_gets_a_precise_4xx(
+def test_bad_input_gets_a_precise_4xx(  # noqa: PLR0917 (one parameter per column)
     http: httpx.Client, method: str, path: str, kwargs: dict[str, object], status: int, code: str
 ) -> None:
     response = http.request(method, path, **kwargs)  # type: ignore[arg-type]
@@ -198,12 +250,16 @@ def test_bad_input_gets_a_precise_4xx(
     assert "Traceback" not in response.text
 
 
-def test_processor_refuses_callers_without_the_secret(stack: LocalStack, http: httpx.Client) -> None:
+def test_processor_refuses_callers_without_the_secret(
+    stack: LocalStack, http: httpx.Client
+) -> None:
     job_id = str(uuid.uuid4())
     headers = {"X-CloudTasks-QueueName": "ai-jobs", "X-CloudTasks-TaskName": "t"}
     plain = http.post("/ai-jobs-process", json={"jobId": job_id})
     assert plain.status_code == 403
-    forged = http.post("/ai-jobs-process", json={"jobId": job_id}, headers={**headers, SECRET_HEADER: "guess"})
+    forged = http.post(
+        "/ai-jobs-process", json={"jobId": job_id}, headers={**headers, SECRET_HEADER: "guess"}
+    )
     assert forged.status_code == 403
     assert http.post("/ai-jobs-reap").status_code == 403
     allowed = http.post(

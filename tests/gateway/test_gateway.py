@@ -49,14 +49,18 @@ def test_scalar_bodies_on_the_wire(http: httpx.Client, service_key: str) -> None
     assert (null.status_code, null.text) == (200, "null")
 
 
-def test_json_results_pass_through_unchanged(service: Client, http: httpx.Client,
-                                            service_key: str) -> None:
+def test_json_results_pass_through_unchanged(
+    service: Client, http: httpx.Client, service_key: str
+) -> None:
     doc = {"a": [1, 2, {"b": None}], "c": "ü"}
 
     assert service.rpc("echo_doc", {"doc": doc}).execute().data == doc
     # json (not jsonb) keeps the caller's key order, as PostgREST does.
-    raw = http.post("/rest/v1/rpc/echo_json_text", content=b'{"doc": {"z": 1, "a": 2}}',
-                    headers={"Authorization": f"Bearer {service_key}"})
+    raw = http.post(
+        "/rest/v1/rpc/echo_json_text",
+        content=b'{"doc": {"z": 1, "a": 2}}',
+        headers={"Authorization": f"Bearer {service_key}"},
+    )
     assert raw.text == '{"z": 1, "a": 2}'
 
 
@@ -78,8 +82,7 @@ def test_missing_composite_row_is_an_object_of_nulls_like_postgrest(service: Cli
     # PostgREST calls the function in FROM, where a NULL composite is one row of NULLs.
     found = service.rpc("find_item", {"p_name": unique("absent")}).execute()
 
-    assert found.data == {"id": None, "name": None, "qty": None, "tags": None,
-                          "created_at": None}
+    assert found.data == {"id": None, "name": None, "qty": None, "tags": None, "created_at": None}
 
 
 def test_out_parameters_make_one_object(service: Client) -> None:
@@ -111,13 +114,15 @@ def test_sets_are_arrays(service: Client) -> None:
     assert numbers == [1, 2, 3]
 
 
-def test_void_is_204_without_body(service: Client, http: httpx.Client,
-                                  service_key: str) -> None:
+def test_void_is_204_without_body(service: Client, http: httpx.Client, service_key: str) -> None:
     name = unique("void")
     service.rpc("add_item", {"p_name": name, "p_qty": 1}).execute()
 
-    raw = http.post("/rest/v1/rpc/bump", json={"p_name": name},
-                    headers={"Authorization": f"Bearer {service_key}"})
+    raw = http.post(
+        "/rest/v1/rpc/bump",
+        json={"p_name": name},
+        headers={"Authorization": f"Bearer {service_key}"},
+    )
     via_client = service.rpc("bump", {"p_name": name}).execute()
 
     assert (raw.status_code, raw.content) == (204, b"")
@@ -132,14 +137,32 @@ def test_void_is_204_without_body(service: Client, http: httpx.Client,
 def test_arguments_are_cast_to_the_declared_types(service: Client) -> None:
     job_id = str(uuid.uuid4())
 
-    result = service.rpc("describe", {
-        "id": job_id, "n": 7, "label": "x", "doc": {"k": [1]},
-        "at": "2026-03-04T05:06:07+09:00", "moods": ["happy", "sad"], "tags": ["a", "b,c"],
-    }).execute().data
+    result = (
+        service.rpc(
+            "describe",
+            {
+                "id": job_id,
+                "n": 7,
+                "label": "x",
+                "doc": {"k": [1]},
+                "at": "2026-03-04T05:06:07+09:00",
+                "moods": ["happy", "sad"],
+                "tags": ["a", "b,c"],
+            },
+        )
+        .execute()
+        .data
+    )
 
     assert result == {
-        "id": job_id, "n": 7, "label": "x", "doc": {"k": [1]},
-        "epoch": 1772568367, "moods": ["happy", "sad"], "tags": ["a", "b,c"], "tagCount": 2,
+        "id": job_id,
+        "n": 7,
+        "label": "x",
+        "doc": {"k": [1]},
+        "epoch": 1772568367,
+        "moods": ["happy", "sad"],
+        "tags": ["a", "b,c"],
+        "tagCount": 2,
         "types": ["uuid", "timestamp with time zone", "mood[]"],
     }
 
@@ -165,8 +188,9 @@ def test_overloads_are_chosen_by_argument_names(service: Client) -> None:
 
 
 def test_ambiguous_overload_is_300_pgrst203(http: httpx.Client, service_key: str) -> None:
-    response = http.post("/rest/v1/rpc/twin", json={"a": 1},
-                         headers={"Authorization": f"Bearer {service_key}"})
+    response = http.post(
+        "/rest/v1/rpc/twin", json={"a": 1}, headers={"Authorization": f"Bearer {service_key}"}
+    )
 
     body = response.json()
     assert response.status_code == 300
@@ -179,11 +203,12 @@ def test_single_unnamed_json_parameter_takes_the_whole_body(service: Client) -> 
     assert service.rpc("single_unnamed", {"k": 1}).execute().data == {"got": {"k": 1}}
 
 
-def test_params_single_object_passes_the_whole_body(http: httpx.Client,
-                                                    service_key: str) -> None:
-    response = http.post("/rest/v1/rpc/echo_doc", json={"x": 1, "y": [2]},
-                         headers={"Authorization": f"Bearer {service_key}",
-                                  "Prefer": "params=single-object"})
+def test_params_single_object_passes_the_whole_body(http: httpx.Client, service_key: str) -> None:
+    response = http.post(
+        "/rest/v1/rpc/echo_doc",
+        json={"x": 1, "y": [2]},
+        headers={"Authorization": f"Bearer {service_key}", "Prefer": "params=single-object"},
+    )
 
     assert response.json() == {"x": 1, "y": [2]}
 
@@ -192,8 +217,9 @@ def test_get_calls_stable_functions_read_only(http: httpx.Client, service_key: s
     headers = {"Authorization": f"Bearer {service_key}"}
 
     ok = http.get("/rest/v1/rpc/add", params={"a": "2", "b": "40"}, headers=headers)
-    written = http.get("/rest/v1/rpc/add_item", params={"p_name": unique("get"), "p_qty": "1"},
-                       headers=headers)
+    written = http.get(
+        "/rest/v1/rpc/add_item", params={"p_name": unique("get"), "p_qty": "1"}, headers=headers
+    )
 
     assert (ok.status_code, ok.json()) == (200, 42)
     assert written.status_code == 405
@@ -210,8 +236,13 @@ def test_claims_and_role_reach_sql(supabase_for: Callable[..., Client], anon_key
     as_user = supabase_for(anon_key, user_token).rpc("whoami", {}).execute().data
     as_anon = supabase_for(anon_key).rpc("whoami", {}).execute().data
 
-    assert as_user == {"sub": user_id, "role": "authenticated", "method": "POST",
-                       "path": "/rpc/whoami", "probe": None}
+    assert as_user == {
+        "sub": user_id,
+        "role": "authenticated",
+        "method": "POST",
+        "path": "/rpc/whoami",
+        "probe": None,
+    }
     assert as_anon["role"] == "anon"
     assert as_anon["sub"] is None
 
@@ -230,16 +261,18 @@ def test_role_settings_apply_to_the_switched_role(
 
 
 def test_request_headers_are_visible(http: httpx.Client, service_key: str) -> None:
-    response = http.post("/rest/v1/rpc/whoami", json={},
-                         headers={"Authorization": f"Bearer {service_key}", "X-Probe": "p1"})
+    response = http.post(
+        "/rest/v1/rpc/whoami",
+        json={},
+        headers={"Authorization": f"Bearer {service_key}", "X-Probe": "p1"},
+    )
 
     assert response.json()["probe"] == "p1"
     assert response.json()["role"] == "service_role"
 
 
 def test_apikey_header_alone_authenticates(http: httpx.Client, service_key: str) -> None:
-    response = http.post("/rest/v1/rpc/add", json={"a": 1, "b": 1},
-                         headers={"apikey": service_key})
+    response = http.post("/rest/v1/rpc/add", json={"a": 1, "b": 1}, headers={"apikey": service_key})
 
     assert (response.status_code, response.json()) == (200, 2)
 
@@ -249,19 +282,29 @@ def test_missing_key_is_401_pgrst302(http: httpx.Client) -> None:
 
     assert response.status_code == 401
     assert response.headers["www-authenticate"] == "Bearer"
-    assert response.json() == {"code": "PGRST302", "details": None, "hint": None,
-                               "message": "Anonymous access is disabled"}
+    assert response.json() == {
+        "code": "PGRST302",
+        "details": None,
+        "hint": None,
+        "message": "Anonymous access is disabled",
+    }
 
 
-@pytest.mark.parametrize(("token", "message"), [
-    (make_jwt("another-secret-another-secret-another", "service_role"),
-     "JWSError JWSInvalidSignature"),
-    (make_jwt(JWT_SECRET, "service_role", exp=int(time.time()) - 120), "JWT expired"),
-    ("not-a-jwt", None),
-])
+@pytest.mark.parametrize(
+    ("token", "message"),
+    [
+        (
+            make_jwt("another-secret-another-secret-another", "service_role"),
+            "JWSError JWSInvalidSignature",
+        ),
+        (make_jwt(JWT_SECRET, "service_role", exp=int(time.time()) - 120), "JWT expired"),
+        ("not-a-jwt", None),
+    ],
+)
 def test_bad_token_is_401_pgrst301(http: httpx.Client, token: str, message: str | None) -> None:
-    response = http.post("/rest/v1/rpc/add", json={"a": 1, "b": 1},
-                         headers={"Authorization": f"Bearer {token}"})
+    response = http.post(
+        "/rest/v1/rpc/add", json={"a": 1, "b": 1}, headers={"Authorization": f"Bearer {token}"}
+    )
 
     body = response.json()
     assert response.status_code == 401
@@ -282,8 +325,9 @@ def test_wrong_key_raises_api_error_in_the_client(supabase_for: Callable[..., Cl
 def test_unknown_role_is_refused(http: httpx.Client) -> None:
     token = make_jwt(JWT_SECRET, "postgres")
 
-    response = http.post("/rest/v1/rpc/whoami", json={},
-                         headers={"Authorization": f"Bearer {token}"})
+    response = http.post(
+        "/rest/v1/rpc/whoami", json={}, headers={"Authorization": f"Bearer {token}"}
+    )
 
     assert response.status_code == 401
     assert response.json()["code"] == "42501"
@@ -305,10 +349,16 @@ def test_service_only_function_refuses_anon_401_and_users_403(
 def test_permission_statuses(http: httpx.Client, anon_key: str) -> None:
     user_token = make_jwt(JWT_SECRET, "authenticated", sub=str(uuid.uuid4()))
 
-    as_anon = http.post("/rest/v1/rpc/admin_only", json={},
-                        headers={"apikey": anon_key, "Authorization": f"Bearer {anon_key}"})
-    as_user = http.post("/rest/v1/rpc/admin_only", json={},
-                        headers={"apikey": anon_key, "Authorization": f"Bearer {user_token}"})
+    as_anon = http.post(
+        "/rest/v1/rpc/admin_only",
+        json={},
+        headers={"apikey": anon_key, "Authorization": f"Bearer {anon_key}"},
+    )
+    as_user = http.post(
+        "/rest/v1/rpc/admin_only",
+        json={},
+        headers={"apikey": anon_key, "Authorization": f"Bearer {user_token}"},
+    )
 
     assert as_anon.status_code == 401
     assert as_user.status_code == 403
@@ -317,25 +367,32 @@ def test_permission_statuses(http: httpx.Client, anon_key: str) -> None:
 # --- errors ------------------------------------------------------------------------------------
 
 
-def test_unknown_function_is_404_pgrst202(service: Client, http: httpx.Client,
-                                          service_key: str) -> None:
+def test_unknown_function_is_404_pgrst202(
+    service: Client, http: httpx.Client, service_key: str
+) -> None:
     error = rpc_error(service, "no_such_fn", {"b": 1, "a": 2})
-    near = http.post("/rest/v1/rpc/shouts", json={"t": "x"},
-                     headers={"Authorization": f"Bearer {service_key}"})
-    no_args = http.post("/rest/v1/rpc/no_such_fn", json={},
-                        headers={"Authorization": f"Bearer {service_key}"})
+    near = http.post(
+        "/rest/v1/rpc/shouts", json={"t": "x"}, headers={"Authorization": f"Bearer {service_key}"}
+    )
+    no_args = http.post(
+        "/rest/v1/rpc/no_such_fn", json={}, headers={"Authorization": f"Bearer {service_key}"}
+    )
 
     assert error.code == "PGRST202"
-    assert error.message == ("Could not find the function public.no_such_fn(a, b) in the schema "
-                             "cache")
-    assert error.details == ("Searched for the function public.no_such_fn with parameters a, b or "
-                             "with a single unnamed json/jsonb parameter, but no matches were "
-                             "found in the schema cache.")
+    assert error.message == (
+        "Could not find the function public.no_such_fn(a, b) in the schema cache"
+    )
+    assert error.details == (
+        "Searched for the function public.no_such_fn with parameters a, b or "
+        "with a single unnamed json/jsonb parameter, but no matches were "
+        "found in the schema cache."
+    )
     assert error.hint is None
     assert near.status_code == 404
     assert near.json()["hint"] == "Perhaps you meant to call the function public.shout"
-    assert no_args.json()["message"] == ("Could not find the function public.no_such_fn without "
-                                         "parameters in the schema cache")
+    assert no_args.json()["message"] == (
+        "Could not find the function public.no_such_fn without parameters in the schema cache"
+    )
 
 
 def test_wrong_argument_names_are_404(service: Client) -> None:
@@ -355,51 +412,74 @@ def test_new_functions_are_found_without_restart(service: Client, gateway_db: st
     assert service.rpc(name, {}).execute().data == 1
 
 
-def test_custom_ptxxx_status_keeps_message_details_hint(service: Client, http: httpx.Client,
-                                                         service_key: str) -> None:
+def test_custom_ptxxx_status_keeps_message_details_hint(
+    service: Client, http: httpx.Client, service_key: str
+) -> None:
     error = rpc_error(service, "fail", {"kind": "conflict"})
-    raw = http.post("/rest/v1/rpc/fail", json={"kind": "conflict"},
-                    headers={"Authorization": f"Bearer {service_key}"})
+    raw = http.post(
+        "/rest/v1/rpc/fail",
+        json={"kind": "conflict"},
+        headers={"Authorization": f"Bearer {service_key}"},
+    )
 
     assert (error.code, error.message, error.details, error.hint) == (
-        "PT409", "job already finished", "status is completed", "poll the job instead")
+        "PT409",
+        "job already finished",
+        "status is completed",
+        "poll the job instead",
+    )
     assert raw.status_code == 409
-    assert raw.json() == {"code": "PT409", "details": "status is completed",
-                          "hint": "poll the job instead", "message": "job already finished"}
+    assert raw.json() == {
+        "code": "PT409",
+        "details": "status is completed",
+        "hint": "poll the job instead",
+        "message": "job already finished",
+    }
 
 
-@pytest.mark.parametrize(("kind", "status", "code"), [
-    ("teapot", 418, "PT418"),
-    ("plain", 400, "P0001"),
-    ("internal", 500, "XX000"),
-    ("custom", 402, "X1"),
-])
-def test_raised_errors_map_to_statuses(http: httpx.Client, service_key: str, kind: str,
-                                       status: int, code: str) -> None:
-    response = http.post("/rest/v1/rpc/fail", json={"kind": kind},
-                         headers={"Authorization": f"Bearer {service_key}"})
+@pytest.mark.parametrize(
+    ("kind", "status", "code"),
+    [
+        ("teapot", 418, "PT418"),
+        ("plain", 400, "P0001"),
+        ("internal", 500, "XX000"),
+        ("custom", 402, "X1"),
+    ],
+)
+def test_raised_errors_map_to_statuses(
+    http: httpx.Client, service_key: str, kind: str, status: int, code: str
+) -> None:
+    response = http.post(
+        "/rest/v1/rpc/fail", json={"kind": kind}, headers={"Authorization": f"Bearer {service_key}"}
+    )
 
     assert response.status_code == status
     assert response.json()["code"] == code
 
 
 def test_custom_pgrst_error_sets_body_and_headers(http: httpx.Client, service_key: str) -> None:
-    response = http.post("/rest/v1/rpc/fail", json={"kind": "custom"},
-                         headers={"Authorization": f"Bearer {service_key}"})
+    response = http.post(
+        "/rest/v1/rpc/fail",
+        json={"kind": "custom"},
+        headers={"Authorization": f"Bearer {service_key}"},
+    )
 
-    assert response.json() == {"code": "X1", "details": "d", "hint": "h",
-                               "message": "custom body"}
+    assert response.json() == {"code": "X1", "details": "d", "hint": "h", "message": "custom body"}
     assert response.headers["x-powered-by"] == "tests"
 
 
-def test_unique_violation_is_409_23505(service: Client, http: httpx.Client,
-                                       service_key: str) -> None:
+def test_unique_violation_is_409_23505(
+    service: Client, http: httpx.Client, service_key: str
+) -> None:
     name = unique("dup")
     service.rpc("add_item", {"p_name": name, "p_qty": 1}).execute()
 
     error = rpc_error(service, "add_item", {"p_name": name, "p_qty": 1})
-    raw = http.post("/rest/v1/rpc/add_item", json={"p_name": name, "p_qty": 1},
-                    headers={"Authorization": f"Bearer {service_key}"})
+    raw = http.post(
+        "/rest/v1/rpc/add_item",
+        json={"p_name": name, "p_qty": 1},
+        headers={"Authorization": f"Bearer {service_key}"},
+    )
 
     assert error.code == "23505"
     assert error.message == 'duplicate key value violates unique constraint "items_name_key"'
@@ -408,21 +488,31 @@ def test_unique_violation_is_409_23505(service: Client, http: httpx.Client,
 
 
 def test_check_violation_is_400_23514(http: httpx.Client, service_key: str) -> None:
-    response = http.post("/rest/v1/rpc/add_item", json={"p_name": unique("neg"), "p_qty": -1},
-                         headers={"Authorization": f"Bearer {service_key}"})
+    response = http.post(
+        "/rest/v1/rpc/add_item",
+        json={"p_name": unique("neg"), "p_qty": -1},
+        headers={"Authorization": f"Bearer {service_key}"},
+    )
 
     assert response.status_code == 400
     assert response.json()["code"] == "23514"
 
 
-def test_invalid_uuid_is_400_22p02(service: Client, http: httpx.Client,
-                                   service_key: str) -> None:
-    args = {"id": "not-a-uuid", "n": 1, "label": "", "doc": {}, "at": "2026-01-01T00:00:00Z",
-            "moods": [], "tags": []}
+def test_invalid_uuid_is_400_22p02(service: Client, http: httpx.Client, service_key: str) -> None:
+    args = {
+        "id": "not-a-uuid",
+        "n": 1,
+        "label": "",
+        "doc": {},
+        "at": "2026-01-01T00:00:00Z",
+        "moods": [],
+        "tags": [],
+    }
 
     error = rpc_error(service, "describe", args)
-    raw = http.post("/rest/v1/rpc/describe", json=args,
-                    headers={"Authorization": f"Bearer {service_key}"})
+    raw = http.post(
+        "/rest/v1/rpc/describe", json=args, headers={"Authorization": f"Bearer {service_key}"}
+    )
 
     assert error.code == "22P02"
     assert error.message == 'invalid input syntax for type uuid: "not-a-uuid"'
@@ -440,19 +530,27 @@ def test_changes_of_a_failed_call_are_rolled_back(service: Client) -> None:
 
 
 def test_invalid_json_body_is_400_pgrst102(http: httpx.Client, service_key: str) -> None:
-    response = http.post("/rest/v1/rpc/add", content=b"{not json",
-                         headers={"Authorization": f"Bearer {service_key}",
-                                  "Content-Type": "application/json"})
+    response = http.post(
+        "/rest/v1/rpc/add",
+        content=b"{not json",
+        headers={"Authorization": f"Bearer {service_key}", "Content-Type": "application/json"},
+    )
 
     assert response.status_code == 400
-    assert response.json() == {"code": "PGRST102", "details": None, "hint": None,
-                               "message": "Empty or invalid json"}
+    assert response.json() == {
+        "code": "PGRST102",
+        "details": None,
+        "hint": None,
+        "message": "Empty or invalid json",
+    }
 
 
 def test_unexposed_schema_is_406(http: httpx.Client, service_key: str) -> None:
-    response = http.post("/rest/v1/rpc/add", json={"a": 1, "b": 1},
-                         headers={"Authorization": f"Bearer {service_key}",
-                                  "Content-Profile": "private"})
+    response = http.post(
+        "/rest/v1/rpc/add",
+        json={"a": 1, "b": 1},
+        headers={"Authorization": f"Bearer {service_key}", "Content-Profile": "private"},
+    )
 
     assert response.status_code == 406
     assert response.json()["code"] == "PGRST106"
@@ -464,14 +562,29 @@ def test_readiness_and_other_paths(http: httpx.Client) -> None:
     assert http.get("/nothing").json()["code"] == "PGRST125"
 
 
-@pytest.mark.parametrize(("sqlstate", "role", "status"), [
-    ("08006", "service_role", 503), ("23503", "service_role", 409), ("23505", "anon", 409),
-    ("23502", "anon", 400), ("22P02", "anon", 400), ("25006", "anon", 405),
-    ("40001", "anon", 500), ("42883", "anon", 404), ("42P01", "anon", 404),
-    ("42501", "anon", 401), ("42501", "authenticated", 403), ("53300", "anon", 503),
-    ("57014", "anon", 500), ("P0001", "anon", 400), ("P0002", "anon", 500),
-    ("PT404", "anon", 404), ("XX000", "anon", 500), ("42703", "anon", 400),
-])
+@pytest.mark.parametrize(
+    ("sqlstate", "role", "status"),
+    [
+        ("08006", "service_role", 503),
+        ("23503", "service_role", 409),
+        ("23505", "anon", 409),
+        ("23502", "anon", 400),
+        ("22P02", "anon", 400),
+        ("25006", "anon", 405),
+        ("40001", "anon", 500),
+        ("42883", "anon", 404),
+        ("42P01", "anon", 404),
+        ("42501", "anon", 401),
+        ("42501", "authenticated", 403),
+        ("53300", "anon", 503),
+        ("57014", "anon", 500),
+        ("P0001", "anon", 400),
+        ("P0002", "anon", 500),
+        ("PT404", "anon", 404),
+        ("XX000", "anon", 500),
+        ("42703", "anon", 400),
+    ],
+)
 def test_sqlstate_status_table(sqlstate: str, role: str, status: int) -> None:
     assert sqlstate_status(sqlstate, "", role=role) == status
 
@@ -481,10 +594,15 @@ def test_sqlstate_status_table(sqlstate: str, role: str, status: int) -> None:
 
 def test_database_down_is_503_pgrst000(service_key: str) -> None:
     dead = "postgresql://postgres@127.0.0.1:1/postgres?connect_timeout=1"
-    with (start_gateway(dead, JWT_SECRET, pool_timeout=0.5) as down,
-          httpx.Client(base_url=down.url) as http):
-        response = http.post("/rest/v1/rpc/add", json={"a": 1, "b": 1},
-                             headers={"Authorization": f"Bearer {service_key}"})
+    with (
+        start_gateway(dead, JWT_SECRET, pool_timeout=0.5) as down,
+        httpx.Client(base_url=down.url) as http,
+    ):
+        response = http.post(
+            "/rest/v1/rpc/add",
+            json={"a": 1, "b": 1},
+            headers={"Authorization": f"Bearer {service_key}"},
+        )
 
     assert response.status_code == 503
     assert response.json()["code"] == "PGRST000"
@@ -494,8 +612,10 @@ def test_database_down_is_503_pgrst000(service_key: str) -> None:
 def test_recovers_after_its_connections_are_killed(service: Client, gateway_db: str) -> None:
     assert service.rpc("add", {"a": 1, "b": 1}).execute().data == 2
     with psycopg.connect(gateway_db, autocommit=True) as conn:
-        conn.execute("select pg_terminate_backend(pid) from pg_stat_activity "
-                     "where datname = current_database() and pid <> pg_backend_pid()")
+        conn.execute(
+            "select pg_terminate_backend(pid) from pg_stat_activity "
+            "where datname = current_database() and pid <> pg_backend_pid()"
+        )
 
     assert service.rpc("add", {"a": 2, "b": 2}).execute().data == 4
 
@@ -503,8 +623,11 @@ def test_recovers_after_its_connections_are_killed(service: Client, gateway_db: 
 def test_stop_closes_idle_keep_alive_connections(gateway_db: str, service_key: str) -> None:
     handle = start_gateway(gateway_db, JWT_SECRET)
     with httpx.Client(base_url=handle.url) as http:
-        response = http.post("/rest/v1/rpc/add", json={"a": 1, "b": 1},
-                             headers={"Authorization": f"Bearer {service_key}"})
+        response = http.post(
+            "/rest/v1/rpc/add",
+            json={"a": 1, "b": 1},
+            headers={"Authorization": f"Bearer {service_key}"},
+        )
         started = time.perf_counter()
         handle.stop()
 
@@ -517,8 +640,11 @@ def test_wsgi_app_works_without_a_server(gateway_db: str, service_key: str) -> N
     try:
         client = httpx.Client(transport=httpx.WSGITransport(app=app), base_url="http://gw")
         with client:
-            response = client.post("/rest/v1/rpc/add", json={"a": 3, "b": 4},
-                                   headers={"Authorization": f"Bearer {service_key}"})
+            response = client.post(
+                "/rest/v1/rpc/add",
+                json={"a": 3, "b": 4},
+                headers={"Authorization": f"Bearer {service_key}"},
+            )
     finally:
         app.close()
 

@@ -157,7 +157,7 @@ class Settings:
     max_jobs_per_minute: int = 30
     max_active_jobs: int = 10
     retention_days: int = 30
-    reap_grace_s: int = 60
+    reap_grace_s: int = 600
     enable_job_queue: bool = True
     enable_complexity_routing: bool = True
     allowed_origins: tuple[str, ...] = ("*",)
@@ -197,7 +197,7 @@ class Settings:
             max_jobs_per_minute=e.integer("MAX_JOBS_PER_MINUTE", 30, minimum=1),
             max_active_jobs=e.integer("MAX_ACTIVE_JOBS", 10, minimum=1),
             retention_days=e.integer("RETENTION_DAYS", 30, minimum=1),
-            reap_grace_s=e.integer("REAP_GRACE_S", 60),
+            reap_grace_s=e.integer("REAP_GRACE_S", 600),
             enable_job_queue=e.flag("ENABLE_JOB_QUEUE", True),
             enable_complexity_routing=e.flag("ENABLE_COMPLEXITY_ROUTING", True),
             allowed_origins=e.csv("ALLOWED_ORIGINS", "*"),

@@ -32,6 +32,13 @@ class ConfigError(AppError):
     code = "config_error"
 
 
+class BackendMisconfigured(AppError):
+    """The database refused our credentials or lacks a function: a deployment error."""
+
+    status = 500
+    code = "backend_misconfigured"
+
+
 class BadRequest(AppError):
     status = 400
     code = "bad_request"

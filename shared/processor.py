@@ -201,7 +201,7 @@ def reap_jobs(request: flask.Request, settings: Settings) -> flask.Response:
             failed += 1
             continue
         try:
-            queue.enqueue(item.job_id, item.dispatch_count)
+            queue.enqueue(item.job_id, item.dispatch_count, budget_s=10.0)
             dispatched += 1
         except errors.QueueUnavailable:
             lost += 1

@@ -61,6 +61,11 @@ def map_api_error(error: APIError) -> errors.AppError:
         )
     if code.startswith("PT") and message in _SQL_ERRORS:
         return _SQL_ERRORS[message](human, details=details)
+    if code in {"PGRST301", "PGRST302", "PGRST202", "PGRST203", "42501", "42883"}:
+        # wrong key, or migrations not applied: no caller can fix this by retrying
+        return errors.BackendMisconfigured(
+            "the database rejected the call", details={"upstream": code, "message": message}
+        )
     if code.startswith("22"):  # data exception, e.g. invalid input syntax for a uuid
         return errors.ValidationFailed(message, details={"sqlstate": code})
     if code.startswith(_UNAVAILABLE_PREFIXES):
@@ -109,13 +114,15 @@ class JobStore:
         if self._client is None:
             with self._lock:
                 if self._client is None:
+                    import httpx
                     from supabase import ClientOptions, create_client
 
                     self._client = create_client(
                         self._url,
                         self._key,
                         options=ClientOptions(
-                            postgrest_client_timeout=self._timeout_s,
+                            # one pooled HTTP client per process, with our timeout
+                            httpx_client=httpx.Client(timeout=self._timeout_s),
                             auto_refresh_token=False,
                             persist_session=False,
                         ),

@@ -77,9 +77,14 @@ class TaskQueue:
         )
         return tasks_v2.CloudTasksClient(transport=CloudTasksGrpcTransport(channel=channel))
 
-    def enqueue(self, job_id: uuid.UUID, dispatch: int) -> str:
-        """Create the task for this dispatch of the job; returns the task name."""
+    def enqueue(self, job_id: uuid.UUID, dispatch: int, *, budget_s: float = 2.0) -> str:
+        """Create the task for this dispatch of the job; returns the task name.
+
+        Retrying is safe because the task is named: a retry after a lost reply gets
+        ALREADY_EXISTS, which counts as success. ``budget_s`` bounds the whole call (short on
+        the create path, where the reaper is the fallback)."""
         from google.api_core import exceptions as gexc
+        from google.api_core import retry as gretry
         from google.cloud import tasks_v2
         from google.protobuf import duration_pb2
 
@@ -105,7 +110,17 @@ class TaskQueue:
         )
         try:
             created = self.client.create_task(
-                parent=self.queue_path, task=task, timeout=_RPC_TIMEOUT_S, retry=None
+                parent=self.queue_path,
+                task=task,
+                timeout=min(_RPC_TIMEOUT_S, budget_s),
+                retry=gretry.Retry(
+                    initial=0.1,
+                    maximum=1.0,
+                    timeout=budget_s,
+                    predicate=gretry.if_exception_type(
+                        gexc.ServiceUnavailable, gexc.DeadlineExceeded
+                    ),
+                ),
             )
         except gexc.AlreadyExists:
             return task.name  # this dispatch was enqueued before: nothing to do

@@ -49,6 +49,8 @@ class StackConfig:
     gateway_port: int = 54321
     emulator_port: int = 8123
     data_dir: Path = DEFAULT_DATA_DIR
+    #: use this database (e.g. one the tests created on their server) instead of starting one
+    database_uri: str | None = None
     log_dir: Path | None = None
     #: seconds between reaper calls (the local Cloud Scheduler); 0 turns it off
     reap_interval_s: float = 60.0
@@ -132,9 +134,12 @@ class LocalStack:
         from infra.local.migrate import apply_migrations
 
         self._log_dir.mkdir(parents=True, exist_ok=True)
-        self.say("starting Postgres ...")
-        self.pg = start_postgres(self.config.data_dir)
-        self._ensure_database()
+        if self.config.database_uri:
+            self.db_uri = self.config.database_uri
+        else:
+            self.say("starting Postgres ...")
+            self.pg = start_postgres(self.config.data_dir)
+            self._ensure_database()
         applied = apply_migrations(self.db_uri)
         self.say(f"  migrations applied now: {', '.join(applied) or 'none pending'}")
         self.service_key = make_jwt(LOCAL_JWT_SECRET, "service_role")

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
 
+from infra.local.postgres import Postgres
 from infra.local.stack import LocalStack, StackConfig
 
 FINAL = {"completed", "failed", "cancelled"}
@@ -21,9 +23,12 @@ TEST_ENV = {
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
+def stack(tmp_path_factory: pytest.TempPathFactory, pg: Postgres) -> Iterator[LocalStack]:
     config = StackConfig.for_tests(
-        tmp_path_factory.mktemp("stack"), reap_interval_s=0, function_env=dict(TEST_ENV)
+        tmp_path_factory.mktemp("stack"),
+        reap_interval_s=0,
+        function_env=dict(TEST_ENV),
+        database_uri=pg.create_database(f"stack_{uuid.uuid4().hex[:8]}"),
     )
     with LocalStack(config) as running:
         yield running

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
@@ -13,6 +14,7 @@ import httpx
 import pytest
 
 from infra.local import fake_gemini
+from infra.local.postgres import Postgres
 from infra.local.stack import LocalStack, StackConfig
 from shared.tasks import SECRET_HEADER
 from tests.e2e.conftest import TEST_ENV, create, wait_for
@@ -28,7 +30,7 @@ def gemini() -> Iterator[fake_gemini.FakeGemini]:
 
 @pytest.fixture(scope="module")
 def stack(
-    tmp_path_factory: pytest.TempPathFactory, gemini: fake_gemini.FakeGemini
+    tmp_path_factory: pytest.TempPathFactory, gemini: fake_gemini.FakeGemini, pg: Postgres
 ) -> Iterator[LocalStack]:
     env = {
         **TEST_ENV,
@@ -39,7 +41,10 @@ def stack(
         "GEMINI_MAX_RETRIES": "1",
     }
     config = StackConfig.for_tests(
-        tmp_path_factory.mktemp("faults"), reap_interval_s=0, function_env=env
+        tmp_path_factory.mktemp("faults"),
+        reap_interval_s=0,
+        function_env=env,
+        database_uri=pg.create_database(f"faults_{uuid.uuid4().hex[:8]}"),
     )
     with LocalStack(config) as running:
         yield running

@@ -12,7 +12,7 @@ import pytest
 from supabase import Client, ClientOptions, create_client
 
 from infra.local.gateway import GatewayHandle, make_jwt, start_gateway
-from infra.local.postgres import Postgres, start_postgres
+from infra.local.postgres import Postgres
 
 JWT_SECRET = "super-secret-jwt-token-with-at-least-32-characters-long"
 DATABASE = "gateway_test"
@@ -181,10 +181,9 @@ language sql stable as $$ select count(*) from public.items $$;
 
 
 @pytest.fixture(scope="session")
-def gateway_pg(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Postgres]:
-    server = start_postgres(tmp_path_factory.mktemp("pg"))
-    yield server
-    server.stop()
+def gateway_pg(pg: Postgres) -> Postgres:
+    # the run's one Postgres server (tests/conftest.py); the gateway tests get their own database
+    return pg
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,166 @@
+"""The functions loaded as Cloud Functions loads them (functions_framework.create_app), driven
+with Flask's test client, against the real gateway: feature flags, identity, OIDC, config."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import flask.testing
+import functions_framework
+import pytest
+
+import shared.store
+import shared.tasks
+from infra.local.gateway import GatewayHandle, make_jwt
+from infra.local.stack import free_port
+from infra.local.tasks_emulator.oidc import CertsServer, OidcSigner
+from shared.errors import ConfigError
+from shared.settings import get_settings
+from tests.integration.conftest import JWT_SECRET
+
+FUNCTIONS = Path(__file__).resolve().parents[2] / "functions"
+COMPLEX = "모든 서버 분석하고 최적화 리포트 만들어줘"
+SIMPLE = "현재 서버 상태 알려줘"
+INVOKER = "ai-jobs-invoker@my-project.iam.gserviceaccount.com"
+PROCESSOR_URL = "https://asia-northeast1-my-project.cloudfunctions.net/ai-jobs-process"
+
+Client = Callable[..., flask.testing.FlaskClient]
+
+
+@pytest.fixture
+def function(
+    gateway: GatewayHandle, service_key: str
+) -> Iterator[Callable[..., flask.testing.FlaskClient]]:
+    """``function(name, **env)``: a test client for functions/<name>/main.py with that env."""
+
+    def load(name: str, **env: str) -> flask.testing.FlaskClient:
+        os.environ.update(
+            {
+                "SUPABASE_URL": gateway.url,
+                "SUPABASE_SERVICE_ROLE_KEY": service_key,
+                # nothing listens here: Cloud Tasks is "down" unless a test says otherwise
+                "CLOUD_TASKS_EMULATOR_HOST": f"127.0.0.1:{free_port()}",
+                "AI_WRITER": "local",
+                **env,
+            }
+        )
+        _reset()
+        target = {
+            "ai-jobs-create": "create_job",
+            "ai-jobs-list": "list_jobs",
+            "ai-jobs-process": "process_job",
+        }[name]
+        app = functions_framework.create_app(target, str(FUNCTIONS / name / "main.py"))
+        return app.test_client()
+
+    yield load
+    _reset()
+
+
+def _reset() -> None:
+    get_settings.cache_clear()
+    shared.store._store = None
+    shared.tasks._queue = None
+
+
+def test_missing_setting_fails_at_cold_start_naming_it() -> None:
+    os.environ.pop("SUPABASE_URL", None)
+    _reset()
+    with pytest.raises(ConfigError, match="SUPABASE_URL"):
+        functions_framework.create_app("create_job", str(FUNCTIONS / "ai-jobs-create" / "main.py"))
+    os.environ.update({"SUPABASE_URL": "http://x", "SUPABASE_SERVICE_ROLE_KEY": "k"})
+    os.environ["MAX_ATTEMPTS"] = "many"
+    _reset()
+    with pytest.raises(ConfigError, match="MAX_ATTEMPTS"):
+        functions_framework.create_app("create_job", str(FUNCTIONS / "ai-jobs-create" / "main.py"))
+    _reset()
+
+
+def test_job_queue_disabled_answers_in_the_request(function: Client) -> None:
+    create = function("ai-jobs-create", ENABLE_JOB_QUEUE="false")
+    response = create.post("/", json={"query": COMPLEX})
+    assert response.status_code == 200
+    body = response.get_json()
+    assert body["mode"] == "sync"
+    assert body["result"]["type"] == "report"
+    assert "db-01" in body["result"]["markdown"]
+
+
+def test_routing_disabled_makes_every_query_a_job_even_with_the_queue_down(
+    function: Client,
+) -> None:
+    create = function("ai-jobs-create", ENABLE_COMPLEXITY_ROUTING="false")
+    response = create.post("/", json={"query": SIMPLE})
+    assert response.status_code == 202, "the row is written even though enqueueing failed"
+    listed = function("ai-jobs-list").get("/").get_json()["jobs"]
+    assert [job["jobId"] for job in listed] == [response.get_json()["jobId"]]
+    assert listed[0]["status"] == "queued"
+
+
+def test_identity_from_a_verified_supabase_jwt(
+    function: Client,
+) -> None:
+    env = {"SUPABASE_JWT_SECRET": JWT_SECRET, "ENABLE_COMPLEXITY_ROUTING": "false"}
+    alice = {"Authorization": f"Bearer {make_jwt(JWT_SECRET, 'authenticated', sub='alice')}"}
+    bob = {"Authorization": f"Bearer {make_jwt(JWT_SECRET, 'authenticated', sub='bob')}"}
+    created = function("ai-jobs-create", **env).post("/", json={"query": COMPLEX}, headers=alice)
+    assert created.status_code == 202
+    lister = function("ai-jobs-list", **env)
+    assert len(lister.get("/", headers=alice).get_json()["jobs"]) == 1
+    assert lister.get("/", headers=bob).get_json()["jobs"] == []
+    other_secret = "another-secret-that-is-at-least-32-characters-long"
+    forged = make_jwt(other_secret, "authenticated", sub="alice")
+    refused = lister.get("/", headers={"Authorization": f"Bearer {forged}"})
+    assert refused.status_code == 401
+    assert refused.get_json()["error"]["code"] == "unauthorized"
+
+
+def test_anonymous_callers_can_be_refused(function: Client) -> None:
+    lister = function("ai-jobs-list", ALLOW_ANONYMOUS="false")
+    assert lister.get("/").status_code == 401
+    assert lister.get("/", headers={"X-User-Id": "u1"}).status_code == 200
+
+
+@pytest.fixture
+def oidc() -> Iterator[tuple[OidcSigner, str]]:
+    signer = OidcSigner()
+    certs = CertsServer(signer, "127.0.0.1")
+    certs.start()
+    yield signer, certs.url
+    certs.stop()
+
+
+def test_processor_verifies_the_cloud_tasks_oidc_token(
+    function: Client, oidc: tuple[OidcSigner, str]
+) -> None:
+    signer, certs_url = oidc
+    processor = function(
+        "ai-jobs-process",
+        PROCESSOR_VERIFY_OIDC="true",
+        OIDC_CERTS_URL=certs_url,
+        TASKS_INVOKER_SA=INVOKER,
+        PROCESSOR_URL=PROCESSOR_URL,
+    )
+    body = {"jobId": "00000000-0000-0000-0000-000000000001"}
+    task = {"X-CloudTasks-QueueName": "ai-jobs", "X-CloudTasks-TaskName": "t1"}
+
+    def call(token: str | None) -> int:
+        headers = dict(task)
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        return processor.post("/", json=body, headers=headers).status_code
+
+    assert call(None) == 401
+    assert call(signer.mint(service_account_email=INVOKER, audience=PROCESSOR_URL)) == 200
+    assert call(signer.mint(service_account_email=INVOKER, audience="https://elsewhere")) == 401
+    assert (
+        call(
+            signer.mint(
+                service_account_email="intruder@x.iam.gserviceaccount.com", audience=PROCESSOR_URL
+            )
+        )
+        == 403
+    )
+    assert call(OidcSigner().mint(service_account_email=INVOKER, audience=PROCESSOR_URL)) == 401

@@ -1,0 +1,129 @@
+"""JobStore through the gateway with the real supabase client, including error mapping."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+
+from infra.local.gateway import GatewayHandle, make_jwt
+from shared import errors
+from shared.jobs import JobStatus
+from shared.store import JobStore
+from tests.integration.conftest import JWT_SECRET
+
+
+@pytest.fixture
+def store(gateway: GatewayHandle, service_key: str) -> JobStore:
+    return JobStore(gateway.url, service_key)
+
+
+def _create(store: JobStore, **extra: object) -> uuid.UUID:
+    args: dict[str, object] = {
+        "user_id": "u1",
+        "job_type": "report",
+        "query": "analyse all servers",
+        "priority": "normal",
+    }
+    args.update(extra)
+    return store.create_job(**args).job.id  # type: ignore[arg-type]
+
+
+def test_a_job_goes_through_its_whole_life(store: JobStore) -> None:
+    created = store.create_job(
+        user_id="u1", job_type="report", query="q", priority="high", metadata={"k": "v"}
+    )
+    assert created.created
+    job = created.job
+    assert (job.status, job.priority, job.metadata) == (JobStatus.QUEUED, "high", {"k": "v"})
+    claimed = store.claim_job(job.id, lease_seconds=60)
+    assert claimed is not None
+    assert claimed.lease_token is not None
+    assert store.claim_job(job.id, lease_seconds=60) is None, "a live lease is not claimed twice"
+    assert store.report_progress(job.id, claimed.lease_token, 50, "AI 분석 중", lease_seconds=60)
+    done = store.complete_job(job.id, claimed.lease_token, {"markdown": "# ok"})
+    assert (done.status, done.progress, done.result) == (
+        JobStatus.COMPLETED,
+        100,
+        {"markdown": "# ok"},
+    )
+    logs = store.list_job_logs(job.id, "u1")
+    assert [log.progress for log in logs if log.step == "AI 분석 중"] == [50]
+    assert store.get_job(job.id, "u1").completed_at is not None
+
+
+def test_errors_map_to_the_projects_exceptions(store: JobStore) -> None:
+    with pytest.raises(errors.JobNotFound):
+        store.get_job(uuid.uuid4(), "u1")
+
+    job_id = _create(store)
+    claimed = store.claim_job(job_id, 60)
+    assert claimed is not None and claimed.lease_token is not None
+    with pytest.raises(errors.LeaseLost):
+        store.complete_job(job_id, uuid.uuid4(), {})
+    store.cancel_job(job_id, "u1")
+    with pytest.raises(errors.IllegalTransition) as illegal:
+        store.cancel_job(job_id, "u1")
+    assert illegal.value.details == {"status": "cancelled"}
+    assert illegal.value.status == 409
+    assert store.report_progress(job_id, claimed.lease_token, 60, "x") is False
+
+    store.create_job(
+        user_id="u2",
+        job_type="report",
+        query="a",
+        priority="low",
+        idempotency_key="k",
+        request_hash="h1",
+    )
+    with pytest.raises(errors.IdempotencyConflict):
+        store.create_job(
+            user_id="u2",
+            job_type="report",
+            query="b",
+            priority="low",
+            idempotency_key="k",
+            request_hash="h2",
+        )
+    with pytest.raises(errors.RateLimited) as limited:
+        for _ in range(3):
+            _create(store, user_id="u3", max_per_minute=2)
+    assert 1 <= limited.value.retry_after <= 60
+    with pytest.raises(errors.ValidationFailed):
+        store.list_jobs("u1", statuses=["queued"], limit=500)
+
+
+def test_pagination_through_the_store(store: JobStore) -> None:
+    ids = [_create(store) for _ in range(5)]
+    first = store.list_jobs("u1", limit=3)
+    assert first.has_more
+    last = first.jobs[-1]
+    second = store.list_jobs("u1", limit=3, before=(last.created_at, last.id))
+    assert not second.has_more
+    assert [job.id for job in first.jobs + second.jobs] == list(reversed(ids))
+
+
+def test_wrong_api_key_is_a_misconfiguration_not_a_client_error(gateway: GatewayHandle) -> None:
+    forged = make_jwt("some-other-secret-of-at-least-32-characters!!", "service_role")
+    with pytest.raises(errors.BackendMisconfigured) as err:
+        JobStore(gateway.url, forged).get_job(uuid.uuid4())
+    assert err.value.details["upstream"] == "PGRST301"
+    anon = make_jwt(JWT_SECRET, "anon")
+    with pytest.raises(errors.BackendMisconfigured) as denied:
+        JobStore(gateway.url, anon).get_job(uuid.uuid4())
+    assert denied.value.details["upstream"] == "42501", "anon may not execute our functions"
+
+
+def test_unknown_function_is_a_misconfiguration(store: JobStore) -> None:
+    with pytest.raises(errors.BackendMisconfigured) as err:
+        store.rpc("no_such_function", {"p_x": 1})
+    assert err.value.details["upstream"] == "PGRST202"
+
+
+def test_database_down_is_dependency_unavailable(service_key: str) -> None:
+    from infra.local.stack import free_port
+
+    with pytest.raises(errors.DatabaseUnavailable) as err:
+        JobStore(f"http://127.0.0.1:{free_port()}", service_key).get_job(uuid.uuid4())
+    assert err.value.status == 503
+    assert err.value.retryable

@@ -267,3 +267,17 @@ def test_processor_refuses_callers_without_the_secret(
     )
     assert allowed.status_code == 200
     assert allowed.json()["outcome"] == "nothing_to_do"
+
+
+def test_cancel_deletes_the_pending_task(stack: LocalStack, http: httpx.Client) -> None:
+    client = stack.tasks_client()
+    client.pause_queue(name=stack.queue_path)  # tasks wait in the queue, undelivered
+    try:
+        job_id = create(http, SEED_QUERY)["jobId"]
+        pending = [task.name for task in client.list_tasks(parent=stack.queue_path)]
+        assert [name.rsplit("/", 1)[-1] for name in pending] == [f"job-{job_id}-d1"]
+        assert http.post("/ai-jobs-cancel", json={"jobId": job_id}).status_code == 200
+        assert list(client.list_tasks(parent=stack.queue_path)) == []
+    finally:
+        client.resume_queue(name=stack.queue_path)
+    assert http.get(f"/ai-jobs-get/{job_id}").json()["status"] == "cancelled"

@@ -72,6 +72,8 @@ Secrets (read from the environment, stored in Secret Manager through stdin, moun
   GEMINI_API_KEY                  -> secret gemini-api-key (optional: without it the local
                                      engine writes the answers)
   SUPABASE_JWT_SECRET             -> secret supabase-jwt-secret (optional: verifies user JWTs)
+  BFF_SHARED_SECRET               -> secret bff-shared-secret (optional: lets a trusted BFF name
+                                     the user with X-User-Id)
   PROCESSOR_SHARED_SECRET         -> secret processor-shared-secret (optional: extra header
                                      check on the processor and the reaper)
   SUPABASE_DB_URL                 Postgres URL for `supabase db push` (unset: migrations skipped)
@@ -120,7 +122,7 @@ Settings written into the functions' environment (default)
   PROCESSOR_VERIFY_OIDC           true
   TASK_DISPATCH_DEADLINE_S        PROCESSOR_TIMEOUT_S (540)
   JOB_DEADLINE_S                  480   (must be < TASK_DISPATCH_DEADLINE_S)
-  LEASE_SECONDS                   600   (must be > TASK_DISPATCH_DEADLINE_S)
+  LEASE_SECONDS                   120   (>= 30; the processor renews it every LEASE_SECONDS/3)
   MAX_ATTEMPTS                    3
   passed through only when set (else the application's default, README "Configuration"):
   GEMINI_MODEL (gemini-2.5-flash), AI_WRITER (auto), PROCESSOR_OIDC_AUDIENCE (PROCESSOR_URL),
@@ -202,7 +204,7 @@ PUBLIC_BASE_URL=${PUBLIC_BASE_URL:-https://${REGION}-${PROJECT}.cloudfunctions.n
 PROCESSOR_VERIFY_OIDC=${PROCESSOR_VERIFY_OIDC:-true}
 TASK_DISPATCH_DEADLINE_S=${TASK_DISPATCH_DEADLINE_S:-$PROCESSOR_TIMEOUT_S}
 JOB_DEADLINE_S=${JOB_DEADLINE_S:-480}
-LEASE_SECONDS=${LEASE_SECONDS:-600}
+LEASE_SECONDS=${LEASE_SECONDS:-120}
 MAX_ATTEMPTS=${MAX_ATTEMPTS:-3}
 # Set only when given: otherwise read from the deployed function after its deploy.
 PROCESSOR_URL_OVERRIDE=${PROCESSOR_URL:-}
@@ -221,8 +223,10 @@ done
   || die "JOB_DEADLINE_S ($JOB_DEADLINE_S) must be < TASK_DISPATCH_DEADLINE_S ($TASK_DISPATCH_DEADLINE_S)"
 ((TASK_DISPATCH_DEADLINE_S <= PROCESSOR_TIMEOUT_S)) \
   || die "TASK_DISPATCH_DEADLINE_S ($TASK_DISPATCH_DEADLINE_S) must be <= PROCESSOR_TIMEOUT_S ($PROCESSOR_TIMEOUT_S)"
-((LEASE_SECONDS > TASK_DISPATCH_DEADLINE_S)) \
-  || die "LEASE_SECONDS ($LEASE_SECONDS) must be > TASK_DISPATCH_DEADLINE_S ($TASK_DISPATCH_DEADLINE_S)"
+# A live worker renews its lease every LEASE_SECONDS/3 (heartbeat), so the lease only has to
+# outlast a few missed renewals; a short lease lets the reaper recover a dead worker sooner.
+((LEASE_SECONDS >= 30)) \
+  || die "LEASE_SECONDS ($LEASE_SECONDS) must be >= 30"
 # The job's own attempt counter decides when a job has failed for good (it answers 2xx then);
 # the queue must allow at least that many deliveries or the last attempt is never made.
 ((QUEUE_MAX_ATTEMPTS >= MAX_ATTEMPTS)) \
@@ -258,7 +262,7 @@ fi
 # Printing and running commands. Secret values never reach a command line: they go through
 # stdin. The printed form is redacted anyway, in case a value also occurs elsewhere.
 SECRET_VALUES=()
-for name in SUPABASE_SERVICE_ROLE_KEY GEMINI_API_KEY SUPABASE_JWT_SECRET PROCESSOR_SHARED_SECRET; do
+for name in SUPABASE_SERVICE_ROLE_KEY GEMINI_API_KEY SUPABASE_JWT_SECRET BFF_SHARED_SECRET PROCESSOR_SHARED_SECRET; do
   if [[ -n "${!name:-}" ]]; then SECRET_VALUES+=("${!name}"); fi
 done
 if [[ "$SUPABASE_DB_URL" =~ ^[a-z]+://[^:/@]+:([^@]+)@ ]]; then
@@ -394,6 +398,7 @@ SECRETS=(
   "SUPABASE_SERVICE_ROLE_KEY|supabase-service-role-key|required|ai-jobs-process ai-jobs-create ai-jobs-get ai-jobs-list ai-jobs-cancel ai-jobs-reap"
   "GEMINI_API_KEY|gemini-api-key|optional|ai-jobs-process ai-jobs-create"
   "SUPABASE_JWT_SECRET|supabase-jwt-secret|optional|ai-jobs-create ai-jobs-get ai-jobs-list ai-jobs-cancel"
+  "BFF_SHARED_SECRET|bff-shared-secret|optional|ai-jobs-create ai-jobs-get ai-jobs-list ai-jobs-cancel"
   "PROCESSOR_SHARED_SECRET|processor-shared-secret|optional|ai-jobs-process ai-jobs-create ai-jobs-reap"
 )
 declare -A MOUNTS=()  # function name -> comma list for --set-secrets

@@ -221,6 +221,8 @@ def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
     try:
         padded = cursor + "=" * (-len(cursor) % 4)
         created_at, job_id = json.loads(base64.urlsafe_b64decode(padded))
+        if not isinstance(created_at, str) or not isinstance(job_id, str):
+            raise ValueError("cursor parts must be strings")
         return datetime.fromisoformat(created_at), uuid.UUID(job_id)
     except (ValueError, TypeError, binascii.Error):
         raise errors.InvalidCursor("the cursor is not valid", details={"field": "cursor"}) from None

@@ -10,6 +10,7 @@ unexpected exception behind a 500 without a stack trace. Helpers read a JSON bod
 from __future__ import annotations
 
 import functools
+import hmac
 import json
 import re
 import time
@@ -196,26 +197,24 @@ def path_job_id(request: flask.Request) -> str | None:
     return tail or request.args.get("id") or request.args.get("jobId")
 
 
+BFF_SECRET_HEADER = "X-BFF-Secret"
+
+
 def caller_id(request: flask.Request, settings: Settings) -> str:
-    """Who is calling: a verified Supabase JWT's ``sub``, else the user header, else anonymous."""
+    """Who is calling: a verified Supabase JWT's ``sub``; else the user header, when it can be
+    trusted; else anonymous (if allowed).
+
+    The user header names any user, so it is trusted only from the BFF (with
+    ``BFF_SHARED_SECRET`` in ``X-BFF-Secret``), or when no authentication is configured at
+    all (the seed's anonymous portfolio mode). With ``SUPABASE_JWT_SECRET`` set and no BFF
+    secret, the header is refused: a browser must prove who it is with its JWT.
+    """
     auth = request.headers.get("Authorization", "")
     if settings.supabase_jwt_secret and auth.lower().startswith("bearer "):
-        import jwt
-
-        try:
-            claims = jwt.decode(
-                auth[7:].strip(),
-                settings.supabase_jwt_secret,
-                algorithms=["HS256"],
-                options={"verify_aud": False, "require": ["sub", "exp"]},
-            )
-        except jwt.PyJWTError as exc:
-            raise errors.Unauthorized(
-                "the bearer token is not valid", details={"reason": str(exc)}
-            ) from None
-        return str(claims["sub"])
+        return _jwt_subject(auth[7:].strip(), settings.supabase_jwt_secret)
     header = request.headers.get(settings.user_id_header)
     if header:
+        _check_header_is_trusted(request, settings)
         if not _USER_ID.match(header):
             raise errors.ValidationFailed(
                 f"{settings.user_id_header} must be 1-128 characters of [A-Za-z0-9._:@|-]"
@@ -224,3 +223,33 @@ def caller_id(request: flask.Request, settings: Settings) -> str:
     if settings.allow_anonymous:
         return ANONYMOUS
     raise errors.Unauthorized("sign in first: this deployment does not allow anonymous jobs")
+
+
+def _jwt_subject(token: str, secret: str) -> str:
+    import jwt
+
+    try:
+        claims = jwt.decode(
+            token,
+            secret,
+            algorithms=["HS256"],
+            options={"verify_aud": False, "require": ["sub", "exp"]},
+        )
+    except jwt.PyJWTError as exc:
+        raise errors.Unauthorized(
+            "the bearer token is not valid", details={"reason": str(exc)}
+        ) from None
+    return str(claims["sub"])
+
+
+def _check_header_is_trusted(request: flask.Request, settings: Settings) -> None:
+    if settings.bff_secret:
+        given = request.headers.get(BFF_SECRET_HEADER, "")
+        if not hmac.compare_digest(given.encode(), settings.bff_secret.encode()):
+            raise errors.Unauthorized(
+                f"{settings.user_id_header} is accepted only from the BFF ({BFF_SECRET_HEADER})"
+            )
+    elif settings.supabase_jwt_secret:
+        raise errors.Unauthorized(
+            f"sign in with a Supabase JWT; {settings.user_id_header} is not trusted here"
+        )

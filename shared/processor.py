@@ -9,6 +9,7 @@ do - and 5xx only for a retryable error while attempts remain, so Cloud Tasks re
 from __future__ import annotations
 
 import hmac
+import threading
 import time
 import uuid
 from dataclasses import dataclass
@@ -94,11 +95,46 @@ def process_job(request: flask.Request, settings: Settings) -> flask.Response:
     if not request.headers.get("X-CloudTasks-QueueName"):
         raise errors.Forbidden("this function only accepts Cloud Tasks deliveries")
     verify_caller(request, settings, audience=settings.oidc_audience or settings.processor_url)
-    body = read_json(request, settings)
-    job_id = parse_job_id(body.get("jobId"))
+    try:
+        job_id = parse_job_id(read_json(request, settings).get("jobId"))
+    except errors.BadRequest as exc:
+        # Cloud Tasks retries 4xx too; a task that can never be valid is dropped with a 2xx.
+        logs.error("invalid task dropped", error=exc.code, reason=exc.message)
+        return json_response({"outcome": "invalid_task", "error": exc.code}, 200)
     delivery = Delivery.from_request(request)
     outcome, status = Processor(get_store(settings), settings).process(job_id, delivery)
     return json_response({"jobId": str(job_id), "outcome": outcome}, status)
+
+
+class Heartbeat:
+    """Renews the lease every ``lease_seconds / 3`` while the pipeline runs, so a short lease
+    (a dead worker is recovered soon) still covers a slow model call."""
+
+    def __init__(self, store: JobStore, job: Job, lease_seconds: int) -> None:
+        assert job.lease_token is not None
+        self._store = store
+        self._job_id = job.id
+        self._token = job.lease_token
+        self._lease_seconds = lease_seconds
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, name="lease-heartbeat", daemon=True)
+
+    def __enter__(self) -> Heartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _beat(self) -> None:
+        interval = max(self._lease_seconds / 3, 0.2)
+        while not self._stop.wait(interval):
+            try:
+                if not self._store.extend_lease(self._job_id, self._token, self._lease_seconds):
+                    return  # cancelled or taken over: the next progress write stops the run
+            except errors.AppError as exc:
+                logs.warning("lease renewal failed", jobId=str(self._job_id), error=exc.code)
 
 
 class Processor:
@@ -113,6 +149,7 @@ class Processor:
         if job is None:
             logs.info("nothing to do: duplicate or finished delivery", **context)
             return "nothing_to_do", 200
+        assert job.lease_token is not None
         context["attempt"] = str(job.attempts)
         logs.info(
             "job claimed",
@@ -121,18 +158,21 @@ class Processor:
             executionCount=delivery.execution_count,
         )
         try:
-            return self._run(job, context)
+            with Heartbeat(self.store, job, self.settings.lease_seconds):
+                return self._run(job, job.lease_token, context)
         except errors.DependencyDown as exc:
-            # The database itself is unreachable: let Cloud Tasks retry; the lease expires
-            # and the next claim (or the reaper) takes over.
+            # The database (or another dependency) went away mid-run. Give the lease back if
+            # we still can, so Cloud Tasks' retry finds the job claimable; if not, the short
+            # lease expires and the retry (or the reaper) takes over.
             logs.error("dependency down while processing", **context, error=exc.code)
-            return "retry", 503
+            try:
+                return self._fail(job, job.lease_token, exc, context)
+            except errors.AppError:
+                return "retry", 503
 
-    def _run(self, job: Job, context: dict[str, Any]) -> tuple[str, int]:
+    def _run(self, job: Job, token: uuid.UUID, context: dict[str, Any]) -> tuple[str, int]:
         from shared.ai import pipeline
 
-        assert job.lease_token is not None
-        token = job.lease_token
         budget = min(
             self.settings.job_deadline_s,
             self.settings.dispatch_deadline_s - _DEADLINE_MARGIN_S,
@@ -150,8 +190,12 @@ class Processor:
             result = pipeline.run(
                 job.query, job.type, on_progress, settings=self.settings.ai, deadline=deadline
             )
+            self.store.complete_job(job.id, token, result.model_dump(mode="json", by_alias=True))
         except errors.JobCancelled:
             logs.info("job cancelled; stopping", **context)
+            return "cancelled", 200
+        except errors.IllegalTransition:
+            logs.info("job was cancelled before completion", **context)
             return "cancelled", 200
         except errors.LeaseLost:
             logs.warning("lease lost; another attempt owns the job", **context)
@@ -160,17 +204,9 @@ class Processor:
             raise
         except errors.AppError as exc:
             return self._fail(job, token, exc, context)
-        except Exception as exc:  # a bug: fail the job, do not loop on it
+        except Exception as exc:  # a bug: fail the job (details only in our logs), do not loop
             logs.error("unexpected error in the pipeline", **context, error=repr(exc)[:500])
-            return self._fail(job, token, errors.AppError(f"internal error: {exc}"), context)
-
-        try:
-            self.store.complete_job(job.id, token, result.model_dump(mode="json", by_alias=True))
-        except errors.IllegalTransition:
-            logs.info("job was cancelled before completion", **context)
-            return "cancelled", 200
-        except errors.LeaseLost:
-            return "lease_lost", 200
+            return self._fail(job, token, errors.AppError("internal error"), context)
         logs.info("job completed", **context)
         return "completed", 200
 
@@ -195,18 +231,28 @@ def reap_jobs(request: flask.Request, settings: Settings) -> flask.Response:
     store = get_store(settings)
     queue = get_queue(settings)
     reaped = store.reap_jobs(settings.reap_grace_s)
-    dispatched, failed, lost = 0, 0, 0
+    dispatched, failed, undispatched = 0, 0, 0
+    queue_down = False
     for item in reaped:
         if item.action == "failed":
             failed += 1
             continue
-        try:
-            queue.enqueue(item.job_id, item.dispatch_count, budget_s=10.0)
-            dispatched += 1
-        except errors.QueueUnavailable:
-            lost += 1
-            store.release_dispatch(item.job_id)
+        if not queue_down:
+            try:
+                queue.enqueue(item.job_id, item.dispatch_count, budget_s=5.0)
+                dispatched += 1
+                continue
+            except errors.QueueUnavailable:
+                # Stop trying: the sweep must finish inside its own timeout.
+                queue_down = True
+        undispatched += 1
+        store.release_dispatch(item.job_id)  # the next sweep dispatches it at once
     purged = store.purge_jobs(settings.retention_days)
-    summary = {"dispatched": dispatched, "failed": failed, "undispatched": lost, "purged": purged}
+    summary = {
+        "dispatched": dispatched,
+        "failed": failed,
+        "undispatched": undispatched,
+        "purged": purged,
+    }
     logs.info("reaper sweep", **summary)
-    return json_response(summary, 503 if lost else 200)
+    return json_response(summary, 503 if undispatched else 200)

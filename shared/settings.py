@@ -152,7 +152,7 @@ class Settings:
     reaper_url: str = "http://127.0.0.1:8080/ai-jobs-reap"
     dispatch_deadline_s: int = 540
     job_deadline_s: float = 480.0
-    lease_seconds: int = 600
+    lease_seconds: int = 120
     max_attempts: int = 3
     max_jobs_per_minute: int = 30
     max_active_jobs: int = 10
@@ -164,6 +164,7 @@ class Settings:
     user_id_header: str = "X-User-Id"
     allow_anonymous: bool = True
     supabase_jwt_secret: str | None = None
+    bff_secret: str | None = None
     max_body_bytes: int = 16_384
     public_base_url: str = ""
     poll_interval_s: int = 3
@@ -192,7 +193,7 @@ class Settings:
             reaper_url=e.text("REAPER_URL", "http://127.0.0.1:8080/ai-jobs-reap"),
             dispatch_deadline_s=e.integer("TASK_DISPATCH_DEADLINE_S", 540, minimum=15),
             job_deadline_s=e.number("JOB_DEADLINE_S", 480.0, minimum=1.0),
-            lease_seconds=e.integer("LEASE_SECONDS", 600, minimum=1),
+            lease_seconds=e.integer("LEASE_SECONDS", 120, minimum=1),
             max_attempts=e.integer("MAX_ATTEMPTS", 3, minimum=1),
             max_jobs_per_minute=e.integer("MAX_JOBS_PER_MINUTE", 30, minimum=1),
             max_active_jobs=e.integer("MAX_ACTIVE_JOBS", 10, minimum=1),
@@ -204,6 +205,7 @@ class Settings:
             user_id_header=e.text("USER_ID_HEADER", "X-User-Id"),
             allow_anonymous=e.flag("ALLOW_ANONYMOUS", True),
             supabase_jwt_secret=e.opt("SUPABASE_JWT_SECRET"),
+            bff_secret=e.opt("BFF_SHARED_SECRET"),
             max_body_bytes=e.integer("MAX_BODY_BYTES", 16_384, minimum=256),
             public_base_url=e.text("PUBLIC_BASE_URL", "").rstrip("/"),
             poll_interval_s=e.integer("POLL_INTERVAL_S", 3, minimum=1),

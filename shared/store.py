@@ -274,6 +274,19 @@ class JobStore:
             )
         )
 
+    def extend_lease(self, job_id: uuid.UUID, lease_token: uuid.UUID, lease_seconds: int) -> bool:
+        """Heartbeat; False means the caller no longer holds the lease."""
+        return bool(
+            self.rpc(
+                "extend_lease",
+                {
+                    "p_job_id": str(job_id),
+                    "p_lease_token": str(lease_token),
+                    "p_lease_seconds": lease_seconds,
+                },
+            )
+        )
+
     def complete_job(
         self, job_id: uuid.UUID, lease_token: uuid.UUID, result: dict[str, Any]
     ) -> Job:

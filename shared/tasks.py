@@ -77,6 +77,12 @@ class TaskQueue:
         )
         return tasks_v2.CloudTasksClient(transport=CloudTasksGrpcTransport(channel=channel))
 
+    def _reset_client(self) -> None:
+        with self._lock:
+            client, self._client = self._client, None
+        if client is not None:
+            client.transport.close()
+
     def enqueue(self, job_id: uuid.UUID, dispatch: int, *, budget_s: float = 2.0) -> str:
         """Create the task for this dispatch of the job; returns the task name.
 
@@ -125,7 +131,7 @@ class TaskQueue:
         except gexc.AlreadyExists:
             return task.name  # this dispatch was enqueued before: nothing to do
         except gexc.GoogleAPIError as exc:
-            self._client = None  # a fresh channel next time, not one stuck in backoff
+            self._reset_client()  # a fresh channel next time, not one stuck in backoff
             raise errors.QueueUnavailable(
                 "the task queue is unavailable", details={"upstream": type(exc).__name__}
             ) from None

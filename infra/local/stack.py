@@ -237,6 +237,8 @@ class LocalStack:
             pass
         except gexc.GoogleAPIError:
             return False
+        finally:
+            client.transport.close()
         return True
 
     def tasks_client(self) -> Any:

@@ -33,6 +33,7 @@ SECRET_VALUES = {
     "SUPABASE_SERVICE_ROLE_KEY": "sk-test-service-role-5f1a",
     "GEMINI_API_KEY": "gm-test-key-9c2e",
     "SUPABASE_JWT_SECRET": "jwt-test-secret-77d0",
+    "BFF_SHARED_SECRET": "bff-test-secret-31c5",
     "PROCESSOR_SHARED_SECRET": "shared-test-secret-31b4",
 }
 DB_PASSWORD = "db-test-password-e8a2"
@@ -252,7 +253,7 @@ def test_secret_values_never_appear(tmp_path: Path) -> None:
             if staged.is_file():
                 assert value not in staged.read_text(errors="replace"), staged
     creates = [c for c in commands(result.stdout) if c.startswith("gcloud secrets create")]
-    assert len(creates) == 4  # every secret was given a value
+    assert len(creates) == 5  # every secret was given a value
     assert all("--data-file=-" in c.split() and c.endswith(" <<< <redacted>") for c in creates)
     assert "supabase db push --db-url postgresql://postgres:<redacted>@" in result.stdout
     # The reaper checks the shared secret: the Scheduler gets it through a flags file.
@@ -262,12 +263,21 @@ def test_secret_values_never_appear(tmp_path: Path) -> None:
 
 def test_optional_secrets_are_neither_stored_nor_mounted_when_unset(tmp_path: Path) -> None:
     result = run_deploy(
-        tmp_path, GEMINI_API_KEY=None, SUPABASE_JWT_SECRET=None, PROCESSOR_SHARED_SECRET=None
+        tmp_path,
+        GEMINI_API_KEY=None,
+        SUPABASE_JWT_SECRET=None,
+        BFF_SHARED_SECRET=None,
+        PROCESSOR_SHARED_SECRET=None,
     )
 
     assert result.returncode == 0, result.stderr
     assert "gcloud secrets create supabase-service-role-key" in result.stdout
-    for secret in ("gemini-api-key", "supabase-jwt-secret", "processor-shared-secret"):
+    for secret in (
+        "gemini-api-key",
+        "supabase-jwt-secret",
+        "bff-shared-secret",
+        "processor-shared-secret",
+    ):
         assert f"+ gcloud secrets create {secret}" not in result.stdout
         assert f"{secret}:latest" not in result.stdout
     assert "--flags-file" not in result.stdout
@@ -283,7 +293,7 @@ def test_every_create_is_guarded_by_a_describe_probe(tmp_path: Path) -> None:
             r"\+ gcloud (iam service-accounts|tasks queues|secrets|scheduler jobs) create", line
         )
     ]
-    assert len(creates) == 2 + 1 + 4 + 1
+    assert len(creates) == 2 + 1 + 5 + 1  # accounts, queue, secrets, scheduler job
     for i in creates:
         probe = lines[i - 1]
         assert probe.startswith("# probe (dry-run: not run, assuming absent): gcloud ")

@@ -223,6 +223,14 @@ BAD_INPUTS = [
     ("GET", "/ai-jobs-list?limit=0", {}, 400, "validation_failed"),
     ("GET", "/ai-jobs-list?limit=abc", {}, 400, "validation_failed"),
     ("GET", "/ai-jobs-list?cursor=%%%", {}, 400, "invalid_cursor"),
+    # a well-formed cursor whose parts have the wrong types
+    (
+        "GET",
+        "/ai-jobs-list?cursor=WyIyMDI0LTAxLTAxVDAwOjAwOjAwKzAwOjAwIiwgNV0",
+        {},
+        400,
+        "invalid_cursor",
+    ),
     ("POST", "/ai-jobs-list", {}, 405, "method_not_allowed"),
     ("POST", "/ai-jobs-cancel", {"json": {"jobId": "nope"}}, 400, "invalid_id"),
     ("POST", "/ai-jobs-cancel", {"json": {"jobId": 42}}, 400, "invalid_id"),
@@ -267,6 +275,11 @@ def test_processor_refuses_callers_without_the_secret(
     )
     assert allowed.status_code == 200
     assert allowed.json()["outcome"] == "nothing_to_do"
+    # a task that can never be valid is dropped with a 2xx (Cloud Tasks retries 4xx too)
+    invalid = http.post(
+        "/ai-jobs-process", json={"jobId": "nope"}, headers={**headers, SECRET_HEADER: stack.secret}
+    )
+    assert (invalid.status_code, invalid.json()["outcome"]) == (200, "invalid_task")
 
 
 def test_cancel_deletes_the_pending_task(stack: LocalStack, http: httpx.Client) -> None:

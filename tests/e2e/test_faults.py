@@ -202,6 +202,25 @@ def test_killed_processor_is_recovered_by_lease_expiry_and_the_reaper(
         stack.start_host()
 
 
+def test_a_live_worker_keeps_its_lease_through_a_slow_model_call(
+    stack: LocalStack, http: httpx.Client, gemini: fake_gemini.FakeGemini
+) -> None:
+    stack.kill("functions")
+    stack.start_host({"LEASE_SECONDS": "2"})
+    try:
+        gemini.push(fake_gemini.slow(5.0))
+        job_id = create(http, QUERY)["jobId"]
+        _wait_progress(http, job_id, 50)
+        time.sleep(3.0)  # longer than the lease: only the heartbeat keeps it alive
+        assert stack.reap().json()["dispatched"] == 0, "a live worker is not taken over"
+        job = wait_for(http, job_id)
+        assert job["status"] == "completed"
+        assert job["attempts"] == 1
+    finally:
+        stack.kill("functions")
+        stack.start_host()
+
+
 def test_queue_down_at_create_is_processed_later_via_the_reaper(
     stack: LocalStack, http: httpx.Client
 ) -> None:

@@ -117,6 +117,18 @@ def test_identity_from_a_verified_supabase_jwt(
     assert refused.get_json()["error"]["code"] == "unauthorized"
 
 
+def test_user_header_is_trusted_only_from_the_bff(function: Client) -> None:
+    jwt_mode = function("ai-jobs-list", SUPABASE_JWT_SECRET=JWT_SECRET)
+    spoofed = jwt_mode.get("/", headers={"X-User-Id": "alice"})
+    assert spoofed.status_code == 401, "with JWTs configured, a bare user header is refused"
+    bff = function("ai-jobs-list", SUPABASE_JWT_SECRET=JWT_SECRET, BFF_SHARED_SECRET="bff-s3cret")
+    assert bff.get("/", headers={"X-User-Id": "alice"}).status_code == 401
+    wrong = {"X-User-Id": "alice", "X-BFF-Secret": "guess"}
+    assert bff.get("/", headers=wrong).status_code == 401
+    trusted = {"X-User-Id": "alice", "X-BFF-Secret": "bff-s3cret"}
+    assert bff.get("/", headers=trusted).status_code == 200
+
+
 def test_anonymous_callers_can_be_refused(function: Client) -> None:
     lister = function("ai-jobs-list", ALLOW_ANONYMOUS="false")
     assert lister.get("/").status_code == 401

@@ -281,11 +281,17 @@ class LocalStack:
         )
         self._wait("functions", lambda: httpx.get(f"{self.base_url}/").status_code == 200)
 
+    def restart_host(self, extra_env: dict[str, str] | None = None) -> None:
+        """Kill the function host and start it again (with other settings, if given)."""
+        self.kill("functions")
+        self.start_host(extra_env)
+
     def kill(self, name: str) -> None:
         """Kill one service at once (SIGKILL): a crashed instance, or a service that is down."""
-        process = self.processes.pop(name)
-        process.kill()
-        process.wait(10)
+        process = self.processes.pop(name, None)
+        if process is not None:
+            process.kill()
+            process.wait(10)
 
     def reap(self) -> httpx.Response:
         """What Cloud Scheduler does: call the private reaper."""

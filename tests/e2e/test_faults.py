@@ -9,6 +9,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 
 import httpx
 import pytest
@@ -174,12 +175,20 @@ def test_a_task_delivered_twice_runs_the_ai_work_once(
         stack.start_emulator()
 
 
+@contextmanager
+def _short_lease(stack: LocalStack) -> Iterator[None]:
+    """The function host with a 2-second lease, restored afterwards."""
+    stack.restart_host({"LEASE_SECONDS": "2"})
+    try:
+        yield
+    finally:
+        stack.restart_host()
+
+
 def test_killed_processor_is_recovered_by_lease_expiry_and_the_reaper(
     stack: LocalStack, http: httpx.Client, gemini: fake_gemini.FakeGemini
 ) -> None:
-    stack.kill("functions")
-    stack.start_host({"LEASE_SECONDS": "2"})
-    try:
+    with _short_lease(stack):
         gemini.push(fake_gemini.slow(6.0))
         job_id = create(http, QUERY)["jobId"]
         _wait_progress(http, job_id, 50)
@@ -197,17 +206,12 @@ def test_killed_processor_is_recovered_by_lease_expiry_and_the_reaper(
         assert job["status"] == "completed"
         assert job["attempts"] == 2
         assert [line["step"] for line in job["logs"]].count("completed") == 1
-    finally:
-        stack.kill("functions")
-        stack.start_host()
 
 
 def test_a_live_worker_keeps_its_lease_through_a_slow_model_call(
     stack: LocalStack, http: httpx.Client, gemini: fake_gemini.FakeGemini
 ) -> None:
-    stack.kill("functions")
-    stack.start_host({"LEASE_SECONDS": "2"})
-    try:
+    with _short_lease(stack):
         gemini.push(fake_gemini.slow(5.0))
         job_id = create(http, QUERY)["jobId"]
         _wait_progress(http, job_id, 50)
@@ -216,9 +220,6 @@ def test_a_live_worker_keeps_its_lease_through_a_slow_model_call(
         job = wait_for(http, job_id)
         assert job["status"] == "completed"
         assert job["attempts"] == 1
-    finally:
-        stack.kill("functions")
-        stack.start_host()
 
 
 def test_queue_down_at_create_is_processed_later_via_the_reaper(

@@ -426,3 +426,12 @@ def test_check_constraints_guard_the_columns(db: Db) -> None:
 
 def test_migrations_are_a_no_op_on_a_second_run(db_uri: str) -> None:
     assert apply_migrations(db_uri) == []
+
+
+def test_list_leaves_results_out(db: Db) -> None:
+    job = _in_state(db, "completed")
+    (listed,) = db.rows("list_jobs", user_id="u1")
+    assert listed["id"] == job["id"]
+    assert listed["status"] == "completed"
+    assert listed["result"] is None
+    assert db.job(job["id"])["result"] == {"a": 1}

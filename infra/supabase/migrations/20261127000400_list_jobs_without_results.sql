@@ -1,6 +1,7 @@
 -- Listing shows jobs, not their results (which can be many kilobytes each): leave `result`
 -- out in the database instead of shipping it to the function to be dropped there.
--- jsonb_populate_record keeps the row type, so columns added later still come through.
+-- jsonb_populate_record keeps the row type, so columns added later still come through; it
+-- runs in a LATERAL join, once per listed row (`(f(x)).*` would run it once per column).
 create or replace function public.list_jobs(
   p_user_id text,
   p_statuses text[] default null,
@@ -23,14 +24,17 @@ begin
       hint = 'a cursor needs both created_at and id';
   end if;
   return query
-    select (jsonb_populate_record(null::public.ai_jobs, to_jsonb(j) - 'result')).*
-    from public.ai_jobs j
-    where j.user_id = p_user_id
-      and (p_statuses is null or j.status = any (p_statuses))
-      and (p_types is null or j.type = any (p_types))
-      and (p_before_created_at is null
-           or (j.created_at, j.id) < (p_before_created_at, p_before_id))
-    order by j.created_at desc, j.id desc
-    limit p_limit;
+    select r.* from (
+      select * from public.ai_jobs j
+      where j.user_id = p_user_id
+        and (p_statuses is null or j.status = any (p_statuses))
+        and (p_types is null or j.type = any (p_types))
+        and (p_before_created_at is null
+             or (j.created_at, j.id) < (p_before_created_at, p_before_id))
+      order by j.created_at desc, j.id desc
+      limit p_limit
+    ) page
+    cross join lateral jsonb_populate_record(null::public.ai_jobs, to_jsonb(page) - 'result') r
+    order by r.created_at desc, r.id desc;
 end
 $$;

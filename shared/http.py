@@ -242,10 +242,14 @@ def _jwt_subject(token: str, secret: str) -> str:
     return str(claims["sub"])
 
 
+def secret_matches(given: str | None, expected: str) -> bool:
+    """Constant-time comparison of a secret header with its setting."""
+    return hmac.compare_digest((given or "").encode(), expected.encode())
+
+
 def _check_header_is_trusted(request: flask.Request, settings: Settings) -> None:
     if settings.bff_secret:
-        given = request.headers.get(BFF_SECRET_HEADER, "")
-        if not hmac.compare_digest(given.encode(), settings.bff_secret.encode()):
+        if not secret_matches(request.headers.get(BFF_SECRET_HEADER), settings.bff_secret):
             raise errors.Unauthorized(
                 f"{settings.user_id_header} is accepted only from the BFF ({BFF_SECRET_HEADER})"
             )

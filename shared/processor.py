@@ -8,7 +8,6 @@ do - and 5xx only for a retryable error while attempts remain, so Cloud Tasks re
 
 from __future__ import annotations
 
-import hmac
 import threading
 import time
 import uuid
@@ -18,7 +17,7 @@ from typing import Any
 import flask
 
 from shared import errors, logs
-from shared.http import json_response, parse_job_id, read_json
+from shared.http import json_response, parse_job_id, read_json, secret_matches
 from shared.jobs import Job, JobStatus
 from shared.settings import Settings
 from shared.store import JobStore, get_store
@@ -57,10 +56,9 @@ def verify_caller(request: flask.Request, settings: Settings, *, audience: str) 
     PROCESSOR_VERIFY_OIDC the Google-signed OIDC token is checked (issuer, audience, service
     account), and with PROCESSOR_SHARED_SECRET the secret header the task carries.
     """
-    if settings.processor_secret:
-        given = request.headers.get(SECRET_HEADER, "")
-        if not hmac.compare_digest(given.encode(), settings.processor_secret.encode()):
-            raise errors.Forbidden("this function only accepts calls from the task queue")
+    secret = settings.processor_secret
+    if secret and not secret_matches(request.headers.get(SECRET_HEADER), secret):
+        raise errors.Forbidden("this function only accepts calls from the task queue")
     if settings.verify_oidc:
         _verify_oidc(request, settings, audience)
 

@@ -44,8 +44,10 @@ demo: install
 bench: install
 	$(PY) scripts/bench.py
 
+# the labelled set the router's cues were tuned on, then a held-out set written afterwards
 router-accuracy: install
-	$(PY) scripts/router_accuracy.py
+	$(PY) scripts/router_accuracy.py tests/data/router_labelled.jsonl
+	$(PY) scripts/router_accuracy.py tests/data/router_heldout.jsonl
 
 clean:
 	rm -rf $(VENV) .local build .pytest_cache .mypy_cache .ruff_cache

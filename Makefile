@@ -6,7 +6,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-LINT_PATHS := shared functions infra tests scripts
+LINT_PATHS := shared functions infra tests scripts client
 
 .PHONY: install lint format test unit stack demo bench router-accuracy clean
 

@@ -1,0 +1,170 @@
+"""A small Python client for the job queue: one base URL, the function names appended.
+
+    from client import AIJobsClient
+    with AIJobsClient("https://asia-northeast1-PROJECT.cloudfunctions.net") as jobs:
+        created = jobs.create("모든 서버 분석하고 최적화 리포트 만들어줘")
+        job = jobs.wait(created["jobId"], on_update=print)
+
+It speaks only the public HTTP API (README "The API"): it polls with ``If-None-Match`` and
+the server's suggested interval, and raises ``APIError`` with the error ``code`` for any 4xx
+or 5xx. ``python -m client`` is the same as a command line.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import httpx
+
+FINAL = frozenset({"completed", "failed", "cancelled"})
+
+
+class APIError(Exception):
+    """An error answer: ``status``, the machine-readable ``code``, ``message`` and ``details``."""
+
+    def __init__(self, status: int, code: str, message: str, details: dict[str, Any]) -> None:
+        super().__init__(f"{status} {code}: {message}")
+        self.status = status
+        self.code = code
+        self.message = message
+        self.details = details
+
+
+class AIJobsClient:
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        user_id: str | None = None,
+        bearer_token: str | None = None,
+        timeout_s: float = 30.0,
+    ) -> None:
+        headers = {}
+        if user_id:
+            headers["X-User-Id"] = user_id
+        if bearer_token:
+            headers["Authorization"] = f"Bearer {bearer_token}"
+        self._http = httpx.Client(base_url=base_url.rstrip("/"), headers=headers, timeout=timeout_s)
+
+    def __enter__(self) -> AIJobsClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._http.close()
+
+    def _json(self, response: httpx.Response) -> dict[str, Any]:
+        if response.status_code >= 400:
+            try:
+                error = response.json()["error"]
+            except (ValueError, KeyError, TypeError):
+                error = {"code": "http_error", "message": response.text[:200], "details": {}}
+            raise APIError(
+                response.status_code, error["code"], error["message"], error.get("details") or {}
+            )
+        return dict(response.json())
+
+    def create(
+        self,
+        query: str,
+        *,
+        job_type: str | None = None,
+        priority: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> dict[str, Any]:
+        """202 body (``jobId``, ``pollUrl``, …) for a job, or the 200 synchronous answer."""
+        body: dict[str, Any] = {"query": query}
+        if job_type:
+            body["type"] = job_type
+        if priority:
+            body["options"] = {"priority": priority}
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
+        return self._json(self._http.post("/ai-jobs-create", json=body, headers=headers))
+
+    def get(self, job_id: str, *, logs_after: int | None = None) -> dict[str, Any]:
+        params: dict[str, str | int] = {}
+        if logs_after is not None:
+            params = {"logs": "true", "logsAfter": logs_after}
+        return self._json(self._http.get(f"/ai-jobs-get/{job_id}", params=params))
+
+    def list(
+        self, *, status: str | None = None, job_type: str | None = None
+    ) -> Iterator[dict[str, Any]]:
+        """Every job of the caller, newest first, following the cursor page by page."""
+        params: dict[str, Any] = {"limit": 100}
+        if status:
+            params["status"] = status
+        if job_type:
+            params["type"] = job_type
+        while True:
+            page = self._json(self._http.get("/ai-jobs-list", params=params))
+            yield from page["jobs"]
+            if not page["nextCursor"]:
+                return
+            params["cursor"] = page["nextCursor"]
+
+    def cancel(self, job_id: str, reason: str | None = None) -> dict[str, Any]:
+        body: dict[str, Any] = {"jobId": job_id}
+        if reason:
+            body["reason"] = reason
+        return self._json(self._http.post("/ai-jobs-cancel", json=body))
+
+    def wait(
+        self,
+        job_id: str,
+        *,
+        timeout_s: float = 600.0,
+        poll_interval_s: float | None = None,
+        on_update: Callable[[dict[str, Any]], None] | None = None,
+        on_log: Callable[[dict[str, Any]], None] | None = None,
+    ) -> dict[str, Any]:
+        """Poll until the job is final (every ``poll_interval_s``, else the server's
+        suggestion); ``on_update`` sees each change, ``on_log`` each new log line."""
+        deadline = time.monotonic() + timeout_s
+        etag: str | None = None
+        last_log = 0
+        job: dict[str, Any] = {}
+        while time.monotonic() < deadline:
+            headers = {"If-None-Match": etag} if etag else {}
+            response = self._http.get(
+                f"/ai-jobs-get/{job_id}",
+                params={"logs": "true", "logsAfter": last_log},
+                headers=headers,
+            )
+            if response.status_code != 304:
+                job = self._json(response)
+                etag = response.headers.get("ETag")
+                for line in job.pop("logs", []):
+                    last_log = max(last_log, int(line["id"]))
+                    if on_log:
+                        on_log(line)
+                if on_update:
+                    on_update(job)
+                if job["status"] in FINAL:
+                    return job
+            interval = poll_interval_s or float(response.headers.get("X-Poll-Interval", "3"))
+            time.sleep(min(interval, max(deadline - time.monotonic(), 0)))
+        raise TimeoutError(f"job {job_id} did not finish in {timeout_s:.0f}s")
+
+
+def print_log_line(line: dict[str, Any]) -> None:
+    progress = "" if line.get("progress") is None else f"{line['progress']:3d}% "
+    step, message = line.get("step") or "", line.get("message") or ""
+    text = step if message == step else f"{step}: {message}"
+    print(f"  [{line['createdAt'][11:23]}] {progress}{text}", flush=True)
+
+
+def follow(jobs: AIJobsClient, job_id: str, poll_interval_s: float | None = None) -> int:
+    """Print each progress line as it arrives, then the result (exit code 0) or the error (1)."""
+    job = jobs.wait(job_id, poll_interval_s=poll_interval_s, on_log=print_log_line)
+    print(f"\njob {job_id}: {job['status']} after {job['attempts']} attempt(s)\n")
+    if job["status"] == "completed":
+        print(job["result"]["markdown"])
+        return 0
+    print(f"{job.get('errorCode')}: {job.get('error')}", file=sys.stderr)
+    return 1

@@ -8,6 +8,7 @@ instance reuses it across invocations).
 
 from __future__ import annotations
 
+import functools
 import json
 import threading
 import uuid
@@ -337,15 +338,7 @@ class JobStore:
         return int(self.rpc("purge_jobs", {"p_retention_days": retention_days, "p_limit": limit}))
 
 
-_store: JobStore | None = None
-_store_lock = threading.Lock()
-
-
+@functools.lru_cache(maxsize=1)
 def get_store(settings: Settings) -> JobStore:
     """The process-wide store (lazy global, reused across invocations)."""
-    global _store
-    if _store is None:
-        with _store_lock:
-            if _store is None:
-                _store = JobStore.from_settings(settings)
-    return _store
+    return JobStore.from_settings(settings)

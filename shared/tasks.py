@@ -12,6 +12,7 @@ insecure gRPC channel; nothing else changes.
 
 from __future__ import annotations
 
+import functools
 import json
 import threading
 import uuid
@@ -56,26 +57,12 @@ class TaskQueue:
         return self._client
 
     def _make_client(self) -> Any:
+        host = self._settings.tasks_emulator_host
+        if host:
+            return emulator_client(host)
         from google.cloud import tasks_v2
 
-        host = self._settings.tasks_emulator_host
-        if not host:
-            return tasks_v2.CloudTasksClient()
-        import grpc
-        from google.cloud.tasks_v2.services.cloud_tasks.transports import (
-            CloudTasksGrpcTransport,
-        )
-
-        # Reconnect quickly after the emulator restarts (gRPC's default backoff reaches 120 s).
-        channel = grpc.insecure_channel(
-            host,
-            options=[
-                ("grpc.initial_reconnect_backoff_ms", 100),
-                ("grpc.min_reconnect_backoff_ms", 100),
-                ("grpc.max_reconnect_backoff_ms", 1000),
-            ],
-        )
-        return tasks_v2.CloudTasksClient(transport=CloudTasksGrpcTransport(channel=channel))
+        return tasks_v2.CloudTasksClient()
 
     def _reset_client(self) -> None:
         with self._lock:
@@ -153,15 +140,25 @@ class TaskQueue:
         return True
 
 
-_queue: TaskQueue | None = None
-_queue_lock = threading.Lock()
+def emulator_client(host: str) -> Any:
+    """The real Cloud Tasks client on an insecure channel to the emulator at ``host``."""
+    import grpc
+    from google.cloud import tasks_v2
+    from google.cloud.tasks_v2.services.cloud_tasks.transports import CloudTasksGrpcTransport
+
+    # Reconnect quickly after the emulator restarts (gRPC's default backoff reaches 120 s).
+    channel = grpc.insecure_channel(
+        host,
+        options=[
+            ("grpc.initial_reconnect_backoff_ms", 100),
+            ("grpc.min_reconnect_backoff_ms", 100),
+            ("grpc.max_reconnect_backoff_ms", 1000),
+        ],
+    )
+    return tasks_v2.CloudTasksClient(transport=CloudTasksGrpcTransport(channel=channel))
 
 
+@functools.lru_cache(maxsize=1)
 def get_queue(settings: Settings) -> TaskQueue:
     """The process-wide queue client (lazy global, reused across invocations)."""
-    global _queue
-    if _queue is None:
-        with _queue_lock:
-            if _queue is None:
-                _queue = TaskQueue(settings)
-    return _queue
+    return TaskQueue(settings)

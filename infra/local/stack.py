@@ -242,14 +242,9 @@ class LocalStack:
         return True
 
     def tasks_client(self) -> Any:
-        import grpc
-        from google.cloud import tasks_v2
-        from google.cloud.tasks_v2.services.cloud_tasks.transports import (
-            CloudTasksGrpcTransport,
-        )
+        from shared.tasks import emulator_client
 
-        channel = grpc.insecure_channel(self.emulator_host)
-        return tasks_v2.CloudTasksClient(transport=CloudTasksGrpcTransport(channel=channel))
+        return emulator_client(self.emulator_host)
 
     def _function_env(self) -> dict[str, str]:
         env = {

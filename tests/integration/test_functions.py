@@ -61,8 +61,8 @@ def function(
 
 def _reset() -> None:
     get_settings.cache_clear()
-    shared.store._store = None
-    shared.tasks._queue = None
+    shared.store.get_store.cache_clear()
+    shared.tasks.get_queue.cache_clear()
 
 
 def test_missing_setting_fails_at_cold_start_naming_it() -> None:

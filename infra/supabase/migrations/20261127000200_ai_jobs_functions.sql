@@ -152,6 +152,10 @@ begin
 end
 $$;
 
+-- A page of the user's jobs, newest first, without `result` (it can be many kilobytes; the
+-- list shows jobs, not results). jsonb_populate_record keeps the row type, so columns added
+-- later still come through; it runs in a LATERAL join, once per listed row (`(f(x)).*` would
+-- run it once per column).
 create function public.list_jobs(
   p_user_id text,
   p_statuses text[] default null,
@@ -174,14 +178,18 @@ begin
       hint = 'a cursor needs both created_at and id';
   end if;
   return query
-    select * from public.ai_jobs j
-    where j.user_id = p_user_id
-      and (p_statuses is null or j.status = any (p_statuses))
-      and (p_types is null or j.type = any (p_types))
-      and (p_before_created_at is null
-           or (j.created_at, j.id) < (p_before_created_at, p_before_id))
-    order by j.created_at desc, j.id desc
-    limit p_limit;
+    select r.* from (
+      select * from public.ai_jobs j
+      where j.user_id = p_user_id
+        and (p_statuses is null or j.status = any (p_statuses))
+        and (p_types is null or j.type = any (p_types))
+        and (p_before_created_at is null
+             or (j.created_at, j.id) < (p_before_created_at, p_before_id))
+      order by j.created_at desc, j.id desc
+      limit p_limit
+    ) page
+    cross join lateral jsonb_populate_record(null::public.ai_jobs, to_jsonb(page) - 'result') r
+    order by r.created_at desc, r.id desc;
 end
 $$;
 

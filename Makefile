@@ -1,4 +1,4 @@
-# make install | lint | format | test | stack | demo | bench | router-accuracy
+# make install | lint | format | test | stack | demo | bench | router-accuracy | gemini-smoke
 # Everything runs from the project's own virtualenv (.venv), built from the pinned
 # requirements on first use, so a fresh clone needs only python3 and make.
 
@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 LINT_PATHS := shared functions infra tests scripts client
 
-.PHONY: install lint format test unit stack demo bench router-accuracy clean
+.PHONY: install lint format test unit stack demo bench router-accuracy clean gemini-smoke
 
 install: $(STAMP)
 
@@ -51,3 +51,9 @@ router-accuracy: install
 
 clean:
 	rm -rf $(VENV) .local build .pytest_cache .mypy_cache .ruff_cache
+
+# Opt-in: the project's exact Gemini request against the real API (two billed calls). Needs
+# GEMINI_API_KEY; GEMINI_MODEL / GEMINI_THINKING_LEVEL / GEMINI_MAX_OUTPUT_TOKENS as deployed.
+gemini-smoke: install
+	@test -n "$$GEMINI_API_KEY$$GOOGLE_API_KEY" || { echo "gemini-smoke needs GEMINI_API_KEY" >&2; exit 1; }
+	$(PY) -m pytest -q -s -rs -p no:cacheprovider tests/ai/test_gemini_live.py

@@ -16,7 +16,15 @@ from functools import lru_cache
 from shared.errors import ConfigError
 
 DEFAULT_REGION = "asia-northeast1"
-DEFAULT_GEMINI_MODEL = "gemini-2.5-flash"
+#: The current GA Flash model (stable since 2026-09-02; gemini-2.5-flash is shut down and
+#: gemini-3.7-flash is deprecated): https://ai.google.dev/gemini-api/docs/models and
+#: https://ai.google.dev/gemini-api/docs/deprecations
+DEFAULT_GEMINI_MODEL = "gemini-3.8-flash"
+#: Pinned, not the SDK's default (google-genai 3.x sends ``v1``): ``systemInstruction``,
+#: ``responseJsonSchema`` and ``thinkingConfig`` are fields of the ``v1beta`` generateContent
+#: request only (https://ai.google.dev/gemini-api/docs/api-versions; the ``v1`` protos of
+#: google/ai/generativelanguage lack them). The fake Gemini answers only this version.
+GEMINI_API_VERSION = "v1beta"
 
 
 class _Env:
@@ -100,6 +108,14 @@ class AISettings:
     gemini_base_url: str | None = None
     gemini_timeout_s: float = 60.0
     gemini_max_retries: int = 3
+    #: Gemini 3 thinking level: prose from computed facts needs little reasoning, and "low"
+    #: is the documented choice for latency (https://ai.google.dev/gemini-api/docs/gemini-3);
+    #: thinking is billed as output. gemini-3.8-flash rejects "minimal".
+    gemini_thinking_level: str = "low"
+    #: Caps thinking *and* answer together (thinking tokens count against it).
+    gemini_max_output_tokens: int = 8192
+    #: "fallback": a model that cannot answer leaves the local narrative; "fail": fail the job.
+    gemini_failure_policy: str = "fallback"
     fleet_source: str = "synthetic"  # "synthetic", a JSON file path, or an http(s) URL
     fleet_seed: int = 42
     router_medium_score: float = 3.0
@@ -115,6 +131,13 @@ class AISettings:
             gemini_base_url=e.opt("GEMINI_BASE_URL"),
             gemini_timeout_s=e.number("GEMINI_TIMEOUT_S", 60.0, minimum=1.0),
             gemini_max_retries=e.integer("GEMINI_MAX_RETRIES", 3),
+            gemini_thinking_level=e.choice(
+                "GEMINI_THINKING_LEVEL", "low", ("minimal", "low", "medium", "high")
+            ),
+            gemini_max_output_tokens=e.integer("GEMINI_MAX_OUTPUT_TOKENS", 8192, minimum=256),
+            gemini_failure_policy=e.choice(
+                "GEMINI_FAILURE_POLICY", "fallback", ("fallback", "fail")
+            ),
             fleet_source=e.text("FLEET_SOURCE", "synthetic"),
             fleet_seed=e.integer("FLEET_SEED", 42),
             router_medium_score=e.number("ROUTER_MEDIUM_SCORE", 3.0),

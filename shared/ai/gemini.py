@@ -2,16 +2,31 @@
 
 Code has already built every fact and number; Gemini gets them as text and returns only the
 small ``Narrative`` schema (title, summary, explanations per item, actions), which
-``merge_narrative`` checks against the facts. Errors are classified for the processor:
+``merge_narrative`` checks against the facts.
 
-- 429 and 408/5xx are retried here with exponential backoff, honouring the server's
-  ``google.rpc.RetryInfo`` delay (or ``Retry-After``); when retries run out, or the wait would
-  overrun the deadline, ``AIError(retryable=True, retry_after=...)``.
+The request follows the model's own guidance (https://ai.google.dev/gemini-api/docs/gemini-3):
+no ``temperature`` (Gemini 3 is tuned for its default; lower values can loop), a deliberate
+thinking level (``low``: prose from computed facts, latency-bound) and ``maxOutputTokens``
+(which thinking tokens count against), on the pinned API version ``GEMINI_API_VERSION``.
+
+Errors are classified for the pipeline and the processor (``details["reason"]``):
+
+- 429 per-minute and 408/5xx: retried here with exponential backoff, honouring the server's
+  ``google.rpc.RetryInfo`` delay; when retries run out, or the wait would overrun the deadline,
+  ``AIError(retryable=True, retry_after=...)``.
+- 429 for a daily quota or a quota of 0 (``google.rpc.QuotaFailure``): not waited for in the
+  call; ``AIError(retryable=True, retry_after=<server hint>, reason="quota_exhausted")`` at once,
+  so the processor schedules the job's next attempt.
 - Timeouts and connection failures: retried, then ``AIError(retryable=True)``; a timeout cut
   short by the job's deadline is ``DeadlineExceeded``.
-- Other 4xx (bad request, bad key, no permission, unknown model): ``AIError(retryable=False)``.
-- Output that is not valid JSON for the schema (or no output at all): retried, then
-  ``AIError(retryable=False)`` -- the same prompt would most likely fail the same way again.
+- 404 (model unknown or shut down): ``model_unavailable``; other 4xx (bad request, bad key, no
+  permission): ``rejected``. Both permanent.
+- An answer that stopped for another reason than ``STOP``: a blocked prompt
+  (``promptFeedback.blockReason``) or ``finishReason`` SAFETY / RECITATION / BLOCKLIST /
+  PROHIBITED_CONTENT / SPII / ... is ``blocked``; ``MAX_TOKENS`` is ``max_tokens``; anything
+  else ``stopped``. All permanent and never retried: the same prompt stops the same way.
+- Output that stopped normally but does not fit the schema (or is empty): retried in place
+  (it varies between calls), then ``malformed_output``, permanent.
 
 This module imports google-genai; only the processor path imports it (``writer_from_settings``).
 """
@@ -20,11 +35,10 @@ from __future__ import annotations
 
 import importlib
 import json
-import logging
 import re
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import httpx
 from google import genai
@@ -32,19 +46,38 @@ from google.genai import errors as genai_errors
 from google.genai import types
 from pydantic import ValidationError
 
+from shared import logs
 from shared.ai.lang import Language
 from shared.ai.render import render_markdown
 from shared.ai.results import AIResult, Narrative, items_of
 from shared.errors import AIError, DeadlineExceeded
-from shared.settings import AISettings
-
-log = logging.getLogger(__name__)
+from shared.settings import DEFAULT_GEMINI_MODEL, GEMINI_API_VERSION, AISettings
 
 RETRYABLE_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 #: Keep this much of the deadline for formatting and storing the result.
 DEADLINE_MARGIN_S = 1.0
 MIN_TIMEOUT_S = 1.0
+#: A daily or zero quota whose error carries no RetryInfo: try again in an hour.
+QUOTA_RETRY_DEFAULT_S = 3600.0
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)s\s*$")
+_LIMIT_ZERO = re.compile(r"\blimit:\s*0\b")
+
+#: finishReason values that mean "the content was refused", per
+#: https://ai.google.dev/api/generate-content#FinishReason
+BLOCKED_FINISH = frozenset(
+    {
+        "SAFETY",
+        "RECITATION",
+        "BLOCKLIST",
+        "PROHIBITED_CONTENT",
+        "SPII",
+        "IMAGE_SAFETY",
+        "IMAGE_PROHIBITED_CONTENT",
+        "IMAGE_RECITATION",
+        "MODEL_ARMOR",
+    }
+)
+_NORMAL_FINISH = frozenset({"STOP", "FINISH_REASON_UNSPECIFIED", ""})
 
 
 def _transport_errors() -> tuple[tuple[type[BaseException], ...], tuple[type[BaseException], ...]]:
@@ -94,18 +127,26 @@ NARRATIVE_SCHEMA = {
 }
 
 
+# ----------------------------------------------------------------------------- error bodies
+
+
+def _error_details(error: genai_errors.APIError) -> list[dict[str, Any]]:
+    """The ``google.rpc`` details of an API error body, or nothing."""
+    body = error.details if isinstance(error.details, dict) else {}
+    details = body.get("error", {}).get("details", []) if isinstance(body, dict) else []
+    return [d for d in details if isinstance(d, dict)] if isinstance(details, list) else []
+
+
+def _of_type(details: list[dict[str, Any]], name: str) -> list[dict[str, Any]]:
+    return [d for d in details if str(d.get("@type", "")).endswith(f"google.rpc.{name}")]
+
+
 def retry_delay(error: genai_errors.APIError) -> float | None:
     """The server's retry hint: ``google.rpc.RetryInfo.retryDelay`` or ``Retry-After``."""
-    details = (
-        error.details.get("error", {}).get("details", []) if isinstance(error.details, dict) else []
-    )
-    for detail in details if isinstance(details, list) else []:
-        if isinstance(detail, dict) and str(detail.get("@type", "")).endswith(
-            "google.rpc.RetryInfo"
-        ):
-            match = _DURATION.match(str(detail.get("retryDelay", "")))
-            if match:
-                return float(match.group(1))
+    for detail in _of_type(_error_details(error), "RetryInfo"):
+        match = _DURATION.match(str(detail.get("retryDelay", "")))
+        if match:
+            return float(match.group(1))
     header = getattr(getattr(error, "response", None), "headers", {}).get("retry-after")
     try:
         return float(header) if header is not None else None
@@ -113,15 +154,42 @@ def retry_delay(error: genai_errors.APIError) -> float | None:
         return None
 
 
+def quota_kind(error: genai_errors.APIError) -> str | None:
+    """``"zero"`` (the project has no quota for the model), ``"daily"`` (a per-day quota is
+    used up) or ``None`` (a short-window quota, worth a brief wait), from the 429's
+    ``google.rpc.QuotaFailure`` / ``ErrorInfo`` details and message
+    (https://ai.google.dev/gemini-api/docs/rate-limits)."""
+    details = _error_details(error)
+    violations = [
+        v
+        for failure in _of_type(details, "QuotaFailure")
+        for v in failure.get("violations", [])
+        if isinstance(v, dict)
+    ]
+    limits = [str(v.get("quotaValue", "")) for v in violations] + [
+        str(info.get("metadata", {}).get("quota_limit_value", ""))
+        for info in _of_type(details, "ErrorInfo")
+        if isinstance(info.get("metadata"), dict)
+    ]
+    if "0" in limits or _LIMIT_ZERO.search(error.message or ""):
+        return "zero"
+    if any("PerDay" in str(v.get("quotaId", "")) for v in violations):
+        return "daily"
+    return None
+
+
+# ----------------------------------------------------------------------------- the request
+
+
 def _instructions(language: Language) -> str:
     lang = "Korean (한국어)" if language == "ko" else "English"
     return (
         "You are the AI assistant of a server-monitoring dashboard. Write the prose parts of an "
         f"answer for an operator, in {lang}. The facts below were computed from the metrics; "
-        "use only them. Never state a number, time or percentage that does not appear in the "
-        "facts, and do not compute new numbers. Give one explanation per item id listed (what "
-        "it means and why it matters), keep the summary to 3-5 sentences, and list concrete "
-        "actions, most urgent first. Answer with JSON matching the schema."
+        "base every statement on them and perform no calculations of your own. Give one "
+        "explanation per item id listed (what it means and why it matters), keep the summary to "
+        "3-5 sentences, and list concrete actions, most urgent first. Answer with JSON matching "
+        "the schema. Never state a number, time or percentage that does not appear in the facts."
     )
 
 
@@ -135,19 +203,91 @@ def _prompt(draft: AIResult, local_markdown: str) -> str:
     )
 
 
+#: Gemini 2.5 takes a token budget instead of a level
+#: (https://ai.google.dev/gemini-api/docs/generate-content/thinking).
+_BUDGET_FOR_LEVEL = {"minimal": 0, "low": 1024, "medium": 4096, "high": -1}
+
+
+def thinking_config(model: str, level: str) -> types.ThinkingConfig:
+    """``thinkingLevel`` for Gemini 3 models, ``thinkingBudget`` for 2.x (never both: the API
+    rejects a request with both)."""
+    if model.startswith("gemini-2"):
+        return types.ThinkingConfig(thinking_budget=_BUDGET_FOR_LEVEL[level])
+    return types.ThinkingConfig(thinking_level=types.ThinkingLevel(level.upper()))
+
+
+# ----------------------------------------------------------------------------- reading answers
+
+
+def _reason(response: types.GenerateContentResponse) -> tuple[str, str] | None:
+    """(reason code, message) when the answer did not stop normally; None when it did."""
+    feedback = response.prompt_feedback
+    if feedback is not None and feedback.block_reason is not None:
+        block = str(getattr(feedback.block_reason, "value", feedback.block_reason))
+        return "blocked", f"Gemini blocked the prompt ({block})"
+    if not response.candidates:
+        return None
+    finish = response.candidates[0].finish_reason
+    name = str(getattr(finish, "value", finish or ""))
+    if name in _NORMAL_FINISH:
+        return None
+    if name == "MAX_TOKENS":
+        usage = response.usage_metadata
+        thoughts = usage.thoughts_token_count if usage is not None else None
+        return "max_tokens", (
+            f"Gemini hit maxOutputTokens before finishing (thinking used {thoughts} tokens)"
+        )
+    if name in BLOCKED_FINISH:
+        return "blocked", f"Gemini stopped the answer ({name})"
+    return "stopped", f"Gemini stopped the answer ({name})"
+
+
+def _text(response: types.GenerateContentResponse) -> str:
+    """The answer's text parts (thought summaries excluded)."""
+    if not response.candidates or response.candidates[0].content is None:
+        return ""
+    parts = response.candidates[0].content.parts or []
+    return "".join(p.text for p in parts if p.text and not p.thought)
+
+
+def read_narrative(response: types.GenerateContentResponse) -> Narrative:
+    """The narrative in a response, or the ``AIError`` that says why there is none."""
+    stopped = _reason(response)
+    if stopped is not None:
+        code, message = stopped
+        raise AIError(message, retryable=False, details={"reason": code})
+    text = _text(response)
+    try:
+        return Narrative.model_validate_json(text)
+    except (ValidationError, ValueError) as exc:
+        raise AIError(
+            f"Gemini returned output that does not fit the schema: {str(exc)[:200]}",
+            retryable=False,
+            details={"reason": "malformed_output"},
+        ) from exc
+
+
+class _Failure(NamedTuple):
+    error: AIError
+    delay_s: float  #: how long to wait before the next call, when there is one
+
+
 class GeminiWriter:
-    """Writes the narrative with Gemini; one client per writer, created on first use."""
+    """Writes the narrative with Gemini; one client per writer, created on first use and kept
+    for the life of the process (``writer_from_settings`` caches the writer)."""
 
     def __init__(
         self,
         *,
         api_key: str,
-        model: str,
+        model: str = DEFAULT_GEMINI_MODEL,
         base_url: str | None = None,
         timeout_s: float = 60.0,
         max_retries: int = 3,
         backoff_s: float = 1.0,
         max_backoff_s: float = 30.0,
+        thinking_level: str = "low",
+        max_output_tokens: int = 8192,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.api_key = api_key
@@ -157,6 +297,8 @@ class GeminiWriter:
         self.max_retries = max_retries
         self.backoff_s = backoff_s
         self.max_backoff_s = max_backoff_s
+        self.thinking_level = thinking_level
+        self.max_output_tokens = max_output_tokens
         self.sleep = sleep
         self.name = f"gemini:{model}"
         self._client: genai.Client | None = None
@@ -171,13 +313,19 @@ class GeminiWriter:
             base_url=settings.gemini_base_url,
             timeout_s=settings.gemini_timeout_s,
             max_retries=settings.gemini_max_retries,
+            thinking_level=settings.gemini_thinking_level,
+            max_output_tokens=settings.gemini_max_output_tokens,
         )
 
     @property
     def client(self) -> genai.Client:
         if self._client is None:
             # retries are ours (to honour RetryInfo and the deadline): the SDK makes one attempt
-            options = types.HttpOptions(base_url=self.base_url, timeout=int(self.timeout_s * 1000))
+            options = types.HttpOptions(
+                base_url=self.base_url,
+                api_version=GEMINI_API_VERSION,
+                timeout=int(self.timeout_s * 1000),
+            )
             self._client = genai.Client(api_key=self.api_key, http_options=options)
         return self._client
 
@@ -203,18 +351,24 @@ class GeminiWriter:
             raise DeadlineExceeded("no time left for the model call", details={"step": "ai"})
         return min(self.timeout_s, remaining), remaining < self.timeout_s
 
-    def _call(self, draft: AIResult, prompt: str, timeout_s: float) -> str:
-        config = types.GenerateContentConfig(
-            system_instruction=_instructions(draft.language),
+    def config(self, language: Language, timeout_s: float) -> types.GenerateContentConfig:
+        """The request's configuration; no ``temperature``: Gemini 3 is tuned for its default."""
+        return types.GenerateContentConfig(
+            system_instruction=_instructions(language),
             response_mime_type="application/json",
             response_json_schema=NARRATIVE_SCHEMA,
-            temperature=0.3,
-            http_options=types.HttpOptions(timeout=max(int(timeout_s * 1000), 1)),
+            thinking_config=thinking_config(self.model, self.thinking_level),
+            max_output_tokens=self.max_output_tokens,
+            http_options=types.HttpOptions(
+                api_version=GEMINI_API_VERSION, timeout=max(int(timeout_s * 1000), 1)
+            ),
         )
+
+    def _call(self, draft: AIResult, prompt: str, timeout_s: float) -> Narrative:
         response = self.client.models.generate_content(
-            model=self.model, contents=prompt, config=config
+            model=self.model, contents=prompt, config=self.config(draft.language, timeout_s)
         )
-        return response.text or ""
+        return read_narrative(response)
 
     # ------------------------------------------------------------------------- retries
 
@@ -229,66 +383,87 @@ class GeminiWriter:
             raise error  # the wait would overrun the job: let the queue retry later
         self.sleep(delay)
 
+    def _attempt(
+        self, draft: AIResult, prompt: str, deadline: float | None, attempt: int
+    ) -> Narrative | _Failure:
+        """One call: the narrative, or the failure and how long to wait before the next."""
+        timeout_s, bounded_by_deadline = self._timeout_for(deadline)
+        try:
+            return self._call(draft, prompt, timeout_s)
+        except AIError as exc:
+            return _Failure(exc, 0.0)
+        except genai_errors.APIError as exc:
+            return self._classify_api_error(exc, attempt)
+        except TIMEOUT_ERRORS as exc:
+            if bounded_by_deadline:
+                raise DeadlineExceeded(
+                    "the model call ran into the job's deadline", details={"step": "ai"}
+                ) from exc
+            failure = AIError(
+                f"Gemini did not answer within {timeout_s:g}s",
+                retryable=True,
+                details={"reason": "timeout"},
+            )
+            return _Failure(failure, self._backoff(attempt))
+        except TRANSPORT_ERRORS as exc:
+            failure = AIError(
+                f"cannot reach Gemini: {exc}", retryable=True, details={"reason": "network"}
+            )
+            return _Failure(failure, self._backoff(attempt))
+
     def write(self, draft: AIResult, *, deadline: float | None = None) -> Narrative:
         prompt = _prompt(draft, render_markdown(draft))
         attempt = 0
         while True:
-            timeout_s, bounded_by_deadline = self._timeout_for(deadline)
-            try:
-                text = self._call(draft, prompt, timeout_s)
-                return Narrative.model_validate_json(text)
-            except (ValidationError, ValueError) as exc:
-                failure = AIError(
-                    f"Gemini returned output that does not fit the schema: {str(exc)[:200]}",
-                    retryable=False,
-                    details={"reason": "malformed_output"},
-                )
-                delay = 0.0
-            except genai_errors.APIError as exc:
-                failure, delay = self._classify_api_error(exc, attempt)
-            except TIMEOUT_ERRORS as exc:
-                if bounded_by_deadline:
-                    raise DeadlineExceeded(
-                        "the model call ran into the job's deadline", details={"step": "ai"}
-                    ) from exc
-                failure = AIError(
-                    f"Gemini did not answer within {timeout_s:g}s",
-                    retryable=True,
-                    details={"reason": "timeout"},
-                )
-                delay = self._backoff(attempt)
-            except TRANSPORT_ERRORS as exc:
-                failure = AIError(
-                    f"cannot reach Gemini: {exc}", retryable=True, details={"reason": "network"}
-                )
-                delay = self._backoff(attempt)
-            if not failure.retryable and failure.details.get("reason") != "malformed_output":
+            outcome = self._attempt(draft, prompt, deadline, attempt)
+            if isinstance(outcome, Narrative):
+                return outcome
+            failure, delay = outcome
+            reason = failure.details.get("reason")
+            # output varies between calls, so malformed JSON is worth another try; a refusal,
+            # a token limit or a daily quota is not (the same call ends the same way)
+            worth_retrying = reason == "malformed_output" or (
+                failure.retryable and reason != "quota_exhausted"
+            )
+            if not worth_retrying or attempt >= self.max_retries:
                 raise failure
-            if attempt >= self.max_retries:
-                raise failure
-            log.info(
-                "gemini attempt %d failed (%s); retrying in %.2fs",
-                attempt + 1,
-                failure.message,
-                delay,
+            logs.info(
+                "gemini attempt failed; retrying",
+                model=self.model,
+                attempt=attempt + 1,
+                reason=reason,
+                error=failure.message,
+                retryInS=round(delay, 2),
             )
             self._wait_or_raise(delay, deadline, failure)
             attempt += 1
 
-    def _classify_api_error(
-        self, exc: genai_errors.APIError, attempt: int
-    ) -> tuple[AIError, float]:
+    def _classify_api_error(self, exc: genai_errors.APIError, attempt: int) -> _Failure:
         status = exc.code
         message = f"Gemini error {status} {exc.status or ''}: {exc.message or ''}".strip()
         if status not in RETRYABLE_STATUS:
-            return AIError(
-                message, retryable=False, details={"reason": "rejected", "status": status}
-            ), 0.0
+            reason = "model_unavailable" if status == 404 else "rejected"
+            return _Failure(
+                AIError(message, retryable=False, details={"reason": reason, "status": status}),
+                0.0,
+            )
         hint = retry_delay(exc)
+        quota = quota_kind(exc) if status == 429 else None
+        if quota is not None:
+            # a daily or zero quota does not come back within this job: hand the wait to the
+            # processor (the job's next task at now + retry_after), do not sleep here
+            failure = AIError(
+                message,
+                retryable=True,
+                retry_after=hint if hint is not None else QUOTA_RETRY_DEFAULT_S,
+                details={"reason": "quota_exhausted", "quota": quota, "status": status},
+            )
+            return _Failure(failure, 0.0)
         delay = hint if hint is not None else self._backoff(attempt)
-        return AIError(
+        failure = AIError(
             message,
             retryable=True,
             retry_after=delay,
             details={"reason": "unavailable", "status": status},
-        ), delay
+        )
+        return _Failure(failure, delay)

@@ -5,6 +5,12 @@
 stops the run at once with ``JobCancelled`` and nothing is written. ``deadline`` (a
 ``time.monotonic()`` value) ends the run with ``DeadlineExceeded`` before the caller's own
 timeout, and bounds the model's request timeout.
+
+The facts and the local narrative exist before the model is asked, so when the model cannot
+answer (``writers.can_fall_back``: model gone, answer blocked or cut off, zero quota) the job
+completes with the local narrative and ``writerInfo`` says so -- unless
+``GEMINI_FAILURE_POLICY=fail``. Retryable failures (5xx, a short or daily quota) still go back
+to the processor, which schedules the next attempt.
 """
 
 from __future__ import annotations
@@ -12,14 +18,22 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
+from shared import logs
 from shared.ai import analytics, compose
 from shared.ai.fleet import FleetSource, fleet_source_from_settings
 from shared.ai.lang import Language, detect_language, step_message
 from shared.ai.render import render_markdown
-from shared.ai.results import AIResult
+from shared.ai.results import AIResult, Narrative, WriterInfo
 from shared.ai.router import classify, wants_optimisation
-from shared.ai.writers import LocalWriter, Writer, merge_narrative, writer_from_settings
-from shared.errors import DeadlineExceeded, JobCancelled
+from shared.ai.writers import (
+    LocalWriter,
+    Writer,
+    can_fall_back,
+    merge_narrative,
+    writer_from_settings,
+    writer_info,
+)
+from shared.errors import AIError, DeadlineExceeded, JobCancelled
 from shared.jobs import JobType
 from shared.settings import AISettings
 
@@ -45,6 +59,32 @@ class _Steps:
         message = step_message(percent, self.language)
         if not self.on_progress(percent, message):
             raise JobCancelled("job cancelled", details={"percent": percent})
+
+
+def _narrate(
+    chosen: Writer,
+    draft: AIResult,
+    fallback: Narrative,
+    *,
+    settings: AISettings,
+    deadline: float | None,
+) -> tuple[Narrative, str, WriterInfo]:
+    """The narrative, the writer's name and what the result says about it."""
+    if isinstance(chosen, LocalWriter):
+        return fallback, chosen.name, writer_info(chosen)
+    try:
+        narrative = chosen.write(draft, deadline=deadline)
+    except AIError as exc:
+        if settings.gemini_failure_policy == "fail" or not can_fall_back(exc):
+            raise
+        logs.warning(
+            "model could not answer; the local narrative stands in",
+            writer=chosen.name,
+            reason=exc.details.get("reason"),
+            error=exc.message,
+        )
+        return fallback, LocalWriter.name, writer_info(chosen, fallback=exc)
+    return narrative, chosen.name, writer_info(chosen)
 
 
 def run(
@@ -74,13 +114,11 @@ def run(
     local = LocalWriter()
     fallback = local.write(draft)
     chosen = writer or writer_from_settings(settings)
-    narrative = (
-        fallback if isinstance(chosen, LocalWriter) else chosen.write(draft, deadline=deadline)
-    )
+    narrative, name, info = _narrate(chosen, draft, fallback, settings=settings, deadline=deadline)
     steps.check_deadline()
 
     steps.step(80)
-    result = merge_narrative(draft, narrative, fallback, chosen.name)
+    result = merge_narrative(draft, narrative, fallback, name, info)
     result = result.model_copy(update={"markdown": render_markdown(result)})
 
     steps.step(100)

@@ -38,10 +38,20 @@ class Narrative(ResultModel):
     actions: list[str] = Field(description="concrete next steps, most urgent first")
 
 
+class WriterInfo(ResultModel):
+    """Who wrote the narrative, and why the local writer did when Gemini was asked."""
+
+    name: Literal["gemini", "local"]
+    model: str | None = None  #: the Gemini model asked (also when it could not answer)
+    fallback_reason: str | None = None  #: why Gemini's answer is not used (None: it is)
+    fallback_code: str | None = None  #: machine-readable: blocked, max_tokens, ...
+
+
 class _ResultBase(ResultModel):
     language: Language
     query: str
     writer: str  #: "local" or "gemini:<model>"
+    writer_info: WriterInfo | None = None
     title: str = ""
     summary: str = ""
     actions: list[str] = Field(default_factory=list)

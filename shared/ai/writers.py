@@ -2,12 +2,15 @@
 
 ``LocalWriter`` writes from templates, deterministically, in the query's language.
 ``GeminiWriter`` (``shared.ai.gemini``, imported only when used) asks Gemini for the same
-``Narrative`` in a structured schema. ``merge_narrative`` puts a narrative into the result and
-keeps only the parts whose numbers are all facts, falling back to the local text otherwise.
+``Narrative`` in a structured schema; ``writer_from_settings`` builds it once per process.
+``merge_narrative`` puts a narrative into the result and keeps only the parts whose numbers are
+all facts, falling back to the local text otherwise. ``can_fall_back`` says which model failures
+leave the local narrative in place of failing the job (``GEMINI_FAILURE_POLICY``).
 """
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Protocol
 
 from shared.ai.facts import FleetFacts, Incident
@@ -21,10 +24,12 @@ from shared.ai.results import (
     OptimizationResult,
     PredictionResult,
     ReportResult,
+    WriterInfo,
     items_of,
     with_explanations,
 )
 from shared.ai.texts import INCIDENT_KINDS, METRIC_NAMES, SEVERITIES, num, t, when
+from shared.errors import AIError
 from shared.settings import AISettings
 
 
@@ -248,7 +253,11 @@ class LocalWriter:
 
 
 def merge_narrative(
-    draft: AIResult, narrative: Narrative, fallback: Narrative, writer_name: str
+    draft: AIResult,
+    narrative: Narrative,
+    fallback: Narrative,
+    writer_name: str,
+    info: WriterInfo | None = None,
 ) -> AIResult:
     """The draft with the narrative's text; any part stating a number the facts lack is replaced
     by the fallback's (so a model cannot put an invented figure in front of a user)."""
@@ -277,14 +286,59 @@ def merge_narrative(
     )
     merged = with_explanations(draft, texts)
     return merged.model_copy(
-        update={"title": title, "summary": summary, "actions": actions, "writer": writer_name}
+        update={
+            "title": title,
+            "summary": summary,
+            "actions": actions,
+            "writer": writer_name,
+            "writer_info": info,
+        }
     )
+
+
+# ----------------------------------------------------------------------------- choosing
+
+#: Permanent model failures where the model cannot answer this job: the local narrative
+#: (already built from the same facts) stands in. A *rejected* request (400/401/403: a bad
+#: key, a malformed request) is a deployment defect and fails the job so that it is seen.
+FALLBACK_REASONS = frozenset(
+    {"model_unavailable", "blocked", "max_tokens", "stopped", "malformed_output"}
+)
+
+
+def can_fall_back(error: AIError) -> bool:
+    """Whether the local narrative may stand in for a failed model call: a permanent "cannot
+    answer", or a quota of zero (waiting for it cannot help)."""
+    reason = error.details.get("reason")
+    if error.details.get("quota") == "zero":
+        return True
+    return not error.retryable and reason in FALLBACK_REASONS
+
+
+def writer_info(writer: Writer, fallback: AIError | None = None) -> WriterInfo:
+    """What the result says about its writer (``writerInfo`` on the wire)."""
+    model = getattr(writer, "model", None)
+    if fallback is not None:
+        return WriterInfo(
+            name="local",
+            model=model,
+            fallback_reason=fallback.message,
+            fallback_code=str(fallback.details.get("reason") or fallback.code),
+        )
+    return WriterInfo(name="local" if isinstance(writer, LocalWriter) else "gemini", model=model)
+
+
+@lru_cache(maxsize=4)
+def _gemini_writer(settings: AISettings) -> Writer:
+    # one writer (and its HTTP connection pool) per process and setting, created lazily and
+    # reused by every job the instance runs -- not one per job, never closed
+    from shared.ai.gemini import GeminiWriter
+
+    return GeminiWriter.from_settings(settings)
 
 
 def writer_from_settings(settings: AISettings) -> Writer:
     """Gemini when a key is configured (unless ``AI_WRITER=local``), else the local writer."""
     if settings.use_gemini:
-        from shared.ai.gemini import GeminiWriter
-
-        return GeminiWriter.from_settings(settings)
+        return _gemini_writer(settings)
     return LocalWriter()

@@ -15,9 +15,9 @@ from shared.ai.results import AIResult
 from shared.ai.writers import writer_from_settings
 from shared.errors import AIError
 from shared.jobs import JobType
-from shared.settings import AISettings
+from shared.settings import DEFAULT_GEMINI_MODEL, GEMINI_API_VERSION, AISettings
 
-MODEL = "gemini-2.5-flash"
+MODEL = DEFAULT_GEMINI_MODEL
 
 
 @pytest.fixture(scope="module")
@@ -57,11 +57,13 @@ def test_structured_answer(
     assert narrative.title == "example title"
     assert fake.calls == 1
     request = fake.requests[0]
-    assert request.path == f"/v1beta/models/{MODEL}:generateContent" or request.path.endswith(
-        f"/models/{MODEL}:generateContent"
-    )
+    assert request.path == f"/v1beta/models/{MODEL}:generateContent"
     assert request.headers["x-goog-api-key"] == "fake"
     config = request.body["generationConfig"]
+    assert "temperature" not in config, "Gemini 3: leave temperature at its default"
+    # google-genai 3.6.1 sends the nested keys in snake_case; proto JSON takes either name
+    assert config["thinkingConfig"] in ({"thinkingLevel": "LOW"}, {"thinking_level": "LOW"})
+    assert config["maxOutputTokens"] == 8192
     assert config["responseMimeType"] == "application/json"
     assert set(config["responseJsonSchema"]["properties"]) == {
         "title",
@@ -156,6 +158,12 @@ def test_client_errors_are_permanent_and_not_retried(
     assert fake.calls == 1
 
 
+def test_the_default_model_is_the_current_ga_flash_on_the_pinned_version() -> None:
+    assert DEFAULT_GEMINI_MODEL == "gemini-3.8-flash"
+    assert GEMINI_API_VERSION == "v1beta"
+    assert AISettings().gemini_model == DEFAULT_GEMINI_MODEL
+
+
 def test_settings_choose_the_writer(fake: fake_gemini.FakeGemini) -> None:
     assert writer_from_settings(AISettings()).name == "local"
     assert writer_from_settings(AISettings(writer="local", gemini_api_key="k")).name == "local"
@@ -163,6 +171,7 @@ def test_settings_choose_the_writer(fake: fake_gemini.FakeGemini) -> None:
     chosen = writer_from_settings(AISettings.from_env(env))
     assert isinstance(chosen, GeminiWriter)
     assert chosen.base_url == fake.base_url and chosen.model == MODEL
+    assert writer_from_settings(AISettings.from_env(env)) is chosen, "one writer per process"
 
 
 def test_example_instances_follow_the_schema() -> None:

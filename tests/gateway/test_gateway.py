@@ -651,15 +651,5 @@ def test_wsgi_app_works_without_a_server(gateway_db: str, service_key: str) -> N
     assert response.json() == 7
 
 
-def test_an_rpc_call_takes_milliseconds(service: Client) -> None:
-    service.rpc("add", {"a": 1, "b": 1}).execute()
-    started = time.perf_counter()
-    for _ in range(50):
-        service.rpc("add", {"a": 1, "b": 1}).execute()
-    per_call = (time.perf_counter() - started) / 50
-
-    assert per_call < 0.02
-
-
 def test_handle_reports_its_url(gateway: GatewayHandle) -> None:
     assert gateway.url == f"http://127.0.0.1:{gateway.port}"

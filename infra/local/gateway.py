@@ -562,10 +562,20 @@ def call_sql(call: Call, max_rows: int | None = None) -> sql.Composed:
     limit = (
         sql.SQL(" limit {}").format(sql.Literal(max_rows)) if max_rows is not None else sql.SQL("")
     )
+    # Statements.prepareCall's page_total: 1 for a single result, else the rows returned.
+    single = routine.returns in (ReturnKind.VOID, ReturnKind.SCALAR, ReturnKind.COMPOSITE)
+    page_total = sql.SQL("1" if single else "count(_postgrest_t)")
     return sql.SQL(
         "with pgrst_source as (select pgrst_call.* from {source}{from_call})"
-        " select {body} from (select pgrst_source.* from pgrst_source{limit}) _postgrest_t"
-    ).format(body=sql.SQL(body), source=source, from_call=from_call, limit=limit)
+        " select {body}, {page_total}"
+        " from (select pgrst_source.* from pgrst_source{limit}) _postgrest_t"
+    ).format(
+        body=sql.SQL(body),
+        page_total=page_total,
+        source=source,
+        from_call=from_call,
+        limit=limit,
+    )
 
 
 _SETUP_SQL = sql.SQL(
@@ -841,12 +851,18 @@ class Gateway:
                     row = conn.execute(statement, {"body": json.dumps(body)}).fetchone()
             except psycopg.Error as exc:
                 raise _postgres_error(exc, identity.role) from None
+        text, page_total = row if row else ("null", 0)
+        headers = {"Content-Range": _content_range(page_total)}
         if call.routine.returns is ReturnKind.VOID:
-            empty = Response(status=204)
+            empty = Response(status=204, headers=headers)
             del empty.headers["Content-Type"]
             return empty
-        text = row[0] if row else "null"
-        return Response(text, 200, content_type=JSON_CONTENT_TYPE)
+        return Response(text, 200, headers, content_type=JSON_CONTENT_TYPE)
+
+
+def _content_range(page_total: int) -> str:
+    """PostgREST's Content-Range of an RPC answer without a count (RangeQuery.contentRangeH)."""
+    return f"0-{page_total - 1}/*" if page_total > 0 else "*/*"
 
 
 def _bearer(header: str | None) -> str:

@@ -123,6 +123,22 @@ def test_sets_are_cut_at_db_max_rows_but_every_row_is_changed(service: Client) -
     assert service.rpc("count_marks", {}).execute().data == 1200
 
 
+def test_content_range_counts_the_rows_returned_like_postgrest(
+    http: httpx.Client, service_key: str
+) -> None:
+    headers = {"Authorization": f"Bearer {service_key}"}
+
+    def content_range(fn: str, args: dict[str, object]) -> str:
+        response = http.post(f"/rest/v1/rpc/{fn}", json=args, headers=headers)
+        return response.headers["content-range"]
+
+    assert content_range("series", {"n": 3}) == "0-2/*"
+    assert content_range("series", {"n": 0}) == "*/*"
+    assert content_range("series", {"n": 1500}) == "0-999/*"
+    assert content_range("add", {"a": 1, "b": 2}) == "0-0/*"
+    assert content_range("bump", {"p_name": unique("absent")}) == "0-0/*"
+
+
 def test_sets_are_arrays(service: Client) -> None:
     prefix = unique("set")
     for name, qty in (("b", 5), ("a", 1)):

@@ -713,7 +713,7 @@ class Gateway:
             )
         prefer = request.headers.get("Prefer", "")
         single_object = "params=single-object" in prefer
-        body = self._arguments(request, single_object=single_object)
+        body, body_text = self._arguments(request, single_object=single_object)
         keys = frozenset(body) if isinstance(body, dict) and not single_object else frozenset()
         cache = self.schema_cache()
         try:
@@ -723,7 +723,7 @@ class Gateway:
                 raise
             # The function may be new since the cache was read: look once more.
             call = resolve(self.reload(), schema, name, keys, single_object=single_object)
-        return self._execute(request, identity, cache, call, body)
+        return self._execute(request, identity, cache, call, body_text)
 
     def authenticate(self, request: Request) -> Identity:
         """Verify the bearer token like PostgREST v13; its ``role`` claim names the role.
@@ -783,21 +783,30 @@ class Gateway:
             raise _jwt_error(problem, JWT_CLAIMS_ERROR)
         return claims
 
-    def _arguments(self, request: Request, *, single_object: bool) -> Any:
+    def _arguments(self, request: Request, *, single_object: bool) -> tuple[Any, str]:
+        """The parsed arguments, and the JSON text handed to Postgres.
+
+        As PostgREST (``JsonArgs (payRaw …)``), the body's own text goes to Postgres once it
+        parsed as strict UTF-8 JSON: numbers keep their digits (``1e999`` included), and
+        ``NaN``/``Infinity``, which Python alone would accept, are invalid as for Aeson.
+        """
         if request.method == "GET":
-            return request.args.to_dict()
+            args = request.args.to_dict()
+            return args, json.dumps(args)
         raw = self._body(request)
         if not raw.strip():
-            return {}
+            return {}, "{}"
+        invalid = ApiError(400, "PGRST102", "Empty or invalid json")
         try:
-            body = json.loads(raw)
+            text = raw.decode("utf-8")
+            body = json.loads(text, parse_constant=_reject_constant)
         except (ValueError, RecursionError):
             # RecursionError: nesting deeper than Python's parser goes. PostgREST drops the
             # parser's message for this generic one (its issue 2344).
-            raise ApiError(400, "PGRST102", "Empty or invalid json") from None
+            raise invalid from None
         if not single_object and not isinstance(body, dict):
-            raise ApiError(400, "PGRST102", "Empty or invalid json")
-        return body
+            raise invalid
+        return body, text
 
     def _body(self, request: Request) -> bytes:
         """The body, refused on its declared length before reading, and read only to the limit."""
@@ -824,7 +833,7 @@ class Gateway:
         return b"".join(chunks)
 
     def _execute(
-        self, request: Request, identity: Identity, cache: SchemaCache, call: Call, body: Any
+        self, request: Request, identity: Identity, cache: SchemaCache, call: Call, body: str
     ) -> Response:
         setup = {
             "search_path": ", ".join(
@@ -848,7 +857,7 @@ class Gateway:
                     for key, value in cache.role_settings.get(identity.role, ()):
                         conn.execute("select set_config(%s, %s, true)", (key, value))
                     conn.execute(_SETUP_SQL, setup)
-                    row = conn.execute(statement, {"body": json.dumps(body)}).fetchone()
+                    row = conn.execute(statement, {"body": body}).fetchone()
             except psycopg.Error as exc:
                 raise _postgres_error(exc, identity.role) from None
         text, page_total = row if row else ("null", 0)
@@ -863,6 +872,10 @@ class Gateway:
 def _content_range(page_total: int) -> str:
     """PostgREST's Content-Range of an RPC answer without a count (RangeQuery.contentRangeH)."""
     return f"0-{page_total - 1}/*" if page_total > 0 else "*/*"
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
 
 
 def _bearer(header: str | None) -> str:

@@ -712,6 +712,35 @@ def test_a_body_nested_beyond_the_parser_is_400_pgrst102_not_500(
     assert response.json()["message"] == "Empty or invalid json"
 
 
+@pytest.mark.parametrize(
+    "body",
+    [b'{"doc": NaN}', b'{"doc": -Infinity}', b'{"doc": "\xff"}', b"\xef\xbb\xbf{}"],
+    ids=["nan", "infinity", "invalid-utf8", "bom"],
+)
+def test_what_is_not_strict_json_is_400_pgrst102(
+    http: httpx.Client, service_key: str, body: bytes
+) -> None:
+    response = http.post(
+        "/rest/v1/rpc/echo_doc",
+        content=body,
+        headers={"Authorization": f"Bearer {service_key}", "Content-Type": "application/json"},
+    )
+
+    assert (response.status_code, response.json()["code"]) == (400, "PGRST102")
+
+
+def test_the_body_text_reaches_postgres_unchanged(http: httpx.Client, service_key: str) -> None:
+    headers = {"Authorization": f"Bearer {service_key}", "Content-Type": "application/json"}
+
+    huge = http.post("/rest/v1/rpc/echo_doc", content=b'{"doc": {"n": 1e400}}', headers=headers)
+    surrogate = http.post("/rest/v1/rpc/echo_doc", content=b'{"doc": "\\ud800"}', headers=headers)
+
+    assert huge.status_code == 200
+    assert huge.text == '{"n": 1' + "0" * 400 + "}"
+    assert surrogate.status_code == 400
+    assert surrogate.json()["code"].startswith("22")
+
+
 def test_an_oversized_body_is_refused_before_it_is_read(
     http: httpx.Client, service_key: str
 ) -> None:

@@ -62,6 +62,12 @@ JWT_ISSUER = "supabase-demo"
 DEFAULT_KEY_LIFETIME = timedelta(days=3650)
 #: PostgREST logs in as this role and switches to the token's role per request.
 AUTHENTICATOR_ROLE = "authenticator"
+#: PostgREST v13's default db-hoisted-tx-settings (src/PostgREST/Config.hs).
+HOISTED_TX_SETTINGS = (
+    "statement_timeout",
+    "plan_filter.statement_cost_limit",
+    "default_transaction_isolation",
+)
 #: Supabase's ``db-max-rows``: at most this many rows of a set are returned.
 DEFAULT_MAX_ROWS = 1000
 #: Bodies beyond this are refused before they are read (Supabase's API gateway bounds them
@@ -304,6 +310,11 @@ class Routine:
     #: PostgREST v13 (src/PostgREST/Plan.hs, callReadPlan) runs STABLE and IMMUTABLE
     #: functions in a READ ONLY transaction on POST too; only VOLATILE ones may write.
     volatile: bool
+    #: The function's ``SET default_transaction_isolation`` (PostgREST begins with it).
+    isolation: str | None = None
+    #: Its ``SET`` of db-hoisted-tx-settings, applied to the whole transaction as PostgREST
+    #: does (a function-level statement_timeout could not otherwise bound its own call).
+    settings: tuple[tuple[str, str], ...] = ()
 
     def matches(self, keys: frozenset[str]) -> bool:
         """PostgREST's rule: every required argument given, every given key an argument."""
@@ -338,7 +349,10 @@ select n.nspname, p.proname, p.proretset, p.provolatile::text,
        array(select format_type(a.oid, null)
              from unnest(coalesce(p.proallargtypes, p.proargtypes::oid[]))
                   with ordinality as a(oid, i)
-             order by a.i)
+             order by a.i),
+       (select lower(split_part(split_part(c, '=', 2), ',', 1))
+        from unnest(p.proconfig) c where c like 'default_transaction_isolation%%' limit 1),
+       array(select c from unnest(p.proconfig) c where split_part(c, '=', 1) = any(%s))
 from pg_proc p
 join pg_namespace n on n.oid = p.pronamespace
 join pg_type t on t.oid = p.prorettype
@@ -365,7 +379,6 @@ select kv.rolname, array_agg(kv.key || '=' || kv.value)
 from kv_settings kv
 join pg_settings ps on ps.name = kv.key
   and (ps.context = 'user' or has_parameter_privilege(current_user::regrole::oid, ps.name, 'set'))
-where kv.key <> 'default_transaction_isolation'
 group by kv.rolname
 """
 
@@ -384,6 +397,8 @@ def _routine_from_row(row: Sequence[Any]) -> Routine:
         arg_names,
         arg_modes,
         arg_types,
+        isolation,
+        hoisted,
     ) = row
     modes = list(arg_modes) or ["i"] * len(arg_types)
     names = list(arg_names) + [""] * (len(arg_types) - len(arg_names))
@@ -403,33 +418,51 @@ def _routine_from_row(row: Sequence[Any]) -> Routine:
         kind = ReturnKind.SETOF_COMPOSITE if retset else ReturnKind.COMPOSITE
     else:
         kind = ReturnKind.SETOF_SCALAR if retset else ReturnKind.SCALAR
-    return Routine(schema, name, params, kind, volatile=volatility == "v")
+    settings = tuple((k, v) for k, _, v in (str(item).partition("=") for item in hoisted))
+    return Routine(
+        schema,
+        name,
+        params,
+        kind,
+        volatile=volatility == "v",
+        isolation=isolation,
+        settings=settings,
+    )
 
 
 @dataclass(frozen=True)
 class SchemaCache:
     routines: Mapping[tuple[str, str], tuple[Routine, ...]]
     role_settings: Mapping[str, tuple[tuple[str, str], ...]]
+    #: The roles' ``default_transaction_isolation`` (PostgREST's configRoleIsoLvl).
+    role_isolation: Mapping[str, str] = field(default_factory=dict)
 
     @classmethod
     def load(cls, conn: psycopg.Connection[Any], schemas: Sequence[str]) -> SchemaCache:
         with conn.transaction():
             # With only pg_catalog on the path, format_type qualifies every other type.
             conn.execute("set local search_path to pg_catalog")
-            rows = conn.execute(_ROUTINES_SQL, (list(schemas),)).fetchall()
+            rows = conn.execute(
+                _ROUTINES_SQL, (list(HOISTED_TX_SETTINGS), list(schemas))
+            ).fetchall()
             setting_rows = conn.execute(_ROLE_SETTINGS_SQL).fetchall()
         routines: dict[tuple[str, str], list[Routine]] = {}
         for row in rows:
             routine = _routine_from_row(row)
             routines.setdefault((routine.schema, routine.name), []).append(routine)
         settings: dict[str, dict[str, str]] = {}
+        isolation: dict[str, str] = {}
         for role, config in setting_rows:
             for item in config or ():
                 key, _, value = item.partition("=")
-                settings.setdefault(role, {})[key] = value
+                if key == "default_transaction_isolation":
+                    isolation[role] = value
+                else:
+                    settings.setdefault(role, {})[key] = value
         return cls(
             {key: tuple(value) for key, value in routines.items()},
             {role: tuple(values.items()) for role, values in settings.items()},
+            isolation,
         )
 
 
@@ -847,16 +880,21 @@ class Gateway:
             "headers": json.dumps({k.lower(): v for k, v in request.headers.items()}),
             "cookies": json.dumps(dict(request.cookies)),
         }
-        read_only = request.method == "GET" or not call.routine.volatile
+        routine = call.routine
+        read_only = request.method == "GET" or not routine.volatile
+        isolation = routine.isolation or cache.role_isolation.get(identity.role)
         statement = call_sql(call, self.max_rows)
         with self._connection() as conn:
             try:
                 with conn.transaction():
-                    if read_only:
-                        conn.execute("set transaction read only")
+                    conn.execute(_transaction_mode(isolation, read_only=read_only))
+                    # PostgREST's order (Query.setPgLocals): role settings, then the role and
+                    # the request, then the function's hoisted settings.
                     for key, value in cache.role_settings.get(identity.role, ()):
                         conn.execute("select set_config(%s, %s, true)", (key, value))
                     conn.execute(_SETUP_SQL, setup)
+                    for key, value in routine.settings:
+                        conn.execute("select set_config(%s, %s, true)", (key, value))
                     row = conn.execute(statement, {"body": body}).fetchone()
             except psycopg.Error as exc:
                 raise _postgres_error(exc, identity.role) from None
@@ -867,6 +905,20 @@ class Gateway:
             del empty.headers["Content-Type"]
             return empty
         return Response(text, 200, headers, content_type=JSON_CONTENT_TYPE)
+
+
+_ISOLATION_LEVELS = {
+    "read committed": "READ COMMITTED",
+    "repeatable read": "REPEATABLE READ",
+    "serializable": "SERIALIZABLE",
+}
+
+
+def _transaction_mode(isolation: str | None, *, read_only: bool) -> sql.Composed:
+    """PostgREST's transaction: the function's or role's isolation level, READ ONLY or not."""
+    level = _ISOLATION_LEVELS.get(isolation or "", "READ COMMITTED")
+    access = "READ ONLY" if read_only else "READ WRITE"
+    return sql.SQL("set transaction isolation level {} {}").format(sql.SQL(level), sql.SQL(access))
 
 
 def _content_range(page_total: int) -> str:

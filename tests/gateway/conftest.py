@@ -186,6 +186,14 @@ $$;
 create function public.count_marks() returns bigint
 language sql stable as $$ select count(*) from public.marks $$;
 
+-- function-level settings PostgREST hoists to the whole transaction
+create function public.hasty_nap(seconds float) returns void
+language sql set statement_timeout = '100ms' as $$ select pg_sleep(seconds) $$;
+
+create function public.serial_isolation() returns text
+language sql set default_transaction_isolation = 'serializable'
+as $$ select current_setting('transaction_isolation') $$;
+
 -- sleeps past the anon role's 3 s statement timeout
 create function public.nap(seconds float) returns void
 language sql as $$ select pg_sleep(seconds) $$;

@@ -339,6 +339,20 @@ def test_api_roles_run_under_supabase_timeouts(
     assert shown("lock_timeout") == "8s"
 
 
+def test_function_settings_are_hoisted_to_the_transaction_like_postgrest(
+    http: httpx.Client, service_key: str
+) -> None:
+    # PostgREST v13 db-hoisted-tx-settings: a function's own statement_timeout bounds its call
+    # and its default_transaction_isolation starts the transaction.
+    headers = {"Authorization": f"Bearer {service_key}"}
+
+    napped = http.post("/rest/v1/rpc/hasty_nap", json={"seconds": 0.5}, headers=headers)
+    isolation = http.post("/rest/v1/rpc/serial_isolation", json={}, headers=headers)
+
+    assert (napped.status_code, napped.json()["code"]) == (500, "57014")
+    assert isolation.json() == "serializable"
+
+
 def test_a_statement_past_the_role_timeout_is_cancelled(http: httpx.Client, anon_key: str) -> None:
     response = http.post(
         "/rest/v1/rpc/nap",

@@ -33,10 +33,12 @@ import logging
 import socket
 import threading
 import time
+import tomllib
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import timedelta
+from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
@@ -68,8 +70,18 @@ HOISTED_TX_SETTINGS = (
     "plan_filter.statement_cost_limit",
     "default_transaction_isolation",
 )
-#: Supabase's ``db-max-rows``: at most this many rows of a set are returned.
-DEFAULT_MAX_ROWS = 1000
+#: The Supabase CLI project's settings: the one place ``max_rows`` is written.
+SUPABASE_CONFIG = Path(__file__).resolve().parents[1] / "supabase" / "config.toml"
+
+
+def _configured_max_rows(config: Path = SUPABASE_CONFIG) -> int:
+    with config.open("rb") as file:
+        return int(tomllib.load(file)["api"]["max_rows"])
+
+
+#: PostgREST's ``db-max-rows`` as the project configures it (``[api] max_rows``, 1000 as on a
+#: hosted Supabase project): at most this many rows of a set are returned.
+DEFAULT_MAX_ROWS = _configured_max_rows()
 #: Bodies beyond this are refused before they are read (Supabase's API gateway bounds them
 #: too; our largest RPC body, a job with its metadata, is tens of KiB).
 DEFAULT_MAX_BODY_BYTES = 1024 * 1024

@@ -14,6 +14,7 @@ from supabase import Client
 
 from infra.local.gateway import (
     DEFAULT_MAX_BODY_BYTES,
+    DEFAULT_MAX_ROWS,
     GatewayHandle,
     create_app,
     make_jwt,
@@ -117,6 +118,8 @@ def test_sets_are_cut_at_db_max_rows_but_every_row_is_changed(service: Client) -
     numbers = service.rpc("series", {"n": 1500}).execute().data
     marked = service.rpc("mark_many", {"n": 1200}).execute().data
 
+    # infra/supabase/config.toml's max_rows, Supabase's hosted default too
+    assert DEFAULT_MAX_ROWS == 1000
     assert numbers == list(range(1, 1001))
     assert len(marked) == 1000
     # Supabase's db-max-rows cuts the answer, not the work: the caller never sees 200 rows.

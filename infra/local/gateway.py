@@ -488,20 +488,18 @@ class Call:
     whole_body: bool  #: the body is the single json/jsonb argument
 
 
-def resolve(
-    cache: SchemaCache, schema: str, name: str, keys: frozenset[str], *, single_object: bool
-) -> Call:
-    """Pick the function PostgREST v12 would call, or raise its PGRST202/PGRST203 error."""
+def resolve(cache: SchemaCache, schema: str, name: str, keys: frozenset[str]) -> Call:
+    """Pick the function PostgREST would call, or raise its PGRST202/PGRST203 error.
+
+    (v13 dropped ``Prefer: params=single-object``, its changelog #3757: a function takes the
+    whole body only through a single unnamed json/jsonb parameter.)
+    """
     candidates = cache.routines.get((schema, name), ())
-    if single_object:
-        matches = [r for r in candidates if r.takes_one_json]
-        fallbacks: list[Routine] = []
-    else:
-        matches = [r for r in candidates if r.matches(keys)]
-        fallbacks = [r for r in candidates if not r.matches(keys) and r.single_unnamed_json]
+    matches = [r for r in candidates if r.matches(keys)]
+    fallbacks = [r for r in candidates if not r.matches(keys) and r.single_unnamed_json]
     if len(matches) == 1:
         routine = matches[0]
-        whole = single_object
+        whole = False
     elif not matches and len(fallbacks) == 1:
         routine = fallbacks[0]
         whole = True
@@ -515,7 +513,7 @@ def resolve(
             "function overloading can be resolved",
         )
     else:
-        raise _no_function(cache, schema, name, keys, candidates, single_object=single_object)
+        raise _no_function(cache, schema, name, keys, candidates)
     ordered = tuple(p.name for p in routine.params if p.name in keys)
     return Call(routine, () if whole else ordered, whole)
 
@@ -526,15 +524,10 @@ def _no_function(
     name: str,
     keys: frozenset[str],
     overloads: Sequence[Routine],
-    *,
-    single_object: bool,
 ) -> ApiError:
     qualified = f"{schema}.{name}"
     arg_list = ", ".join(sorted(keys))
-    if single_object:
-        message = f"Could not find the function {qualified} in the schema cache"
-        searched = " with a single json/jsonb parameter"
-    elif keys:
+    if keys:
         message = f"Could not find the function {qualified}({arg_list}) in the schema cache"
         searched = f" with parameters {arg_list} or with a single unnamed json/jsonb parameter"
     else:
@@ -756,18 +749,16 @@ class Gateway:
                 "PGRST106",
                 "The schema must be one of the following: " + ", ".join(self.schemas),
             )
-        prefer = request.headers.get("Prefer", "")
-        single_object = "params=single-object" in prefer
-        body, body_text = self._arguments(request, single_object=single_object)
-        keys = frozenset(body) if isinstance(body, dict) and not single_object else frozenset()
+        body, body_text = self._arguments(request)
+        keys = frozenset(body)
         cache = self.schema_cache()
         try:
-            call = resolve(cache, schema, name, keys, single_object=single_object)
+            call = resolve(cache, schema, name, keys)
         except ApiError as exc:
             if exc.code != "PGRST202":
                 raise
             # The function may be new since the cache was read: look once more.
-            call = resolve(self.reload(), schema, name, keys, single_object=single_object)
+            call = resolve(self.reload(), schema, name, keys)
         return self._execute(request, identity, cache, call, body_text)
 
     def authenticate(self, request: Request) -> Identity:
@@ -777,10 +768,11 @@ class Gateway:
         a role authenticator is not a member of fails with 42501, to one that does not exist
         with 22023 (401).
         """
-        token = (
-            _bearer(request.headers.get("Authorization"))
-            or request.headers.get("apikey", "").strip()
-        )
+        bearer = _bearer(request.headers.get("Authorization"))
+        if bearer == "":
+            raise _jwt_error("Empty JWT is sent in Authorization header")
+        # Supabase's API gateway passes the apikey header on when there is no bearer token.
+        token = bearer or request.headers.get("apikey", "").strip()
         if not token:
             if self.anonymous_role is None:
                 raise ApiError(401, "PGRST302", "Anonymous access is disabled")
@@ -828,7 +820,7 @@ class Gateway:
             raise _jwt_error(problem, JWT_CLAIMS_ERROR)
         return claims
 
-    def _arguments(self, request: Request, *, single_object: bool) -> tuple[Any, str]:
+    def _arguments(self, request: Request) -> tuple[dict[str, Any], str]:
         """The parsed arguments, and the JSON text handed to Postgres.
 
         As PostgREST (``JsonArgs (payRaw …)``), the body's own text goes to Postgres once it
@@ -849,7 +841,7 @@ class Gateway:
             # RecursionError: nesting deeper than Python's parser goes. PostgREST drops the
             # parser's message for this generic one (its issue 2344).
             raise invalid from None
-        if not single_object and not isinstance(body, dict):
+        if not isinstance(body, dict):
             raise invalid
         return body, text
 
@@ -942,11 +934,12 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
-def _bearer(header: str | None) -> str:
+def _bearer(header: str | None) -> str | None:
+    """Wai's extractBearerAuth: the token after ``Bearer`` (maybe empty); None otherwise."""
     if not header:
-        return ""
+        return None
     scheme, _, token = header.strip().partition(" ")
-    return token.strip() if scheme.lower() == "bearer" else ""
+    return token.strip() if scheme.lower() == "bearer" else None
 
 
 def create_app(

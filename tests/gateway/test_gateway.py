@@ -250,14 +250,18 @@ def test_single_unnamed_json_parameter_takes_the_whole_body(service: Client) -> 
     assert service.rpc("single_unnamed", {"k": 1}).execute().data == {"got": {"k": 1}}
 
 
-def test_params_single_object_passes_the_whole_body(http: httpx.Client, service_key: str) -> None:
+def test_params_single_object_is_ignored_as_in_postgrest_v13(
+    http: httpx.Client, service_key: str
+) -> None:
+    # v13 changelog #3757: the preference was removed; the keys name the arguments.
     response = http.post(
         "/rest/v1/rpc/echo_doc",
         json={"x": 1, "y": [2]},
         headers={"Authorization": f"Bearer {service_key}", "Prefer": "params=single-object"},
     )
 
-    assert response.json() == {"x": 1, "y": [2]}
+    assert response.status_code == 404
+    assert response.json()["code"] == "PGRST202"
 
 
 def test_post_runs_stable_functions_read_only_like_postgrest(
@@ -448,6 +452,18 @@ def test_bad_tokens_are_401_with_postgrest_v13_codes(
     assert response.headers["www-authenticate"] == (
         f'Bearer error="invalid_token", error_description="{message}"'
     )
+
+
+def test_an_empty_bearer_token_is_401_pgrst301(http: httpx.Client, service_key: str) -> None:
+    response = http.post(
+        "/rest/v1/rpc/add",
+        json={"a": 1, "b": 1},
+        headers={"Authorization": "Bearer", "apikey": service_key},
+    )
+
+    assert response.status_code == 401
+    assert response.json()["code"] == "PGRST301"
+    assert response.json()["message"] == "Empty JWT is sent in Authorization header"
 
 
 def test_a_token_within_the_allowed_skew_is_accepted(http: httpx.Client) -> None:

@@ -845,6 +845,20 @@ def test_sqlstate_status_table(sqlstate: str, role: str, status: int) -> None:
     assert sqlstate_status(sqlstate, "", role=role) == status
 
 
+@pytest.mark.parametrize(
+    ("sqlstate", "message", "status"),
+    [
+        ("22023", 'role "nobody" does not exist', 401),
+        ("22023", "invalid value for parameter", 400),
+        ("21000", "UPDATE requires a WHERE clause", 400),
+        ("21000", "more than one row returned by a subquery used as an expression", 500),
+    ],
+)
+def test_statuses_that_depend_on_the_message(sqlstate: str, message: str, status: int) -> None:
+    # PostgREST v13 Error.hs pgErrorStatus
+    assert sqlstate_status(sqlstate, message, role="service_role") == status
+
+
 # --- availability ------------------------------------------------------------------------------
 
 

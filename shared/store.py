@@ -34,6 +34,22 @@ _SQL_ERRORS: dict[str, type[errors.AppError]] = {
     "invalid_argument": errors.ValidationFailed,
 }
 _UNAVAILABLE_PREFIXES = ("PGRST000", "PGRST001", "PGRST002", "08", "53", "57P", "5")
+#: Wrong key or project, or migrations not applied: no caller can fix this by retrying.
+#: PGRST301 (undecodable token), PGRST302 (no token), PGRST303 (invalid claims, such as an
+#: expired key: PostgREST v13+), 42501 (no privilege), PGRST202/203 and 42883 (no such function).
+_MISCONFIGURED_CODES = frozenset(
+    {"PGRST301", "PGRST302", "PGRST303", "PGRST202", "PGRST203", "42501", "42883"}
+)
+
+# Supabase's PostgREST logs in as authenticator, whose statement_timeout (and lock_timeout) is
+# 8 s for every API role (supabase/postgres, migrations/db/migrations/
+# 20221028101028_set_authenticator_timeout.sql), and waits up to its db-pool-acquisition-timeout
+# (10 s) for a connection before the statement starts. The client waits longer than both, so
+# it never gives up on a call the server may still commit: it hears the commit or the timeout.
+SERVER_STATEMENT_TIMEOUT_S = 8.0
+SERVER_POOL_ACQUISITION_TIMEOUT_S = 10.0
+CLIENT_TIMEOUT_S = SERVER_POOL_ACQUISITION_TIMEOUT_S + SERVER_STATEMENT_TIMEOUT_S + 2.0
+CLIENT_CONNECT_TIMEOUT_S = 5.0
 
 
 def _details(raw: Any) -> dict[str, Any]:
@@ -46,6 +62,12 @@ def _details(raw: Any) -> dict[str, Any]:
             return {"details": raw}
         return parsed if isinstance(parsed, dict) else {"details": raw}
     return {} if raw is None else {"details": raw}
+
+
+def _is_missing_role(code: str, message: str) -> bool:
+    # PostgREST v13 passes through Postgres's 22023 when the key's role does not exist
+    # (answering 401, its issue 3601); any other 22023 is the caller's bad value.
+    return code == "22023" and message.startswith("role") and message.endswith("does not exist")
 
 
 def map_api_error(error: APIError) -> errors.AppError:
@@ -62,8 +84,7 @@ def map_api_error(error: APIError) -> errors.AppError:
         )
     if code.startswith("PT") and message in _SQL_ERRORS:
         return _SQL_ERRORS[message](human, details=details)
-    if code in {"PGRST301", "PGRST302", "PGRST202", "PGRST203", "42501", "42883"}:
-        # wrong key, or migrations not applied: no caller can fix this by retrying
+    if code in _MISCONFIGURED_CODES or _is_missing_role(code, message):
         return errors.BackendMisconfigured(
             "the database rejected the call", details={"upstream": code, "message": message}
         )
@@ -99,7 +120,7 @@ class JobPage:
 class JobStore:
     """Calls the SQL functions through PostgREST (``supabase.rpc``)."""
 
-    def __init__(self, url: str, service_key: str, *, timeout_s: float = 10.0) -> None:
+    def __init__(self, url: str, service_key: str, *, timeout_s: float = CLIENT_TIMEOUT_S) -> None:
         self._url = url
         self._key = service_key
         self._timeout_s = timeout_s
@@ -122,8 +143,14 @@ class JobStore:
                         self._url,
                         self._key,
                         options=ClientOptions(
-                            # one pooled HTTP client per process, with our timeout
-                            httpx_client=httpx.Client(timeout=self._timeout_s),
+                            # one pooled HTTP client per process, waiting longer than
+                            # the server may work on a call (CLIENT_TIMEOUT_S)
+                            httpx_client=httpx.Client(
+                                timeout=httpx.Timeout(
+                                    self._timeout_s,
+                                    connect=min(CLIENT_CONNECT_TIMEOUT_S, self._timeout_s),
+                                )
+                            ),
                             auto_refresh_token=False,
                             persist_session=False,
                         ),

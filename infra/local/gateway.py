@@ -6,14 +6,19 @@ PostgREST) against a real Postgres, so the same client code runs unchanged local
 
 - the bearer token (``Authorization``, else ``apikey``) is an HS256 JWT checked with the
   project's secret; its ``role`` claim picks the database role, as in PostgREST;
-- every call is one transaction that sets ``role``, ``request.jwt.claims``,
-  ``request.method``, ``request.path`` and ``request.headers`` like PostgREST v12 does;
+- it logs in as ``authenticator`` (so that role's 8 s statement and lock timeouts bound
+  every call, as on Supabase) and every call is one transaction that applies the switched
+  role's own settings and sets ``role``, ``request.jwt.claims``, ``request.method``,
+  ``request.path`` and ``request.headers`` like PostgREST v13 does; STABLE and IMMUTABLE
+  functions run READ ONLY, and sets are cut at ``db-max-rows`` (1000 on Supabase);
 - functions are found by name and by the set of argument names (PostgREST's overload rule),
   and the arguments are converted by ``json_to_record`` with the declared types, as
   PostgREST does, so casts and error messages are Postgres's own;
 - Postgres builds the response JSON with the same expressions PostgREST uses, so the bytes on
   the wire (timestamps, numbers, nested JSON) are what PostgREST would send;
-- errors carry PostgREST's JSON body and its SQLSTATE → HTTP status table.
+- errors carry PostgREST's JSON body and its SQLSTATE → HTTP status table; JWT errors are
+  v13's (PGRST301 undecodable, PGRST303 invalid claims); a body that is not JSON, nests
+  deeper than the parser goes or breaks off is 400 PGRST102, one over the size bound 413.
 
 ``make_jwt`` mints keys like the Supabase CLI's local anon / service_role keys and user tokens.
 """
@@ -28,24 +33,26 @@ import logging
 import socket
 import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+import tomllib
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import timedelta
+from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
 import jwt
 import psycopg
-from psycopg import sql
+from psycopg import conninfo, sql
 from psycopg_pool import ConnectionPool, PoolTimeout
+from werkzeug.exceptions import HTTPException
 from werkzeug.serving import ThreadedWSGIServer, WSGIRequestHandler
 from werkzeug.wrappers import Request, Response
 
 log = logging.getLogger("infra.local.gateway")
 
 DEFAULT_PORT = 54321  # the local Supabase API port
-DEFAULT_ROLES = ("anon", "authenticated", "service_role")
 ANON_ROLE = "anon"
 DEFAULT_SCHEMAS = ("public",)
 # Supabase's PostgREST: db-extra-search-path = public, extensions.
@@ -54,8 +61,30 @@ JSON_CONTENT_TYPE = "application/json; charset=utf-8"
 REST_PREFIX = "/rest/v1"
 # Supabase CLI local keys carry this issuer; PostgREST allows 30 s of clock skew.
 JWT_ISSUER = "supabase-demo"
-JWT_LEEWAY_SECONDS = 30
 DEFAULT_KEY_LIFETIME = timedelta(days=3650)
+#: PostgREST logs in as this role and switches to the token's role per request.
+AUTHENTICATOR_ROLE = "authenticator"
+#: PostgREST v13's default db-hoisted-tx-settings (src/PostgREST/Config.hs).
+HOISTED_TX_SETTINGS = (
+    "statement_timeout",
+    "plan_filter.statement_cost_limit",
+    "default_transaction_isolation",
+)
+#: The Supabase CLI project's settings: the one place ``max_rows`` is written.
+SUPABASE_CONFIG = Path(__file__).resolve().parents[1] / "supabase" / "config.toml"
+
+
+def _configured_max_rows(config: Path = SUPABASE_CONFIG) -> int:
+    with config.open("rb") as file:
+        return int(tomllib.load(file)["api"]["max_rows"])
+
+
+#: PostgREST's ``db-max-rows`` as the project configures it (``[api] max_rows``, 1000 as on a
+#: hosted Supabase project): at most this many rows of a set are returned.
+DEFAULT_MAX_ROWS = _configured_max_rows()
+#: Bodies beyond this are refused before they are read (Supabase's API gateway bounds them
+#: too; our largest RPC body, a job with its metadata, is tens of KiB).
+DEFAULT_MAX_BODY_BYTES = 1024 * 1024
 
 
 # --- keys -------------------------------------------------------------------------------------
@@ -157,6 +186,9 @@ def sqlstate_status(sqlstate: str, message: str, *, role: str) -> int:
         return 401 if role == ANON_ROLE else 403
     if sqlstate == "21000":
         return 400 if message.endswith("requires a WHERE clause") else 500
+    if sqlstate == "22023":
+        # v13: the role named by the token does not exist (PostgREST issue 3601).
+        return 401 if message.startswith("role") and message.endswith("does not exist") else 400
     if sqlstate.startswith("PT"):
         digits = sqlstate[2:]
         return int(digits) if digits.isdigit() and 100 <= int(digits) <= 599 else 500
@@ -202,16 +234,59 @@ def _custom_error(message: str, detail: str | None) -> ApiError:
         )
 
 
-def _jwt_error(message: str) -> ApiError:
+# PostgREST v13.0.8 src/PostgREST/Error.hs (JwtError): PGRST301 for a token that cannot be
+# decoded or verified, PGRST303 for one whose claims are invalid (expired, not yet valid …).
+JWT_DECODE_ERROR = "PGRST301"
+JWT_CLAIMS_ERROR = "PGRST303"
+# src/PostgREST/Auth.hs (parseToken): the skew allowed on exp, nbf and iat.
+JWT_ALLOWED_SKEW_SECONDS = 30
+
+
+def _jwt_error(message: str, code: str = JWT_DECODE_ERROR) -> ApiError:
     description = message.replace('"', "'")
     return ApiError(
         401,
-        "PGRST301",
+        code,
         message,
         headers={
             "WWW-Authenticate": f'Bearer error="invalid_token", error_description="{description}"'
         },
     )
+
+
+def _seconds(value: float) -> int:
+    """Haskell's ``fromMaybe 0 . toBoundedInteger``: a non-integral or out-of-range time is 0."""
+    if isinstance(value, float) and not value.is_integer():
+        return 0
+    seconds = int(value)
+    return seconds if -(2**63) <= seconds < 2**63 else 0
+
+
+def _claims_problem(claims: Mapping[str, Any], now: int) -> str | None:
+    """PostgREST v13's verifyClaims (Auth.hs), in its order, with its messages; None if valid."""
+    skew = JWT_ALLOWED_SKEW_SECONDS
+    checks: tuple[tuple[str, Callable[[int], bool], str], ...] = (
+        ("exp", lambda t: now <= t + skew, "JWT expired"),
+        ("nbf", lambda t: now >= t - skew, "JWT not yet valid"),
+        ("iat", lambda t: now >= t - skew, "JWT issued at future"),
+    )
+    for claim, valid, message in checks:
+        value = claims.get(claim)
+        if value is None and claim not in claims:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            return f"The JWT '{claim}' claim must be a number"
+        if not valid(_seconds(value)):
+            return message
+    audience = claims.get("aud")
+    # Supabase sets no jwt-aud, so any string or list of strings is accepted.
+    if not (
+        audience is None
+        or isinstance(audience, str)
+        or (isinstance(audience, list) and all(isinstance(a, str) for a in audience))
+    ):
+        return "The JWT 'aud' claim must be a string or an array of strings"
+    return None
 
 
 # --- schema cache -----------------------------------------------------------------------------
@@ -244,7 +319,14 @@ class Routine:
     name: str
     params: tuple[Param, ...]
     returns: ReturnKind
+    #: PostgREST v13 (src/PostgREST/Plan.hs, callReadPlan) runs STABLE and IMMUTABLE
+    #: functions in a READ ONLY transaction on POST too; only VOLATILE ones may write.
     volatile: bool
+    #: The function's ``SET default_transaction_isolation`` (PostgREST begins with it).
+    isolation: str | None = None
+    #: Its ``SET`` of db-hoisted-tx-settings, applied to the whole transaction as PostgREST
+    #: does (a function-level statement_timeout could not otherwise bound its own call).
+    settings: tuple[tuple[str, str], ...] = ()
 
     def matches(self, keys: frozenset[str]) -> bool:
         """PostgREST's rule: every required argument given, every given key an argument."""
@@ -265,34 +347,54 @@ class Routine:
         return f"{self.schema}.{self.name}({args})"
 
 
+# PostgREST v13.0.8, src/PostgREST/SchemaCache.hs (funcsSqlQuery): a function's result is
+# composite when its type is a composite type, "or if any TABLE, INOUT or OUT arguments
+# present" (``proargmodes && '{t,b,o}'``), so a single OUT parameter or a one-column
+# ``returns table`` answers an object / array of objects, not a bare value.
 _ROUTINES_SQL = """
 select n.nspname, p.proname, p.proretset, p.provolatile::text,
        p.prorettype = 'pg_catalog.void'::regtype as returns_void,
-       t.typtype::text, t.typrelid <> 0 as returns_relation,
+       t.typtype = 'c' or coalesce(p.proargmodes::text[] && '{t,b,o}', false) as composite,
        p.pronargdefaults,
        coalesce(p.proargnames, '{}'::text[]),
        coalesce(p.proargmodes::text[], '{}'::text[]),
        array(select format_type(a.oid, null)
              from unnest(coalesce(p.proallargtypes, p.proargtypes::oid[]))
                   with ordinality as a(oid, i)
-             order by a.i)
+             order by a.i),
+       (select lower(split_part(split_part(c, '=', 2), ',', 1))
+        from unnest(p.proconfig) c where c like 'default_transaction_isolation%%' limit 1),
+       array(select c from unnest(p.proconfig) c where split_part(c, '=', 1) = any(%s))
 from pg_proc p
 join pg_namespace n on n.oid = p.pronamespace
 join pg_type t on t.oid = p.prorettype
 where n.nspname = any(%s) and p.prokind = 'f'
 """
 
+# PostgREST v13.0.8, src/PostgREST/Config/Database.hs (queryRoleSettings): the all-database
+# settings (``rolconfig``) of the roles the connecting role (authenticator) is a member of,
+# only those a user may set, values lower-cased. Applied per transaction before the role switch.
 _ROLE_SETTINGS_SQL = """
-select r.rolname, s.setconfig
-from pg_db_role_setting s
-join pg_roles r on r.oid = s.setrole
-left join pg_database d on d.oid = s.setdatabase
-where s.setdatabase = 0 or d.datname = current_database()
-order by s.setdatabase
+with role_setting as (
+  select r.rolname, unnest(r.rolconfig) as setting
+  from pg_auth_members m
+  join pg_roles r on r.oid = m.roleid
+  where m.member = current_user::regrole::oid
+),
+kv_settings as (
+  select rolname,
+         substr(setting, 1, strpos(setting, '=') - 1) as key,
+         lower(substr(setting, strpos(setting, '=') + 1)) as value
+  from role_setting
+)
+select kv.rolname, array_agg(kv.key || '=' || kv.value)
+from kv_settings kv
+join pg_settings ps on ps.name = kv.key
+  and (ps.context = 'user' or has_parameter_privilege(current_user::regrole::oid, ps.name, 'set'))
+group by kv.rolname
 """
 
 _IN_MODES = ("i", "b", "v")
-_OUT_MODES = ("o", "b", "t")
 
 
 def _routine_from_row(row: Sequence[Any]) -> Routine:
@@ -302,12 +404,13 @@ def _routine_from_row(row: Sequence[Any]) -> Routine:
         retset,
         volatility,
         returns_void,
-        typtype,
-        returns_relation,
+        composite,
         n_defaults,
         arg_names,
         arg_modes,
         arg_types,
+        isolation,
+        hoisted,
     ) = row
     modes = list(arg_modes) or ["i"] * len(arg_types)
     names = list(arg_names) + [""] * (len(arg_types) - len(arg_names))
@@ -321,42 +424,57 @@ def _routine_from_row(row: Sequence[Any]) -> Routine:
         Param(arg_name, arg_type, required=i < first_optional, variadic=mode == "v")
         for i, (arg_name, arg_type, mode) in enumerate(inputs)
     )
-    has_out = any(m in _OUT_MODES for m in modes)
-    composite = returns_relation or (typtype == "p" and has_out)
     if returns_void:
         kind = ReturnKind.VOID
     elif composite:
         kind = ReturnKind.SETOF_COMPOSITE if retset else ReturnKind.COMPOSITE
     else:
         kind = ReturnKind.SETOF_SCALAR if retset else ReturnKind.SCALAR
-    return Routine(schema, name, params, kind, volatile=volatility == "v")
+    settings = tuple((k, v) for k, _, v in (str(item).partition("=") for item in hoisted))
+    return Routine(
+        schema,
+        name,
+        params,
+        kind,
+        volatile=volatility == "v",
+        isolation=isolation,
+        settings=settings,
+    )
 
 
 @dataclass(frozen=True)
 class SchemaCache:
     routines: Mapping[tuple[str, str], tuple[Routine, ...]]
     role_settings: Mapping[str, tuple[tuple[str, str], ...]]
+    #: The roles' ``default_transaction_isolation`` (PostgREST's configRoleIsoLvl).
+    role_isolation: Mapping[str, str] = field(default_factory=dict)
 
     @classmethod
     def load(cls, conn: psycopg.Connection[Any], schemas: Sequence[str]) -> SchemaCache:
         with conn.transaction():
             # With only pg_catalog on the path, format_type qualifies every other type.
             conn.execute("set local search_path to pg_catalog")
-            rows = conn.execute(_ROUTINES_SQL, (list(schemas),)).fetchall()
+            rows = conn.execute(
+                _ROUTINES_SQL, (list(HOISTED_TX_SETTINGS), list(schemas))
+            ).fetchall()
             setting_rows = conn.execute(_ROLE_SETTINGS_SQL).fetchall()
         routines: dict[tuple[str, str], list[Routine]] = {}
         for row in rows:
             routine = _routine_from_row(row)
             routines.setdefault((routine.schema, routine.name), []).append(routine)
         settings: dict[str, dict[str, str]] = {}
+        isolation: dict[str, str] = {}
         for role, config in setting_rows:
-            # Database-specific settings come last and win over the all-database ones.
             for item in config or ():
                 key, _, value = item.partition("=")
-                settings.setdefault(role, {})[key] = value
+                if key == "default_transaction_isolation":
+                    isolation[role] = value
+                else:
+                    settings.setdefault(role, {})[key] = value
         return cls(
             {key: tuple(value) for key, value in routines.items()},
             {role: tuple(values.items()) for role, values in settings.items()},
+            isolation,
         )
 
 
@@ -370,20 +488,18 @@ class Call:
     whole_body: bool  #: the body is the single json/jsonb argument
 
 
-def resolve(
-    cache: SchemaCache, schema: str, name: str, keys: frozenset[str], *, single_object: bool
-) -> Call:
-    """Pick the function PostgREST v12 would call, or raise its PGRST202/PGRST203 error."""
+def resolve(cache: SchemaCache, schema: str, name: str, keys: frozenset[str]) -> Call:
+    """Pick the function PostgREST would call, or raise its PGRST202/PGRST203 error.
+
+    (v13 dropped ``Prefer: params=single-object``, its changelog #3757: a function takes the
+    whole body only through a single unnamed json/jsonb parameter.)
+    """
     candidates = cache.routines.get((schema, name), ())
-    if single_object:
-        matches = [r for r in candidates if r.takes_one_json]
-        fallbacks: list[Routine] = []
-    else:
-        matches = [r for r in candidates if r.matches(keys)]
-        fallbacks = [r for r in candidates if not r.matches(keys) and r.single_unnamed_json]
+    matches = [r for r in candidates if r.matches(keys)]
+    fallbacks = [r for r in candidates if not r.matches(keys) and r.single_unnamed_json]
     if len(matches) == 1:
         routine = matches[0]
-        whole = single_object
+        whole = False
     elif not matches and len(fallbacks) == 1:
         routine = fallbacks[0]
         whole = True
@@ -397,7 +513,7 @@ def resolve(
             "function overloading can be resolved",
         )
     else:
-        raise _no_function(cache, schema, name, keys, candidates, single_object=single_object)
+        raise _no_function(cache, schema, name, keys, candidates)
     ordered = tuple(p.name for p in routine.params if p.name in keys)
     return Call(routine, () if whole else ordered, whole)
 
@@ -408,15 +524,10 @@ def _no_function(
     name: str,
     keys: frozenset[str],
     overloads: Sequence[Routine],
-    *,
-    single_object: bool,
 ) -> ApiError:
     qualified = f"{schema}.{name}"
     arg_list = ", ".join(sorted(keys))
-    if single_object:
-        message = f"Could not find the function {qualified} in the schema cache"
-        searched = " with a single json/jsonb parameter"
-    elif keys:
+    if keys:
         message = f"Could not find the function {qualified}({arg_list}) in the schema cache"
         searched = f" with parameters {arg_list} or with a single unnamed json/jsonb parameter"
     else:
@@ -440,12 +551,17 @@ def _no_function(
     return ApiError(404, "PGRST202", message, details, hint)
 
 
-def call_sql(call: Call) -> sql.Composed:
-    """The statement PostgREST v12 runs for this call; its one column is the JSON body text.
+def call_sql(call: Call, max_rows: int | None = None) -> sql.Composed:
+    """The statement PostgREST runs for this call; its one column is the JSON body text.
 
     Arguments come from the body through ``json_to_record`` typed with the parameters'
     declared types, so a JSON array becomes a Postgres array, a string an enum or a uuid,
     and a bad value raises Postgres's own error (``22P02`` …).
+
+    ``max_rows`` is PostgREST's ``db-max-rows`` (Supabase: 1000). As in PostgREST v13
+    (``Statements.prepareCall``: ``WITH pgrst_source AS (<call>) … FROM (<read plan with the
+    range limited by max-rows>)``, ``Plan.treeRestrictRange``), the function runs to the end
+    and changes every row it changes, but only the first ``max_rows`` rows are returned.
     """
     routine = call.routine
     function = sql.SQL("{}.{}").format(sql.Identifier(routine.schema), sql.Identifier(routine.name))
@@ -481,9 +597,23 @@ def call_sql(call: Call) -> sql.Composed:
         ReturnKind.COMPOSITE: "coalesce((json_agg(_postgrest_t)->0)::text, 'null')",
         ReturnKind.SETOF_COMPOSITE: "coalesce(json_agg(_postgrest_t), '[]')::text",
     }[routine.returns]
+    limit = (
+        sql.SQL(" limit {}").format(sql.Literal(max_rows)) if max_rows is not None else sql.SQL("")
+    )
+    # Statements.prepareCall's page_total: 1 for a single result, else the rows returned.
+    single = routine.returns in (ReturnKind.VOID, ReturnKind.SCALAR, ReturnKind.COMPOSITE)
+    page_total = sql.SQL("1" if single else "count(_postgrest_t)")
     return sql.SQL(
-        "select {body} from (select pgrst_call.* from {source}{from_call}) _postgrest_t"
-    ).format(body=sql.SQL(body), source=source, from_call=from_call)
+        "with pgrst_source as (select pgrst_call.* from {source}{from_call})"
+        " select {body}, {page_total}"
+        " from (select pgrst_source.* from pgrst_source{limit}) _postgrest_t"
+    ).format(
+        body=sql.SQL(body),
+        page_total=page_total,
+        source=source,
+        from_call=from_call,
+        limit=limit,
+    )
 
 
 _SETUP_SQL = sql.SQL(
@@ -514,23 +644,29 @@ class Gateway:
         db_uri: str,
         jwt_secret: str,
         *,
-        allowed_roles: Iterable[str] = DEFAULT_ROLES,
         schemas: Sequence[str] = DEFAULT_SCHEMAS,
         anonymous_role: str | None = None,
         pool_min: int = 1,
         pool_max: int = 8,
         pool_timeout: float = 10.0,
+        max_rows: int | None = DEFAULT_MAX_ROWS,
+        max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     ) -> None:
         if not jwt_secret:
             raise ValueError("jwt_secret is required")
         self.db_uri = db_uri
+        #: As PostgREST, log in as authenticator: its statement and lock timeouts (8 s on
+        #: Supabase) hold for every API role, and only its role memberships can be switched to.
+        self.authenticator_uri = conninfo.make_conninfo(db_uri, user=AUTHENTICATOR_ROLE)
         self.jwt_secret = jwt_secret
-        self.allowed_roles = frozenset(allowed_roles)
         self.schemas = tuple(schemas)
         #: PostgREST's db-anon-role: the role of a request without a token (None: 401).
         self.anonymous_role = anonymous_role
+        #: PostgREST's db-max-rows (None: unlimited).
+        self.max_rows = max_rows
+        self.max_body_bytes = max_body_bytes
         self.pool = ConnectionPool(
-            db_uri,
+            self.authenticator_uri,
             min_size=pool_min,
             max_size=pool_max,
             timeout=pool_timeout,
@@ -567,7 +703,7 @@ class Gateway:
     def _acquisition_error(self) -> ApiError:
         # Tell "the database is down" (503) from "the pool is busy" (504) as PostgREST does.
         try:
-            with psycopg.connect(self.db_uri, connect_timeout=2):
+            with psycopg.connect(self.authenticator_uri, connect_timeout=2):
                 pass
         except psycopg.OperationalError as exc:
             return ApiError(
@@ -613,26 +749,30 @@ class Gateway:
                 "PGRST106",
                 "The schema must be one of the following: " + ", ".join(self.schemas),
             )
-        prefer = request.headers.get("Prefer", "")
-        single_object = "params=single-object" in prefer
-        body = self._arguments(request, single_object=single_object)
-        keys = frozenset(body) if isinstance(body, dict) and not single_object else frozenset()
+        body, body_text = self._arguments(request)
+        keys = frozenset(body)
         cache = self.schema_cache()
         try:
-            call = resolve(cache, schema, name, keys, single_object=single_object)
+            call = resolve(cache, schema, name, keys)
         except ApiError as exc:
             if exc.code != "PGRST202":
                 raise
             # The function may be new since the cache was read: look once more.
-            call = resolve(self.reload(), schema, name, keys, single_object=single_object)
-        return self._execute(request, identity, cache, call, body)
+            call = resolve(self.reload(), schema, name, keys)
+        return self._execute(request, identity, cache, call, body_text)
 
     def authenticate(self, request: Request) -> Identity:
-        """Verify the bearer token like PostgREST; ``role`` claim → database role."""
-        token = (
-            _bearer(request.headers.get("Authorization"))
-            or request.headers.get("apikey", "").strip()
-        )
+        """Verify the bearer token like PostgREST v13; its ``role`` claim names the role.
+
+        Whether that role may be used is the database's answer, as in PostgREST: switching to
+        a role authenticator is not a member of fails with 42501, to one that does not exist
+        with 22023 (401).
+        """
+        bearer = _bearer(request.headers.get("Authorization"))
+        if bearer == "":
+            raise _jwt_error("Empty JWT is sent in Authorization header")
+        # Supabase's API gateway passes the apikey header on when there is no bearer token.
+        token = bearer or request.headers.get("apikey", "").strip()
         if not token:
             if self.anonymous_role is None:
                 raise ApiError(401, "PGRST302", "Anonymous access is disabled")
@@ -641,48 +781,96 @@ class Gateway:
         role = claims.get("role", self.anonymous_role)
         if role is None:
             raise ApiError(401, "PGRST302", "Anonymous access is disabled")
-        if not isinstance(role, str) or role not in self.allowed_roles:
-            raise ApiError(401, "42501", f'permission denied to set role "{role}"')
-        return Identity(role, claims)
+        # PostgREST takes a non-string claim as its JSON text (Auth.hs, parseClaims: unquoted).
+        role_name = role if isinstance(role, str) else json.dumps(role)
+        return Identity(role_name, {**claims, "role": role_name})
 
     def _decode(self, token: str) -> dict[str, Any]:
+        """PostgREST v13's parseToken: three parts, a valid signature, then the claims."""
+        parts = token.count(".") + 1
+        if parts != 3:
+            raise _jwt_error(f"Expected 3 parts in JWT; got {parts}")
         try:
             claims = jwt.decode(
                 token,
                 self.jwt_secret,
                 algorithms=["HS256", "HS384", "HS512"],
-                leeway=JWT_LEEWAY_SECONDS,
-                options={"verify_aud": False, "require": []},
+                # The claims are checked below, by PostgREST's rules and messages.
+                options={
+                    "verify_exp": False,
+                    "verify_nbf": False,
+                    "verify_iat": False,
+                    "verify_aud": False,
+                    "verify_iss": False,
+                    "require": [],
+                },
             )
-        except jwt.ExpiredSignatureError:
-            raise _jwt_error("JWT expired") from None
-        except jwt.InvalidSignatureError:
-            raise _jwt_error("JWSError JWSInvalidSignature") from None
+        except jwt.InvalidAlgorithmError:
+            raise _jwt_error("Wrong or unsupported encoding algorithm") from None
         except jwt.DecodeError as exc:
-            raise _jwt_error(f"JWSError (CompactDecodeError {exc})") from None
-        except jwt.InvalidTokenError as exc:
-            raise _jwt_error(f"JWT claims validation failed: {exc}") from None
+            if str(exc).startswith("Invalid payload string"):
+                raise _jwt_error("Parsing claims failed", JWT_CLAIMS_ERROR) from None
+            raise _jwt_error("JWT cryptographic operation failed") from None
+        except jwt.InvalidTokenError:
+            raise _jwt_error("JWT cryptographic operation failed") from None
         if not isinstance(claims, dict):
-            raise _jwt_error("JWT claims must be a JSON object")
+            raise _jwt_error("Parsing claims failed", JWT_CLAIMS_ERROR)
+        problem = _claims_problem(claims, int(time.time()))
+        if problem:
+            raise _jwt_error(problem, JWT_CLAIMS_ERROR)
         return claims
 
-    @staticmethod
-    def _arguments(request: Request, *, single_object: bool) -> Any:
+    def _arguments(self, request: Request) -> tuple[dict[str, Any], str]:
+        """The parsed arguments, and the JSON text handed to Postgres.
+
+        As PostgREST (``JsonArgs (payRaw …)``), the body's own text goes to Postgres once it
+        parsed as strict UTF-8 JSON: numbers keep their digits (``1e999`` included), and
+        ``NaN``/``Infinity``, which Python alone would accept, are invalid as for Aeson.
+        """
         if request.method == "GET":
-            return request.args.to_dict()
-        raw = request.get_data(cache=False)
+            args = request.args.to_dict()
+            return args, json.dumps(args)
+        raw = self._body(request)
         if not raw.strip():
-            return {}
+            return {}, "{}"
+        invalid = ApiError(400, "PGRST102", "Empty or invalid json")
         try:
-            body = json.loads(raw)
-        except ValueError:
+            text = raw.decode("utf-8")
+            body = json.loads(text, parse_constant=_reject_constant)
+        except (ValueError, RecursionError):
+            # RecursionError: nesting deeper than Python's parser goes. PostgREST drops the
+            # parser's message for this generic one (its issue 2344).
+            raise invalid from None
+        if not isinstance(body, dict):
+            raise invalid
+        return body, text
+
+    def _body(self, request: Request) -> bytes:
+        """The body, refused on its declared length before reading, and read only to the limit."""
+        limit = self.max_body_bytes
+        too_large = ApiError(
+            413,
+            "PGRST102",
+            "Request body too large",
+            details=f"The gateway accepts at most {limit} bytes",
+        )
+        if request.content_length is not None and request.content_length > limit:
+            raise too_large
+        chunks: list[bytes] = []
+        received = 0
+        try:
+            while chunk := request.stream.read(min(65536, limit + 1 - received)):
+                chunks.append(chunk)
+                received += len(chunk)
+                if received > limit:
+                    raise too_large
+        except HTTPException:
+            # The client went away mid-body, or sent broken chunked encoding.
             raise ApiError(400, "PGRST102", "Empty or invalid json") from None
-        if not single_object and not isinstance(body, dict):
-            raise ApiError(400, "PGRST102", "Empty or invalid json")
-        return body
+        return b"".join(chunks)
 
     def _execute(
-        self, request: Request, identity: Identity, cache: SchemaCache, call: Call, body: Any
+        self, request: Request, identity: Identity, cache: SchemaCache, call: Call, body: str
     ) -> Response:
         setup = {
             "search_path": ", ".join(
@@ -696,39 +884,68 @@ class Gateway:
             "headers": json.dumps({k.lower(): v for k, v in request.headers.items()}),
             "cookies": json.dumps(dict(request.cookies)),
         }
-        read_only = request.method == "GET"
-        statement = call_sql(call)
+        routine = call.routine
+        read_only = request.method == "GET" or not routine.volatile
+        isolation = routine.isolation or cache.role_isolation.get(identity.role)
+        statement = call_sql(call, self.max_rows)
         with self._connection() as conn:
             try:
                 with conn.transaction():
-                    if read_only:
-                        conn.execute("set transaction read only")
+                    conn.execute(_transaction_mode(isolation, read_only=read_only))
+                    # PostgREST's order (Query.setPgLocals): role settings, then the role and
+                    # the request, then the function's hoisted settings.
                     for key, value in cache.role_settings.get(identity.role, ()):
                         conn.execute("select set_config(%s, %s, true)", (key, value))
                     conn.execute(_SETUP_SQL, setup)
-                    row = conn.execute(statement, {"body": json.dumps(body)}).fetchone()
+                    for key, value in routine.settings:
+                        conn.execute("select set_config(%s, %s, true)", (key, value))
+                    row = conn.execute(statement, {"body": body}).fetchone()
             except psycopg.Error as exc:
                 raise _postgres_error(exc, identity.role) from None
+        text, page_total = row if row else ("null", 0)
+        headers = {"Content-Range": _content_range(page_total)}
         if call.routine.returns is ReturnKind.VOID:
-            empty = Response(status=204)
+            empty = Response(status=204, headers=headers)
             del empty.headers["Content-Type"]
             return empty
-        text = row[0] if row else "null"
-        return Response(text, 200, content_type=JSON_CONTENT_TYPE)
+        return Response(text, 200, headers, content_type=JSON_CONTENT_TYPE)
 
 
-def _bearer(header: str | None) -> str:
+_ISOLATION_LEVELS = {
+    "read committed": "READ COMMITTED",
+    "repeatable read": "REPEATABLE READ",
+    "serializable": "SERIALIZABLE",
+}
+
+
+def _transaction_mode(isolation: str | None, *, read_only: bool) -> sql.Composed:
+    """PostgREST's transaction: the function's or role's isolation level, READ ONLY or not."""
+    level = _ISOLATION_LEVELS.get(isolation or "", "READ COMMITTED")
+    access = "READ ONLY" if read_only else "READ WRITE"
+    return sql.SQL("set transaction isolation level {} {}").format(sql.SQL(level), sql.SQL(access))
+
+
+def _content_range(page_total: int) -> str:
+    """PostgREST's Content-Range of an RPC answer without a count (RangeQuery.contentRangeH)."""
+    return f"0-{page_total - 1}/*" if page_total > 0 else "*/*"
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _bearer(header: str | None) -> str | None:
+    """Wai's extractBearerAuth: the token after ``Bearer`` (maybe empty); None otherwise."""
     if not header:
-        return ""
+        return None
     scheme, _, token = header.strip().partition(" ")
-    return token.strip() if scheme.lower() == "bearer" else ""
+    return token.strip() if scheme.lower() == "bearer" else None
 
 
 def create_app(
     db_uri: str,
     jwt_secret: str,
     *,
-    allowed_roles: Iterable[str] = DEFAULT_ROLES,
     schemas: Sequence[str] = DEFAULT_SCHEMAS,
     anonymous_role: str | None = None,
     pool_max: int = 8,
@@ -738,7 +955,6 @@ def create_app(
     return Gateway(
         db_uri,
         jwt_secret,
-        allowed_roles=allowed_roles,
         schemas=schemas,
         anonymous_role=anonymous_role,
         pool_max=pool_max,
@@ -831,7 +1047,6 @@ def start_gateway(
     host: str = "127.0.0.1",
     port: int = 0,
     *,
-    allowed_roles: Iterable[str] = DEFAULT_ROLES,
     schemas: Sequence[str] = DEFAULT_SCHEMAS,
     anonymous_role: str | None = None,
     pool_max: int = 8,
@@ -841,7 +1056,6 @@ def start_gateway(
     app = create_app(
         db_uri,
         jwt_secret,
-        allowed_roles=allowed_roles,
         schemas=schemas,
         anonymous_role=anonymous_role,
         pool_max=pool_max,

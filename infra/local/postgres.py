@@ -4,6 +4,12 @@
 data in a folder of ours; it listens on a Unix socket only, so it never collides with
 another stack on a TCP port. ``database_uri`` derives the URI of another database on the
 same server (tests clone a template database per test).
+
+The cluster is shaped like Supabase's: its superuser is ``supabase_admin``, and ``postgres``
+is an ordinary role that ``bootstrap.sql`` creates without SUPERUSER (supabase/postgres,
+``migrations/db/migrations/10000000000000_demote-postgres.sql``). pgserver runs ``initdb -U
+postgres``, and Postgres never lets its bootstrap superuser lose SUPERUSER, so that role is
+renamed to ``supabase_admin`` once, from a short-lived second superuser.
 """
 
 from __future__ import annotations
@@ -15,10 +21,13 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
-from psycopg import conninfo
+from psycopg import conninfo, sql
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_DATA_DIR = REPO_ROOT / ".local" / "pgdata"
+#: The cluster's superuser, as on a Supabase project.
+SUPERUSER = "supabase_admin"
+_RENAMER = "ajq_rename_superuser"
 
 
 @dataclass
@@ -35,7 +44,20 @@ class Postgres:
         with psycopg.connect(self.uri, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')
             if template:
-                conn.execute(f'CREATE DATABASE "{dbname}" TEMPLATE "{template}"')
+                # A clone keeps the template's owner (postgres after bootstrap.sql), as a
+                # Supabase database belongs to postgres.
+                owner = conn.execute(
+                    "select coalesce(pg_get_userbyid(max(datdba)), current_user)"
+                    " from pg_database where datname = %s",
+                    (template,),
+                ).fetchone()
+                conn.execute(
+                    sql.SQL("CREATE DATABASE {} TEMPLATE {} OWNER {}").format(
+                        sql.Identifier(dbname),
+                        sql.Identifier(template),
+                        sql.Identifier(owner[0] if owner else "postgres"),
+                    )
+                )
             else:
                 conn.execute(f'CREATE DATABASE "{dbname}"')
         return self.database_uri(dbname)
@@ -65,4 +87,28 @@ def start_postgres(data_dir: Path | None = None) -> Postgres:
     server = pgserver.get_server(  # type: ignore[attr-defined]
         str(path), cleanup_mode="stop"
     )
-    return Postgres(uri=server.get_uri(), _server=server)
+    initdb_uri = server.get_uri()
+    admin_uri = conninfo.make_conninfo(initdb_uri, user=SUPERUSER)
+    if not _can_connect(admin_uri):
+        _rename_superuser(initdb_uri, admin_uri)
+    return Postgres(uri=admin_uri, _server=server)
+
+
+def _can_connect(uri: str) -> bool:
+    try:
+        with psycopg.connect(uri, autocommit=True):
+            return True
+    except psycopg.OperationalError:
+        return False
+
+
+def _rename_superuser(initdb_uri: str, admin_uri: str) -> None:
+    """Rename pgserver's ``postgres`` superuser to ``supabase_admin`` (a fresh data folder)."""
+    # A session cannot rename its own user, so a second superuser does it and is dropped.
+    with psycopg.connect(initdb_uri, autocommit=True) as conn:
+        conn.execute(f"create role {_RENAMER} superuser login")
+    renamer_uri = conninfo.make_conninfo(initdb_uri, user=_RENAMER)
+    with psycopg.connect(renamer_uri, autocommit=True) as conn:
+        conn.execute(f"alter role postgres rename to {SUPERUSER}")
+    with psycopg.connect(admin_uri, autocommit=True) as conn:
+        conn.execute(f"drop role {_RENAMER}")

@@ -1,6 +1,6 @@
-"""Fixtures for the gateway tests: one embedded Postgres, a scratch database with the
-Supabase roles and a catalogue of test functions (one per response shape and error path), and
-one gateway serving it for the session."""
+"""Fixtures for the gateway tests: one embedded Postgres, a scratch database bootstrapped like
+a Supabase project (infra/local/bootstrap.sql) with a catalogue of test functions (one per
+response shape and error path), and one gateway serving it for the session."""
 
 from __future__ import annotations
 
@@ -12,27 +12,11 @@ import pytest
 from supabase import Client, ClientOptions, create_client
 
 from infra.local.gateway import GatewayHandle, make_jwt, start_gateway
+from infra.local.migrate import bootstrap
 from infra.local.postgres import Postgres
 
 JWT_SECRET = "super-secret-jwt-token-with-at-least-32-characters-long"
 DATABASE = "gateway_test"
-
-ROLES_SQL = """
-do $$
-begin
-  if not exists (select from pg_roles where rolname = 'anon') then
-    create role anon nologin noinherit;
-  end if;
-  if not exists (select from pg_roles where rolname = 'authenticated') then
-    create role authenticated nologin noinherit;
-  end if;
-  if not exists (select from pg_roles where rolname = 'service_role') then
-    create role service_role nologin noinherit bypassrls;
-  end if;
-end
-$$;
-grant usage on schema public to anon, authenticated, service_role;
-"""
 
 FUNCTIONS_SQL = """
 -- Test functions for the gateway: one per response shape, argument type and error path.
@@ -177,6 +161,42 @@ language sql stable as $$ select current_setting(p_name) $$;
 
 create function public.count_items() returns bigint
 language sql stable as $$ select count(*) from public.items $$;
+
+-- PostgREST treats OUT / INOUT / TABLE parameters as a composite result, even just one
+create function public.one_out(p_a int, out doubled int)
+language sql immutable as $$ select p_a * 2 $$;
+
+create function public.one_column_table(n int) returns table(k int)
+language sql immutable as $$ select generate_series(1, n) $$;
+
+-- a STABLE function that writes (nextval) fails in PostgREST's READ ONLY transaction
+create sequence public.tickets;
+create function public.stable_ticket() returns bigint
+language sql stable as $$ select nextval('public.tickets') $$;
+
+-- a row-changing function returning more rows than db-max-rows
+create table public.marks (id int primary key);
+grant all on table public.marks to anon, authenticated, service_role;
+create function public.mark_many(n int) returns setof public.marks
+language sql as $$
+  insert into public.marks select g from generate_series(1, n) g
+  on conflict (id) do nothing returning *
+$$;
+
+create function public.count_marks() returns bigint
+language sql stable as $$ select count(*) from public.marks $$;
+
+-- function-level settings PostgREST hoists to the whole transaction
+create function public.hasty_nap(seconds float) returns void
+language sql set statement_timeout = '100ms' as $$ select pg_sleep(seconds) $$;
+
+create function public.serial_isolation() returns text
+language sql set default_transaction_isolation = 'serializable'
+as $$ select current_setting('transaction_isolation') $$;
+
+-- sleeps past the anon role's 3 s statement timeout
+create function public.nap(seconds float) returns void
+language sql as $$ select pg_sleep(seconds) $$;
 """
 
 
@@ -189,8 +209,9 @@ def gateway_pg(pg: Postgres) -> Postgres:
 @pytest.fixture(scope="session")
 def gateway_db(gateway_pg: Postgres) -> Iterator[str]:
     uri = gateway_pg.create_database(DATABASE)
+    # The roles, timeouts and grants of a Supabase project, from the bootstrap itself.
+    bootstrap(uri)
     with psycopg.connect(uri, autocommit=True) as conn:
-        conn.execute(ROLES_SQL)
         conn.execute(FUNCTIONS_SQL)
     yield uri
     gateway_pg.drop_database(DATABASE)

@@ -2,14 +2,23 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 
+import psycopg
 import pytest
+from postgrest.exceptions import APIError
 
 from infra.local.gateway import GatewayHandle, make_jwt
 from shared import errors
 from shared.jobs import JobStatus
-from shared.store import JobStore
+from shared.store import (
+    CLIENT_TIMEOUT_S,
+    SERVER_POOL_ACQUISITION_TIMEOUT_S,
+    SERVER_STATEMENT_TIMEOUT_S,
+    JobStore,
+    map_api_error,
+)
 from tests.integration.conftest import JWT_SECRET
 
 
@@ -112,6 +121,45 @@ def test_wrong_api_key_is_a_misconfiguration_not_a_client_error(gateway: Gateway
     with pytest.raises(errors.BackendMisconfigured) as denied:
         JobStore(gateway.url, anon).get_job(uuid.uuid4())
     assert denied.value.details["upstream"] == "42501", "anon may not execute our functions"
+
+
+def test_expired_key_is_a_misconfiguration_pgrst303(gateway: GatewayHandle) -> None:
+    expired = make_jwt(JWT_SECRET, "service_role", exp=int(time.time()) - 3600)
+
+    with pytest.raises(errors.BackendMisconfigured) as err:
+        JobStore(gateway.url, expired).get_job(uuid.uuid4())
+
+    assert err.value.details["upstream"] == "PGRST303"
+
+
+def test_a_key_naming_a_missing_role_is_a_misconfiguration_22023(gateway: GatewayHandle) -> None:
+    stray = make_jwt(JWT_SECRET, "service_role_typo")
+
+    with pytest.raises(errors.BackendMisconfigured) as err:
+        JobStore(gateway.url, stray).get_job(uuid.uuid4())
+
+    assert err.value.details["upstream"] == "22023"
+
+
+def test_other_invalid_parameter_values_stay_the_callers_error() -> None:
+    error = APIError({"code": "22023", "message": "invalid value for parameter", "details": None})
+
+    assert isinstance(map_api_error(error), errors.ValidationFailed)
+
+
+def test_the_client_waits_longer_than_the_server_may_work(db_uri: str, store: JobStore) -> None:
+    with psycopg.connect(db_uri) as conn:
+        row = conn.execute(
+            "select rolconfig from pg_roles where rolname = 'authenticator'"
+        ).fetchone()
+    assert row is not None
+    configured = dict(item.split("=", 1) for item in row[0])
+
+    assert configured["statement_timeout"] == f"{SERVER_STATEMENT_TIMEOUT_S:g}s"
+    assert configured["lock_timeout"] == f"{SERVER_STATEMENT_TIMEOUT_S:g}s"
+    read_timeout = store.client.postgrest.session.timeout.read
+    assert read_timeout == CLIENT_TIMEOUT_S
+    assert read_timeout > SERVER_POOL_ACQUISITION_TIMEOUT_S + SERVER_STATEMENT_TIMEOUT_S
 
 
 def test_unknown_function_is_a_misconfiguration(store: JobStore) -> None:

@@ -1,0 +1,67 @@
+"""The private functions (processor, reaper) fail closed: with no caller check configured they
+refuse to start, and a processor built around such settings refuses every call."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import flask
+import functions_framework
+import pytest
+
+import shared.store
+import shared.tasks
+from shared import errors, processor
+from shared.settings import Settings, get_settings
+
+FUNCTIONS = Path(__file__).resolve().parents[2] / "functions"
+BASE_ENV = {"SUPABASE_URL": "http://127.0.0.1:1", "SUPABASE_SERVICE_ROLE_KEY": "k"}
+CHECKS = ("PROCESSOR_SHARED_SECRET", "PROCESSOR_VERIFY_OIDC", "PROCESSOR_TRUST_CALLERS")
+
+
+def _load(name: str, target: str, **env: str) -> flask.Flask:
+    for variable in CHECKS:
+        os.environ.pop(variable, None)
+    os.environ.update({**BASE_ENV, **env})
+    get_settings.cache_clear()
+    shared.store.get_store.cache_clear()
+    shared.tasks.get_queue.cache_clear()
+    try:
+        return functions_framework.create_app(target, str(FUNCTIONS / name / "main.py"))  # type: ignore[no-untyped-call,no-any-return]
+    finally:
+        get_settings.cache_clear()
+
+
+@pytest.mark.parametrize(
+    ("name", "target"), [("ai-jobs-process", "process_job"), ("ai-jobs-reap", "reap_jobs")]
+)
+def test_a_private_function_with_no_caller_check_refuses_to_start(name: str, target: str) -> None:
+    with pytest.raises(errors.ConfigError) as err:
+        _load(name, target)
+    assert err.value.details == {"setting": "PROCESSOR_SHARED_SECRET"}
+
+
+@pytest.mark.parametrize(
+    "env",
+    [
+        {"PROCESSOR_SHARED_SECRET": "s3cret"},
+        {"PROCESSOR_VERIFY_OIDC": "true"},
+        {"PROCESSOR_TRUST_CALLERS": "true"},
+    ],
+)
+def test_any_one_caller_check_lets_it_start(env: dict[str, str]) -> None:
+    assert _load("ai-jobs-process", "process_job", **env) is not None
+
+
+def test_unguarded_settings_refuse_every_call() -> None:
+    app = flask.Flask(__name__)
+    unguarded = Settings(supabase_url="http://127.0.0.1:1", supabase_service_key="k")
+    headers = {"X-CloudTasks-QueueName": "ai-jobs", "X-AI-Jobs-Secret": "anything"}
+    with app.test_request_context("/", method="POST", json={"jobId": "x"}, headers=headers):
+        with pytest.raises(errors.Forbidden):
+            processor.verify_caller(flask.request, unguarded, audience="http://x")
+        trusted = Settings(
+            supabase_url="http://127.0.0.1:1", supabase_service_key="k", trust_private_callers=True
+        )
+        processor.verify_caller(flask.request, trusted, audience="http://x")

@@ -12,6 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 
 import httpx
+import psycopg
 import pytest
 
 from infra.local import fake_gemini
@@ -286,6 +287,16 @@ def test_a_model_quota_error_is_retried_by_the_job_with_the_hint_and_answers_2xx
     assert f"job-{job_id}-d1" not in tasks, "answered 2xx: Cloud Tasks does not retry d1"
     assert tasks[f"job-{job_id}-d2"] >= before + 590, "the next task waits for the hint"
     assert "/ai-jobs-process 503" not in stack.log_text("functions")[log_start:]
+    # Long past the grace, the reaper asks Cloud Tasks first: the retry task is pending.
+    with psycopg.connect(stack.db_uri, autocommit=True) as conn:
+        conn.execute(
+            "update public.ai_jobs set dispatched_at = now() - interval '1 hour' where id = %s",
+            (job_id,),
+        )
+    sweep = stack.reap().json()
+    assert sweep["pending"] >= 1
+    assert set(_task_ids(stack)) >= {f"job-{job_id}-d2"}
+    assert f"job-{job_id}-d3" not in _task_ids(stack), "no second task beside a pending one"
     # Cancelling deletes the pending retry task too.
     assert http.post("/ai-jobs-cancel", json={"jobId": job_id}).status_code == 200
     assert f"job-{job_id}-d2" not in _task_ids(stack)

@@ -326,8 +326,10 @@ def reap_jobs(request: flask.Request, settings: Settings) -> flask.Response:
         batch = store.reap_jobs(settings.reap_grace_s)
         for item in batch:
             _reap_one(item, store, settings, sweep)
-        if len(batch) < REAP_BATCH:
-            break  # a full batch means more may be waiting (the API caps results at 1000)
+        # A full batch means more may be waiting (the API caps results at 1000 rows); with the
+        # queue down, what was released would only come straight back.
+        if len(batch) < REAP_BATCH or sweep.queue_down:
+            break
     while time.monotonic() < give_up_at:
         purged = store.purge_jobs(settings.retention_days)
         sweep.purged += purged

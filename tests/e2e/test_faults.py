@@ -18,6 +18,7 @@ import pytest
 from infra.local import fake_gemini
 from infra.local.postgres import Postgres
 from infra.local.stack import LocalStack, StackConfig
+from shared.store import REAP_BATCH
 from shared.tasks import SECRET_HEADER
 from tests.e2e.conftest import FINAL, TEST_ENV, create, wait_for
 
@@ -318,12 +319,15 @@ def test_a_superscript_retry_count_header_is_read_as_zero(stack: LocalStack) -> 
     response = httpx.post(
         f"{stack.base_url}/ai-jobs-process",
         json={"jobId": str(uuid.uuid4()), "dispatch": 1},
+        # Latin-1 on the wire, as WSGI reads header bytes: str.isdigit() says True for both.
         headers={
-            SECRET_HEADER: stack.secret,
-            "X-CloudTasks-QueueName": "ai-jobs",
-            # Latin-1 on the wire, as WSGI reads header bytes: str.isdigit() says True.
-            "X-CloudTasks-TaskRetryCount": "²".encode("latin-1"),
-            "X-CloudTasks-TaskExecutionCount": "¹".encode("latin-1"),
+            name.encode(): value.encode("latin-1")
+            for name, value in {
+                SECRET_HEADER: stack.secret,
+                "X-CloudTasks-QueueName": "ai-jobs",
+                "X-CloudTasks-TaskRetryCount": "²",
+                "X-CloudTasks-TaskExecutionCount": "¹",
+            }.items()
         },
         timeout=30,
     )
@@ -427,3 +431,37 @@ def _sweep_until_final(stack: LocalStack, http: httpx.Client, owner: dict[str, s
         time.sleep(2.0)
         waiting = {job_id for job_id in waiting if not ended(job_id)}
     assert not waiting, f"{len(waiting)} jobs never ended"
+
+
+def test_one_sweep_dispatches_more_lost_jobs_than_fit_in_one_batch(stack: LocalStack) -> None:
+    lost = REAP_BATCH + 20
+    client = stack.tasks_client()
+    client.pause_queue(name=stack.queue_path)  # count the tasks; do not run them
+    try:
+        with psycopg.connect(stack.db_uri, autocommit=True) as conn:
+            for n in range(lost):
+                conn.execute(
+                    "select (c.job).id from public.create_job(p_type => 'report', p_query => 'q',"
+                    " p_user_id => %s) c",
+                    (f"sweep-{n}",),
+                )
+            conn.execute(
+                "update public.ai_jobs set dispatched_at = null where user_id like 'sweep-%'"
+            )
+        sweep = stack.reap().json()
+        assert sweep["dispatched"] >= lost, "every batch of the sweep, not only the first"
+        with psycopg.connect(stack.db_uri, autocommit=True) as conn:
+            row = conn.execute(
+                "select count(*) from public.ai_jobs where user_id like 'sweep-%'"
+                " and dispatch_count = 2 and dispatched_at is not null"
+            ).fetchone()
+        assert row == (lost,), "each got exactly one new dispatch number"
+    finally:
+        with psycopg.connect(stack.db_uri, autocommit=True) as conn:
+            conn.execute(
+                "select public.cancel_job(id) from public.ai_jobs"
+                " where user_id like 'sweep-%' and status = 'queued'"
+            )
+        client.purge_queue(name=stack.queue_path)
+        client.resume_queue(name=stack.queue_path)
+        client.transport.close()

@@ -304,7 +304,7 @@ def test_dispatch_sends_the_request_with_cloud_tasks_headers(
     assert first.headers["x-job-id"] == "42"
     assert first.headers["user-agent"] == "Google-Cloud-Tasks"
     assert first.headers["host"] == target.url.removeprefix("http://")
-    assert first.headers["content-type"] == "application/octet-stream"
+    assert "content-type" not in first.headers, "Cloud Tasks does not set it for HTTP targets"
     assert first.headers["x-cloudtasks-queuename"] == "jobs"
     assert first.headers["x-cloudtasks-taskname"] == "job-42"
     assert first.headers["x-cloudtasks-taskretrycount"] == "0"

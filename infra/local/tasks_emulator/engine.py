@@ -122,10 +122,6 @@ class _Attempt:
     timed_out: bool = False
 
 
-def _has_header(headers: Any, name: str) -> bool:
-    return any(key.lower() == name for key in headers)
-
-
 def _is_reserved(header: str) -> bool:
     lowered = header.lower()
     return lowered in _RESERVED_HEADERS or lowered.startswith(_RESERVED_PREFIXES)
@@ -481,8 +477,7 @@ class Engine:
         task = entry.task
         request = task.http_request
         headers = {key: value for key, value in request.headers.items() if not _is_reserved(key)}
-        if request.body and not _has_header(headers, "content-type"):
-            headers["Content-Type"] = "application/octet-stream"
+        # No default Content-Type: "`Content-Type` won't be set by Cloud Tasks" (v2 HttpRequest).
         headers["User-Agent"] = "Google-Cloud-Tasks"
         headers["X-CloudTasks-QueueName"] = queue_id(queue.queue.name)
         headers["X-CloudTasks-TaskName"] = task.name.rsplit("/", 1)[-1]

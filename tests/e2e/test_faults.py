@@ -111,13 +111,13 @@ def test_gemini_429_is_retried_then_completed(
     assert job["attempts"] == 1, "the writer's own retry absorbed the 429"
 
 
-def test_retryable_failure_goes_back_to_cloud_tasks_and_the_next_attempt_completes(
+def test_a_retryable_failure_schedules_the_jobs_next_task_and_that_attempt_completes(
     http: httpx.Client, gemini: fake_gemini.FakeGemini
 ) -> None:
     gemini.push(fake_gemini.server_error(503), fake_gemini.server_error(503))
     job = wait_for(http, create(http, QUERY)["jobId"], timeout_s=60)
     assert job["status"] == "completed"
-    assert job["attempts"] == 2, "attempt 1 failed retryably; Cloud Tasks delivered again"
+    assert job["attempts"] == 2, "attempt 1 failed retryably; its next task ran attempt 2"
     assert any(line["level"] == "error" for line in job["logs"])
 
 

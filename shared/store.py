@@ -186,9 +186,12 @@ class JobStore:
         )
         return CreatedJob(job=Job.model_validate(data["job"]), created=bool(data["created"]))
 
-    def release_dispatch(self, job_id: uuid.UUID, dispatch: int) -> bool:
+    def release_dispatch(self, job_id: uuid.UUID, dispatch: int | None = None) -> bool:
         """Undo dispatch ``dispatch`` (its enqueue failed) so the next sweep dispatches the job;
-        False when the job has moved on (claimed, or dispatched again)."""
+        False when the job has moved on (claimed, or dispatched again). Without a number, the
+        v1 call undoes whatever dispatch is current (kept for callers not yet updated)."""
+        if dispatch is None:
+            return bool(self.rpc("release_dispatch", {"p_job_id": str(job_id)}))
         return bool(
             self.rpc("release_dispatch_v2", {"p_job_id": str(job_id), "p_dispatch": dispatch})
         )

@@ -384,9 +384,9 @@ if exists gcloud tasks queues describe "$TASKS_QUEUE" --location="$TASKS_LOCATIO
 else
   run gcloud tasks queues create "$TASKS_QUEUE" "${queue_flags[@]}"
 fi
-# Granted on this queue, not the project: create tasks (create/reap) and delete pending ones
-# (cancel) here only.
-for role in roles/cloudtasks.enqueuer roles/cloudtasks.taskDeleter; do
+# Granted on this queue, not the project: create tasks (create/retry/reap), look one up (the
+# reaper's GetTask before it adds another) and delete pending ones (cancel) here only.
+for role in roles/cloudtasks.enqueuer roles/cloudtasks.viewer roles/cloudtasks.taskDeleter; do
   run gcloud tasks queues add-iam-policy-binding "$TASKS_QUEUE" --location="$TASKS_LOCATION" \
     --project="$PROJECT" --member="serviceAccount:$RUNTIME_SA" --role="$role"
 done

@@ -170,6 +170,12 @@ class Settings:
     tasks_invoker_sa: str | None = None
     processor_secret: str | None = None
     verify_oidc: bool = False
+    #: PROCESSOR_TRUST_CALLERS: run the private functions with no caller check of their own
+    #: (only when the platform alone guards them); without it they need a secret or OIDC.
+    trust_private_callers: bool = False
+    #: a job's own retry, when the error carries no hint: min * 2**(attempt-1), capped at max
+    retry_min_backoff_s: float = 10.0
+    retry_max_backoff_s: float = 300.0
     oidc_audience: str | None = None
     oidc_certs_url: str | None = None
     reaper_url: str = "http://127.0.0.1:8080/ai-jobs-reap"
@@ -211,6 +217,9 @@ class Settings:
             tasks_invoker_sa=e.opt("TASKS_INVOKER_SA"),
             processor_secret=e.opt("PROCESSOR_SHARED_SECRET"),
             verify_oidc=e.flag("PROCESSOR_VERIFY_OIDC", False),
+            trust_private_callers=e.flag("PROCESSOR_TRUST_CALLERS", False),
+            retry_min_backoff_s=e.number("JOB_RETRY_MIN_BACKOFF_S", 10.0),
+            retry_max_backoff_s=e.number("JOB_RETRY_MAX_BACKOFF_S", 300.0),
             oidc_audience=e.opt("PROCESSOR_OIDC_AUDIENCE") or processor_url,
             oidc_certs_url=e.opt("OIDC_CERTS_URL"),
             reaper_url=e.text("REAPER_URL", "http://127.0.0.1:8080/ai-jobs-reap"),

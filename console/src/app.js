@@ -5,7 +5,7 @@ import DOMPurify from 'dompurify';
 import { marked } from 'marked';
 import 'uplot/dist/uPlot.min.css';
 import './app.css';
-import { caption, drawChart } from './charts.js';
+import { caption, drawChart, legendFor } from './charts.js';
 import {
   ApiError,
   NetworkError,
@@ -44,6 +44,7 @@ function el(tag, attrs = {}, ...children) {
   for (const [key, value] of Object.entries(attrs)) {
     if (value === undefined || value === null || value === false) continue;
     if (key === 'class') node.className = value;
+    else if (key === 'style') Object.assign(node.style, value); // CSSOM: allowed by the CSP
     else if (key.startsWith('on')) node.addEventListener(key.slice(2), value);
     else node.setAttribute(key, value === true ? '' : value);
   }
@@ -90,8 +91,9 @@ function setLanguage(language, chosen = false) {
   }
 }
 
-function showMode(mode) {
+function showMode(mode, pollSeconds) {
   ui.mode = mode;
+  if (pollSeconds) ui.pollSeconds = pollSeconds;
   const w = words();
   $('mode').textContent =
     mode === 'realtime' ? w.modeRealtime : format(w.modePolling, { s: ui.pollSeconds });
@@ -141,7 +143,7 @@ function explain(error, retry) {
   if (error.status === 429) {
     rateLimited(error.retryAfter ?? 5, retry);
   } else if (error.status === 503 || error.status === 502 || error.status === 504) {
-    showAlert('unavailable', format(w.unavailable, { code: error.code }), [
+    showAlert('unavailable', format(w.unavailable, { code: dependencyName(error.code) }), [
       el('button', { type: 'button', onclick: retry, class: 'primary' }, w.retry),
     ]);
   } else if (error.status === 400) {
@@ -153,6 +155,10 @@ function explain(error, retry) {
   } else {
     showAlert('error', format(w.serverError, { code: error.code }));
   }
+}
+
+function dependencyName(code) {
+  return words().dependencies[code] || code;
 }
 
 function badRequest(error) {
@@ -253,6 +259,11 @@ function renderMarkdown(target, markdown) {
   target.innerHTML = DOMPurify.sanitize(marked.parse(markdown || ''), {
     USE_PROFILES: { html: true },
   });
+  // a Markdown table written without headers ("| | |") gets an empty header row, which
+  // screen readers announce as nameless columns: drop such rows
+  for (const head of target.querySelectorAll('thead')) {
+    if (!head.textContent.trim()) head.remove();
+  }
 }
 
 function showSync(created) {
@@ -334,7 +345,7 @@ function renderJob(job) {
   renderTiming(shown);
   $('cancel').hidden = isFinal(shown.status);
   if (!$('log').children.length) {
-    $('log').append(el('li', { class: 'log-empty' }, w.logEmpty));
+    $('log').append(el('p', { class: 'log-empty' }, w.logEmpty));
   }
   if (isFinal(shown.status)) renderOutcome(shown);
 }
@@ -368,7 +379,7 @@ function appendLog(line) {
   list.querySelector('.log-empty')?.remove();
   const time = new Date(line.createdAt).toLocaleTimeString(ui.language === 'ko' ? 'ko-KR' : 'en-GB');
   const item = el(
-    'li',
+    'p',
     { class: `log-line log-${line.level}`, 'data-id': String(line.id) },
     el('time', { datetime: line.createdAt }, time),
     ' ',
@@ -392,11 +403,29 @@ function renderResult(job) {
   const series = result.series || [];
   $('charts-heading').hidden = !series.length;
   for (const item of series) {
-    const text = caption(item, result.language || ui.language, TEXT[result.language] || words());
+    const language = TEXT[result.language] ? result.language : ui.language;
+    const text = caption(item, language, TEXT[language]);
     const plot = el('div', { class: 'chart-plot', role: 'img', 'aria-label': text });
-    const figure = el('figure', { class: 'chart', 'data-series': item.id, 'data-kind': item.kind }, plot, el('figcaption', {}, text));
+    const legend = el(
+      'ul',
+      { class: 'chart-legend' },
+      legendFor(item, TEXT[language]).map((entry) =>
+        el(
+          'li',
+          {},
+          el('span', { class: `swatch${entry.dashed ? ' dashed' : ''}`, style: { borderColor: entry.color }, 'aria-hidden': 'true' }),
+          entry.label,
+        ),
+      ),
+    );
+    const figure = el(
+      'figure',
+      { class: 'chart', 'data-series': item.id, 'data-kind': item.kind },
+      plot,
+      el('figcaption', {}, text, legend),
+    );
     charts.append(figure);
-    drawChart(plot, item, result.language || ui.language, TEXT[result.language] || words());
+    drawChart(plot, item, language, TEXT[language]);
   }
 }
 
@@ -487,6 +516,7 @@ function jobItem(job) {
 
 async function refreshJobs({ more = false } = {}) {
   const list = $('jobs');
+  const note = $('jobs-error');
   try {
     const page = await listJobs({
       status: $('filter-status').value || undefined,
@@ -499,8 +529,21 @@ async function refreshJobs({ more = false } = {}) {
     ui.jobsCursor = page.nextCursor;
     $('jobs-more').hidden = !page.nextCursor;
     $('jobs-empty').hidden = list.children.length > 0;
+    note.hidden = true;
+    list.dataset.loaded = 'true';
   } catch (error) {
-    explain(error, () => refreshJobs({ more }));
+    // said beside the list, so it never hides what the visitor is doing in the main column
+    const w = words();
+    let text = format(w.serverError, { code: error.code || error.message });
+    if (error instanceof NetworkError) text = w.offline;
+    else if (error instanceof ApiError && error.status === 429) text = format(w.rateLimited, { n: error.retryAfter ?? 5 });
+    else if (error instanceof ApiError && error.status >= 502) text = format(w.unavailable, { code: dependencyName(error.code) });
+    note.replaceChildren(
+      el('span', {}, text),
+      ' ',
+      el('button', { type: 'button', class: 'secondary', onclick: () => refreshJobs({ more }) }, w.retry),
+    );
+    note.hidden = false;
   }
 }
 

@@ -92,6 +92,15 @@ export function caption(series, language, words) {
   });
 }
 
+/** The lines a chart of `series` draws: [{label, color, dashed}], for a legend. */
+export function legendFor(series, words) {
+  return chartData(series).lines.map((line) => ({
+    label: words.chartSeries[line.key],
+    color: COLORS[line.key],
+    dashed: Boolean(line.dash),
+  }));
+}
+
 /** Draw one chart into `container` (a figure); returns the uPlot instance. */
 export function drawChart(container, series, language, words) {
   const { xs, lines } = chartData(series);
@@ -102,7 +111,7 @@ export function drawChart(container, series, language, words) {
     tzDate: (ts) => uPlot.tzDate(new Date(ts * 1000), 'Asia/Seoul'),
     scales: { x: { time: true } },
     axes: [{ stroke: '#333' }, { stroke: '#333', size: 56 }],
-    legend: { live: false },
+    legend: { show: false }, // drawn by legendFor as a plain list (uPlot's is a table)
     cursor: { drag: { x: false, y: false } },
     series: [
       {},

@@ -87,6 +87,7 @@ export const TEXT = {
     serverError: '서버 오류가 났습니다 ({code}). 잠시 뒤 다시 시도하세요.',
     fields: { query: '질문', type: '작업 종류', 'options.priority': '우선순위', priority: '우선순위' },
     createdAt: '만든 때',
+    dependencies: { database_unavailable: '데이터베이스 연결 안 됨', queue_unavailable: '작업 큐 연결 안 됨', dependency_unavailable: '내부 서비스 연결 안 됨', feature_disabled: '기능 꺼짐' },
   },
   en: {
     title: 'AI Jobs Console',
@@ -154,6 +155,7 @@ export const TEXT = {
     serverError: 'Server error ({code}). Try again in a moment.',
     fields: { query: 'the question', type: 'the job type', 'options.priority': 'the priority', priority: 'the priority' },
     createdAt: 'created',
+    dependencies: { database_unavailable: 'database unreachable', queue_unavailable: 'job queue unreachable', dependency_unavailable: 'an internal service is unreachable', feature_disabled: 'feature turned off' },
   },
 };
 

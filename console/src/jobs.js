@@ -232,7 +232,7 @@ const sleep = (ms, signal) =>
  *  onLog(line)       one log line {id, level, progress, step, message, createdAt}, in order, once
  *  onDone(job)       the job ended (completed, failed or cancelled), with its result or error
  *  onError(error)    a transient problem (NetworkError, ApiError 429/503): watching goes on
- *  onMode(mode)      'realtime' or 'polling', whenever the path changes
+ *  onMode(mode, s)   'realtime' or 'polling' (every s seconds), whenever that changes
  * Returns stop(); calling it ends the watch (no callback fires after it).
  */
 export function watchJob(jobId, callbacks = {}, options = {}) {
@@ -248,9 +248,10 @@ export function watchJob(jobId, callbacks = {}, options = {}) {
   const wakeUp = () => wake && wake();
 
   const emitMode = (mode) => {
-    if (state.mode !== mode && !signal.aborted) {
-      state.mode = mode;
-      if (onMode) onMode(mode);
+    const key = `${mode}|${state.pollSeconds}`;
+    if (state.mode !== key && !signal.aborted) {
+      state.mode = key;
+      if (onMode) onMode(mode, state.pollSeconds);
     }
   };
   const emitLog = (line) => {
@@ -277,7 +278,10 @@ export function watchJob(jobId, callbacks = {}, options = {}) {
   // one GET: the job and every log line after the last seen; ends the watch on a final status
   async function catchUp() {
     const got = await getJob(jobId, { logsAfter: state.lastLogId, etag: state.etag, signal });
-    if (got.pollSeconds) state.pollSeconds = got.pollSeconds;
+    if (got.pollSeconds && got.pollSeconds !== state.pollSeconds) {
+      state.pollSeconds = got.pollSeconds; // the server's suggestion (X-Poll-Interval)
+      if (!realtimeLive) emitMode('polling');
+    }
     if (got.notModified) return;
     state.etag = got.etag;
     for (const line of got.job.logs || []) emitLog(line);

@@ -65,4 +65,18 @@ def start_postgres(data_dir: Path | None = None) -> Postgres:
     server = pgserver.get_server(  # type: ignore[attr-defined]
         str(path), cleanup_mode="stop"
     )
+    if _enable_logical_decoding(server.get_uri()):
+        server.cleanup()  # a restart applies wal_level (kept in postgresql.auto.conf)
+        server = pgserver.get_server(str(path), cleanup_mode="stop")  # type: ignore[attr-defined]
     return Postgres(uri=server.get_uri(), _server=server)
+
+
+def _enable_logical_decoding(uri: str) -> bool:
+    """The local Realtime reads changes by logical decoding (REALTIME.md): set
+    ``wal_level = logical`` once; True when the server must restart to apply it."""
+    with psycopg.connect(uri, autocommit=True) as conn:
+        row = conn.execute("show wal_level").fetchone()
+        if row is not None and row[0] == "logical":
+            return False
+        conn.execute("alter system set wal_level = 'logical'")
+    return True

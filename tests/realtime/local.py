@@ -78,14 +78,16 @@ class LocalSupabase:
             self.process.kill()
             self.process.wait(5)
 
+    def restart(self) -> None:
+        """Stop the server (every socket drops) and serve again on the same port."""
+        self.stop()
+        self.process = _spawn(self.db_uri, int(self.url.rsplit(":", 1)[1]), self.log_path)
+        _wait_ready(self)
 
-def start_local_supabase(pg: Postgres, template: str, log_dir: Path) -> LocalSupabase:
-    name = f"rt_{uuid.uuid4().hex[:10]}"
-    db_uri = pg.create_database(name, template=template)
-    port = free_port()
-    log_path = log_dir / "supabase.log"
+
+def _spawn(db_uri: str, port: int, log_path: Path) -> subprocess.Popen[bytes]:
     with log_path.open("ab") as log:
-        process = subprocess.Popen(
+        return subprocess.Popen(
             [
                 sys.executable,
                 "-m",
@@ -101,16 +103,30 @@ def start_local_supabase(pg: Postgres, template: str, log_dir: Path) -> LocalSup
             stdout=log,
             stderr=subprocess.STDOUT,
         )
-    server = LocalSupabase(f"http://127.0.0.1:{port}", db_uri, process, log_path)
+
+
+def _wait_ready(server: LocalSupabase) -> None:
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
-        if process.poll() is not None:
+        if server.process.poll() is not None:
             raise RuntimeError(f"the local Supabase exited: {server.log_text()}")
         try:
             if httpx.get(f"{server.url}/auth/v1/health", timeout=1).status_code == 200:
-                return server
+                return
         except httpx.HTTPError:
             pass
         time.sleep(0.1)
     server.stop()
     raise RuntimeError(f"the local Supabase did not start: {server.log_text()}")
+
+
+def start_local_supabase(pg: Postgres, template: str, log_dir: Path) -> LocalSupabase:
+    name = f"rt_{uuid.uuid4().hex[:10]}"
+    db_uri = pg.create_database(name, template=template)
+    port = free_port()
+    log_path = log_dir / "supabase.log"
+    server = LocalSupabase(
+        f"http://127.0.0.1:{port}", db_uri, _spawn(db_uri, port, log_path), log_path
+    )
+    _wait_ready(server)
+    return server

@@ -242,8 +242,18 @@ export function watchJob(jobId, callbacks = {}, options = {}) {
   const state = { lastLogId: 0, etag: null, seen: '', done: false, mode: null, pollSeconds: 3 };
   // ids are one sequence across all jobs (not per job), so "seen" is a set, not a counter
   const seenLogs = new Set();
-  // after Realtime reports trouble, polling takes over until the channel is back
+  // Realtime counts as live once the channel is subscribed AND has delivered a change of this
+  // job: RLS delivers only the visitor's own rows, so an API that did not take the visitor's
+  // token (no SUPABASE_JWT_SECRET there) would leave a subscribed channel silent. Until then,
+  // and whenever the channel drops, polling runs at the server's interval.
+  let subscribed = false;
   let realtimeLive = false;
+  const delivered = () => {
+    if (subscribed && !realtimeLive) {
+      realtimeLive = true;
+      emitMode('realtime');
+    }
+  };
   let wake = null;
   const wakeUp = () => wake && wake();
 
@@ -333,6 +343,7 @@ export function watchJob(jobId, callbacks = {}, options = {}) {
         'postgres_changes',
         { event: 'UPDATE', schema: 'public', table: 'ai_jobs', filter: `id=eq.${jobId}` },
         (change) => {
+          delivered();
           const job = fromRow(change.new);
           if (isFinal(job.status)) {
             // the row event may be trimmed (1 MiB); the API has the whole result and the
@@ -346,16 +357,19 @@ export function watchJob(jobId, callbacks = {}, options = {}) {
       .on(
         'postgres_changes',
         { event: 'INSERT', schema: 'public', table: 'ai_job_logs', filter: `job_id=eq.${jobId}` },
-        (change) => emitLog(fromRow(change.new)),
+        (change) => {
+          delivered();
+          emitLog(fromRow(change.new));
+        },
       )
       .subscribe((status) => {
         if (signal.aborted) return;
         if (status === 'SUBSCRIBED') {
-          realtimeLive = true;
-          emitMode('realtime');
+          subscribed = true;
           // changes committed before the subscription began may be missed: read them now
           catchUp().catch(() => wakeUp());
         } else if (['CHANNEL_ERROR', 'TIMED_OUT', 'CLOSED'].includes(status)) {
+          subscribed = false;
           realtimeLive = false;
           emitMode('polling');
           wakeUp(); // poll at once, from the last log id
@@ -374,6 +388,7 @@ export function watchJob(jobId, callbacks = {}, options = {}) {
   if (options.realtime !== false) {
     subscribe().catch((error) => {
       console.warn('Realtime unavailable; polling', error);
+      subscribed = false;
       realtimeLive = false;
       emitMode('polling');
     });

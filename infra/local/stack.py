@@ -297,6 +297,8 @@ class LocalStack:
         }
         if self.config.jwt_identity:
             env["SUPABASE_JWT_SECRET"] = LOCAL_JWT_SECRET
+            # the console signs visitors in anonymously and follows their jobs over Realtime
+            env["SUPABASE_ANON_KEY"] = self.anon_key
         env.update(self.config.function_env)
         return env
 
@@ -399,6 +401,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {stack.base_url}/{name}")
         print(f"  {stack.base_url}/ai-jobs-process   (private: Cloud Tasks only)")
         print(f"  {stack.base_url}/ai-jobs-reap      (private: every {args.reap_interval:.0f}s)")
+        print(f"  {stack.base_url}/ai-jobs-console/  (the web console: open it in a browser)")
         print(f"  Cloud Tasks emulator {stack.emulator_host}\n\nlocal Supabase ({status_path}):")
         for key, value in stack.status().items():
             print(f"  {key:<17}{value}")

@@ -119,8 +119,10 @@ class LocalSupabase:
     def __init__(self, gateway: Gateway, auth: AuthService, realtime: RealtimeServer) -> None:
         self.gateway = gateway
         self.realtime = realtime
-        self._rest = WSGIBridge(gateway)
-        self._auth = create_auth_app(auth)
+        # Supabase's Kong answers CORS on /auth/v1 and /rest/v1 (its `cors` plugin: any origin,
+        # the requested headers), so a browser page on another origin can sign in
+        self._rest = _cors(WSGIBridge(gateway))
+        self._auth = _cors(create_auth_app(auth))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -157,6 +159,12 @@ class LocalSupabase:
                 await asyncio.to_thread(self.gateway.close)
                 await send({"type": "lifespan.shutdown.complete"})
                 return
+
+
+def _cors(app: Any) -> Any:
+    from starlette.middleware.cors import CORSMiddleware
+
+    return CORSMiddleware(app, allow_origins=["*"], allow_methods=["*"], allow_headers=["*"])
 
 
 async def _not_found(send: Send) -> None:

@@ -35,6 +35,7 @@ const ui = {
   lastAsk: null, // {query, type, priority, key} of the last submit, for "try again"
   countdown: null,
   jobsCursor: null,
+  jobs: [], // the listed jobs, kept to redraw the list in another language
 };
 
 const words = () => TEXT[ui.language];
@@ -164,7 +165,9 @@ function dependencyName(code) {
 function badRequest(error) {
   const w = words();
   const problems = error.details.errors || [];
-  const first = problems[0] || { field: error.details.field, message: error.message };
+  const first = { ...(problems[0] || { field: error.details.field, message: error.message }) };
+  // the server's message is English: say the problem in the visitor's language when known
+  first.message = w.problems[first.type] || first.message;
   const input = FIELD_INPUT[first.field];
   const fieldName = w.fields[first.field] || first.field || '';
   if (input) {
@@ -524,8 +527,8 @@ async function refreshJobs({ more = false } = {}) {
       cursor: more ? ui.jobsCursor : undefined,
       limit: 10,
     });
-    if (!more) list.replaceChildren();
-    list.append(...page.jobs.map(jobItem));
+    ui.jobs = more ? [...ui.jobs, ...page.jobs] : page.jobs;
+    list.replaceChildren(...ui.jobs.map(jobItem));
     ui.jobsCursor = page.nextCursor;
     $('jobs-more').hidden = !page.nextCursor;
     $('jobs-empty').hidden = list.children.length > 0;
@@ -548,10 +551,7 @@ async function refreshJobs({ more = false } = {}) {
 }
 
 function renderJobsLanguage() {
-  const w = words();
-  for (const badge of document.querySelectorAll('#jobs .badge')) {
-    badge.textContent = w.statuses[badge.dataset.status] || badge.dataset.status;
-  }
+  $('jobs').replaceChildren(...ui.jobs.map(jobItem));
 }
 
 async function reopen(jobId) {

@@ -87,6 +87,7 @@ export const TEXT = {
     serverError: '서버 오류가 났습니다 ({code}). 잠시 뒤 다시 시도하세요.',
     fields: { query: '질문', type: '작업 종류', 'options.priority': '우선순위', priority: '우선순위' },
     createdAt: '만든 때',
+    problems: { missing: '꼭 써야 합니다', value_error: '비어 있으면 안 됩니다', string_too_short: '비어 있으면 안 됩니다', string_too_long: '너무 깁니다 (최대 4000자)', enum: '고를 수 있는 값이 아닙니다', literal_error: '고를 수 있는 값이 아닙니다', extra_forbidden: '알 수 없는 항목입니다', string_type: '글자여야 합니다' },
     dependencies: { database_unavailable: '데이터베이스 연결 안 됨', queue_unavailable: '작업 큐 연결 안 됨', dependency_unavailable: '내부 서비스 연결 안 됨', feature_disabled: '기능 꺼짐' },
   },
   en: {
@@ -155,6 +156,7 @@ export const TEXT = {
     serverError: 'Server error ({code}). Try again in a moment.',
     fields: { query: 'the question', type: 'the job type', 'options.priority': 'the priority', priority: 'the priority' },
     createdAt: 'created',
+    problems: { missing: 'is required', value_error: 'must not be blank', string_too_short: 'must not be blank', string_too_long: 'is too long (4000 characters at most)', enum: 'is not one of the choices', literal_error: 'is not one of the choices', extra_forbidden: 'is not a known field', string_type: 'must be text' },
     dependencies: { database_unavailable: 'database unreachable', queue_unavailable: 'job queue unreachable', dependency_unavailable: 'an internal service is unreachable', feature_disabled: 'feature turned off' },
   },
 };

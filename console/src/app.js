@@ -403,7 +403,8 @@ function renderResult(job) {
   renderMarkdown($('result-body'), result.markdown || '');
   const charts = $('charts');
   charts.replaceChildren();
-  const series = result.series || [];
+  // a forecast is about trends; the other answers draw their incidents, then the trends
+  const series = (result.series || []).filter((item) => result.type !== 'prediction' || item.kind === 'trend');
   $('charts-heading').hidden = !series.length;
   for (const item of series) {
     const language = TEXT[result.language] ? result.language : ui.language;

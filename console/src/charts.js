@@ -108,7 +108,16 @@ export function drawChart(container, series, language, words) {
   const options = {
     width,
     height: 220,
+    // the fleet's clock is KST (its timestamps are +09:00) and the report's text says times in
+    // it: the axis does too, on a 24-hour clock in both languages
     tzDate: (ts) => uPlot.tzDate(new Date(ts * 1000), 'Asia/Seoul'),
+    fmtDate: (template) =>
+      uPlot.fmtDate(
+        template
+          .replace('{h}:{mm}{aa}', '{HH}:{mm}')
+          .replace('{h}{aa}', '{HH}:00')
+          .replace('{M}/{D}/{YY}', '{M}/{D}'),
+      ),
     scales: { x: { time: true } },
     axes: [{ stroke: '#333' }, { stroke: '#333', size: 56 }],
     legend: { show: false }, // drawn by legendFor as a plain list (uPlot's is a table)

@@ -58,6 +58,8 @@ CONSOLE_DEPS := console/node_modules/.package-lock.json
 console-deps: $(CONSOLE_DEPS)
 
 $(CONSOLE_DEPS): console/package.json console/package-lock.json
+	@command -v npm >/dev/null 2>&1 || { SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq nodejs npm; }
 	cd console && npm ci --no-audit --no-fund
 
 console: console-deps

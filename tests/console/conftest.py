@@ -119,6 +119,7 @@ def page(browser: Any, stack: LocalStack) -> Iterator[Any]:
     opened = context.new_page()
     errors = PageErrors()
     errors.watch(opened)
+    opened.errors = errors
     opened.goto(f"{stack.base_url}/ai-jobs-console/")
     opened.wait_for_selector("body[data-ready=true]")
     opened.wait_for_selector("#jobs[data-loaded=true]", state="attached")

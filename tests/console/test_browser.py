@@ -292,3 +292,26 @@ def _wait_final(stack: LocalStack, job_id: str) -> dict[str, Any]:
             return dict(job)
         time.sleep(0.2)
     raise AssertionError(f"job {job_id} did not end")
+
+
+def test_html_in_a_model_written_report_is_rendered_inert(
+    page: Any, fake: fake_gemini.FakeGemini
+) -> None:
+    hostile = (
+        '<img src="x" onerror="window.__xss = true"> 리포트 <script>window.__xss = true</script>'
+    )
+    fake.push(
+        fake_gemini.answer({"title": hostile, "summary": "", "explanations": [], "actions": []})
+    )
+    ask(page, PLAN_QUESTION)
+
+    page.wait_for_selector("#result:not([hidden])", timeout=LONG)
+
+    assert page.evaluate("window.__xss") is None
+    assert page.locator("#result-body script, #result-body [onerror]").count() == 0
+    assert "리포트" in page.inner_text("#result-body h1")
+    # DOMPurify parses the hostile HTML in an inert document and Chromium's CSP reports the
+    # inline handler there as blocked: that report is expected (nothing ran: __xss is unset)
+    blocked = [e for e in page.errors.errors if "inline event handler" in e]
+    assert len(blocked) == 1
+    page.errors.errors.remove(blocked[0])

@@ -22,6 +22,7 @@ FUNCTIONS=(
   "ai-jobs-list|list_jobs|public"
   "ai-jobs-cancel|cancel_job|public"
   "ai-jobs-reap|reap_jobs|private"
+  "ai-jobs-console|console|public"
 )
 PROCESSOR=ai-jobs-process
 REAPER=ai-jobs-reap
@@ -43,6 +44,7 @@ PASSTHROUGH_SETTINGS=(
   RETENTION_DAYS REAP_GRACE_S ENABLE_JOB_QUEUE ENABLE_COMPLEXITY_ROUTING ALLOWED_ORIGINS
   USER_ID_HEADER ALLOW_ANONYMOUS POLL_INTERVAL_S MAX_BODY_BYTES GEMINI_TIMEOUT_S
   GEMINI_MAX_RETRIES FLEET_SOURCE FLEET_SEED ROUTER_MEDIUM_SCORE ROUTER_COMPLEX_SCORE
+  SUPABASE_ANON_KEY
 )
 
 usage() {
@@ -57,7 +59,8 @@ Flags
   --project ID         Google Cloud project (overrides GCP_PROJECT)
   --region REGION      region of the functions (overrides FUNCTION_REGION)
   --only NAMES         deploy only these functions (comma list of ai-jobs-process,
-                       ai-jobs-create, ai-jobs-get, ai-jobs-list, ai-jobs-cancel, ai-jobs-reap);
+                       ai-jobs-create, ai-jobs-get, ai-jobs-list, ai-jobs-cancel, ai-jobs-reap,
+                       ai-jobs-console);
                        APIs, service accounts, queue, secrets and migrations are still ensured
   --skip-migrations    do not run `supabase db push`
   -h, --help           this text
@@ -95,7 +98,7 @@ Functions (default)
   PROCESSOR_TIMEOUT_S             540
   PROCESSOR_MAX_INSTANCES         10
   PROCESSOR_MIN_INSTANCES         0
-  FUNCTION_MEMORY                 256Mi   (the five other functions)
+  FUNCTION_MEMORY                 256Mi   (the six other functions)
   FUNCTION_TIMEOUT_S              60
   FUNCTION_MAX_INSTANCES          20
   FUNCTION_MIN_INSTANCES          0
@@ -129,7 +132,8 @@ Settings written into the functions' environment (default)
   MAX_JOBS_PER_MINUTE, MAX_ACTIVE_JOBS, RETENTION_DAYS, REAP_GRACE_S, ENABLE_JOB_QUEUE,
   ENABLE_COMPLEXITY_ROUTING, ALLOWED_ORIGINS, USER_ID_HEADER, ALLOW_ANONYMOUS,
   POLL_INTERVAL_S, MAX_BODY_BYTES, GEMINI_TIMEOUT_S, GEMINI_MAX_RETRIES, FLEET_SOURCE,
-  FLEET_SEED, ROUTER_MEDIUM_SCORE, ROUTER_COMPLEX_SCORE
+  FLEET_SEED, ROUTER_MEDIUM_SCORE, ROUTER_COMPLEX_SCORE,
+  SUPABASE_ANON_KEY (public; the console signs visitors in anonymously for Realtime)
 EOF
 }
 
@@ -449,6 +453,8 @@ stage() {
   find "$dest/shared" -name __pycache__ -type d -prune -exec rm -rf {} +
   find "$dest/shared" -name '*.pyc' -delete
   cp requirements.txt "$dest/requirements.txt"
+  # the console's built page (make console); no other function has a static/ folder
+  if [[ -d "functions/$name/static" ]]; then cp -R "functions/$name/static" "$dest/static"; fi
   echo "staged $dest (main.py, shared/, requirements.txt)"
 }
 
@@ -495,8 +501,9 @@ deploy() {
     cmd+=(--no-allow-unauthenticated)
   fi
   cmd+=(--memory="$memory" --timeout="${timeout}s" --max-instances="$max" --min-instances="$min"
-    --service-account="$RUNTIME_SA" --env-vars-file="$ENV_FILE"
-    --set-secrets="${MOUNTS[$name]:-}")
+    --service-account="$RUNTIME_SA" --env-vars-file="$ENV_FILE")
+  # the console mounts no secret (it serves only public values)
+  if [[ -n "${MOUNTS[$name]:-}" ]]; then cmd+=(--set-secrets="${MOUNTS[$name]}"); fi
   if [[ -n "$BUILD_SERVICE_ACCOUNT" ]]; then
     cmd+=(--build-service-account="$BUILD_SERVICE_ACCOUNT")
   fi

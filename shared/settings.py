@@ -249,3 +249,67 @@ class Settings:
 def get_settings() -> Settings:
     """The process's settings, read once (functions call this at import: fail fast)."""
     return Settings.from_env()
+
+
+@dataclass(frozen=True)
+class ConsoleSettings:
+    """What the web console (``ai-jobs-console``) hands the page: public values only.
+
+    The console needs no service key, so it reads its own few variables rather than
+    ``Settings`` (which requires one). An empty ``functions_base_url`` means the page's own
+    origin: on ``cloudfunctions.net`` every function of a project shares it.
+    """
+
+    functions_base_url: str = ""
+    supabase_url: str | None = None
+    supabase_anon_key: str | None = None
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> ConsoleSettings:
+        e = _Env(os.environ if env is None else env)
+        base = e.text("CONSOLE_FUNCTIONS_URL", e.text("PUBLIC_BASE_URL", "")).rstrip("/")
+        url = e.opt("SUPABASE_URL")
+        key = e.opt("SUPABASE_ANON_KEY")
+        for name, value in (("CONSOLE_FUNCTIONS_URL", base), ("SUPABASE_URL", url)):
+            if value and not value.startswith(("http://", "https://")):
+                raise ConfigError(
+                    f"setting {name} must be an http(s) URL", details={"setting": name}
+                )
+        if key and not url:
+            raise ConfigError(
+                "SUPABASE_ANON_KEY needs SUPABASE_URL", details={"setting": "SUPABASE_URL"}
+            )
+        if key and _jwt_role(key) == "service_role":
+            # the page is public: a service key here would hand every visitor the database
+            raise ConfigError(
+                "SUPABASE_ANON_KEY holds a service_role key; give the console the anon key",
+                details={"setting": "SUPABASE_ANON_KEY"},
+            )
+        return cls(
+            functions_base_url=base,
+            supabase_url=url.rstrip("/") if url else None,
+            supabase_anon_key=key,
+        )
+
+
+def _jwt_role(token: str) -> str | None:
+    """The ``role`` claim of a JWT, read without verifying it (None if not a JWT)."""
+    import base64
+    import binascii
+    import json
+
+    parts = token.split(".")
+    if len(parts) != 3:  # header.payload.signature
+        return None
+    try:
+        claims = json.loads(base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4)))
+    except (ValueError, binascii.Error):
+        return None
+    role = claims.get("role") if isinstance(claims, dict) else None
+    return role if isinstance(role, str) else None
+
+
+@lru_cache(maxsize=1)
+def get_console_settings() -> ConsoleSettings:
+    """The console's settings, read once (its main.py calls this at import: fail fast)."""
+    return ConsoleSettings.from_env()

@@ -27,6 +27,7 @@ ENTRY_POINTS = {
     "ai-jobs-list": "list_jobs",
     "ai-jobs-cancel": "cancel_job",
     "ai-jobs-reap": "reap_jobs",
+    "ai-jobs-console": "console",
 }
 PRIVATE = {"ai-jobs-process", "ai-jobs-reap"}
 SECRET_VALUES = {
@@ -211,8 +212,11 @@ def test_each_function_is_deployed_with_its_settings(tmp_path: Path) -> None:
         assert f"--source={tmp_path / 'build' / name}" in args
         assert f"--service-account={RUNTIME_SA}" in args
         assert f"--env-vars-file={tmp_path / 'build' / name}.env.yaml" in args
-        secrets = next(a for a in args if a.startswith("--set-secrets="))
-        assert "SUPABASE_SERVICE_ROLE_KEY=supabase-service-role-key:latest" in secrets
+        secrets = next((a for a in args if a.startswith("--set-secrets=")), "")
+        # the public console serves only public values: it mounts no secret at all
+        assert ("SUPABASE_SERVICE_ROLE_KEY=supabase-service-role-key:latest" in secrets) == (
+            name != "ai-jobs-console"
+        )
         if name in PRIVATE:
             assert "--no-allow-unauthenticated" in args
             assert "--allow-unauthenticated" not in args
@@ -362,6 +366,8 @@ def test_staging_copies_main_shared_and_requirements(tmp_path: Path) -> None:
         assert f'TASKS_INVOKER_SA: "{INVOKER_SA}"' in env_file
         assert 'PROCESSOR_VERIFY_OIDC: "true"' in env_file
         assert ("REAPER_URL:" in env_file) == (name == "ai-jobs-reap")
+    console_static = tmp_path / "build" / "ai-jobs-console" / "static"
+    assert (console_static / "index.html").is_file() and (console_static / "app.js").is_file()
 
 
 def test_missing_project_fails_with_a_message_naming_it(tmp_path: Path) -> None:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import functools
 import hmac
+import io
 import json
 import math
 import re
@@ -158,6 +159,7 @@ def endpoint(*methods: str, cors: bool = True) -> Callable[[Handler], Callable[.
                     stack_trace=traceback.format_exc(),
                 )
                 response = error_response(errors.AppError("internal error"))
+            _forget_unread_body(request)
             if cors and settings is not None:
                 for name, value in _cors_headers(request, settings).items():
                     response.headers.setdefault(name, value)
@@ -172,6 +174,19 @@ def endpoint(*methods: str, cors: bool = True) -> Callable[[Handler], Callable[.
         return entry
 
     return decorate
+
+
+def _forget_unread_body(request: flask.Request) -> None:
+    """Leave what the handler did not read unread.
+
+    functions-framework registers an ``after_request`` hook (``read_request`` in its
+    ``__init__.py``, 3.10.2) that calls ``request.get_data()`` "to avoid connection errors when
+    returning prematurely": it reads the whole remaining body into memory, unbounded, after a
+    413 too, and a broken or abandoned body raises there, past every handler, as Flask's
+    plain-text 500 with three tracebacks. The body is read by ``read_body`` (bounded) or not
+    at all; an empty stream makes that hook a no-op and leaves the rest of the connection to
+    the server, which drains or closes it."""
+    request.stream = io.BytesIO()
 
 
 def _dispatch(
@@ -309,7 +324,7 @@ def _finite_float(text: str) -> float:
     value = float(text)
     if not math.isfinite(value):
         raise errors.UnsupportedJsonValue(
-            "a number is too large", details={"reason": "number out of range"}
+            "a number is too large", details={"reason": "number beyond a double"}
         )
     return value
 
@@ -319,7 +334,7 @@ def _int(text: str) -> int:
         return int(text)
     except ValueError:  # beyond Python's int-parsing digit limit
         raise errors.UnsupportedJsonValue(
-            "a number is too large", details={"reason": "number out of range"}
+            "a number is too large", details={"reason": "number beyond a double"}
         ) from None
 
 

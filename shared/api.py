@@ -33,6 +33,7 @@ from shared.store import get_store
 from shared.tasks import get_queue
 
 _IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")
+_INTEGER = re.compile(r"^-?[0-9]+$")
 MAX_PAGE = 100
 
 
@@ -44,7 +45,7 @@ def _idempotency_key(request: flask.Request) -> str | None:
     key = request.headers.get("Idempotency-Key")
     if key is None:
         return None
-    if not _IDEMPOTENCY_KEY.match(key):
+    if not _IDEMPOTENCY_KEY.fullmatch(key):
         raise errors.ValidationFailed(
             "Idempotency-Key must be 1-255 visible ASCII characters",
             details={"header": "Idempotency-Key"},
@@ -188,14 +189,12 @@ def get_job(request: flask.Request, settings: Settings) -> flask.Response:
 
 def _int_arg(request: flask.Request, name: str, default: int, *, minimum: int, maximum: int) -> int:
     raw = request.args.get(name)
-    if raw is None or raw == "":
+    if raw is None:
         return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise errors.ValidationFailed(
-            f"{name} must be an integer", details={"field": name}
-        ) from None
+    # ASCII digits only: int() would also take "", " 5", "5_0" and "٥", which no schema allows
+    if not _INTEGER.fullmatch(raw) or len(raw) > 20:
+        raise errors.ValidationFailed(f"{name} must be an integer", details={"field": name})
+    value = int(raw)
     if not minimum <= value <= maximum:
         raise errors.ValidationFailed(
             f"{name} must be between {minimum} and {maximum}", details={"field": name}
@@ -209,7 +208,7 @@ def _enum_list(
     raw = request.args.get(name)
     if not raw:
         return None
-    values = [part.strip() for part in raw.split(",") if part.strip()]
+    values = raw.split(",")  # exact values: what the OpenAPI pattern describes
     valid = {member.value for member in allowed}
     unknown = [value for value in values if value not in valid]
     if unknown:

@@ -142,6 +142,8 @@ def endpoint(*methods: str, cors: bool = True) -> Callable[[Handler], Callable[.
     ``cors=True`` marks a public function: CORS headers, preflight, and POSTs must be JSON."""
 
     def decorate(handler: Handler) -> Callable[..., Any]:
+        _answer_framework_errors_as_json()
+
         @functools.wraps(handler)
         def entry(request: flask.Request) -> flask.Response:
             started = time.perf_counter()
@@ -174,6 +176,39 @@ def endpoint(*methods: str, cors: bool = True) -> Callable[[Handler], Callable[.
         return entry
 
     return decorate
+
+
+#: What Flask/Werkzeug itself refuses before a handler runs (a path its router cannot match,
+#: such as one holding a newline, or /robots.txt), as the project's errors.
+_FRAMEWORK_ERRORS: dict[int, type[errors.AppError]] = {
+    400: errors.BadRequest,
+    404: errors.NotFound,
+    405: errors.MethodNotAllowed,
+    413: errors.PayloadTooLarge,
+    415: errors.UnsupportedMediaType,
+}
+
+
+def _answer_framework_errors_as_json() -> None:
+    """Route Flask's own HTTP errors through ``error_response`` instead of its HTML pages.
+
+    functions-framework points ``functions_framework.errorhandler`` at the app it is creating
+    before it imports the function's ``main.py`` (``create_app`` in its ``__init__.py``), and
+    documents it for user code; outside ``create_app`` it is a no-op."""
+    import functions_framework
+    from werkzeug.exceptions import HTTPException
+
+    def answer(exc: HTTPException) -> flask.Response:
+        status = exc.code or 500
+        cls = _FRAMEWORK_ERRORS.get(status, errors.BadRequest if status < 500 else errors.AppError)
+        error = cls(exc.name.lower() if status < 500 else "internal error")
+        response = error_response(error)
+        allowed = getattr(exc, "valid_methods", None)  # set on a 405
+        if allowed:
+            response.headers["Allow"] = ", ".join(allowed)
+        return response
+
+    functions_framework.errorhandler(HTTPException)(answer)
 
 
 def _forget_unread_body(request: flask.Request) -> None:
@@ -381,10 +416,9 @@ def parse_job_id(raw: object) -> uuid.UUID:
         raise errors.InvalidId("a job id is required", details={"field": "jobId"})
     if not isinstance(raw, str):
         raise errors.InvalidId("the job id must be a string", details={"field": "jobId"})
-    try:
-        return uuid.UUID(raw)
-    except ValueError:
-        raise errors.InvalidId("the job id is not a UUID", details={"field": "jobId"}) from None
+    if not _UUID.fullmatch(raw):  # the canonical form only, as the API writes ids
+        raise errors.InvalidId("the job id is not a UUID", details={"field": "jobId"})
+    return uuid.UUID(raw)
 
 
 def path_job_id(request: flask.Request) -> str | None:
@@ -411,7 +445,7 @@ def caller_id(request: flask.Request, settings: Settings) -> str:
     header = request.headers.get(settings.user_id_header)
     if header:
         _check_header_is_trusted(request, settings)
-        if not _USER_ID.match(header):
+        if not _USER_ID.fullmatch(header):
             raise errors.ValidationFailed(
                 f"{settings.user_id_header} must be 1-128 characters of [A-Za-z0-9._:@|-]"
             )
@@ -442,7 +476,7 @@ def _jwt_subject(token: str, secret: str) -> str:
     subject = claims["sub"]
     # Only a Supabase Auth user id: never the shared "anonymous" identity, nothing RLS
     # (auth.uid(), a uuid) could not match, nothing unbounded or unencodable.
-    if not isinstance(subject, str) or not _UUID.match(subject):
+    if not isinstance(subject, str) or not _UUID.fullmatch(subject):
         raise errors.Unauthorized(
             "the bearer token's subject is not a user id", details={"reason": "subject"}
         )

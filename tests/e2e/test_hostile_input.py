@@ -336,3 +336,28 @@ def test_f9_a_token_whose_sub_is_not_a_uuid_is_401_and_never_the_anonymous_ident
         assert mine.json()["jobs"] == []
     finally:
         stack.restart_host()
+
+
+# --- found by Schemathesis (tests/e2e/test_schemathesis.py), kept as regular cases ---------
+
+FOUND = [
+    # Python's str.strip() calls U+001C blank; the description now says the same
+    ("POST", "/ai-jobs-create", {"json": {"query": "\u001c"}}, 400, "validation_failed"),
+    # a path the router cannot match answered Flask's HTML 404
+    ("DELETE", "/ai-jobs-cancel/y%C2%9D%0A", {}, 404, "not_found"),
+    ("GET", "/ai-jobs-get/robots.txt", {}, 404, "not_found"),
+    # lenient parsing the description did not allow
+    ("GET", "/ai-jobs-list?limit=", {}, 400, "validation_failed"),
+    ("GET", "/ai-jobs-list?limit=5_0", {}, 400, "validation_failed"),
+    ("GET", "/ai-jobs-list?status=None", {}, 400, "validation_failed"),
+    ("GET", "/ai-jobs-list?status=queued,,failed", {}, 400, "validation_failed"),
+    ("GET", "/ai-jobs-get/12345678123412341234123456789abc", {}, 400, "invalid_id"),
+    ("GET", "/ai-jobs-get/%7B12345678-1234-1234-1234-123456789abc%7D", {}, 400, "invalid_id"),
+]
+
+
+@pytest.mark.parametrize(("method", "path", "kwargs", "status", "code"), FOUND)
+def test_found_cases_get_the_documented_answer(  # noqa: PLR0917 (one parameter per column)
+    http: httpx.Client, method: str, path: str, kwargs: dict[str, Any], status: int, code: str
+) -> None:
+    assert_error(http.request(method, path, **kwargs), status, code)

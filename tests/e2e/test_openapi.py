@@ -32,9 +32,7 @@ NOT_FOR_CLIENTS = {
     "forbidden",
     "lease_lost",
     "job_cancelled",
-    "bad_request",
     "conflict",
-    "not_found",
 }
 CHECKS = [
     status_code_conformance,

@@ -287,3 +287,18 @@ def test_a_row_that_fails_to_load_is_a_500_not_the_clients_400(
     logged = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     failure = next(entry for entry in logged if entry["message"] == "unhandled error")
     assert "Traceback" in failure["stack_trace"]
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        "12345678-1234-1234-1234-123456789abc\n",  # "$" would match before a final newline
+        "12345678123412341234123456789abc",
+        "urn:uuid:12345678-1234-1234-1234-123456789abc",
+    ],
+)
+def test_only_the_canonical_uuid_form_is_a_job_id(raw: str) -> None:
+    from shared.http import parse_job_id
+
+    with pytest.raises(errors.InvalidId):
+        parse_job_id(raw)

@@ -50,6 +50,7 @@ demo: install
 
 bench: install
 	$(PY) scripts/bench.py
+	$(PY) scripts/bench_realtime.py
 
 # the labelled set the router's cues were tuned on, then a held-out set written afterwards
 router-accuracy: install

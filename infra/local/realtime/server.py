@@ -144,7 +144,8 @@ class RealtimeServer:
                     await self._deliver(transaction)
                 except Exception:
                     log.exception("delivering transaction %s failed", transaction.xid)
-            await asyncio.sleep(self.poll_interval_s)
+            if not transactions:  # after a busy poll, look again at once
+                await asyncio.sleep(self.poll_interval_s)
 
     # --- delivery ---------------------------------------------------------------------------
 

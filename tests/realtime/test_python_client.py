@@ -425,6 +425,9 @@ def test_a_binding_that_cannot_be_subscribed_gets_a_system_error_but_the_join_st
     system = json.loads(str(error))
     assert system["extension"] == "postgres_changes" and system["status"] == "error"
     assert system["message"].startswith("Unable to subscribe to changes with given parameters")
+    # worded as the real server's (realtime_channel_test.exs)
+    assert f"[event: INSERT, schema: public, table: {spec[1]}, filters: [" in system["message"]
+    assert system["message"].endswith("], select: nil]")
 
 
 # --- 11, 14. leave and copies -----------------------------------------------------------------

@@ -260,22 +260,24 @@ class RealtimeServer:
     async def _subscribe(self, socket: Socket, channel: Channel) -> None:
         if not channel.bindings:
             return
-        try:
-            for binding in channel.bindings:
+        for binding in channel.bindings:
+            try:
                 await self.database.check_binding(binding)
-        except BindingError:
-            channel.subscribed = []
-            described = ", ".join(b.describe() for b in channel.bindings)
-            socket.system(
-                channel,
-                "postgres_changes",
-                "error",
-                "Unable to subscribe to changes with given parameters. Please check Realtime is "
-                f"enabled for the given connect parameters: {described}",
-            )
-            return
+            except BindingError:
+                channel.subscribed = []
+                self._refuse(socket, channel, binding)
+                return
         channel.subscribed = list(channel.bindings)
         socket.system(channel, "postgres_changes", "ok", "Subscribed to PostgreSQL")
+
+    def _refuse(self, socket: Socket, channel: Channel, binding: Binding) -> None:
+        socket.system(
+            channel,
+            "postgres_changes",
+            "error",
+            "Unable to subscribe to changes with given parameters. Please check Realtime is "
+            f"enabled for the given connect parameters: {binding.describe()}",
+        )
 
     async def _access_token(self, socket: Socket, channel: Channel, payload: Any) -> None:
         token = payload.get("access_token") if isinstance(payload, dict) else None

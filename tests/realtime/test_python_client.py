@@ -566,3 +566,29 @@ def test_the_rest_api_answers_on_the_same_base_url(supabase_server: LocalSupabas
     )
 
     assert response.status_code == 200
+
+
+def test_a_payload_over_one_mebibyte_keeps_only_small_values_and_says_413(
+    supabase_server: LocalSupabase,
+) -> None:
+    user = str(uuid.uuid4())
+    job_id = supabase_server.new_job(user)
+
+    async def scenario() -> Listener:
+        listener = await listen(
+            supabase_server, "big", JOB_BINDINGS, token=supabase_server.user_token(user)
+        )
+        supabase_server.sql(
+            "insert into ai_job_logs (job_id, attempt, message, data) "
+            "values (%s, 1, 'big', jsonb_build_object('blob', repeat('x', 1100000)))",
+            job_id,
+        )
+        await until(lambda: len(listener.payloads(2)) == 1)
+        await listener.close()
+        return listener
+
+    [event] = run(scenario()).payloads(2)
+
+    body = data(event)
+    assert body["errors"] == ["Error 413: Payload Too Large"]
+    assert "data" not in body["record"] and body["record"]["message"] == "big"

@@ -592,3 +592,45 @@ def test_a_payload_over_one_mebibyte_keeps_only_small_values_and_says_413(
     body = data(event)
     assert body["errors"] == ["Error 413: Payload Too Large"]
     assert "data" not in body["record"] and body["record"]["message"] == "big"
+
+
+def test_filters_compare_the_new_row_with_the_value_cast_to_the_column_type(
+    supabase_server: LocalSupabase,
+) -> None:
+    user = str(uuid.uuid4())
+    job_id = supabase_server.new_job(user)
+    specs: list[tuple[str, str, str | None]] = [
+        ("UPDATE", "ai_jobs", "progress=gt.50"),  # 60 > 50, but 9 < 50 (an int, not text)
+        ("UPDATE", "ai_jobs", "progress=lte.20"),
+        ("UPDATE", "ai_jobs", "progress=gte.60"),
+        ("UPDATE", "ai_jobs", "progress=lt.10"),
+        ("UPDATE", "ai_jobs", "status=in.(completed,failed)"),
+        ("UPDATE", "ai_jobs", "current_step=neq.step 9"),
+    ]
+
+    async def scenario() -> Listener:
+        listener = await listen(
+            supabase_server, "filters", specs, token=supabase_server.user_token(user)
+        )
+        for progress in (9, 60):
+            supabase_server.sql(
+                "update ai_jobs set progress = %s, current_step = %s where id = %s",
+                progress,
+                f"step {progress}",
+                job_id,
+            )
+        await until(lambda: len(listener.payloads(5)) == 1)  # the last update (step 60)
+        await listener.close()
+        return listener
+
+    listener = run(scenario())
+
+    def progress_seen(binding: int) -> list[int]:
+        return [data(p)["record"]["progress"] for p in listener.payloads(binding)]
+
+    assert progress_seen(0) == [60]
+    assert progress_seen(1) == [9]
+    assert progress_seen(2) == [60]
+    assert progress_seen(3) == [9]
+    assert progress_seen(4) == []
+    assert progress_seen(5) == [60]

@@ -27,7 +27,7 @@ from infra.local.auth import TokenError, verify_token
 from infra.local.realtime import protocol
 from infra.local.realtime.bindings import Binding, BindingError, parse_binding
 from infra.local.realtime.capture import ChangeCapture
-from infra.local.realtime.database import RealtimeDatabase, limit_payload
+from infra.local.realtime.database import RealtimeDatabase, Visible, limit_payload
 from infra.local.realtime.pgoutput import Change, Transaction
 from infra.local.realtime.protocol import Frame
 
@@ -317,7 +317,7 @@ def _matching(channel: Channel, change: Change) -> list[Binding]:
 
 
 def _event(
-    change: Change, stamp: str, record: dict[str, Any], old: dict[str, Any], visible: Any
+    change: Change, stamp: str, record: dict[str, Any], old: dict[str, Any], visible: Visible
 ) -> dict[str, Any]:
     allowed = {c["name"] for c in visible.columns}
     new_row = {k: v for k, v in record.items() if k in allowed}

@@ -412,7 +412,7 @@ def _fit(fleet: Fleet, server: Server, metric: str) -> Trend | None:
         unit=RULES[metric].unit,
         since=fleet.timestamps[first],
         current=_r(current),
-        slope_per_hour=_r(slope, 2),
+        slope_per_hour=_r(slope, 2) + 0.0,  # never "-0"
         r2=_r(r2, 2),
         warning=warning,
         critical=critical,

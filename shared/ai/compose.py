@@ -826,9 +826,13 @@ def asked_servers(query: str, facts: FleetFacts) -> list[str]:
 
 
 def outlook_of(trend: Trend) -> str:
+    """rising | falling | flat (moves less than ``FLAT_PER_DAY`` a day) | unclear (the line
+    moves but fits the samples poorly)."""
     per_day = trend.slope_per_hour * 24
-    if trend.r2 < TREND_MIN_R2 or abs(per_day) < FLAT_PER_DAY:
+    if abs(per_day) < FLAT_PER_DAY:
         return "flat"
+    if trend.r2 < TREND_MIN_R2:
+        return "unclear"
     return "rising" if per_day > 0 else "falling"
 
 
@@ -846,6 +850,26 @@ def forecast_note(trend: Trend, language: Language) -> str:
             f"{trend.server_id} {metric} {current}: 이미 경고 임계 {warning} 이상입니다.",
             f"{trend.server_id} {metric} at {current}: already at or above the warning limit "
             f"{warning}.",
+        )
+    if outlook == "unclear":
+        return _pick(
+            language,
+            f"{trend.server_id} {metric} {current}: 뚜렷한 추세 없음(R² {num(trend.r2)}). "
+            f"기울기 시간당 {slope}"
+            + (
+                f", 이대로라면 약 {num(trend.hours_to_warning)}시간 뒤 경고 임계 {warning} "
+                f"도달(적합도가 낮아 참고용)."
+                if trend.hours_to_warning is not None
+                else f", 이 기울기로는 {days}일 안에 임계에 도달하지 않습니다."
+            ),
+            f"{trend.server_id} {metric} at {current}: no clear trend (R² {num(trend.r2)}). "
+            f"The fitted slope is {slope}/h"
+            + (
+                f": warning limit {warning} in about {num(trend.hours_to_warning)} h if it "
+                f"held, but the line fits poorly."
+                if trend.hours_to_warning is not None
+                else f": no threshold within {days} days at that slope."
+            ),
         )
     if outlook == "rising" and trend.hours_to_warning is not None:
         return _pick(

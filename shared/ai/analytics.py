@@ -83,7 +83,7 @@ UNDETERMINED_MARGIN = 0.3
 #: a signal moving on this share of the servers carrying it (and on at least
 #: ``FLEET_WIDE_MIN_SERVERS``) within one sample interval is one fleet-wide event
 FLEET_WIDE_SHARE = 2 / 3
-FLEET_WIDE_MIN_SERVERS = 4
+FLEET_WIDE_MIN_SERVERS = 3
 #: a metric flickering around its limit is one incident, not several
 SAME_SERVER_GAP = timedelta(minutes=60)
 #: a server that stopped answering is as far from normal as anything we measure
@@ -475,8 +475,25 @@ def _fleet_wide_group(
     return None
 
 
+def _one_source(
+    group: Sequence[Episode], episodes: Sequence[Episode], topology: _Topology, interval: timedelta
+) -> bool:
+    """Whether one server with a cause signal (CPU, memory, disk, down…) that moved no later
+    than the group could account for every server in it through the topology."""
+    first = min(e.onset for e in group)
+    members = {e.server_id for e in group}
+    sources = {
+        e.server_id
+        for e in episodes
+        if e.metric not in SYMPTOM_METRICS
+        and e.samples >= 2
+        and first - CORRELATION_WINDOW <= e.onset <= first + interval / 2
+    }
+    return any(members - {src} <= topology.callers[src] for src in sources)
+
+
 def find_fleet_wide(
-    fleet: Fleet, episodes: Sequence[Episode]
+    fleet: Fleet, episodes: Sequence[Episode], topology: _Topology | None = None
 ) -> tuple[list[FleetWideEvent], list[Episode]]:
     """Signals that moved on most of the fleet at once, and the episodes left for incidents.
 
@@ -485,6 +502,7 @@ def find_fleet_wide(
     server for all of them.
     """
     interval = timedelta(minutes=fleet.interval_minutes)
+    topology = topology or _Topology(fleet)
     events: list[FleetWideEvent] = []
     taken: set[int] = set()
     for metric in RULES:
@@ -492,6 +510,12 @@ def find_fleet_wide(
         for direction in (1, -1):
             pool = [e for e in episodes if e.metric == metric and _direction(e) == direction]
             while (group := _fleet_wide_group(pool, carriers, interval)) is not None:
+                if _one_source(group, episodes, topology, interval):
+                    # a cascade from one faulty server looks "at once" in a small fleet: keep
+                    # it for the incidents and look further on
+                    first = group[0].onset
+                    pool = [e for e in pool if e.onset > first]
+                    continue
                 # the rest of the same shift: servers that followed within two more samples
                 first, last = group[0].onset, max(e.onset for e in group) + 2 * interval
                 members = {id(e) for e in group}
@@ -544,6 +568,11 @@ class _Topology:
             for callee in callees:
                 self.neighbours[callee].add(caller)
         self.behind: dict[str, frozenset[str]] = {sid: self._reach(sid) for sid in self.calls}
+        #: who reaches this server through calls (its direct and indirect callers)
+        self.callers: dict[str, set[str]] = {sid: set() for sid in self.calls}
+        for caller, reached in self.behind.items():
+            for callee in reached:
+                self.callers[callee].add(caller)
 
     def _reach(self, start: str) -> frozenset[str]:
         seen: set[str] = set()
@@ -1039,8 +1068,9 @@ def window_of(fleet: Fleet) -> Window:
 
 def analyse(fleet: Fleet) -> FleetFacts:
     """All the facts about the fleet."""
-    fleet_wide, episodes = find_fleet_wide(fleet, find_episodes(fleet))
-    incidents = find_incidents(fleet, episodes)
+    topology = _Topology(fleet)
+    fleet_wide, episodes = find_fleet_wide(fleet, find_episodes(fleet), topology)
+    incidents = find_incidents(fleet, episodes, topology)
     capacity = find_capacity(fleet, incidents)
     return FleetFacts(
         window=window_of(fleet),

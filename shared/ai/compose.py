@@ -807,7 +807,8 @@ def optimization_draft(facts: FleetFacts, query: str, language: Language) -> Opt
 _METRIC_CUES: dict[str, tuple[str, ...]] = {
     "cpu": ("cpu", "processor", "씨피유", "프로세서"),
     "memory": ("memory", "ram", "mem ", "메모리", "램"),
-    "disk": ("disk", "storage", "space", "디스크", "저장", "용량"),
+    # not "용량" alone: "사용량" (usage) contains it
+    "disk": ("disk", "storage", "space", "디스크", "저장 공간", "저장공간", "디스크 용량"),
     "disk_io": ("i/o", "iops", "io ", "입출력"),
 }
 #: A line that changes less than this per day (in the metric's unit) is flat.

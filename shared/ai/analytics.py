@@ -78,12 +78,16 @@ CORRELATION_WINDOW = timedelta(minutes=30)
 CLUSTER_SLACK = timedelta(minutes=10)
 #: a signal that moved this many samples after the first one gains nothing more by being late
 MAX_DELAY_SAMPLES = 3.0
+#: deviations this far from the baseline (robust units) on two linked servers make an incident
+STRONG_Z = 10.0
 #: below this score margin the best candidate is not separated from the next: "undetermined"
 UNDETERMINED_MARGIN = 0.3
 #: a signal moving on this share of the servers carrying it (and on at least
-#: ``FLEET_WIDE_MIN_SERVERS``) within one sample interval is one fleet-wide event
+#: ``FLEET_WIDE_MIN_SERVERS``) within ``FLEET_WIDE_SPREAD`` intervals is one fleet-wide event
 FLEET_WIDE_SHARE = 2 / 3
 FLEET_WIDE_MIN_SERVERS = 3
+#: "at once": onsets within this many sample intervals (two: a shift seen on the next sample)
+FLEET_WIDE_SPREAD = 2
 #: a metric flickering around its limit is one incident, not several
 SAME_SERVER_GAP = timedelta(minutes=60)
 #: a server that stopped answering is as far from normal as anything we measure
@@ -280,6 +284,9 @@ def _episode(
         key=lambda i: (values[i] - base.baseline) * (1 if values[i] >= base.baseline else -1),
     )
     direction = 1 if values[peak_index] >= base.baseline else -1
+    # the onset is where the metric left its baseline for good: an odd sample bridged into the
+    # run (abnormal, normal, then abnormal for a while) must not move it earlier
+    steady = next((i for i in range(first, last) if points[i].level and points[i + 1].level), first)
     stamps = fleet.timestamps
     signs = _signs_start(values, points, first)
     warning, critical = limits(server, metric)
@@ -297,7 +304,7 @@ def _episode(
         peak=_r(values[peak_index], 2 if metric == "packet_loss" else 1),
         peak_at=stamps[peak_index],
         threshold=(critical if top == 3 else warning) if top >= 2 else None,
-        onset=_onset(fleet, values, base, first, direction),
+        onset=_onset(fleet, values, points[steady], steady, direction),
         robust_z=_r(abs(values[peak_index] - base.median) / base.mad_scale),
         samples=sum(1 for level in levels if level),
     )
@@ -461,14 +468,15 @@ def _carriers(fleet: Fleet, metric: str) -> int:
 def _fleet_wide_group(
     episodes: Sequence[Episode], carriers: int, interval: timedelta
 ) -> list[Episode] | None:
-    """The first set of episodes whose onsets fall within one sample interval on enough servers.
+    """The first set of episodes whose onsets fall close enough together on enough servers.
 
     Only onsets count, never the order servers are listed in, so the answer is the same for
     any ordering or naming of the fleet.
     """
     ordered = sorted(episodes, key=lambda e: e.onset)
     for anchor in ordered:
-        window = [e for e in ordered if anchor.onset <= e.onset <= anchor.onset + interval]
+        reach = anchor.onset + FLEET_WIDE_SPREAD * interval
+        window = [e for e in ordered if anchor.onset <= e.onset <= reach]
         servers = {e.server_id for e in window}
         if len(servers) >= max(FLEET_WIDE_MIN_SERVERS, math.ceil(FLEET_WIDE_SHARE * carriers)):
             return window
@@ -646,6 +654,7 @@ class _Evidence:
     server_id: str
     lead: Episode
     surge: bool
+    slowed: bool  #: answered slower, lost traffic or went down: what a slow callee causes
     robust_z: float
     abnormal_minutes: int
 
@@ -653,12 +662,22 @@ class _Evidence:
 def _explains(a: _Evidence, b: _Evidence, topology: _Topology) -> bool:
     """Whether ``a``'s trouble accounts for ``b``'s through the topology.
 
-    A fault (slow, saturated, down) travels back to the callers; extra or lost traffic
-    arriving at a front door travels on to what is behind it.
+    A fault (slow, saturated, down) travels back to the callers, and shows there as slow
+    answers or lost traffic, never as more incoming traffic; extra or lost traffic arriving at
+    a front door travels on to what is behind it.
     """
     if a.surge or a.lead.metric == "packet_loss":
         return b.server_id in topology.behind[a.server_id]
-    return a.server_id in topology.behind[b.server_id]
+    return b.slowed and not b.surge and a.server_id in topology.behind[b.server_id]
+
+
+def _slowed(own: Sequence[Episode]) -> bool:
+    return any(
+        (e.metric == "response_ms" and _direction(e) > 0)
+        or (e.metric in {"net_in", "net_out"} and _direction(e) < 0)
+        or e.metric == "up"
+        for e in own
+    )
 
 
 def _evidence(cluster: Sequence[Episode], interval: timedelta) -> list[_Evidence]:
@@ -674,6 +693,7 @@ def _evidence(cluster: Sequence[Episode], interval: timedelta) -> list[_Evidence
                 sid,
                 lead,
                 _surges(own, lead, interval),
+                _slowed(own),
                 max(e.robust_z for e in own),
                 int(minutes),
             )
@@ -873,8 +893,12 @@ def _root_cause(
 
 
 def _is_incident(cluster: Sequence[Episode]) -> bool:
-    """A crossed limit held for more than one sample, or a server that stopped answering."""
-    return any(e.kind == "threshold" and (e.samples >= 2 or e.metric == "up") for e in cluster)
+    """A crossed limit held for more than one sample, a server that stopped answering, or
+    strong lasting deviations on several linked servers (a surge that crosses no limit)."""
+    if any(e.kind == "threshold" and (e.samples >= 2 or e.metric == "up") for e in cluster):
+        return True
+    strong = {e.server_id for e in cluster if e.samples >= 3 and e.robust_z >= STRONG_Z}
+    return len(strong) >= 2
 
 
 def find_incidents(

@@ -327,3 +327,46 @@ def test_cli_says_which_fleet_it_analysed(fleet_url: str) -> None:
     assert f"[fleet] {fleet_url} (--fleet): 14 servers" in by_url.stderr
     assert "[fleet] synthetic:42 (default): 15 servers" in default.stderr
     assert "fra-pg-main" in by_flag.stdout and "fra-pg-main" in by_url.stdout
+
+
+def test_a_surge_that_crosses_no_limit_is_rooted_at_the_front_door() -> None:
+    # the web servers' CPU rises with the traffic and a hair later, on the same sample
+    plan = FleetPlan(
+        servers=[
+            Spec("lb", "load_balancer"),
+            Spec("w1", "web"),
+            Spec("w2", "web"),
+            Spec("app", "application"),
+            Spec("db", "database"),
+        ],
+        changes=[
+            Change("lb", "netIn", 30.3, 8, 3.0),
+            Change("w1", "netIn", 30.5, 8, 2.5),
+            Change("w2", "netIn", 30.6, 8, 2.5),
+            Change("w1", "cpu", 30.5, 8, level=60.0),
+            Change("w2", "cpu", 30.6, 8, level=60.0),
+            Change("app", "cpu", 31.2, 7, level=65.0),
+        ],
+    )
+
+    [incident] = analytics.analyse(fleet_of(build(plan))).incidents
+
+    assert incident.kind == "traffic_surge"
+    assert incident.root_cause.determined and incident.root_cause.server_id == "lb"
+
+
+def test_an_odd_sample_bridged_into_a_later_rise_does_not_make_its_server_first() -> None:
+    # web-1 answers slowly once, then (with everyone behind the database) for a while
+    plan = FleetPlan(
+        servers=[Spec("web-1", "web"), Spec("app-1", "application"), Spec("db-1", "database")],
+        changes=[
+            Change("web-1", "responseMs", 28.0, 1, 4.0),
+            Change("db-1", "cpu", 30.0, 8, level=96.0),
+            Change("app-1", "responseMs", 30.4, 8, 4.0),
+            Change("web-1", "responseMs", 30.5, 8, 4.0),
+        ],
+    )
+
+    [incident] = analytics.analyse(fleet_of(build(plan))).incidents
+
+    assert incident.root_cause.determined and incident.root_cause.server_id == "db-1"

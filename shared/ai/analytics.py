@@ -243,8 +243,31 @@ def _signs_start(values: Sequence[float], points: Sequence[_Point], start: int) 
     return index if index < start else None
 
 
+def _steady_start(
+    values: Sequence[float], points: Sequence[_Point], run: tuple[int, int], direction: int
+) -> int:
+    """Where the metric left its baseline for good: an odd first sample bridged into the run
+    (abnormal, back near its baseline, then abnormal for a while) must not move the onset
+    earlier; a metric hovering at its limit (dipping only a little in between) keeps its start."""
+    first, last = run
+    base = points[first]
+    after = first + 1
+    if after > last or points[after].level:
+        return first
+    gap = (values[after] - base.baseline) * direction
+    if gap >= SIGNS_Z * base.spread or gap >= 0.5 * (values[first] - base.baseline) * direction:
+        return first
+    return next((i for i in range(after, last + 1) if points[i].level), first)
+
+
 def _onset(
-    fleet: Fleet, values: Sequence[float], base: _Point, first: int, direction: int
+    fleet: Fleet,
+    values: Sequence[float],
+    base: _Point,
+    first: int,
+    *,
+    direction: int,
+    limit: float | None = None,
 ) -> datetime:
     """When the metric left its baseline (``SIGNS_Z`` spreads away), between two samples.
 
@@ -253,6 +276,8 @@ def _onset(
     sample (the samples are all there is; the line is the least-assuming guess).
     """
     level = base.baseline + direction * SIGNS_Z * base.spread
+    if limit is not None and direction > 0:
+        level = min(level, limit)  # a crossed limit counts as leaving the baseline
     index = first
     while index > 0 and first - index < 6 and (values[index - 1] - level) * direction >= 0:
         index -= 1
@@ -284,9 +309,7 @@ def _episode(
         key=lambda i: (values[i] - base.baseline) * (1 if values[i] >= base.baseline else -1),
     )
     direction = 1 if values[peak_index] >= base.baseline else -1
-    # the onset is where the metric left its baseline for good: an odd sample bridged into the
-    # run (abnormal, normal, then abnormal for a while) must not move it earlier
-    steady = next((i for i in range(first, last) if points[i].level and points[i + 1].level), first)
+    steady = _steady_start(values, points, (first, last), direction)
     stamps = fleet.timestamps
     signs = _signs_start(values, points, first)
     warning, critical = limits(server, metric)
@@ -304,7 +327,7 @@ def _episode(
         peak=_r(values[peak_index], 2 if metric == "packet_loss" else 1),
         peak_at=stamps[peak_index],
         threshold=(critical if top == 3 else warning) if top >= 2 else None,
-        onset=_onset(fleet, values, points[steady], steady, direction),
+        onset=_onset(fleet, values, points[steady], steady, direction=direction, limit=warning),
         robust_z=_r(abs(values[peak_index] - base.median) / base.mad_scale),
         samples=sum(1 for level in levels if level),
     )

@@ -6,7 +6,10 @@ Usage: ``python scripts/quality.py [-v]`` (``make quality``). Fleets:
 - the held-out fleet ``tests/data/heldout_fleet.json`` with ``heldout_truth.json``, written
   before the analytics were tuned (its figures are the honest ones), then the same fleet with
   its server ids replaced by shuffled and by reversed-order names, so that no tie can be
-  broken by a name.
+  broken by a name;
+- with ``--generated N``, N generated stress fleets (``tests/ai/fleets.stress_plan``: random
+  incident kinds overlapping fleet-wide shifts and noisy samples), as listed and with ids
+  reversed, and how often each confidence band was right (the calibration).
 
 A detected incident matches a labelled one when their windows overlap and they share a server;
 a detected fleet-wide event matches a labelled one when their windows overlap. Recall: labelled
@@ -176,9 +179,62 @@ def renamed(raw: dict[str, Any], order: list[str]) -> tuple[dict[str, Any], dict
     return {**raw, "servers": out, "source": "renamed"}, rename
 
 
+def generated(count: int) -> None:
+    """Root-cause accuracy and confidence calibration on generated stress fleets."""
+    from tests.ai.fleets import build, fleet_of, renamed, stress_plan
+
+    tally = {"right": 0, "undetermined, right on top": 0, "wrong or missed": 0}
+    bands: dict[float, list[bool]] = {}
+    reversed_right = total = 0
+    for seed in range(count):
+        plan, truth = stress_plan(seed)
+        data = build(plan)
+        ids = sorted(s["id"] for s in data["servers"])
+        names = {old: f"s{len(ids) - n:02d}" for n, old in enumerate(ids)}
+        for reverse in (False, True):
+            fleet = fleet_of(renamed(data, names, ids[::-1]) if reverse else data)
+            facts = analytics.analyse(fleet)
+            for item in truth:
+                root = names[item.root] if reverse else item.root
+                near = [
+                    i
+                    for i in facts.incidents
+                    if i.start <= item.at + timedelta(minutes=40)
+                    and (i.recovered_at or i.end) >= item.at - timedelta(minutes=10)
+                    and root in i.servers
+                ]
+                cause = near[0].root_cause if near else None
+                right = cause is not None and cause.server_id == root
+                if reverse:
+                    reversed_right += right and cause is not None and cause.determined
+                    continue
+                total += 1
+                if right and cause is not None and cause.determined:
+                    tally["right"] += 1
+                elif right:
+                    tally["undetermined, right on top"] += 1
+                else:
+                    tally["wrong or missed"] += 1
+                if cause is not None and len(cause.candidates) > 1:
+                    band = min(int(cause.confidence * 10), 9) / 10
+                    bands.setdefault(band, []).append(right)
+    print(
+        f"{f'generated ({count} fleets)':<34} root cause {tally['right']}/{total}  "
+        f"(undetermined with the root on top {tally['undetermined, right on top']}, "
+        f"wrong or missed {tally['wrong or missed']}); ids reversed {reversed_right}/{total}"
+    )
+    print(
+        "    confidence band -> share right: "
+        + ", ".join(
+            f"{band:.1f}: {sum(v) / len(v):.0%} ({len(v)})" for band, v in sorted(bands.items())
+        )
+    )
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="print every miss")
+    parser.add_argument("--generated", type=int, default=0, metavar="N", help="stress fleets")
     args = parser.parse_args()
     raw = json.loads(HELDOUT.read_text(encoding="utf-8"))
     ids = sorted(s["id"] for s in raw["servers"])
@@ -205,6 +261,8 @@ def main() -> int:
         if args.verbose:
             for miss in result.misses:
                 print(f"    {miss}")
+    if args.generated:
+        generated(args.generated)
     return 0
 
 

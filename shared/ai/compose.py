@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from shared.ai.analytics import TREND_MAX_HOURS, TREND_MIN_R2
+from shared.ai.analytics import TREND_MAX_HOURS, TREND_METRICS, TREND_MIN_R2
 from shared.ai.facts import (
     Candidate,
     Capacity,
@@ -810,8 +810,11 @@ _METRIC_CUES: dict[str, tuple[str, ...]] = {
     # not "용량" alone: "사용량" (usage) contains it
     "disk": ("disk", "storage", "space", "디스크", "저장 공간", "저장공간", "디스크 용량"),
     "disk_io": ("i/o", "iops", "io ", "입출력"),
+    "response_ms": ("response", "latency", "응답", "지연"),
+    "load": ("load average", "load ", "부하"),
 }
-#: A line that changes less than this per day (in the metric's unit) is flat.
+#: A line that changes less than this per day (in the metric's unit), or less than 2 % of its
+#: level, is flat.
 FLAT_PER_DAY = 1.0
 
 
@@ -827,10 +830,10 @@ def asked_servers(query: str, facts: FleetFacts) -> list[str]:
 
 
 def outlook_of(trend: Trend) -> str:
-    """rising | falling | flat (moves less than ``FLAT_PER_DAY`` a day) | unclear (the line
-    moves but fits the samples poorly)."""
+    """rising | falling | flat (moves less than ``FLAT_PER_DAY`` or 2 % of its level a day) |
+    unclear (the line moves but fits the samples poorly)."""
     per_day = trend.slope_per_hour * 24
-    if abs(per_day) < FLAT_PER_DAY:
+    if abs(per_day) < max(FLAT_PER_DAY, 0.02 * abs(trend.current)):
         return "flat"
     if trend.r2 < TREND_MIN_R2:
         return "unclear"
@@ -943,6 +946,8 @@ def _forecast_lines(facts: FleetFacts, query: str) -> list[Trend]:
         return list(facts.trends)
     fullest: dict[str, Trend] = {}
     for o in facts.outlooks:
+        if o.metric not in TREND_METRICS:
+            continue  # "capacity": the fullest CPU, memory and disk, not the slowest answer
         if o.metric not in fullest or o.current > fullest[o.metric].current:
             fullest[o.metric] = o
     return list(fullest.values())

@@ -228,6 +228,7 @@ def test_optimisation_answers_every_incident_and_the_fleet_wide_event(settings: 
     [
         ("Predict CPU usage of fra-api-1 for next week", "fra-api-1", "cpu"),
         ("fra-lb-a 메모리 사용량 예측해줘", "fra-lb-a", "memory"),
+        ("Predict the response time of fra-api-1", "fra-api-1", "response_ms"),
     ],
 )
 def test_prediction_answers_the_asked_for_metric_even_when_it_is_flat(

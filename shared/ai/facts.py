@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import enum
 from datetime import datetime
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
 
 
@@ -63,6 +64,14 @@ class Episode(FactModel):
     onset: datetime
     robust_z: float  #: the peak's distance from the baseline median in robust units (MAD)
     samples: int  #: abnormal samples in the episode (1 = a single odd sample)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _older_results(cls, data: Any) -> Any:
+        """Results stored before onsets existed stay readable: onset = start, strength unknown."""
+        if isinstance(data, dict) and "onset" not in data and "start" in data:
+            data = {**data, "onset": data["start"], "robustZ": 0.0, "samples": 0}
+        return data
 
     @property
     def first_seen(self) -> datetime:

@@ -371,3 +371,27 @@ def test_an_odd_sample_bridged_into_a_later_rise_does_not_make_its_server_first(
     [incident] = analytics.analyse(fleet_of(build(plan))).incidents
 
     assert incident.root_cause.determined and incident.root_cause.server_id == "db-1"
+
+
+def test_an_episode_stored_before_onsets_existed_is_still_read() -> None:
+    from shared.ai.facts import Episode
+
+    old = {
+        "serverId": "db-01",
+        "metric": "cpu",
+        "unit": "%",
+        "kind": "threshold",
+        "severity": "warning",
+        "signsAt": None,
+        "start": "2025-12-23T02:00:00+09:00",
+        "end": "2025-12-23T03:00:00+09:00",
+        "recoveredAt": None,
+        "baseline": 30.0,
+        "peak": 95.0,
+        "peakAt": "2025-12-23T02:30:00+09:00",
+        "threshold": 90.0,
+    }
+
+    episode = Episode.model_validate(old)
+
+    assert episode.onset == episode.start and episode.samples == 0

@@ -873,8 +873,8 @@ def _confidence(
     margin grows (a margin of 1, about one sample earlier or explaining every other server,
     gives 0.85). ``make quality`` prints how often each band was right on generated
     two-datacenter fleets with overlapping fleet-wide shifts and noisy samples (last run, 200
-    incidents: 0.5-0.6 right 50 % of the time, 0.6-0.7 92 %, 0.7-0.8 94 %, 0.8 and above
-    100 %). Below ``UNDETERMINED_MARGIN`` the evidence does not separate them.
+    incidents: 0.5-0.6 right 57 % of the time, 0.6-0.7 80 %, 0.7 and above 100 %).
+    Below ``UNDETERMINED_MARGIN`` the evidence does not separate them.
     """
     if len(candidates) == 1:
         sid = candidates[0].server_id

@@ -255,7 +255,7 @@ def stress_plan(seed: int) -> tuple[FleetPlan, list[Scripted]]:
             metric = {"database": "disk", "cache": "memory", "application": "cpu"}[kind]
             changes.append(Change(root.id, metric, at, 6, level=92.0))
             changes.append(Change(root.id, "responseMs", at, 6, 3.0))
-            for caller in callers[root.id]:
+            for caller in sorted(callers[root.id]):
                 hops = tier[root.id] - tier[caller]
                 lag = rng.uniform(0, 1.0) * hops
                 changes.append(Change(caller, "responseMs", at + lag, 6, rng.uniform(2.5, 4.0)))

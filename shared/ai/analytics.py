@@ -42,7 +42,7 @@ from shared.ai.facts import (
     Trend,
     Window,
 )
-from shared.ai.fleet import Fleet, Server, dependency_map
+from shared.ai.fleet import Fleet, Server
 
 
 @dataclass(frozen=True)
@@ -591,10 +591,10 @@ SYMPTOM_METRICS = frozenset({"response_ms", "net_in", "net_out"})
 
 
 class _Topology:
-    """Who calls whom, directly and transitively, from ``fleet.dependency_map``."""
+    """Who calls whom, directly and transitively, from ``Fleet.dependencies``."""
 
     def __init__(self, fleet: Fleet) -> None:
-        self.calls = dependency_map(fleet)
+        self.calls = fleet.dependencies()
         self.roles = {server.id: server.role.value for server in fleet.servers}
         self.neighbours: dict[str, set[str]] = {sid: set(c) for sid, c in self.calls.items()}
         for caller, callees in self.calls.items():
@@ -1126,11 +1126,11 @@ def analyse(fleet: Fleet) -> FleetFacts:
     capacity = find_capacity(fleet, incidents)
     return FleetFacts(
         window=window_of(fleet),
+        fleet_wide=fleet_wide,
+        outlooks=find_outlooks(fleet),
         status=status_summary(fleet, incidents),
         incidents=incidents,
         trends=find_trends(fleet),
         capacity=capacity,
         consolidations=find_consolidations(capacity),
-        fleet_wide=fleet_wide,
-        outlooks=find_outlooks(fleet),
     )

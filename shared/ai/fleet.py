@@ -196,6 +196,10 @@ class Fleet(_FleetModel):
                 )
         return self
 
+    def dependencies(self) -> dict[str, frozenset[str]]:
+        """Server id -> the ids it calls directly (see ``dependency_map``)."""
+        return dependency_map(self)
+
     def server(self, server_id: str) -> Server:
         for server in self.servers:
             if server.id == server_id:

@@ -157,6 +157,10 @@ class Backend:
     def give_back(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.idle.append((reader, writer, time.monotonic()))
 
+    def close_idle(self) -> None:
+        while self.idle:
+            self.idle.pop()[1].close()
+
 
 def route(target: bytes, backends: dict[str, Backend]) -> tuple[Backend | None, bytes]:
     """``/ai-jobs-get/<id>?x`` -> (the get backend, ``/<id>?x``), as the Cloud Functions front
@@ -255,8 +259,13 @@ class Front:
             framed = True
         else:
             framed = _is_framed(response)
-            client_writer.write(response.encode(close=close or not framed))
-            await copy_body(response, up_reader, client_writer)
+            head = response.encode(close=close or not framed)
+            length = response.get(b"content-length")
+            if length is not None:  # the usual answer: head and body in one send
+                client_writer.write(head + await up_reader.readexactly(int(length)))
+            else:
+                client_writer.write(head)
+                await copy_body(response, up_reader, client_writer)
         if framed and not response.wants_close:
             backend.give_back(up_reader, up_writer)
         else:
@@ -394,20 +403,27 @@ def stop_all(pids: dict[str, int], timeout_s: float = 10.0) -> None:
             os.waitpid(pid, 0)
 
 
-async def serve(host: str, port: int, backends: dict[str, Backend]) -> None:
+async def serve(
+    host: str, port: int, backends: dict[str, Backend], stop: asyncio.Event | None = None
+) -> None:
+    """Serve until ``stop`` is set (by default: until SIGTERM or SIGINT)."""
     front = Front(backends)
     server = await asyncio.start_server(
         front.serve_client, host, port, limit=_MAX_HEAD, reuse_address=True
     )
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+    if stop is None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
     print(f"function host on http://{host}:{port}", file=sys.stderr, flush=True)
     await stop.wait()
     # Not wait_closed(): it waits for every kept-alive client connection (the emulator's
     # pool) to go away; asyncio.run cancels those handlers instead, and they close.
     server.close()
+    for backend in backends.values():
+        backend.close_idle()
+    await asyncio.sleep(0)  # let the transports finish closing
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -63,6 +63,10 @@ def tree_cpu_s(pid: int, *, flat: bool = False) -> float:
     return total
 
 
+#: measured alone: the function host's front, whose children are the function servers
+FLAT = {"front"}
+
+
 class CpuMeter:
     """CPU seconds spent by named process trees between ``start()`` and ``stop()``."""
 
@@ -71,12 +75,16 @@ class CpuMeter:
         self._before: dict[str, float] = {}
         self.spent: dict[str, float] = {}
 
+    def _now(self) -> dict[str, float]:
+        return {name: tree_cpu_s(pid, flat=name in FLAT) for name, pid in self.pids.items()}
+
     def start(self) -> CpuMeter:
-        self._before = {name: tree_cpu_s(pid) for name, pid in self.pids.items()}
+        self._before = self._now()
         return self
 
     def stop(self) -> dict[str, float]:
-        self.spent = {name: tree_cpu_s(pid) - self._before[name] for name, pid in self.pids.items()}
+        now = self._now()
+        self.spent = {name: now[name] - self._before[name] for name in self.pids}
         return self.spent
 
     def per(self, count: int) -> dict[str, float]:

@@ -326,18 +326,22 @@ def free_port() -> int:
 
 
 def preload() -> None:
-    """Import, once, what every function's instance imports anyway (the runtime, the HTTP
-    layer and the Supabase client library, which all six use), so forking a server per
-    function costs milliseconds, not a second each, and a restarted host answers at once. No
-    client is created here: each server builds its own after the fork, as an instance does;
-    gRPC (Cloud Tasks) and Gemini are imported only by the servers that use them, since gRPC
-    must not be initialised before a fork. The cold start of a fresh instance, with nothing
-    preloaded, is what ``make bench`` measures."""
+    """Import, once, the libraries the function servers use (the runtime, the HTTP layer, the
+    Supabase client library all six use, the AI modules and the Gemini library), as
+    gunicorn's ``--preload`` would, so forking a server per function costs milliseconds and a
+    restarted host answers at once. No client is created here: each server builds its own
+    after the fork, as an instance does. gRPC (Cloud Tasks) is left to the servers that use
+    it: it must not be initialised before a fork. What each function imports on its own is
+    checked in a fresh interpreter (tests/integration/test_import_weight.py), and the cold
+    start of a fresh instance, with nothing preloaded, is what ``make bench`` measures."""
     if str(REPO_ROOT) not in sys.path:
         sys.path.insert(0, str(REPO_ROOT))  # deploy.sh stages shared/ beside main.py
     import functions_framework._http.gunicorn  # noqa: F401
+    import google.genai  # noqa: F401 (imports no gRPC and starts no thread)
     import supabase  # noqa: F401
 
+    import shared.ai.pipeline
+    import shared.ai.router
     import shared.http
     import shared.jobs  # noqa: F401
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -40,7 +41,14 @@ print(json.dumps({"import": at_import, "request": after_request, "status": statu
 """
 
 
-def _probe(name: str, method: str, path: str) -> dict[str, object]:
+#: the request each probe sends after the import (the read functions' real first request)
+_FIRST_REQUEST = {
+    "ai-jobs-get": "/00000000-0000-0000-0000-000000000001?logs=true",
+    "ai-jobs-list": "/",
+}
+
+
+def _probe(name: str) -> dict[str, object]:
     env = {
         "PATH": "/usr/bin:/bin",
         "PYTHONPATH": str(REPO_ROOT),
@@ -49,17 +57,9 @@ def _probe(name: str, method: str, path: str) -> dict[str, object]:
         "CLOUD_TASKS_EMULATOR_HOST": f"127.0.0.1:{free_port()}",
         "AI_WRITER": "local",
     }
+    path = _FIRST_REQUEST.get(name, "/")
     out = subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            _PROBE,
-            name,
-            FUNCTIONS[name],
-            method,
-            path,
-            json.dumps(list(HEAVY)),
-        ],
+        [sys.executable, "-c", _PROBE, name, FUNCTIONS[name], "GET", path, json.dumps(list(HEAVY))],
         cwd=REPO_ROOT,
         env=env,
         capture_output=True,
@@ -70,21 +70,23 @@ def _probe(name: str, method: str, path: str) -> dict[str, object]:
     return dict(json.loads(out.stdout.strip().splitlines()[-1]))
 
 
+@pytest.fixture(scope="module")
+def probes() -> dict[str, dict[str, object]]:
+    """One fresh interpreter per function, all at once."""
+    with ThreadPoolExecutor(max_workers=len(FUNCTIONS)) as pool:
+        return dict(zip(FUNCTIONS, pool.map(_probe, FUNCTIONS), strict=True))
+
+
 @pytest.mark.parametrize("name", sorted(FUNCTIONS))
-def test_no_function_imports_a_heavy_client_at_cold_start(name: str) -> None:
-    assert _probe(name, "GET", "/")["import"] == []
-
-
-@pytest.mark.parametrize(
-    ("name", "method", "path"),
-    [
-        ("ai-jobs-get", "GET", "/00000000-0000-0000-0000-000000000001?logs=true"),
-        ("ai-jobs-list", "GET", "/"),
-    ],
-)
-def test_the_read_functions_load_only_the_supabase_client(
-    name: str, method: str, path: str
+def test_no_function_imports_a_heavy_client_at_cold_start(
+    name: str, probes: dict[str, dict[str, object]]
 ) -> None:
-    probe = _probe(name, method, path)
-    assert probe["status"] == 503, "the request reached the (absent) database"
-    assert probe["request"] == ["supabase"]
+    assert probes[name]["import"] == []
+
+
+@pytest.mark.parametrize("name", sorted(_FIRST_REQUEST))
+def test_the_read_functions_load_only_the_supabase_client(
+    name: str, probes: dict[str, dict[str, object]]
+) -> None:
+    assert probes[name]["status"] == 503, "the request reached the (absent) database"
+    assert probes[name]["request"] == ["supabase"]

@@ -6,7 +6,9 @@ Everything runs on loopback against processes the benchmark started itself.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import socket
 import statistics
 import subprocess
@@ -175,6 +177,7 @@ def serve_function(
         env={**os.environ, "PYTHONPATH": str(REPO_ROOT), **env},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
+        start_new_session=True,  # its own group: stop() ends the arbiter and its worker
     )
     url = f"http://127.0.0.1:{port}"
     _wait_port(port, process)
@@ -195,12 +198,16 @@ def _wait_port(port: int, process: subprocess.Popen[bytes], timeout_s: float = 6
 
 
 def stop(process: subprocess.Popen[bytes]) -> None:
-    process.send_signal(2)  # SIGINT: gunicorn's quick shutdown
+    """SIGINT (gunicorn's quick shutdown), then SIGKILL to the whole session, so a worker
+    whose arbiter gave up is not left behind."""
+    process.send_signal(signal.SIGINT)
     try:
-        process.wait(10)
+        process.wait(5)
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait(5)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
 
 
 def cold_start_ms(

@@ -45,7 +45,7 @@ test: lint js console-check browser
 	exit $$rc
 
 stack: install
-	$(PY) -m infra.local.stack
+	$(PY) -m infra.local.stack $(ARGS)
 
 demo: install
 	$(PY) -m infra.local.demo

@@ -351,30 +351,51 @@ async def _pump_raw(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) 
 
 
 async def _pump_chunks(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
-    """A chunked body to the function as it arrives; True when it ended with its last chunk.
+    """A chunked body to the function as it arrives; True when the client's body ended with
+    its last chunk (whether or not the function, having answered early, still reads it).
     Broken framing or a client gone: what came is passed on, then EOF (the function says
     400); the connection is not reused."""
+    upstream = _Upstream(writer)
     try:
         while True:
             line = await reader.readuntil(b"\r\n")
-            writer.write(line)
+            await upstream.send(line)
             size = int(line.split(b";")[0].strip(), 16)
             if size == 0:
                 while (trailer := await reader.readuntil(b"\r\n")) != b"\r\n":
-                    writer.write(trailer)
-                writer.write(b"\r\n")
-                await writer.drain()
+                    await upstream.send(trailer)
+                await upstream.send(b"\r\n")
                 return True
-            writer.write(await reader.readexactly(size + 2))
-            await writer.drain()
+            await upstream.send(await reader.readexactly(size + 2))
     except (ValueError, asyncio.IncompleteReadError, asyncio.LimitOverrunError) as exc:
         if isinstance(exc, asyncio.IncompleteReadError):
-            writer.write(exc.partial)
-        with contextlib.suppress(ConnectionError):
-            writer.write_eof()
+            await upstream.send(exc.partial)
+        upstream.end()
         return False
-    except ConnectionError:
+    except ConnectionError:  # the client's side
         return False
+
+
+class _Upstream:
+    """Writes to the function that stop quietly once it has closed (it answered early)."""
+
+    def __init__(self, writer: asyncio.StreamWriter) -> None:
+        self.writer = writer
+        self.broken = False
+
+    async def send(self, data: bytes) -> None:
+        if self.broken:
+            return
+        try:
+            self.writer.write(data)
+            await self.writer.drain()
+        except ConnectionError:
+            self.broken = True
+
+    def end(self) -> None:
+        if not self.broken:
+            with contextlib.suppress(ConnectionError, OSError):
+                self.writer.write_eof()
 
 
 def _is_chunked(head: Head) -> bool:

@@ -36,6 +36,7 @@ from __future__ import annotations
 import importlib
 import json
 import re
+import threading
 import time
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -313,6 +314,7 @@ class GeminiWriter:
         self.sleep = sleep
         self.name = f"gemini:{model}"
         self._client: genai.Client | None = None
+        self._lock = threading.Lock()
 
     @classmethod
     def from_settings(cls, settings: AISettings) -> GeminiWriter:
@@ -330,14 +332,19 @@ class GeminiWriter:
 
     @property
     def client(self) -> genai.Client:
+        # Under a lock: the processor runs several jobs per instance, and a second client made
+        # by a racing thread would replace the first, whose ``__del__`` then closes the HTTP
+        # client that the first thread's call is still using ("the client has been closed").
         if self._client is None:
-            # retries are ours (to honour RetryInfo and the deadline): the SDK makes one attempt
-            options = types.HttpOptions(
-                base_url=self.base_url,
-                api_version=GEMINI_API_VERSION,
-                timeout=int(self.timeout_s * 1000),
-            )
-            self._client = genai.Client(api_key=self.api_key, http_options=options)
+            with self._lock:
+                if self._client is None:
+                    # retries are ours (RetryInfo and the deadline): the SDK makes one attempt
+                    options = types.HttpOptions(
+                        base_url=self.base_url,
+                        api_version=GEMINI_API_VERSION,
+                        timeout=int(self.timeout_s * 1000),
+                    )
+                    self._client = genai.Client(api_key=self.api_key, http_options=options)
         return self._client
 
     def close(self) -> None:

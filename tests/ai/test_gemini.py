@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -193,3 +195,23 @@ def test_example_instances_follow_the_schema() -> None:
     }
     openapi = {"type": "OBJECT", "properties": {"ok": {"type": "BOOLEAN"}}}
     assert fake_gemini.example_from_schema(openapi) == {"ok": True}
+
+
+def test_jobs_writing_at_once_on_a_fresh_instance_share_one_client_and_all_succeed(
+    fake: fake_gemini.FakeGemini, draft: AIResult
+) -> None:
+    # The processor runs several jobs per instance; right after a cold start they reach the
+    # writer together. A second client made by a racing thread used to replace the first, and
+    # the orphan's __del__ closed the HTTP client under the first thread's call.
+    with GeminiWriter(api_key="fake", model=MODEL, base_url=fake.base_url, timeout_s=5) as shared:
+        start = threading.Barrier(8)
+
+        def write(_: int) -> str:
+            start.wait()
+            return shared.write(draft).title
+
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            titles = list(pool.map(write, range(8)))
+
+    assert titles == ["example title"] * 8
+    assert fake.calls == 8

@@ -420,7 +420,9 @@ def test_killing_the_function_host_during_200_creates_loses_and_duplicates_nothi
     assert len(owner) == 200
     for job_id, user in owner.items():
         job = wait_for(http, job_id, headers={"X-User-Id": user})
-        assert job["status"] == "completed"
+        assert job["status"] == "completed", {
+            k: job.get(k) for k in ("error", "errorCode", "attempts")
+        }
         steps = [line["step"] for line in job["logs"]]
         assert steps.count("completed") == 1, "completed exactly once"
 

@@ -87,7 +87,9 @@ def _exchange(sock: socket.socket, request: bytes) -> bytes:
     sock.settimeout(5)
     data = b""
     while b"\r\n\r\n" not in data:
-        data += sock.recv(65536)
+        piece = sock.recv(65536)
+        assert piece, f"the front closed the connection: {data!r}"
+        data += piece
     head, _, rest = data.partition(b"\r\n\r\n")
     if b"chunked" in head.lower():
         while not rest.endswith(b"0\r\n\r\n"):

@@ -27,13 +27,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--gemini", action="store_true", help="use Gemini (needs GEMINI_API_KEY)")
     args = parser.parse_args(argv)
 
-    from dataclasses import replace
-
     from shared.ai.pipeline import run
 
     env_settings = AISettings.from_env()
-    settings = replace(
-        env_settings, writer="auto" if args.gemini else "local", fleet_source="synthetic"
+    settings = env_settings.model_copy(
+        update={"writer": "auto" if args.gemini else "local", "fleet_source": "synthetic"}
     )
     routing = classify(args.query, settings)
     print(

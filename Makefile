@@ -1,4 +1,5 @@
 # make install | lint | format | test | stack | demo | bench | router-accuracy | gemini-smoke
+#      console | console-check | browser
 # Everything runs from the project's own virtualenv (.venv), built from the pinned
 # requirements on first use, so a fresh clone needs only python3 and make.
 
@@ -8,7 +9,8 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 LINT_PATHS := shared functions infra tests scripts client
 
-.PHONY: install lint format test unit stack demo bench router-accuracy clean gemini-smoke
+.PHONY: install lint format test unit stack demo bench router-accuracy clean gemini-smoke \
+	console console-deps console-check browser
 
 install: $(STAMP)
 
@@ -30,7 +32,7 @@ format: install
 	$(PY) -m ruff check --fix $(LINT_PATHS)
 
 # pytest exits 5 when it collected no test: that must fail, not pass silently.
-test: lint
+test: lint console-check browser
 	@$(PY) -m pytest $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing" >&2; exit 1; fi; \
 	exit $$rc
@@ -49,8 +51,36 @@ router-accuracy: install
 	$(PY) scripts/router_accuracy.py tests/data/router_labelled.jsonl
 	$(PY) scripts/router_accuracy.py tests/data/router_heldout.jsonl
 
+# The web console (functions/ai-jobs-console/static/) is built from console/ with the locked npm
+# packages and committed, so deploying needs no Node; console-check proves it is current.
+CONSOLE_DEPS := console/node_modules/.package-lock.json
+
+console-deps: $(CONSOLE_DEPS)
+
+$(CONSOLE_DEPS): console/package.json console/package-lock.json
+	@command -v npm >/dev/null 2>&1 || { SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq nodejs npm; }
+	cd console && npm ci --no-audit --no-fund
+
+console: console-deps
+	cd console && node build.mjs
+
+console-check: console-deps
+	cd console && node build.mjs --check
+
+# Debian's headless Chromium for the console's browser tests (Playwright drives it by path and
+# never downloads a browser), with Korean and emoji fonts so the screenshots read as a person's.
+BROWSER_PACKAGES := chromium fonts-nanum fonts-noto-color-emoji
+browser:
+	@if ! command -v chromium >/dev/null 2>&1 || ! fc-list 2>/dev/null | grep -qi nanum \
+		|| ! fc-list 2>/dev/null | grep -qi "color emoji"; then \
+		SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+		$$SUDO apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $(BROWSER_PACKAGES); \
+	fi
+
 clean:
-	rm -rf $(VENV) .local build .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .local build .pytest_cache .mypy_cache .ruff_cache console/node_modules
 
 # Opt-in: the project's exact Gemini request against the real API (two billed calls). Needs
 # GEMINI_API_KEY; GEMINI_MODEL / GEMINI_THINKING_LEVEL / GEMINI_MAX_OUTPUT_TOKENS as deployed.

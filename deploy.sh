@@ -22,6 +22,7 @@ FUNCTIONS=(
   "ai-jobs-list|list_jobs|public"
   "ai-jobs-cancel|cancel_job|public"
   "ai-jobs-reap|reap_jobs|private"
+  "ai-jobs-console|console|public"
 )
 PROCESSOR=ai-jobs-process
 REAPER=ai-jobs-reap
@@ -61,7 +62,8 @@ Flags
   --project ID         Google Cloud project (overrides GCP_PROJECT)
   --region REGION      region of the functions (overrides FUNCTION_REGION)
   --only NAMES         deploy only these functions (comma list of ai-jobs-process,
-                       ai-jobs-create, ai-jobs-get, ai-jobs-list, ai-jobs-cancel, ai-jobs-reap);
+                       ai-jobs-create, ai-jobs-get, ai-jobs-list, ai-jobs-cancel, ai-jobs-reap,
+                       ai-jobs-console);
                        APIs, service accounts, queue, secrets and migrations are still ensured
   --skip-migrations    do not run `supabase db push`
   -h, --help           this text
@@ -96,7 +98,7 @@ Functions (default)
   PROCESSOR_MEMORY                1Gi
   PROCESSOR_MAX_INSTANCES         10
   PROCESSOR_MIN_INSTANCES         0
-  FUNCTION_MEMORY                 256Mi   (the five other functions)
+  FUNCTION_MEMORY                 256Mi   (the six other functions)
   FUNCTION_TIMEOUT_S              60
   FUNCTION_MAX_INSTANCES          20
   FUNCTION_MIN_INSTANCES          0
@@ -370,9 +372,9 @@ if exists gcloud tasks queues describe "$TASKS_QUEUE" --location="$TASKS_LOCATIO
 else
   run gcloud tasks queues create "$TASKS_QUEUE" "${queue_flags[@]}"
 fi
-# Granted on this queue, not the project: create tasks (create/reap) and delete pending ones
-# (cancel) here only.
-for role in roles/cloudtasks.enqueuer roles/cloudtasks.taskDeleter; do
+# Granted on this queue, not the project: create tasks (create/retry/reap), look one up (the
+# reaper's GetTask before it adds another) and delete pending ones (cancel) here only.
+for role in roles/cloudtasks.enqueuer roles/cloudtasks.viewer roles/cloudtasks.taskDeleter; do
   run gcloud tasks queues add-iam-policy-binding "$TASKS_QUEUE" --location="$TASKS_LOCATION" \
     --project="$PROJECT" --member="serviceAccount:$RUNTIME_SA" --role="$role"
 done
@@ -435,6 +437,8 @@ stage() {
   find "$dest/shared" -name __pycache__ -type d -prune -exec rm -rf {} +
   find "$dest/shared" -name '*.pyc' -delete
   cp requirements.txt "$dest/requirements.txt"
+  # the console's built page (make console); no other function has a static/ folder
+  if [[ -d "functions/$name/static" ]]; then cp -R "functions/$name/static" "$dest/static"; fi
   echo "staged $dest (main.py, shared/, requirements.txt)"
 }
 
@@ -482,8 +486,9 @@ deploy() {
     cmd+=(--no-allow-unauthenticated)
   fi
   cmd+=(--memory="$memory" --timeout="${timeout}s" --max-instances="$max" --min-instances="$min"
-    --service-account="$RUNTIME_SA" --env-vars-file="$ENV_FILE"
-    --set-secrets="${MOUNTS[$name]:-}")
+    --service-account="$RUNTIME_SA" --env-vars-file="$ENV_FILE")
+  # the console mounts no secret (it serves only public values)
+  if [[ -n "${MOUNTS[$name]:-}" ]]; then cmd+=(--set-secrets="${MOUNTS[$name]}"); fi
   if [[ -n "$BUILD_SERVICE_ACCOUNT" ]]; then
     cmd+=(--build-service-account="$BUILD_SERVICE_ACCOUNT")
   fi

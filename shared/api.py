@@ -17,12 +17,12 @@ from typing import Any
 
 import flask
 
-from shared import errors, logs
+from shared import errors
 from shared.http import caller_id, json_response, parse_job_id, path_job_id, read_json
 from shared.jobs import CreateJobRequest, Job, JobStatus, JobType, JobView
 from shared.settings import Settings
 from shared.store import get_store
-from shared.tasks import get_queue
+from shared.tasks import dispatch_or_release, get_queue
 
 _IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")
 MAX_PAGE = 100
@@ -111,14 +111,7 @@ def create_job(request: flask.Request, settings: Settings) -> flask.Response:
 def _dispatch(job: Job, settings: Settings) -> None:
     """Nudge the processor. The row is the source of truth: if the queue is down, the job
     stays queued and the reaper dispatches it later, so the client still gets its 202."""
-    try:
-        get_queue(settings).enqueue(job.id, job.dispatch_count)
-    except errors.QueueUnavailable as exc:
-        logs.warning("enqueue failed; the reaper will dispatch", jobId=str(job.id), error=exc.code)
-        try:
-            get_store(settings).release_dispatch(job.id)
-        except errors.AppError as release_error:
-            logs.warning("release_dispatch failed", jobId=str(job.id), error=release_error.code)
+    dispatch_or_release(get_queue(settings), get_store(settings), job.id, job.dispatch_count)
 
 
 def _answer_synchronously(query: str, job_type: JobType, settings: Settings) -> flask.Response:

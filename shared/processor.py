@@ -2,12 +2,19 @@
 
 Processor contract (DESIGN.md): claim the job under a lease, run the AI pipeline writing
 progress, then complete or fail it. Answer 2xx to delete the task - on success, on a
-permanent failure (recorded as failed), on cancel and on a duplicate that finds nothing to
-do - and 5xx only for a retryable error while attempts remain, so Cloud Tasks retries.
+permanent failure (recorded as failed), on cancel, on a duplicate that finds nothing to do,
+and on a retryable error of this one job (a model 429/5xx, the job's deadline): that attempt
+is recorded on the row and the job's *next* named task is enqueued with ``schedule_time`` =
+now + the retry hint. Cloud Tasks reads 429/503 - and any 5xx from an HTTP target - as
+back-pressure and slows the whole queue ("System throttling" in the v2 ``HttpRequest``
+reference; "Backoff errors and enforced rates" on the issues-and-limitations page), so one
+user's model quota must not answer 503. Only "this worker or the database is down" answers
+503 with ``Retry-After``, where slowing the queue is the point.
 """
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 import uuid
@@ -20,11 +27,19 @@ from shared import errors, logs
 from shared.http import json_response, parse_job_id, read_json, secret_matches
 from shared.jobs import Job, JobStatus
 from shared.settings import Settings
-from shared.store import JobStore, get_store
-from shared.tasks import SECRET_HEADER, get_queue
+from shared.store import PURGE_BATCH, REAP_BATCH, JobStore, ReapedJob, get_store
+from shared.tasks import SECRET_HEADER, dispatch_or_release, get_queue
 
 #: Ends the pipeline this long before the dispatch deadline, so failing cleanly fits in.
 _DEADLINE_MARGIN_S = 30.0
+#: Seconds Cloud Tasks is asked to wait when this worker or the database is down.
+RETRY_AFTER_S = 5
+#: A job's own retry is scheduled at most this far ahead (a daily quota's hint can say hours;
+#: the attempts are better spent failing over to the next one than waiting that long).
+MAX_RETRY_DELAY_S = 3600.0
+#: The reaper keeps sweeping while batches come back full, within this budget.
+_REAP_BUDGET_S = 30.0
+_ASCII_COUNT = re.compile(r"[0-9]{1,9}")
 _google_request: Any = None
 
 
@@ -39,8 +54,9 @@ class Delivery:
     @classmethod
     def from_request(cls, request: flask.Request) -> Delivery:
         def number(name: str) -> int:
-            raw = request.headers.get(name, "0")
-            return int(raw) if raw.isdigit() else 0
+            # ASCII digits only: str.isdigit() accepts '²', which int() then refuses.
+            raw = request.headers.get(name, "0").strip()
+            return int(raw) if _ASCII_COUNT.fullmatch(raw) else 0
 
         return cls(
             task_name=request.headers.get("X-CloudTasks-TaskName"),
@@ -54,13 +70,35 @@ def verify_caller(request: flask.Request, settings: Settings, *, audience: str) 
 
     In production IAM keeps the function private; on top of that, with
     PROCESSOR_VERIFY_OIDC the Google-signed OIDC token is checked (issuer, audience, service
-    account), and with PROCESSOR_SHARED_SECRET the secret header the task carries.
+    account), and with PROCESSOR_SHARED_SECRET the secret header the task carries. With
+    neither, every call is refused (fail closed) unless PROCESSOR_TRUST_CALLERS says the
+    platform alone guards the function.
     """
+    if not has_caller_check(settings):
+        logs.error("private function called with no caller check configured")
+        raise errors.Forbidden(
+            "this function is not configured to accept calls",
+            details={"settings": ["PROCESSOR_SHARED_SECRET", "PROCESSOR_VERIFY_OIDC"]},
+        )
     secret = settings.processor_secret
     if secret and not secret_matches(request.headers.get(SECRET_HEADER), secret):
         raise errors.Forbidden("this function only accepts calls from the task queue")
     if settings.verify_oidc:
         _verify_oidc(request, settings, audience)
+
+
+def has_caller_check(settings: Settings) -> bool:
+    return bool(settings.processor_secret or settings.verify_oidc or settings.trust_private_callers)
+
+
+def require_caller_check(settings: Settings) -> None:
+    """At cold start of a private function: refuse to start when nothing checks the caller."""
+    if not has_caller_check(settings):
+        raise errors.ConfigError(
+            "a private function needs PROCESSOR_SHARED_SECRET or PROCESSOR_VERIFY_OIDC "
+            "(or PROCESSOR_TRUST_CALLERS=true when the platform alone guards it)",
+            details={"setting": "PROCESSOR_SHARED_SECRET"},
+        )
 
 
 def _verify_oidc(request: flask.Request, settings: Settings, audience: str) -> None:
@@ -101,7 +139,8 @@ def process_job(request: flask.Request, settings: Settings) -> flask.Response:
         return json_response({"outcome": "invalid_task", "error": exc.code}, 200)
     delivery = Delivery.from_request(request)
     outcome, status = Processor(get_store(settings), settings).process(job_id, delivery)
-    return json_response({"jobId": str(job_id), "outcome": outcome}, status)
+    headers = {"Retry-After": str(RETRY_AFTER_S)} if status == 503 else None
+    return json_response({"jobId": str(job_id), "outcome": outcome}, status, headers)
 
 
 class Heartbeat:
@@ -218,39 +257,110 @@ class Processor:
         except (errors.IllegalTransition, errors.LeaseLost):
             return "superseded", 200
         if failed.status == JobStatus.QUEUED:
-            logs.warning("retryable failure; Cloud Tasks will retry", **context, error=exc.code)
-            return "retry", 503
+            return self._schedule_retry(failed, exc, context)
         logs.error("job failed", **context, error=exc.code, reason=exc.message)
         return "failed", 200
+
+    def retry_delay(self, exc: errors.AppError, attempts: int) -> float:
+        """The server's hint when the error carries one, else the queue-like backoff."""
+        hint = getattr(exc, "retry_after", None)
+        if isinstance(hint, int | float) and hint >= 0:
+            return min(float(hint), MAX_RETRY_DELAY_S)
+        s = self.settings
+        return min(s.retry_min_backoff_s * 2.0 ** max(attempts - 1, 0), s.retry_max_backoff_s)
+
+    def _schedule_retry(
+        self, job: Job, exc: errors.AppError, context: dict[str, Any]
+    ) -> tuple[str, int]:
+        """The job's own retry: its next named task, due after the retry delay; answer 2xx.
+
+        If the next number cannot be taken (the database went away again), answer 503: the
+        row is queued, and Cloud Tasks' redelivery of this task (or the reaper) claims it."""
+        delay = self.retry_delay(exc, job.attempts)
+        try:
+            dispatch = self.store.next_dispatch(job.id, job.dispatch_count, delay)
+        except errors.AppError as store_error:
+            logs.error("could not schedule the retry", **context, error=store_error.code)
+            return "retry", 503
+        if dispatch is None:
+            return "superseded", 200  # cancelled, claimed or re-dispatched meanwhile
+        queue = get_queue(self.settings)
+        scheduled = dispatch_or_release(queue, self.store, job.id, dispatch, delay_s=delay)
+        logs.warning(
+            "retryable failure; retry scheduled" if scheduled else "retryable failure; reaper",
+            **context,
+            error=exc.code,
+            delaySeconds=round(delay, 3),
+            dispatch=dispatch,
+        )
+        return "retry_scheduled", 200
+
+
+@dataclass
+class Sweep:
+    """What one reaper call did, as it answers Cloud Scheduler."""
+
+    dispatched: int = 0  #: new tasks created
+    pending: int = 0  #: the job's current task was still there: nothing added
+    failed: int = 0  #: attempts used up when the lease expired
+    undispatched: int = 0  #: released for the next sweep (the queue is down)
+    purged: int = 0
+    queue_down: bool = False
+
+    def summary(self) -> dict[str, int]:
+        return {
+            "dispatched": self.dispatched,
+            "pending": self.pending,
+            "failed": self.failed,
+            "undispatched": self.undispatched,
+            "purged": self.purged,
+        }
 
 
 def reap_jobs(request: flask.Request, settings: Settings) -> flask.Response:
     verify_caller(request, settings, audience=settings.reaper_url)
     store = get_store(settings)
+    sweep = Sweep()
+    give_up_at = time.monotonic() + _REAP_BUDGET_S
+    while time.monotonic() < give_up_at:
+        batch = store.reap_jobs(settings.reap_grace_s)
+        for item in batch:
+            _reap_one(item, store, settings, sweep)
+        # A full batch means more may be waiting (the API caps results at 1000 rows); with the
+        # queue down, what was released would only come straight back.
+        if len(batch) < REAP_BATCH or sweep.queue_down:
+            break
+    while time.monotonic() < give_up_at:
+        purged = store.purge_jobs(settings.retention_days)
+        sweep.purged += purged
+        if purged < PURGE_BATCH:
+            break
+    logs.info("reaper sweep", **sweep.summary())
+    return json_response(sweep.summary(), 503 if sweep.undispatched else 200)
+
+
+def _reap_one(item: ReapedJob, store: JobStore, settings: Settings, sweep: Sweep) -> None:
+    """Dispatch one reaped job unless its current task is still pending in Cloud Tasks."""
+    if item.action == "failed":
+        sweep.failed += 1
+        return
     queue = get_queue(settings)
-    reaped = store.reap_jobs(settings.reap_grace_s)
-    dispatched, failed, undispatched = 0, 0, 0
-    queue_down = False
-    for item in reaped:
-        if item.action == "failed":
-            failed += 1
-            continue
-        if not queue_down:
-            try:
-                queue.enqueue(item.job_id, item.dispatch_count, budget_s=5.0)
-                dispatched += 1
-                continue
-            except errors.QueueUnavailable:
-                # Stop trying: the sweep must finish inside its own timeout.
-                queue_down = True
-        undispatched += 1
-        store.release_dispatch(item.job_id)  # the next sweep dispatches it at once
-    purged = store.purge_jobs(settings.retention_days)
-    summary = {
-        "dispatched": dispatched,
-        "failed": failed,
-        "undispatched": undispatched,
-        "purged": purged,
-    }
-    logs.info("reaper sweep", **summary)
-    return json_response(summary, 503 if undispatched else 200)
+    if not sweep.queue_down:
+        try:
+            if queue.exists(item.job_id, item.dispatch_count):
+                sweep.pending += 1  # delayed, not lost: another task would only add a delivery
+                return
+            dispatch = store.next_dispatch(item.job_id, item.dispatch_count)
+            if dispatch is None:
+                return  # claimed or cancelled since the sweep
+            # Short budget: the sweep must finish inside its own timeout.
+            if dispatch_or_release(queue, store, item.job_id, dispatch, budget_s=5.0):
+                sweep.dispatched += 1
+                return
+        except errors.QueueUnavailable:
+            store.release_dispatch(item.job_id, item.dispatch_count)
+        sweep.queue_down = True  # stop asking: the next sweep dispatches these at once
+        sweep.undispatched += 1
+        return
+    sweep.undispatched += 1
+    store.release_dispatch(item.job_id, item.dispatch_count)

@@ -21,7 +21,7 @@ import os
 import re
 import shlex
 import sys
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any, Literal, Self
@@ -296,6 +296,22 @@ class Settings(_Declared):
     verify_oidc: bool = setting(
         "PROCESSOR_VERIFY_OIDC", False, "verify the OIDC token on the private functions"
     )
+    trust_private_callers: bool = setting(
+        "PROCESSOR_TRUST_CALLERS",
+        False,
+        "`true`: the private functions run without a secret or OIDC check of their own (only "
+        "where IAM alone guards them); otherwise one of the two is required at start",
+    )
+    retry_min_backoff_s: float = setting(
+        "JOB_RETRY_MIN_BACKOFF_S",
+        10.0,
+        "delay of a job's first own retry when the error carries no hint (doubling per "
+        "attempt, as the queue's backoff)",
+        ge=0.0,
+    )
+    retry_max_backoff_s: float = setting(
+        "JOB_RETRY_MAX_BACKOFF_S", 300.0, "cap on the delay of a job's own retry", ge=0.0
+    )
     oidc_audience: str | None = setting(
         "PROCESSOR_OIDC_AUDIENCE", doc="audience of the tasks' OIDC token", same_as="processor_url"
     )
@@ -344,9 +360,9 @@ class Settings(_Declared):
     reap_grace_s: int = setting(
         "REAP_GRACE_S",
         600,
-        "a queued job whose task is this old (or was never created) is dispatched again. Above "
-        "the queue's max backoff, so a task waiting to retry is normally not duplicated; in a "
-        "queue backlogged for longer, the extra task is harmless (the claim is fenced)",
+        "a queued job whose task is this old past its schedule (or was never created, or "
+        "failed to enqueue) is checked by the reaper, and dispatched again only if the task "
+        "is gone",
         ge=0,
     )
     enable_job_queue: bool = setting(
@@ -396,6 +412,16 @@ class Settings(_Declared):
         return value.rstrip("/")
 
     @model_validator(mode="after")
+    def _backoff_in_order(self) -> Self:
+        if self.retry_min_backoff_s > self.retry_max_backoff_s:
+            raise _refuse(
+                "JOB_RETRY_MIN_BACKOFF_S",
+                f"({self.retry_min_backoff_s:g}) must be <= JOB_RETRY_MAX_BACKOFF_S "
+                f"({self.retry_max_backoff_s:g})",
+            )
+        return self
+
+    @model_validator(mode="after")
     def _deadlines_nest(self) -> Self:
         # The pipeline must end (and fail the job cleanly) before Cloud Tasks gives up on the
         # request, or the task is retried while the job still looks alive.
@@ -412,10 +438,82 @@ class Settings(_Declared):
         return cls._read(env, ai=AISettings.from_env(env))
 
 
+def _http_url(name: str, value: str | None) -> str | None:
+    if value and not value.startswith(("http://", "https://")):
+        raise _refuse(name, "must be an http(s) URL")
+    return value.rstrip("/") if value else value
+
+
+def _jwt_role(token: str) -> str | None:
+    """The ``role`` claim of a JWT, read without verifying it (None if not a JWT)."""
+    import base64
+    import binascii
+    import json
+
+    parts = token.split(".")
+    if len(parts) != 3:  # header.payload.signature
+        return None
+    try:
+        claims = json.loads(base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4)))
+    except (ValueError, binascii.Error):
+        return None
+    role = claims.get("role") if isinstance(claims, dict) else None
+    return role if isinstance(role, str) else None
+
+
+class ConsoleSettings(_Declared):
+    """What the web console (``ai-jobs-console``) hands the page: public values only.
+
+    The console needs no service key, so it reads its own few variables rather than
+    ``Settings`` (which requires one): ``SUPABASE_URL`` is optional here. An empty
+    ``functions_base_url`` means the page's own origin: on ``cloudfunctions.net`` every
+    function of a project shares it.
+    """
+
+    functions_base_url: str = setting(
+        ("CONSOLE_FUNCTIONS_URL", "PUBLIC_BASE_URL"),
+        "",
+        "where the console's page calls the functions (else `PUBLIC_BASE_URL`, else the page's "
+        "own origin)",
+    )
+    supabase_url: str | None = setting(
+        "SUPABASE_URL", None, "the console's Supabase (unset: polling only)"
+    )
+    supabase_anon_key: str | None = setting(
+        "SUPABASE_ANON_KEY",
+        None,
+        "the public anon key (unset: polling only); a `service_role` key is refused at start",
+    )
+
+    @field_validator("functions_base_url")
+    @classmethod
+    def _functions_url(cls, value: str) -> str:
+        return _http_url("CONSOLE_FUNCTIONS_URL", value) or ""
+
+    @field_validator("supabase_url")
+    @classmethod
+    def _supabase_url(cls, value: str | None) -> str | None:
+        return _http_url("SUPABASE_URL", value)
+
+    @model_validator(mode="after")
+    def _public_key_only(self) -> Self:
+        if self.supabase_anon_key and not self.supabase_url:
+            raise ConfigError(
+                "SUPABASE_ANON_KEY needs SUPABASE_URL", details={"setting": "SUPABASE_URL"}
+            )
+        if self.supabase_anon_key and _jwt_role(self.supabase_anon_key) == "service_role":
+            # the page is public: a service key here would hand every visitor the database
+            raise _refuse(
+                "SUPABASE_ANON_KEY", "holds a service_role key; give the console the anon key"
+            )
+        return self
+
+
 class DeploySettings(_Declared):
     """What ``deploy.sh`` decides beside the functions' own settings, checked against them."""
 
     app: Settings
+    console: ConsoleSettings
     processor_timeout_s: int = setting(
         "PROCESSOR_TIMEOUT_S",
         doc="the processor's timeout (Cloud Functions gen2 HTTP functions: at most 3600 s)",
@@ -458,7 +556,7 @@ class DeploySettings(_Declared):
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Self:
-        return cls._read(env, app=Settings.from_env(env))
+        return cls._read(env, app=Settings.from_env(env), console=ConsoleSettings.from_env(env))
 
 
 @lru_cache(maxsize=1)
@@ -467,12 +565,18 @@ def get_settings() -> Settings:
     return Settings.from_env()
 
 
+@lru_cache(maxsize=1)
+def get_console_settings() -> ConsoleSettings:
+    """The console's settings, read once (its main.py calls this at import: fail fast)."""
+    return ConsoleSettings.from_env()
+
+
 # --- the one description, as text ----------------------------------------------------------
 
 SettingsClass = type[_Declared]
 _DOCUMENTED: tuple[SettingsClass, ...] = (Settings, AISettings)
 #: The settings objects held by another (``DeploySettings.app``, ``Settings.ai``).
-_NESTED: dict[str, SettingsClass] = {"app": Settings, "ai": AISettings}
+_NESTED: dict[str, SettingsClass] = {"app": Settings, "ai": AISettings, "console": ConsoleSettings}
 README_BEGIN = "<!-- settings table: generated by `python -m shared.settings --markdown` -->"
 README_END = "<!-- end of settings table -->"
 
@@ -534,8 +638,12 @@ def _bounds(info: FieldInfo) -> str:
 
 def markdown_table(classes: tuple[SettingsClass, ...] = _DOCUMENTED) -> str:
     rows = ["| variable | default | meaning |", "| --- | --- | --- |"]
+    shown: set[str] = set()
     for cls in classes:
         for _, name, info in declared(cls):
+            if name in shown:
+                continue
+            shown.add(name)
             meaning = f"{info.description}{_bounds(info)}".replace("|", "\\|")
             rows.append(f"| `{name}` | {default_text(cls, info)} | {meaning} |")
     return "\n".join(rows)
@@ -583,6 +691,15 @@ def resolved(instance: _Declared, env: Mapping[str, str]) -> Iterator[Row]:
             yield from resolved(value, env)
 
 
+def unique(rows: Iterable[Row]) -> list[Row]:
+    """One row per variable, from the first class declaring it (the console reads
+    ``SUPABASE_URL`` too, as an optional setting)."""
+    first: dict[str, Row] = {}
+    for row in rows:
+        first.setdefault(row[0], row)
+    return list(first.values())
+
+
 def _shell(rows: list[Row]) -> str:
     """Assignments deploy.sh evaluates: ``SETTING_<variable>`` for every non-secret value, and
     SETTINGS_GIVEN, the non-secret settings the environment sets (deploy.sh writes those into
@@ -609,7 +726,11 @@ def main(argv: list[str] | None = None, env: Mapping[str, str] | None = None) ->
     args = parser.parse_args(argv)
     environment = os.environ if env is None else env
     if args.markdown:
-        print(markdown_table((DeploySettings, *_DOCUMENTED) if args.deploy else _DOCUMENTED))
+        print(
+            markdown_table((DeploySettings, *_DOCUMENTED, ConsoleSettings))
+            if args.deploy
+            else markdown_table()
+        )
     if args.write_readme:
         path = Path(args.write_readme)
         path.write_text(readme_with_table(path.read_text(), markdown_table()))
@@ -619,7 +740,7 @@ def main(argv: list[str] | None = None, env: Mapping[str, str] | None = None) ->
         DeploySettings.from_env if args.deploy else Settings.from_env
     )
     try:
-        rows = list(resolved(builder(environment), environment))
+        rows = unique(resolved(builder(environment), environment))
     except ConfigError as exc:
         print(f"error: {exc.message}", file=sys.stderr)
         return 2

@@ -33,6 +33,10 @@ _SQL_ERRORS: dict[str, type[errors.AppError]] = {
     "idempotency_conflict": errors.IdempotencyConflict,
     "invalid_argument": errors.ValidationFailed,
 }
+#: Rows per reaper sweep / purge batch: well below Supabase's db-max-rows (1000), which
+#: truncates an RPC's result silently.
+REAP_BATCH = 100
+PURGE_BATCH = 500
 _UNAVAILABLE_PREFIXES = ("PGRST000", "PGRST001", "PGRST002", "08", "53", "57P", "5")
 #: Wrong key or project, or migrations not applied: no caller can fix this by retrying.
 #: PGRST301 (undecodable token), PGRST302 (no token), PGRST303 (invalid claims, such as an
@@ -106,8 +110,8 @@ class CreatedJob:
 @dataclass(frozen=True)
 class ReapedJob:
     job_id: uuid.UUID
-    action: str  #: "dispatch" (task lost), "redispatch" (lease expired) or "failed"
-    dispatch_count: int
+    action: str  #: "dispatch" (task may be lost), "redispatch" (lease expired) or "failed"
+    dispatch_count: int  #: the job's current dispatch number (its task may still be pending)
     attempts: int
 
 
@@ -209,8 +213,24 @@ class JobStore:
         )
         return CreatedJob(job=Job.model_validate(data["job"]), created=bool(data["created"]))
 
-    def release_dispatch(self, job_id: uuid.UUID) -> bool:
-        return bool(self.rpc("release_dispatch", {"p_job_id": str(job_id)}))
+    def release_dispatch(self, job_id: uuid.UUID, dispatch: int | None = None) -> bool:
+        """Undo dispatch ``dispatch`` (its enqueue failed) so the next sweep dispatches the job;
+        False when the job has moved on (claimed, or dispatched again). Without a number, the
+        v1 call undoes whatever dispatch is current (kept for callers not yet updated)."""
+        if dispatch is None:
+            return bool(self.rpc("release_dispatch", {"p_job_id": str(job_id)}))
+        return bool(
+            self.rpc("release_dispatch_v2", {"p_job_id": str(job_id), "p_dispatch": dispatch})
+        )
+
+    def next_dispatch(self, job_id: uuid.UUID, dispatch: int, delay_s: float = 0.0) -> int | None:
+        """The job's next dispatch number after ``dispatch`` (never reused), for a task due in
+        ``delay_s``; None when the job is not queued or someone else moved it on."""
+        data = self.rpc(
+            "next_dispatch",
+            {"p_job_id": str(job_id), "p_dispatch": dispatch, "p_delay_seconds": delay_s},
+        )
+        return None if data is None else int(data)
 
     def get_job(self, job_id: uuid.UUID, user_id: str | None = None) -> Job:
         return Job.model_validate(
@@ -349,8 +369,12 @@ class JobStore:
 
     # --- the reaper ----------------------------------------------------------------------
 
-    def reap_jobs(self, queued_grace_s: int, limit: int = 100) -> list[ReapedJob]:
-        rows = self.rpc("reap_jobs", {"p_queued_grace_seconds": queued_grace_s, "p_limit": limit})
+    def reap_jobs(self, queued_grace_s: int, limit: int = REAP_BATCH) -> list[ReapedJob]:
+        """One sweep: every job it changed (at most ``limit``, below the API's row cap); a full
+        batch means the caller should sweep again."""
+        rows = self.rpc(
+            "reap_jobs_v2", {"p_queued_grace_seconds": queued_grace_s, "p_limit": limit}
+        )
         return [
             ReapedJob(
                 job_id=uuid.UUID(row["job_id"]),
@@ -361,7 +385,8 @@ class JobStore:
             for row in rows
         ]
 
-    def purge_jobs(self, retention_days: int, limit: int = 1000) -> int:
+    def purge_jobs(self, retention_days: int, limit: int = PURGE_BATCH) -> int:
+        """Delete up to ``limit`` old finished jobs; returns how many (== limit: purge again)."""
         return int(self.rpc("purge_jobs", {"p_retention_days": retention_days, "p_limit": limit}))
 
 

@@ -1,10 +1,16 @@
 """Dispatch to the processor through Cloud Tasks (``google-cloud-tasks``).
 
 One queue (``TASKS_QUEUE``): priority is stored on the job and shown to clients, but at this
-volume a queue per priority would only split the concurrency budget; the queue's retry
-configuration (deploy.sh) is what matters. Each task is named from the job id and its
-dispatch number, so enqueueing the same dispatch twice is harmless (ALREADY_EXISTS), and a
-re-dispatch by the reaper gets a fresh name (Cloud Tasks keeps tombstones of used names).
+volume a queue per priority would only split the concurrency budget. Each task is named
+``job-<id>-d<dispatch>`` from the job id and its dispatch number, a counter kept on the job
+row (``ai_jobs.dispatch_count``) that only ever grows: a dispatch number is never reused,
+because Cloud Tasks refuses a name that was executed or deleted in about the last hour with
+the same ALREADY_EXISTS it gives for a pending task (CreateTaskRequest reference, "Task
+De-duplication"; the quotas page's "task de-duplication window").
+
+``dispatch_or_release`` is the one "enqueue, else leave it to the reaper" step the create
+path, the processor's retry and the reaper share: the row is the source of truth, the task
+only a nudge.
 
 With ``CLOUD_TASKS_EMULATOR_HOST`` set, the same client talks to the local emulator over an
 insecure gRPC channel; nothing else changes.
@@ -15,29 +21,51 @@ from __future__ import annotations
 import functools
 import json
 import threading
+import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from shared import errors, logs
 
 if TYPE_CHECKING:
     from shared.settings import Settings
+    from shared.store import JobStore
 
 #: Header carrying PROCESSOR_SHARED_SECRET inside each task (checked by the processor).
 SECRET_HEADER = "X-AI-Jobs-Secret"
 _RPC_TIMEOUT_S = 5.0
+#: Cancelling deletes the job's pending tasks within this budget (best effort).
+_DELETE_BUDGET_S = 2.0
 
 
 def task_id(job_id: uuid.UUID, dispatch: int) -> str:
     return f"job-{job_id}-d{dispatch}"
 
 
+@dataclass(eq=False)
+class _Channel:
+    """A client and the calls in flight on it; closed only once it is retired and idle."""
+
+    client: Any
+    in_flight: int = 0
+    retired: bool = False
+
+
 class TaskQueue:
-    """Creates and deletes the processor's tasks; the client is created lazily, once."""
+    """Creates, looks up and deletes the processor's tasks; the client is created lazily.
+
+    A failed call retires the client (the next call gets a fresh channel, not one stuck in
+    gRPC's reconnect backoff), but a retired channel is closed only when its last call has
+    returned: closing it under other requests would fail them with ``ValueError('Cannot
+    invoke RPC on closed channel!')``.
+    """
 
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
-        self._client: Any = None
+        self._current: _Channel | None = None
         self._lock = threading.Lock()
 
     @property
@@ -48,14 +76,6 @@ class TaskQueue:
     def task_path(self, job_id: uuid.UUID, dispatch: int) -> str:
         return f"{self.queue_path}/tasks/{task_id(job_id, dispatch)}"
 
-    @property
-    def client(self) -> Any:
-        if self._client is None:
-            with self._lock:
-                if self._client is None:
-                    self._client = self._make_client()
-        return self._client
-
     def _make_client(self) -> Any:
         host = self._settings.tasks_emulator_host
         if host:
@@ -64,22 +84,56 @@ class TaskQueue:
 
         return tasks_v2.CloudTasksClient()
 
-    def _reset_client(self) -> None:
+    @contextmanager
+    def _channel(self) -> Iterator[_Channel]:
         with self._lock:
-            client, self._client = self._client, None
-        if client is not None:
-            client.transport.close()
+            if self._current is None:
+                self._current = _Channel(self._make_client())
+            channel = self._current
+            channel.in_flight += 1
+        try:
+            yield channel
+        finally:
+            with self._lock:
+                channel.in_flight -= 1
+                idle_and_retired = channel.retired and channel.in_flight == 0
+            if idle_and_retired:
+                _close(channel)
 
-    def enqueue(self, job_id: uuid.UUID, dispatch: int, *, budget_s: float = 2.0) -> str:
-        """Create the task for this dispatch of the job; returns the task name.
+    def _retire(self, channel: _Channel) -> None:
+        """Take the channel out of use; the last call on it closes it (see ``_channel``)."""
+        with self._lock:
+            if self._current is channel:
+                self._current = None
+            channel.retired = True
 
-        Retrying is safe because the task is named: a retry after a lost reply gets
-        ALREADY_EXISTS, which counts as success. ``budget_s`` bounds the whole call (short on
-        the create path, where the reaper is the fallback)."""
+    def _call(self, method: str, **kwargs: Any) -> Any:
+        """One RPC; every failure that is not an answer from Cloud Tasks retires the channel."""
+        from google.api_core import exceptions as gexc
+
+        with self._channel() as channel:
+            try:
+                return getattr(channel.client, method)(**kwargs)
+            except (gexc.NotFound, gexc.AlreadyExists):
+                raise  # answers, not failures: the channel is fine
+            except Exception:
+                self._retire(channel)
+                raise
+
+    def enqueue(
+        self, job_id: uuid.UUID, dispatch: int, *, delay_s: float = 0.0, budget_s: float = 2.0
+    ) -> bool:
+        """Create the task of this dispatch of the job, to run ``delay_s`` from now.
+
+        True when the task is (now) pending. ALREADY_EXISTS means so only while the task is
+        still there (a retry after a lost reply); a name Cloud Tasks remembers from an executed
+        or deleted task answers False: that task will not run again. Any failure to reach Cloud
+        Tasks raises ``QueueUnavailable``. ``budget_s`` bounds the whole call (short on the
+        create path, where the reaper is the fallback)."""
         from google.api_core import exceptions as gexc
         from google.api_core import retry as gretry
         from google.cloud import tasks_v2
-        from google.protobuf import duration_pb2
+        from google.protobuf import duration_pb2, timestamp_pb2
 
         s = self._settings
         headers = {"Content-Type": "application/json"}
@@ -101,8 +155,13 @@ class TaskQueue:
             http_request=http_request,
             dispatch_deadline=duration_pb2.Duration(seconds=s.dispatch_deadline_s),
         )
+        if delay_s > 0:
+            schedule = timestamp_pb2.Timestamp()
+            schedule.FromNanoseconds(int((time.time() + delay_s) * 1e9))
+            task.schedule_time = schedule
         try:
-            created = self.client.create_task(
+            self._call(
+                "create_task",
                 parent=self.queue_path,
                 task=task,
                 timeout=min(_RPC_TIMEOUT_S, budget_s),
@@ -116,28 +175,99 @@ class TaskQueue:
                 ),
             )
         except gexc.AlreadyExists:
-            return task.name  # this dispatch was enqueued before: nothing to do
-        except gexc.GoogleAPIError as exc:
-            self._reset_client()  # a fresh channel next time, not one stuck in backoff
-            raise errors.QueueUnavailable(
-                "the task queue is unavailable", details={"upstream": type(exc).__name__}
-            ) from None
-        return str(created.name)
+            return self.exists(job_id, dispatch)
+        except Exception as exc:  # grpc, api_core, a closed channel: all mean "not enqueued"
+            raise _unavailable(exc) from None
+        return True
 
-    def delete(self, job_id: uuid.UUID, dispatch: int) -> bool:
-        """Delete a pending task (on cancel); best effort, False if it was not there."""
+    def exists(self, job_id: uuid.UUID, dispatch: int) -> bool:
+        """Whether this dispatch's task is still pending (GetTask); executed or deleted tasks
+        are NOT_FOUND. Raises ``QueueUnavailable`` when Cloud Tasks cannot say."""
         from google.api_core import exceptions as gexc
 
         try:
-            self.client.delete_task(
-                name=self.task_path(job_id, dispatch), timeout=_RPC_TIMEOUT_S, retry=None
+            self._call(
+                "get_task",
+                name=self.task_path(job_id, dispatch),
+                timeout=_RPC_TIMEOUT_S,
+                retry=None,
             )
         except gexc.NotFound:
             return False
-        except gexc.GoogleAPIError as exc:
-            logs.warning("could not delete task", jobId=str(job_id), error=type(exc).__name__)
-            return False
+        except Exception as exc:
+            raise _unavailable(exc) from None
         return True
+
+    def delete(self, job_id: uuid.UUID, dispatch: int) -> int:
+        """Delete every pending task of the job, dispatches ``dispatch`` down to 1 (on cancel).
+
+        A job can have more than its newest task pending (a reaper nudge beside a Cloud Tasks
+        retry), and each would find nothing to do, so all go. Best effort within a small
+        budget; returns how many were deleted."""
+        from google.api_core import exceptions as gexc
+
+        deleted = 0
+        give_up_at = time.monotonic() + _DELETE_BUDGET_S
+        for number in range(dispatch, 0, -1):
+            left = give_up_at - time.monotonic()
+            if left <= 0:
+                break
+            try:
+                self._call(
+                    "delete_task",
+                    name=self.task_path(job_id, number),
+                    timeout=min(_RPC_TIMEOUT_S, left),
+                    retry=None,
+                )
+            except gexc.NotFound:
+                continue
+            except Exception as exc:
+                logs.warning("could not delete task", jobId=str(job_id), error=type(exc).__name__)
+                break  # the queue is unreachable: the tasks find nothing to do when they run
+            deleted += 1
+        return deleted
+
+
+def _unavailable(exc: Exception) -> errors.QueueUnavailable:
+    return errors.QueueUnavailable(
+        "the task queue is unavailable", details={"upstream": type(exc).__name__}
+    )
+
+
+def _close(channel: _Channel) -> None:
+    try:
+        channel.client.transport.close()
+    except Exception as exc:  # closing is tidying up; it must not fail a request
+        logs.warning("could not close the Cloud Tasks channel", error=type(exc).__name__)
+
+
+def dispatch_or_release(
+    queue: TaskQueue,
+    store: JobStore,
+    job_id: uuid.UUID,
+    dispatch: int,
+    *,
+    delay_s: float = 0.0,
+    budget_s: float = 2.0,
+) -> bool:
+    """Enqueue the job's task for ``dispatch``; if that fails, hand the job to the reaper.
+
+    The job row stays ``queued`` either way. On failure ``release_dispatch`` (guarded by the
+    dispatch number, so a newer dispatch is never undone) clears ``dispatched_at`` and the next
+    reaper sweep dispatches the job at once instead of after the grace period. Never raises:
+    the caller has already saved the job and must still answer."""
+    try:
+        if queue.enqueue(job_id, dispatch, delay_s=delay_s, budget_s=budget_s):
+            return True
+        reason = "task_name_spent"
+    except errors.QueueUnavailable as exc:
+        reason = exc.code
+    logs.warning("enqueue failed; the reaper will dispatch", jobId=str(job_id), error=reason)
+    try:
+        store.release_dispatch(job_id, dispatch)
+    except Exception as exc:  # the row keeps dispatched_at: the reaper still finds it later
+        logs.warning("release_dispatch failed", jobId=str(job_id), error=type(exc).__name__)
+    return False
 
 
 def emulator_client(host: str) -> Any:

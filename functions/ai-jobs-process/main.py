@@ -9,5 +9,6 @@ from shared.http import endpoint
 from shared.settings import get_settings
 
 get_settings()  # fail at cold start, naming any missing or malformed setting
+processor.require_caller_check(get_settings())  # private: refuse to start unguarded
 
 process_job = endpoint("POST", cors=False)(processor.process_job)

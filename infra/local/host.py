@@ -33,6 +33,7 @@ FUNCTIONS: dict[str, str] = {
     "ai-jobs-cancel": "cancel_job",
     "ai-jobs-process": "process_job",
     "ai-jobs-reap": "reap_jobs",
+    "ai-jobs-console": "console",
 }
 
 

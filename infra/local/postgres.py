@@ -15,6 +15,8 @@ renamed to ``supabase_admin`` once, from a short-lived second superuser.
 from __future__ import annotations
 
 import os
+import subprocess
+import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -91,6 +93,9 @@ def start_postgres(data_dir: Path | None = None) -> Postgres:
     admin_uri = conninfo.make_conninfo(initdb_uri, user=SUPERUSER)
     if not _can_connect(admin_uri):
         _rename_superuser(initdb_uri, admin_uri)
+    if _enable_logical_decoding(admin_uri):
+        server.cleanup()  # a restart applies wal_level (kept in postgresql.auto.conf)
+        server = _start_again(pgserver, path)
     return Postgres(uri=admin_uri, _server=server)
 
 
@@ -112,3 +117,28 @@ def _rename_superuser(initdb_uri: str, admin_uri: str) -> None:
         conn.execute(f"alter role postgres rename to {SUPERUSER}")
     with psycopg.connect(admin_uri, autocommit=True) as conn:
         conn.execute(f"drop role {_RENAMER}")
+
+
+def _start_again(pgserver: Any, path: Path, attempts: int = 3) -> Any:
+    # A concurrent pytest run re-tightens /tmp/pytest-of-<user> (mode 0700) between
+    # pgserver's permission fix and pg_ctl start; the next attempt fixes them again.
+    for attempt in range(attempts):
+        try:
+            return pgserver.get_server(str(path), cleanup_mode="stop")
+        except (OSError, subprocess.CalledProcessError):
+            pgserver.PostgresServer._instances.pop(path.resolve(), None)
+            if attempt == attempts - 1:
+                raise
+            time.sleep(0.5)
+    raise AssertionError("unreachable")
+
+
+def _enable_logical_decoding(uri: str) -> bool:
+    """The local Realtime reads changes by logical decoding (REALTIME.md): set
+    ``wal_level = logical`` once; True when the server must restart to apply it."""
+    with psycopg.connect(uri, autocommit=True) as conn:
+        row = conn.execute("show wal_level").fetchone()
+        if row is not None and row[0] == "logical":
+            return False
+        conn.execute("alter system set wal_level = 'logical'")
+    return True

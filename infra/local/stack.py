@@ -1,5 +1,7 @@
-"""The whole local stack: Postgres, the Supabase gateway, the Cloud Tasks emulator, the
-function host and a stand-in for Cloud Scheduler that calls the reaper.
+"""The whole local stack: Postgres, the local Supabase (REST gateway, Auth and Realtime under
+one base URL), the Cloud Tasks emulator, the function host and a stand-in for Cloud Scheduler
+that calls the reaper. ``make stack`` prints the Supabase values under the names
+``supabase status -o json`` uses and writes them to ``.local/status.json``.
 
 Each service runs as its own process (so a test can kill the function host mid-job, as a
 crashed Cloud Functions instance would die) and the production code reaches each through
@@ -11,6 +13,7 @@ its real client, configured only by environment variables.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import secrets
 import signal
@@ -63,10 +66,15 @@ class StackConfig:
     max_task_attempts: int = 5
     max_concurrent_dispatches: int = 10
     quiet: bool = False
+    #: give the functions SUPABASE_JWT_SECRET, so a Bearer access token acts as its ``sub``
+    #: (visitors signed in through the local Auth); tests that name users with X-User-Id
+    #: (trusted only without it) turn it off
+    jwt_identity: bool = True
 
     @classmethod
     def for_tests(cls, tmp: Path, **overrides: Any) -> StackConfig:
         """Free ports and a private data folder, so tests never collide with a running stack."""
+        overrides.setdefault("jwt_identity", False)
         return cls(
             host_port=free_port(),
             gateway_port=free_port(),
@@ -102,7 +110,31 @@ class LocalStack:
 
     @property
     def gateway_url(self) -> str:
+        """The local Supabase's one base URL (REST, Auth and Realtime)."""
         return f"http://127.0.0.1:{self.config.gateway_port}"
+
+    @property
+    def api_url(self) -> str:
+        return self.gateway_url
+
+    @property
+    def anon_key(self) -> str:
+        from infra.local.gateway import make_jwt
+
+        return make_jwt(LOCAL_JWT_SECRET, "anon")
+
+    def status(self) -> dict[str, str]:
+        """What ``supabase status -o json`` reports, plus where the functions are."""
+        return {
+            "API_URL": self.api_url,
+            "REST_URL": f"{self.api_url}/rest/v1",
+            "REALTIME_URL": f"{self.api_url.replace('http', 'ws', 1)}/realtime/v1",
+            "DB_URL": self.db_uri,
+            "ANON_KEY": self.anon_key,
+            "SERVICE_ROLE_KEY": self.service_key,
+            "JWT_SECRET": LOCAL_JWT_SECRET,
+            "FUNCTIONS_URL": self.base_url,
+        }
 
     @property
     def emulator_host(self) -> str:
@@ -178,11 +210,11 @@ class LocalStack:
         )
 
     def start_gateway(self) -> None:
-        self.say(f"starting the Supabase gateway on {self.gateway_url} ...")
+        self.say(f"starting the local Supabase (REST, Auth, Realtime) on {self.gateway_url} ...")
         self._spawn(
             "gateway",
             [
-                "infra.local.gateway",
+                "infra.local.supabase_server",
                 "--db-uri",
                 self.db_uri,
                 "--jwt-secret",
@@ -263,6 +295,10 @@ class LocalStack:
             "REAP_GRACE_S": "30",
             "PYTHONUNBUFFERED": "1",
         }
+        if self.config.jwt_identity:
+            env["SUPABASE_JWT_SECRET"] = LOCAL_JWT_SECRET
+            # the console signs visitors in anonymously and follows their jobs over Realtime
+            env["SUPABASE_ANON_KEY"] = self.anon_key
         env.update(self.config.function_env)
         return env
 
@@ -358,14 +394,17 @@ def main(argv: list[str] | None = None) -> int:
     stopping = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stopping.set())
     with LocalStack(config) as stack:
+        status_path = REPO_ROOT / ".local" / "status.json"
+        status_path.write_text(json.dumps(stack.status(), indent=2) + "\n")
         print("\nthe stack is up:")
         for name in ("ai-jobs-create", "ai-jobs-get", "ai-jobs-list", "ai-jobs-cancel"):
             print(f"  {stack.base_url}/{name}")
         print(f"  {stack.base_url}/ai-jobs-process   (private: Cloud Tasks only)")
         print(f"  {stack.base_url}/ai-jobs-reap      (private: every {args.reap_interval:.0f}s)")
-        print(
-            f"  Supabase gateway  {stack.gateway_url}   Cloud Tasks emulator {stack.emulator_host}"
-        )
+        print(f"  {stack.base_url}/ai-jobs-console/  (the web console: open it in a browser)")
+        print(f"  Cloud Tasks emulator {stack.emulator_host}\n\nlocal Supabase ({status_path}):")
+        for key, value in stack.status().items():
+            print(f"  {key:<17}{value}")
         print(f"  logs in {config.log_dir}\nCtrl-C stops everything.", flush=True)
         try:
             while not stopping.wait(0.5):

@@ -39,6 +39,7 @@ from shared.ai.facts import (
     Window,
 )
 from shared.ai.fleet import Fleet, Server
+from shared.ai.results import ChartSeries
 
 
 @dataclass(frozen=True)
@@ -685,3 +686,73 @@ def analyse(fleet: Fleet) -> FleetFacts:
         capacity=capacity,
         consolidations=find_consolidations(capacity),
     )
+
+
+CHART_MARGIN = timedelta(hours=2)
+
+
+def _slice(fleet: Fleet, start: datetime, end: datetime) -> tuple[int, int]:
+    stamps = fleet.timestamps
+    first = next((i for i, stamp in enumerate(stamps) if stamp >= start), 0)
+    last = max((i for i, stamp in enumerate(stamps) if stamp <= end), default=len(stamps) - 1)
+    return first, last
+
+
+def _incident_series(fleet: Fleet, incident: Incident) -> ChartSeries | None:
+    cause = incident.root_cause
+    episode = next(
+        (
+            e
+            for e in incident.episodes
+            if e.server_id == cause.server_id and e.metric == cause.metric
+        ),
+        None,
+    )
+    values = fleet.server(cause.server_id).series(cause.metric)
+    if episode is None or values is None:
+        return None
+    until = episode.recovered_at or episode.end
+    first, last = _slice(fleet, episode.first_seen - CHART_MARGIN, until + CHART_MARGIN)
+    _, critical = limits(fleet.server(cause.server_id), cause.metric)
+    return ChartSeries(
+        id=incident.id,
+        kind="incident",
+        server_id=cause.server_id,
+        metric=cause.metric,
+        unit=episode.unit,
+        start=fleet.timestamps[first],
+        interval_minutes=fleet.interval_minutes,
+        values=[_r(v, 2) for v in values[first : last + 1]],
+        baseline=episode.baseline,
+        threshold=episode.threshold,
+        critical=critical,
+        highlight_start=episode.first_seen,
+        highlight_end=until,
+    )
+
+
+def _trend_series(fleet: Fleet, trend: Trend) -> ChartSeries | None:
+    values = fleet.server(trend.server_id).series(trend.metric)
+    if values is None:
+        return None
+    first, last = _slice(fleet, trend.since, fleet.timestamps[-1])
+    return ChartSeries(
+        id=f"trend-{trend.server_id}-{trend.metric}",
+        kind="trend",
+        server_id=trend.server_id,
+        metric=trend.metric,
+        unit=trend.unit,
+        start=fleet.timestamps[first],
+        interval_minutes=fleet.interval_minutes,
+        values=[_r(v, 2) for v in values[first : last + 1]],
+        threshold=trend.warning,
+        critical=trend.critical,
+        slope_per_hour=trend.slope_per_hour,
+    )
+
+
+def chart_series(fleet: Fleet, facts: FleetFacts) -> list[ChartSeries]:
+    """The samples a chart of each incident and each trend needs (see ``ChartSeries``)."""
+    series = [_incident_series(fleet, incident) for incident in facts.incidents]
+    series += [_trend_series(fleet, trend) for trend in facts.trends]
+    return [s for s in series if s is not None]

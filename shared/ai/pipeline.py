@@ -105,7 +105,8 @@ def run(
     source = fleet or fleet_source_from_settings(settings.fleet_source, settings.fleet_seed)
 
     steps.step(20)
-    facts = analytics.analyse(source.load())
+    fleet_data = source.load()
+    facts = analytics.analyse(fleet_data)
     draft = compose.draft(
         job_type, facts, query, language, with_optimisation=wants_optimisation(query)
     )
@@ -119,7 +120,12 @@ def run(
 
     steps.step(80)
     result = merge_narrative(draft, narrative, fallback, name, info)
-    result = result.model_copy(update={"markdown": render_markdown(result)})
+    result = result.model_copy(
+        update={
+            "markdown": render_markdown(result),
+            "series": analytics.chart_series(fleet_data, facts),
+        }
+    )
 
     steps.step(100)
     return result

@@ -47,6 +47,27 @@ class WriterInfo(ResultModel):
     fallback_code: str | None = None  #: machine-readable: blocked, max_tokens, ...
 
 
+class ChartSeries(ResultModel):
+    """Samples of one metric for a chart: an incident's key metric around its window, or a
+    forecast's metric since its trend began. Added after the narrative is written, so the
+    writer and the grounding check never see these numbers."""
+
+    id: str  #: "<incident id>" or "trend-<server>-<metric>"
+    kind: Literal["incident", "trend"]
+    server_id: str
+    metric: str
+    unit: str
+    start: datetime  #: time of values[0]
+    interval_minutes: int
+    values: list[float | None]
+    baseline: float | None = None
+    threshold: float | None = None  #: the limit crossed (incident) or the warning limit (trend)
+    critical: float | None = None
+    highlight_start: datetime | None = None  #: the incident's window
+    highlight_end: datetime | None = None
+    slope_per_hour: float | None = None  #: the trend's fitted line, from its last sample
+
+
 class _ResultBase(ResultModel):
     language: Language
     query: str
@@ -57,6 +78,7 @@ class _ResultBase(ResultModel):
     actions: list[str] = Field(default_factory=list)
     markdown: str = ""
     facts: FleetFacts
+    series: list[ChartSeries] = Field(default_factory=list)
 
 
 # ----------------------------------------------------------------------------- analysis

@@ -13,7 +13,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from shared.settings import AISettings, DeploySettings, Settings, declared
+from shared.settings import AISettings, ConsoleSettings, DeploySettings, Settings, declared
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "deploy.sh"
@@ -29,6 +29,7 @@ ENTRY_POINTS = {
     "ai-jobs-list": "list_jobs",
     "ai-jobs-cancel": "cancel_job",
     "ai-jobs-reap": "reap_jobs",
+    "ai-jobs-console": "console",
 }
 PRIVATE = {"ai-jobs-process", "ai-jobs-reap"}
 SECRET_VALUES = {
@@ -52,7 +53,9 @@ APIS = [
 ]
 # What the functions read and deploy.sh decides: every variable the settings module declares.
 FUNCTION_SETTINGS = [
-    name for cls in (Settings, AISettings, DeploySettings) for _, name, _ in declared(cls)
+    name
+    for cls in (Settings, AISettings, DeploySettings, ConsoleSettings)
+    for _, name, _ in declared(cls)
 ]
 FAKE_TOOL = '#!/bin/sh\necho "$0 $*" >> "{marker}"\nexit 97\n'
 
@@ -189,8 +192,11 @@ def test_each_function_is_deployed_with_its_settings(tmp_path: Path) -> None:
         assert f"--source={tmp_path / 'build' / name}" in args
         assert f"--service-account={RUNTIME_SA}" in args
         assert f"--env-vars-file={tmp_path / 'build' / name}.env.yaml" in args
-        secrets = next(a for a in args if a.startswith("--set-secrets="))
-        assert "SUPABASE_SERVICE_ROLE_KEY=supabase-service-role-key:latest" in secrets
+        secrets = next((a for a in args if a.startswith("--set-secrets=")), "")
+        # the public console serves only public values: it mounts no secret at all
+        assert ("SUPABASE_SERVICE_ROLE_KEY=supabase-service-role-key:latest" in secrets) == (
+            name != "ai-jobs-console"
+        )
         if name in PRIVATE:
             assert "--no-allow-unauthenticated" in args
             assert "--allow-unauthenticated" not in args
@@ -340,6 +346,8 @@ def test_staging_copies_main_shared_and_requirements(tmp_path: Path) -> None:
         assert f'TASKS_INVOKER_SA: "{INVOKER_SA}"' in env_file
         assert 'PROCESSOR_VERIFY_OIDC: "true"' in env_file
         assert ("REAPER_URL:" in env_file) == (name == "ai-jobs-reap")
+    console_static = tmp_path / "build" / "ai-jobs-console" / "static"
+    assert (console_static / "index.html").is_file() and (console_static / "app.js").is_file()
 
 
 def test_missing_project_fails_with_a_message_naming_it(tmp_path: Path) -> None:

@@ -12,13 +12,15 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 
 import httpx
+import psycopg
 import pytest
 
 from infra.local import fake_gemini
 from infra.local.postgres import Postgres
 from infra.local.stack import LocalStack, StackConfig
+from shared.store import REAP_BATCH
 from shared.tasks import SECRET_HEADER
-from tests.e2e.conftest import TEST_ENV, create, wait_for
+from tests.e2e.conftest import FINAL, TEST_ENV, create, wait_for
 
 QUERY = "모든 서버 분석하고 최적화 리포트 만들어줘"
 
@@ -109,13 +111,13 @@ def test_gemini_429_is_retried_then_completed(
     assert job["attempts"] == 1, "the writer's own retry absorbed the 429"
 
 
-def test_retryable_failure_goes_back_to_cloud_tasks_and_the_next_attempt_completes(
+def test_a_retryable_failure_schedules_the_jobs_next_task_and_that_attempt_completes(
     http: httpx.Client, gemini: fake_gemini.FakeGemini
 ) -> None:
     gemini.push(fake_gemini.server_error(503), fake_gemini.server_error(503))
     job = wait_for(http, create(http, QUERY)["jobId"], timeout_s=60)
     assert job["status"] == "completed"
-    assert job["attempts"] == 2, "attempt 1 failed retryably; Cloud Tasks delivered again"
+    assert job["attempts"] == 2, "attempt 1 failed retryably; its next task ran attempt 2"
     assert any(line["level"] == "error" for line in job["logs"])
 
 
@@ -253,3 +255,213 @@ def test_database_down_is_a_503_with_a_code_and_nothing_is_lost(
     finally:
         stack.start_gateway()
     assert wait_for(http, create(http, QUERY)["jobId"])["status"] == "completed"
+
+
+def _task_ids(stack: LocalStack) -> dict[str, float]:
+    """Pending tasks in the emulator: task id -> schedule time (epoch seconds)."""
+    client = stack.tasks_client()
+    try:
+        return {
+            task.name.rsplit("/", 1)[-1]: task.schedule_time.timestamp()
+            for task in client.list_tasks(parent=stack.queue_path)
+        }
+    finally:
+        client.transport.close()
+
+
+def test_a_model_quota_error_is_retried_by_the_job_with_the_hint_and_answers_2xx(
+    stack: LocalStack, http: httpx.Client, gemini: fake_gemini.FakeGemini
+) -> None:
+    # A hint longer than the job's deadline: the writer gives up at once and passes it on.
+    gemini.push(fake_gemini.rate_limited(600))
+    log_start = len(stack.log_text("functions"))
+    before = time.time()
+    job_id = create(http, QUERY)["jobId"]
+    deadline = time.monotonic() + 30
+    job = _progress(http, job_id)
+    while not (job["attempts"] == 1 and job["errorCode"]) and time.monotonic() < deadline:
+        time.sleep(0.1)
+        job = _progress(http, job_id)
+    assert job["status"] == "queued"
+    assert job["attempts"] == 1, "the attempt is counted on the row"
+    tasks = _task_ids(stack)
+    assert f"job-{job_id}-d1" not in tasks, "answered 2xx: Cloud Tasks does not retry d1"
+    assert tasks[f"job-{job_id}-d2"] >= before + 590, "the next task waits for the hint"
+    assert "/ai-jobs-process 503" not in stack.log_text("functions")[log_start:]
+    # Long past the grace, the reaper asks Cloud Tasks first: the retry task is pending.
+    with psycopg.connect(stack.db_uri, autocommit=True) as conn:
+        conn.execute(
+            "update public.ai_jobs set dispatched_at = now() - interval '1 hour' where id = %s",
+            (job_id,),
+        )
+    sweep = stack.reap().json()
+    assert sweep["pending"] >= 1
+    assert set(_task_ids(stack)) >= {f"job-{job_id}-d2"}
+    assert f"job-{job_id}-d3" not in _task_ids(stack), "no second task beside a pending one"
+    # Cancelling deletes the pending retry task too.
+    assert http.post("/ai-jobs-cancel", json={"jobId": job_id}).status_code == 200
+    assert f"job-{job_id}-d2" not in _task_ids(stack)
+
+
+def test_the_processor_answers_503_with_retry_after_only_when_the_database_is_down(
+    stack: LocalStack, http: httpx.Client
+) -> None:
+    stack.kill("gateway")
+    try:
+        response = _deliver(stack, str(uuid.uuid4()))
+    finally:
+        stack.start_gateway()
+    assert response.status_code == 503
+    assert int(response.headers["Retry-After"]) > 0
+
+
+def test_a_superscript_retry_count_header_is_read_as_zero(stack: LocalStack) -> None:
+    response = httpx.post(
+        f"{stack.base_url}/ai-jobs-process",
+        json={"jobId": str(uuid.uuid4()), "dispatch": 1},
+        # Latin-1 on the wire, as WSGI reads header bytes: str.isdigit() says True for both.
+        headers={
+            name.encode(): value.encode("latin-1")
+            for name, value in {
+                SECRET_HEADER: stack.secret,
+                "X-CloudTasks-QueueName": "ai-jobs",
+                "X-CloudTasks-TaskRetryCount": "²",
+                "X-CloudTasks-TaskExecutionCount": "¹",
+            }.items()
+        },
+        timeout=30,
+    )
+    assert response.status_code == 200
+    assert response.json()["outcome"] == "nothing_to_do"
+
+
+def test_thirty_creates_racing_a_dead_queue_all_get_202_and_run_after_one_sweep(
+    stack: LocalStack, http: httpx.Client
+) -> None:
+    stack.kill("tasks-emulator")
+    try:
+        with ThreadPoolExecutor(max_workers=30) as pool:
+            responses = list(
+                pool.map(lambda _: http.post("/ai-jobs-create", json={"query": QUERY}), range(30))
+            )
+    finally:
+        stack.start_emulator()
+    assert [r.status_code for r in responses] == [202] * 30
+    job_ids = [r.json()["jobId"] for r in responses]
+    # Each failed enqueue released its dispatch, so the very next sweep sends all of them,
+    # without waiting out REAP_GRACE_S.
+    sweep = stack.reap()
+    assert sweep.status_code == 200
+    assert sweep.json()["dispatched"] >= 30
+    for job_id in job_ids:
+        job = wait_for(http, job_id, timeout_s=120)
+        assert job["status"] == "completed"
+        assert [line["step"] for line in job["logs"]].count("completed") == 1
+
+
+def _create_until_answered(base_url: str, user: str, key: str) -> httpx.Response | None:
+    """A client that retries a create with its Idempotency-Key until the service answers."""
+    give_up_at = time.monotonic() + 60
+    while time.monotonic() < give_up_at:
+        try:
+            response = httpx.post(
+                f"{base_url}/ai-jobs-create",
+                json={"query": QUERY},
+                headers={"X-User-Id": user, "Idempotency-Key": key},
+                timeout=30,
+            )
+        except httpx.TransportError:
+            time.sleep(0.2)  # the host is down: try again with the same key
+            continue
+        if response.status_code < 500:
+            return response
+        time.sleep(0.2)
+    return None
+
+
+def test_killing_the_function_host_during_200_creates_loses_and_duplicates_nothing(
+    stack: LocalStack, http: httpx.Client
+) -> None:
+    users = [str(uuid.uuid4()) for _ in range(20)]
+    accepted: dict[str, list[str]] = {user: [] for user in users}
+    created = threading.Semaphore(0)
+
+    def one_user(user: str) -> None:
+        for n in range(10):
+            response = _create_until_answered(stack.base_url, user, f"k-{n}")
+            assert response is not None and response.status_code == 202, response
+            accepted[user].append(response.json()["jobId"])
+            created.release()
+
+    with _short_lease(stack), ThreadPoolExecutor(max_workers=20) as pool:
+        futures = [pool.submit(one_user, user) for user in users]
+        for _ in range(60):
+            created.acquire()  # a third of the creates are in
+        stack.kill("functions")  # mid-create and mid-processing
+        time.sleep(0.5)
+        stack.start_host({"LEASE_SECONDS": "2"})
+        for future in futures:
+            future.result()
+        owner = {job_id: user for user, ids in accepted.items() for job_id in ids}
+        _sweep_until_final(stack, http, owner)
+
+    for user in users:
+        assert len(set(accepted[user])) == 10, "one job per Idempotency-Key"
+        listed = http.get("/ai-jobs-list", params={"limit": 100}, headers={"X-User-Id": user})
+        assert sorted(job["jobId"] for job in listed.json()["jobs"]) == sorted(accepted[user])
+    assert len(owner) == 200
+    for job_id, user in owner.items():
+        job = wait_for(http, job_id, headers={"X-User-Id": user})
+        assert job["status"] == "completed"
+        steps = [line["step"] for line in job["logs"]]
+        assert steps.count("completed") == 1, "completed exactly once"
+
+
+def _sweep_until_final(stack: LocalStack, http: httpx.Client, owner: dict[str, str]) -> None:
+    """Cloud Scheduler's part: sweep every 2 s until every job has ended (bounded)."""
+
+    def ended(job_id: str) -> bool:
+        job = http.get(f"/ai-jobs-get/{job_id}", headers={"X-User-Id": owner[job_id]}).json()
+        return job["status"] in FINAL
+
+    waiting = set(owner)
+    give_up_at = time.monotonic() + 240
+    while waiting and time.monotonic() < give_up_at:
+        stack.reap()
+        time.sleep(2.0)
+        waiting = {job_id for job_id in waiting if not ended(job_id)}
+    assert not waiting, f"{len(waiting)} jobs never ended"
+
+
+def test_one_sweep_dispatches_more_lost_jobs_than_fit_in_one_batch(stack: LocalStack) -> None:
+    lost = REAP_BATCH + 20
+    client = stack.tasks_client()
+    client.pause_queue(name=stack.queue_path)  # count the tasks; do not run them
+    try:
+        with psycopg.connect(stack.db_uri, autocommit=True) as conn:
+            for n in range(lost):
+                conn.execute(
+                    "select (c.job).id from public.create_job(p_type => 'report', p_query => 'q',"
+                    " p_user_id => %s) c",
+                    (f"sweep-{n}",),
+                )
+            conn.execute(
+                "update public.ai_jobs set dispatched_at = null where user_id like 'sweep-%'"
+            )
+        sweep = stack.reap().json()
+        assert sweep["dispatched"] >= lost, "every batch of the sweep, not only the first"
+        with psycopg.connect(stack.db_uri, autocommit=True) as conn:
+            row = conn.execute(
+                "select count(*) from public.ai_jobs where user_id like 'sweep-%'"
+                " and dispatch_count = 2 and dispatched_at is not null"
+            ).fetchone()
+        assert row == (lost,), "each got exactly one new dispatch number"
+    finally:
+        with psycopg.connect(stack.db_uri, autocommit=True) as conn:
+            conn.execute(
+                "select public.cancel_job(id) from public.ai_jobs"
+                " where user_id like 'sweep-%' and status = 'queued'"
+            )
+        client.purge_queue(name=stack.queue_path)
+        client.resume_queue(name=stack.queue_path)
+        client.transport.close()

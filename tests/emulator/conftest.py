@@ -41,6 +41,7 @@ class Reply:
     status: int = 200
     delay_s: float = 0.0  #: silence before the response
     trickle_s: float = 0.0  #: if set, send headers at once, then one body byte this often
+    retry_after: str | None = None  #: a Retry-After response header
 
 
 # A trickled body this long outlasts any deadline a test uses.
@@ -112,6 +113,8 @@ class _TargetHandler(BaseHTTPRequestHandler):
         body_length = _TRICKLE_BYTES if reply.trickle_s else 0
         self.send_response(reply.status)
         self.send_header("Content-Length", str(body_length))
+        if reply.retry_after is not None:
+            self.send_header("Retry-After", reply.retry_after)
         self.send_header("Connection", "close")
         self.end_headers()
         self.wfile.flush()

@@ -12,6 +12,7 @@ from shared.errors import ConfigError
 from shared.settings import (
     DEADLINE_MARGIN_S,
     AISettings,
+    ConsoleSettings,
     DeploySettings,
     Settings,
     declared,
@@ -40,9 +41,11 @@ def test_the_readme_table_is_the_one_the_settings_declare() -> None:
 
 def test_every_setting_has_its_variable_and_meaning_once() -> None:
     names = [name for cls in (Settings, AISettings, DeploySettings) for _, name, _ in declared(cls)]
+    console = {name for _, name, _ in declared(ConsoleSettings)}
 
     assert len(names) == len(set(names))
-    for cls in (Settings, AISettings, DeploySettings):
+    assert console & set(names) == {"SUPABASE_URL"}  # required by the API, optional here
+    for cls in (Settings, AISettings, DeploySettings, ConsoleSettings):
         for _, name, info in declared(cls):
             assert info.description, name
 

@@ -12,14 +12,20 @@ for `oidc_token` tasks, an RS256 ID token that verifies against `EmulatorHandle.
 
 Run it on its own with `python -m infra.local.tasks_emulator --help`.
 
-Where it knowingly differs from Cloud Tasks: state is in memory and lost on stop; task-name
-tombstones last for the emulator's lifetime (Cloud Tasks: about a day); backoffs keep
-fractions of a second (Cloud Tasks truncates to whole seconds); the 15 s `dispatch_deadline`
-floor can be lowered for tests (`min_dispatch_deadline_s`, or the environment variable
-CLOUD_TASKS_EMULATOR_MIN_DISPATCH_DEADLINE_S); there is no system throttling on 429/503,
-no `Retry-After`, no redirect following; only HTTP tasks with OIDC or no auth (App Engine
-tasks, OAuth tokens, queue-level `http_target`, IAM, CMEK and batch methods are refused as
-UNIMPLEMENTED); ListQueues filters only on `state`.
+As strict as the service where the service is documented: system throttling on 429, 503,
+any 5xx and a high error rate, honouring `Retry-After`; a slow ramp-up of a new or idle queue
+(`ThrottlePolicy`, whose numbers are the emulator's own: Cloud Tasks publishes none; `OFF`
+for tests that measure rates); `X-CloudTasks-TaskExecutionCount` without 5xx responses and no
+`X-CloudTasks-TaskRetryReason` for HTTP targets; task-name tombstones that expire after an hour
+(`tombstone_ttl_s`); the task size, URL and header limits.
+
+Where it knowingly differs from Cloud Tasks: state is in memory and lost on stop; backoffs
+keep fractions of a second (Cloud Tasks truncates to whole seconds); the 15 s
+`dispatch_deadline` floor can be lowered for tests (`min_dispatch_deadline_s`, or the
+environment variable CLOUD_TASKS_EMULATOR_MIN_DISPATCH_DEADLINE_S); no ramp-up when many
+tasks fall due at once in a queue already running; no redirect following; only HTTP tasks
+with OIDC or no auth (App Engine tasks, OAuth tokens, queue-level `http_target`, IAM, CMEK and
+batch methods are refused as UNIMPLEMENTED); ListQueues filters only on `state`.
 """
 
 from __future__ import annotations
@@ -32,7 +38,7 @@ from types import TracebackType
 
 import grpc
 
-from infra.local.tasks_emulator.engine import LOGGER, Engine
+from infra.local.tasks_emulator.engine import DEFAULT_TOMBSTONE_TTL_S, LOGGER, Engine
 from infra.local.tasks_emulator.model import (
     MIN_DISPATCH_DEADLINE_S,
     EmulatorError,
@@ -42,6 +48,7 @@ from infra.local.tasks_emulator.model import (
 )
 from infra.local.tasks_emulator.oidc import CertsServer, OidcSigner
 from infra.local.tasks_emulator.service import generic_handler
+from infra.local.tasks_emulator.throttle import OFF, ThrottlePolicy
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8123
@@ -56,10 +63,12 @@ __all__ = [
     "DEFAULT_HOST",
     "DEFAULT_PORT",
     "MIN_DISPATCH_DEADLINE_ENV",
+    "OFF",
     "EmulatorError",
     "EmulatorHandle",
     "QueueConfig",
     "RetryPolicy",
+    "ThrottlePolicy",
     "start_emulator",
 ]
 
@@ -141,13 +150,17 @@ def start_emulator(
     queues: Iterable[QueueConfig | str] = (),
     min_dispatch_deadline_s: float | None = None,
     max_workers: int = DEFAULT_MAX_WORKERS,
+    throttle: ThrottlePolicy | None = None,
+    tombstone_ttl_s: float = DEFAULT_TOMBSTONE_TTL_S,
     logger: logging.Logger = LOGGER,
 ) -> EmulatorHandle:
     """Start the gRPC server, dispatcher and certs endpoint in background threads.
 
     `port=0` picks a free port (see `handle.port`). `min_dispatch_deadline_s` lowers Cloud
     Tasks' 15 s minimum `dispatch_deadline` (default: $CLOUD_TASKS_EMULATOR_MIN_DISPATCH_DEADLINE_S
-    or 15). `max_workers` bounds attempts in flight across all queues.
+    or 15). `max_workers` bounds attempts in flight across all queues. `throttle` sets system
+    throttling and ramp-up (default `ThrottlePolicy()`, both on; `OFF` for neither);
+    `tombstone_ttl_s` how long a used task name is refused.
     """
     if min_dispatch_deadline_s is None:
         min_dispatch_deadline_s = _min_deadline_from_env()
@@ -157,6 +170,8 @@ def start_emulator(
         signer=signer,
         max_workers=max_workers,
         min_dispatch_deadline_s=min_dispatch_deadline_s,
+        throttle=throttle,
+        tombstone_ttl_s=tombstone_ttl_s,
         logger=logger,
     )
     grpc_pool = ThreadPoolExecutor(_GRPC_THREADS, thread_name_prefix="tasks-emulator-grpc")

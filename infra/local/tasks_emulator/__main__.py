@@ -19,9 +19,10 @@ from infra.local.tasks_emulator import (
     MIN_DISPATCH_DEADLINE_ENV,
     EmulatorError,
     QueueConfig,
+    ThrottlePolicy,
     start_emulator,
 )
-from infra.local.tasks_emulator.engine import LOGGER
+from infra.local.tasks_emulator.engine import DEFAULT_TOMBSTONE_TTL_S, LOGGER
 from infra.local.tasks_emulator.model import DEFAULT_MAX_CONCURRENT_DISPATCHES
 
 
@@ -53,6 +54,21 @@ def _parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help=f"lower the 15 s dispatch_deadline floor (or set ${MIN_DISPATCH_DEADLINE_ENV})",
     )
+    parser.add_argument(
+        "--no-throttle",
+        action="store_true",
+        help="no system throttling on 429/503/5xx or a high error rate",
+    )
+    parser.add_argument(
+        "--no-ramp-up", action="store_true", help="new and idle queues dispatch at full rate"
+    )
+    parser.add_argument(
+        "--tombstone-ttl",
+        type=float,
+        default=DEFAULT_TOMBSTONE_TTL_S,
+        metavar="SECONDS",
+        help="how long a deleted or executed task's name is refused (default: %(default)s)",
+    )
     return parser
 
 
@@ -73,7 +89,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     ]
     try:
         emulator = start_emulator(
-            args.host, args.port, queues=queues, min_dispatch_deadline_s=args.min_dispatch_deadline
+            args.host,
+            args.port,
+            queues=queues,
+            min_dispatch_deadline_s=args.min_dispatch_deadline,
+            throttle=ThrottlePolicy(throttle=not args.no_throttle, ramp_up=not args.no_ramp_up),
+            tombstone_ttl_s=args.tombstone_ttl,
         )
     except (EmulatorError, OSError, ValueError) as error:
         parser.exit(2, f"{parser.prog}: error: {error}\n")

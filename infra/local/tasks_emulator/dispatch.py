@@ -8,9 +8,12 @@ timeout alone bounds each read, not the attempt: a worker trickling bytes would 
 
 from __future__ import annotations
 
+import email.utils
 import http.client
+import re
 import socket
 import ssl
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from urllib.parse import quote, urlsplit
@@ -24,6 +27,7 @@ from infra.local.tasks_emulator.model import (
 
 # Characters left as they are when the emulator percent-encodes a URL path or query.
 _URL_SAFE = "/%:@!$&'()*+,;=-._~?"
+_DELTA_SECONDS = re.compile(r"[0-9]{1,10}")
 
 SocketWatch = Callable[[socket.socket | None], None]
 
@@ -46,6 +50,7 @@ class AttemptOutcome:
     http_status: int | None  #: None when no HTTP response arrived
     rpc_code: int  #: google.rpc.Code
     message: str
+    retry_after_s: float | None = None  #: the response's Retry-After, in seconds from now
 
     @property
     def succeeded(self) -> bool:
@@ -63,6 +68,31 @@ def deadline_exceeded(deadline_s: float) -> AttemptOutcome:
     return AttemptOutcome(
         None, RPC_DEADLINE_EXCEEDED, f"no response within the {deadline_s:g}s dispatch deadline"
     )
+
+
+def encoded_url(url: str) -> str:
+    """The URL as it goes on the wire (Cloud Tasks "will encode some characters")."""
+    parts = urlsplit(url)
+    target = quote(parts.path or "/", safe=_URL_SAFE)
+    if parts.query:
+        target += "?" + quote(parts.query, safe=_URL_SAFE)
+    return f"{parts.scheme}://{parts.netloc}{target}"
+
+
+def retry_after_seconds(value: str | None, now: float | None = None) -> float | None:
+    """RFC 9110 Retry-After: delta-seconds or an HTTP-date; None when absent or unreadable."""
+    if value is None:
+        return None
+    value = value.strip()
+    if _DELTA_SECONDS.fullmatch(value):
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:
+        return None
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
 
 
 def _open(url: str, timeout_s: float) -> tuple[http.client.HTTPConnection, str]:
@@ -106,4 +136,9 @@ def send(dispatch: HttpDispatch, watch: SocketWatch) -> AttemptOutcome:
         watch(None)
         connection.close()
     status = response.status
-    return AttemptOutcome(status, rpc_code_for_http_status(status), f"HTTP {status}")
+    return AttemptOutcome(
+        status,
+        rpc_code_for_http_status(status),
+        f"HTTP {status}",
+        retry_after_seconds(response.getheader("Retry-After")),
+    )

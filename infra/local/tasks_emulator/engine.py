@@ -7,9 +7,14 @@ socket of any attempt that outlives its dispatch deadline. Workers send the HTTP
 without the lock and report the outcome back, which either deletes the task (2xx, or retries
 used up) or schedules the next attempt with the queue's backoff.
 
-Task names are remembered for the emulator's lifetime once a task completes, fails for good
-or is deleted, so reusing a name is ALREADY_EXISTS as in Cloud Tasks (which keeps such
-tombstones for up to a day or more).
+Task names are remembered once a task completes, fails for good or is deleted, so reusing a
+name is ALREADY_EXISTS as in Cloud Tasks, for `tombstone_ttl_s` (default one hour: "another
+task with the same name can't be created for ~1 hour after the original task was deleted or
+executed", CreateTaskRequest reference; the quotas page's task de-duplication window).
+
+System throttling and ramp-up (429/503/5xx and a high error rate slow the queue, Retry-After
+is honoured, a new or idle queue starts slowly) are in `throttle.py`; the limits of a task
+(size, URL, headers) are checked at CreateTask as the service does.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
@@ -55,6 +60,7 @@ from infra.local.tasks_emulator.model import (
     unimplemented,
 )
 from infra.local.tasks_emulator.oidc import OidcSigner
+from infra.local.tasks_emulator.throttle import QueueFlow, ThrottlePolicy, is_backoff_error
 
 LOGGER = logging.getLogger("infra.local.tasks_emulator")
 
@@ -71,28 +77,17 @@ _HTTP_METHODS = {
     int(tasks_v2.HttpMethod.OPTIONS): "OPTIONS",
 }
 _METHODS_WITH_BODY = {"POST", "PUT", "PATCH"}
+#: CreateTask limits: task size (quotas page, "Maximum task size": 1 MB; the v2 client's
+#: CreateTask docstring still says 100KB, from the App Engine era), URL length after encoding
+#: (HttpRequest.url: 2083 characters) and headers (HttpRequest.headers: "less than 80KB").
+MAX_TASK_BYTES = 1024 * 1024
+MAX_URL_CHARS = 2083
+MAX_HEADER_BYTES = 80 * 1024
+#: "~1 hour" of task-name de-duplication after a task was deleted or executed.
+DEFAULT_TOMBSTONE_TTL_S = 3600.0
 # Request headers Cloud Tasks computes or reserves, so a task's own values are dropped.
 _RESERVED_HEADERS = {"host", "content-length", "user-agent"}
 _RESERVED_PREFIXES = ("x-google-", "x-appengine-", "x-cloudtasks-")
-
-
-@dataclass
-class _TokenBucket:
-    """Cloud Tasks' rate limiter: `rate` tokens a second, at most `capacity` saved up."""
-
-    rate: float
-    capacity: float
-    tokens: float
-    updated_at: float
-
-    def take(self, now: float) -> float:
-        """Take a token and return 0, or return the seconds until one is available."""
-        self.tokens = min(self.capacity, self.tokens + (now - self.updated_at) * self.rate)
-        self.updated_at = now
-        if self.tokens >= 1:
-            self.tokens -= 1
-            return 0.0
-        return (1 - self.tokens) / self.rate
 
 
 @dataclass(eq=False)
@@ -102,13 +97,15 @@ class _TaskEntry:
     in_flight: bool = False
     first_dispatch_at: float | None = None
     previous_response: int | None = None  #: HTTP status of the last attempt, if any
-    retry_reason: str | None = None
+    #: responses other than 5xx: X-CloudTasks-TaskExecutionCount "does not include failures
+    #: due to 5XX error codes" (Task.response_count counts them all)
+    execution_count: int = 0
 
 
 @dataclass(eq=False)
 class _QueueEntry:
     queue: Any  #: the Queue pb as GetQueue shows it
-    bucket: _TokenBucket
+    flow: QueueFlow
     tasks: dict[str, _TaskEntry] = field(default_factory=dict)
     in_flight: int = 0
 
@@ -123,20 +120,6 @@ class _Attempt:
     deadline_at: float  #: monotonic
     sock: socket.socket | None = None
     timed_out: bool = False
-
-
-def _bucket_for(rate_limits: Any) -> _TokenBucket:
-    capacity = float(rate_limits.max_burst_size)
-    return _TokenBucket(
-        rate=rate_limits.max_dispatches_per_second,
-        capacity=capacity,
-        tokens=capacity,
-        updated_at=time.monotonic(),
-    )
-
-
-def _has_header(headers: Any, name: str) -> bool:
-    return any(key.lower() == name for key in headers)
 
 
 def _is_reserved(header: str) -> bool:
@@ -165,6 +148,13 @@ def _check_http_request(task: Any) -> None:
         raise invalid("http_request.http_method is not a known method")
     if request.body and method not in _METHODS_WITH_BODY:
         raise invalid(f"a body is allowed only with POST, PUT or PATCH, not {method}")
+    if len(dispatch.encoded_url(request.url)) > MAX_URL_CHARS:
+        raise invalid(f"http_request.url is longer than {MAX_URL_CHARS} characters once encoded")
+    header_bytes = sum(len(k.encode()) + len(v.encode()) for k, v in request.headers.items())
+    if header_bytes >= MAX_HEADER_BYTES:
+        raise invalid(f"http_request.headers must be less than {MAX_HEADER_BYTES // 1024}KB")
+    if task.ByteSize() > MAX_TASK_BYTES:
+        raise invalid(f"the task is larger than the {MAX_TASK_BYTES // 1024}KB limit")
 
 
 class Engine:
@@ -176,15 +166,19 @@ class Engine:
         signer: OidcSigner,
         max_workers: int,
         min_dispatch_deadline_s: float,
+        throttle: ThrottlePolicy | None = None,
+        tombstone_ttl_s: float = DEFAULT_TOMBSTONE_TTL_S,
         logger: logging.Logger = LOGGER,
     ) -> None:
         self._signer = signer
+        self._throttle = throttle or ThrottlePolicy()
+        self._tombstone_ttl_s = tombstone_ttl_s
         self._max_workers = max_workers
         self._min_deadline_s = min_dispatch_deadline_s
         self._log = logger
         self._cond = threading.Condition()
         self._queues: dict[str, _QueueEntry] = {}
-        self._tombstones: set[str] = set()
+        self._tombstones: dict[str, float] = {}  #: task name -> when it may be reused (epoch)
         self._attempts: set[_Attempt] = set()
         self._stopping = False
         self._pool = ThreadPoolExecutor(max_workers, thread_name_prefix="tasks-emulator-dispatch")
@@ -228,7 +222,7 @@ class Engine:
         with self._locked():
             if name in self._queues:
                 raise already_exists(f"queue {name!r} already exists")
-            self._queues[name] = _QueueEntry(stored, _bucket_for(stored.rate_limits))
+            self._queues[name] = _QueueEntry(stored, self._flow_for(stored.rate_limits))
             return self._copy_queue(stored)
 
     def update_queue(self, queue: Any, paths: list[str]) -> Any:
@@ -246,10 +240,10 @@ class Engine:
                 self._merge_path(merged, queue, path)
             stored = self._normalised_queue(merged)
             if current is None:
-                self._queues[name] = _QueueEntry(stored, _bucket_for(stored.rate_limits))
+                self._queues[name] = _QueueEntry(stored, self._flow_for(stored.rate_limits))
             else:
                 current.queue = stored
-                current.bucket = _bucket_for(stored.rate_limits)
+                current.flow = self._flow_for(stored.rate_limits)
             return self._copy_queue(stored)
 
     def get_queue(self, name: str) -> Any:
@@ -269,13 +263,13 @@ class Engine:
     def delete_queue(self, name: str) -> None:
         with self._locked():
             entry = self._queue(name)
-            self._tombstones.update(entry.tasks)
+            self._bury(entry.tasks)
             del self._queues[name]
 
     def purge_queue(self, name: str) -> Any:
         with self._locked():
             entry = self._queue(name)
-            self._tombstones.update(entry.tasks)
+            self._bury(entry.tasks)
             entry.tasks.clear()
             entry.queue.purge_time.CopyFrom(timestamp_of(time.time()))
             return self._copy_queue(entry.queue)
@@ -296,7 +290,7 @@ class Engine:
             queue = self._queue(parent)
             if not stored.name:
                 stored.name = f"{parent}/tasks/{uuid.uuid4().int % 10**19:019d}"
-            if stored.name in queue.tasks or stored.name in self._tombstones:
+            if stored.name in queue.tasks or self._buried(stored.name, now):
                 raise already_exists(f"task {stored.name!r} already exists or existed recently")
             if not stored.HasField("schedule_time") or epoch_of(stored.schedule_time) < now:
                 stored.schedule_time.CopyFrom(timestamp_of(now))
@@ -320,7 +314,7 @@ class Engine:
             queue, _ = self._task(name)
             # An attempt in flight still runs to its end; its outcome is then ignored.
             del queue.tasks[name]
-            self._tombstones.add(name)
+            self._bury([name])
 
     def run_task(self, name: str) -> Any:
         """RunTask: dispatch now, ignoring schedule_time, rate limits and a paused queue."""
@@ -331,6 +325,25 @@ class Engine:
             return self._copy_task(entry.task)
 
     # -- validation and lookup helpers (call with the lock held where they read state) ---
+
+    def _flow_for(self, rate_limits: Any) -> QueueFlow:
+        return QueueFlow.start(
+            self._throttle,
+            rate_limits.max_dispatches_per_second,
+            float(rate_limits.max_burst_size),
+            time.monotonic(),
+        )
+
+    def _bury(self, names: Iterable[str]) -> None:
+        reusable_at = time.time() + self._tombstone_ttl_s
+        for name in names:
+            self._tombstones[name] = reusable_at
+
+    def _buried(self, name: str, now: float) -> bool:
+        """Whether the name is still de-duplicated; forgets expired tombstones on the way."""
+        for old in [n for n, until in self._tombstones.items() if until <= now]:
+            del self._tombstones[old]
+        return name in self._tombstones
 
     def _queue(self, name: str) -> _QueueEntry:
         check_queue_name(name)
@@ -435,7 +448,7 @@ class Engine:
                     return wait
                 if queue.in_flight >= queue.queue.rate_limits.max_concurrent_dispatches:
                     break
-                token_wait = queue.bucket.take(time.monotonic())
+                token_wait = queue.flow.take(time.monotonic())
                 if token_wait > 0:
                     wait = _min_wait(wait, token_wait)
                     break
@@ -464,19 +477,16 @@ class Engine:
         task = entry.task
         request = task.http_request
         headers = {key: value for key, value in request.headers.items() if not _is_reserved(key)}
-        if request.body and not _has_header(headers, "content-type"):
-            headers["Content-Type"] = "application/octet-stream"
+        # No default Content-Type: "`Content-Type` won't be set by Cloud Tasks" (v2 HttpRequest).
         headers["User-Agent"] = "Google-Cloud-Tasks"
         headers["X-CloudTasks-QueueName"] = queue_id(queue.queue.name)
         headers["X-CloudTasks-TaskName"] = task.name.rsplit("/", 1)[-1]
         headers["X-CloudTasks-TaskRetryCount"] = str(task.dispatch_count)
-        headers["X-CloudTasks-TaskExecutionCount"] = str(task.response_count)
+        headers["X-CloudTasks-TaskExecutionCount"] = str(entry.execution_count)
         headers["X-CloudTasks-TaskETA"] = f"{epoch_of(task.schedule_time):.6f}"
-        if task.dispatch_count > 0:
-            if entry.previous_response is not None:
-                headers["X-CloudTasks-TaskPreviousResponse"] = str(entry.previous_response)
-            if entry.retry_reason is not None:
-                headers["X-CloudTasks-TaskRetryReason"] = entry.retry_reason
+        # X-CloudTasks-TaskRetryReason is left out: it is empty for HTTP targets.
+        if task.dispatch_count > 0 and entry.previous_response is not None:
+            headers["X-CloudTasks-TaskPreviousResponse"] = str(entry.previous_response)
         if request.HasField("oidc_token"):
             headers = {k: v for k, v in headers.items() if k.lower() != "authorization"}
             token = self._signer.mint(
@@ -542,12 +552,15 @@ class Engine:
             task.dispatch_count,
             outcome.label,
         )
+        queue.flow.record(time.monotonic(), outcome.http_status, outcome.retry_after_s)
         still_queued = queue.tasks.get(task.name) is entry
         if self._queues.get(queue.queue.name) is not queue or not still_queued:
             return  # deleted or purged while in flight: Cloud Tasks forgets the outcome too
         now = time.time()
         if outcome.http_status is not None:
             task.response_count += 1
+            if not 500 <= outcome.http_status < 600:
+                entry.execution_count += 1
         task.last_attempt.response_time.CopyFrom(timestamp_of(now))
         task.last_attempt.response_status.CopyFrom(
             status_pb2.Status(code=outcome.rpc_code, message=outcome.message)
@@ -558,12 +571,14 @@ class Engine:
         first_dispatch_at = entry.first_dispatch_at if entry.first_dispatch_at is not None else now
         if outcome.succeeded or policy.gives_up(task.dispatch_count, now - first_dispatch_at):
             del queue.tasks[task.name]
-            self._tombstones.add(task.name)
+            self._bury([task.name])
             return
-        entry.due_at = now + policy.backoff_s(task.dispatch_count)
+        backoff = policy.backoff_s(task.dispatch_count)
+        if is_backoff_error(outcome.http_status) and outcome.retry_after_s is not None:
+            backoff = max(backoff, min(outcome.retry_after_s, policy.max_backoff_s))
+        entry.due_at = now + backoff
         task.schedule_time.CopyFrom(timestamp_of(entry.due_at))
         entry.previous_response = outcome.http_status
-        entry.retry_reason = outcome.label
 
 
 __all__ = ["QUEUE_STATE_PAUSED", "QUEUE_STATE_RUNNING", "EmulatorError", "Engine"]

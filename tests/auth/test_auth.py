@@ -1,0 +1,143 @@
+"""The Auth stand-in through the official Python client (supabase-py 2.34.1), as a browser's
+supabase-js would use it: anonymous sign-in, refresh rotation, the user, logout, email/password.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Iterator
+
+import httpx
+import jwt
+import pytest
+from supabase import Client, ClientOptions, create_client
+from supabase_auth.errors import AuthApiError
+
+from infra.local.stack import LOCAL_JWT_SECRET
+from tests.realtime.local import LocalSupabase
+
+ClientFor = Callable[[LocalSupabase], Client]
+
+
+@pytest.fixture
+def client_for() -> Iterator[Callable[[LocalSupabase], Client]]:
+    """A fresh supabase-py client (its own session storage) on one closed-after-test pool."""
+    sessions: list[httpx.Client] = []
+
+    def make(server: LocalSupabase) -> Client:
+        session = httpx.Client(timeout=10)
+        sessions.append(session)
+        return create_client(server.url, server.anon_key, ClientOptions(httpx_client=session))
+
+    yield make
+    for session in sessions:
+        session.close()
+
+
+def test_anonymous_sign_in_gives_a_session_for_a_new_uuid_user(
+    supabase_server: LocalSupabase, client_for: ClientFor
+) -> None:
+    response = client_for(supabase_server).auth.sign_in_anonymously()
+
+    assert response.session is not None and response.user is not None
+    claims = jwt.decode(
+        response.session.access_token,
+        LOCAL_JWT_SECRET,
+        algorithms=["HS256"],
+        audience="authenticated",
+    )
+    assert uuid.UUID(claims["sub"]) and claims["sub"] == response.user.id
+    assert claims["role"] == "authenticated" and claims["is_anonymous"] is True
+    assert uuid.UUID(claims["session_id"])
+    assert response.session.token_type == "bearer"
+    assert response.session.expires_at == claims["exp"]
+    assert response.user.is_anonymous is True
+
+
+def test_two_anonymous_sign_ins_are_two_users(
+    supabase_server: LocalSupabase, client_for: ClientFor
+) -> None:
+    first = client_for(supabase_server).auth.sign_in_anonymously().user
+    second = client_for(supabase_server).auth.sign_in_anonymously().user
+
+    assert first is not None and second is not None and first.id != second.id
+
+
+def test_the_user_endpoint_answers_for_the_access_token(
+    supabase_server: LocalSupabase, client_for: ClientFor
+) -> None:
+    client = client_for(supabase_server)
+    session = client.auth.sign_in_anonymously().session
+    assert session is not None
+
+    found = client.auth.get_user(session.access_token)
+
+    assert found is not None and found.user.id == session.user.id
+
+
+def test_a_refresh_token_rotates_and_is_good_only_once(
+    supabase_server: LocalSupabase, client_for: ClientFor
+) -> None:
+    client = client_for(supabase_server)
+    first = client.auth.sign_in_anonymously().session
+    assert first is not None
+
+    refreshed = client.auth.refresh_session(first.refresh_token).session
+
+    assert refreshed is not None
+    assert refreshed.refresh_token != first.refresh_token
+    assert refreshed.user.id == first.user.id
+    with pytest.raises(AuthApiError) as reused:
+        client_for(supabase_server).auth.refresh_session(first.refresh_token)
+    assert reused.value.code == "refresh_token_already_used"
+
+
+def test_logout_ends_the_session(supabase_server: LocalSupabase, client_for: ClientFor) -> None:
+    client = client_for(supabase_server)
+    session = client.auth.sign_in_anonymously().session
+    assert session is not None
+
+    client.auth.sign_out()
+
+    with pytest.raises(AuthApiError) as ended:
+        client_for(supabase_server).auth.get_user(session.access_token)
+    assert ended.value.code == "session_not_found"
+
+
+def test_email_sign_up_then_password_sign_in_is_the_same_user(
+    supabase_server: LocalSupabase, client_for: ClientFor
+) -> None:
+    email = f"visitor-{uuid.uuid4().hex[:8]}@example.com"
+    signed_up = client_for(supabase_server).auth.sign_up({"email": email, "password": "hunter22"})
+
+    signed_in = client_for(supabase_server).auth.sign_in_with_password(
+        {"email": email, "password": "hunter22"}
+    )
+
+    assert signed_up.user is not None and signed_in.user is not None
+    assert signed_in.user.id == signed_up.user.id and signed_in.user.email == email
+    with pytest.raises(AuthApiError) as wrong:
+        client_for(supabase_server).auth.sign_in_with_password(
+            {"email": email, "password": "wrong-password"}
+        )
+    assert wrong.value.code == "invalid_credentials"
+
+
+def test_a_request_without_a_valid_api_key_is_refused(supabase_server: LocalSupabase) -> None:
+    response = httpx.post(
+        f"{supabase_server.url}/auth/v1/signup", json={}, headers={"apikey": "not-a-key"}
+    )
+
+    assert response.status_code == 401
+    assert response.json() == {"message": "Invalid API key"}
+
+
+def test_a_malformed_body_is_a_400_with_gotrue_error_shape(supabase_server: LocalSupabase) -> None:
+    response = httpx.post(
+        f"{supabase_server.url}/auth/v1/signup",
+        content=b"[1, 2",
+        headers={"apikey": supabase_server.anon_key, "Content-Type": "application/json"},
+    )
+
+    assert response.status_code == 400
+    assert response.json()["error_code"] == "bad_json"

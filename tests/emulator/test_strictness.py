@@ -1,0 +1,173 @@
+"""Where Cloud Tasks is stricter than a plain dispatcher, the emulator is too.
+
+System throttling and ramp-up are checked on the queue's flow with a given clock (pure
+logic: the numbers are the emulator's own, Cloud Tasks publishes none) and once end to end;
+the CreateTask limits and expiring tombstones through the real client.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import pytest
+from google.api_core import exceptions
+from google.cloud import tasks_v2
+
+from infra.local.tasks_emulator import OFF, ThrottlePolicy, start_emulator
+from infra.local.tasks_emulator.dispatch import retry_after_seconds
+from infra.local.tasks_emulator.throttle import QueueFlow
+from tests.emulator.conftest import TEST_MIN_DEADLINE_S, Reply, Target, make_client
+from tests.emulator.test_tasks_emulator import gone, http_task, new_queue
+
+THROTTLE_ONLY = ThrottlePolicy(ramp_up=False)
+
+
+def _dispatches(flow: QueueFlow, start: float, until: float, step: float = 0.001) -> int:
+    """How many tokens the flow hands out between two instants of a fake clock."""
+    count, now = 0, start
+    while now < until:
+        if flow.take(now) == 0:
+            count += 1
+        else:
+            now += step
+    return count
+
+
+# -- system throttling (HttpRequest reference, "System throttling") ------------------------
+
+
+@pytest.mark.parametrize("status", [429, 503, 500, 502])
+def test_a_backoff_error_halves_the_enforced_rate_and_holds_the_queue(status: int) -> None:
+    flow = QueueFlow.start(THROTTLE_ONLY, max_rate=10, max_burst=10, now=0.0)
+    assert flow.enforced_rate(0.0) == 10
+
+    flow.record(0.0, status, retry_after_s=None)
+
+    assert flow.enforced_rate(0.0) == 5
+    assert flow.take(0.0) == pytest.approx(1 / 5), "held one interval at the new rate"
+
+
+def test_retry_after_holds_the_whole_queue_that_long() -> None:
+    flow = QueueFlow.start(THROTTLE_ONLY, max_rate=100, max_burst=100, now=0.0)
+    flow.record(0.0, 503, retry_after_s=7)
+    assert flow.take(6.9) > 0
+    assert flow.take(7.0) == 0
+
+
+def test_successes_bring_the_rate_back_and_the_floor_keeps_it_moving() -> None:
+    flow = QueueFlow.start(THROTTLE_ONLY, max_rate=8, max_burst=8, now=0.0)
+    for _ in range(20):
+        flow.record(0.0, 503, None)
+    assert flow.enforced_rate(0.0) == THROTTLE_ONLY.floor_rate
+    for _ in range(20):
+        flow.record(0.0, 200, None)
+    assert flow.enforced_rate(0.0) == 8, "user settings are not changed, only the enforced rate"
+
+
+def test_a_high_error_rate_throttles_even_without_429_or_5xx() -> None:
+    policy = ThrottlePolicy(ramp_up=False, error_window=4)
+    flow = QueueFlow.start(policy, max_rate=10, max_burst=10, now=0.0)
+    for _ in range(3):
+        flow.record(0.0, 404, None)
+    assert flow.enforced_rate(0.0) == 10, "a few client errors are the worker's business"
+    flow.record(0.0, 404, None)
+    assert flow.enforced_rate(0.0) == 5, "a full window of errors is a high error rate"
+
+
+def test_without_throttling_errors_change_nothing() -> None:
+    flow = QueueFlow.start(OFF, max_rate=10, max_burst=10, now=0.0)
+    flow.record(0.0, 503, retry_after_s=60)
+    assert flow.take(0.0) == 0
+
+
+# -- ramp-up of a new or idle queue -------------------------------------------------------
+
+
+def test_a_new_queue_ramps_up_and_an_idle_one_ramps_up_again() -> None:
+    policy = ThrottlePolicy(throttle=False, ramp_start_rate=10, ramp_step_s=1, idle_after_s=60)
+    flow = QueueFlow.start(policy, max_rate=500, max_burst=100, now=0.0)
+
+    first_second = _dispatches(flow, 0.0, 1.0)
+    second_second = _dispatches(flow, 1.0, 2.0)
+    assert 10 <= first_second <= 25, "starts near the ramp's first rate, not 500/s"
+    assert second_second > first_second
+    _dispatches(flow, 2.0, 12.0)
+    assert flow.enforced_rate(12.0) == 500, "the configured rate once ramped up"
+
+    assert flow.enforced_rate(100.0) == 10, "idle for a minute: ramps up again"
+
+
+def test_retry_after_reads_seconds_and_http_dates() -> None:
+    assert retry_after_seconds("120") == 120
+    assert retry_after_seconds("Fri, 27 Nov 2026 17:00:10 GMT", now=1795798800.0) == 10
+    assert retry_after_seconds("²") is None
+    assert retry_after_seconds("soon") is None
+    assert retry_after_seconds(None) is None
+
+
+def test_a_503_with_retry_after_holds_every_task_of_the_queue(target: Target) -> None:
+    # End to end, with throttling as the service does it: one task's 503 delays the others.
+    with (
+        start_emulator(min_dispatch_deadline_s=TEST_MIN_DEADLINE_S, throttle=THROTTLE_ONLY) as em,
+        make_client(em.address) as client,
+    ):
+        queue_name = new_queue(client, "jobs")
+        target.behaviour = lambda received, index: (
+            Reply(503, retry_after="1") if index == 0 else Reply(200)
+        )
+        client.create_task(parent=queue_name, task=http_task(target.url))
+        refused_at = target.wait_for(1)[0].arrived_at
+        for _ in range(3):
+            client.create_task(parent=queue_name, task=http_task(target.url))
+        later = target.wait_for(5, timeout_s=10)[1:]
+    assert all(r.arrived_at - refused_at >= 0.95 for r in later), "nothing before Retry-After"
+    assert later[-1].headers["x-cloudtasks-taskretrycount"] in {"0", "1"}
+
+
+# -- CreateTask limits and de-duplication ----------------------------------------------------
+
+
+@pytest.fixture
+def quick_client() -> Iterator[tasks_v2.CloudTasksClient]:
+    with (
+        start_emulator(
+            min_dispatch_deadline_s=TEST_MIN_DEADLINE_S, throttle=OFF, tombstone_ttl_s=0.5
+        ) as em,
+        make_client(em.address) as client,
+    ):
+        yield client
+
+
+def test_url_header_and_size_limits_are_enforced(
+    quick_client: tasks_v2.CloudTasksClient, target: Target
+) -> None:
+    queue_name = new_queue(quick_client, "jobs")
+    base = f"{target.url}/"
+    at_limit = base + "a" * (2083 - len(base))
+    later = time.time() + 60
+    quick_client.create_task(parent=queue_name, task=http_task(at_limit, schedule_at=later))
+    too_long = [
+        http_task(at_limit + "a"),
+        http_task(base + "é" * 400),  # 400 characters, 2400 once encoded ("%C3%A9" each)
+        http_task(target.url, headers={"X-Big": "x" * (80 * 1024)}),
+        http_task(target.url, body=b"x" * (1024 * 1024 + 1)),
+    ]
+    for task in too_long:
+        with pytest.raises(exceptions.InvalidArgument):
+            quick_client.create_task(parent=queue_name, task=task)
+    assert len(list(quick_client.list_tasks(parent=queue_name))) == 1
+
+
+def test_a_used_task_name_is_refused_until_its_tombstone_expires(
+    quick_client: tasks_v2.CloudTasksClient, target: Target
+) -> None:
+    queue_name = new_queue(quick_client, "jobs")
+    task = http_task(target.url, name=f"{queue_name}/tasks/job-1-d1", schedule_at=time.time() + 60)
+    quick_client.create_task(parent=queue_name, task=task)
+    quick_client.delete_task(name=task.name)
+    with pytest.raises(exceptions.AlreadyExists):
+        quick_client.create_task(parent=queue_name, task=task)
+    time.sleep(0.6)
+    quick_client.create_task(parent=queue_name, task=task)
+    assert not gone(quick_client, task.name)

@@ -1,0 +1,42 @@
+"""Case 15 with the Python client: the socket drops (the server restarts), the client
+reconnects and rejoins by itself, and later changes arrive."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import pytest
+
+from tests.realtime.listen import listen, until
+from tests.realtime.local import LocalSupabase
+
+
+# realtime-py 2.34.1 reads ConnectionClosed.code and .reason on its reconnect path, deprecated in
+# websockets 15; under filterwarnings=error that would kill the client's own reconnect task.
+@pytest.mark.filterwarnings("ignore:ConnectionClosed.* is deprecated:DeprecationWarning")
+def test_after_the_socket_drops_the_python_client_rejoins_and_receives_later_changes(
+    supabase_server: LocalSupabase,
+) -> None:
+    user = str(uuid.uuid4())
+
+    async def scenario() -> tuple[list[str], str]:
+        listener = await listen(
+            supabase_server,
+            "reconnect",
+            [("INSERT", "ai_jobs", None)],
+            token=supabase_server.user_token(user),
+        )
+        await asyncio.to_thread(supabase_server.restart)
+        subscribed = lambda: sum(  # noqa: E731
+            s["message"] == "Subscribed to PostgreSQL" for s in listener.systems
+        )
+        await until(lambda: subscribed() == 2, timeout_s=30)
+        job_id = supabase_server.new_job(user)
+        await until(lambda: len(listener.payloads()) == 1)
+        await listener.close()
+        return [str(p["data"]["record"]["id"]) for p in listener.payloads()], job_id
+
+    received, created = asyncio.run(scenario())
+
+    assert received == [created]

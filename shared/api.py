@@ -12,19 +12,28 @@ import hashlib
 import json
 import re
 import uuid
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import flask
 
 from shared import errors
-from shared.http import caller_id, json_response, parse_job_id, path_job_id, read_json
+from shared.http import (
+    caller_id,
+    json_response,
+    parse_job_id,
+    parse_json,
+    parse_model,
+    path_job_id,
+    read_json,
+)
 from shared.jobs import CreateJobRequest, Job, JobStatus, JobType, JobView
 from shared.settings import Settings
 from shared.store import get_store
 from shared.tasks import dispatch_or_release, get_queue
 
 _IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")
+_INTEGER = re.compile(r"^-?[0-9]+$")
 MAX_PAGE = 100
 
 
@@ -36,7 +45,7 @@ def _idempotency_key(request: flask.Request) -> str | None:
     key = request.headers.get("Idempotency-Key")
     if key is None:
         return None
-    if not _IDEMPOTENCY_KEY.match(key):
+    if not _IDEMPOTENCY_KEY.fullmatch(key):
         raise errors.ValidationFailed(
             "Idempotency-Key must be 1-255 visible ASCII characters",
             details={"header": "Idempotency-Key"},
@@ -52,7 +61,7 @@ def _request_hash(create: CreateJobRequest) -> str:
 def create_job(request: flask.Request, settings: Settings) -> flask.Response:
     from shared.ai import router
 
-    create = CreateJobRequest.model_validate(read_json(request, settings))
+    create = parse_model(CreateJobRequest, read_json(request, settings))
     user_id = caller_id(request, settings)
     key = _idempotency_key(request)
     routed = router.classify(create.query, settings.ai)
@@ -173,14 +182,12 @@ def get_job(request: flask.Request, settings: Settings) -> flask.Response:
 
 def _int_arg(request: flask.Request, name: str, default: int, *, minimum: int, maximum: int) -> int:
     raw = request.args.get(name)
-    if raw is None or raw == "":
+    if raw is None:
         return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise errors.ValidationFailed(
-            f"{name} must be an integer", details={"field": name}
-        ) from None
+    # ASCII digits only: int() would also take "", " 5", "5_0" and "٥", which no schema allows
+    if not _INTEGER.fullmatch(raw) or len(raw) > 20:
+        raise errors.ValidationFailed(f"{name} must be an integer", details={"field": name})
+    value = int(raw)
     if not minimum <= value <= maximum:
         raise errors.ValidationFailed(
             f"{name} must be between {minimum} and {maximum}", details={"field": name}
@@ -194,7 +201,7 @@ def _enum_list(
     raw = request.args.get(name)
     if not raw:
         return None
-    values = [part.strip() for part in raw.split(",") if part.strip()]
+    values = raw.split(",")  # exact values: what the OpenAPI pattern describes
     valid = {member.value for member in allowed}
     unknown = [value for value in values if value not in valid]
     if unknown:
@@ -205,19 +212,35 @@ def _enum_list(
     return values
 
 
+#: A cursor this service writes is about 100 characters; anything much longer is not one.
+MAX_CURSOR_CHARS = 200
+
+
 def encode_cursor(job: Job) -> str:
-    raw = json.dumps([job.created_at.isoformat(), str(job.id)]).encode()
+    raw = json.dumps([job.created_at.astimezone(UTC).isoformat(), str(job.id)]).encode()
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
 def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
+    """The (created_at, id) a cursor points after, or 400 ``invalid_cursor``.
+
+    The instant comes back in UTC: a client-made offset such as +23:59 is valid in Python but
+    out of Postgres's range, and Postgres's message must never reach the client."""
     try:
+        if len(cursor) > MAX_CURSOR_CHARS:
+            raise ValueError("cursor too long")
         padded = cursor + "=" * (-len(cursor) % 4)
-        created_at, job_id = json.loads(base64.urlsafe_b64decode(padded))
+        parts = parse_json(base64.urlsafe_b64decode(padded), max_depth=1)
+        if not isinstance(parts, list) or len(parts) != 2:
+            raise ValueError("a cursor is a pair")
+        created_at, job_id = parts
         if not isinstance(created_at, str) or not isinstance(job_id, str):
             raise ValueError("cursor parts must be strings")
-        return datetime.fromisoformat(created_at), uuid.UUID(job_id)
-    except (ValueError, TypeError, binascii.Error):
+        instant = datetime.fromisoformat(created_at)
+        if instant.tzinfo is None:
+            raise ValueError("the cursor's time has no offset")
+        return instant.astimezone(UTC), uuid.UUID(job_id)
+    except (ValueError, TypeError, OverflowError, binascii.Error, errors.BadRequest):
         raise errors.InvalidCursor("the cursor is not valid", details={"field": "cursor"}) from None
 
 
@@ -245,7 +268,9 @@ def cancel_job(request: flask.Request, settings: Settings) -> flask.Response:
     if unknown:
         raise errors.ValidationFailed(
             "unknown field",
-            details={"errors": [{"field": f, "message": "unknown field"} for f in sorted(unknown)]},
+            details={
+                "errors": [{"field": f[:100], "message": "unknown field"} for f in sorted(unknown)]
+            },
         )
     reason = body.get("reason")
     if reason is not None and (not isinstance(reason, str) or len(reason) > 500):

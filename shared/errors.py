@@ -1,8 +1,9 @@
 """The project's one exception hierarchy.
 
 Every error that can reach a client maps to one HTTP status and one machine-readable
-``code``; the HTTP layer (``shared.http``) turns an ``AppError`` into
-``{"error": {"code", "message", "details"}}`` and never shows a stack trace.
+``code``; the HTTP layer (``shared.http.error_response``) turns an ``AppError`` into
+``{"error": {"code", "message", "details"}}`` (a 5xx carries only ``code`` and the class's
+``public_message``) and never shows a stack trace.
 Errors raised inside the AI work also say whether the processor should let Cloud Tasks
 retry (``retryable``).
 """
@@ -18,6 +19,9 @@ class AppError(Exception):
     status: int = 500
     code: str = "internal"
     retryable: bool = False
+    #: What a client is told for a 5xx: a fixed sentence per class. The instance's message
+    #: and details may carry backend text, so they go to the log only (shared.http).
+    public_message: str = "internal error"
 
     def __init__(self, message: str, *, details: dict[str, Any] | None = None) -> None:
         super().__init__(message)
@@ -30,6 +34,7 @@ class ConfigError(AppError):
 
     status = 500
     code = "config_error"
+    public_message = "the service is misconfigured"
 
 
 class BackendMisconfigured(AppError):
@@ -37,6 +42,7 @@ class BackendMisconfigured(AppError):
 
     status = 500
     code = "backend_misconfigured"
+    public_message = "the service is misconfigured"
 
 
 class BadRequest(AppError):
@@ -45,7 +51,29 @@ class BadRequest(AppError):
 
 
 class InvalidJson(BadRequest):
+    """Not JSON as RFC 8259 defines it (syntax, encoding, NaN/Infinity)."""
+
     code = "invalid_json"
+
+
+class JsonTooDeep(BadRequest):
+    """JSON that nests more arrays/objects than the API accepts (shared.http.MAX_JSON_DEPTH)."""
+
+    code = "json_too_deep"
+
+
+class UnsupportedJsonValue(BadRequest):
+    """Valid JSON the API cannot store or send back: a number beyond a double, a lone
+    surrogate, or a NUL character (Postgres text and jsonb reject both)."""
+
+    code = "unsupported_json_value"
+
+
+class IncompleteBody(BadRequest):
+    """The body could not be read whole: shorter than its Content-Length, broken chunked
+    framing, or the client went away. Nothing is done with a partial body."""
+
+    code = "incomplete_body"
 
 
 class ValidationFailed(BadRequest):
@@ -129,6 +157,7 @@ class RateLimited(AppError):
 class FeatureDisabled(AppError):
     status = 503
     code = "feature_disabled"
+    public_message = "this feature is turned off"
 
 
 class DependencyDown(AppError):
@@ -137,14 +166,17 @@ class DependencyDown(AppError):
     status = 503
     code = "dependency_unavailable"
     retryable = True
+    public_message = "a service this one depends on is unavailable; retry later"
 
 
 class DatabaseUnavailable(DependencyDown):
     code = "database_unavailable"
+    public_message = "the database is unavailable; retry later"
 
 
 class QueueUnavailable(DependencyDown):
     code = "queue_unavailable"
+    public_message = "the task queue is unavailable; retry later"
 
 
 class AIError(AppError):
@@ -152,6 +184,7 @@ class AIError(AppError):
 
     status = 502
     code = "ai_error"
+    public_message = "the AI model failed to answer"
 
     def __init__(
         self,
@@ -179,3 +212,4 @@ class DeadlineExceeded(AppError):
     status = 504
     code = "deadline_exceeded"
     retryable = True
+    public_message = "the work ran out of time"

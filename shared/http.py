@@ -1,22 +1,33 @@
 """The one HTTP layer every function uses.
 
 ``endpoint(...)`` wraps a handler: it answers CORS preflight, refuses other methods (405),
-turns every ``AppError`` into ``{"error": {"code", "message", "details"}}`` with its status
-(and ``Retry-After`` for 429), turns pydantic validation errors into 400, and hides any
-unexpected exception behind a 500 without a stack trace. Helpers read a JSON body (413, 415,
-400), a job id, and the caller's identity.
+refuses a public POST that is not ``application/json`` (415: a browser must then preflight, so
+``ALLOWED_ORIGINS`` holds for every write), and builds every error response in one function,
+``error_response``: ``{"error": {"code", "message", "details"}}`` for a 4xx, and for a 5xx only
+the code and a fixed sentence, the rest going to the log with the traceback.
+
+The request is read here and nowhere else: ``read_json`` refuses on ``Content-Length`` before
+reading (413), reads a chunked body only up to the limit, refuses a body that arrives
+incomplete (400 ``incomplete_body``: no job from half a request), and ``parse_json`` accepts
+only JSON the database and the response serializer can hold (depth, finite numbers, no lone
+surrogates or NUL). ``parse_model`` is the only place a pydantic error becomes a 400: a row
+that fails to load later is a 500, not the client's fault.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hmac
+import io
 import json
+import math
 import re
 import time
+import traceback
 import uuid
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import flask
 import pydantic
@@ -25,11 +36,21 @@ from shared import errors, logs
 from shared.settings import Settings, get_settings
 
 Handler = Callable[[flask.Request, Settings], flask.Response]
+Model = TypeVar("Model", bound=pydantic.BaseModel)
 
 _USER_ID = re.compile(r"^[A-Za-z0-9._:@|-]{1,128}$")
+# Supabase Auth issues a uuid ``sub`` and RLS compares it with auth.uid(): the canonical
+# 8-4-4-4-12 form only (uuid.UUID would also take braces, "urn:uuid:" and no hyphens).
+_UUID = re.compile(r"^[0-9a-fA-F]{8}-(?:[0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}$")
 _ALLOWED_HEADERS = "Authorization, Content-Type, Idempotency-Key, If-None-Match, X-User-Id"
 _EXPOSED_HEADERS = "ETag, Location, Retry-After, X-Poll-Interval, Idempotent-Replayed"
 ANONYMOUS = "anonymous"
+
+#: Arrays/objects nested in any JSON the API reads (the body object itself is level 1).
+#: Far below what the serializers and Postgres handle (pydantic-core gives up near 255).
+MAX_JSON_DEPTH = 16
+#: Reads the body in pieces of this size, so a limit is enforced while reading.
+_READ_CHUNK = 64 * 1024
 
 
 def json_response(
@@ -47,22 +68,55 @@ def json_response(
 
 
 def error_response(error: errors.AppError) -> flask.Response:
+    """The one place an error becomes a response.
+
+    A 4xx says what was wrong (``details``: which field, which limit). A 5xx tells the client
+    only its code and the class's fixed sentence: the message and details may hold backend
+    text, so they are logged, with the traceback when an exception is being handled."""
     headers: dict[str, str] = {}
     if isinstance(error, errors.RateLimited):
         headers["Retry-After"] = str(error.retry_after)
     if isinstance(error, errors.DependencyDown):
         headers["Retry-After"] = "5"
-    body = {"error": {"code": error.code, "message": error.message, "details": error.details}}
-    return json_response(body, error.status, headers)
+    body: dict[str, Any]
+    if error.status >= 500:
+        logs.error(
+            error.message,
+            code=error.code,
+            status=error.status,
+            details=error.details or None,
+            stack_trace=_current_traceback(),
+        )
+        body = {"code": error.code, "message": type(error).public_message}
+    else:
+        body = {"code": error.code, "message": error.message, "details": error.details}
+    return json_response({"error": body}, error.status, headers)
+
+
+def _current_traceback() -> str | None:
+    text = traceback.format_exc()
+    return None if text.startswith("NoneType: None") else text
 
 
 def _validation_details(exc: pydantic.ValidationError) -> dict[str, Any]:
     problems = []
-    for item in exc.errors(include_url=False, include_input=False):
-        field = ".".join(str(part) for part in item["loc"]) or "body"
+    for item in exc.errors(include_url=False, include_input=False, include_context=False):
+        # a field name is the client's own key: bounded, never the value
+        field = ".".join(str(part) for part in item["loc"])[:100] or "body"
         message = "unknown field" if item["type"] == "extra_forbidden" else item["msg"]
         problems.append({"field": field, "message": message, "type": item["type"]})
     return {"errors": problems}
+
+
+def parse_model(model: type[Model], data: Any) -> Model:
+    """Validate request data: the only place a pydantic error becomes a 400. (A row from the
+    database that fails to load raises pydantic's error, which stays a 500.)"""
+    try:
+        return model.model_validate(data)
+    except pydantic.ValidationError as exc:
+        raise errors.ValidationFailed(
+            "the request is not valid", details=_validation_details(exc)
+        ) from None
 
 
 def _cors_headers(request: flask.Request, settings: Settings) -> dict[str, str]:
@@ -84,9 +138,13 @@ def _cors_headers(request: flask.Request, settings: Settings) -> dict[str, str]:
 
 
 def endpoint(*methods: str, cors: bool = True) -> Callable[[Handler], Callable[..., Any]]:
-    """Make ``handler(request, settings)`` a Cloud Functions HTTP entry point."""
+    """Make ``handler(request, settings)`` a Cloud Functions HTTP entry point.
+
+    ``cors=True`` marks a public function: CORS headers, preflight, and POSTs must be JSON."""
 
     def decorate(handler: Handler) -> Callable[..., Any]:
+        _answer_framework_errors_as_json()
+
         @functools.wraps(handler)
         def entry(request: flask.Request) -> flask.Response:
             started = time.perf_counter()
@@ -96,15 +154,10 @@ def endpoint(*methods: str, cors: bool = True) -> Callable[[Handler], Callable[.
                 response = _dispatch(handler, request, settings, methods, cors=cors)
             except errors.AppError as exc:
                 response = error_response(exc)
-            except pydantic.ValidationError as exc:
-                response = error_response(
-                    errors.ValidationFailed(
-                        "the request is not valid", details=_validation_details(exc)
-                    )
-                )
-            except Exception as exc:  # never leak a stack trace to the caller
-                logs.error("unhandled error", function=handler.__name__, error=repr(exc)[:500])
-                response = error_response(errors.AppError("internal error"))
+            except Exception as exc:  # never leak a stack trace: error_response logs it
+                unhandled = {"function": handler.__name__, "error": repr(exc)[:500]}
+                response = error_response(errors.AppError("unhandled error", details=unhandled))
+            _forget_unread_body(request)
             if cors and settings is not None:
                 for name, value in _cors_headers(request, settings).items():
                     response.headers.setdefault(name, value)
@@ -119,6 +172,55 @@ def endpoint(*methods: str, cors: bool = True) -> Callable[[Handler], Callable[.
         return entry
 
     return decorate
+
+
+#: What Flask/Werkzeug itself refuses before a handler runs (a path its router cannot match,
+#: such as one holding a newline, or /robots.txt), as the project's errors.
+_FRAMEWORK_ERRORS: dict[int, type[errors.AppError]] = {
+    400: errors.BadRequest,
+    404: errors.NotFound,
+    405: errors.MethodNotAllowed,
+    413: errors.PayloadTooLarge,
+    415: errors.UnsupportedMediaType,
+}
+
+
+def _answer_framework_errors_as_json() -> None:
+    """Route Flask's own HTTP errors through ``error_response`` instead of its HTML pages.
+
+    functions-framework points ``functions_framework.errorhandler`` at the app it is creating
+    before it imports the function's ``main.py`` (``create_app`` in its ``__init__.py``), and
+    documents it for user code; outside ``create_app`` it is a no-op or refused."""
+    import functions_framework
+    from werkzeug.exceptions import HTTPException
+
+    def answer(exc: HTTPException) -> flask.Response:
+        status = exc.code or 500
+        cls = _FRAMEWORK_ERRORS.get(status, errors.BadRequest if status < 500 else errors.AppError)
+        error = cls(exc.name.lower() if status < 500 else "internal error")
+        response = error_response(error)
+        allowed = getattr(exc, "valid_methods", None)  # set on a 405
+        if allowed:
+            response.headers["Allow"] = ", ".join(allowed)
+        return response
+
+    # Flask refuses setup on an app that has served: then this endpoint() call is not inside
+    # create_app (a test wrapping a handler after other apps ran) and there is nothing to do.
+    with contextlib.suppress(AssertionError):
+        functions_framework.errorhandler(HTTPException)(answer)
+
+
+def _forget_unread_body(request: flask.Request) -> None:
+    """Leave what the handler did not read unread.
+
+    functions-framework registers an ``after_request`` hook (``read_request`` in its
+    ``__init__.py``, 3.10.2) that calls ``request.get_data()`` "to avoid connection errors when
+    returning prematurely": it reads the whole remaining body into memory, unbounded, after a
+    413 too, and a broken or abandoned body raises there, past every handler, as Flask's
+    plain-text 500 with three tracebacks. The body is read by ``read_body`` (bounded) or not
+    at all; an empty stream makes that hook a no-op and leaves the rest of the connection to
+    the server, which drains or closes it."""
+    request.stream = io.BytesIO()
 
 
 def _dispatch(
@@ -148,36 +250,164 @@ def _dispatch(
         )
         response.headers["Allow"] = ", ".join(methods)
         return response
+    if cors and request.method == "POST":
+        # A text/plain or form POST is a CORS "simple request": a browser sends it cross-site
+        # without asking first. Requiring JSON makes it preflight, where ALLOWED_ORIGINS holds.
+        _require_json_media_type(request)
     return handler(request, settings)
 
 
+def _require_json_media_type(request: flask.Request) -> None:
+    charset = request.mimetype_params.get("charset", "utf-8").lower()
+    if request.mimetype != "application/json" or charset not in {"utf-8", "utf8"}:
+        raise errors.UnsupportedMediaType(
+            "the body must be application/json (UTF-8)",
+            details={"contentType": (request.content_type or "")[:100]},
+        )
+
+
 def read_json(request: flask.Request, settings: Settings) -> dict[str, Any]:
-    """The request's JSON object, or 413 / 415 / 400."""
-    limit = settings.max_body_bytes
-    if request.content_length is not None and request.content_length > limit:
-        raise errors.PayloadTooLarge(
-            f"the body must be at most {limit} bytes", details={"limit": limit}
-        )
-    raw = request.stream.read(limit + 1)
-    if len(raw) > limit:
-        raise errors.PayloadTooLarge(
-            f"the body must be at most {limit} bytes", details={"limit": limit}
-        )
+    """The request's JSON object ({} for an empty body), or 413 / 415 / 400."""
+    raw = read_body(request, settings.max_body_bytes)
     if not raw.strip():
         return {}
-    if request.mimetype != "application/json":
-        raise errors.UnsupportedMediaType(
-            "the body must be application/json", details={"contentType": request.mimetype}
-        )
-    try:
-        body = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise errors.InvalidJson(
-            "the body is not valid JSON", details={"reason": str(exc)}
-        ) from None
+    _require_json_media_type(request)
+    body = parse_json(raw)
     if not isinstance(body, dict):
         raise errors.ValidationFailed("the body must be a JSON object")
     return body
+
+
+def read_body(request: flask.Request, limit: int) -> bytes:
+    """The whole body, at most ``limit`` bytes, read only as far as needed to know that.
+
+    A declared ``Content-Length`` over the limit is refused before a byte is read; a chunked
+    body is read up to one byte past the limit and no further. A body that ends before its
+    ``Content-Length`` (the client gave up) or whose framing breaks is refused, so nothing is
+    ever created from part of a request."""
+    declared = request.content_length  # None for a chunked body
+    if declared is not None and declared > limit:
+        raise _too_large(limit)
+    wanted = limit + 1 if declared is None else declared
+    pieces: list[bytes] = []
+    received = 0
+    try:
+        while received < wanted:
+            piece = request.stream.read(min(_READ_CHUNK, wanted - received))
+            if not piece:
+                break
+            pieces.append(piece)
+            received += len(piece)
+    except Exception as exc:
+        # Each WSGI server reports a broken body its own way (Werkzeug's ClientDisconnected or
+        # OSError("Invalid chunk header"), gunicorn's NoMoreData or InvalidChunkSize): all
+        # mean the client's bytes are unusable. One warning line, not a traceback.
+        logs.warning("request body unreadable", path=request.path, error=type(exc).__name__)
+        raise errors.IncompleteBody(
+            "the body could not be read (broken chunked encoding or the client went away)",
+            details={"received": received},
+        ) from None
+    if received > limit:
+        raise _too_large(limit)
+    if declared is not None and received < declared:
+        logs.warning("request body incomplete", path=request.path, received=received)
+        raise errors.IncompleteBody(
+            "the body ended before its Content-Length",
+            details={"contentLength": declared, "received": received},
+        )
+    return b"".join(pieces)
+
+
+def _too_large(limit: int) -> errors.PayloadTooLarge:
+    return errors.PayloadTooLarge(
+        f"the body must be at most {limit} bytes", details={"limit": limit}
+    )
+
+
+def parse_json(raw: bytes, *, max_depth: int = MAX_JSON_DEPTH) -> Any:
+    """Strict JSON: UTF-8, RFC 8259 (no NaN or Infinity), numbers a double can hold, strings
+    Postgres and UTF-8 can hold (no lone surrogate, no NUL), at most ``max_depth`` levels."""
+    try:
+        text = raw.decode("utf-8")  # strict: also refuses UTF-8-encoded surrogates
+    except UnicodeDecodeError as exc:
+        raise errors.InvalidJson(
+            "the body is not UTF-8", details={"reason": "encoding", "position": exc.start}
+        ) from None
+    try:
+        value = json.loads(
+            text, parse_constant=_refuse_constant, parse_float=_finite_float, parse_int=_int
+        )
+    except RecursionError:
+        raise _too_deep(max_depth) from None
+    except json.JSONDecodeError as exc:
+        raise errors.InvalidJson(
+            "the body is not valid JSON",
+            details={"reason": exc.msg, "line": exc.lineno, "column": exc.colno},
+        ) from None
+    _check_tree(value, max_depth)
+    return value
+
+
+def _refuse_constant(name: str) -> Any:
+    raise errors.InvalidJson(
+        f"{name} is not JSON", details={"reason": "non-finite numbers are not JSON"}
+    )
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise errors.UnsupportedJsonValue(
+            "a number is too large", details={"reason": "number beyond a double"}
+        )
+    return value
+
+
+def _int(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:  # beyond Python's int-parsing digit limit
+        raise errors.UnsupportedJsonValue(
+            "a number is too large", details={"reason": "number beyond a double"}
+        ) from None
+
+
+def _too_deep(max_depth: int) -> errors.JsonTooDeep:
+    return errors.JsonTooDeep(
+        f"JSON may nest at most {max_depth} arrays or objects", details={"maxDepth": max_depth}
+    )
+
+
+def _check_tree(value: Any, max_depth: int) -> None:
+    """Walk the parsed value without recursion: depth, and every string (keys included)."""
+    pending: list[tuple[Any, int]] = [(value, 0)]
+    while pending:
+        item, depth = pending.pop()
+        if isinstance(item, str):
+            _check_string(item)
+        elif isinstance(item, dict | list):
+            if depth + 1 > max_depth:
+                raise _too_deep(max_depth)
+            children = item.items() if isinstance(item, dict) else enumerate(item)
+            for key, child in children:
+                if isinstance(key, str):
+                    _check_string(key)
+                pending.append((child, depth + 1))
+
+
+def _check_string(text: str) -> None:
+    if "\x00" in text:
+        raise errors.UnsupportedJsonValue(
+            "strings must not contain NUL (\\u0000)", details={"reason": "NUL character"}
+        )
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            raise errors.UnsupportedJsonValue(
+                "strings must not contain lone surrogates (such as \\ud800)",
+                details={"reason": "lone surrogate"},
+            ) from None
 
 
 def parse_job_id(raw: object) -> uuid.UUID:
@@ -185,10 +415,9 @@ def parse_job_id(raw: object) -> uuid.UUID:
         raise errors.InvalidId("a job id is required", details={"field": "jobId"})
     if not isinstance(raw, str):
         raise errors.InvalidId("the job id must be a string", details={"field": "jobId"})
-    try:
-        return uuid.UUID(raw)
-    except ValueError:
-        raise errors.InvalidId("the job id is not a UUID", details={"jobId": raw[:64]}) from None
+    if not _UUID.fullmatch(raw):  # the canonical form only, as the API writes ids
+        raise errors.InvalidId("the job id is not a UUID", details={"field": "jobId"})
+    return uuid.UUID(raw)
 
 
 def path_job_id(request: flask.Request) -> str | None:
@@ -215,7 +444,7 @@ def caller_id(request: flask.Request, settings: Settings) -> str:
     header = request.headers.get(settings.user_id_header)
     if header:
         _check_header_is_trusted(request, settings)
-        if not _USER_ID.match(header):
+        if not _USER_ID.fullmatch(header):
             raise errors.ValidationFailed(
                 f"{settings.user_id_header} must be 1-128 characters of [A-Za-z0-9._:@|-]"
             )
@@ -235,11 +464,22 @@ def _jwt_subject(token: str, secret: str) -> str:
             algorithms=["HS256"],
             options={"verify_aud": False, "require": ["sub", "exp"]},
         )
-    except jwt.PyJWTError as exc:
+    except jwt.ExpiredSignatureError:
         raise errors.Unauthorized(
-            "the bearer token is not valid", details={"reason": str(exc)}
+            "the bearer token has expired", details={"reason": "expired"}
         ) from None
-    return str(claims["sub"])
+    except jwt.PyJWTError:
+        raise errors.Unauthorized(
+            "the bearer token is not valid", details={"reason": "invalid"}
+        ) from None
+    subject = claims["sub"]
+    # Only a Supabase Auth user id: never the shared "anonymous" identity, nothing RLS
+    # (auth.uid(), a uuid) could not match, nothing unbounded or unencodable.
+    if not isinstance(subject, str) or not _UUID.fullmatch(subject):
+        raise errors.Unauthorized(
+            "the bearer token's subject is not a user id", details={"reason": "subject"}
+        )
+    return subject.lower()
 
 
 def secret_matches(given: str | None, expected: str) -> bool:

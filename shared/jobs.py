@@ -8,6 +8,7 @@ reference the tests check it against.
 from __future__ import annotations
 
 import enum
+import json
 import uuid
 from datetime import datetime
 from typing import Any
@@ -93,6 +94,10 @@ class WireModel(BaseModel):
 
 
 MAX_QUERY_CHARS = 4000
+#: Metadata is the client's own: bounded so that whatever is accepted can be stored, listed
+#: and sent back (jobs are listed with it, and pydantic-core's serializer stops near depth 255).
+MAX_METADATA_BYTES = 4096  #: as compact UTF-8 JSON
+MAX_METADATA_DEPTH = 8  #: nested objects/arrays, the metadata object itself being 1
 
 
 class CreateJobOptions(WireModel):
@@ -114,6 +119,30 @@ class CreateJobRequest(WireModel):
         if not value:
             raise ValueError("query must not be blank")
         return value
+
+    @field_validator("metadata")
+    @classmethod
+    def _bounded(cls, value: dict[str, Any]) -> dict[str, Any]:
+        if json_depth(value) > MAX_METADATA_DEPTH:
+            raise ValueError(f"metadata may nest at most {MAX_METADATA_DEPTH} levels")
+        size = len(json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode())
+        if size > MAX_METADATA_BYTES:
+            raise ValueError(f"metadata must be at most {MAX_METADATA_BYTES} bytes as JSON")
+        return value
+
+
+def json_depth(value: Any) -> int:
+    """How many arrays/objects nest in ``value`` (a scalar is 0), without recursion."""
+    deepest = 0
+    pending: list[tuple[Any, int]] = [(value, 0)]
+    while pending:
+        item, depth = pending.pop()
+        if isinstance(item, dict | list):
+            depth += 1
+            deepest = max(deepest, depth)
+            children = item.values() if isinstance(item, dict) else item
+            pending.extend((child, depth) for child in children)
+    return deepest
 
 
 class Job(BaseModel):

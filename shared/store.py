@@ -93,7 +93,8 @@ def map_api_error(error: APIError) -> errors.AppError:
             "the database rejected the call", details={"upstream": code, "message": message}
         )
     if code.startswith("22"):  # data exception, e.g. invalid input syntax for a uuid
-        return errors.ValidationFailed(message, details={"sqlstate": code})
+        # Postgres's own words (e.g. "time zone displacement out of range") stay out of the body
+        return errors.ValidationFailed("the database refused a value", details={"sqlstate": code})
     if code.startswith(_UNAVAILABLE_PREFIXES):
         return errors.DatabaseUnavailable("the database is unavailable", details={"upstream": code})
     return errors.AppError(

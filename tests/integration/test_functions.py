@@ -4,6 +4,7 @@ with Flask's test client, against the real gateway: feature flags, identity, OID
 from __future__ import annotations
 
 import os
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -103,15 +104,16 @@ def test_identity_from_a_verified_supabase_jwt(
     function: Client,
 ) -> None:
     env = {"SUPABASE_JWT_SECRET": JWT_SECRET, "ENABLE_COMPLEXITY_ROUTING": "false"}
-    alice = {"Authorization": f"Bearer {make_jwt(JWT_SECRET, 'authenticated', sub='alice')}"}
-    bob = {"Authorization": f"Bearer {make_jwt(JWT_SECRET, 'authenticated', sub='bob')}"}
+    alice_id, bob_id = str(uuid.uuid4()), str(uuid.uuid4())  # Supabase Auth subjects are uuids
+    alice = {"Authorization": f"Bearer {make_jwt(JWT_SECRET, 'authenticated', sub=alice_id)}"}
+    bob = {"Authorization": f"Bearer {make_jwt(JWT_SECRET, 'authenticated', sub=bob_id)}"}
     created = function("ai-jobs-create", **env).post("/", json={"query": COMPLEX}, headers=alice)
     assert created.status_code == 202
     lister = function("ai-jobs-list", **env)
     assert len(lister.get("/", headers=alice).get_json()["jobs"]) == 1
     assert lister.get("/", headers=bob).get_json()["jobs"] == []
     other_secret = "another-secret-that-is-at-least-32-characters-long"
-    forged = make_jwt(other_secret, "authenticated", sub="alice")
+    forged = make_jwt(other_secret, "authenticated", sub=alice_id)
     refused = lister.get("/", headers={"Authorization": f"Bearer {forged}"})
     assert refused.status_code == 401
     assert refused.get_json()["error"]["code"] == "unauthorized"

@@ -12,6 +12,7 @@ from postgrest.exceptions import APIError
 from infra.local.gateway import GatewayHandle, make_jwt
 from shared import errors
 from shared.jobs import JobStatus
+from shared.settings import Settings
 from shared.store import (
     CLIENT_TIMEOUT_S,
     SERVER_POOL_ACQUISITION_TIMEOUT_S,
@@ -19,7 +20,6 @@ from shared.store import (
     JobStore,
     map_api_error,
 )
-from shared.settings import Settings
 from tests.integration.conftest import JWT_SECRET
 
 #: The per-user limits create_job is always given, at their declared defaults.

@@ -1,5 +1,5 @@
-# make install | lint | format | test | stack | demo | bench | router-accuracy | gemini-smoke
-#      console | console-check | browser
+# make install | js | lint | format | test | stack | demo | bench | router-accuracy
+#      gemini-smoke | console | console-check | browser
 # Everything runs from the project's own virtualenv (.venv), built from the pinned
 # requirements on first use, so a fresh clone needs only python3 and make.
 
@@ -9,7 +9,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 LINT_PATHS := shared functions infra tests scripts client
 
-.PHONY: install lint format test unit stack demo bench router-accuracy clean gemini-smoke \
+.PHONY: install js lint format test unit stack demo bench router-accuracy clean gemini-smoke \
 	console console-deps console-check browser
 
 install: $(STAMP)
@@ -19,6 +19,13 @@ $(STAMP): requirements.txt requirements-dev.txt
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements-dev.txt
 	touch $(STAMP)
+
+# supabase-js for the JS tests (tests/js), exactly as package-lock.json pins it
+JS_STAMP := tests/js/node_modules/.package-lock.json
+js: $(JS_STAMP)
+
+$(JS_STAMP): tests/js/package.json tests/js/package-lock.json
+	cd tests/js && npm ci --no-audit --no-fund
 
 lint: install
 	$(PY) -m ruff check $(LINT_PATHS)
@@ -32,7 +39,7 @@ format: install
 	$(PY) -m ruff check --fix $(LINT_PATHS)
 
 # pytest exits 5 when it collected no test: that must fail, not pass silently.
-test: lint console-check browser
+test: lint js console-check browser
 	@$(PY) -m pytest $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing" >&2; exit 1; fi; \
 	exit $$rc
@@ -45,6 +52,7 @@ demo: install
 
 bench: install
 	$(PY) scripts/bench.py
+	$(PY) scripts/bench_realtime.py
 
 # the labelled set the router's cues were tuned on, then a held-out set written afterwards
 router-accuracy: install

@@ -5,9 +5,12 @@
         created = jobs.create("모든 서버 분석하고 최적화 리포트 만들어줘")
         job = jobs.wait(created["jobId"], on_update=print)
 
-It speaks only the public HTTP API (README "The API"): it polls with ``If-None-Match`` and
-the server's suggested interval, and raises ``APIError`` with the error ``code`` for any 4xx
-or 5xx. ``python -m client`` is the same as a command line.
+It speaks the public HTTP API (README "The API") and raises ``APIError`` with the error
+``code`` for any 4xx or 5xx. ``watch`` follows a job: through Supabase Realtime when the
+client has a Supabase session (``AIJobsClient.signed_in``: an anonymous sign-in, so the jobs
+are the visitor's own and RLS lets Realtime show them), else by polling with
+``If-None-Match``; the same job documents and log lines either way. ``python -m client`` is
+the same as a command line.
 """
 
 from __future__ import annotations
@@ -20,6 +23,10 @@ from typing import Any
 import httpx
 
 FINAL = frozenset({"completed", "failed", "cancelled"})
+#: with Realtime, read anyway after this long without an event (a socket that died quietly)
+REALTIME_SAFETY_READ_S = 15.0
+
+Pause = Callable[[float], object]
 
 
 class APIError(Exception):
@@ -40,14 +47,44 @@ class AIJobsClient:
         *,
         user_id: str | None = None,
         bearer_token: str | None = None,
+        supabase_url: str | None = None,
+        supabase_anon_key: str | None = None,
         timeout_s: float = 30.0,
     ) -> None:
+        self.bearer_token = bearer_token
+        self.supabase_url = supabase_url
+        self.supabase_anon_key = supabase_anon_key
+        #: the Realtime signal of the last ``watch`` (the benchmark reads its receive times)
+        self.last_signal: Any = None
         headers = {}
         if user_id:
             headers["X-User-Id"] = user_id
         if bearer_token:
             headers["Authorization"] = f"Bearer {bearer_token}"
         self._http = httpx.Client(base_url=base_url.rstrip("/"), headers=headers, timeout=timeout_s)
+
+    @classmethod
+    def signed_in(
+        cls, base_url: str, supabase_url: str, supabase_anon_key: str, **options: Any
+    ) -> AIJobsClient:
+        """A client acting as a new anonymous Supabase user (``signInAnonymously``), whose
+        access token identifies it to the functions and to Realtime."""
+        from supabase import ClientOptions, create_client
+
+        with httpx.Client(timeout=30) as session:
+            auth = create_client(
+                supabase_url, supabase_anon_key, ClientOptions(httpx_client=session)
+            ).auth
+            signed = auth.sign_in_anonymously().session
+        if signed is None:
+            raise APIError(401, "no_session", "anonymous sign-in gave no session", {})
+        return cls(
+            base_url,
+            bearer_token=signed.access_token,
+            supabase_url=supabase_url,
+            supabase_anon_key=supabase_anon_key,
+            **options,
+        )
 
     def __enter__(self) -> AIJobsClient:
         return self
@@ -125,10 +162,61 @@ class AIJobsClient:
     ) -> dict[str, Any]:
         """Poll until the job is final (every ``poll_interval_s``, else the server's
         suggestion); ``on_update`` sees each change, ``on_log`` each new log line."""
+        return self._follow(
+            job_id,
+            timeout_s,
+            pushed=None,
+            poll_interval_s=poll_interval_s,
+            on_update=on_update,
+            on_log=on_log,
+        )
+
+    def watch(
+        self,
+        job_id: str,
+        *,
+        timeout_s: float = 600.0,
+        on_update: Callable[[dict[str, Any]], None] | None = None,
+        on_log: Callable[[dict[str, Any]], None] | None = None,
+    ) -> dict[str, Any]:
+        """Follow the job to its final state: pushed by Realtime when this client has a
+        Supabase session, else polled. Subscribe first, then read, then follow, so the final
+        state can never fall between the read and the subscription."""
+        if not (self.bearer_token and self.supabase_url and self.supabase_anon_key):
+            return self.wait(job_id, timeout_s=timeout_s, on_update=on_update, on_log=on_log)
+        from client.realtime import JobSignal
+
+        signal = JobSignal(self.supabase_url, self.supabase_anon_key, self.bearer_token, job_id)
+        try:
+            signal.__enter__()
+        except ConnectionError:
+            return self.wait(job_id, timeout_s=timeout_s, on_update=on_update, on_log=on_log)
+        self.last_signal = signal
+        try:
+            return self._follow(
+                job_id,
+                timeout_s,
+                pushed=signal.wait,
+                poll_interval_s=None,
+                on_update=on_update,
+                on_log=on_log,
+            )
+        finally:
+            signal.close()
+
+    def _follow(
+        self,
+        job_id: str,
+        timeout_s: float,
+        *,
+        pushed: Pause | None,
+        poll_interval_s: float | None,
+        on_update: Callable[[dict[str, Any]], None] | None,
+        on_log: Callable[[dict[str, Any]], None] | None,
+    ) -> dict[str, Any]:
         deadline = time.monotonic() + timeout_s
         etag: str | None = None
         last_log = 0
-        job: dict[str, Any] = {}
         while time.monotonic() < deadline:
             headers = {"If-None-Match": etag} if etag else {}
             response = self._http.get(
@@ -147,21 +235,39 @@ class AIJobsClient:
                     on_update(job)
                 if job["status"] in FINAL:
                     return job
-            interval = poll_interval_s or float(response.headers.get("X-Poll-Interval", "3"))
-            time.sleep(min(interval, max(deadline - time.monotonic(), 0)))
+            left = max(deadline - time.monotonic(), 0)
+            if pushed is not None:
+                pushed(min(REALTIME_SAFETY_READ_S, left))
+            else:
+                interval = poll_interval_s or float(response.headers.get("X-Poll-Interval", "3"))
+                time.sleep(min(interval, left))
         raise TimeoutError(f"job {job_id} did not finish in {timeout_s:.0f}s")
 
 
-def print_log_line(line: dict[str, Any]) -> None:
+def format_log_line(line: dict[str, Any]) -> str:
     progress = "" if line.get("progress") is None else f"{line['progress']:3d}% "
     step, message = line.get("step") or "", line.get("message") or ""
     text = step if message == step else f"{step}: {message}"
-    print(f"  [{line['createdAt'][11:23]}] {progress}{text}", flush=True)
+    return f"  [{line['createdAt'][11:23]}] {progress}{text}"
+
+
+def print_log_line(line: dict[str, Any]) -> None:
+    print(format_log_line(line), flush=True)
 
 
 def follow(jobs: AIJobsClient, job_id: str, poll_interval_s: float | None = None) -> int:
-    """Print each progress line as it arrives, then the result (exit code 0) or the error (1)."""
-    job = jobs.wait(job_id, poll_interval_s=poll_interval_s, on_log=print_log_line)
+    """Show the job live (a progress bar with the step name, and each log line), then the
+    result (exit code 0) or the error (1). Realtime when ``jobs`` has a Supabase session and
+    no poll interval is forced, else polling."""
+    from client.progress import live_progress
+
+    with live_progress() as (on_update, on_log):
+        if poll_interval_s is None:
+            job = jobs.watch(job_id, on_update=on_update, on_log=on_log)
+        else:
+            job = jobs.wait(
+                job_id, poll_interval_s=poll_interval_s, on_update=on_update, on_log=on_log
+            )
     print(f"\njob {job_id}: {job['status']} after {job['attempts']} attempt(s)\n")
     if job["status"] == "completed":
         print(job["result"]["markdown"])

@@ -6,7 +6,10 @@
     python -m client cancel <jobId>
 
 The base URL comes from ``--base-url`` or ``AI_JOBS_URL`` (default the local stack,
-``http://127.0.0.1:8080``); ``--user`` sets ``X-User-Id``.
+``http://127.0.0.1:8080``); ``--user`` sets ``X-User-Id``. With a Supabase URL and anon key
+(``--supabase-url``/``SUPABASE_URL``, ``--anon-key``/``SUPABASE_ANON_KEY``, or ``--local`` to
+take them from ``make stack``'s ``.local/status.json``) the client signs in anonymously: the
+jobs are that visitor's own and ``--wait`` follows them through Supabase Realtime.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import argparse
 import json
 import os
 import sys
+from pathlib import Path
 from typing import Any
 
 from client import AIJobsClient, APIError, follow
@@ -26,6 +30,11 @@ def _parser() -> argparse.ArgumentParser:
         "--base-url", default=os.environ.get("AI_JOBS_URL", "http://127.0.0.1:8080")
     )
     parser.add_argument("--user", help="X-User-Id to act as")
+    parser.add_argument("--supabase-url", default=os.environ.get("SUPABASE_URL"))
+    parser.add_argument("--anon-key", default=os.environ.get("SUPABASE_ANON_KEY"))
+    parser.add_argument(
+        "--local", action="store_true", help="URLs and keys from .local/status.json"
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     submit = commands.add_parser("submit", help="create a job (or get the synchronous answer)")
     submit.add_argument("query")
@@ -70,9 +79,22 @@ def _run(jobs: AIJobsClient, args: argparse.Namespace) -> int:
     return 0
 
 
+STATUS_FILE = Path(__file__).resolve().parents[1] / ".local" / "status.json"
+
+
+def _client(args: argparse.Namespace) -> AIJobsClient:
+    if args.local:
+        status = json.loads(STATUS_FILE.read_text())
+        args.base_url = status["FUNCTIONS_URL"]
+        args.supabase_url, args.anon_key = status["API_URL"], status["ANON_KEY"]
+    if args.supabase_url and args.anon_key and not args.user:
+        return AIJobsClient.signed_in(args.base_url, args.supabase_url, args.anon_key)
+    return AIJobsClient(args.base_url, user_id=args.user)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    with AIJobsClient(args.base_url, user_id=args.user) as jobs:
+    with _client(args) as jobs:
         try:
             return _run(jobs, args)
         except APIError as exc:

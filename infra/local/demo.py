@@ -1,7 +1,9 @@
-"""make demo: bring the local stack up, submit the seed's example query over HTTP, show the
-progress steps as the worker writes them, print the report, and shut everything down.
+"""make demo: bring the local stack up, sign in anonymously through the local Supabase Auth,
+submit the seed's example query over HTTP with that session, follow it live through Supabase
+Realtime (a progress bar with the step names, and each log line), print the report, and shut
+everything down.
 
-It speaks only HTTP to the function URLs, as the dashboard would.
+It speaks to the function URLs and the Supabase URL only, as the dashboard would.
 """
 
 from __future__ import annotations
@@ -18,8 +20,9 @@ from infra.local.stack import LocalStack, StackConfig
 SEED_QUERY = "모든 서버 분석하고 최적화 리포트 만들어줘"
 
 
-def run_demo(base_url: str, query: str) -> int:
-    with AIJobsClient(base_url) as jobs:
+def run_demo(stack: LocalStack, query: str) -> int:
+    with AIJobsClient.signed_in(stack.base_url, stack.api_url, stack.anon_key) as jobs:
+        print(f"\nsigned in anonymously through {stack.api_url}/auth/v1")
         started = time.perf_counter()
         created = jobs.create(query)
         elapsed_ms = (time.perf_counter() - started) * 1000
@@ -28,7 +31,8 @@ def run_demo(base_url: str, query: str) -> int:
         if created.get("mode") == "sync":
             print(created["answer"])
             return 0
-        return follow(jobs, created["jobId"], poll_interval_s=0.5)
+        print("following it through Supabase Realtime:\n")
+        return follow(jobs, created["jobId"])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -36,11 +40,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("query", nargs="?", default=SEED_QUERY)
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="ajq-demo-") as tmp:
-        config = StackConfig.for_tests(Path(tmp), reap_interval_s=10)
+        config = StackConfig.for_tests(Path(tmp), reap_interval_s=10, jwt_identity=True)
         config.quiet = False
         with LocalStack(config) as stack:
             print(f"stack up: functions at {stack.base_url}/<function-name>")
-            return run_demo(stack.base_url, args.query)
+            return run_demo(stack, args.query)
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from typing import Any
 
 import uvicorn
+from starlette.middleware.cors import CORSMiddleware
 
 from infra.local.auth import AuthService, create_auth_app
 from infra.local.gateway import DEFAULT_PORT, REST_PREFIX, Gateway, create_app
@@ -174,9 +175,20 @@ async def _not_found(send: Send) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
-def build_app(db_uri: str, jwt_secret: str) -> LocalSupabase:
+def build_app(db_uri: str, jwt_secret: str) -> ASGIApp:
+    """The local Supabase with CORS open to every origin, as Supabase's API gateway answers
+    browsers (a page on the function host signs in and calls REST from another origin)."""
     gateway = create_app(db_uri, jwt_secret, pool_max=GATEWAY_THREADS // 2)
-    return LocalSupabase(gateway, AuthService(jwt_secret), RealtimeServer(db_uri, jwt_secret))
+    app = LocalSupabase(gateway, AuthService(jwt_secret), RealtimeServer(db_uri, jwt_secret))
+    cors = CORSMiddleware(
+        app,
+        allow_origins=["*"],
+        allow_methods=["*"],
+        allow_headers=["*"],
+        expose_headers=["Content-Range", "X-Supabase-Api-Version"],
+        max_age=3600,
+    )
+    return cors
 
 
 def main(argv: Sequence[str] | None = None) -> None:

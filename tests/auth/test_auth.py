@@ -141,3 +141,18 @@ def test_a_malformed_body_is_a_400_with_gotrue_error_shape(supabase_server: Loca
 
     assert response.status_code == 400
     assert response.json()["error_code"] == "bad_json"
+
+
+def test_a_browser_preflight_from_another_origin_is_allowed(supabase_server: LocalSupabase) -> None:
+    response = httpx.options(
+        f"{supabase_server.url}/auth/v1/signup",
+        headers={
+            "Origin": "http://127.0.0.1:8080",
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "apikey, authorization, content-type, x-client-info",
+        },
+    )
+
+    assert response.status_code == 200
+    assert response.headers["access-control-allow-origin"] in ("*", "http://127.0.0.1:8080")
+    assert "apikey" in response.headers["access-control-allow-headers"].lower()

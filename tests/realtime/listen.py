@@ -39,10 +39,13 @@ async def listen(
     *,
     token: str | None = None,
     wait_for_subscribed: bool = True,
+    max_retries: int = 5,
 ) -> Listener:
     """Connect with the anon key, join ``topic`` (with ``token`` as the user's access token)
     with one binding per spec, and wait for the ``system`` "Subscribed" message."""
-    client = AsyncRealtimeClient(f"{server.url}/realtime/v1", server.anon_key, initial_backoff=0.2)
+    client = AsyncRealtimeClient(
+        f"{server.url}/realtime/v1", server.anon_key, initial_backoff=0.2, max_retries=max_retries
+    )
     await client.connect()
     if token:
         await client.set_auth(token)

@@ -425,6 +425,9 @@ def test_a_binding_that_cannot_be_subscribed_gets_a_system_error_but_the_join_st
     system = json.loads(str(error))
     assert system["extension"] == "postgres_changes" and system["status"] == "error"
     assert system["message"].startswith("Unable to subscribe to changes with given parameters")
+    # worded as the real server's (realtime_channel_test.exs)
+    assert f"[event: INSERT, schema: public, table: {spec[1]}, filters: [" in system["message"]
+    assert system["message"].endswith("], select: nil]")
 
 
 # --- 11, 14. leave and copies -----------------------------------------------------------------
@@ -563,3 +566,71 @@ def test_the_rest_api_answers_on_the_same_base_url(supabase_server: LocalSupabas
     )
 
     assert response.status_code == 200
+
+
+def test_a_payload_over_one_mebibyte_keeps_only_small_values_and_says_413(
+    supabase_server: LocalSupabase,
+) -> None:
+    user = str(uuid.uuid4())
+    job_id = supabase_server.new_job(user)
+
+    async def scenario() -> Listener:
+        listener = await listen(
+            supabase_server, "big", JOB_BINDINGS, token=supabase_server.user_token(user)
+        )
+        supabase_server.sql(
+            "insert into ai_job_logs (job_id, attempt, message, data) "
+            "values (%s, 1, 'big', jsonb_build_object('blob', repeat('x', 1100000)))",
+            job_id,
+        )
+        await until(lambda: len(listener.payloads(2)) == 1)
+        await listener.close()
+        return listener
+
+    [event] = run(scenario()).payloads(2)
+
+    body = data(event)
+    assert body["errors"] == ["Error 413: Payload Too Large"]
+    assert "data" not in body["record"] and body["record"]["message"] == "big"
+
+
+def test_filters_compare_the_new_row_with_the_value_cast_to_the_column_type(
+    supabase_server: LocalSupabase,
+) -> None:
+    user = str(uuid.uuid4())
+    job_id = supabase_server.new_job(user)
+    specs: list[tuple[str, str, str | None]] = [
+        ("UPDATE", "ai_jobs", "progress=gt.50"),  # 60 > 50, but 9 < 50 (an int, not text)
+        ("UPDATE", "ai_jobs", "progress=lte.20"),
+        ("UPDATE", "ai_jobs", "progress=gte.60"),
+        ("UPDATE", "ai_jobs", "progress=lt.10"),
+        ("UPDATE", "ai_jobs", "status=in.(completed,failed)"),
+        ("UPDATE", "ai_jobs", "current_step=neq.step 9"),
+    ]
+
+    async def scenario() -> Listener:
+        listener = await listen(
+            supabase_server, "filters", specs, token=supabase_server.user_token(user)
+        )
+        for progress in (9, 60):
+            supabase_server.sql(
+                "update ai_jobs set progress = %s, current_step = %s where id = %s",
+                progress,
+                f"step {progress}",
+                job_id,
+            )
+        await until(lambda: len(listener.payloads(5)) == 1)  # the last update (step 60)
+        await listener.close()
+        return listener
+
+    listener = run(scenario())
+
+    def progress_seen(binding: int) -> list[int]:
+        return [data(p)["record"]["progress"] for p in listener.payloads(binding)]
+
+    assert progress_seen(0) == [60]
+    assert progress_seen(1) == [9]
+    assert progress_seen(2) == [60]
+    assert progress_seen(3) == [9]
+    assert progress_seen(4) == []
+    assert progress_seen(5) == [60]

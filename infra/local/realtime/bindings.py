@@ -48,10 +48,19 @@ class Binding:
         )
 
     def describe(self) -> str:
-        filters = f"[{self.raw.get('filter')}]" if self.filter else "[]"
+        """As the real server words it (realtime_channel_test.exs): ``[event: *, schema: public,
+        table: t, filters: [{"col", "eq", "v"}], select: nil]``."""
+        if self.filter is None:
+            filters = "[]"
+        else:
+            quoted = ", ".join(
+                f'"{part}"'
+                for part in (self.filter.column, self.filter.operator, *self.filter.values)
+            )
+            filters = f"[{{{quoted}}}]"
         return (
             f"[event: {self.event}, schema: {self.schema}, table: {self.table or '*'}, "
-            f"filters: {filters}]"
+            f"filters: {filters}, select: nil]"
         )
 
 

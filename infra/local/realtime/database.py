@@ -49,7 +49,8 @@ order by a.attnum
 
 class RealtimeDatabase:
     def __init__(self, db_uri: str) -> None:
-        self.pool = AsyncConnectionPool(db_uri, min_size=1, max_size=4, open=False)
+        self.pool = AsyncConnectionPool(db_uri, min_size=2, max_size=4, open=False)
+        self._type_cache: dict[Relation, dict[str, str]] = {}
 
     async def open(self) -> None:
         await self.pool.open(wait=True)
@@ -123,6 +124,13 @@ class RealtimeDatabase:
         return record, await self._to_jsonb(old_values, types)
 
     async def _types(self, relation: Relation) -> dict[str, str]:
+        # a Relation message carries the columns' type oids: equal messages, equal types
+        cached = self._type_cache.get(relation)
+        if cached is None:
+            cached = self._type_cache[relation] = await self._load_types(relation)
+        return cached
+
+    async def _load_types(self, relation: Relation) -> dict[str, str]:
         async with self.pool.connection() as conn:
             rows = await (
                 await conn.execute(

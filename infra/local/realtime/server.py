@@ -27,7 +27,7 @@ from infra.local.auth import TokenError, verify_token
 from infra.local.realtime import protocol
 from infra.local.realtime.bindings import Binding, BindingError, parse_binding
 from infra.local.realtime.capture import ChangeCapture
-from infra.local.realtime.database import RealtimeDatabase, limit_payload
+from infra.local.realtime.database import RealtimeDatabase, Visible, limit_payload
 from infra.local.realtime.pgoutput import Change, Transaction
 from infra.local.realtime.protocol import Frame
 
@@ -144,7 +144,8 @@ class RealtimeServer:
                     await self._deliver(transaction)
                 except Exception:
                     log.exception("delivering transaction %s failed", transaction.xid)
-            await asyncio.sleep(self.poll_interval_s)
+            if not transactions:  # after a busy poll, look again at once
+                await asyncio.sleep(self.poll_interval_s)
 
     # --- delivery ---------------------------------------------------------------------------
 
@@ -259,22 +260,24 @@ class RealtimeServer:
     async def _subscribe(self, socket: Socket, channel: Channel) -> None:
         if not channel.bindings:
             return
-        try:
-            for binding in channel.bindings:
+        for binding in channel.bindings:
+            try:
                 await self.database.check_binding(binding)
-        except BindingError:
-            channel.subscribed = []
-            described = ", ".join(b.describe() for b in channel.bindings)
-            socket.system(
-                channel,
-                "postgres_changes",
-                "error",
-                "Unable to subscribe to changes with given parameters. Please check Realtime is "
-                f"enabled for the given connect parameters: {described}",
-            )
-            return
+            except BindingError:
+                channel.subscribed = []
+                self._refuse(socket, channel, binding)
+                return
         channel.subscribed = list(channel.bindings)
         socket.system(channel, "postgres_changes", "ok", "Subscribed to PostgreSQL")
+
+    def _refuse(self, socket: Socket, channel: Channel, binding: Binding) -> None:
+        socket.system(
+            channel,
+            "postgres_changes",
+            "error",
+            "Unable to subscribe to changes with given parameters. Please check Realtime is "
+            f"enabled for the given connect parameters: {binding.describe()}",
+        )
 
     async def _access_token(self, socket: Socket, channel: Channel, payload: Any) -> None:
         token = payload.get("access_token") if isinstance(payload, dict) else None
@@ -314,7 +317,7 @@ def _matching(channel: Channel, change: Change) -> list[Binding]:
 
 
 def _event(
-    change: Change, stamp: str, record: dict[str, Any], old: dict[str, Any], visible: Any
+    change: Change, stamp: str, record: dict[str, Any], old: dict[str, Any], visible: Visible
 ) -> dict[str, Any]:
     allowed = {c["name"] for c in visible.columns}
     new_row = {k: v for k, v in record.items() if k in allowed}

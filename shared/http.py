@@ -4,7 +4,8 @@
 refuses a public POST that is not ``application/json`` (415: a browser must then preflight, so
 ``ALLOWED_ORIGINS`` holds for every write), and builds every error response in one function,
 ``error_response``: ``{"error": {"code", "message", "details"}}`` for a 4xx, and for a 5xx only
-the code and a fixed sentence, the rest going to the log with the traceback.
+the code, a fixed sentence and a request id, the rest going to the log line (with the same
+request id) with the traceback.
 
 The request is read here and nowhere else: ``read_json`` refuses on ``Content-Length`` before
 reading (413), reads a chunked body only up to the limit, refuses a body that arrives
@@ -42,6 +43,7 @@ _USER_ID = re.compile(r"^[A-Za-z0-9._:@|-]{1,128}$")
 # Supabase Auth issues a uuid ``sub`` and RLS compares it with auth.uid(): the canonical
 # 8-4-4-4-12 form only (uuid.UUID would also take braces, "urn:uuid:" and no hyphens).
 _UUID = re.compile(r"^[0-9a-fA-F]{8}-(?:[0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}$")
+_TRACE_ID = re.compile(r"[0-9a-fA-F]{32}")
 _ALLOWED_HEADERS = "Authorization, Content-Type, Idempotency-Key, If-None-Match, X-User-Id"
 _EXPOSED_HEADERS = "ETag, Location, Retry-After, X-Poll-Interval, Idempotent-Replayed"
 ANONYMOUS = "anonymous"
@@ -80,17 +82,30 @@ def error_response(error: errors.AppError) -> flask.Response:
         headers["Retry-After"] = "5"
     body: dict[str, Any]
     if error.status >= 500:
+        request_id = _request_id()
         logs.error(
             error.message,
             code=error.code,
             status=error.status,
+            requestId=request_id,
             details=error.details or None,
             stack_trace=_current_traceback(),
         )
-        body = {"code": error.code, "message": type(error).public_message}
+        body = {"code": error.code, "message": type(error).public_message, "requestId": request_id}
     else:
         body = {"code": error.code, "message": error.message, "details": error.details}
     return json_response({"error": body}, error.status, headers)
+
+
+def _request_id() -> str:
+    """What joins a 5xx answer to its log line: the trace id Cloud Run gives the request
+    (``X-Cloud-Trace-Context: TRACE_ID/SPAN_ID;o=1``, https://cloud.google.com/trace/docs/
+    trace-context), else a fresh one."""
+    if flask.has_request_context():
+        trace = flask.request.headers.get("X-Cloud-Trace-Context", "").split("/", 1)[0]
+        if _TRACE_ID.fullmatch(trace):
+            return trace.lower()
+    return uuid.uuid4().hex
 
 
 def _current_traceback() -> str | None:

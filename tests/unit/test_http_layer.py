@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import time
 import uuid
 from collections.abc import Iterator
@@ -265,7 +266,9 @@ def test_a_5xx_carries_no_details_and_no_backend_text(settings_env: None) -> Non
 
     response = call(handler, request_for(method="GET"))
     assert response.status_code == 503
-    assert response.get_json() == {
+    body = response.get_json()
+    assert re.fullmatch(r"[0-9a-f]{32}", body["error"].pop("requestId"))
+    assert body == {
         "error": {
             "code": "database_unavailable",
             "message": "the database is unavailable; retry later",
@@ -283,10 +286,13 @@ def test_a_row_that_fails_to_load_is_a_500_not_the_clients_400(
 
     response = call(handler, request_for(method="GET"))
     assert response.status_code == 500
-    assert response.get_json() == {"error": {"code": "internal", "message": "internal error"}}
+    body = response.get_json()
+    request_id = body["error"].pop("requestId")
+    assert body == {"error": {"code": "internal", "message": "internal error"}}
     logged = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     failure = next(entry for entry in logged if entry["message"] == "unhandled error")
     assert "Traceback" in failure["stack_trace"]
+    assert failure["requestId"] == request_id  # the answer leads to its log line
 
 
 @pytest.mark.parametrize(

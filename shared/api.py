@@ -19,7 +19,6 @@ import flask
 
 from shared import errors
 from shared.http import (
-    caller_id,
     json_response,
     parse_job_id,
     parse_json,
@@ -27,6 +26,7 @@ from shared.http import (
     path_job_id,
     read_json,
 )
+from shared.identity import caller_id
 from shared.jobs import CreateJobRequest, Job, JobStatus, JobType, JobView
 from shared.settings import Settings
 from shared.store import get_store

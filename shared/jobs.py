@@ -9,12 +9,18 @@ from __future__ import annotations
 
 import enum
 import json
+import re
 import uuid
 from datetime import datetime
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic.alias_generators import to_camel
+
+#: A job id (and a Supabase Auth user id) as the API writes it: the canonical 8-4-4-4-12
+#: form only (``uuid.UUID`` would also take braces, "urn:uuid:" and no hyphens), which is
+#: also what RLS compares with ``auth.uid()``.
+CANONICAL_UUID = re.compile(r"^[0-9a-fA-F]{8}-(?:[0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}$")
 
 
 class JobType(enum.StrEnum):

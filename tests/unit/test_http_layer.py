@@ -20,7 +20,8 @@ import pytest
 from werkzeug.test import EnvironBuilder
 
 from shared import errors
-from shared.http import MAX_JSON_DEPTH, caller_id, endpoint, parse_json, read_json
+from shared.http import MAX_JSON_DEPTH, endpoint, parse_json, read_json
+from shared.identity import caller_id
 from shared.jobs import MAX_METADATA_BYTES, MAX_METADATA_DEPTH, CreateJobRequest, Job
 from shared.settings import Settings, get_settings
 

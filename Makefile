@@ -58,6 +58,12 @@ bench: install
 	$(PY) scripts/bench.py
 	$(PY) scripts/bench_realtime.py
 
+# incident detection and root cause on the synthetic fleet and on the held-out labelled fleet
+# (tests/data/heldout_*.json, written before tuning), also with its server ids shuffled/reversed,
+# and on 40 generated stress fleets with the confidence calibration
+quality: install
+	$(PY) scripts/quality.py -v --generated 40
+
 # the labelled set the router's cues were tuned on, then a held-out set written afterwards
 router-accuracy: install
 	$(PY) scripts/router_accuracy.py tests/data/router_labelled.jsonl

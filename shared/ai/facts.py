@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import enum
 from datetime import datetime
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
 
 
@@ -59,6 +60,18 @@ class Episode(FactModel):
     peak: float
     peak_at: datetime
     threshold: float | None  #: the limit crossed, for threshold episodes
+    #: when the metric left its baseline, interpolated between the samples around the crossing
+    onset: datetime
+    robust_z: float  #: the peak's distance from the baseline median in robust units (MAD)
+    samples: int  #: abnormal samples in the episode (1 = a single odd sample)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _older_results(cls, data: Any) -> Any:
+        """Results stored before onsets existed stay readable: onset = start, strength unknown."""
+        if isinstance(data, dict) and "onset" not in data and "start" in data:
+            data = {**data, "onset": data["start"], "robustZ": 0.0, "samples": 0}
+        return data
 
     @property
     def first_seen(self) -> datetime:
@@ -74,13 +87,40 @@ class TimelineEvent(FactModel):
     unit: str
 
 
-class RootCause(FactModel):
+class Candidate(FactModel):
+    """One server of an incident weighed as its cause."""
+
     server_id: str
+    role: str
+    metric: str  #: the signal that moved first on this server
+    direction: int  #: +1 rose, -1 fell
+    onset: datetime  #: interpolated time the signal left its baseline
+    robust_z: float  #: the strongest deviation on this server, in robust units
+    abnormal_minutes: int
+    explains: list[str]  #: incident servers whose trouble this one accounts for (topology)
+    explained_by: list[str]  #: incident servers that account for this one's trouble
+    score: float
+
+
+class Link(FactModel):
+    """A direct call between two servers of an incident (from the fleet's topology)."""
+
+    caller: str
+    callee: str
+
+
+class RootCause(FactModel):
+    server_id: str  #: the best candidate (the cause when ``determined``)
     metric: str
     kind: str
     evidence: list[str]  #: machine-readable evidence keys, rendered per language
-    lead_minutes: int  #: how long before the next server the root server went wrong
+    lead_minutes: float  #: how long before the next server's onset the root's signal moved
     confidence: float = Field(ge=0, le=1)
+    determined: bool = True  #: False when the evidence does not separate the candidates
+    #: why the confidence is what it is: single_server | clear_margin | narrow_margin | tie
+    confidence_reason: str = "single_server"
+    margin: float = 0.0  #: score of the best candidate minus the runner-up's
+    candidates: list[Candidate] = Field(default_factory=list)  #: best first
 
 
 class Incident(FactModel):
@@ -92,10 +132,26 @@ class Incident(FactModel):
     recovered_at: datetime | None
     ongoing: bool
     duration_minutes: int
-    servers: list[str]  #: in the order they were hit
+    servers: list[str]  #: in the order their signals left the baseline
     root_cause: RootCause
+    links: list[Link] = Field(default_factory=list)
     episodes: list[Episode]
     timeline: list[TimelineEvent]
+
+
+class FleetWideEvent(FactModel):
+    """One signal moving on most of the fleet at once: a common cause, not a chain."""
+
+    id: str
+    metric: str
+    unit: str
+    direction: int  #: +1 rose, -1 fell
+    start: datetime  #: the earliest onset
+    end: datetime  #: the last abnormal sample
+    servers: list[str]
+    datacenters: list[str]
+    share: float  #: fraction of the servers that carry the metric
+    median_change: float  #: median peak / baseline ratio over the servers
 
 
 class Trend(FactModel):
@@ -166,3 +222,6 @@ class FleetFacts(FactModel):
     trends: list[Trend]
     capacity: list[Capacity]
     consolidations: list[Consolidation]
+    fleet_wide: list[FleetWideEvent] = Field(default_factory=list)
+    #: cpu/memory/disk/disk I/O of every server fitted with a line, rising or not (prediction)
+    outlooks: list[Trend] = Field(default_factory=list)

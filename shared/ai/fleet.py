@@ -23,6 +23,8 @@ One object; field names are camelCase::
           "datacenter": "dc1-seoul",
           "cpuCores": 16,                         # optional, default 4
           "memoryGb": 64,                         # optional, default 16
+          "dependsOn": ["storage-01"],            # optional: the servers this one calls;
+                                                  # replaces the default from roles (below)
           "metrics": {                            # one value per timestamp
             "cpu": [...],          # % busy, 0..100
             "memory": [...],       # % used, 0..100
@@ -41,6 +43,14 @@ One object; field names are camelCase::
 
 A ``null`` sample is read as the previous sample (the first one as the next non-null sample);
 unknown fields are ignored. Every metric list must have exactly one entry per timestamp.
+
+Dependencies (who calls whom) decide how an incident's servers are linked and which one
+explains the others. By default they follow the roles within one datacenter: a load balancer
+calls the web servers (or, without a web tier, the application servers), a web server calls the
+application servers (or the data tier), an application server calls the databases, caches and
+storage; data-tier servers call nothing. No default link crosses datacenters. A server's
+``dependsOn`` list replaces its default links (``[]`` for none) and may name servers in another
+datacenter (a replica following its primary, a shared cache); every id must exist.
 """
 
 from __future__ import annotations
@@ -134,6 +144,7 @@ class Server(_FleetModel):
     datacenter: str
     cpu_cores: int = Field(default=4, ge=1)
     memory_gb: float = Field(default=16.0, gt=0)
+    depends_on: list[str] | None = None  #: the servers this one calls; None = from roles
     metrics: ServerMetrics
 
     def series(self, metric: str) -> list[float] | None:
@@ -176,13 +187,58 @@ class Fleet(_FleetModel):
                         f"{server.id}.{metric} has {len(values)} samples, "
                         f"expected {len(self.timestamps)}"
                     )
+        for server in self.servers:
+            unknown = sorted(set(server.depends_on or ()) - seen - {server.id})
+            if unknown or server.id in (server.depends_on or ()):
+                raise ValueError(
+                    f"{server.id}.dependsOn names unknown servers or itself: "
+                    f"{', '.join(unknown) or server.id}"
+                )
         return self
+
+    def dependencies(self) -> dict[str, frozenset[str]]:
+        """Server id -> the ids it calls directly (see ``dependency_map``)."""
+        return dependency_map(self)
 
     def server(self, server_id: str) -> Server:
         for server in self.servers:
             if server.id == server_id:
                 return server
         raise KeyError(server_id)
+
+
+#: Default call order within a datacenter: each tier calls the first tier after it that the
+#: datacenter has (a web tier may be missing); the data tier calls nothing.
+_TIERS: tuple[frozenset[Role], ...] = (
+    frozenset({Role.LOAD_BALANCER}),
+    frozenset({Role.WEB}),
+    frozenset({Role.APPLICATION}),
+    frozenset({Role.DATABASE, Role.CACHE, Role.STORAGE}),
+)
+
+
+def _tier(role: Role) -> int:
+    return next(i for i, tier in enumerate(_TIERS) if role in tier)
+
+
+def dependency_map(fleet: Fleet) -> dict[str, frozenset[str]]:
+    """Server id -> the ids it calls directly: ``dependsOn`` where given, else from roles."""
+    by_dc: dict[str, list[Server]] = {}
+    for server in fleet.servers:
+        by_dc.setdefault(server.datacenter, []).append(server)
+    calls: dict[str, frozenset[str]] = {}
+    for server in fleet.servers:
+        if server.depends_on is not None:
+            calls[server.id] = frozenset(server.depends_on)
+            continue
+        peers = by_dc[server.datacenter]
+        callees: frozenset[str] = frozenset()
+        for tier in _TIERS[_tier(server.role) + 1 :]:
+            callees = frozenset(p.id for p in peers if p.role in tier)
+            if callees:
+                break
+        calls[server.id] = callees
+    return calls
 
 
 class FleetSource(Protocol):

@@ -12,8 +12,10 @@ import json
 import re
 from typing import Any
 
-_NUMBER = re.compile(r"(?<![\w.])\d+(?:[.,]\d+)*(?:\.\d+)?")
-_RAW_NUMBER = re.compile(r"\d+(?:\.\d+)?")
+#: A number as a reader sees it: thousands separated by commas only in groups of three
+#: ("1,276.5" is one number, "3,4" two), a decimal part after a dot. No lookbehind on letters:
+#: "p95" or Korean "약15" still show 95 and 15, and the allowed set is read the same way.
+_NUMBER = re.compile(r"(?<!\d)(?:\d{1,3}(?:,\d{3})+(?!\d)|\d+)(?:\.\d+)?")
 
 
 def _canon(token: str) -> float | None:
@@ -26,7 +28,7 @@ def _canon(token: str) -> float | None:
 def numbers_in(text: str) -> list[float]:
     """The numbers a reader sees in ``text`` (``1,276.5`` is one number)."""
     found = []
-    for match in _RAW_NUMBER.finditer(text):
+    for match in _NUMBER.finditer(text):
         value = _canon(match.group())
         if value is not None:
             found.append(value)

@@ -28,10 +28,16 @@ def _bullets(lines: list[str], indent: str = "") -> list[str]:
 
 def _root_cause(view: RootCauseView, language: Language) -> list[str]:
     conf = f"{t(LABELS, 'confidence', language)} {num(round(view.confidence * 100))}%"
-    return [
-        f"**{t(LABELS, 'root_cause', language)}** ({conf}): {view.text}",
-        *_bullets(view.evidence, "  "),
-    ]
+    lines = [f"**{t(LABELS, 'root_cause', language)}** ({conf}): {view.text}"]
+    if view.confidence_text:
+        lines.append(f"  - {t(LABELS, 'why_confidence', language)}: {view.confidence_text}")
+    return lines + _bullets(view.evidence, "  ")
+
+
+def _fleet_wide(lines: list[str], language: Language) -> list[str]:
+    if not lines:
+        return []
+    return ["", _h(2, "fleet_wide", language), *_bullets(lines)]
 
 
 def _recommendation(rec: Recommendation, language: Language) -> list[str]:
@@ -57,7 +63,7 @@ def _analysis(result: AnalysisResult) -> list[str]:
         lines += _bullets(f.evidence, "  ")
         if f.explanation:
             lines.append(f"  - {f.explanation}")
-    return lines
+    return lines + _fleet_wide(result.fleet_wide, lang)
 
 
 def _report(result: ReportResult) -> list[str]:
@@ -71,9 +77,11 @@ def _report(result: ReportResult) -> list[str]:
     for number, incident in enumerate(result.incidents, 1):
         icon = _ICONS[incident.severity.value]
         lines += ["", f"### {number}. {icon} {incident.headline}"]
-        if incident.explanation:
-            lines.append(incident.explanation)
+        # the writer's explanation when it gave one, else the story computed from the facts
+        if incident.explanation or incident.story:
+            lines.append(incident.explanation or incident.story)
         lines += _root_cause(incident.root_cause, lang)
+    lines += _fleet_wide(result.fleet_wide, lang)
     lines += ["", _h(2, "timeline", lang), "", "| | |", "|---|---|"]
     lines += [f"| {when(entry.at)} | {entry.text} |" for entry in result.timeline]
     if result.recommendations:
@@ -96,7 +104,7 @@ def _forecast(fc: Forecast, language: Language) -> str:
     to_critical = "-" if fc.hours_to_critical is None else f"{num(fc.hours_to_critical)}h"
     return (
         f"| {fc.server_id} | {metric} | {num(fc.current)}{fc.unit} | "
-        f"+{num(fc.slope_per_hour)}{fc.unit}/h "
+        f"{'+' if fc.slope_per_hour >= 0 else ''}{num(fc.slope_per_hour)}{fc.unit}/h "
         f"| {num(fc.projected)}{fc.unit} | {to_warning} | {to_critical} | {num(fc.confidence)} |"
     )
 
@@ -110,9 +118,11 @@ def _prediction(result: PredictionResult) -> list[str]:
     )
     lines = [_h(2, "forecasts", lang), "", header, "|---|---|---|---|---|---|---|---|"]
     lines += [_forecast(fc, lang) for fc in result.forecasts]
-    lines += [
-        f"- **{fc.server_id}**: {fc.explanation}" for fc in result.forecasts if fc.explanation
-    ]
+    lines += [""] if result.forecasts else []
+    for fc in result.forecasts:
+        text = " ".join(part for part in (fc.note, fc.explanation) if part)
+        if text:
+            lines.append(f"- **{fc.server_id}**: {text}")
     return lines
 
 

@@ -97,6 +97,7 @@ class Finding(ResultModel):
 class AnalysisResult(_ResultBase):
     type: Literal[JobType.ANALYSIS] = JobType.ANALYSIS
     findings: list[Finding]
+    fleet_wide: list[str] = Field(default_factory=list)  #: one line per fleet-wide event
 
 
 # ----------------------------------------------------------------------------- report
@@ -114,6 +115,9 @@ class RootCauseView(ResultModel):
     text: str
     evidence: list[str]
     confidence: float
+    determined: bool = True  #: False: ``candidates`` could not be told apart
+    candidates: list[str] = Field(default_factory=list)  #: best first
+    confidence_text: str = ""  #: why the confidence is what it is (code-built)
 
 
 class ReportIncident(ResultModel):
@@ -125,6 +129,7 @@ class ReportIncident(ResultModel):
     start: datetime
     recovered_at: datetime | None
     root_cause: RootCauseView
+    story: str = ""  #: the computed order and roles, in words (code-built, not canned)
     explanation: str = ""
 
 
@@ -141,6 +146,8 @@ class Recommendation(ResultModel):
 class ReportResult(_ResultBase):
     type: Literal[JobType.REPORT] = JobType.REPORT
     affected_servers: list[str]
+    #: one line per fleet-wide event (code-built); those servers are not "affected" by incidents
+    fleet_wide: list[str] = Field(default_factory=list)
     incidents: list[ReportIncident]
     timeline: list[TimelineEntry]
     root_cause: RootCauseView | None  #: of the most severe incident
@@ -171,6 +178,8 @@ class Forecast(ResultModel):
     hours_to_threshold: float | None  #: to the warning limit
     hours_to_critical: float | None
     confidence: float  #: the fit's R²
+    outlook: str = "rising"  #: rising | flat | falling (a flat metric is answered too)
+    note: str = ""  #: what the line says, in words (code-built)
     explanation: str = ""
 
 

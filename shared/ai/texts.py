@@ -36,6 +36,7 @@ INCIDENT_KINDS: _T = {
     "slow_response": ("응답 지연", "slow responses"),
     "high_load": ("높은 부하", "high load"),
     "traffic_anomaly": ("트래픽 이상", "traffic anomaly"),
+    "traffic_surge": ("트래픽 급증", "traffic surge"),
     "anomaly": ("이상 징후", "anomaly"),
 }
 
@@ -56,7 +57,7 @@ SEVERITIES: _T = {
 
 ROLES: _T = {
     "web": ("웹", "web"),
-    "application": ("애플리케이션(WAS)", "application (WAS)"),
+    "application": ("애플리케이션 서버", "application server"),
     "database": ("데이터베이스", "database"),
     "cache": ("캐시", "cache"),
     "storage": ("스토리지", "storage"),
@@ -73,6 +74,8 @@ LABELS: _T = {
     "timeline": ("타임라인", "Timeline"),
     "root_cause": ("근본 원인", "Root cause"),
     "confidence": ("신뢰도", "confidence"),
+    "why_confidence": ("신뢰도 근거", "Why this confidence"),
+    "fleet_wide": ("전체 공통 이벤트", "Fleet-wide events"),
     "affected": ("영향받은 서버", "Affected servers"),
     "actions": ("권장 조치", "Recommended actions"),
     "recommendations": ("최적화 제안", "Optimisation recommendations"),

@@ -47,32 +47,6 @@ def _pick(language: Language, ko: str, en: str) -> str:
 
 # ----------------------------------------------------------------------------- local writer
 
-_KIND_EXPLANATIONS: dict[str, tuple[str, str]] = {
-    "disk_io_saturation": (
-        "백업 같은 대량 I/O 작업이 디스크를 포화시켜 "
-        "이 DB를 쓰는 애플리케이션 서버의 응답이 함께 느려진 패턴입니다.",
-        "A bulk I/O job such as a backup saturated the disk, so the application servers using "
-        "this database slowed down with it.",
-    ),
-    "memory_leak": (
-        "메모리가 몇 시간에 걸쳐 꾸준히 증가한 뒤 재시작으로만 해소된 전형적인 누수 패턴이며, "
-        "재시작 후에도 다시 증가하고 있습니다.",
-        "Memory grew steadily for hours and only a restart released it: a classic leak, and it is "
-        "growing again since the restart.",
-    ),
-    "cpu_spike": (
-        "부하와 응답 시간이 먼저 오르고 CPU가 포화된 뒤 앞단 웹 서버의 응답이 느려졌습니다.",
-        "Load and latency rose first, then the CPU saturated and the web servers in front of it "
-        "slowed down.",
-    ),
-    "packet_loss": (
-        "로드밸런서에서 패킷 손실이 생기자 "
-        "그 뒤의 웹 서버로 가는 트래픽이 줄고 응답이 느려졌습니다.",
-        "Packet loss at the load balancer cut traffic to the web servers behind it and slowed "
-        "their responses.",
-    ),
-}
-
 
 def _status_sentence(facts: FleetFacts, language: Language) -> str:
     counts = facts.status.counts
@@ -96,6 +70,8 @@ def _status_sentence(facts: FleetFacts, language: Language) -> str:
 
 def _incident_phrase(incident: Incident, language: Language) -> str:
     kind = t(INCIDENT_KINDS, incident.kind, language)
+    if not incident.root_cause.determined:
+        return f"{kind}({', '.join(incident.servers)}, {when(incident.start)})"
     return f"{incident.root_cause.server_id} {kind}({when(incident.start)})"
 
 
@@ -216,10 +192,12 @@ def _explanation(result: AIResult, item_id: str) -> str:
     if isinstance(result, ReportResult):
         incident = next((i for i in result.incidents if i.id == item_id), None)
         if incident is not None:
-            ko, en = _KIND_EXPLANATIONS.get(incident.kind, ("", ""))
-            return _pick(language, ko, en) or incident.root_cause.text
+            # the story compose computed from the order and roles, never a fixed one per kind
+            return incident.story or incident.root_cause.text
     if isinstance(result, PredictionResult):
         fc = next(f for f in result.forecasts if f.id == item_id)
+        if fc.outlook != "rising":
+            return ""  # the forecast's own note says it is flat; no projection to add
         return _pick(
             language,
             f"최근 추세(R² {num(fc.confidence)})가 이어지면 {fc.horizon_hours}시간 뒤 "

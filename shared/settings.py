@@ -107,6 +107,12 @@ def _refuse(name: str, message: str) -> ConfigError:
     return ConfigError(f"setting {name} {message}", details={"setting": name})
 
 
+def _require(holds: bool, name: str, message: str) -> None:
+    """A rule between settings: when it does not hold, refuse, naming the variable to fix."""
+    if not holds:
+        raise _refuse(name, message)
+
+
 def _config_error(exc: ValidationError) -> ConfigError:
     """The first problem of a validation, naming its variable (never echoing a secret)."""
     first = exc.errors(include_url=False)[0]
@@ -235,12 +241,12 @@ class AISettings(_Declared):
 
     @model_validator(mode="after")
     def _thresholds_in_order(self) -> Self:
-        if self.router_medium_score > self.router_complex_score:
-            raise _refuse(
-                "ROUTER_MEDIUM_SCORE",
-                f"({self.router_medium_score}) must be <= ROUTER_COMPLEX_SCORE "
-                f"({self.router_complex_score})",
-            )
+        _require(
+            self.router_medium_score <= self.router_complex_score,
+            "ROUTER_MEDIUM_SCORE",
+            f"({self.router_medium_score}) must be <= ROUTER_COMPLEX_SCORE "
+            f"({self.router_complex_score})",
+        )
         return self
 
     @property
@@ -413,24 +419,24 @@ class Settings(_Declared):
 
     @model_validator(mode="after")
     def _backoff_in_order(self) -> Self:
-        if self.retry_min_backoff_s > self.retry_max_backoff_s:
-            raise _refuse(
-                "JOB_RETRY_MIN_BACKOFF_S",
-                f"({self.retry_min_backoff_s:g}) must be <= JOB_RETRY_MAX_BACKOFF_S "
-                f"({self.retry_max_backoff_s:g})",
-            )
+        _require(
+            self.retry_min_backoff_s <= self.retry_max_backoff_s,
+            "JOB_RETRY_MIN_BACKOFF_S",
+            f"({self.retry_min_backoff_s:g}) must be <= JOB_RETRY_MAX_BACKOFF_S "
+            f"({self.retry_max_backoff_s:g})",
+        )
         return self
 
     @model_validator(mode="after")
     def _deadlines_nest(self) -> Self:
         # The pipeline must end (and fail the job cleanly) before Cloud Tasks gives up on the
         # request, or the task is retried while the job still looks alive.
-        if self.job_deadline_s + DEADLINE_MARGIN_S > self.dispatch_deadline_s:
-            raise _refuse(
-                "JOB_DEADLINE_S",
-                f"({self.job_deadline_s:g}) must be at most TASK_DISPATCH_DEADLINE_S "
-                f"({self.dispatch_deadline_s}) less {DEADLINE_MARGIN_S:g} s",
-            )
+        _require(
+            self.job_deadline_s + DEADLINE_MARGIN_S <= self.dispatch_deadline_s,
+            "JOB_DEADLINE_S",
+            f"({self.job_deadline_s:g}) must be at most TASK_DISPATCH_DEADLINE_S "
+            f"({self.dispatch_deadline_s}) less {DEADLINE_MARGIN_S:g} s",
+        )
         return self
 
     @classmethod
@@ -530,28 +536,28 @@ class DeploySettings(_Declared):
         from shared.store import CLIENT_TIMEOUT_S
 
         app = self.app
-        if app.dispatch_deadline_s > self.processor_timeout_s:
-            raise _refuse(
-                "TASK_DISPATCH_DEADLINE_S",
-                f"({app.dispatch_deadline_s}) must be at most PROCESSOR_TIMEOUT_S "
-                f"({self.processor_timeout_s}): the platform would end the request first",
-            )
+        _require(
+            app.dispatch_deadline_s <= self.processor_timeout_s,
+            "TASK_DISPATCH_DEADLINE_S",
+            f"({app.dispatch_deadline_s}) must be at most PROCESSOR_TIMEOUT_S "
+            f"({self.processor_timeout_s}): the platform would end the request first",
+        )
         # The job's own attempt counter decides when a job has failed for good (it answers
         # 2xx then); the queue must allow at least that many deliveries.
-        if self.queue_max_attempts < app.max_attempts:
-            raise _refuse(
-                "QUEUE_MAX_ATTEMPTS",
-                f"({self.queue_max_attempts}) must be >= MAX_ATTEMPTS ({app.max_attempts})",
-            )
+        _require(
+            self.queue_max_attempts >= app.max_attempts,
+            "QUEUE_MAX_ATTEMPTS",
+            f"({self.queue_max_attempts}) must be >= MAX_ATTEMPTS ({app.max_attempts})",
+        )
         # A renewal runs every third of the lease and may take a whole store call: the lease
         # must outlast both, or a slow database hands a live job to a second worker.
         floor = math.ceil(CLIENT_TIMEOUT_S * 3 / 2)
-        if app.lease_seconds < floor:
-            raise _refuse(
-                "LEASE_SECONDS",
-                f"({app.lease_seconds}) must be >= {floor} when deployed (renewed every third "
-                f"of it, each renewal may take {CLIENT_TIMEOUT_S:g} s)",
-            )
+        _require(
+            app.lease_seconds >= floor,
+            "LEASE_SECONDS",
+            f"({app.lease_seconds}) must be >= {floor} when deployed (renewed every third "
+            f"of it, each renewal may take {CLIENT_TIMEOUT_S:g} s)",
+        )
         return self
 
     @classmethod

@@ -29,7 +29,7 @@ from shared.identity import verify_caller
 from shared.jobs import Job, JobStatus
 from shared.settings import Settings
 from shared.store import JobStore, get_store
-from shared.tasks import dispatch_or_release, get_queue
+from shared.tasks import TaskQueue, dispatch_or_release, get_queue
 
 #: Seconds Cloud Tasks is asked to wait when this worker or the database is down.
 RETRY_AFTER_S = 5
@@ -110,9 +110,13 @@ class Heartbeat:
 
 
 class Processor:
-    def __init__(self, store: JobStore, settings: Settings) -> None:
+    """Runs one delivery of a job. The store and the queue are given, so a test can hand it
+    ones that honour the same contract in memory (``tests/unit/memory.py``)."""
+
+    def __init__(self, store: JobStore, settings: Settings, queue: TaskQueue | None = None) -> None:
         self.store = store
         self.settings = settings
+        self.queue = get_queue(settings) if queue is None else queue
 
     def process(self, job_id: uuid.UUID, delivery: Delivery) -> tuple[str, int]:
         """Returns (outcome, HTTP status for Cloud Tasks)."""
@@ -219,8 +223,7 @@ class Processor:
             return "retry", 503
         if dispatch is None:
             return "superseded", 200  # cancelled, claimed or re-dispatched meanwhile
-        queue = get_queue(self.settings)
-        scheduled = dispatch_or_release(queue, self.store, job.id, dispatch, delay_s=delay)
+        scheduled = dispatch_or_release(self.queue, self.store, job.id, dispatch, delay_s=delay)
         logs.warning(
             "retryable failure; retry scheduled" if scheduled else "retryable failure; reaper",
             **context,

@@ -94,14 +94,21 @@ Google Cloud (default)
   DEPLOY_BUILD_DIR                build/deploy      (where each function's source is staged)
 
 Functions (default)
-  FUNCTION_RUNTIME                python311
+  FUNCTION_RUNTIME                python313 (the newest GA runtime every pinned package has
+                                             cp313 wheels for; python314 is in preview)
   PROCESSOR_MEMORY                1Gi
   PROCESSOR_MAX_INSTANCES         10
   PROCESSOR_MIN_INSTANCES         0
+  PROCESSOR_CPU                   1       (vCPUs per instance; concurrency > 1 needs >= 1)
+  PROCESSOR_CONCURRENCY           4       (jobs at once per instance; also its THREADS)
   FUNCTION_MEMORY                 256Mi   (the six other functions)
   FUNCTION_TIMEOUT_S              60
   FUNCTION_MAX_INSTANCES          20
   FUNCTION_MIN_INSTANCES          0
+  FUNCTION_CPU                    1
+  FUNCTION_CONCURRENCY            16      (requests at once per instance; also its THREADS)
+  CREATE_MIN_INSTANCES            FUNCTION_MIN_INSTANCES (1 keeps a warm ai-jobs-create, so
+                                  no create waits for a cold start: README, "Deployment")
 
 Cloud Tasks queue retry configuration (default)
   QUEUE_MIN_BACKOFF               10s
@@ -187,15 +194,20 @@ INVOKER_SA="${INVOKER_SA_NAME}@${PROJECT}.iam.gserviceaccount.com"
 BUILD_SERVICE_ACCOUNT=${BUILD_SERVICE_ACCOUNT:-}
 BUILD_DIR=${DEPLOY_BUILD_DIR:-build/deploy}
 
-FUNCTION_RUNTIME=${FUNCTION_RUNTIME:-python311}
+FUNCTION_RUNTIME=${FUNCTION_RUNTIME:-python313}
 PROCESSOR_MEMORY=${PROCESSOR_MEMORY:-1Gi}
 PROCESSOR_TIMEOUT_S=$SETTING_PROCESSOR_TIMEOUT_S
 PROCESSOR_MAX_INSTANCES=${PROCESSOR_MAX_INSTANCES:-10}
 PROCESSOR_MIN_INSTANCES=${PROCESSOR_MIN_INSTANCES:-0}
+PROCESSOR_CPU=${PROCESSOR_CPU:-1}
+PROCESSOR_CONCURRENCY=${PROCESSOR_CONCURRENCY:-4}
 FUNCTION_MEMORY=${FUNCTION_MEMORY:-256Mi}
 FUNCTION_TIMEOUT_S=${FUNCTION_TIMEOUT_S:-60}
 FUNCTION_MAX_INSTANCES=${FUNCTION_MAX_INSTANCES:-20}
 FUNCTION_MIN_INSTANCES=${FUNCTION_MIN_INSTANCES:-0}
+FUNCTION_CPU=${FUNCTION_CPU:-1}
+FUNCTION_CONCURRENCY=${FUNCTION_CONCURRENCY:-16}
+CREATE_MIN_INSTANCES=${CREATE_MIN_INSTANCES:-$FUNCTION_MIN_INSTANCES}
 
 QUEUE_MAX_ATTEMPTS=$SETTING_QUEUE_MAX_ATTEMPTS
 QUEUE_MIN_BACKOFF=${QUEUE_MIN_BACKOFF:-10s}
@@ -218,6 +230,18 @@ is_int() { [[ "$1" =~ ^[0-9]+$ ]]; }
 # This script's own numbers; the functions' settings were checked by shared/settings.py above.
 for name in FUNCTION_TIMEOUT_S; do
   is_int "${!name}" || die "$name must be a whole number of seconds, got '${!name}'"
+done
+# Cloud Run functions serve more than one request per instance only with at least 1 vCPU; and
+# functions_framework's gunicorn runs THREADS threads (default 4 per CPU), which deploy() sets
+# to the concurrency, as the Cloud Functions concurrency page recommends.
+for pair in "FUNCTION_CPU FUNCTION_CONCURRENCY" "PROCESSOR_CPU PROCESSOR_CONCURRENCY"; do
+  read -r cpu_var conc_var <<<"$pair"
+  [[ "${!cpu_var}" =~ ^[0-9]+(\.[0-9]+)?$ ]] || die "$cpu_var must be a number of vCPUs, got '${!cpu_var}'"
+  { is_int "${!conc_var}" && ((${!conc_var} >= 1 && ${!conc_var} <= 1000)); } \
+    || die "$conc_var must be a whole number from 1 to 1000, got '${!conc_var}'"
+  if ((${!conc_var} > 1)) && [[ "${!cpu_var}" =~ ^0*(\.[0-9]*)?$ ]]; then
+    die "$conc_var (${!conc_var}) > 1 needs $cpu_var >= 1, got '${!cpu_var}'"
+  fi
 done
 
 # Which functions this run deploys.
@@ -442,12 +466,14 @@ stage() {
   echo "staged $dest (main.py, shared/, requirements.txt)"
 }
 
-# write_env NAME PROCESSOR_URL REAPER_URL: the function's non-secret settings as a YAML file
-# (--env-vars-file: no comma escaping, so ALLOWED_ORIGINS can be a comma list).
+# write_env NAME PROCESSOR_URL REAPER_URL CONCURRENCY: the function's non-secret settings as a
+# YAML file (--env-vars-file: no comma escaping, so ALLOWED_ORIGINS can be a comma list).
 write_env() {
   local name=$1 file="$BUILD_DIR/$1.env.yaml" var
   {
     echo "# written by deploy.sh for $name; secrets are mounted from Secret Manager, not here"
+    # functions_framework's gunicorn thread pool, one thread per concurrent request
+    echo "THREADS: $(yaml_quote "$4")"
     local own="SUPABASE_URL GCP_PROJECT FUNCTION_REGION TASKS_LOCATION TASKS_QUEUE
       TASKS_INVOKER_SA PROCESSOR_URL PROCESSOR_VERIFY_OIDC PUBLIC_BASE_URL REAPER_URL"
     for var in $own; do
@@ -472,11 +498,15 @@ write_env() {
 deploy() {
   local name=$1 entry=$2 access=$3 memory=$FUNCTION_MEMORY timeout=$FUNCTION_TIMEOUT_S
   local max=$FUNCTION_MAX_INSTANCES min=$FUNCTION_MIN_INSTANCES
+  local cpu=$FUNCTION_CPU concurrency=$FUNCTION_CONCURRENCY
   if [[ "$name" == "$PROCESSOR" ]]; then
     memory=$PROCESSOR_MEMORY timeout=$PROCESSOR_TIMEOUT_S
     max=$PROCESSOR_MAX_INSTANCES min=$PROCESSOR_MIN_INSTANCES
+    cpu=$PROCESSOR_CPU concurrency=$PROCESSOR_CONCURRENCY
+  elif [[ "$name" == ai-jobs-create ]]; then
+    min=$CREATE_MIN_INSTANCES
   fi
-  write_env "$name" "$4" "$5"
+  write_env "$name" "$4" "$5" "$concurrency"
   local cmd=(gcloud functions deploy "$name" --gen2 --region="$REGION" --project="$PROJECT"
     --runtime="$FUNCTION_RUNTIME" --source="$BUILD_DIR/$name" --entry-point="$entry"
     --trigger-http)
@@ -485,7 +515,8 @@ deploy() {
   else
     cmd+=(--no-allow-unauthenticated)
   fi
-  cmd+=(--memory="$memory" --timeout="${timeout}s" --max-instances="$max" --min-instances="$min"
+  cmd+=(--memory="$memory" --cpu="$cpu" --concurrency="$concurrency" --timeout="${timeout}s"
+    --max-instances="$max" --min-instances="$min"
     --service-account="$RUNTIME_SA" --env-vars-file="$ENV_FILE")
   # the console mounts no secret (it serves only public values)
   if [[ -n "${MOUNTS[$name]:-}" ]]; then cmd+=(--set-secrets="${MOUNTS[$name]}"); fi

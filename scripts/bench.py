@@ -1,13 +1,20 @@
-"""Benchmark the local stack against the seed's targets (§8.2), with baselines from the same run.
+"""Benchmark the local stack: latency, CPU and round trips per request, cold starts, and the
+queue's cost per job next to a peer, each beside a floor measured in the same run.
 
 Starts its own stack on free ports (local writer, so the figures are the queue's own cost,
-not a model's), then measures over real HTTP on loopback:
+not a model's) and, on the same Postgres server:
 
-- baselines: the function host answering with no work, and one PostgREST RPC straight to
-  the gateway (the floor under every function that touches the database);
-- job creation (target < 500 ms), polling (< 200 ms), 304 polling, the synchronous simple
-  answer (< 5 s), how soon a progress step is visible to a poller (< 5 s), and throughput
-  of whole jobs.
+- floors: bare functions-framework functions (served as the project's are: gunicorn) doing the
+  one INSERT or SELECT a create or a get needs, with psycopg straight to Postgres;
+- the API at 16 keep-alive connections with the queue paused (create, get, list), then with
+  jobs running; CPU milliseconds per request of each process; round trips to Supabase and
+  Cloud Tasks per operation;
+- cold starts: a fresh ``functions-framework`` process per function, process start -> first
+  answered request, next to a bare function;
+- jobs: pickup latency (created -> claimed), CPU per job across every process beyond the AI
+  work itself, burst throughput; and the same for Procrastinate on the same Postgres.
+
+Prints a table, writes ``docs/bench.json`` and draws ``docs/bench.png``.
 
     make bench        # or: .venv/bin/python scripts/bench.py [--quick]
 """
@@ -15,191 +22,490 @@ not a model's), then measures over real HTTP on loopback:
 from __future__ import annotations
 
 import argparse
-import statistics
+import json
+import os
+import platform
 import sys
 import tempfile
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import httpx
+import psycopg
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from infra.local.host import FUNCTIONS
 from infra.local.stack import LocalStack, StackConfig
+from scripts import bench_peer
+from scripts.bench_tools import (
+    CpuMeter,
+    LoadResult,
+    cold_start_ms,
+    host_pids,
+    json_ready,
+    load,
+    percentiles,
+    postmaster_pid,
+    serve_function,
+    stop,
+    worker_pid,
+)
 
+REPO_ROOT = Path(__file__).resolve().parents[1]
+OUT_DIR = REPO_ROOT / "docs"
+BENCH_FUNCTIONS = Path(__file__).resolve().parent / "bench_functions"
 COMPLEX = "모든 서버 분석하고 최적화 리포트 만들어줘"
-SIMPLE = "현재 서버 상태 알려줘"
-FINAL = {"completed", "failed", "cancelled"}
+CONNECTIONS = 16
 
 
-def timed(call: Callable[[], httpx.Response], n: int, expect: int) -> list[float]:
-    samples = []
-    for _ in range(n):
-        started = time.perf_counter()
-        response = call()
-        samples.append((time.perf_counter() - started) * 1000)
-        if response.status_code != expect:
-            raise SystemExit(f"unexpected {response.status_code}: {response.text[:300]}")
-    return samples
+def say(text: str) -> None:
+    print(text, flush=True)
 
 
-def pct(samples: list[float]) -> tuple[float, float, float]:
-    cuts = statistics.quantiles(samples, n=100, method="inclusive")
-    return cuts[49], cuts[94], cuts[98]
-
-
-def row(name: str, samples: list[float], target: str = "", unit: str = "ms") -> None:
-    p50, p95, p99 = pct(samples)
-    print(
-        f"{name:<38} n={len(samples):<5} p50={p50:8.1f}{unit}  p95={p95:8.1f}{unit}"
-        f"  p99={p99:8.1f}{unit}  {target}"
+def row(name: str, result: LoadResult, cpu_key: str) -> None:
+    lat = result.latency_ms
+    say(
+        f"  {name:<34} p50 {lat['p50']:7.1f}  p90 {lat['p90']:7.1f}  p99 {lat['p99']:7.1f} ms"
+        f"  {result.rps:7.1f} req/s  CPU {result.cpu_ms_per_request.get(cpu_key, 0):5.2f} ms/req"
     )
 
 
-def wait_final(http: httpx.Client, job_id: str, timeout_s: float = 120) -> dict[str, object]:
+# --- floors ----------------------------------------------------------------------------------
+
+
+def start_floors(stack: LocalStack) -> tuple[dict[str, Any], list[Any]]:
+    assert stack.pg is not None
+    uri = stack.pg.create_database("bench_floor")
+    with psycopg.connect(uri, autocommit=True) as conn:
+        conn.execute(
+            "create table bench_floor (id uuid primary key, body jsonb not null,"
+            " created_at timestamptz not null default now())"
+        )
+    env = {"BENCH_DATABASE_URL": uri}
+    floors: dict[str, Any] = {}
+    processes = []
+    for target in ("insert_row", "select_row"):
+        process, url = serve_function(target, BENCH_FUNCTIONS / "floor.py", env)
+        processes.append(process)
+        floors[target] = {"url": url, "pid": worker_pid(process.pid)}
+    return floors, processes
+
+
+# --- round trips -------------------------------------------------------------------------------
+
+
+def round_trips(stack: LocalStack) -> dict[str, dict[str, int]]:
+    """Requests each operation sends to Supabase (HTTP, counted at the transport) and calls it
+    makes to Cloud Tasks, with the functions loaded in this process as an instance loads them."""
+    import functions_framework
+
+    import shared.store
+    import shared.tasks
+    from shared.settings import get_settings
+
+    os.environ.update(stack.function_env)
+    for cached in (get_settings, shared.store.get_store, shared.tasks.get_queue):
+        cached.cache_clear()
+    clients = {
+        name: functions_framework.create_app(  # type: ignore[no-untyped-call]
+            FUNCTIONS[name], str(REPO_ROOT / "functions" / name / "main.py")
+        ).test_client()
+        for name in ("ai-jobs-create", "ai-jobs-get", "ai-jobs-list", "ai-jobs-cancel")
+    }
+    counts = {"supabase": 0, "cloudTasks": 0}
+    send = httpx.Client.send
+
+    def counting_send(self: httpx.Client, request: httpx.Request, **kwargs: Any) -> Any:
+        if str(request.url).startswith(stack.gateway_url):
+            counts["supabase"] += 1
+        return send(self, request, **kwargs)
+
+    queue = shared.tasks.get_queue(get_settings())
+    call_rpc = queue._call  # every Cloud Tasks RPC goes through it (one channel per queue)
+
+    def counted(method: str, **kwargs: Any) -> Any:
+        counts["cloudTasks"] += 1
+        return call_rpc(method, **kwargs)
+
+    queue._call = counted  # type: ignore[method-assign]
+
+    def measure(call: Callable[[], Any]) -> tuple[dict[str, int], Any]:
+        counts.update(supabase=0, cloudTasks=0)
+        httpx.Client.send = counting_send  # type: ignore[method-assign]
+        try:
+            result = call()
+        finally:
+            httpx.Client.send = send  # type: ignore[method-assign]
+        return dict(counts), result
+
+    out: dict[str, dict[str, int]] = {}
+    out["create"], created = measure(
+        lambda: clients["ai-jobs-create"].post("/", json={"query": COMPLEX})
+    )
+    job_id = created.get_json()["jobId"]
+    out["get"], _ = measure(lambda: clients["ai-jobs-get"].get(f"/{job_id}"))
+    out["get with logs"], _ = measure(lambda: clients["ai-jobs-get"].get(f"/{job_id}?logs=true"))
+    out["list"], _ = measure(lambda: clients["ai-jobs-list"].get("/"))
+    out["cancel"], _ = measure(lambda: clients["ai-jobs-cancel"].post("/", json={"jobId": job_id}))
+    return out
+
+
+# --- cold starts -------------------------------------------------------------------------------
+
+
+def cold_starts(stack: LocalStack, http: httpx.Client, repeats: int) -> dict[str, Any]:
+    from shared.tasks import SECRET_HEADER
+
+    env = dict(stack.function_env)
+    done = http.post("/ai-jobs-create", json={"query": COMPLEX}).json()["jobId"]
+
+    # queued jobs for the cancel runs, made before any timing starts
+    to_cancel = [
+        str(http.post("/ai-jobs-create", json={"query": COMPLEX}).json()["jobId"])
+        for _ in range(repeats)
+    ]
+
+    cases: dict[str, tuple[str, Path, Callable[[httpx.Client], httpx.Response], set[int]]] = {
+        "bare function": (
+            "hello",
+            BENCH_FUNCTIONS / "bare.py",
+            lambda c: c.get("/"),
+            {200},
+        ),
+        "ai-jobs-create": (
+            "create_job",
+            REPO_ROOT / "functions/ai-jobs-create/main.py",
+            lambda c: c.post("/", json={"query": COMPLEX}),
+            {202},
+        ),
+        "ai-jobs-get": (
+            "get_job",
+            REPO_ROOT / "functions/ai-jobs-get/main.py",
+            lambda c: c.get(f"/{done}"),
+            {200},
+        ),
+        "ai-jobs-list": (
+            "list_jobs",
+            REPO_ROOT / "functions/ai-jobs-list/main.py",
+            lambda c: c.get("/"),
+            {200},
+        ),
+        "ai-jobs-cancel": (
+            "cancel_job",
+            REPO_ROOT / "functions/ai-jobs-cancel/main.py",
+            lambda c: c.post("/", json={"jobId": to_cancel.pop()}),
+            {200},
+        ),
+        "ai-jobs-process": (
+            "process_job",
+            REPO_ROOT / "functions/ai-jobs-process/main.py",
+            lambda c: c.post(
+                "/",
+                json={"jobId": str(uuid.uuid4())},
+                headers={
+                    SECRET_HEADER: stack.secret,
+                    "X-CloudTasks-QueueName": "ai-jobs",
+                    "X-CloudTasks-TaskName": "cold-start-probe",
+                },
+            ),
+            {200},
+        ),
+    }
+    out: dict[str, Any] = {}
+    for name, (target, source, first, expect) in cases.items():
+        runs = [cold_start_ms(target, source, env, first, expect) for _ in range(repeats)]
+        wall = sorted(ms for ms, _cpu in runs)
+        cpu = sorted(cpu for _ms, cpu in runs)
+        out[name] = {"ms": wall, "median": wall[len(wall) // 2], "cpuMs": cpu[len(cpu) // 2]}
+        say(f"  {name:<34} {out[name]['median']:7.0f} ms wall  {out[name]['cpuMs']:6.0f} ms CPU")
+    return out
+
+
+# --- jobs ------------------------------------------------------------------------------------
+
+
+def wait_final(stack: LocalStack, job_ids: list[str], timeout_s: float = 300) -> None:
+    """Wait until every job is final, asking Postgres directly: polling over HTTP would add
+    its own load to the processes whose CPU per job is being measured."""
     deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        job = http.get(f"/ai-jobs-get/{job_id}").json()
-        if job["status"] in FINAL:
-            return dict(job)
-        time.sleep(0.05)
-    raise SystemExit(f"job {job_id} did not finish")
+    with psycopg.connect(stack.db_uri, autocommit=True) as conn:
+        while True:
+            row = conn.execute(
+                "select count(*) from ai_jobs where id = any(%s::uuid[])"
+                " and status not in ('completed', 'failed', 'cancelled')",
+                (job_ids,),
+            ).fetchone()
+            if row is not None and row[0] == 0:
+                return
+            if time.monotonic() > deadline:
+                raise SystemExit(f"{row[0] if row else '?'} jobs did not finish")
+            time.sleep(0.02)
 
 
-def drain(http: httpx.Client) -> None:
-    while http.get("/ai-jobs-list", params={"status": "queued,processing"}).json()["jobs"]:
-        time.sleep(0.2)
+def ai_work_cpu_ms(repeats: int = 5) -> float:
+    """CPU of the AI work alone (the local writer), run in this process: what a job costs
+    whatever queue carries it."""
+    from shared.ai import pipeline
+    from shared.jobs import JobType
+    from shared.settings import AISettings
+
+    settings = AISettings.from_env({"AI_WRITER": "local"})
+    pipeline.run(COMPLEX, JobType.REPORT, lambda _p, _s: True, settings=settings)
+    began = time.thread_time()
+    for _ in range(repeats):
+        pipeline.run(COMPLEX, JobType.REPORT, lambda _p, _s: True, settings=settings)
+    return round((time.thread_time() - began) * 1000 / repeats, 2)
 
 
-def visibility(http: httpx.Client, jobs: int) -> list[float]:
-    """Seconds between a progress row being written and a 50 ms poller first seeing it."""
-    delays: list[float] = []
+def pickup_ms(stack: LocalStack, http: httpx.Client, jobs: int) -> dict[str, float]:
+    """created -> claimed (both stamped by Postgres), one job at a time."""
+    ids = []
     for _ in range(jobs):
         job_id = http.post("/ai-jobs-create", json={"query": COMPLEX}).json()["jobId"]
-        seen: set[int] = set()
-        while True:
-            job = http.get(f"/ai-jobs-get/{job_id}", params={"logs": "true"}).json()
-            now = datetime.now().astimezone()
-            for line in job["logs"]:
-                if line["id"] not in seen and line["progress"] is not None:
-                    seen.add(line["id"])
-                    written = datetime.fromisoformat(line["createdAt"])
-                    delays.append((now - written).total_seconds() * 1000)
-            if job["status"] in FINAL:
-                break
-            time.sleep(0.05)
-    return delays
+        wait_final(stack, [job_id])
+        ids.append(job_id)
+        time.sleep(0.02)
+    with psycopg.connect(stack.db_uri) as conn:
+        rows = conn.execute(
+            "select extract(epoch from started_at - created_at) * 1000 from ai_jobs"
+            " where id = any(%s::uuid[])",
+            (ids,),
+        ).fetchall()
+    return dict(percentiles([float(r[0]) for r in rows]))
 
 
-def throughput(base_url: str, jobs: int, clients: int) -> tuple[float, list[float]]:
-    durations: list[float] = []
+def jobs_running(
+    stack: LocalStack, http: httpx.Client, pids: dict[str, int], jobs: int
+) -> dict[str, Any]:
+    """Creates from 8 threads while the jobs they start run, a poller beside them; then the
+    CPU each process spent per job and the burst's throughput."""
+    polls: list[float] = []
+    stop_polling = threading.Event()
+    probe = http.post("/ai-jobs-create", json={"query": COMPLEX}).json()["jobId"]
+    wait_final(stack, [probe])
+
+    def poller() -> None:
+        with httpx.Client(base_url=stack.base_url, timeout=60) as client:
+            while not stop_polling.is_set():
+                began = time.perf_counter()
+                client.get(f"/ai-jobs-get/{probe}")
+                polls.append((time.perf_counter() - began) * 1000)
+                time.sleep(0.05)
+
+    creates: list[float] = []
+    ids: list[str] = []
     lock = threading.Lock()
 
-    def one(_: int) -> None:
-        with httpx.Client(base_url=base_url, timeout=60) as http:
-            started = time.perf_counter()
-            job_id = http.post("/ai-jobs-create", json={"query": COMPLEX}).json()["jobId"]
-            job = wait_final(http, job_id)
-            if job["status"] != "completed":
-                raise SystemExit(f"job {job_id} ended {job['status']}")
+    def create(_: int) -> None:
+        with httpx.Client(base_url=stack.base_url, timeout=60) as client:
+            began = time.perf_counter()
+            response = client.post("/ai-jobs-create", json={"query": COMPLEX})
             with lock:
-                durations.append((time.perf_counter() - started) * 1000)
+                creates.append((time.perf_counter() - began) * 1000)
+                ids.append(response.json()["jobId"])
 
-    started = time.perf_counter()
-    with ThreadPoolExecutor(max_workers=clients) as pool:
-        list(pool.map(one, range(jobs)))
-    return jobs / (time.perf_counter() - started), durations
+    meter = CpuMeter(pids).start()
+    poll_thread = threading.Thread(target=poller)
+    poll_thread.start()
+    began = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        list(pool.map(create, range(jobs)))
+    wait_final(stack, ids)
+    elapsed = time.perf_counter() - began
+    stop_polling.set()
+    poll_thread.join()
+    meter.stop()
+    cpu = meter.per(jobs)
+    return {
+        "createMs": percentiles(creates),
+        "pollMs": percentiles(polls),
+        "burst": {
+            "jobs": jobs,
+            "seconds": round(elapsed, 3),
+            "jobsPerSecond": round(jobs / elapsed, 2),
+        },
+        "cpuMsPerJob": {**cpu, "total": round(sum(cpu.values()), 3)},
+    }
+
+
+# --- the run -----------------------------------------------------------------------------------
+
+
+def api_under_load(
+    stack: LocalStack, floors: dict[str, Any], pids: dict[str, int], requests: int
+) -> dict[str, Any]:
+    floor_insert = floors["insert_row"]
+    floor_select = floors["select_row"]
+    with httpx.Client(base_url=floor_insert["url"]) as client:
+        floor_id = client.post("/", json={"query": COMPLEX}).json()["id"]
+    with httpx.Client(base_url=stack.base_url, timeout=60) as client:
+        job_id = client.post("/ai-jobs-create", json={"query": COMPLEX}).json()["jobId"]
+    shared_cpu = {k: v for k, v in pids.items() if k in {"front", "gateway", "postgres"}}
+    out: dict[str, Any] = {}
+    cases = [
+        (
+            "floor INSERT (psycopg)",
+            floor_insert["url"],
+            lambda c, i: c.post("/", json={"query": COMPLEX, "i": i}),
+            202,
+            {"function": floor_insert["pid"], "postgres": pids["postgres"]},
+        ),
+        (
+            "create job (202)",
+            stack.base_url,
+            lambda c, i: c.post("/ai-jobs-create", json={"query": COMPLEX, "metadata": {"i": i}}),
+            202,
+            {"function": pids["ai-jobs-create"], "emulator": pids["emulator"], **shared_cpu},
+        ),
+        (
+            "floor SELECT (psycopg)",
+            floor_select["url"],
+            lambda c, i: c.get(f"/{floor_id}"),
+            200,
+            {"function": floor_select["pid"], "postgres": pids["postgres"]},
+        ),
+        (
+            "get job (200)",
+            stack.base_url,
+            lambda c, i: c.get(f"/ai-jobs-get/{job_id}"),
+            200,
+            {"function": pids["ai-jobs-get"], **shared_cpu},
+        ),
+        (
+            "list jobs (20 per page)",
+            stack.base_url,
+            lambda c, i: c.get("/ai-jobs-list"),
+            200,
+            {"function": pids["ai-jobs-list"], **shared_cpu},
+        ),
+    ]
+    for name, url, call, expect, cpu in cases:
+        result = load(url, call, connections=CONNECTIONS, requests=requests, expect=expect, cpu=cpu)
+        out[name] = json_ready(result)
+        row(name, result, "function")
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer samples (smoke run)")
+    parser.add_argument("--out", type=Path, default=OUT_DIR)
     args = parser.parse_args(argv)
-    n = 40 if args.quick else 200
-    env = {"MAX_JOBS_PER_MINUTE": "100000", "MAX_ACTIVE_JOBS": "100000"}
+    requests = 160 if args.quick else 640
+    jobs = 20 if args.quick else 60
+    results: dict[str, Any] = {
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            # other work on the machine blurs the wall-clock figures, not the CPU ones
+            "loadAverageAtStart": round(os.getloadavg()[0], 2),
+        },
+        "connections": CONNECTIONS,
+    }
+    env = {"MAX_JOBS_PER_MINUTE": "1000000", "MAX_ACTIVE_JOBS": "1000000"}
     with tempfile.TemporaryDirectory(prefix="ajq-bench-") as tmp:
         config = StackConfig.for_tests(Path(tmp), reap_interval_s=0, function_env=env)
         with LocalStack(config) as stack, httpx.Client(base_url=stack.base_url, timeout=60) as http:
-            gateway = httpx.Client(
-                base_url=stack.gateway_url,
-                headers={
-                    "apikey": stack.service_key,
-                    "Authorization": f"Bearer {stack.service_key}",
-                },
-            )
-            job_id = http.post("/ai-jobs-create", json={"query": COMPLEX}).json()["jobId"]
-            wait_final(http, job_id)
-            # warm every path once
-            timed(lambda: http.get(f"/ai-jobs-get/{job_id}"), 5, 200)
-            timed(lambda: http.post("/ai-jobs-create", json={"query": SIMPLE}), 3, 200)
+            floors, floor_processes = start_floors(stack)
+            try:
+                results.update(
+                    run_all(stack, http, floors, requests=requests, jobs=jobs, quick=args.quick)
+                )
+            finally:
+                for process in floor_processes:
+                    stop(process)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "bench.json").write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n")
+    from scripts import bench_chart
 
-            print("\n== baselines (same run, same machine) ==")
-            row("function host, no work (GET /)", timed(lambda: http.get("/"), n, 200))
-            row(
-                "one PostgREST RPC (get_job) direct",
-                timed(
-                    lambda: gateway.post("/rest/v1/rpc/get_job", json={"p_job_id": job_id}),
-                    n,
-                    200,
-                ),
-            )
-            print("\n== API latency over loopback HTTP ==")
-            tasks = stack.tasks_client()
-            tasks.pause_queue(name=stack.queue_path)  # creates only: no job runs meanwhile
-            row(
-                "create job (202), queue paused",
-                timed(lambda: http.post("/ai-jobs-create", json={"query": COMPLEX}), n, 202),
-                "target < 500 ms",
-            )
-            tasks.resume_queue(name=stack.queue_path)
-            drain(http)
-            # every create starts a job in the same single local host process (2 cores)
-            row(
-                "create job (202), jobs running",
-                timed(lambda: http.post("/ai-jobs-create", json={"query": COMPLEX}), n, 202),
-                "target < 500 ms",
-            )
-            drain(http)  # the reads below are timed on a quiet host
-            row(
-                "poll job (200)",
-                timed(lambda: http.get(f"/ai-jobs-get/{job_id}"), n, 200),
-                "target < 200 ms",
-            )
-            etag = http.get(f"/ai-jobs-get/{job_id}").headers["ETag"]
-            row(
-                "poll job, If-None-Match (304)",
-                timed(
-                    lambda: http.get(f"/ai-jobs-get/{job_id}", headers={"If-None-Match": etag}),
-                    n,
-                    304,
-                ),
-                "target < 200 ms",
-            )
-            row("list jobs (20 per page)", timed(lambda: http.get("/ai-jobs-list"), n // 2, 200))
-            row(
-                "simple query answered synchronously",
-                timed(lambda: http.post("/ai-jobs-create", json={"query": SIMPLE}), n // 2, 200),
-                "target < 5000 ms",
-            )
-            print("\n== progress and throughput ==")
-            row(
-                "progress visible to a 50 ms poller",
-                visibility(http, 5 if args.quick else 15),
-                "target < 5000 ms",
-            )
-            jobs = 20 if args.quick else 60
-            rate, durations = throughput(stack.base_url, jobs, clients=8)
-            row(f"whole job, submit -> completed ({jobs} jobs)", durations)
-            print(
-                f"{'throughput, 8 concurrent clients':<38} {rate:.2f} jobs/s "
-                "(local writer; the queue's own overhead)"
-            )
-            gateway.close()
+    bench_chart.draw(results, args.out / "bench.png")
+    say(f"\nwrote {args.out / 'bench.json'} and {args.out / 'bench.png'}")
     return 0
+
+
+def run_all(
+    stack: LocalStack,
+    http: httpx.Client,
+    floors: dict[str, Any],
+    *,
+    requests: int,
+    jobs: int,
+    quick: bool,
+) -> dict[str, Any]:
+    servers = host_pids(stack.log_text("functions"))
+    postmaster = postmaster_pid(stack.db_uri)
+    pids = {name: worker_pid(pid) for name, pid in servers.items()}
+    pids |= {
+        "front": stack.processes["functions"].pid,
+        "gateway": stack.processes["gateway"].pid,
+        "emulator": stack.processes["tasks-emulator"].pid,
+        "postgres": postmaster,
+    }
+    results: dict[str, Any] = {}
+    tasks = stack.tasks_client()
+    # warm every path once
+    wait_final(stack, [http.post("/ai-jobs-create", json={"query": COMPLEX}).json()["jobId"]])
+    http.get("/ai-jobs-list")
+
+    say(f"\n== API at {CONNECTIONS} keep-alive connections, queue paused ==")
+    tasks.pause_queue(name=stack.queue_path)
+    results["apiQueuePaused"] = api_under_load(stack, floors, pids, requests)
+    say("\n== round trips per operation (Supabase HTTP requests, Cloud Tasks calls) ==")
+    results["roundTrips"] = round_trips(stack)
+    for name, counts in results["roundTrips"].items():
+        say(f"  {name:<34} Supabase {counts['supabase']}  Cloud Tasks {counts['cloudTasks']}")
+    say("\n== cold start: process start -> first answered request ==")
+    results["coldStartMs"] = cold_starts(stack, http, 1 if quick else 3)
+    # The creates above left hundreds of queued jobs: drop their tasks (the reaper is off, so
+    # they stay queued and idle) so the job figures below measure only their own jobs.
+    tasks.purge_queue(name=stack.queue_path)
+    tasks.resume_queue(name=stack.queue_path)
+
+    say("\n== jobs (local writer) ==")
+    ai_ms = ai_work_cpu_ms()
+    pickup = pickup_ms(stack, http, 10 if quick else 20)
+    queue_pids = {k: pids[k] for k in ("ai-jobs-process", "front", "gateway", "emulator")}
+    queue_pids["postgres"] = postmaster
+    running = jobs_running(
+        stack, http, {**queue_pids, "ai-jobs-create": pids["ai-jobs-create"]}, jobs
+    )
+    queue_cpu = sum(v for k, v in running["cpuMsPerJob"].items() if k in queue_pids)
+    results["jobs"] = {
+        "aiWorkCpuMsPerJob": ai_ms,
+        "pickupMs": pickup,
+        **running,
+        "queueOwnCpuMsPerJob": round(queue_cpu - ai_ms, 2),
+    }
+    say(f"  AI work alone                      {ai_ms:.1f} ms CPU per job")
+    say(f"  pickup created -> claimed          p50 {pickup['p50']:.1f}  p90 {pickup['p90']:.1f} ms")
+    say(
+        f"  create while jobs run              p90 {running['createMs']['p90']:.1f} ms"
+        f"   poll p90 {running['pollMs']['p90']:.1f} ms"
+    )
+    say(
+        f"  burst of {jobs} jobs                   {running['burst']['jobsPerSecond']} jobs/s;"
+        f" CPU per job {running['cpuMsPerJob']}"
+    )
+    say(f"  queue's own CPU per job            {results['jobs']['queueOwnCpuMsPerJob']} ms")
+
+    say("\n== peer: Procrastinate on the same Postgres (no-op task) ==")
+    assert stack.pg is not None
+    peer_uri = stack.pg.create_database("bench_peer")
+    peer = bench_peer.measure(
+        peer_uri, postmaster, sequential=10 if quick else 20, burst=100 if quick else 200
+    )
+    results["peer"] = peer
+    say(f"  pickup deferred -> started         p50 {peer['pickupMs']['p50']:.1f} ms")
+    burst = peer["burst"]
+    say(f"  burst of {burst['jobs']} jobs                  {burst['jobsPerSecond']} jobs/s")
+    say(f"  CPU per job                        {peer['cpuMsPerJob']}")
+    return results
 
 
 if __name__ == "__main__":

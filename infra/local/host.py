@@ -1,26 +1,39 @@
-"""One local process that hosts every function under the cloudfunctions.net URL scheme.
+"""The local function host: every function served as Cloud Functions gen2 serves it, behind
+one front at the cloudfunctions.net URL scheme.
 
-Each ``functions/<name>/main.py`` is loaded with ``functions_framework.create_app(target,
-source)``, exactly as the Cloud Functions runtime loads it, and mounted at ``/<name>``;
-``http://127.0.0.1:8080/ai-jobs-get/<id>`` then reaches ``get_job`` with the path ``/<id>``.
+In production each function is its own Cloud Run service: its own instances, each running
+``functions-framework --target=<entry point>`` (functions_framework._http.gunicorn: gunicorn,
+``WORKERS`` worker processes, default 1, each with a gthread pool of ``THREADS`` threads,
+default 4 per CPU, and keep-alive), and Google's front end routes
+``https://REGION-PROJECT.cloudfunctions.net/<name>/<rest>`` to it with the path ``/<rest>``.
+
+Here the same: one ``python -m functions_framework`` process per function on a private port
+(so the processor's AI work never shares an interpreter with the API, and each function
+imports only what it uses), and a small asyncio front on ``--port`` that keeps client
+connections alive, strips ``/<name>`` and forwards each request over a pooled keep-alive
+connection to that function's server. ``GET /`` lists the functions once all of them answer.
 
     python -m infra.local.host [--host 127.0.0.1] [--port 8080]
+
+The host is one process group (the supervisor, this module, and its function servers), so
+the stack can kill it all at once, as a crashed instance dies.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
 import json
+import os
 import signal
+import socket
 import sys
-import threading
-from collections.abc import Iterable
+import time
+import traceback
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-from werkzeug.middleware.dispatcher import DispatcherMiddleware
-from werkzeug.serving import make_server
-from werkzeug.wrappers import Request, Response
+from typing import Protocol
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 FUNCTIONS_DIR = REPO_ROOT / "functions"
@@ -35,67 +48,413 @@ FUNCTIONS: dict[str, str] = {
     "ai-jobs-reap": "reap_jobs",
     "ai-jobs-console": "console",
 }
+#: gunicorn's gthread worker closes a kept-alive connection after 2 s idle (its default
+#: ``keepalive``); the front drops its own idle upstream connections before that, so it never
+#: writes a request into a connection the server is closing.
+UPSTREAM_IDLE_S = 1.0
+_MAX_HEAD = 64 * 1024
+_NO_BODY_STATUS = {204, 304}
+_HOP_BY_HOP = {b"connection", b"keep-alive", b"proxy-connection", b"te", b"upgrade"}
 
 
-def _index(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
-    request = Request(environ)
-    if request.path in {"", "/"}:
-        body: dict[str, Any] = {"functions": sorted(FUNCTIONS)}
-        status = 200
-    else:
-        body = {"error": {"code": "not_found", "message": "no such function", "details": {}}}
-        status = 404
-    response = Response(json.dumps(body), status=status, mimetype="application/json")
-    return response(environ, start_response)
+class Writable(Protocol):
+    def write(self, data: bytes) -> None: ...
 
 
-class _RootPath:
-    """Cloud Functions hands ``/ai-jobs-create`` to the function as path ``/``; after
-    DispatcherMiddleware strips the prefix the path is empty, which Flask would redirect."""
-
-    def __init__(self, app: Any) -> None:
-        self.app = app
-
-    def __call__(self, environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
-        if not environ.get("PATH_INFO"):
-            environ["PATH_INFO"] = "/"
-        result: Iterable[bytes] = self.app(environ, start_response)
-        return result
+class BadRequest(Exception):
+    """The client sent something the front cannot frame; answered 400 and closed."""
 
 
-def build_app(functions_dir: Path = FUNCTIONS_DIR) -> DispatcherMiddleware:
-    import functions_framework
+@dataclass
+class Head:
+    """A parsed HTTP/1.1 message head: start line and raw header lines."""
 
+    start: bytes
+    headers: list[tuple[bytes, bytes]]
+
+    def get(self, name: bytes) -> bytes | None:
+        for key, value in self.headers:
+            if key.lower() == name:
+                return value
+        return None
+
+    def encode(self, *, close: bool) -> bytes:
+        lines = [self.start]
+        lines += [k + b": " + v for k, v in self.headers if k.lower() not in _HOP_BY_HOP]
+        if close:
+            lines.append(b"Connection: close")
+        return b"\r\n".join(lines) + b"\r\n\r\n"
+
+    @property
+    def wants_close(self) -> bool:
+        connection = (self.get(b"connection") or b"").lower()
+        return b"close" in connection or self.start.endswith(b"HTTP/1.0")
+
+
+async def read_head(reader: asyncio.StreamReader) -> Head | None:
+    """The next message head, or None at a clean end of the connection."""
+    try:
+        raw = await reader.readuntil(b"\r\n\r\n")
+    except asyncio.IncompleteReadError as exc:
+        if exc.partial.strip():
+            raise BadRequest("truncated head") from None
+        return None
+    except asyncio.LimitOverrunError:
+        raise BadRequest("head too large") from None
+    start, *lines = raw[:-4].split(b"\r\n")
+    headers = []
+    for line in lines:
+        name, sep, value = line.partition(b":")
+        if not sep:
+            raise BadRequest("malformed header")
+        headers.append((name.strip(), value.strip()))
+    return Head(start, headers)
+
+
+async def copy_body(head: Head, reader: asyncio.StreamReader, writer: Writable) -> bool:
+    """Copy the body framed by ``head`` from reader to writer; False if it ran to EOF (the
+    connection cannot be reused)."""
+    if b"chunked" in (head.get(b"transfer-encoding") or b"").lower():
+        while True:
+            line = await reader.readuntil(b"\r\n")
+            writer.write(line)
+            size = int(line.split(b";")[0].strip(), 16)
+            if size == 0:
+                while (trailer := await reader.readuntil(b"\r\n")) != b"\r\n":
+                    writer.write(trailer)
+                writer.write(b"\r\n")
+                return True
+            writer.write(await reader.readexactly(size + 2))
+    length = head.get(b"content-length")
+    if length is not None:
+        if int(length):
+            writer.write(await reader.readexactly(int(length)))
+        return True
+    return False
+
+
+@dataclass
+class Backend:
+    """One function's server and the idle keep-alive connections the front holds to it."""
+
+    name: str
+    port: int
+    idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter, float]] = field(
+        default_factory=list
+    )
+
+    async def connection(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, bool]:
+        """A pooled connection (reused=True) or a new one."""
+        now = time.monotonic()
+        while self.idle:
+            reader, writer, since = self.idle.pop()
+            if now - since < UPSTREAM_IDLE_S and not reader.at_eof():
+                return reader, writer, True
+            writer.close()
+        reader, writer = await asyncio.open_connection("127.0.0.1", self.port)
+        writer.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return reader, writer, False
+
+    def give_back(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.idle.append((reader, writer, time.monotonic()))
+
+    def close_idle(self) -> None:
+        while self.idle:
+            self.idle.pop()[1].close()
+
+
+def route(target: bytes, backends: dict[str, Backend]) -> tuple[Backend | None, bytes]:
+    """``/ai-jobs-get/<id>?x`` -> (the get backend, ``/<id>?x``), as the Cloud Functions front
+    end hands a function the path after its name."""
+    path, sep, query = target.partition(b"?")
+    name, _, rest = path.lstrip(b"/").partition(b"/")
+    backend = backends.get(name.decode("latin-1"))
+    return backend, b"/" + rest + (sep + query)
+
+
+class Front:
+    """The asyncio front: keep-alive to clients, keep-alive pools to the function servers."""
+
+    def __init__(self, backends: dict[str, Backend]) -> None:
+        self.backends = backends
+
+    async def serve_client(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        sock = writer.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        try:
+            while await self._one_exchange(reader, writer):
+                pass
+        except BadRequest:
+            writer.write(_plain(400, "bad_request", "malformed request", close=True))
+        except (ConnectionError, asyncio.IncompleteReadError, ValueError):
+            pass
+        finally:
+            with contextlib.suppress(ConnectionError):
+                await writer.drain()
+            writer.close()
+
+    async def _one_exchange(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> bool:
+        """Serve one request; True if the client connection stays open for the next."""
+        head = await read_head(reader)
+        if head is None:
+            return False
+        method, target, _version = head.start.split(b" ", 2)
+        close = head.wants_close
+        backend, path = route(target, self.backends)
+        if backend is None:
+            body = _RequestBody(head, reader)
+            await body.discard()
+            writer.write(self._index(target, close))
+            await writer.drain()
+            return not close
+        request = Head(b" ".join((method, path, b"HTTP/1.1")), head.headers)
+        kept = await self._forward(
+            backend, request, reader, writer, is_head=method == b"HEAD", close=close
+        )
+        await writer.drain()
+        return kept and not close
+
+    def _index(self, target: bytes, close: bool) -> bytes:
+        if target.partition(b"?")[0] in {b"", b"/"}:
+            body = json.dumps({"functions": sorted(self.backends)}).encode()
+            return _response(200, body, close)
+        return _plain(404, "not_found", "no such function", close=close)
+
+    async def _forward(
+        self,
+        backend: Backend,
+        request: Head,
+        client_reader: asyncio.StreamReader,
+        client_writer: asyncio.StreamWriter,
+        *,
+        is_head: bool,
+        close: bool,
+    ) -> bool:
+        body = await _RequestBody(request, client_reader).read()
+        for _attempt in range(2):
+            up_reader, up_writer, reused = await backend.connection()
+            try:
+                up_writer.write(request.encode(close=False) + body)
+                await up_writer.drain()
+                response = await read_head(up_reader)
+            except (ConnectionError, BadRequest):
+                response = None
+            if response is None:
+                up_writer.close()
+                if reused:
+                    continue  # the server closed an idle connection as we wrote: nothing ran
+                client_writer.write(_plain(502, "bad_gateway", "the function closed", close=True))
+                return False
+            break
+        else:  # pragma: no cover - two closed pooled connections in a row
+            client_writer.write(_plain(502, "bad_gateway", "the function closed", close=True))
+            return False
+        status = int(response.start.split(b" ", 2)[1])
+        if is_head or status in _NO_BODY_STATUS or status < 200:
+            client_writer.write(response.encode(close=close))
+            framed = True
+        else:
+            framed = _is_framed(response)
+            head = response.encode(close=close or not framed)
+            length = response.get(b"content-length")
+            if length is not None:  # the usual answer: head and body in one send
+                client_writer.write(head + await up_reader.readexactly(int(length)))
+            else:
+                client_writer.write(head)
+                await copy_body(response, up_reader, client_writer)
+        if framed and not response.wants_close:
+            backend.give_back(up_reader, up_writer)
+        else:
+            up_writer.close()
+        return framed
+
+
+def _is_framed(head: Head) -> bool:
+    chunked = b"chunked" in (head.get(b"transfer-encoding") or b"").lower()
+    return chunked or head.get(b"content-length") is not None
+
+
+class _RequestBody:
+    """A request body read whole (the function servers want it framed; bodies are small)."""
+
+    def __init__(self, head: Head, reader: asyncio.StreamReader) -> None:
+        self.head = head
+        self.reader = reader
+
+    async def read(self) -> bytes:
+        sink = _Sink()
+        await copy_body(self.head, self.reader, sink)
+        return bytes(sink.data)
+
+    async def discard(self) -> None:
+        await self.read()
+
+
+class _Sink:
+    def __init__(self) -> None:
+        self.data = bytearray()
+
+    def write(self, chunk: bytes) -> None:
+        self.data += chunk
+
+
+def _response(status: int, body: bytes, close: bool) -> bytes:
+    reason = {200: b"OK", 400: b"Bad Request", 404: b"Not Found", 502: b"Bad Gateway"}[status]
+    head = Head(
+        b"HTTP/1.1 %d %s" % (status, reason),
+        [(b"Content-Type", b"application/json"), (b"Content-Length", b"%d" % len(body))],
+    )
+    return head.encode(close=close) + body
+
+
+def _plain(status: int, code: str, message: str, *, close: bool) -> bytes:
+    body = {"error": {"code": code, "message": message, "details": {}}}
+    return _response(status, json.dumps(body).encode(), close)
+
+
+# --- the function servers ----------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def preload() -> None:
+    """Import, once, the libraries the function servers use (the runtime, the HTTP layer, the
+    Supabase client library all six use, the AI modules and the Gemini library), as
+    gunicorn's ``--preload`` would, so forking a server per function costs milliseconds and a
+    restarted host answers at once. No client is created here: each server builds its own
+    after the fork, as an instance does. gRPC (Cloud Tasks) is left to the servers that use
+    it: it must not be initialised before a fork. What each function imports on its own is
+    checked in a fresh interpreter (tests/integration/test_import_weight.py), and the cold
+    start of a fresh instance, with nothing preloaded, is what ``make bench`` measures."""
     if str(REPO_ROOT) not in sys.path:
         sys.path.insert(0, str(REPO_ROOT))  # deploy.sh stages shared/ beside main.py
-    mounts: dict[str, Any] = {
-        f"/{name}": _RootPath(
-            functions_framework.create_app(  # type: ignore[no-untyped-call]
-                target, str(functions_dir / name / "main.py")
-            )
-        )
-        for name, target in FUNCTIONS.items()
-    }
-    return DispatcherMiddleware(_index, mounts)
+    import functions_framework._http.gunicorn  # noqa: F401
+    import google.genai  # noqa: F401 (imports no gRPC and starts no thread)
+    import supabase  # noqa: F401
+
+    import shared.ai.pipeline
+    import shared.ai.router
+    import shared.http
+    import shared.jobs  # noqa: F401
+
+
+def fork_function(name: str, target: str, port: int) -> int:
+    """A child that does what gen2's Python runtime does in an instance,
+    ``functions-framework --target=<target> --source=<main.py>``: ``create_app`` then
+    functions_framework's production server (gunicorn, gthread)."""
+    pid = os.fork()
+    if pid:
+        return pid
+    code = 1
+    try:
+        import functions_framework
+        from functions_framework._http import create_server
+
+        os.environ["K_SERVICE"] = name  # set by Cloud Run in every instance
+        app = functions_framework.create_app(target, str(FUNCTIONS_DIR / name / "main.py"))  # type: ignore[no-untyped-call]
+        create_server(app, debug=False).run("127.0.0.1", port)  # type: ignore[no-untyped-call]
+        code = 0
+    except SystemExit as exc:  # gunicorn's arbiter leaves through sys.exit
+        code = exc.code if isinstance(exc.code, int) else 1
+    except BaseException:
+        traceback.print_exc()
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+
+
+def _exited(pid: int) -> bool:
+    try:
+        done, _status = os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        return True
+    return done == pid
+
+
+def wait_listening(ports: dict[str, int], pids: dict[str, int], timeout_s: float) -> None:
+    pending = dict(ports)
+    deadline = time.monotonic() + timeout_s
+    while pending:
+        for name, port in list(pending.items()):
+            if _exited(pids[name]):
+                raise RuntimeError(f"the {name} server exited at start (its log is above)")
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+                del pending[name]
+        if pending and time.monotonic() > deadline:
+            raise RuntimeError(f"not listening after {timeout_s:.0f}s: {', '.join(pending)}")
+        time.sleep(0.02)
+
+
+def stop_all(pids: dict[str, int], timeout_s: float = 10.0) -> None:
+    # SIGINT is gunicorn's quick shutdown; SIGTERM would wait up to 30 s for a running job
+    for pid in pids.values():
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGINT)
+    deadline = time.monotonic() + timeout_s
+    waiting = set(pids.values())
+    while waiting and time.monotonic() < deadline:
+        waiting = {pid for pid in waiting if not _exited(pid)}
+        time.sleep(0.02)
+    for pid in waiting:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, 0)
+
+
+async def serve(
+    host: str, port: int, backends: dict[str, Backend], stop: asyncio.Event | None = None
+) -> None:
+    """Serve until ``stop`` is set (by default: until SIGTERM or SIGINT)."""
+    front = Front(backends)
+    server = await asyncio.start_server(
+        front.serve_client, host, port, limit=_MAX_HEAD, reuse_address=True
+    )
+    if stop is None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+    print(f"function host on http://{host}:{port}", file=sys.stderr, flush=True)
+    await stop.wait()
+    # Not wait_closed(): it waits for every kept-alive client connection (the emulator's
+    # pool) to go away; asyncio.run cancels those handlers instead, and they close.
+    server.close()
+    for backend in backends.values():
+        backend.close_idle()
+    await asyncio.sleep(0)  # let the transports finish closing
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Serve every function on one local port.")
+    parser = argparse.ArgumentParser(description="Serve every function behind one local port.")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8080)
+    parser.add_argument("--only", default="", help="comma list of functions (default: all)")
     args = parser.parse_args(argv)
-    server = make_server(args.host, args.port, build_app(), threaded=True)
-    stop = threading.Event()
-
-    def shutdown(*_: object) -> None:
-        stop.set()
-        threading.Thread(target=server.shutdown, daemon=True).start()
-
-    signal.signal(signal.SIGTERM, shutdown)
-    signal.signal(signal.SIGINT, shutdown)
-    print(f"function host on http://{args.host}:{server.port}", file=sys.stderr, flush=True)
-    server.serve_forever()
-    server.server_close()
+    names = [n for n in args.only.split(",") if n] or list(FUNCTIONS)
+    ports = {name: free_port() for name in names}
+    preload()
+    pids: dict[str, int] = {}
+    try:
+        for name in names:
+            pids[name] = fork_function(name, FUNCTIONS[name], ports[name])
+        wait_listening(ports, pids, timeout_s=60)
+        for name in names:  # which process is which function (the benchmark reads this)
+            print(f"{name} pid={pids[name]} port={ports[name]}", file=sys.stderr, flush=True)
+        backends = {name: Backend(name, port) for name, port in ports.items()}
+        asyncio.run(serve(args.host, args.port, backends))
+    finally:
+        stop_all(pids)
     return 0
 
 

@@ -13,6 +13,7 @@ its real client, configured only by environment variables.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import secrets
@@ -101,6 +102,7 @@ class LocalStack:
         self.secret = secrets.token_urlsafe(24)
         self.service_key = ""
         self.function_env: dict[str, str] = {}
+        self._groups: set[int] = set()  #: pids of the process groups this stack leads
 
     # --- addresses ------------------------------------------------------------------------
 
@@ -198,7 +200,9 @@ class LocalStack:
                 conn.execute(f'create database "{DATABASE}"')
         self.db_uri = self.pg.database_uri(DATABASE)
 
-    def _spawn(self, name: str, args: list[str], env: dict[str, str] | None = None) -> None:
+    def _spawn(
+        self, name: str, args: list[str], env: dict[str, str] | None = None, *, group: bool = False
+    ) -> None:
         log = (self._log_dir / f"{name}.log").open("ab")
         self._logs.append(log)
         self.processes[name] = subprocess.Popen(
@@ -207,7 +211,12 @@ class LocalStack:
             env={**os.environ, **(env or {})},
             stdout=log,
             stderr=subprocess.STDOUT,
+            # the function host is a supervisor and one server per function: one group, so
+            # killing it kills every instance at once
+            start_new_session=group,
         )
+        if group:
+            self._groups.add(self.processes[name].pid)
 
     def start_gateway(self) -> None:
         self.say(f"starting the local Supabase (REST, Auth, Realtime) on {self.gateway_url} ...")
@@ -309,6 +318,7 @@ class LocalStack:
             "functions",
             ["infra.local.host", "--host", "127.0.0.1", "--port", str(self.config.host_port)],
             env,
+            group=True,
         )
         self._wait("functions", lambda: httpx.get(f"{self.base_url}/").status_code == 200)
 
@@ -322,7 +332,16 @@ class LocalStack:
         process = self.processes.pop(name, None)
         if process is not None:
             process.kill()
+            self._kill_group(process.pid)
             process.wait(10)
+
+    def _kill_group(self, pid: int) -> None:
+        """SIGKILL whatever is left of a group this stack started (the function host's
+        servers outlive a killed supervisor otherwise)."""
+        if pid in self._groups:
+            self._groups.discard(pid)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, signal.SIGKILL)
 
     def reap(self) -> httpx.Response:
         """What Cloud Scheduler does: call the private reaper."""
@@ -368,6 +387,7 @@ class LocalStack:
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait(5)
+            self._kill_group(process.pid)
         self.processes.clear()
         for log in self._logs:
             log.close()

@@ -187,7 +187,7 @@ def test_each_function_is_deployed_with_its_settings(tmp_path: Path) -> None:
         args = cmd.split()
         assert f"--gen2 --region={REGION}" in cmd
         assert f"--entry-point={ENTRY_POINTS[name]}" in args
-        assert "--runtime=python311" in args
+        assert "--runtime=python313" in args
         assert "--trigger-http" in args
         assert f"--source={tmp_path / 'build' / name}" in args
         assert f"--service-account={RUNTIME_SA}" in args
@@ -210,6 +210,41 @@ def test_each_function_is_deployed_with_its_settings(tmp_path: Path) -> None:
         assert "--memory=256Mi" in deployed[name].split()
     assert "GEMINI_API_KEY=gemini-api-key:latest" in deployed["ai-jobs-process"]
     assert "GEMINI_API_KEY" not in deployed["ai-jobs-get"]  # mounted only where it is used
+
+
+def test_api_functions_take_16_requests_per_vcpu_and_the_processor_4_jobs(
+    tmp_path: Path,
+) -> None:
+    result = run_deploy(tmp_path)
+
+    deployed = deploy_lines(result.stdout)
+    for name, cmd in deployed.items():
+        args = cmd.split()
+        concurrency = "4" if name == "ai-jobs-process" else "16"
+        assert "--cpu=1" in args
+        assert f"--concurrency={concurrency}" in args
+        assert "--min-instances=0" in args
+        # functions_framework's gunicorn serves as many requests at once as it has threads
+        env_file = (tmp_path / "build" / f"{name}.env.yaml").read_text()
+        assert f'THREADS: "{concurrency}"' in env_file
+
+
+def test_a_warm_create_instance_is_one_setting(tmp_path: Path) -> None:
+    result = run_deploy(tmp_path, CREATE_MIN_INSTANCES="1")
+
+    deployed = deploy_lines(result.stdout)
+    assert "--min-instances=1" in deployed["ai-jobs-create"].split()
+    for name in set(deployed) - {"ai-jobs-create"}:
+        assert "--min-instances=0" in deployed[name].split()
+
+
+def test_concurrency_without_a_whole_vcpu_is_refused(tmp_path: Path) -> None:
+    result = run_deploy(tmp_path, FUNCTION_CPU="0.5", FUNCTION_CONCURRENCY="8")
+    assert result.returncode != 0
+    assert "FUNCTION_CONCURRENCY (8) > 1 needs FUNCTION_CPU >= 1" in result.stderr
+    one_at_a_time = run_deploy(tmp_path, FUNCTION_CPU="0.5", FUNCTION_CONCURRENCY="1")
+    assert one_at_a_time.returncode == 0, one_at_a_time.stderr
+    assert "PROCESSOR_CONCURRENCY" in run_deploy(tmp_path, PROCESSOR_CONCURRENCY="0").stderr
 
 
 def test_invoker_may_call_only_the_private_functions(tmp_path: Path) -> None:

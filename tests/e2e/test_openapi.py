@@ -27,6 +27,8 @@ from tests.e2e.conftest import create, wait_for
 
 SPEC = Path(__file__).resolve().parents[2] / "infra" / "openapi.yaml"
 PRIVATE = {"ai-jobs-process", "ai-jobs-reap"}
+#: public, but a web page (text/html and its assets), not part of the JSON API described here
+NOT_JSON_API = {"ai-jobs-console"}
 #: Codes only the private functions or the worker raise, or abstract bases never raised.
 NOT_FOR_CLIENTS = {
     "forbidden",
@@ -75,8 +77,7 @@ def all_error_classes(
 
 def test_the_description_lists_exactly_the_public_functions() -> None:
     functions = {path.strip("/").split("/")[0] for path in spec()["paths"]}
-    # ai-jobs-console serves the web console's page, not the JSON API
-    assert functions == set(FUNCTIONS) - PRIVATE - {"ai-jobs-console"}
+    assert functions == set(FUNCTIONS) - PRIVATE - NOT_JSON_API
 
 
 def test_every_error_code_a_client_can_get_is_documented() -> None:

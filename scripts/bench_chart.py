@@ -1,0 +1,92 @@
+"""Draws docs/bench.png from the benchmark's results (four panels, each beside its floor)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+
+def _bars(ax: Any, labels: list[str], values: list[float], colors: list[str], unit: str) -> None:
+    bars = ax.bar(range(len(values)), values, color=colors)
+    ax.set_xticks(range(len(values)), labels, rotation=20, ha="right", fontsize=8)
+    ax.set_ylabel(unit)
+    for bar, value in zip(bars, values, strict=True):
+        ax.annotate(
+            f"{value:.1f}",
+            (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+            ha="center",
+            va="bottom",
+            fontsize=7,
+        )
+
+
+def draw(results: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    floor, ours, peer = "#9e9e9e", "#1e88e5", "#fb8c00"
+    fig, axes = plt.subplots(2, 2, figsize=(11, 8))
+    api = results["apiQueuePaused"]
+    names = list(api)
+    _bars(
+        axes[0][0],
+        names,
+        [api[n]["latencyMs"]["p90"] for n in names],
+        [floor if n.startswith("floor") else ours for n in names],
+        "ms",
+    )
+    axes[0][0].set_title(f"p90 latency, {results['connections']} connections, queue paused")
+    _bars(
+        axes[0][1],
+        names,
+        [api[n]["cpuMsPerRequest"].get("function", 0.0) for n in names],
+        [floor if n.startswith("floor") else ours for n in names],
+        "CPU ms per request",
+    )
+    axes[0][1].set_title("CPU of the function process per request")
+    cold = results["coldStartMs"]
+    _bars(
+        axes[1][0],
+        [f"{n} {kind}" for n in cold for kind in ("wall", "CPU")],
+        [cold[n][key] for n in cold for key in ("median", "cpuMs")],
+        [
+            (floor if n == "bare function" else ours) if key == "median" else "#90caf9"
+            for n in cold
+            for key in ("median", "cpuMs")
+        ],
+        "ms",
+    )
+    axes[1][0].set_title("cold start: process start -> first answer (wall, CPU)")
+    jobs, other = results["jobs"], results["peer"]
+    _bars(
+        axes[1][1],
+        [
+            "pickup p50 (ms)",
+            "peer pickup p50",
+            "queue CPU/job (ms)",
+            "peer CPU/job",
+            "burst jobs/s",
+            "peer jobs/s",
+        ],
+        [
+            jobs["pickupMs"]["p50"],
+            other["pickupMs"]["p50"],
+            jobs["queueOwnCpuMsPerJob"],
+            other["cpuMsPerJob"]["total"],
+            jobs["burst"]["jobsPerSecond"],
+            other["burst"]["jobsPerSecond"],
+        ],
+        [ours, peer] * 3,
+        "",
+    )
+    axes[1][1].set_title("jobs: this queue (blue) vs Procrastinate (orange)")
+    fig.suptitle(
+        f"ai-job-queue local benchmark ({results['machine']['cpus']} CPUs,"
+        f" Python {results['machine']['python']}); grey = floor measured in the same run",
+        fontsize=10,
+    )
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)

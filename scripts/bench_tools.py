@@ -1,0 +1,275 @@
+"""Measuring tools for scripts/bench.py: a keep-alive load generator, CPU meters over process
+trees, functions served the way gen2 serves them, and cold starts.
+
+Everything runs on loopback against processes the benchmark started itself.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psutil  # type: ignore[import-untyped]
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def percentiles(samples: list[float]) -> dict[str, float]:
+    cuts = statistics.quantiles(samples, n=100, method="inclusive")
+    return {
+        "n": len(samples),
+        "p50": round(cuts[49], 2),
+        "p90": round(cuts[89], 2),
+        "p99": round(cuts[98], 2),
+    }
+
+
+# --- CPU ---------------------------------------------------------------------------------
+
+
+def tree_cpu_s(pid: int, *, flat: bool = False) -> float:
+    """CPU seconds of a process, its live descendants and the children it has reaped (with
+    ``flat``, of the process alone)."""
+    try:
+        root = psutil.Process(pid)
+        procs = [root] if flat else [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return 0.0
+    total = 0.0
+    for proc in procs:
+        try:
+            t = proc.cpu_times()
+        except psutil.NoSuchProcess:
+            continue
+        total += t.user + t.system
+        if not flat:
+            total += t.children_user + t.children_system
+    return total
+
+
+#: measured alone: the function host's front, whose children are the function servers
+FLAT = {"front"}
+
+
+class CpuMeter:
+    """CPU seconds spent by named process trees between ``start()`` and ``stop()``."""
+
+    def __init__(self, pids: dict[str, int]) -> None:
+        self.pids = pids
+        self._before: dict[str, float] = {}
+        self.spent: dict[str, float] = {}
+
+    def _now(self) -> dict[str, float]:
+        return {name: tree_cpu_s(pid, flat=name in FLAT) for name, pid in self.pids.items()}
+
+    def start(self) -> CpuMeter:
+        self._before = self._now()
+        return self
+
+    def stop(self) -> dict[str, float]:
+        now = self._now()
+        self.spent = {name: now[name] - self._before[name] for name in self.pids}
+        return self.spent
+
+    def per(self, count: int) -> dict[str, float]:
+        """Milliseconds of CPU per operation, per process tree."""
+        return {name: round(1000 * s / count, 3) for name, s in self.spent.items()}
+
+
+# --- load ---------------------------------------------------------------------------------
+
+
+@dataclass
+class LoadResult:
+    latency_ms: dict[str, float]
+    rps: float
+    cpu_ms_per_request: dict[str, float]
+
+
+def load(
+    base_url: str,
+    make_request: Callable[[httpx.Client, int], httpx.Response],
+    *,
+    connections: int,
+    requests: int,
+    expect: int,
+    cpu: dict[str, int] | None = None,
+) -> LoadResult:
+    """``requests`` calls spread over ``connections`` keep-alive clients, all at once."""
+    per_connection = max(1, requests // connections)
+    samples: list[float] = []
+    lock = threading.Lock()
+    start = threading.Barrier(connections + 1)
+    failures: list[str] = []
+
+    def worker(index: int) -> None:
+        mine = []
+        with httpx.Client(base_url=base_url, timeout=60) as client:
+            make_request(client, index)  # connect and warm outside the timed part
+            start.wait()
+            for k in range(per_connection):
+                began = time.perf_counter()
+                response = make_request(client, index * per_connection + k)
+                mine.append((time.perf_counter() - began) * 1000)
+                if response.status_code != expect:
+                    failures.append(f"{response.status_code}: {response.text[:200]}")
+        with lock:
+            samples.extend(mine)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(connections)]
+    for thread in threads:
+        thread.start()
+    meter = CpuMeter(cpu or {})
+    start.wait()
+    meter.start()
+    began = time.perf_counter()
+    for thread in threads:
+        thread.join()
+    elapsed = time.perf_counter() - began
+    meter.stop()
+    if failures:
+        raise SystemExit(f"unexpected answers ({len(failures)}): {failures[0]}")
+    return LoadResult(
+        latency_ms=percentiles(samples),
+        rps=round(len(samples) / elapsed, 1),
+        cpu_ms_per_request=meter.per(len(samples)),
+    )
+
+
+# --- functions served as gen2 serves them ---------------------------------------------------
+
+
+def serve_function(
+    target: str, source: Path, env: dict[str, str], port: int | None = None
+) -> tuple[subprocess.Popen[bytes], str]:
+    """``functions-framework --target --source`` (gunicorn) on a free port; returns it and its
+    URL once it answers."""
+    port = port or free_port()
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "functions_framework",
+            f"--target={target}",
+            f"--source={source}",
+            "--host=127.0.0.1",
+            f"--port={port}",
+        ],
+        cwd=REPO_ROOT,
+        env={**os.environ, "PYTHONPATH": str(REPO_ROOT), **env},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,  # its own group: stop() ends the arbiter and its worker
+    )
+    url = f"http://127.0.0.1:{port}"
+    _wait_port(port, process)
+    return process, url
+
+
+def _wait_port(port: int, process: subprocess.Popen[bytes], timeout_s: float = 60) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise SystemExit(f"a function server exited with {process.returncode}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), 0.2):
+                return
+        except OSError:
+            time.sleep(0.005)
+    raise SystemExit(f"nothing listening on {port} after {timeout_s}s")
+
+
+def stop(process: subprocess.Popen[bytes]) -> None:
+    """SIGINT (gunicorn's quick shutdown), then SIGKILL to the whole session, so a worker
+    whose arbiter gave up is not left behind."""
+    process.send_signal(signal.SIGINT)
+    try:
+        process.wait(5)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(5)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
+
+
+def cold_start_ms(
+    target: str,
+    source: Path,
+    env: dict[str, str],
+    first: Callable[[httpx.Client], httpx.Response],
+    expect: Iterable[int],
+) -> tuple[float, float]:
+    """Process start -> first answered request (imports, app, first clients and connection),
+    the way a new instance serves its first request: wall milliseconds, and the CPU
+    milliseconds the server's processes spent (the figure a loaded machine does not blur)."""
+    port = free_port()
+    began = time.perf_counter()
+    process, url = serve_function(target, source, env, port)
+    try:
+        with httpx.Client(base_url=url, timeout=60) as client:
+            response = first(client)
+        elapsed = (time.perf_counter() - began) * 1000
+        cpu = tree_cpu_s(process.pid) * 1000
+        if response.status_code not in set(expect):
+            raise SystemExit(f"cold {target}: {response.status_code} {response.text[:200]}")
+        return round(elapsed, 1), round(cpu, 1)
+    finally:
+        stop(process)
+
+
+def worker_pid(arbiter_pid: int) -> int:
+    """gunicorn's one worker process under its arbiter (WORKERS=1, as gen2 runs it)."""
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        children = psutil.Process(arbiter_pid).children()
+        if children:
+            return int(children[0].pid)
+        time.sleep(0.05)
+    raise SystemExit(f"no gunicorn worker under {arbiter_pid}")
+
+
+def host_pids(log_text: str) -> dict[str, int]:
+    """The function host logs ``<name> pid=<pid> port=<port>`` for each server it forked."""
+    pids: dict[str, int] = {}
+    for line in log_text.splitlines():
+        parts = line.split()
+        if len(parts) == 3 and parts[1].startswith("pid=") and parts[0].startswith("ai-jobs-"):
+            pids[parts[0]] = int(parts[1][4:])
+    return pids
+
+
+def postmaster_pid(db_uri: str) -> int:
+    import psycopg
+
+    with psycopg.connect(db_uri) as conn:
+        row = conn.execute("select pg_backend_pid()").fetchone()
+    assert row is not None
+    return int(psutil.Process(int(row[0])).ppid())
+
+
+def json_ready(value: Any) -> Any:
+    if isinstance(value, LoadResult):
+        return {
+            "latencyMs": value.latency_ms,
+            "rps": value.rps,
+            "cpuMsPerRequest": value.cpu_ms_per_request,
+        }
+    return value

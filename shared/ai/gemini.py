@@ -36,6 +36,7 @@ from __future__ import annotations
 import importlib
 import json
 import re
+import threading
 import time
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -302,6 +303,7 @@ class GeminiWriter:
         self.sleep = sleep
         self.name = f"gemini:{model}"
         self._client: genai.Client | None = None
+        self._client_lock = threading.Lock()
 
     @classmethod
     def from_settings(cls, settings: AISettings) -> GeminiWriter:
@@ -319,15 +321,20 @@ class GeminiWriter:
 
     @property
     def client(self) -> genai.Client:
-        if self._client is None:
-            # retries are ours (to honour RetryInfo and the deadline): the SDK makes one attempt
-            options = types.HttpOptions(
-                base_url=self.base_url,
-                api_version=GEMINI_API_VERSION,
-                timeout=int(self.timeout_s * 1000),
-            )
-            self._client = genai.Client(api_key=self.api_key, http_options=options)
-        return self._client
+        # Under a lock: the jobs of one instance run in threads, and a client built twice
+        # would leave one unreferenced, whose __del__ (google-genai's Client) closes the HTTP
+        # pool under the job still using it ("the client has been closed").
+        with self._client_lock:
+            if self._client is None:
+                # retries are ours (to honour RetryInfo and the deadline): the SDK makes one
+                # attempt
+                options = types.HttpOptions(
+                    base_url=self.base_url,
+                    api_version=GEMINI_API_VERSION,
+                    timeout=int(self.timeout_s * 1000),
+                )
+                self._client = genai.Client(api_key=self.api_key, http_options=options)
+            return self._client
 
     def close(self) -> None:
         if self._client is not None:

@@ -49,7 +49,7 @@ unit: install
 	$(PY) -m pytest -q tests/unit
 
 stack: install
-	$(PY) -m infra.local.stack
+	$(PY) -m infra.local.stack $(ARGS)
 
 demo: install
 	$(PY) -m infra.local.demo

@@ -15,9 +15,12 @@ the same as a command line.
 
 from __future__ import annotations
 
+import base64
+import json
 import sys
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -65,22 +68,38 @@ class AIJobsClient:
 
     @classmethod
     def signed_in(
-        cls, base_url: str, supabase_url: str, supabase_anon_key: str, **options: Any
+        cls,
+        base_url: str,
+        supabase_url: str,
+        supabase_anon_key: str,
+        *,
+        session_file: Path | None = None,
+        **options: Any,
     ) -> AIJobsClient:
-        """A client acting as a new anonymous Supabase user (``signInAnonymously``), whose
-        access token identifies it to the functions and to Realtime."""
+        """A client acting as an anonymous Supabase user (``signInAnonymously``), whose access
+        token identifies it to the functions and to Realtime.
+
+        With ``session_file`` the same visitor comes back on the next run, as a browser's
+        stored session does: a saved access token still valid for a minute is used as is, an
+        older one is refreshed (``grant_type=refresh_token``), and only when neither works is
+        there a new sign-in; the session in use is written back."""
         from supabase import ClientOptions, create_client
 
         with httpx.Client(timeout=30) as session:
             auth = create_client(
                 supabase_url, supabase_anon_key, ClientOptions(httpx_client=session)
             ).auth
-            signed = auth.sign_in_anonymously().session
-        if signed is None:
-            raise APIError(401, "no_session", "anonymous sign-in gave no session", {})
+            token = _resume(auth, session_file) if session_file else None
+            if token is None:
+                signed = auth.sign_in_anonymously().session
+                if signed is None:
+                    raise APIError(401, "no_session", "anonymous sign-in gave no session", {})
+                token = signed.access_token
+                if session_file:
+                    _save(session_file, signed.access_token, signed.refresh_token)
         return cls(
             base_url,
-            bearer_token=signed.access_token,
+            bearer_token=token,
             supabase_url=supabase_url,
             supabase_anon_key=supabase_anon_key,
             **options,
@@ -274,3 +293,38 @@ def follow(jobs: AIJobsClient, job_id: str, poll_interval_s: float | None = None
         return 0
     print(f"{job.get('errorCode')}: {job.get('error')}", file=sys.stderr)
     return 1
+
+
+def _save(path: Path, access_token: str, refresh_token: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"access_token": access_token, "refresh_token": refresh_token}))
+    path.chmod(0o600)  # a bearer token: for this user only
+
+
+def _resume(auth: Any, path: Path) -> str | None:
+    """The saved visitor's access token (refreshed when near expiry), or None."""
+    try:
+        saved = json.loads(path.read_text())
+        access, refresh = str(saved["access_token"]), str(saved["refresh_token"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if _expires_at(access) > time.time() + 60:
+        return access
+    try:
+        renewed = auth.refresh_session(refresh).session
+    except Exception:  # a spent refresh token, a restarted stack: sign in anew
+        return None
+    if renewed is None:
+        return None
+    _save(path, renewed.access_token, renewed.refresh_token)
+    return str(renewed.access_token)
+
+
+def _expires_at(token: str) -> float:
+    """The token's ``exp`` (unverified: the server checks it; this only avoids a stale one)."""
+    try:
+        payload = token.split(".")[1]
+        claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+        return float(claims["exp"])
+    except (IndexError, ValueError, KeyError, TypeError):
+        return 0.0

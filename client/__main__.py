@@ -21,6 +21,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import httpx
+from supabase_auth.errors import AuthRetryableError
+
 from client import AIJobsClient, APIError, follow
 
 
@@ -80,6 +83,7 @@ def _run(jobs: AIJobsClient, args: argparse.Namespace) -> int:
 
 
 STATUS_FILE = Path(__file__).resolve().parents[1] / ".local" / "status.json"
+SESSION_FILE = STATUS_FILE.with_name("client-session.json")
 
 
 def _client(args: argparse.Namespace) -> AIJobsClient:
@@ -88,18 +92,30 @@ def _client(args: argparse.Namespace) -> AIJobsClient:
         args.base_url = status["FUNCTIONS_URL"]
         args.supabase_url, args.anon_key = status["API_URL"], status["ANON_KEY"]
     if args.supabase_url and args.anon_key and not args.user:
-        return AIJobsClient.signed_in(args.base_url, args.supabase_url, args.anon_key)
+        # with --local, one visitor across runs (its session beside status.json), so
+        # `get`/`wait`/`cancel` find the job an earlier `submit` created
+        session_file = SESSION_FILE if args.local else None
+        return AIJobsClient.signed_in(
+            args.base_url, args.supabase_url, args.anon_key, session_file=session_file
+        )
     return AIJobsClient(args.base_url, user_id=args.user)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    with _client(args) as jobs:
-        try:
+    try:
+        with _client(args) as jobs:
             return _run(jobs, args)
-        except APIError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 2
+    except APIError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except (httpx.TransportError, AuthRetryableError) as exc:
+        # the service (or the local stack) is not there: say so, not a traceback
+        print(
+            f"error: cannot reach {args.base_url} ({exc}); is `make stack` running?",
+            file=sys.stderr,
+        )
+        return 3
 
 
 if __name__ == "__main__":

@@ -229,8 +229,28 @@ class TaskQueue:
 
 
 def _unavailable(exc: Exception) -> errors.QueueUnavailable:
+    """The task was not enqueued. A refusal that retrying cannot cure (no such queue, a
+    missing IAM role or ``actAs`` on the invoker account, a malformed request) is also
+    logged at ERROR with Cloud Tasks' own words: the job still waits for the reaper, but an
+    operator must act, and "unavailable" alone would hide that."""
+    from google.api_core import exceptions as gexc
+
+    refused = (
+        gexc.PermissionDenied,
+        gexc.Unauthenticated,
+        gexc.InvalidArgument,
+        gexc.FailedPrecondition,
+        gexc.NotFound,
+    )
+    if isinstance(exc, refused):
+        logs.error(
+            "Cloud Tasks refused the call: check the queue, its IAM roles and the invoker account",
+            upstream=type(exc).__name__,
+            upstreamMessage=str(exc)[:500],
+        )
     return errors.QueueUnavailable(
-        "the task queue is unavailable", details={"upstream": type(exc).__name__}
+        "the task queue is unavailable",
+        details={"upstream": type(exc).__name__, "refused": isinstance(exc, refused)},
     )
 
 

@@ -239,7 +239,15 @@ export function watchJob(jobId, callbacks = {}, options = {}) {
   const { onProgress, onLog, onDone, onError, onMode } = callbacks;
   const abort = new AbortController();
   const signal = abort.signal;
-  const state = { lastLogId: 0, etag: null, seen: '', done: false, mode: null, pollSeconds: 3 };
+  const state = {
+    lastLogId: 0,
+    etag: null,
+    seen: '',
+    done: false,
+    mode: null,
+    pollSeconds: 3,
+    updatedAt: 0,
+  };
   // ids are one sequence across all jobs (not per job), so "seen" is a set, not a counter
   const seenLogs = new Set();
   // Realtime counts as live once the channel is subscribed AND has delivered a change of this
@@ -272,6 +280,11 @@ export function watchJob(jobId, callbacks = {}, options = {}) {
   };
   const emitJob = (job) => {
     if (signal.aborted || state.done) return;
+    // a poll answered after a newer Realtime event (or the reverse) must not move the bar
+    // back: apply only snapshots at least as new as the last one (a retry is newer too)
+    const at = Date.parse(job.updatedAt || '') || 0;
+    if (at < state.updatedAt) return;
+    state.updatedAt = at;
     const key = `${job.status}|${job.progress}|${job.currentStep}|${job.attempts}`;
     if (key !== state.seen) {
       state.seen = key;

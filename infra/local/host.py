@@ -235,7 +235,11 @@ class Front:
         is_head: bool,
         close: bool,
     ) -> bool:
-        body = await _RequestBody(request, client_reader).read()
+        body, received, at_eof = await _buffer(request, client_reader)
+        if body is None:
+            return await self._tunnel(
+                backend, request, client_reader, client_writer, received, at_eof=at_eof
+            )
         for _attempt in range(2):
             up_reader, up_writer, reused = await backend.connection()
             try:
@@ -272,6 +276,123 @@ class Front:
         else:
             up_writer.close()
         return framed
+
+    async def _tunnel(
+        self,
+        backend: Backend,
+        request: Head,
+        client_reader: asyncio.StreamReader,
+        client_writer: asyncio.StreamWriter,
+        received: bytes,
+        *,
+        at_eof: bool = False,
+    ) -> bool:
+        """Stream a body the front does not hold whole — chunked, declared large, or cut
+        short — on a connection of its own, while the function may answer before its end:
+        the function's own limits decide (413 from the declared length or once a chunked
+        body passes it, 400 for broken chunking or a body cut short), as a streaming front
+        end leaves them to it. True when the client's connection can carry the next request
+        (a chunked body that ended cleanly, answered with a framed response)."""
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", backend.port)
+        up_writer.write(request.encode(close=True) + received)
+        if at_eof:
+            up_writer.write_eof()
+            pump: asyncio.Task[bool] | None = None
+        elif _is_chunked(request):
+            pump = asyncio.create_task(_pump_chunks(client_reader, up_writer))
+        else:
+            pump = asyncio.create_task(_pump_raw(client_reader, up_writer))
+        try:
+            response = await read_head(up_reader)
+            if response is None:
+                client_writer.write(_plain(502, "bad_gateway", "the function closed", close=True))
+                return False
+            if pump is not None and not pump.done():
+                # an early answer (a 413) or a body still on its way: give it a moment to end
+                # cleanly, so a kept-alive client is not closed for nothing
+                await asyncio.wait({pump}, timeout=_BODY_END_WAIT_S)
+            whole = pump is not None and pump.done() and pump.result()
+            keep = whole and _is_framed(response) and not response.wants_close
+            client_writer.write(response.encode(close=not keep))
+            length = response.get(b"content-length")
+            if length is not None:
+                client_writer.write(await up_reader.readexactly(int(length)))
+            elif not _is_framed(response):
+                client_writer.write(await up_reader.read())
+            else:
+                await copy_body(response, up_reader, client_writer)
+            return keep
+        finally:
+            if pump is not None and not pump.done():
+                pump.cancel()
+            up_writer.close()
+
+
+async def _buffer(request: Head, reader: asyncio.StreamReader) -> tuple[bytes | None, bytes, bool]:
+    """(the whole body, b"", False) when the front holds it (a small Content-Length body);
+    else (None, the bytes read so far, whether the client stopped sending) for the tunnel."""
+    if _is_chunked(request) or _declares_a_large_body(request):
+        return None, b"", False
+    try:
+        return await _RequestBody(request, reader).read(), b"", False
+    except asyncio.IncompleteReadError as exc:
+        # the client stopped before its Content-Length: the function decides (a 400)
+        return None, exc.partial, True
+
+
+async def _pump_raw(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
+    """Client bytes to the function until the client stops sending, then say so (EOF)."""
+    with contextlib.suppress(ConnectionError):
+        while chunk := await reader.read(65536):
+            writer.write(chunk)
+            await writer.drain()
+        writer.write_eof()
+    return False
+
+
+async def _pump_chunks(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
+    """A chunked body to the function as it arrives; True when it ended with its last chunk.
+    Broken framing or a client gone: what came is passed on, then EOF (the function says
+    400); the connection is not reused."""
+    try:
+        while True:
+            line = await reader.readuntil(b"\r\n")
+            writer.write(line)
+            size = int(line.split(b";")[0].strip(), 16)
+            if size == 0:
+                while (trailer := await reader.readuntil(b"\r\n")) != b"\r\n":
+                    writer.write(trailer)
+                writer.write(b"\r\n")
+                await writer.drain()
+                return True
+            writer.write(await reader.readexactly(size + 2))
+            await writer.drain()
+    except (ValueError, asyncio.IncompleteReadError, asyncio.LimitOverrunError) as exc:
+        if isinstance(exc, asyncio.IncompleteReadError):
+            writer.write(exc.partial)
+        with contextlib.suppress(ConnectionError):
+            writer.write_eof()
+        return False
+    except ConnectionError:
+        return False
+
+
+def _is_chunked(head: Head) -> bool:
+    return b"chunked" in (head.get(b"transfer-encoding") or b"").lower()
+
+
+#: a Content-Length body the front reads whole before forwarding (and may resend on a stale
+#: pooled connection); a larger or chunked one is streamed (``Front._tunnel``)
+_BUFFERED_BODY_MAX = 64 * 1024
+#: how long an answered tunnel waits for the rest of a chunked body before closing
+_BODY_END_WAIT_S = 0.5
+
+
+def _declares_a_large_body(head: Head) -> bool:
+    length = head.get(b"content-length")
+    if length is None or b"chunked" in (head.get(b"transfer-encoding") or b"").lower():
+        return False
+    return not length.strip().isdigit() or int(length) > _BUFFERED_BODY_MAX
 
 
 def _is_framed(head: Head) -> bool:

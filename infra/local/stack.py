@@ -401,18 +401,43 @@ class LocalStack:
         return path.read_text(errors="replace") if path.exists() else ""
 
 
+def _in_use(port: int) -> bool:
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Run the whole stack locally until Ctrl-C.")
-    parser.add_argument("--port", type=int, default=8080, help="function host port")
-    parser.add_argument("--reap-interval", type=float, default=60.0)
+    defaults = StackConfig()
+    parser.add_argument("--port", type=int, default=defaults.host_port, help="function host")
+    parser.add_argument(
+        "--supabase-port", type=int, default=defaults.gateway_port, help="REST, Auth, Realtime"
+    )
+    parser.add_argument(
+        "--tasks-port", type=int, default=defaults.emulator_port, help="Cloud Tasks emulator"
+    )
+    parser.add_argument("--reap-interval", type=float, default=defaults.reap_interval_s)
     args = parser.parse_args(argv)
     config = StackConfig(
         host_port=args.port,
+        gateway_port=args.supabase_port,
+        emulator_port=args.tasks_port,
         reap_interval_s=args.reap_interval,
         log_dir=REPO_ROOT / ".local" / "logs",
     )
+    busy = [port for port in (args.port, args.supabase_port, args.tasks_port) if _in_use(port)]
+    if busy:
+        print(
+            f"port {', '.join(map(str, busy))} is in use (another stack?); stop it, or choose"
+            " others: make stack ARGS='--port N --supabase-port N --tasks-port N'",
+            file=sys.stderr,
+        )
+        return 2
     stopping = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stopping.set())
+    # SIGINT too: a shell that starts `make stack &` hands it SIGINT ignored, and Ctrl-C or
+    # `kill -INT` must still stop everything
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stopping.set())
     with LocalStack(config) as stack:
         status_path = REPO_ROOT / ".local" / "status.json"
         status_path.write_text(json.dumps(stack.status(), indent=2) + "\n")

@@ -46,23 +46,45 @@ GATEWAY_THREADS = 16
 
 
 class WSGIBridge:
-    """Serve a WSGI app from ASGI: read the body, run the app in a thread, send the result."""
+    """Serve a WSGI app from ASGI: read the body, run the app in a thread, send the result.
 
-    def __init__(self, app: Callable[..., Any], threads: int = GATEWAY_THREADS) -> None:
+    The body is read as the gateway reads it behind PostgREST: a declared ``Content-Length``
+    over ``max_body`` is passed on unread (the app answers 413 from the header), a longer
+    chunked body is read only to one byte past the limit, and a body the client abandoned
+    (it disconnected before its end) never reaches the app, so no RPC runs on half a request.
+    """
+
+    def __init__(
+        self, app: Callable[..., Any], threads: int = GATEWAY_THREADS, max_body: int | None = None
+    ) -> None:
         self.app = app
         self._limit = asyncio.Semaphore(threads)
+        self._max_body = max_body if max_body is not None else getattr(app, "max_body_bytes", None)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        body = await self._read_body(scope, receive)
+        if body is None:
+            return  # the client left mid-body: nobody to answer, nothing to run
+        async with self._limit:
+            status, headers, chunks = await asyncio.to_thread(self._run, scope, body)
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": chunks})
+
+    async def _read_body(self, scope: Scope, receive: Receive) -> bytes | None:
+        limit = self._max_body
+        declared = _declared_length(scope)
+        if limit is not None and declared is not None and declared > limit:
+            return b""  # the app refuses it from the declared length; nothing is read
         body = bytearray()
         while True:
             message = await receive()
+            if message["type"] == "http.disconnect":
+                return None
             body += message.get("body", b"")
+            if limit is not None and len(body) > limit:
+                return bytes(body[: limit + 1])
             if not message.get("more_body"):
-                break
-        async with self._limit:
-            status, headers, chunks = await asyncio.to_thread(self._run, scope, bytes(body))
-        await send({"type": "http.response.start", "status": status, "headers": headers})
-        await send({"type": "http.response.body", "body": chunks})
+                return bytes(body)
 
     def _run(self, scope: Scope, body: bytes) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
         environ = _environ(scope, body)
@@ -82,6 +104,13 @@ class WSGIBridge:
         return started["status"], started["headers"], payload
 
 
+def _declared_length(scope: Scope) -> int | None:
+    for name, value in scope["headers"]:
+        if name.lower() == b"content-length" and value.strip().isdigit():
+            return int(value)
+    return None
+
+
 def _environ(scope: Scope, body: bytes) -> dict[str, Any]:
     server = scope.get("server") or ("127.0.0.1", 80)
     client = scope.get("client") or ("127.0.0.1", 0)
@@ -94,7 +123,8 @@ def _environ(scope: Scope, body: bytes) -> dict[str, Any]:
         "SERVER_NAME": server[0],
         "SERVER_PORT": str(server[1]),
         "REMOTE_ADDR": client[0],
-        "CONTENT_LENGTH": str(len(body)),
+        # a declared length the bridge did not read (over the limit) is passed on as declared
+        "CONTENT_LENGTH": str(len(body) if body else (_declared_length(scope) or 0)),
         "wsgi.version": (1, 0),
         "wsgi.url_scheme": scope.get("scheme", "http"),
         "wsgi.input": io.BytesIO(body),
@@ -108,7 +138,9 @@ def _environ(scope: Scope, body: bytes) -> dict[str, Any]:
         value = raw_value.decode("latin1")
         if name == "CONTENT_TYPE":
             environ["CONTENT_TYPE"] = value
-        elif name != "CONTENT_LENGTH":
+        elif name not in ("CONTENT_LENGTH", "TRANSFER_ENCODING"):
+            # the bridge has de-chunked the body and states its length (a WSGI app given
+            # "chunked" with no terminated input would read an empty body)
             key = f"HTTP_{name}"
             environ[key] = f"{environ[key]},{value}" if key in environ else value
     return environ

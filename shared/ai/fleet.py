@@ -500,8 +500,10 @@ def _add_memory_leak(series: dict[str, dict[str, list[float]]], stamps: list[dat
 def _add_backup_io(series: dict[str, dict[str, list[float]]], stamps: list[datetime]) -> None:
     """The nightly backup of db-01 saturates its disk I/O; the application tier waits on it."""
     for i, stamp in enumerate(stamps):
-        early = _ramp(stamp, _at(23, 1, 30), _at(23, 1, 50))
-        backup = _window(stamp, (_at(23, 1, 50), _at(23, 2, 0)), (_at(23, 3, 30), _at(23, 3, 50)))
+        # the warning sign (I/O creeping up before the backup proper) ends with the backup
+        end = (_at(23, 3, 30), _at(23, 3, 50))
+        early = _window(stamp, (_at(23, 1, 30), _at(23, 1, 50)), end)
+        backup = _window(stamp, (_at(23, 1, 50), _at(23, 2, 0)), end)
         db = series["db-01"]
         db["disk_io"][i] += (60 - db["disk_io"][i]) * early * (1 - backup) + (
             96 - db["disk_io"][i]

@@ -220,6 +220,15 @@ def thinking_config(model: str, level: str) -> types.ThinkingConfig:
 # ----------------------------------------------------------------------------- reading answers
 
 
+#: What a job's owner reads when Gemini answers an error (the upstream text is only logged).
+_PUBLIC_MESSAGE = {
+    "model_unavailable": "Gemini model {model} is not available (HTTP {status})",
+    "rejected": "Gemini refused the request (HTTP {status}); the server log has its reason",
+    "quota_exhausted": "Gemini's quota for {model} is used up (HTTP {status})",
+    "unavailable": "Gemini is unavailable or overloaded (HTTP {status})",
+}
+
+
 def _reason(response: types.GenerateContentResponse) -> tuple[str, str] | None:
     """(reason code, message) when the answer did not stop normally; None when it did."""
     feedback = response.prompt_feedback
@@ -261,8 +270,10 @@ def read_narrative(response: types.GenerateContentResponse) -> Narrative:
     try:
         return Narrative.model_validate_json(text)
     except (ValidationError, ValueError) as exc:
+        # the validation text quotes the model's output: log it, do not store it on the job
+        logs.warning("gemini output does not fit the schema", error=str(exc)[:500])
         raise AIError(
-            f"Gemini returned output that does not fit the schema: {str(exc)[:200]}",
+            "Gemini returned output that does not fit the answer's schema",
             retryable=False,
             details={"reason": "malformed_output"},
         ) from exc
@@ -447,15 +458,27 @@ class GeminiWriter:
 
     def _classify_api_error(self, exc: genai_errors.APIError, attempt: int) -> _Failure:
         status = exc.code
-        message = f"Gemini error {status} {exc.status or ''}: {exc.message or ''}".strip()
+        # Google's own text can name the project or the key's state: it goes to the log, and
+        # the job (which its owner reads) gets our sentence with the status
+        logs.warning(
+            "gemini answered an error",
+            model=self.model,
+            status=status,
+            statusName=exc.status,
+            upstream=(exc.message or "")[:500],
+        )
         if status not in RETRYABLE_STATUS:
             reason = "model_unavailable" if status == 404 else "rejected"
+            message = _PUBLIC_MESSAGE[reason].format(model=self.model, status=status)
             return _Failure(
                 AIError(message, retryable=False, details={"reason": reason, "status": status}),
                 0.0,
             )
         hint = retry_delay(exc)
         quota = quota_kind(exc) if status == 429 else None
+        message = _PUBLIC_MESSAGE["quota_exhausted" if quota else "unavailable"].format(
+            model=self.model, status=status
+        )
         if quota is not None:
             # a daily or zero quota does not come back within this job: hand the wait to the
             # processor (the job's next task at now + retry_after), do not sleep here

@@ -38,6 +38,18 @@ def test_synthetic_fleet_is_deterministic_per_seed() -> None:
     assert first != other
 
 
+def test_every_scripted_incident_ends_before_the_data_does() -> None:
+    # The report says each incident recovered: the series must say so too (the backup's
+    # warning-sign ramp once stayed up forever, so db-01 sat at 60 % disk I/O to the end).
+    fleet = SyntheticFleetSource(seed=42).load()
+    db = next(s for s in fleet.servers if s.id == "db-01")
+    last_hour = db.metrics.disk_io[-6:]
+    first_hour = db.metrics.disk_io[:6]
+
+    assert max(last_hour) < 30
+    assert abs(sum(last_hour) / 6 - sum(first_hour) / 6) < 5
+
+
 def test_json_source_reads_the_documented_format(tmp_path: Path) -> None:
     fleet = build_synthetic_fleet(42)
     data = fleet.model_dump(mode="json", by_alias=True, exclude={"source"})

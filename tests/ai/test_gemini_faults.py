@@ -166,7 +166,7 @@ def test_a_shut_down_model_is_permanent_as_model_unavailable(
     with GeminiWriter(api_key="fake", model="gemini-2.5-flash", base_url=fake.base_url) as old:
         failure = _failure(old, draft)
     assert (failure.retryable, failure.details["reason"]) == (False, "model_unavailable")
-    assert "no longer available" in failure.message
+    assert failure.message == "Gemini model gemini-2.5-flash is not available (HTTP 404)"
     assert fake.calls == 1
 
 

@@ -128,7 +128,9 @@ def test_tc06_worker_error_fails_the_job_with_the_message(
     gemini.push(fake_gemini.client_error(400, "API key not valid. Please pass a valid API key."))
     job = wait_for(http, create(http, QUERY)["jobId"])
     assert job["status"] == "failed"
-    assert "API key not valid" in job["error"]
+    # the owner reads why in our words; Google's own text stays in the server log
+    assert job["error"] == "Gemini refused the request (HTTP 400); the server log has its reason"
+    assert "API key" not in job["error"]
     assert job["errorCode"]
     assert job["attempts"] == 1, "a permanent error is not retried"
     assert job["result"] is None
@@ -179,9 +181,9 @@ def test_a_task_delivered_twice_runs_the_ai_work_once(
 
 
 @contextmanager
-def _short_lease(stack: LocalStack) -> Iterator[None]:
+def _short_lease(stack: LocalStack, **env: str) -> Iterator[None]:
     """The function host with a 2-second lease, restored afterwards."""
-    stack.restart_host({"LEASE_SECONDS": "2"})
+    stack.restart_host({"LEASE_SECONDS": "2", **env})
     try:
         yield
     finally:
@@ -285,7 +287,10 @@ def test_a_model_quota_error_is_retried_by_the_job_with_the_hint_and_answers_2xx
         job = _progress(http, job_id)
     assert job["status"] == "queued"
     assert job["attempts"] == 1, "the attempt is counted on the row"
-    tasks = _task_ids(stack)
+    # the row is written before the processor answers: give the answer its moment to land
+    settle = time.monotonic() + 10
+    while f"job-{job_id}-d1" in (tasks := _task_ids(stack)) and time.monotonic() < settle:
+        time.sleep(0.1)
     assert f"job-{job_id}-d1" not in tasks, "answered 2xx: Cloud Tasks does not retry d1"
     assert tasks[f"job-{job_id}-d2"] >= before + 590, "the next task waits for the hint"
     assert "/ai-jobs-process 503" not in stack.log_text("functions")[log_start:]
@@ -394,13 +399,16 @@ def test_killing_the_function_host_during_200_creates_loses_and_duplicates_nothi
             accepted[user].append(response.json()["jobId"])
             created.release()
 
-    with _short_lease(stack), ThreadPoolExecutor(max_workers=20) as pool:
+    # every attempt a 2 s lease loses to a starved heartbeat counts; the property here is
+    # "completes exactly once", so attempts must not be what runs out on a loaded machine
+    more_attempts = {"MAX_ATTEMPTS": "5"}
+    with _short_lease(stack, **more_attempts), ThreadPoolExecutor(max_workers=20) as pool:
         futures = [pool.submit(one_user, user) for user in users]
         for _ in range(60):
             created.acquire()  # a third of the creates are in
         stack.kill("functions")  # mid-create and mid-processing
         time.sleep(0.5)
-        stack.start_host({"LEASE_SECONDS": "2"})
+        stack.start_host({"LEASE_SECONDS": "2", **more_attempts})
         for future in futures:
             future.result()
         owner = {job_id: user for user, ids in accepted.items() for job_id in ids}

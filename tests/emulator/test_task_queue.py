@@ -3,6 +3,7 @@ and how it behaves while Cloud Tasks is unreachable."""
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from collections.abc import Iterator
@@ -21,13 +22,13 @@ PROJECT, LOCATION, QUEUE = "test-project", "asia-northeast1", "ai-jobs"
 QUEUE_PATH = f"projects/{PROJECT}/locations/{LOCATION}/queues/{QUEUE}"
 
 
-def _settings(host: str, target_url: str) -> Settings:
+def _settings(host: str, target_url: str, queue: str = QUEUE) -> Settings:
     return Settings(
         supabase_url="http://127.0.0.1:1",
         supabase_service_key="unused",
         project_id=PROJECT,
         tasks_location=LOCATION,
-        tasks_queue=QUEUE,
+        tasks_queue=queue,
         tasks_emulator_host=host,
         processor_url=f"{target_url}/ai-jobs-process",
         processor_secret="s3cret",
@@ -77,6 +78,18 @@ def test_thirty_concurrent_enqueues_while_cloud_tasks_is_down_all_say_queue_unav
     with _emulator(port):
         assert queue.enqueue(uuid.uuid4(), 1, budget_s=5.0) is True, "a fresh channel"
         target.wait_for(1)
+
+
+def test_a_queue_that_does_not_exist_is_logged_as_an_error_an_operator_must_fix(
+    port: int, target: Target, capsys: pytest.CaptureFixture[str]
+) -> None:
+    missing = TaskQueue(_settings(f"127.0.0.1:{port}", target.url, queue="no-such-queue"))
+    with _emulator(port), pytest.raises(errors.QueueUnavailable) as caught:
+        missing.enqueue(uuid.uuid4(), 1, budget_s=2.0)
+
+    assert caught.value.details == {"upstream": "NotFound", "refused": True}
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line]
+    assert [line["severity"] for line in lines if line.get("upstream") == "NotFound"] == ["ERROR"]
 
 
 def test_already_exists_counts_only_while_the_task_is_pending(

@@ -56,8 +56,8 @@ def _probe(name: str) -> dict[str, object]:
         "SUPABASE_SERVICE_ROLE_KEY": "key",
         "CLOUD_TASKS_EMULATOR_HOST": f"127.0.0.1:{free_port()}",
         "AI_WRITER": "local",
-        # the private functions refuse to start with no caller check configured
-        "PROCESSOR_SHARED_SECRET": "secret",
+        # the private functions refuse to start with no way to check their caller
+        "PROCESSOR_SHARED_SECRET": "probe-secret",
     }
     path = _FIRST_REQUEST.get(name, "/")
     out = subprocess.run(

@@ -5,20 +5,24 @@ over HTTP and follow them through Realtime with the official clients."""
 from __future__ import annotations
 
 import asyncio
+import json
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
+import jwt
 import pytest
 from supabase import AsyncClient, AsyncClientOptions, acreate_client
 
 from client import AIJobsClient
+from infra.local.gateway import make_jwt
 from infra.local.postgres import Postgres
-from infra.local.stack import LocalStack, StackConfig
+from infra.local.stack import LOCAL_JWT_SECRET, LocalStack, StackConfig
 from tests.realtime.listen import until
 
 REPO = Path(__file__).resolve().parents[2]
@@ -171,3 +175,29 @@ def test_submit_wait_on_the_command_line_follows_through_realtime(stack: LocalSt
     assert followed.returncode == 0, followed.stderr
     assert "50% AI 분석 중" in followed.stdout
     assert "completed" in followed.stdout
+
+
+def _subject(token: str | None) -> str:
+    assert token is not None
+    return str(jwt.decode(token, options={"verify_signature": False})["sub"])
+
+
+def test_a_saved_session_brings_the_same_visitor_back_and_refreshes_a_stale_token(
+    stack: LocalStack, tmp_path: Path
+) -> None:
+    session_file = tmp_path / "client-session.json"
+    urls = (stack.base_url, stack.api_url, stack.anon_key)
+    with AIJobsClient.signed_in(*urls, session_file=session_file) as first:
+        job_id = first.create(SEED_QUERY)["jobId"]
+        visitor = _subject(first.bearer_token)
+    with AIJobsClient.signed_in(*urls, session_file=session_file) as again:
+        assert _subject(again.bearer_token) == visitor
+        assert again.get(job_id)["jobId"] == job_id  # their own job, found on the next run
+
+    saved = json.loads(session_file.read_text())
+    stale = make_jwt(LOCAL_JWT_SECRET, "authenticated", sub=visitor, exp=int(time.time()) - 5)
+    session_file.write_text(json.dumps({**saved, "access_token": stale}))
+    with AIJobsClient.signed_in(*urls, session_file=session_file) as refreshed:
+        assert refreshed.bearer_token != stale
+        assert _subject(refreshed.bearer_token) == visitor
+        assert refreshed.get(job_id)["jobId"] == job_id

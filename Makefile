@@ -1,4 +1,4 @@
-# make install | js | lint | format | test | stack | demo | bench | router-accuracy
+# make install | js | lint | format | test | unit | stack | demo | bench | router-accuracy
 #      gemini-smoke | console | console-check | browser
 # Everything runs from the project's own virtualenv (.venv), built from the pinned
 # requirements on first use, so a fresh clone needs only python3 and make.
@@ -43,6 +43,10 @@ test: lint js console-check browser
 	@$(PY) -m pytest $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing" >&2; exit 1; fi; \
 	exit $$rc
+
+# the unit tier alone: nothing started, seconds (make test runs it first too)
+unit: install
+	$(PY) -m pytest -q tests/unit
 
 stack: install
 	$(PY) -m infra.local.stack $(ARGS)

@@ -37,20 +37,23 @@ APIS=(
   logging.googleapis.com
   iam.googleapis.com
 )
-# Application settings copied into every function's environment when they are set here; unset
-# ones keep the application's default (README, "Configuration"). Secrets are never in this list.
-PASSTHROUGH_SETTINGS=(
-  GEMINI_MODEL AI_WRITER PROCESSOR_OIDC_AUDIENCE MAX_JOBS_PER_MINUTE MAX_ACTIVE_JOBS
-  RETENTION_DAYS REAP_GRACE_S ENABLE_JOB_QUEUE ENABLE_COMPLEXITY_ROUTING ALLOWED_ORIGINS
-  USER_ID_HEADER ALLOW_ANONYMOUS POLL_INTERVAL_S MAX_BODY_BYTES GEMINI_TIMEOUT_S
-  GEMINI_MAX_RETRIES FLEET_SOURCE FLEET_SEED ROUTER_MEDIUM_SCORE ROUTER_COMPLEX_SCORE
-  SUPABASE_ANON_KEY
-)
+# The functions' settings are declared, with their defaults and rules, in shared/settings.py
+# only; this script validates and resolves them through it (python -m shared.settings).
+if [[ -n "${DEPLOY_PYTHON:-}" ]]; then
+  PYTHON=$DEPLOY_PYTHON
+elif [[ -x .venv/bin/python ]]; then
+  PYTHON=.venv/bin/python
+else
+  PYTHON=python3
+fi
 
 usage() {
   cat <<'EOF'
 Usage: ./deploy.sh [--dry-run] [--project ID] [--region REGION] [--only NAME[,NAME...]]
                    [--skip-migrations] [--help]
+
+Needs a Python with requirements.txt installed (DEPLOY_PYTHON, else .venv/bin/python, else
+python3): the functions' settings are checked by shared/settings.py before anything runs.
 
 Flags
   --dry-run            print every command instead of running it; describe-probes are not run
@@ -67,7 +70,8 @@ Flags
 
 Required
   GCP_PROJECT                     Google Cloud project id (or --project)
-  SUPABASE_URL                    https://<ref>.supabase.co
+  SUPABASE_URL                    https://<ref>.supabase.co (and every rule of the
+                                  functions' settings below must hold)
 
 Secrets (read from the environment, stored in Secret Manager through stdin, mounted as env vars)
   SUPABASE_SERVICE_ROLE_KEY       -> secret supabase-service-role-key (needed on the first run;
@@ -82,9 +86,6 @@ Secrets (read from the environment, stored in Secret Manager through stdin, moun
   SUPABASE_DB_URL                 Postgres URL for `supabase db push` (unset: migrations skipped)
 
 Google Cloud (default)
-  FUNCTION_REGION                 asia-northeast1
-  TASKS_LOCATION                  FUNCTION_REGION
-  TASKS_QUEUE                     ai-jobs
   SCHEDULER_LOCATION              FUNCTION_REGION
   RUNTIME_SA_NAME                 ai-jobs-runtime   (the functions run as it)
   INVOKER_SA_NAME                 ai-jobs-invoker   (OIDC identity of Cloud Tasks / Scheduler;
@@ -96,7 +97,6 @@ Functions (default)
   FUNCTION_RUNTIME                python313 (the newest GA runtime every pinned package has
                                              cp313 wheels for; python314 is in preview)
   PROCESSOR_MEMORY                1Gi
-  PROCESSOR_TIMEOUT_S             540
   PROCESSOR_MAX_INSTANCES         10
   PROCESSOR_MIN_INSTANCES         0
   PROCESSOR_CPU                   1       (vCPUs per instance; concurrency > 1 needs >= 1)
@@ -111,7 +111,6 @@ Functions (default)
                                   no create waits for a cold start: README, "Deployment")
 
 Cloud Tasks queue retry configuration (default)
-  QUEUE_MAX_ATTEMPTS              5     (must be >= MAX_ATTEMPTS)
   QUEUE_MIN_BACKOFF               10s
   QUEUE_MAX_BACKOFF               300s
   QUEUE_MAX_DOUBLINGS             4
@@ -123,25 +122,18 @@ Cloud Scheduler job for the reaper (default)
   REAP_TIME_ZONE                  Asia/Seoul
   REAP_ATTEMPT_DEADLINE           FUNCTION_TIMEOUT_S + "s"
 
-Settings written into the functions' environment (default)
-  GCP_PROJECT, FUNCTION_REGION, TASKS_LOCATION, TASKS_QUEUE, TASKS_INVOKER_SA (as above)
-  SUPABASE_URL                    required
-  PROCESSOR_URL                   the processor's URL, read after deploying it
-  REAPER_URL                      the reaper's URL, read after deploying it (OIDC audience)
-  PUBLIC_BASE_URL                 https://REGION-PROJECT.cloudfunctions.net (builds pollUrl)
-  PROCESSOR_VERIFY_OIDC           true
-  TASK_DISPATCH_DEADLINE_S        PROCESSOR_TIMEOUT_S (540)
-  JOB_DEADLINE_S                  480   (must be < TASK_DISPATCH_DEADLINE_S)
-  LEASE_SECONDS                   120   (>= 30; the processor renews it every LEASE_SECONDS/3)
-  MAX_ATTEMPTS                    3
-  passed through only when set (else the application's default, README "Configuration"):
-  GEMINI_MODEL (gemini-2.5-flash), AI_WRITER (auto), PROCESSOR_OIDC_AUDIENCE (PROCESSOR_URL),
-  MAX_JOBS_PER_MINUTE, MAX_ACTIVE_JOBS, RETENTION_DAYS, REAP_GRACE_S, ENABLE_JOB_QUEUE,
-  ENABLE_COMPLEXITY_ROUTING, ALLOWED_ORIGINS, USER_ID_HEADER, ALLOW_ANONYMOUS,
-  POLL_INTERVAL_S, MAX_BODY_BYTES, GEMINI_TIMEOUT_S, GEMINI_MAX_RETRIES, FLEET_SOURCE,
-  FLEET_SEED, ROUTER_MEDIUM_SCORE, ROUTER_COMPLEX_SCORE,
-  SUPABASE_ANON_KEY (public; the console signs visitors in anonymously for Realtime)
+Settings written into the functions' environment
+  by this script: SUPABASE_URL, GCP_PROJECT, FUNCTION_REGION, TASKS_LOCATION, TASKS_QUEUE,
+  TASKS_INVOKER_SA (the invoker account), PROCESSOR_URL (the processor's URL, read after
+  deploying it), REAPER_URL (the reaper only), PROCESSOR_VERIFY_OIDC (default true here),
+  PUBLIC_BASE_URL (default https://REGION-PROJECT.cloudfunctions.net, builds pollUrl); and
+  every other non-secret setting below that is set in the environment (unset ones keep the
+  default declared in shared/settings.py). Secrets are mounted from Secret Manager (above).
+
 EOF
+  echo "Settings of the functions and of this script (shared/settings.py, the one place)"
+  "$PYTHON" -m shared.settings --markdown --deploy \
+    || echo "  (not shown: $PYTHON cannot import shared.settings)"
 }
 
 die() {
@@ -178,10 +170,22 @@ done
 # Settings (environment, then the defaults documented in --help)
 PROJECT=${GCP_PROJECT:-}
 [[ -n "$PROJECT" ]] || die "GCP_PROJECT is not set: export GCP_PROJECT=<project id> or pass --project"
-[[ -n "${SUPABASE_URL:-}" ]] || die "SUPABASE_URL is not set: export SUPABASE_URL=https://<ref>.supabase.co"
-REGION=${FUNCTION_REGION:-asia-northeast1}
-TASKS_LOCATION=${TASKS_LOCATION:-$REGION}
-TASKS_QUEUE=${TASKS_QUEUE:-ai-jobs}
+# The functions' settings as deployed: validated, defaults resolved, by shared/settings.py. A
+# service key kept in Secret Manager from an earlier run is not in the environment: a
+# placeholder stands in for it during the check only.
+export GCP_PROJECT=$PROJECT PROCESSOR_VERIFY_OIDC=${PROCESSOR_VERIFY_OIDC:-true}
+if [[ -n "${FUNCTION_REGION:-}" ]]; then export FUNCTION_REGION; fi
+check_settings() {
+  SUPABASE_SERVICE_ROLE_KEY=${SUPABASE_SERVICE_ROLE_KEY:-kept-in-secret-manager} \
+    "$PYTHON" -m shared.settings --deploy "$@"
+}
+RESOLVED=$(check_settings --shell) || die "invalid settings (the line above names the variable)"
+eval "$RESOLVED"
+log "Settings of the functions (shared/settings.py; secrets masked)"
+check_settings --check
+REGION=$SETTING_FUNCTION_REGION
+TASKS_LOCATION=$SETTING_TASKS_LOCATION
+TASKS_QUEUE=$SETTING_TASKS_QUEUE
 SCHEDULER_LOCATION=${SCHEDULER_LOCATION:-$REGION}
 RUNTIME_SA_NAME=${RUNTIME_SA_NAME:-ai-jobs-runtime}
 INVOKER_SA_NAME=${INVOKER_SA_NAME:-ai-jobs-invoker}
@@ -192,7 +196,7 @@ BUILD_DIR=${DEPLOY_BUILD_DIR:-build/deploy}
 
 FUNCTION_RUNTIME=${FUNCTION_RUNTIME:-python313}
 PROCESSOR_MEMORY=${PROCESSOR_MEMORY:-1Gi}
-PROCESSOR_TIMEOUT_S=${PROCESSOR_TIMEOUT_S:-540}
+PROCESSOR_TIMEOUT_S=$SETTING_PROCESSOR_TIMEOUT_S
 PROCESSOR_MAX_INSTANCES=${PROCESSOR_MAX_INSTANCES:-10}
 PROCESSOR_MIN_INSTANCES=${PROCESSOR_MIN_INSTANCES:-0}
 PROCESSOR_CPU=${PROCESSOR_CPU:-1}
@@ -205,7 +209,7 @@ FUNCTION_CPU=${FUNCTION_CPU:-1}
 FUNCTION_CONCURRENCY=${FUNCTION_CONCURRENCY:-16}
 CREATE_MIN_INSTANCES=${CREATE_MIN_INSTANCES:-$FUNCTION_MIN_INSTANCES}
 
-QUEUE_MAX_ATTEMPTS=${QUEUE_MAX_ATTEMPTS:-5}
+QUEUE_MAX_ATTEMPTS=$SETTING_QUEUE_MAX_ATTEMPTS
 QUEUE_MIN_BACKOFF=${QUEUE_MIN_BACKOFF:-10s}
 QUEUE_MAX_BACKOFF=${QUEUE_MAX_BACKOFF:-300s}
 QUEUE_MAX_DOUBLINGS=${QUEUE_MAX_DOUBLINGS:-4}
@@ -217,21 +221,15 @@ REAP_TIME_ZONE=${REAP_TIME_ZONE:-Asia/Seoul}
 REAP_ATTEMPT_DEADLINE=${REAP_ATTEMPT_DEADLINE:-${FUNCTION_TIMEOUT_S}s}
 
 PUBLIC_BASE_URL=${PUBLIC_BASE_URL:-https://${REGION}-${PROJECT}.cloudfunctions.net}
-PROCESSOR_VERIFY_OIDC=${PROCESSOR_VERIFY_OIDC:-true}
-TASK_DISPATCH_DEADLINE_S=${TASK_DISPATCH_DEADLINE_S:-$PROCESSOR_TIMEOUT_S}
-JOB_DEADLINE_S=${JOB_DEADLINE_S:-480}
-LEASE_SECONDS=${LEASE_SECONDS:-120}
-MAX_ATTEMPTS=${MAX_ATTEMPTS:-3}
 # Set only when given: otherwise read from the deployed function after its deploy.
 PROCESSOR_URL_OVERRIDE=${PROCESSOR_URL:-}
 REAPER_URL_OVERRIDE=${REAPER_URL:-}
 SUPABASE_DB_URL=${SUPABASE_DB_URL:-}
 
 is_int() { [[ "$1" =~ ^[0-9]+$ ]]; }
-[[ "$JOB_DEADLINE_S" =~ ^[0-9]+(\.[0-9]+)?$ ]] || die "JOB_DEADLINE_S must be a number of seconds, got '$JOB_DEADLINE_S'"
-for name in PROCESSOR_TIMEOUT_S FUNCTION_TIMEOUT_S TASK_DISPATCH_DEADLINE_S LEASE_SECONDS \
-  MAX_ATTEMPTS QUEUE_MAX_ATTEMPTS; do
-  is_int "${!name}" || die "$name must be a whole number of seconds/attempts, got '${!name}'"
+# This script's own numbers; the functions' settings were checked by shared/settings.py above.
+for name in FUNCTION_TIMEOUT_S; do
+  is_int "${!name}" || die "$name must be a whole number of seconds, got '${!name}'"
 done
 # Cloud Run functions serve more than one request per instance only with at least 1 vCPU; and
 # functions_framework's gunicorn runs THREADS threads (default 4 per CPU), which deploy() sets
@@ -245,20 +243,6 @@ for pair in "FUNCTION_CPU FUNCTION_CONCURRENCY" "PROCESSOR_CPU PROCESSOR_CONCURR
     die "$conc_var (${!conc_var}) > 1 needs $cpu_var >= 1, got '${!cpu_var}'"
   fi
 done
-# The pipeline must fail cleanly before Cloud Tasks gives up on the request, and a lease must
-# outlive the request it belongs to, or a second delivery could claim a job still running.
-((${JOB_DEADLINE_S%.*} < TASK_DISPATCH_DEADLINE_S)) \
-  || die "JOB_DEADLINE_S ($JOB_DEADLINE_S) must be < TASK_DISPATCH_DEADLINE_S ($TASK_DISPATCH_DEADLINE_S)"
-((TASK_DISPATCH_DEADLINE_S <= PROCESSOR_TIMEOUT_S)) \
-  || die "TASK_DISPATCH_DEADLINE_S ($TASK_DISPATCH_DEADLINE_S) must be <= PROCESSOR_TIMEOUT_S ($PROCESSOR_TIMEOUT_S)"
-# A live worker renews its lease every LEASE_SECONDS/3 (heartbeat), so the lease only has to
-# outlast a few missed renewals; a short lease lets the reaper recover a dead worker sooner.
-((LEASE_SECONDS >= 30)) \
-  || die "LEASE_SECONDS ($LEASE_SECONDS) must be >= 30"
-# The job's own attempt counter decides when a job has failed for good (it answers 2xx then);
-# the queue must allow at least that many deliveries or the last attempt is never made.
-((QUEUE_MAX_ATTEMPTS >= MAX_ATTEMPTS)) \
-  || die "QUEUE_MAX_ATTEMPTS ($QUEUE_MAX_ATTEMPTS) must be >= MAX_ATTEMPTS ($MAX_ATTEMPTS)"
 
 # Which functions this run deploys.
 declare -A SELECTED=()
@@ -490,20 +474,21 @@ write_env() {
     echo "# written by deploy.sh for $name; secrets are mounted from Secret Manager, not here"
     # functions_framework's gunicorn thread pool, one thread per concurrent request
     echo "THREADS: $(yaml_quote "$4")"
-    for var in SUPABASE_URL GCP_PROJECT FUNCTION_REGION TASKS_LOCATION TASKS_QUEUE \
-      TASKS_INVOKER_SA PROCESSOR_URL PROCESSOR_VERIFY_OIDC PUBLIC_BASE_URL \
-      TASK_DISPATCH_DEADLINE_S JOB_DEADLINE_S LEASE_SECONDS MAX_ATTEMPTS; do
+    local own="SUPABASE_URL GCP_PROJECT FUNCTION_REGION TASKS_LOCATION TASKS_QUEUE
+      TASKS_INVOKER_SA PROCESSOR_URL PROCESSOR_VERIFY_OIDC PUBLIC_BASE_URL REAPER_URL"
+    for var in $own; do
       case "$var" in
         GCP_PROJECT) echo "$var: $(yaml_quote "$PROJECT")" ;;
         FUNCTION_REGION) echo "$var: $(yaml_quote "$REGION")" ;;
         TASKS_INVOKER_SA) echo "$var: $(yaml_quote "$INVOKER_SA")" ;;
         PROCESSOR_URL) echo "$var: $(yaml_quote "$2")" ;;
+        REAPER_URL) if [[ "$name" == "$REAPER" ]]; then echo "$var: $(yaml_quote "$3")"; fi ;;
         *) echo "$var: $(yaml_quote "${!var}")" ;;
       esac
     done
-    if [[ "$name" == "$REAPER" ]]; then echo "REAPER_URL: $(yaml_quote "$3")"; fi
-    for var in "${PASSTHROUGH_SETTINGS[@]}"; do
-      if [[ -n "${!var:-}" ]]; then echo "$var: $(yaml_quote "${!var}")"; fi
+    # every other non-secret setting the environment sets (SETTINGS_GIVEN, shared/settings.py)
+    for var in $SETTINGS_GIVEN; do
+      [[ " $own " == *[[:space:]]"$var"[[:space:]]* ]] || echo "$var: $(yaml_quote "${!var}")"
     done
   } >"$file"
   ENV_FILE=$file

@@ -1,4 +1,4 @@
-"""The client-facing handlers: create, get, list and cancel jobs (seed §7.2).
+"""The client-facing handlers: create, get, list and cancel jobs (the API in infra/openapi.yaml).
 
 Each ``functions/<name>/main.py`` exposes one of these; they parse and validate, call the
 store, the queue or the router, and shape the response. The state machine is in SQL.
@@ -19,7 +19,6 @@ import flask
 
 from shared import errors
 from shared.http import (
-    caller_id,
     json_response,
     parse_job_id,
     parse_json,
@@ -27,7 +26,8 @@ from shared.http import (
     path_job_id,
     read_json,
 )
-from shared.jobs import CreateJobRequest, Job, JobStatus, JobType, JobView
+from shared.identity import caller_id
+from shared.jobs import CreateJobRequest, Job, JobStatus, JobType
 from shared.settings import Settings
 from shared.store import get_store
 from shared.tasks import dispatch_or_release, get_queue
@@ -160,7 +160,7 @@ def get_job(request: flask.Request, settings: Settings) -> flask.Response:
     user_id = caller_id(request, settings)
     store = get_store(settings)
     job = store.get_job(job_id, user_id)
-    body = JobView.from_job(job).wire()
+    body = job.wire()
     headers: dict[str, str] = {}
     if not job.status.is_final:
         body["pollIntervalSeconds"] = settings.poll_interval_s
@@ -256,7 +256,7 @@ def list_jobs(request: flask.Request, settings: Settings) -> flask.Response:
     )
     return json_response(
         {
-            "jobs": [JobView.from_job(job, include_result=False).wire() for job in page.jobs],
+            "jobs": [job.wire(include_result=False) for job in page.jobs],
             "nextCursor": encode_cursor(page.jobs[-1]) if page.has_more and page.jobs else None,
         }
     )
@@ -280,4 +280,4 @@ def cancel_job(request: flask.Request, settings: Settings) -> flask.Response:
     job = get_store(settings).cancel_job(job_id, user_id, reason)
     # The pending task would find nothing to do; deleting it saves a delivery.
     get_queue(settings).delete(job.id, job.dispatch_count)
-    return json_response(JobView.from_job(job).wire())
+    return json_response(job.wire())

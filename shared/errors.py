@@ -154,12 +154,6 @@ class RateLimited(AppError):
         self.retry_after = retry_after
 
 
-class FeatureDisabled(AppError):
-    status = 503
-    code = "feature_disabled"
-    public_message = "this feature is turned off"
-
-
 class DependencyDown(AppError):
     """The database, the queue or the model is unreachable; the caller may retry."""
 

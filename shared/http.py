@@ -4,7 +4,8 @@
 refuses a public POST that is not ``application/json`` (415: a browser must then preflight, so
 ``ALLOWED_ORIGINS`` holds for every write), and builds every error response in one function,
 ``error_response``: ``{"error": {"code", "message", "details"}}`` for a 4xx, and for a 5xx only
-the code and a fixed sentence, the rest going to the log with the traceback.
+the code, a fixed sentence and a request id, the rest going to the log line (with the same
+request id) with the traceback.
 
 The request is read here and nowhere else: ``read_json`` refuses on ``Content-Length`` before
 reading (413), reads a chunked body only up to the limit, refuses a body that arrives
@@ -18,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import hmac
 import io
 import json
 import math
@@ -33,18 +33,15 @@ import flask
 import pydantic
 
 from shared import errors, logs
+from shared.jobs import CANONICAL_UUID
 from shared.settings import Settings, get_settings
 
 Handler = Callable[[flask.Request, Settings], flask.Response]
 Model = TypeVar("Model", bound=pydantic.BaseModel)
 
-_USER_ID = re.compile(r"^[A-Za-z0-9._:@|-]{1,128}$")
-# Supabase Auth issues a uuid ``sub`` and RLS compares it with auth.uid(): the canonical
-# 8-4-4-4-12 form only (uuid.UUID would also take braces, "urn:uuid:" and no hyphens).
-_UUID = re.compile(r"^[0-9a-fA-F]{8}-(?:[0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}$")
+_TRACE_ID = re.compile(r"[0-9a-fA-F]{32}")
 _ALLOWED_HEADERS = "Authorization, Content-Type, Idempotency-Key, If-None-Match, X-User-Id"
 _EXPOSED_HEADERS = "ETag, Location, Retry-After, X-Poll-Interval, Idempotent-Replayed"
-ANONYMOUS = "anonymous"
 
 #: Arrays/objects nested in any JSON the API reads (the body object itself is level 1).
 #: Far below what the serializers and Postgres handle (pydantic-core gives up near 255).
@@ -80,17 +77,30 @@ def error_response(error: errors.AppError) -> flask.Response:
         headers["Retry-After"] = "5"
     body: dict[str, Any]
     if error.status >= 500:
+        request_id = _request_id()
         logs.error(
             error.message,
             code=error.code,
             status=error.status,
+            requestId=request_id,
             details=error.details or None,
             stack_trace=_current_traceback(),
         )
-        body = {"code": error.code, "message": type(error).public_message}
+        body = {"code": error.code, "message": type(error).public_message, "requestId": request_id}
     else:
         body = {"code": error.code, "message": error.message, "details": error.details}
     return json_response({"error": body}, error.status, headers)
+
+
+def _request_id() -> str:
+    """What joins a 5xx answer to its log line: the trace id Cloud Run gives the request
+    (``X-Cloud-Trace-Context: TRACE_ID/SPAN_ID;o=1``, https://cloud.google.com/trace/docs/
+    trace-context), else a fresh one."""
+    if flask.has_request_context():
+        trace = flask.request.headers.get("X-Cloud-Trace-Context", "").split("/", 1)[0]
+        if _TRACE_ID.fullmatch(trace):
+            return trace.lower()
+    return uuid.uuid4().hex
 
 
 def _current_traceback() -> str | None:
@@ -415,7 +425,7 @@ def parse_job_id(raw: object) -> uuid.UUID:
         raise errors.InvalidId("a job id is required", details={"field": "jobId"})
     if not isinstance(raw, str):
         raise errors.InvalidId("the job id must be a string", details={"field": "jobId"})
-    if not _UUID.fullmatch(raw):  # the canonical form only, as the API writes ids
+    if not CANONICAL_UUID.fullmatch(raw):  # the canonical form only, as the API writes ids
         raise errors.InvalidId("the job id is not a UUID", details={"field": "jobId"})
     return uuid.UUID(raw)
 
@@ -424,76 +434,3 @@ def path_job_id(request: flask.Request) -> str | None:
     """The id from ``/<function>/<id>`` (the host strips the function name) or ``?id=``."""
     tail = request.path.strip("/").split("/")[-1] if request.path.strip("/") else ""
     return tail or request.args.get("id") or request.args.get("jobId")
-
-
-BFF_SECRET_HEADER = "X-BFF-Secret"
-
-
-def caller_id(request: flask.Request, settings: Settings) -> str:
-    """Who is calling: a verified Supabase JWT's ``sub``; else the user header, when it can be
-    trusted; else anonymous (if allowed).
-
-    The user header names any user, so it is trusted only from the BFF (with
-    ``BFF_SHARED_SECRET`` in ``X-BFF-Secret``), or when no authentication is configured at
-    all (the seed's anonymous portfolio mode). With ``SUPABASE_JWT_SECRET`` set and no BFF
-    secret, the header is refused: a browser must prove who it is with its JWT.
-    """
-    auth = request.headers.get("Authorization", "")
-    if settings.supabase_jwt_secret and auth.lower().startswith("bearer "):
-        return _jwt_subject(auth[7:].strip(), settings.supabase_jwt_secret)
-    header = request.headers.get(settings.user_id_header)
-    if header:
-        _check_header_is_trusted(request, settings)
-        if not _USER_ID.fullmatch(header):
-            raise errors.ValidationFailed(
-                f"{settings.user_id_header} must be 1-128 characters of [A-Za-z0-9._:@|-]"
-            )
-        return header
-    if settings.allow_anonymous:
-        return ANONYMOUS
-    raise errors.Unauthorized("sign in first: this deployment does not allow anonymous jobs")
-
-
-def _jwt_subject(token: str, secret: str) -> str:
-    import jwt
-
-    try:
-        claims = jwt.decode(
-            token,
-            secret,
-            algorithms=["HS256"],
-            options={"verify_aud": False, "require": ["sub", "exp"]},
-        )
-    except jwt.ExpiredSignatureError:
-        raise errors.Unauthorized(
-            "the bearer token has expired", details={"reason": "expired"}
-        ) from None
-    except jwt.PyJWTError:
-        raise errors.Unauthorized(
-            "the bearer token is not valid", details={"reason": "invalid"}
-        ) from None
-    subject = claims["sub"]
-    # Only a Supabase Auth user id: never the shared "anonymous" identity, nothing RLS
-    # (auth.uid(), a uuid) could not match, nothing unbounded or unencodable.
-    if not isinstance(subject, str) or not _UUID.fullmatch(subject):
-        raise errors.Unauthorized(
-            "the bearer token's subject is not a user id", details={"reason": "subject"}
-        )
-    return subject.lower()
-
-
-def secret_matches(given: str | None, expected: str) -> bool:
-    """Constant-time comparison of a secret header with its setting."""
-    return hmac.compare_digest((given or "").encode(), expected.encode())
-
-
-def _check_header_is_trusted(request: flask.Request, settings: Settings) -> None:
-    if settings.bff_secret:
-        if not secret_matches(request.headers.get(BFF_SECRET_HEADER), settings.bff_secret):
-            raise errors.Unauthorized(
-                f"{settings.user_id_header} is accepted only from the BFF ({BFF_SECRET_HEADER})"
-            )
-    elif settings.supabase_jwt_secret:
-        raise errors.Unauthorized(
-            f"sign in with a Supabase JWT; {settings.user_id_header} is not trusted here"
-        )

@@ -9,12 +9,18 @@ from __future__ import annotations
 
 import enum
 import json
+import re
 import uuid
 from datetime import datetime
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AliasGenerator, BaseModel, ConfigDict, Field, field_validator
 from pydantic.alias_generators import to_camel
+
+#: A job id (and a Supabase Auth user id) as the API writes it: the canonical 8-4-4-4-12
+#: form only (``uuid.UUID`` would also take braces, "urn:uuid:" and no hyphens), which is
+#: also what RLS compares with ``auth.uid()``.
+CANONICAL_UUID = re.compile(r"^[0-9a-fA-F]{8}-(?:[0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}$")
 
 
 class JobType(enum.StrEnum):
@@ -105,7 +111,7 @@ class CreateJobOptions(WireModel):
 
 
 class CreateJobRequest(WireModel):
-    """The body of ``POST ai-jobs-create`` (seed §7.2: ``{type, query, options}``)."""
+    """The body of ``POST ai-jobs-create``: ``{query, type?, options?, metadata?}``."""
 
     query: str = Field(min_length=1, max_length=MAX_QUERY_CHARS)
     type: JobType | None = None
@@ -146,11 +152,14 @@ def json_depth(value: Any) -> int:
 
 
 class Job(BaseModel):
-    """A row of ``ai_jobs`` as the store returns it (snake_case, every column)."""
+    """A row of ``ai_jobs`` as the store returns it (snake_case, every column), and as the API
+    shows it (``wire``: camelCase, ``id`` as ``jobId``, the columns in ``WIRE_FIELDS``)."""
 
-    model_config = ConfigDict(extra="ignore", frozen=True)
+    model_config = ConfigDict(
+        extra="ignore", frozen=True, alias_generator=AliasGenerator(serialization_alias=to_camel)
+    )
 
-    id: uuid.UUID
+    id: uuid.UUID = Field(serialization_alias="jobId")
     user_id: str
     type: JobType
     query: str
@@ -167,7 +176,7 @@ class Job(BaseModel):
     idempotency_key: str | None = None
     request_hash: str | None = None
     attempts: int = 0
-    max_attempts: int = 3
+    max_attempts: int  #: set from MAX_ATTEMPTS when the job is created
     lease_token: uuid.UUID | None = None
     lease_expires_at: datetime | None = None
     dispatch_count: int = 0
@@ -178,56 +187,39 @@ class Job(BaseModel):
     completed_at: datetime | None = None
     metadata: dict[str, Any] = Field(default_factory=dict)
 
+    def wire(self, *, include_result: bool = True) -> dict[str, Any]:
+        """The job as the API shows it; the list leaves ``result`` out (it can be large)."""
+        shown = self.model_dump(mode="json", by_alias=True, include=set(WIRE_FIELDS))
+        if not include_result:
+            shown["result"] = None
+        return shown
 
-class JobView(WireModel):
-    """A job as the API shows it (seed §7.2 GET response, plus what clients need)."""
 
-    job_id: uuid.UUID
-    type: JobType
-    query: str
-    priority: Priority
-    status: JobStatus
-    progress: int
-    current_step: str | None = None
-    result: dict[str, Any] | None = None
-    error: str | None = None
-    error_code: str | None = None
-    attempts: int = 0
-    max_attempts: int = 0
-    complexity: Complexity | None = None
-    estimated_seconds: int | None = None
-    metadata: dict[str, Any] = Field(default_factory=dict)
-    created_at: datetime
-    updated_at: datetime
-    started_at: datetime | None = None
-    completed_at: datetime | None = None
-
-    @classmethod
-    def from_job(cls, job: Job, *, include_result: bool = True) -> JobView:
-        return cls(
-            job_id=job.id,
-            type=job.type,
-            query=job.query,
-            priority=job.priority,
-            status=job.status,
-            progress=job.progress,
-            current_step=job.current_step,
-            result=job.result if include_result else None,
-            error=job.error,
-            error_code=job.error_code,
-            attempts=job.attempts,
-            max_attempts=job.max_attempts,
-            complexity=job.complexity,
-            estimated_seconds=job.estimated_seconds,
-            metadata=job.metadata,
-            created_at=job.created_at,
-            updated_at=job.updated_at,
-            started_at=job.started_at,
-            completed_at=job.completed_at,
-        )
-
-    def wire(self) -> dict[str, Any]:
-        return self.model_dump(mode="json", by_alias=True)
+#: What the API shows of a job. The owner, the lease, the dispatch bookkeeping, the request
+#: hash and the router's score are the service's own.
+WIRE_FIELDS = frozenset(
+    {
+        "id",
+        "type",
+        "query",
+        "priority",
+        "status",
+        "progress",
+        "current_step",
+        "result",
+        "error",
+        "error_code",
+        "attempts",
+        "max_attempts",
+        "complexity",
+        "estimated_seconds",
+        "metadata",
+        "created_at",
+        "updated_at",
+        "started_at",
+        "completed_at",
+    }
+)
 
 
 class JobLog(BaseModel):

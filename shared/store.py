@@ -190,10 +190,12 @@ class JobStore:
         complexity_score: float | None = None,
         estimated_seconds: int | None = None,
         metadata: dict[str, Any] | None = None,
-        max_attempts: int = 3,
-        max_per_minute: int = 30,
-        max_active: int = 10,
+        max_attempts: int,
+        max_per_minute: int,
+        max_active: int,
     ) -> CreatedJob:
+        """``max_*`` are settings (MAX_ATTEMPTS, MAX_JOBS_PER_MINUTE, MAX_ACTIVE_JOBS): the caller
+        passes them from ``Settings``, their one declaration."""
         data = self.rpc(
             "create_job",
             {

@@ -50,3 +50,10 @@ def db_uri(pg: Postgres, template_db: str) -> Iterator[str]:
     uri = pg.create_database(name, template=template_db)
     yield uri
     pg.drop_database(name)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The unit tier (tests/unit: nothing started) runs first, so a broken rule fails in
+    seconds rather than after the database and the stack have started."""
+    unit = Path(__file__).parent / "unit"
+    items.sort(key=lambda item: not item.path.is_relative_to(unit))

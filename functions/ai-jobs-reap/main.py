@@ -4,11 +4,11 @@ Deployed as a Cloud Functions gen2 HTTP function with entry point ``reap_jobs``;
 in ``shared/`` (staged beside this file by deploy.sh).
 """
 
-from shared import processor
+from shared import identity, reaper
 from shared.http import endpoint
 from shared.settings import get_settings
 
 get_settings()  # fail at cold start, naming any missing or malformed setting
-processor.require_caller_check(get_settings())  # private: refuse to start unguarded
+identity.require_caller_check(get_settings())  # private: refuse to start unguarded
 
-reap_jobs = endpoint("POST", "GET", cors=False)(processor.reap_jobs)
+reap_jobs = endpoint("POST", "GET", cors=False)(reaper.reap_jobs)

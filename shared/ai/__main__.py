@@ -46,16 +46,15 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
 
-    from dataclasses import replace
-
     from shared.ai.fleet import fleet_source_from_settings
     from shared.ai.pipeline import run
 
     env_settings = AISettings.from_env()
-    settings = replace(
-        env_settings,
-        writer="auto" if args.gemini else "local",
-        fleet_source=args.fleet or env_settings.fleet_source,
+    settings = env_settings.model_copy(
+        update={
+            "writer": "auto" if args.gemini else "local",
+            "fleet_source": args.fleet or env_settings.fleet_source,
+        }
     )
     try:
         fleet = fleet_source_from_settings(settings.fleet_source, settings.fleet_seed).load()

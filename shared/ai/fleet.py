@@ -100,7 +100,6 @@ METRICS: tuple[str, ...] = (
     "packet_loss",
     "up",
 )
-OPTIONAL_METRICS = frozenset({"disk_io", "packet_loss"})
 
 
 class _FleetModel(BaseModel):
@@ -155,10 +154,6 @@ class Server(_FleetModel):
         if metric == "up":
             return [1.0 if value else 0.0 for value in values]
         return list(values)
-
-    @property
-    def display_name(self) -> str:
-        return self.name or self.id
 
 
 class Fleet(_FleetModel):

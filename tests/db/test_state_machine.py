@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from infra.local.migrate import apply_migrations
-from shared.jobs import JobStatus, is_legal
+from shared.jobs import TRANSITIONS, JobStatus, is_legal
 from tests.db.sqlcall import Db, SqlError
 
 
@@ -93,6 +93,25 @@ def test_transition_matrix(db: Db, status: str, operation: str) -> None:
         after = db.job(job["id"])
         assert after["status"] == expected
         assert is_legal(sql_name, JobStatus(status), JobStatus(expected))
+
+
+def test_the_matrix_expects_exactly_the_declared_transitions() -> None:
+    """EXPECTED (what SQL does) and TRANSITIONS (shared.jobs) name the same changes: nothing
+    the matrix lets through is undeclared, nothing declared goes untested."""
+    in_matrix = {
+        (OPERATIONS[operation][0], JobStatus(before), JobStatus(after))
+        for (before, operation), after in EXPECTED.items()
+    }
+    declared = {(name, old, new) for name, pairs in TRANSITIONS.items() for old, new in pairs}
+    # tested on their own below: a claim after the lease expired, and the reaper's sweep
+    elsewhere = {
+        ("claim_job", JobStatus.PROCESSING, JobStatus.PROCESSING),
+        ("reap_jobs", JobStatus.PROCESSING, JobStatus.FAILED),
+        ("reap_jobs", JobStatus.PROCESSING, JobStatus.QUEUED),
+    }
+
+    assert in_matrix == declared - elsewhere
+    assert elsewhere <= declared
 
 
 def test_claim_sets_a_fresh_lease_and_counts_the_attempt(db: Db) -> None:

@@ -13,6 +13,8 @@ import shutil
 import subprocess
 from pathlib import Path
 
+from shared.settings import AISettings, ConsoleSettings, DeploySettings, Settings, declared
+
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "deploy.sh"
 BASH = shutil.which("bash") or "/bin/bash"
@@ -49,43 +51,21 @@ APIS = [
     "logging",
     "iam",
 ]
-# What the functions read (the lead's list): --help must document each one.
+# What the functions read and deploy.sh decides: every variable the settings module declares.
 FUNCTION_SETTINGS = [
-    "SUPABASE_URL",
-    "SUPABASE_SERVICE_ROLE_KEY",
-    "GEMINI_API_KEY",
-    "GEMINI_MODEL",
-    "AI_WRITER",
-    "GCP_PROJECT",
-    "FUNCTION_REGION",
-    "TASKS_LOCATION",
-    "TASKS_QUEUE",
-    "PROCESSOR_URL",
-    "TASKS_INVOKER_SA",
-    "PROCESSOR_VERIFY_OIDC",
-    "PROCESSOR_OIDC_AUDIENCE",
-    "PROCESSOR_SHARED_SECRET",
-    "TASK_DISPATCH_DEADLINE_S",
-    "JOB_DEADLINE_S",
-    "LEASE_SECONDS",
-    "MAX_ATTEMPTS",
-    "MAX_JOBS_PER_MINUTE",
-    "MAX_ACTIVE_JOBS",
-    "RETENTION_DAYS",
-    "ENABLE_JOB_QUEUE",
-    "ENABLE_COMPLEXITY_ROUTING",
-    "ALLOWED_ORIGINS",
-    "USER_ID_HEADER",
-    "ALLOW_ANONYMOUS",
-    "SUPABASE_JWT_SECRET",
-    "PUBLIC_BASE_URL",
-    "POLL_INTERVAL_S",
+    name
+    for cls in (Settings, AISettings, DeploySettings, ConsoleSettings)
+    for _, name, _ in declared(cls)
 ]
 FAKE_TOOL = '#!/bin/sh\necho "$0 $*" >> "{marker}"\nexit 97\n'
 
 
 def run_deploy(
-    tmp_path: Path, *args: str, dry_run: bool = True, **env_overrides: str | None
+    tmp_path: Path,
+    *args: str,
+    dry_run: bool = True,
+    script: Path = SCRIPT,
+    **env_overrides: str | None,
 ) -> subprocess.CompletedProcess[str]:
     fake_bin = tmp_path / "fake-bin"
     fake_bin.mkdir(exist_ok=True)
@@ -106,7 +86,7 @@ def run_deploy(
     env.update(env_overrides)
     flags = ["--dry-run"] if dry_run else []
     return subprocess.run(
-        [BASH, str(SCRIPT), *flags, *args],
+        [BASH, str(script), *flags, *args],
         env={k: v for k, v in env.items() if v is not None},
         cwd=tmp_path,  # the script must find the repository on its own
         capture_output=True,
@@ -447,11 +427,42 @@ def test_only_rejects_an_unknown_function(tmp_path: Path) -> None:
     assert "ai-jobs-nope" in result.stderr
 
 
-def test_inconsistent_deadlines_are_refused(tmp_path: Path) -> None:
-    result = run_deploy(tmp_path, JOB_DEADLINE_S="600")
+def test_inconsistent_settings_are_refused_by_the_settings_module(tmp_path: Path) -> None:
+    refused = {
+        "JOB_DEADLINE_S": {"JOB_DEADLINE_S": "600"},
+        "TASK_DISPATCH_DEADLINE_S": {"PROCESSOR_TIMEOUT_S": "300"},
+        "QUEUE_MAX_ATTEMPTS": {"QUEUE_MAX_ATTEMPTS": "2", "MAX_ATTEMPTS": "3"},
+        "LEASE_SECONDS": {"LEASE_SECONDS": "10"},
+        "MAX_BODY_BYTES": {"MAX_BODY_BYTES": "many"},
+    }
+    for name, env in refused.items():
+        result = run_deploy(tmp_path, **env)
 
-    assert result.returncode != 0
-    assert "JOB_DEADLINE_S" in result.stderr
+        assert result.returncode != 0, name
+        assert f"setting {name} " in result.stderr, result.stderr
+        assert "+ gcloud" not in result.stdout
+
+
+def test_dry_run_prints_the_resolved_settings_with_secrets_masked(tmp_path: Path) -> None:
+    result = run_deploy(tmp_path, LEASE_SECONDS="90", GEMINI_MODEL="gemini-x")
+
+    assert result.returncode == 0, result.stderr
+    printed = dict(
+        line.split(maxsplit=1)
+        for line in result.stdout.splitlines()
+        if re.match(r"^[A-Z][A-Z0-9_]+ {2,}\S", line)
+    )
+    assert printed["LEASE_SECONDS"] == "90"
+    assert printed["MAX_ATTEMPTS"] == "3  (default)"
+    assert printed["PROCESSOR_TIMEOUT_S"] == "540  (default)"
+    assert printed["PROCESSOR_VERIFY_OIDC"] == "true"
+    assert printed["SUPABASE_SERVICE_ROLE_KEY"] == "<set, masked>"
+    assert set(FUNCTION_SETTINGS) <= set(printed)
+    env_file = (tmp_path / "build" / "ai-jobs-get.env.yaml").read_text()
+    assert 'LEASE_SECONDS: "90"' in env_file  # given: written
+    assert 'GEMINI_MODEL: "gemini-x"' in env_file
+    assert "MAX_ATTEMPTS" not in env_file  # not given: the deployed code's own default
+    assert "SUPABASE_SERVICE_ROLE_KEY" not in env_file  # secrets are mounted, never written
 
 
 def test_real_run_requires_gcloud(tmp_path: Path) -> None:
@@ -471,10 +482,9 @@ def test_help_lists_every_flag_and_variable(tmp_path: Path) -> None:
     assert result.returncode == 0
     script = SCRIPT.read_text()
     read_by_script = set(re.findall(r"\$\{([A-Z][A-Z0-9_]*):[-?]", script)) - {"URL"}
-    passthrough = re.search(r"PASSTHROUGH_SETTINGS=\(([^)]*)\)", script)
-    assert passthrough
-    documented = [*read_by_script, *passthrough.group(1).split(), *FUNCTION_SETTINGS]
-    assert len(read_by_script) > 30
+    documented = [*read_by_script, *FUNCTION_SETTINGS]
+    assert len(read_by_script) > 20
+    assert len(FUNCTION_SETTINGS) > 40
     for name in documented:
         assert re.search(rf"\b{name}\b", result.stdout), name
     for flag in ("--dry-run", "--project", "--region", "--only", "--skip-migrations", "--help"):

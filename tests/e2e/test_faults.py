@@ -20,6 +20,7 @@ from infra.local.postgres import Postgres
 from infra.local.stack import LocalStack, StackConfig
 from shared.store import REAP_BATCH
 from shared.tasks import SECRET_HEADER
+from tests.db.sqlcall import Db
 from tests.e2e.conftest import FINAL, TEST_ENV, create, wait_for
 
 QUERY = "모든 서버 분석하고 최적화 리포트 만들어줘"
@@ -448,13 +449,10 @@ def test_one_sweep_dispatches_more_lost_jobs_than_fit_in_one_batch(stack: LocalS
     client = stack.tasks_client()
     client.pause_queue(name=stack.queue_path)  # count the tasks; do not run them
     try:
-        with psycopg.connect(stack.db_uri, autocommit=True) as conn:
+        with Db(stack.db_uri) as db:
             for n in range(lost):
-                conn.execute(
-                    "select (c.job).id from public.create_job(p_type => 'report', p_query => 'q',"
-                    " p_user_id => %s) c",
-                    (f"sweep-{n}",),
-                )
+                db.one("create_job", type="report", query="q", user_id=f"sweep-{n}")
+        with psycopg.connect(stack.db_uri, autocommit=True) as conn:
             conn.execute(
                 "update public.ai_jobs set dispatched_at = null where user_id like 'sweep-%'"
             )
@@ -469,7 +467,7 @@ def test_one_sweep_dispatches_more_lost_jobs_than_fit_in_one_batch(stack: LocalS
     finally:
         with psycopg.connect(stack.db_uri, autocommit=True) as conn:
             conn.execute(
-                "select public.cancel_job(id) from public.ai_jobs"
+                "select public.cancel_job(id, null, null) from public.ai_jobs"
                 " where user_id like 'sweep-%' and status = 'queued'"
             )
         client.purge_queue(name=stack.queue_path)

@@ -32,7 +32,9 @@ def _settings(host: str, target_url: str, queue: str = QUEUE) -> Settings:
         tasks_emulator_host=host,
         processor_url=f"{target_url}/ai-jobs-process",
         processor_secret="s3cret",
-        dispatch_deadline_s=15,
+        # the shortest pair the settings accept (the job's deadline inside the margin)
+        dispatch_deadline_s=31,
+        job_deadline_s=1.0,
     )
 
 

@@ -12,7 +12,7 @@ import pytest
 
 import shared.store
 import shared.tasks
-from shared import errors, processor
+from shared import errors, identity, worker
 from shared.settings import Settings, get_settings
 
 FUNCTIONS = Path(__file__).resolve().parents[2] / "functions"
@@ -60,34 +60,34 @@ def test_unguarded_settings_refuse_every_call() -> None:
     headers = {"X-CloudTasks-QueueName": "ai-jobs", "X-AI-Jobs-Secret": "anything"}
     with app.test_request_context("/", method="POST", json={"jobId": "x"}, headers=headers):
         with pytest.raises(errors.Forbidden):
-            processor.verify_caller(flask.request, unguarded, audience="http://x")
+            identity.verify_caller(flask.request, unguarded, audience="http://x")
         trusted = Settings(
             supabase_url="http://127.0.0.1:1", supabase_service_key="k", trust_private_callers=True
         )
-        processor.verify_caller(flask.request, trusted, audience="http://x")
+        identity.verify_caller(flask.request, trusted, audience="http://x")
 
 
-def _processor(**settings: float) -> processor.Processor:
+def _processor(**settings: float) -> worker.Processor:
     base = Settings(supabase_url="http://127.0.0.1:1", supabase_service_key="k", **settings)
-    return processor.Processor(shared.store.JobStore.from_settings(base), base)
+    return worker.Processor(shared.store.JobStore.from_settings(base), base)
 
 
 def test_a_jobs_retry_waits_for_the_servers_hint_at_most_an_hour() -> None:
-    worker = _processor()
+    processor = _processor()
     quota = errors.AIError("429", retryable=True, retry_after=42.0)
     daily = errors.AIError("429", retryable=True, retry_after=20 * 3600.0)
-    assert worker.retry_delay(quota, attempts=1) == 42.0
-    assert worker.retry_delay(daily, attempts=1) == processor.MAX_RETRY_DELAY_S
+    assert processor.retry_delay(quota, attempts=1) == 42.0
+    assert processor.retry_delay(daily, attempts=1) == worker.MAX_RETRY_DELAY_S
 
 
 def test_without_a_hint_the_retry_backs_off_like_the_queue() -> None:
-    worker = _processor(retry_min_backoff_s=10.0, retry_max_backoff_s=30.0)
+    processor = _processor(retry_min_backoff_s=10.0, retry_max_backoff_s=30.0)
     deadline = errors.DeadlineExceeded("the job's deadline passed")
-    assert [worker.retry_delay(deadline, attempts=n) for n in (1, 2, 3, 4)] == [10, 20, 30, 30]
+    assert [processor.retry_delay(deadline, attempts=n) for n in (1, 2, 3, 4)] == [10, 20, 30, 30]
 
 
 @pytest.mark.parametrize(("raw", "count"), [("3", 3), ("²", 0), ("-1", 0), ("1e3", 0), ("", 0)])
 def test_delivery_counts_are_ascii_digits_only(raw: str, count: int) -> None:
     app = flask.Flask(__name__)
     with app.test_request_context("/", headers={"X-CloudTasks-TaskRetryCount": raw}):
-        assert processor.Delivery.from_request(flask.request).retry_count == count
+        assert worker.Delivery.from_request(flask.request).retry_count == count

@@ -12,6 +12,7 @@ from postgrest.exceptions import APIError
 from infra.local.gateway import GatewayHandle, make_jwt
 from shared import errors
 from shared.jobs import JobStatus
+from shared.settings import Settings
 from shared.store import (
     CLIENT_TIMEOUT_S,
     SERVER_POOL_ACQUISITION_TIMEOUT_S,
@@ -20,6 +21,13 @@ from shared.store import (
     map_api_error,
 )
 from tests.integration.conftest import JWT_SECRET
+
+#: The per-user limits create_job is always given, at their declared defaults.
+LIMITS: dict[str, int] = {
+    "max_attempts": Settings.model_fields["max_attempts"].default,
+    "max_per_minute": Settings.model_fields["max_jobs_per_minute"].default,
+    "max_active": Settings.model_fields["max_active_jobs"].default,
+}
 
 
 @pytest.fixture
@@ -33,6 +41,7 @@ def _create(store: JobStore, **extra: object) -> uuid.UUID:
         "job_type": "report",
         "query": "analyse all servers",
         "priority": "normal",
+        **LIMITS,
     }
     args.update(extra)
     return store.create_job(**args).job.id  # type: ignore[arg-type]
@@ -40,7 +49,7 @@ def _create(store: JobStore, **extra: object) -> uuid.UUID:
 
 def test_a_job_goes_through_its_whole_life(store: JobStore) -> None:
     created = store.create_job(
-        user_id="u1", job_type="report", query="q", priority="high", metadata={"k": "v"}
+        user_id="u1", job_type="report", query="q", priority="high", metadata={"k": "v"}, **LIMITS
     )
     assert created.created
     job = created.job
@@ -84,6 +93,7 @@ def test_errors_map_to_the_projects_exceptions(store: JobStore) -> None:
         priority="low",
         idempotency_key="k",
         request_hash="h1",
+        **LIMITS,
     )
     with pytest.raises(errors.IdempotencyConflict):
         store.create_job(
@@ -93,6 +103,7 @@ def test_errors_map_to_the_projects_exceptions(store: JobStore) -> None:
             priority="low",
             idempotency_key="k",
             request_hash="h2",
+            **LIMITS,
         )
     with pytest.raises(errors.RateLimited) as limited:
         for _ in range(3):

@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import time
 import uuid
 from collections.abc import Iterator
@@ -19,7 +20,8 @@ import pytest
 from werkzeug.test import EnvironBuilder
 
 from shared import errors
-from shared.http import MAX_JSON_DEPTH, caller_id, endpoint, parse_json, read_json
+from shared.http import MAX_JSON_DEPTH, endpoint, parse_json, read_json
+from shared.identity import caller_id
 from shared.jobs import MAX_METADATA_BYTES, MAX_METADATA_DEPTH, CreateJobRequest, Job
 from shared.settings import Settings, get_settings
 
@@ -116,13 +118,12 @@ def test_whatever_metadata_is_accepted_round_trips_through_the_response_model() 
         "priority": "normal",
         "status": "queued",
         "progress": 0,
+        "max_attempts": 3,
         "created_at": now,
         "updated_at": now,
         "metadata": create.metadata,
     }
-    from shared.jobs import JobView
-
-    assert JobView.from_job(Job.model_validate(row)).wire()["metadata"] == metadata
+    assert Job.model_validate(row).wire()["metadata"] == metadata
 
 
 # --- items 5 and 6: the body is bounded while reading, and only a whole body is used -------
@@ -265,7 +266,9 @@ def test_a_5xx_carries_no_details_and_no_backend_text(settings_env: None) -> Non
 
     response = call(handler, request_for(method="GET"))
     assert response.status_code == 503
-    assert response.get_json() == {
+    body = response.get_json()
+    assert re.fullmatch(r"[0-9a-f]{32}", body["error"].pop("requestId"))
+    assert body == {
         "error": {
             "code": "database_unavailable",
             "message": "the database is unavailable; retry later",
@@ -283,10 +286,13 @@ def test_a_row_that_fails_to_load_is_a_500_not_the_clients_400(
 
     response = call(handler, request_for(method="GET"))
     assert response.status_code == 500
-    assert response.get_json() == {"error": {"code": "internal", "message": "internal error"}}
+    body = response.get_json()
+    request_id = body["error"].pop("requestId")
+    assert body == {"error": {"code": "internal", "message": "internal error"}}
     logged = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     failure = next(entry for entry in logged if entry["message"] == "unhandled error")
     assert "Traceback" in failure["stack_trace"]
+    assert failure["requestId"] == request_id  # the answer leads to its log line
 
 
 @pytest.mark.parametrize(

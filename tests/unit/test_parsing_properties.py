@@ -23,7 +23,7 @@ from werkzeug.test import EnvironBuilder
 from shared import errors
 from shared.api import decode_cursor, encode_cursor
 from shared.http import MAX_JSON_DEPTH, parse_json, parse_model, read_json
-from shared.jobs import CreateJobRequest, Job, JobView, json_depth
+from shared.jobs import CreateJobRequest, Job, json_depth
 from shared.settings import Settings
 
 BOUNDED = settings(
@@ -113,11 +113,12 @@ def test_a_create_request_parses_to_a_model_the_response_can_serialize_or_a_400(
         priority="normal",
         status="queued",
         progress=0,
+        max_attempts=3,
         created_at=now,
         updated_at=now,
         metadata=create.metadata,
     )
-    wire = JobView.from_job(job).wire()
+    wire = job.wire()
     json.dumps(wire, allow_nan=False, ensure_ascii=False).encode("utf-8")
     assert wire["metadata"] == metadata
 
@@ -185,6 +186,7 @@ def test_a_cursor_written_by_the_service_reads_back_as_the_same_instant(
         priority="normal",
         status="queued",
         progress=0,
+        max_attempts=3,
         created_at=created_at,
         updated_at=created_at,
     )

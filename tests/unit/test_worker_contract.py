@@ -1,0 +1,124 @@
+"""The processor's answer to Cloud Tasks, on an in-memory store and queue (tests/unit/memory.py).
+
+2xx deletes the task: on success, on a duplicate or cancelled delivery, on a permanent failure
+and on a retryable one, whose retry is the job's *next* named task. 503 (slowing the whole
+queue) only when the database itself is gone. The AI pipeline is the real one, fed a fleet
+source that works, refuses (a closed port: retryable) or does not exist (permanent).
+"""
+
+from __future__ import annotations
+
+import socket
+import uuid
+from pathlib import Path
+
+from shared.jobs import Job, JobStatus
+from shared.settings import AISettings, Settings
+from shared.worker import Delivery, Processor
+from tests.unit.memory import MemoryQueue, MemoryStore
+
+DELIVERY = Delivery(task_name=None, retry_count=0, execution_count=1)
+
+
+def closed_port_url() -> str:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    return f"http://127.0.0.1:{port}/fleet.json"  # nothing listens there now
+
+
+def settings(fleet_source: str = "synthetic") -> Settings:
+    return Settings(
+        supabase_url="http://127.0.0.1:1",
+        supabase_service_key="k",
+        ai=AISettings(writer="local", fleet_source=fleet_source),
+    )
+
+
+def arrange(
+    fleet_source: str = "synthetic", *, max_attempts: int = 3, down_after: int | None = None
+) -> tuple[Processor, MemoryStore, MemoryQueue, Job]:
+    store, queue = MemoryStore(down_after=down_after), MemoryQueue()
+    job = store.create_job(
+        user_id="u1", job_type="report", query="서버 분석 리포트", max_attempts=max_attempts
+    ).job
+    store.calls = 0
+    return Processor(store, settings(fleet_source), queue), store, queue, job  # type: ignore[arg-type]
+
+
+def test_a_job_that_completes_answers_2xx() -> None:
+    processor, store, queue, job = arrange()
+
+    answer = processor.process(job.id, DELIVERY)
+
+    assert answer == ("completed", 200)
+    done = store.jobs[job.id]
+    assert (done.status, done.progress, done.lease_token) == (JobStatus.COMPLETED, 100, None)
+    assert done.result and done.result["type"] == "report"
+    assert queue.tasks == {}
+
+
+def test_a_duplicate_delivery_finds_nothing_to_do() -> None:
+    processor, _, _, job = arrange()
+    processor.process(job.id, DELIVERY)
+
+    assert processor.process(job.id, DELIVERY) == ("nothing_to_do", 200)
+    assert processor.process(uuid.uuid4(), DELIVERY) == ("nothing_to_do", 200)
+
+
+def test_a_cancelled_job_is_not_run() -> None:
+    processor, store, _, job = arrange()
+    store.cancel_job(job.id)
+
+    assert processor.process(job.id, DELIVERY) == ("nothing_to_do", 200)
+    assert store.jobs[job.id].attempts == 0
+
+
+def test_a_retryable_failure_schedules_the_jobs_next_task_and_answers_2xx() -> None:
+    processor, store, queue, job = arrange(closed_port_url())
+
+    answer = processor.process(job.id, DELIVERY)
+
+    assert answer == ("retry_scheduled", 200)  # never 503: that would slow every user's jobs
+    queued = store.jobs[job.id]
+    assert (queued.status, queued.attempts, queued.dispatch_count) == (JobStatus.QUEUED, 1, 2)
+    assert queued.error_code == "dependency_unavailable"
+    assert queue.tasks == {(job.id, 2): processor.settings.retry_min_backoff_s}
+
+
+def test_the_last_attempt_fails_for_good_and_answers_2xx() -> None:
+    processor, store, queue, job = arrange(closed_port_url(), max_attempts=1)
+
+    assert processor.process(job.id, DELIVERY) == ("failed", 200)
+    assert store.jobs[job.id].status == JobStatus.FAILED
+    assert queue.tasks == {}
+
+
+def test_a_permanent_error_fails_the_job_at_once(tmp_path: Path) -> None:
+    processor, store, queue, job = arrange(str(tmp_path / "no-such-fleet.json"))
+
+    assert processor.process(job.id, DELIVERY) == ("failed", 200)
+    failed = store.jobs[job.id]
+    assert (failed.status, failed.attempts, failed.error_code) == (
+        JobStatus.FAILED,
+        1,
+        "config_error",
+    )
+    assert queue.tasks == {}
+
+
+def test_the_database_gone_mid_run_answers_503() -> None:
+    processor, store, queue, job = arrange(down_after=1)  # the claim, then nothing
+
+    assert processor.process(job.id, DELIVERY) == ("retry", 503)
+    assert store.jobs[job.id].status == JobStatus.PROCESSING  # the lease expires; reaper
+    assert queue.tasks == {}
+
+
+def test_with_the_queue_down_the_retry_is_left_to_the_reaper() -> None:
+    processor, store, queue, job = arrange(closed_port_url())
+    queue.down = True
+
+    assert processor.process(job.id, DELIVERY) == ("retry_scheduled", 200)
+    released = store.jobs[job.id]
+    assert (released.status, released.dispatched_at) == (JobStatus.QUEUED, None)

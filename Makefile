@@ -39,7 +39,7 @@ format: install
 	$(PY) -m ruff check --fix $(LINT_PATHS)
 
 # pytest exits 5 when it collected no test: that must fail, not pass silently.
-test: lint js console-check browser
+test: lint console-check js browser
 	@$(PY) -m pytest $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing" >&2; exit 1; fi; \
 	exit $$rc

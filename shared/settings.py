@@ -507,10 +507,12 @@ class ConsoleSettings(_Declared):
             raise ConfigError(
                 "SUPABASE_ANON_KEY needs SUPABASE_URL", details={"setting": "SUPABASE_URL"}
             )
-        if self.supabase_anon_key and _jwt_role(self.supabase_anon_key) == "service_role":
-            # the page is public: a service key here would hand every visitor the database
+        key = self.supabase_anon_key
+        if key and (_jwt_role(key) == "service_role" or key.startswith("sb_secret_")):
+            # the page is public: a secret key here would hand every visitor the database
+            # (Supabase's new-style secret keys start sb_secret_, publishable ones sb_publishable_)
             raise _refuse(
-                "SUPABASE_ANON_KEY", "holds a service_role key; give the console the anon key"
+                "SUPABASE_ANON_KEY", "holds a secret key; give the console the anon/publishable key"
             )
         return self
 
@@ -548,6 +550,14 @@ class DeploySettings(_Declared):
             self.queue_max_attempts >= app.max_attempts,
             "QUEUE_MAX_ATTEMPTS",
             f"({self.queue_max_attempts}) must be >= MAX_ATTEMPTS ({app.max_attempts})",
+        )
+        # The console signs visitors in and sends their tokens: an API that cannot verify
+        # them would treat every visitor as the one shared anonymous caller.
+        _require(
+            not self.console.supabase_anon_key or bool(app.supabase_jwt_secret),
+            "SUPABASE_JWT_SECRET",
+            "is needed when the console gets SUPABASE_ANON_KEY: the functions must verify the "
+            "visitors' tokens",
         )
         # A renewal runs every third of the lease and may take a whole store call: the lease
         # must outlast both, or a slow database hands a live job to a second worker.

@@ -75,13 +75,13 @@ def test_assets_revalidate_with_their_etag_and_nothing_outside_is_served() -> No
     assert client.post("/").status_code == 405
 
 
-def test_a_service_key_is_refused_for_the_public_page() -> None:
+@pytest.mark.parametrize(
+    "key", [make_jwt(LOCAL_JWT_SECRET, "service_role"), "sb_secret_0123456789abcdef"]
+)
+def test_a_secret_key_is_refused_for_the_public_page(key: str) -> None:
     with pytest.raises(ConfigError) as caught:
         ConsoleSettings.from_env(
-            {
-                "SUPABASE_URL": "http://127.0.0.1:54321",
-                "SUPABASE_ANON_KEY": make_jwt(LOCAL_JWT_SECRET, "service_role"),
-            }
+            {"SUPABASE_URL": "http://127.0.0.1:54321", "SUPABASE_ANON_KEY": key}
         )
     assert caught.value.details == {"setting": "SUPABASE_ANON_KEY"}
 

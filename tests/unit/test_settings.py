@@ -123,6 +123,7 @@ def test_the_job_deadline_may_reach_the_dispatch_deadline_less_the_margin() -> N
         ({"QUEUE_MAX_ATTEMPTS": "2"}, "QUEUE_MAX_ATTEMPTS"),
         ({"LEASE_SECONDS": "29"}, "LEASE_SECONDS"),
         ({"PROCESSOR_TIMEOUT_S": "4000"}, "PROCESSOR_TIMEOUT_S"),
+        ({"SUPABASE_ANON_KEY": "sb_publishable_x"}, "SUPABASE_JWT_SECRET"),
     ],
 )
 def test_deploying_adds_the_rules_of_the_platform(env: dict[str, str], named: str) -> None:

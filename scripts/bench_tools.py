@@ -23,13 +23,9 @@ from typing import Any
 import httpx
 import psutil  # type: ignore[import-untyped]
 
+from infra.local.host import free_port
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def percentiles(samples: list[float]) -> dict[str, float]:

@@ -30,6 +30,7 @@ from typing import IO, Any
 
 import httpx
 
+from infra.local.host import free_port  # one definition (tests import it from here too)
 from infra.local.postgres import DEFAULT_DATA_DIR, Postgres, start_postgres
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -39,12 +40,6 @@ PROJECT = "local-project"
 LOCATION = "asia-northeast1"
 QUEUE = "ai-jobs"
 DATABASE = "ai_jobs"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass

@@ -49,18 +49,25 @@ def fake() -> Iterator[fake_gemini.FakeGemini]:
         yield server
 
 
-@pytest.fixture(scope="module")
-def stack(
-    tmp_path_factory: pytest.TempPathFactory, pg: Postgres, fake: fake_gemini.FakeGemini
+def console_stack(
+    tmp_path_factory: pytest.TempPathFactory,
+    pg: Postgres,
+    fake: fake_gemini.FakeGemini,
+    name: str,
+    *,
+    poll_interval_s: int,
+    jwt_identity: bool = False,
 ) -> Iterator[LocalStack]:
+    """A stack for the console: caps out of the way, the model the fake Gemini."""
     config = StackConfig.for_tests(
-        tmp_path_factory.mktemp("console-stack"),
+        tmp_path_factory.mktemp(f"console-{name}"),
         reap_interval_s=0,
-        database_uri=pg.create_database(f"console_{uuid.uuid4().hex[:8]}"),
+        jwt_identity=jwt_identity,
+        database_uri=pg.create_database(f"{name}_{uuid.uuid4().hex[:8]}"),
         function_env={
             "MAX_JOBS_PER_MINUTE": "1000",
             "MAX_ACTIVE_JOBS": "1000",
-            "POLL_INTERVAL_S": "1",
+            "POLL_INTERVAL_S": str(poll_interval_s),
             "AI_WRITER": "gemini",
             "GEMINI_API_KEY": "test-key",
             "GEMINI_BASE_URL": fake.base_url,
@@ -69,6 +76,13 @@ def stack(
     )
     with LocalStack(config) as running:
         yield running
+
+
+@pytest.fixture(scope="module")
+def stack(
+    tmp_path_factory: pytest.TempPathFactory, pg: Postgres, fake: fake_gemini.FakeGemini
+) -> Iterator[LocalStack]:
+    yield from console_stack(tmp_path_factory, pg, fake, "stack", poll_interval_s=1)
 
 
 @pytest.fixture(scope="module")

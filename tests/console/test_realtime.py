@@ -9,7 +9,6 @@ key; its poll interval is long (30 s), so steps seen within seconds came through
 from __future__ import annotations
 
 import re
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,8 +17,8 @@ import pytest
 
 from infra.local import fake_gemini
 from infra.local.postgres import Postgres
-from infra.local.stack import LocalStack, StackConfig
-from tests.console.conftest import PageErrors, slow_answer
+from infra.local.stack import LocalStack
+from tests.console.conftest import PageErrors, console_stack, slow_answer
 from tests.console.test_browser import PLAN_QUESTION, RECORD_PROGRESS, STEP_NAMES, ask
 
 LONG = 60_000
@@ -29,23 +28,9 @@ LONG = 60_000
 def stack(
     tmp_path_factory: pytest.TempPathFactory, pg: Postgres, fake: fake_gemini.FakeGemini
 ) -> Iterator[LocalStack]:
-    config = StackConfig.for_tests(
-        tmp_path_factory.mktemp("console-live"),
-        reap_interval_s=0,
-        jwt_identity=True,
-        database_uri=pg.create_database(f"live_{uuid.uuid4().hex[:8]}"),
-        function_env={
-            "MAX_JOBS_PER_MINUTE": "1000",
-            "MAX_ACTIVE_JOBS": "1000",
-            "POLL_INTERVAL_S": "30",
-            "AI_WRITER": "gemini",
-            "GEMINI_API_KEY": "test-key",
-            "GEMINI_BASE_URL": fake.base_url,
-            "GEMINI_MAX_RETRIES": "0",
-        },
+    yield from console_stack(
+        tmp_path_factory, pg, fake, "live", poll_interval_s=30, jwt_identity=True
     )
-    with LocalStack(config) as running:
-        yield running
 
 
 def _open(browser: Any, stack: LocalStack, sockets: list[Any] | None = None) -> Any:

@@ -114,7 +114,7 @@ async def read_head(reader: asyncio.StreamReader) -> Head | None:
 async def copy_body(head: Head, reader: asyncio.StreamReader, writer: Writable) -> bool:
     """Copy the body framed by ``head`` from reader to writer; False if it ran to EOF (the
     connection cannot be reused)."""
-    if b"chunked" in (head.get(b"transfer-encoding") or b"").lower():
+    if _is_chunked(head):
         while True:
             line = await reader.readuntil(b"\r\n")
             writer.write(line)
@@ -303,7 +303,10 @@ class Front:
         else:
             pump = asyncio.create_task(_pump_raw(client_reader, up_writer))
         try:
-            response = await read_head(up_reader)
+            try:
+                response = await read_head(up_reader)
+            except ConnectionError:  # reset before its answer (it closed on unread bytes)
+                response = None
             if response is None:
                 client_writer.write(_plain(502, "bad_gateway", "the function closed", close=True))
                 return False
@@ -410,15 +413,15 @@ _BODY_END_WAIT_S = 0.5
 
 
 def _declares_a_large_body(head: Head) -> bool:
+    """A Content-Length over what the front holds (or one it cannot read as a length)."""
     length = head.get(b"content-length")
-    if length is None or b"chunked" in (head.get(b"transfer-encoding") or b"").lower():
+    if length is None:
         return False
     return not length.strip().isdigit() or int(length) > _BUFFERED_BODY_MAX
 
 
 def _is_framed(head: Head) -> bool:
-    chunked = b"chunked" in (head.get(b"transfer-encoding") or b"").lower()
-    return chunked or head.get(b"content-length") is not None
+    return _is_chunked(head) or head.get(b"content-length") is not None
 
 
 class _RequestBody:

@@ -35,6 +35,8 @@ class _Echo(BaseHTTPRequestHandler):
     def _answer(self) -> None:
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length) if length else b""
+        if "chunked" in (self.headers.get("Transfer-Encoding") or ""):
+            body = self._chunks()  # read it whole, as a real server does before answering
         payload = self.path.encode() + b"|" + body
         self.send_response(200)
         if self.path.startswith("/chunked"):
@@ -48,6 +50,15 @@ class _Echo(BaseHTTPRequestHandler):
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(payload)
+
+    def _chunks(self) -> bytes:
+        body = b""
+        while size := int(self.rfile.readline().split(b";")[0], 16):
+            body += self.rfile.read(size)
+            self.rfile.readline()
+        while self.rfile.readline() not in (b"\r\n", b""):
+            pass
+        return body
 
     do_GET = do_POST = do_HEAD = _answer
 

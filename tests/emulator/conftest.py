@@ -102,14 +102,17 @@ class _TargetHandler(BaseHTTPRequestHandler):
             target.peak_in_flight = max(target.peak_in_flight, target.in_flight)
         reply = target.behaviour(received, index)
         try:
-            self._reply(reply, target.release)
+            if reply.delay_s:
+                target.release.wait(reply.delay_s)
         finally:
+            # Counted out before the status line is written: the emulator may launch the next
+            # attempt as soon as it reads this reply, and counting out after the write let that
+            # next request arrive first (a peak of 5 on a queue capped at 4, 1 CI run in ~10).
             with target.lock:
                 target.in_flight -= 1
+        self._reply(reply, target.release)
 
     def _reply(self, reply: Reply, release: threading.Event) -> None:
-        if reply.delay_s:
-            release.wait(reply.delay_s)
         body_length = _TRICKLE_BYTES if reply.trickle_s else 0
         self.send_response(reply.status)
         self.send_header("Content-Length", str(body_length))

@@ -1,9 +1,12 @@
 """Who may call, in one place: the caller of the public functions and of the private ones.
 
 Public functions (``caller_id``): a verified Supabase JWT names the user (its ``sub``, a
-Supabase Auth user id); else the user header, trusted only from the BFF (``X-BFF-Secret``
-matching ``BFF_SHARED_SECRET``) or when no authentication is configured at all; else the
-shared anonymous identity, when ``ALLOW_ANONYMOUS``.
+Supabase Auth user id) — HS256 with the legacy ``SUPABASE_JWT_SECRET``, ES256/RS256 with the
+project's published signing keys (JWKS); a Bearer that cannot be verified is refused, never
+taken for someone else, and the anon key as the Bearer means no user. Then the user header,
+trusted only from the BFF (``X-BFF-Secret`` matching ``BFF_SHARED_SECRET``) or when no
+authentication is configured at all; else the shared anonymous identity, when
+``ALLOW_ANONYMOUS``.
 
 Private functions (``verify_caller``): the processor and the reaper accept only our Cloud
 Tasks queue and Cloud Scheduler job, by the shared-secret header the task carries and/or the
@@ -40,14 +43,18 @@ def caller_id(request: flask.Request, settings: Settings) -> str:
     """Who is calling: a verified Supabase JWT's ``sub``; else the user header, when it can be
     trusted; else anonymous (if allowed).
 
+    A Bearer token names its user only once verified (``verified_user``); one this deployment
+    cannot verify is refused (401), never taken for the shared anonymous caller. The project's
+    anon key as the Bearer (``is_anon_key``) means "no user", as it does to Supabase itself.
+
     The user header names any user, so it is trusted only from the BFF (with
     ``BFF_SHARED_SECRET`` in ``X-BFF-Secret``), or when no authentication is configured at
-    all (the seed's anonymous portfolio mode). With ``SUPABASE_JWT_SECRET`` set and no BFF
+    all (the seed's anonymous portfolio mode). With JWT verification configured and no BFF
     secret, the header is refused: a browser must prove who it is with its JWT.
     """
-    auth = request.headers.get("Authorization", "")
-    if settings.supabase_jwt_secret and auth.lower().startswith("bearer "):
-        return _jwt_subject(auth[7:].strip(), settings.supabase_jwt_secret)
+    token = _bearer(request)
+    if token is not None and not is_anon_key(token):
+        return verified_user(token, settings)
     header = request.headers.get(settings.user_id_header)
     if header:
         _check_header_is_trusted(request, settings)
@@ -61,25 +68,57 @@ def caller_id(request: flask.Request, settings: Settings) -> str:
     raise errors.Unauthorized("sign in first: this deployment does not allow anonymous jobs")
 
 
-def _jwt_subject(token: str, secret: str) -> str:
+def _bearer(request: flask.Request) -> str | None:
+    auth = request.headers.get("Authorization", "")
+    return auth[7:].strip() if auth[:7].lower() == "bearer " else None
+
+
+def is_anon_key(token: str) -> bool:
+    """Whether a Bearer is the project's anon key: a publishable key (``sb_publishable_…``) or
+    a JWT of role ``anon`` naming no user (the legacy anon key).
+
+    Read without verifying, on purpose: such a token names nobody, so it asks for nothing a
+    request without it would not get (the user header, else the shared anonymous caller);
+    refusing it would only break clients that send the anon key when signed out, as
+    supabase-js does. A token that names a user is never judged by this.
+    """
+    if token.startswith("sb_publishable_"):
+        return True
     import jwt
 
     try:
+        claims = jwt.decode(token, options={"verify_signature": False})
+    except jwt.PyJWTError:
+        return False
+    return claims.get("role") == "anon" and "sub" not in claims
+
+
+def verified_user(token: str, settings: Settings) -> str:
+    """The user id (``sub``, a lower-case uuid) of a token verified with this deployment's
+    keys.
+
+    HS256 is verified with ``SUPABASE_JWT_SECRET``; ES256 and RS256 with the project's
+    published signing keys (``SUPABASE_JWT_JWKS``), the key picked by the token's ``kid`` and
+    used only for the algorithm it is published for. Nothing else is accepted: not ``none``,
+    not an HMAC over a public key (algorithm confusion), not an algorithm with no key here.
+    """
+    import jwt
+
+    key, algorithm = _verification_key(token, settings)
+    try:
         claims = jwt.decode(
             token,
-            secret,
-            algorithms=["HS256"],
-            options={"verify_aud": False, "require": ["sub", "exp"]},
+            key,
+            algorithms=[algorithm],
+            options={"verify_aud": False, "require": ["exp"]},
         )
     except jwt.ExpiredSignatureError:
         raise errors.Unauthorized(
             "the bearer token has expired", details={"reason": "expired"}
         ) from None
     except jwt.PyJWTError:
-        raise errors.Unauthorized(
-            "the bearer token is not valid", details={"reason": "invalid"}
-        ) from None
-    subject = claims["sub"]
+        raise _invalid() from None
+    subject = claims.get("sub")
     # Only a Supabase Auth user id: never the shared "anonymous" identity, nothing RLS
     # (auth.uid(), a uuid) could not match, nothing unbounded or unencodable.
     if not isinstance(subject, str) or not CANONICAL_UUID.fullmatch(subject):
@@ -87,6 +126,90 @@ def _jwt_subject(token: str, secret: str) -> str:
             "the bearer token's subject is not a user id", details={"reason": "subject"}
         )
     return subject.lower()
+
+
+#: the asymmetric algorithms Supabase Auth signs with (docs: "JWT Signing Keys")
+ASYMMETRIC = frozenset({"ES256", "RS256"})
+#: an unknown ``kid`` refetches the keys at most this often (a rotated-in key is found, a
+#: flood of made-up ids costs Supabase one request per period)
+JWKS_REFETCH_S = 30.0
+JWKS_FETCH_TIMEOUT_S = 5.0
+
+
+def _verification_key(token: str, settings: Settings) -> tuple[Any, str]:
+    """The key and the one algorithm a token may be verified with, chosen by its header."""
+    import jwt
+
+    try:
+        header = jwt.get_unverified_header(token)
+    except jwt.PyJWTError:
+        raise _invalid() from None
+    algorithm = header.get("alg")
+    if algorithm == "HS256":
+        if not settings.supabase_jwt_secret:
+            raise _unverifiable("an HS256 token needs SUPABASE_JWT_SECRET", "SUPABASE_JWT_SECRET")
+        return settings.supabase_jwt_secret, algorithm
+    if algorithm in ASYMMETRIC:
+        if not settings.supabase_jwt_jwks:
+            raise _unverifiable(
+                f"an {algorithm} token needs SUPABASE_JWT_JWKS", "SUPABASE_JWT_JWKS"
+            )
+        return _signing_key(settings, header.get("kid"), algorithm), algorithm
+    raise _invalid()
+
+
+def _signing_key(settings: Settings, kid: object, algorithm: str) -> Any:
+    """The public key published under ``kid`` for ``algorithm`` (cached, see ``_jwks``)."""
+    import jwt
+
+    if not isinstance(kid, str) or not kid:
+        raise _invalid()
+    client = _jwks(jwks_url(settings.supabase_url), settings.supabase_jwks_ttl_s)
+    try:
+        found = client.get_signing_key(kid)
+    except jwt.PyJWKClientConnectionError as exc:
+        logs.error("the Supabase Auth signing keys could not be fetched", error=str(exc)[:200])
+        raise errors.DependencyDown("the signing keys could not be fetched") from None
+    except (jwt.PyJWKClientError, jwt.PyJWKSetError):
+        raise _invalid() from None
+    # the key is used only for the algorithm it is published for: an RS256 key never checks
+    # an "ES256" token, and no public key ever checks an HMAC (algorithm confusion)
+    if found.algorithm_name != algorithm:
+        raise _invalid()
+    return found.key
+
+
+def jwks_url(supabase_url: str) -> str:
+    """Where Supabase Auth publishes the project's public signing keys (GoTrue
+    ``internal/api/jwks.go``: ``/.well-known/jwks.json`` under ``/auth/v1``)."""
+    return f"{supabase_url.rstrip('/')}/auth/v1/.well-known/jwks.json"
+
+
+@functools.cache
+def _jwks(url: str, ttl_s: int) -> Any:
+    """One key cache per process and URL: the key set is kept ``ttl_s`` seconds."""
+    import jwt
+
+    return jwt.PyJWKClient(
+        url,
+        lifespan=ttl_s,
+        timeout=JWKS_FETCH_TIMEOUT_S,
+        cooldown_duration=JWKS_REFETCH_S,
+        headers={"User-Agent": "ai-job-queue"},
+    )
+
+
+def _invalid() -> errors.Unauthorized:
+    return errors.Unauthorized("the bearer token is not valid", details={"reason": "invalid"})
+
+
+def _unverifiable(why: str, setting_name: str) -> errors.Unauthorized:
+    # A token this deployment cannot check must not act as someone else (the shared anonymous
+    # caller): refuse it, and say which setting would let it through.
+    return errors.Unauthorized(
+        f"the bearer token cannot be verified here: {why}",
+        details={"reason": "unverifiable", "setting": setting_name},
+    )
 
 
 def secret_matches(given: str | None, expected: str) -> bool:
@@ -100,7 +223,7 @@ def _check_header_is_trusted(request: flask.Request, settings: Settings) -> None
             raise errors.Unauthorized(
                 f"{settings.user_id_header} is accepted only from the BFF ({BFF_SECRET_HEADER})"
             )
-    elif settings.supabase_jwt_secret:
+    elif settings.supabase_jwt_secret or settings.supabase_jwt_jwks:
         raise errors.Unauthorized(
             f"sign in with a Supabase JWT; {settings.user_id_header} is not trusted here"
         )

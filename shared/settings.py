@@ -389,8 +389,22 @@ class Settings(_Declared):
     supabase_jwt_secret: str | None = setting(
         "SUPABASE_JWT_SECRET",
         None,
-        "verify `Authorization: Bearer` Supabase JWTs; `sub` is the user",
+        "verify `Authorization: Bearer` Supabase JWTs signed HS256 (the legacy secret); `sub` "
+        "is the user",
         secret=True,
+    )
+    supabase_jwt_jwks: bool = setting(
+        "SUPABASE_JWT_JWKS",
+        False,
+        "verify ES256/RS256 Supabase JWTs with the project's signing keys "
+        "(`<SUPABASE_URL>/auth/v1/.well-known/jwks.json`)",
+    )
+    supabase_jwks_ttl_s: int = setting(
+        "SUPABASE_JWKS_TTL_S",
+        600,
+        "how long the signing keys are cached (Supabase Auth serves them `max-age=600`); an "
+        "unknown key id refetches them at most every 30 s",
+        ge=1,
     )
     bff_secret: str | None = setting(
         "BFF_SHARED_SECRET",
@@ -552,12 +566,13 @@ class DeploySettings(_Declared):
             f"({self.queue_max_attempts}) must be >= MAX_ATTEMPTS ({app.max_attempts})",
         )
         # The console signs visitors in and sends their tokens: an API that cannot verify
-        # them would treat every visitor as the one shared anonymous caller.
+        # them would refuse every signed-in visitor (401, reason "unverifiable").
         _require(
-            not self.console.supabase_anon_key or bool(app.supabase_jwt_secret),
+            not self.console.supabase_anon_key
+            or bool(app.supabase_jwt_secret or app.supabase_jwt_jwks),
             "SUPABASE_JWT_SECRET",
-            "is needed when the console gets SUPABASE_ANON_KEY: the functions must verify the "
-            "visitors' tokens",
+            "(or SUPABASE_JWT_JWKS=true) is needed when the console gets SUPABASE_ANON_KEY: the "
+            "functions must verify the visitors' tokens",
         )
         # A renewal runs every third of the lease and may take a whole store call: the lease
         # must outlast both, or a slow database hands a live job to a second worker.

@@ -6,20 +6,25 @@ call, and what a session needs afterwards (REALTIME.md, "Auth"; GoTrue's ``api/s
 
 - ``POST /signup`` with no email or password: a new anonymous user and its session; with
   ``email`` and ``password``: a confirmed email user (local Supabase auto-confirms);
-- ``POST /token?grant_type=password`` and ``?grant_type=refresh_token`` (refresh tokens rotate:
-  each is good once);
+- ``POST /token?grant_type=password`` and ``?grant_type=refresh_token`` (refresh tokens rotate
+  as GoTrue's do, reuse interval included: ``AuthService.refresh``);
 - ``GET /user`` for a bearer token of a live session; ``POST /logout`` ends it;
-- ``GET /health`` and ``GET /settings``.
+- ``GET /.well-known/jwks.json`` (the public signing keys, no API key needed), ``GET /health``
+  and ``GET /settings``.
 
-Access tokens are HS256 with the project's JWT secret, ``sub`` a fresh uuid, ``role`` and
-``aud`` ``authenticated``, ``session_id``, ``is_anonymous`` — so the gateway, the functions and
-the Realtime stand-in accept them as they accept the real Auth's. Users and sessions live in
-memory: a restarted local stack forgets them, as ``supabase stop --no-backup`` would.
-Errors use GoTrue's body ``{"code", "error_code", "msg"}``.
+Access tokens carry ``sub`` a fresh uuid, ``role`` and ``aud`` ``authenticated``,
+``session_id``, ``is_anonymous``. They are signed HS256 with the project's JWT secret (the
+legacy default), or — ``--auth-jwt-alg ES256`` — ES256 with a key derived from that secret
+and published at the JWKS endpoint, as a project on asymmetric JWT signing keys does; either
+way the gateway's callers, the functions and the Realtime stand-in accept them as they accept
+the real Auth's. Users and sessions live in memory: a restarted local stack forgets them, as
+``supabase stop --no-backup`` would. Errors use GoTrue's body ``{"code", "error_code", "msg"}``.
 """
 
 from __future__ import annotations
 
+import argparse
+import functools
 import hashlib
 import hmac
 import secrets
@@ -31,6 +36,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 import jwt
+from cryptography.hazmat.primitives.asymmetric import ec
+from jwt.algorithms import ECAlgorithm
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route, Router
@@ -38,6 +45,56 @@ from starlette.routing import Route, Router
 ACCESS_TOKEN_TTL_S = 3600  # GoTrue's default JWT_EXP
 JWT_LEEWAY_S = 30
 AUDIENCE = "authenticated"
+#: GOTRUE_SECURITY_REFRESH_TOKEN_REUSE_INTERVAL as Supabase sets it (the CLI's config.toml
+#: ``refresh_token_reuse_interval = 10``; GoTrue's own default is 0)
+REFRESH_TOKEN_REUSE_INTERVAL_S = 10.0
+SIGNING_ALGORITHMS = ("HS256", "ES256")
+
+
+@dataclass(frozen=True)
+class SigningKey:
+    """What access tokens are signed with: the JWT secret (HS256), or an ES256 key pair whose
+    public half the JWKS endpoint publishes under ``kid``."""
+
+    algorithm: str
+    secret: str
+    private_key: ec.EllipticCurvePrivateKey | None = None
+    kid: str | None = None
+
+    def sign(self, claims: dict[str, Any]) -> str:
+        if self.private_key is None:
+            return jwt.encode(claims, self.secret, algorithm="HS256")
+        return jwt.encode(
+            claims, self.private_key, algorithm="ES256", headers={"kid": self.kid, "typ": "JWT"}
+        )
+
+    def jwks(self) -> dict[str, Any]:
+        """The public keys as GoTrue serves them (``internal/api/jwks.go``: never the HMAC
+        secret; ``internal/conf/jwk.go``: ``use`` "sig", ``key_ops`` ["verify"])."""
+        if self.private_key is None:
+            return {"keys": []}
+        public = ECAlgorithm.to_jwk(self.private_key.public_key(), as_dict=True)
+        return {
+            "keys": [
+                {**public, "kid": self.kid, "alg": "ES256", "use": "sig", "key_ops": ["verify"]}
+            ]
+        }
+
+
+@functools.cache
+def signing_key(secret: str, algorithm: str = "HS256") -> SigningKey:
+    """The stand-in's signing key for ``algorithm``. The ES256 key is derived from the JWT
+    secret, so every process of one local stack (Auth, Realtime) and every restart has the same
+    key, as a real project's key survives an Auth restart. Local only: the secret is public."""
+    if algorithm == "HS256":
+        return SigningKey("HS256", secret)
+    if algorithm != "ES256":
+        raise ValueError(f"the local Auth signs with {' or '.join(SIGNING_ALGORITHMS)}")
+    seed = hmac.new(secret.encode(), b"ai-job-queue local Auth ES256 key", "sha256").digest()
+    order = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551  # P-256's n
+    private = ec.derive_private_key(int.from_bytes(seed) % (order - 1) + 1, ec.SECP256R1())
+    kid = str(uuid.uuid5(uuid.NAMESPACE_URL, f"local-auth-es256:{seed.hex()}"))
+    return SigningKey("ES256", secret, private, kid)
 
 
 class TokenError(Exception):
@@ -50,7 +107,8 @@ class TokenError(Exception):
 
 
 def verify_token(secret: str, token: str | None, *, leeway_s: int = 0) -> dict[str, Any]:
-    """Claims of an HS256 token signed with ``secret`` that has ``role`` and ``exp``.
+    """Claims of a token that has ``role`` and ``exp``, signed HS256 with ``secret`` or ES256
+    with the stand-in's key derived from it (``signing_key``).
 
     Raises ``TokenError`` whose ``kind`` is the Realtime server's error family
     (``InvalidJWTToken`` for expiry, ``JwtSignatureError``, ``MalformedJWT``) and whose
@@ -63,13 +121,14 @@ def verify_token(secret: str, token: str | None, *, leeway_s: int = 0) -> dict[s
         unverified = jwt.decode(token, options={"verify_signature": False})
     except jwt.PyJWTError as exc:
         raise TokenError("MalformedJWT", "The token provided is not a valid JWT") from exc
-    if header.get("alg") != "HS256":
+    key = _verification_key(secret, header)
+    if key is None:
         raise TokenError("JwtSignatureError", "Failed to validate JWT signature")
     try:
         claims: dict[str, Any] = jwt.decode(
             token,
-            secret,
-            algorithms=["HS256"],
+            key,
+            algorithms=[header["alg"]],
             options={"verify_aud": False, "verify_exp": False},
         )
     except jwt.PyJWTError as exc:
@@ -80,6 +139,17 @@ def verify_token(secret: str, token: str | None, *, leeway_s: int = 0) -> dict[s
     if expired_for > leeway_s:
         raise TokenError("InvalidJWTToken", f"Token has expired {expired_for} seconds ago")
     return claims
+
+
+def _verification_key(secret: str, header: dict[str, Any]) -> Any:
+    """The key a token with this header is checked with; None when no key of ours fits (an
+    unknown algorithm or ``kid``, ``none``)."""
+    if header.get("alg") == "HS256":
+        return secret
+    es256 = signing_key(secret, "ES256")
+    if header.get("alg") == "ES256" and header.get("kid") == es256.kid:
+        return es256.private_key.public_key() if es256.private_key else None
+    return None
 
 
 def _now_iso() -> str:
@@ -133,19 +203,38 @@ class AuthError(Exception):
         return JSONResponse(body, self.status)
 
 
+@dataclass
+class RefreshToken:
+    """One refresh token of a session, as GoTrue's ``auth.refresh_tokens`` row keeps it."""
+
+    session_id: str
+    parent: str | None
+    #: when it was revoked (a monotonic clock); GoTrue's ``updated_at`` of the revoked row
+    revoked_at: float | None = None
+
+
 class AuthService:
     """Users, sessions and refresh tokens in memory; every method is thread-safe."""
 
-    def __init__(self, jwt_secret: str, *, access_token_ttl_s: int = ACCESS_TOKEN_TTL_S) -> None:
+    def __init__(
+        self,
+        jwt_secret: str,
+        *,
+        access_token_ttl_s: int = ACCESS_TOKEN_TTL_S,
+        signing_algorithm: str = "HS256",
+        refresh_token_reuse_interval_s: float = REFRESH_TOKEN_REUSE_INTERVAL_S,
+    ) -> None:
         self.jwt_secret = jwt_secret
+        self.signing_key = signing_key(jwt_secret, signing_algorithm)
         self.access_token_ttl_s = access_token_ttl_s
+        self.refresh_token_reuse_interval_s = refresh_token_reuse_interval_s
         self.issuer = "http://127.0.0.1:54321/auth/v1"
         self._lock = threading.Lock()
         self._users: dict[str, User] = {}
         self._by_email: dict[str, str] = {}
-        # session id -> user id; refresh token -> (session id, still usable)
+        # session id -> user id; refresh token -> its row (insertion order = GoTrue's id order)
         self._sessions: dict[str, str] = {}
-        self._refresh: dict[str, tuple[str, bool]] = {}
+        self._refresh: dict[str, RefreshToken] = {}
 
     # --- users ----------------------------------------------------------------------------
 
@@ -191,11 +280,15 @@ class AuthService:
 
     def _new_session(self, user: User, method: str) -> dict[str, Any]:
         session_id = str(uuid.uuid4())
+        refresh_token = _new_refresh_token()
         with self._lock:
             self._sessions[session_id] = user.id
-        return self._issue(user, session_id, method)
+            self._refresh[refresh_token] = RefreshToken(session_id, parent=None)
+        return self._issue(user, session_id, method, refresh_token)
 
-    def _issue(self, user: User, session_id: str, method: str) -> dict[str, Any]:
+    def _issue(
+        self, user: User, session_id: str, method: str, refresh_token: str
+    ) -> dict[str, Any]:
         now = int(time.time())
         user.last_sign_in_at = _now_iso()
         claims = {
@@ -214,11 +307,8 @@ class AuthService:
             "session_id": session_id,
             "is_anonymous": user.is_anonymous,
         }
-        refresh_token = secrets.token_urlsafe(16)
-        with self._lock:
-            self._refresh[refresh_token] = (session_id, True)
         return {
-            "access_token": jwt.encode(claims, self.jwt_secret, algorithm="HS256"),
+            "access_token": self.signing_key.sign(claims),
             "token_type": "bearer",
             "expires_in": self.access_token_ttl_s,
             "expires_at": now + self.access_token_ttl_s,
@@ -227,20 +317,55 @@ class AuthService:
         }
 
     def refresh(self, refresh_token: str) -> dict[str, Any]:
+        """Rotate a refresh token as GoTrue does (``internal/tokens/service.go``,
+        ``RefreshTokenGrant``, refresh tokens kept as rows):
+
+        - a live token is revoked and a child of it issued;
+        - a revoked token whose child is the session's active token gets that active token
+          back (the client lost the last answer), with a new access token;
+        - another revoked token, within the reuse interval of its revocation, gets a new
+          child of its own (concurrent refreshes, e.g. two tabs);
+        - outside it, the whole family — every live token of the session — is revoked and the
+          answer is 400 ``refresh_token_already_used`` (possible theft).
+        """
         with self._lock:
             entry = self._refresh.get(refresh_token)
-            if entry is None or entry[0] not in self._sessions:
+            if entry is None or entry.session_id not in self._sessions:
                 raise AuthError(
                     400, "refresh_token_not_found", "Invalid Refresh Token: Refresh Token Not Found"
                 )
-            session_id, usable = entry
-            if not usable:
+            issued = self._rotate(refresh_token, entry, time.monotonic())
+            user = self._users[self._sessions[entry.session_id]]
+        return self._issue(user, entry.session_id, "token_refresh", issued)
+
+    def _rotate(self, token: str, entry: RefreshToken, now: float) -> str:
+        """The refresh token to hand out for ``token`` (under the lock)."""
+        if entry.revoked_at is not None:
+            active = self._active_refresh_token(entry.session_id)
+            if active is not None and self._refresh[active].parent == token:
+                return active
+            if now > entry.revoked_at + self.refresh_token_reuse_interval_s:
+                for other in self._refresh.values():
+                    if other.session_id == entry.session_id and other.revoked_at is None:
+                        other.revoked_at = now
                 raise AuthError(
                     400, "refresh_token_already_used", "Invalid Refresh Token: Already Used"
                 )
-            self._refresh[refresh_token] = (session_id, False)
-            user = self._users[self._sessions[session_id]]
-        return self._issue(user, session_id, "token_refresh")
+        # GrantRefreshTokenSwap: revoke (again: a reused token's reuse window restarts, as the
+        # row's updated_at does) and issue a child in the same session
+        entry.revoked_at = now
+        child = _new_refresh_token()
+        self._refresh[child] = RefreshToken(entry.session_id, parent=token)
+        return child
+
+    def _active_refresh_token(self, session_id: str) -> str | None:
+        """The session's newest live token (GoTrue: ``revoked is false order by id desc``)."""
+        live = [
+            token
+            for token, entry in self._refresh.items()
+            if entry.session_id == session_id and entry.revoked_at is None
+        ]
+        return live[-1] if live else None
 
     def user_for(self, authorization: str | None) -> tuple[User, str]:
         """The user and session id of a bearer token whose session is still open."""
@@ -248,8 +373,15 @@ class AuthService:
         if not token:
             raise AuthError(401, "no_authorization", "This endpoint requires a Bearer token")
         try:
+            key = _verification_key(self.jwt_secret, jwt.get_unverified_header(token))
+            if key is None:
+                raise jwt.InvalidSignatureError("no key of this server signed it")
             claims = jwt.decode(
-                token, self.jwt_secret, algorithms=["HS256"], audience=AUDIENCE, leeway=0
+                token,
+                key,
+                algorithms=[self.signing_key.algorithm],
+                audience=AUDIENCE,
+                leeway=0,
             )
         except jwt.PyJWTError as exc:
             raise AuthError(
@@ -274,6 +406,10 @@ class AuthService:
                 ended = mine - {session_id} if scope == "others" else mine
             for sid in ended:
                 self._sessions.pop(sid, None)
+
+
+def _new_refresh_token() -> str:
+    return secrets.token_urlsafe(16)
 
 
 def _hash(password: str, salt: bytes) -> bytes:
@@ -341,6 +477,11 @@ class _Routes:
         self.service.logout(request.headers.get("authorization"), scope)
         return Response(status_code=204)
 
+    async def jwks(self, request: Request) -> Response:
+        # GoTrue answers it with "Cache-Control: public, max-age=600" (internal/api/jwks.go)
+        headers = {"Cache-Control": "public, max-age=600"}
+        return JSONResponse(self.service.signing_key.jwks(), headers=headers)
+
     async def health(self, request: Request) -> Response:
         return JSONResponse({"version": "local", "name": "GoTrue", "description": "stand-in"})
 
@@ -364,6 +505,7 @@ def create_auth_app(service: AuthService) -> Router:
             Route("/auth/v1/token", routes.guarded(routes.token), methods=["POST"]),
             Route("/auth/v1/user", routes.guarded(routes.user), methods=["GET"]),
             Route("/auth/v1/logout", routes.guarded(routes.logout), methods=["POST"]),
+            Route("/auth/v1/.well-known/jwks.json", routes.jwks, methods=["GET"]),
             Route("/auth/v1/health", routes.health, methods=["GET"]),
             Route("/auth/v1/settings", routes.guarded(routes.settings), methods=["GET"]),
         ]
@@ -378,3 +520,31 @@ def _api_key_ok(secret: str, request: Request) -> bool:
     except TokenError:
         return False
     return True
+
+
+# --- command line (the local Supabase server's Auth flags) ------------------------------------
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The stand-in's own settings, as ``python -m infra.local.supabase_server`` flags."""
+    parser.add_argument(
+        "--auth-jwt-alg",
+        choices=SIGNING_ALGORITHMS,
+        default="HS256",
+        help="sign access tokens with the JWT secret (HS256) or an ES256 key served as JWKS",
+    )
+    parser.add_argument(
+        "--auth-refresh-token-reuse-interval",
+        type=float,
+        default=REFRESH_TOKEN_REUSE_INTERVAL_S,
+        metavar="SECONDS",
+        help="GOTRUE_SECURITY_REFRESH_TOKEN_REUSE_INTERVAL",
+    )
+
+
+def service_from_arguments(args: argparse.Namespace, jwt_secret: str) -> AuthService:
+    return AuthService(
+        jwt_secret,
+        signing_algorithm=args.auth_jwt_alg,
+        refresh_token_reuse_interval_s=args.auth_refresh_token_reuse_interval,
+    )

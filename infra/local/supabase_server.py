@@ -27,7 +27,7 @@ from typing import Any
 import uvicorn
 from starlette.middleware.cors import CORSMiddleware
 
-from infra.local.auth import AuthService, create_auth_app
+from infra.local.auth import AuthService, add_arguments, create_auth_app, service_from_arguments
 from infra.local.gateway import DEFAULT_PORT, REST_PREFIX, Gateway, create_app
 from infra.local.realtime.server import RealtimeServer
 
@@ -207,11 +207,12 @@ async def _not_found(send: Send) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
-def build_app(db_uri: str, jwt_secret: str) -> ASGIApp:
+def build_app(db_uri: str, jwt_secret: str, auth: AuthService | None = None) -> ASGIApp:
     """The local Supabase with CORS open to every origin, as Supabase's API gateway answers
     browsers (a page on the function host signs in and calls REST from another origin)."""
     gateway = create_app(db_uri, jwt_secret, pool_max=GATEWAY_THREADS // 2)
-    app = LocalSupabase(gateway, AuthService(jwt_secret), RealtimeServer(db_uri, jwt_secret))
+    auth = auth or AuthService(jwt_secret)
+    app = LocalSupabase(gateway, auth, RealtimeServer(db_uri, jwt_secret))
     cors = CORSMiddleware(
         app,
         allow_origins=["*"],
@@ -231,11 +232,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--jwt-secret", required=True, help="HS256 secret of keys and tokens")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=DEFAULT_PORT)
+    add_arguments(parser)  # --auth-jwt-alg, --auth-refresh-token-reuse-interval
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     logging.getLogger("psycopg").setLevel(logging.WARNING)
     uvicorn.run(
-        build_app(args.db_uri, args.jwt_secret),
+        build_app(args.db_uri, args.jwt_secret, service_from_arguments(args, args.jwt_secret)),
         host=args.host,
         port=args.port,
         ws="websockets-sansio",

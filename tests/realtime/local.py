@@ -28,6 +28,8 @@ class LocalSupabase:
     db_uri: str
     process: subprocess.Popen[bytes]
     log_path: Path
+    #: extra server flags (e.g. the Auth stand-in's ``--auth-jwt-alg ES256``)
+    args: tuple[str, ...] = ()
 
     @property
     def anon_key(self) -> str:
@@ -81,11 +83,14 @@ class LocalSupabase:
     def restart(self) -> None:
         """Stop the server (every socket drops) and serve again on the same port."""
         self.stop()
-        self.process = _spawn(self.db_uri, int(self.url.rsplit(":", 1)[1]), self.log_path)
+        port = int(self.url.rsplit(":", 1)[1])
+        self.process = _spawn(self.db_uri, port, self.log_path, self.args)
         _wait_ready(self)
 
 
-def _spawn(db_uri: str, port: int, log_path: Path) -> subprocess.Popen[bytes]:
+def _spawn(
+    db_uri: str, port: int, log_path: Path, args: tuple[str, ...] = ()
+) -> subprocess.Popen[bytes]:
     with log_path.open("ab") as log:
         return subprocess.Popen(
             [
@@ -98,6 +103,7 @@ def _spawn(db_uri: str, port: int, log_path: Path) -> subprocess.Popen[bytes]:
                 LOCAL_JWT_SECRET,
                 "--port",
                 str(port),
+                *args,
             ],
             cwd=REPO_ROOT,
             stdout=log,
@@ -120,13 +126,13 @@ def _wait_ready(server: LocalSupabase) -> None:
     raise RuntimeError(f"the local Supabase did not start: {server.log_text()}")
 
 
-def start_local_supabase(pg: Postgres, template: str, log_dir: Path) -> LocalSupabase:
+def start_local_supabase(pg: Postgres, template: str, log_dir: Path, *args: str) -> LocalSupabase:
     name = f"rt_{uuid.uuid4().hex[:10]}"
     db_uri = pg.create_database(name, template=template)
     port = free_port()
     log_path = log_dir / "supabase.log"
     server = LocalSupabase(
-        f"http://127.0.0.1:{port}", db_uri, _spawn(db_uri, port, log_path), log_path
+        f"http://127.0.0.1:{port}", db_uri, _spawn(db_uri, port, log_path, args), log_path, args
     )
     _wait_ready(server)
     return server

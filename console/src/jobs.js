@@ -105,10 +105,16 @@ async function authHeaders() {
   const session = await signIn();
   if (!session) return {};
   const client = await supabaseClient();
-  // the client refreshes the token itself; ask it for the current one
+  // the client refreshes the token itself; ask it for the current one. A session it dropped
+  // (signed out, refresh refused) is never sent: the API refuses a token it cannot verify
+  // (401) rather than take it for the anonymous caller, so sign in afresh
   const { data } = await client.auth.getSession();
-  const token = (data.session || session).access_token;
-  return { Authorization: `Bearer ${token}` };
+  let current = data.session;
+  if (!current) {
+    sessionPromise = null;
+    current = await signIn();
+  }
+  return current ? { Authorization: `Bearer ${current.access_token}` } : {};
 }
 
 function retryAfterSeconds(response) {

@@ -15,9 +15,11 @@ call, and what a session needs afterwards (REALTIME.md, "Auth"; GoTrue's ``api/s
 Access tokens carry ``sub`` a fresh uuid, ``role`` and ``aud`` ``authenticated``,
 ``session_id``, ``is_anonymous``. They are signed HS256 with the project's JWT secret (the
 legacy default), or — ``--auth-jwt-alg ES256`` — ES256 with a key derived from that secret
-and published at the JWKS endpoint, as a project on asymmetric JWT signing keys does; either
-way the gateway's callers, the functions and the Realtime stand-in accept them as they accept
-the real Auth's. Users and sessions live in memory: a restarted local stack forgets them, as
+and published at the JWKS endpoint, as a project on asymmetric JWT signing keys does. The
+functions (``SUPABASE_JWT_JWKS`` for ES256) and the Realtime stand-in accept them as they
+accept the real Auth's; the REST gateway checks HS256 only, so ES256 user tokens do not reach
+``/rest/v1`` locally (nothing here sends them there: the functions use the service key).
+Users and sessions live in memory: a restarted local stack forgets them, as
 ``supabase stop --no-backup`` would. Errors use GoTrue's body ``{"code", "error_code", "msg"}``.
 """
 

@@ -12,9 +12,8 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 
-import httpx
 import pytest
-from supabase import Client, ClientOptions, create_client
+from supabase import Client
 from supabase_auth.errors import AuthApiError
 from supabase_auth.types import Session
 
@@ -39,21 +38,6 @@ def short_reuse_server(
     )
     yield server
     server.stop()
-
-
-@pytest.fixture
-def client_for() -> Iterator[ClientFor]:
-    """A fresh supabase-py client per call (its own session), as each browser tab would be."""
-    sessions: list[httpx.Client] = []
-
-    def make(server: LocalSupabase) -> Client:
-        session = httpx.Client(timeout=10)
-        sessions.append(session)
-        return create_client(server.url, server.anon_key, ClientOptions(httpx_client=session))
-
-    yield make
-    for session in sessions:
-        session.close()
 
 
 def signed_in(server: LocalSupabase, client_for: ClientFor) -> Session:

@@ -284,7 +284,8 @@ class Checker:
         return True
 
     def summary_list(self, sentence: str) -> bool:
-        """``app-02 CPU spike(12-22 13:40)``: the incidents as the summary lists them."""
+        """``app-02 CPU spike(12-22 13:30)``: the incidents as the summary lists them, each at
+        the time its headline shows (``Incident.onset``)."""
         kinds = "|".join(re.escape(k) for k in self.kind_of)
         claims = re.findall(rf"({_ID}) ({kinds})\((\d\d-\d\d \d\d:\d\d)\)", sentence)
         for root, kind, start in claims:
@@ -292,7 +293,7 @@ class Checker:
                 i.root_cause.determined
                 and i.root_cause.server_id == root
                 and i.kind == self.kind_of[kind]
-                and when(i.start) == start
+                and when(i.onset) == start
                 for i in self.facts.incidents
             ), (root, kind, start)
         return bool(claims)

@@ -28,7 +28,17 @@ from shared.ai.texts import METRIC_NAMES, t
 from shared.jobs import JobType
 from shared.settings import AISettings
 
-from .fleets import Change, FleetPlan, Spec, build, fleet_of, heldout_raw, renamed, stress_plan
+from .fleets import (
+    Change,
+    FleetPlan,
+    Given,
+    Spec,
+    build,
+    fleet_of,
+    heldout_raw,
+    reversed_heldout,
+    stress_plan,
+)
 
 BOUNDED = settings(
     max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow], database=None
@@ -52,14 +62,6 @@ QUERIES: dict[Language, dict[JobType, str]] = {
 }
 
 
-class _Given:
-    def __init__(self, fleet: Fleet) -> None:
-        self.fleet = fleet
-
-    def load(self) -> Fleet:
-        return self.fleet
-
-
 def _dropping_traffic(factor: float = 0.3, fleet_wide: float = 0.35) -> Fleet:
     """A load balancer's inbound traffic drops and its web servers' follow; later the whole
     fleet's outbound traffic drops at once."""
@@ -80,17 +82,10 @@ def _dropping_traffic(factor: float = 0.3, fleet_wide: float = 0.35) -> Fleet:
     return fleet_of(build(FleetPlan(servers=specs, changes=changes)))
 
 
-def _reversed_heldout() -> Fleet:
-    raw = heldout_raw()
-    ids = sorted(s["id"] for s in raw["servers"])
-    names = {old: f"srv-{len(ids) - n:02d}" for n, old in enumerate(ids)}
-    return fleet_of(renamed(raw, names, ids[::-1]))
-
-
 FLEETS: dict[str, Callable[[], Fleet]] = {
     "synthetic": lambda: build_synthetic_fleet(42),
     "heldout": lambda: fleet_of(heldout_raw()),
-    "heldout-reversed": _reversed_heldout,
+    "heldout-reversed": reversed_heldout,
     "traffic-drop": _dropping_traffic,
     **{f"stress-{n}": (lambda n=n: fleet_of(build(stress_plan(n)[0]))) for n in (3, 7)},
 }
@@ -102,7 +97,7 @@ def _answer(fleet: Fleet, job_type: JobType, language: Language) -> AIResult:
         job_type,
         lambda p, m: True,
         settings=AISettings(writer="local"),
-        fleet=_Given(fleet),
+        fleet=Given(fleet),
     )
 
 

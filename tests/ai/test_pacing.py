@@ -13,26 +13,20 @@ from collections.abc import Callable
 import pytest
 
 from shared.ai import pipeline
-from shared.ai.fleet import Fleet, build_synthetic_fleet
+from shared.ai.fleet import build_synthetic_fleet
 from shared.errors import ConfigError, DeadlineExceeded, JobCancelled
 from shared.jobs import JobType
 from shared.settings import AISettings, DeploySettings
+
+from .fleets import Given
 
 REQUIRED = {"SUPABASE_URL": "http://127.0.0.1:54321", "SUPABASE_SERVICE_ROLE_KEY": "sk-1"}
 QUERY = "Write an incident report for every server"
 
 
-class _Given:
-    def __init__(self, fleet: Fleet) -> None:
-        self.fleet = fleet
-
-    def load(self) -> Fleet:
-        return self.fleet
-
-
 @pytest.fixture(scope="module")
-def fleet() -> _Given:
-    return _Given(build_synthetic_fleet(42))
+def fleet() -> Given:
+    return Given(build_synthetic_fleet(42))
 
 
 @pytest.fixture
@@ -50,7 +44,7 @@ def pauses(monkeypatch: pytest.MonkeyPatch) -> list[float]:
 
 
 def _run(
-    fleet: _Given,
+    fleet: Given,
     delay_ms: int,
     on_progress: Callable[[int, str], bool] = lambda p, m: True,
     deadline: float | None = None,
@@ -61,14 +55,14 @@ def _run(
     )
 
 
-def test_unset_the_pipeline_never_pauses(fleet: _Given, pauses: list[float]) -> None:
+def test_unset_the_pipeline_never_pauses(fleet: Given, pauses: list[float]) -> None:
     _run(fleet, 0)
 
     assert pauses == []
     assert AISettings.from_env({}).local_step_delay_ms == 0
 
 
-def test_set_it_pauses_after_every_step_but_the_last(fleet: _Given, pauses: list[float]) -> None:
+def test_set_it_pauses_after_every_step_but_the_last(fleet: Given, pauses: list[float]) -> None:
     steps: list[int] = []
 
     _run(fleet, 1500, lambda percent, message: steps.append(percent) is None)
@@ -78,7 +72,7 @@ def test_set_it_pauses_after_every_step_but_the_last(fleet: _Given, pauses: list
 
 
 def test_a_cancel_during_a_pause_stops_the_run_at_the_next_step(
-    fleet: _Given, pauses: list[float]
+    fleet: Given, pauses: list[float]
 ) -> None:
     answers = iter([True, False])  # cancelled while the first step was on screen
 
@@ -88,9 +82,7 @@ def test_a_cancel_during_a_pause_stops_the_run_at_the_next_step(
     assert pauses == [1.5]
 
 
-def test_a_pause_never_outlasts_the_deadline(
-    fleet: _Given, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_a_pause_never_outlasts_the_deadline(fleet: Given, monkeypatch: pytest.MonkeyPatch) -> None:
     asked: list[float] = []
     real_sleep = time.sleep
     monkeypatch.setattr(pipeline.time, "sleep", lambda s: asked.append(s) or real_sleep(s))

@@ -58,28 +58,25 @@ def _run_steps(db: Db, language: Language) -> None:
     db.one("complete_job", job_id=job["id"], lease_token=job["lease_token"], result={})
 
 
+def _fail(db: Db, job: dict[str, Any], error: str, code: str, *, retryable: bool = False) -> None:
+    db.one(
+        "fail_job",
+        job_id=job["id"],
+        lease_token=job["lease_token"],
+        error=error,
+        error_code=code,
+        retryable=retryable,
+    )
+
+
 def _every_kind_of_row(db: Db) -> list[dict[str, Any]]:
     _run_steps(db, "ko")
     _run_steps(db, "en")
     db.one("cancel_job", job_id=db.new_job()["id"])
     db.one("cancel_job", job_id=db.processing_job()["id"], reason="asked twice by mistake")
     failing = db.processing_job()
-    db.one(
-        "fail_job",
-        job_id=failing["id"],
-        lease_token=failing["lease_token"],
-        error="model answered 503",
-        error_code="model_unavailable",
-        retryable=True,
-    )
-    again = db.one("claim_job", job_id=failing["id"])
-    db.one(
-        "fail_job",
-        job_id=failing["id"],
-        lease_token=again["lease_token"],
-        error="the AI work ran out of time",
-        error_code="deadline_exceeded",
-    )
+    _fail(db, failing, "model answered 503", "model_unavailable", retryable=True)
+    _fail(db, db.one("claim_job", job_id=failing["id"]), "ran out of time", "deadline_exceeded")
     db.processing_job(lease_seconds=0)  # its worker died: redispatched
     exhausted = db.new_job(max_attempts=1)
     db.one("claim_job", job_id=exhausted["id"], lease_seconds=0)  # and no attempts left

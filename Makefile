@@ -48,11 +48,15 @@ test: lint console-check js browser
 unit: install
 	$(PY) -m pytest -q tests/unit
 
+# a person watching `make stack` (its console) or `make demo` sees each step move: the AI work
+# pauses this long after each one (LOCAL_STEP_DELAY_MS; tests and deploys leave it 0)
+DEMO_STEP_DELAY_MS ?= 1500
+
 stack: install
-	$(PY) -m infra.local.stack $(ARGS)
+	LOCAL_STEP_DELAY_MS=$(DEMO_STEP_DELAY_MS) $(PY) -m infra.local.stack $(ARGS)
 
 demo: install
-	$(PY) -m infra.local.demo
+	LOCAL_STEP_DELAY_MS=$(DEMO_STEP_DELAY_MS) $(PY) -m infra.local.demo
 
 bench: install
 	$(PY) scripts/bench.py

@@ -52,6 +52,9 @@ GEMINI_API_VERSION = "v1beta"
 #: The pipeline ends this long before the dispatch deadline, so failing the job cleanly (one
 #: store call) fits in before Cloud Tasks gives up on the request.
 DEADLINE_MARGIN_S = 30.0
+#: The longest local pause after one progress step (``LOCAL_STEP_DELAY_MS``): enough to watch
+#: a step, small beside any deadline.
+MAX_STEP_DELAY_MS = 5000
 
 _SAME_AS = "same_as"
 _SECRET = "secret"
@@ -233,6 +236,15 @@ class AISettings(_Declared):
     )
     router_complex_score: float = setting(
         "ROUTER_COMPLEX_SCORE", 6.0, "router score from which a query is complex", ge=0.0
+    )
+    local_step_delay_ms: int = setting(
+        "LOCAL_STEP_DELAY_MS",
+        0,
+        "local demos only: a pause after each progress step so a person can watch a job move "
+        "(`make demo` and `make stack` set 1500); `0` adds no wait and is the only value "
+        "`deploy.sh` accepts",
+        ge=0,
+        le=MAX_STEP_DELAY_MS,
     )
 
     _lower_choices = field_validator(
@@ -573,6 +585,11 @@ class DeploySettings(_Declared):
             "SUPABASE_JWT_SECRET",
             "(or SUPABASE_JWT_JWKS=true) is needed when the console gets SUPABASE_ANON_KEY: the "
             "functions must verify the visitors' tokens",
+        )
+        _require(
+            app.ai.local_step_delay_ms == 0,
+            "LOCAL_STEP_DELAY_MS",
+            f"({app.ai.local_step_delay_ms}) must be 0 when deployed: it only paces local demos",
         )
         # A renewal runs every third of the lease and may take a whole store call: the lease
         # must outlast both, or a slow database hands a live job to a second worker.

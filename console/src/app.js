@@ -19,7 +19,7 @@ import {
   signIn,
   watchJob,
 } from './jobs.js';
-import { STEP_NAMES, TEXT, browserLanguage, detectLanguage, duration, format } from './i18n.js';
+import { STEP_NAMES, TEXT, browserLanguage, detectLanguage, duration, format, logText } from './i18n.js';
 
 const $ = (id) => document.getElementById(id);
 const config = JSON.parse(($('console-config') || {}).textContent || '{}');
@@ -36,6 +36,7 @@ const ui = {
   countdown: null,
   jobsCursor: null,
   jobs: [], // the listed jobs, kept to redraw the list in another language
+  logLines: new Map(), // the shown job's log lines by id, kept to redraw them in another language
 };
 
 const words = () => TEXT[ui.language];
@@ -80,6 +81,7 @@ function applyLanguage() {
   fillSelect($('filter-type'), { '': w.statuses[''], ...types });
   showMode(ui.mode);
   if (ui.job) renderJob(ui.job);
+  redrawLog();
   renderJobsLanguage();
 }
 
@@ -377,19 +379,38 @@ function renderOutcome(job) {
   }
 }
 
-function appendLog(line) {
-  const list = $('log');
-  list.querySelector('.log-empty')?.remove();
+function logItem(line) {
   const time = new Date(line.createdAt).toLocaleTimeString(ui.language === 'ko' ? 'ko-KR' : 'en-GB');
-  const item = el(
+  // in the visitor's language when the line is a known one; as written otherwise
+  const { key, text } = logText(line, ui.language);
+  return el(
     'p',
-    { class: `log-line log-${line.level}`, 'data-id': String(line.id) },
+    {
+      class: `log-line log-${line.level}`,
+      'data-id': String(line.id),
+      'data-key': key || 'as-written',
+      title: text !== line.message ? line.message : null,
+    },
     el('time', { datetime: line.createdAt }, time),
     ' ',
     line.progress !== null && line.progress !== undefined ? el('span', { class: 'log-progress' }, `${line.progress}%`) : null,
     ' ',
-    line.message,
+    text,
   );
+}
+
+/** The log again in the current language (after the visitor switched it). */
+function redrawLog() {
+  if (!ui.logLines.size) return;
+  const lines = [...ui.logLines.values()].sort((a, b) => a.id - b.id);
+  $('log').replaceChildren(...lines.map(logItem));
+}
+
+function appendLog(line) {
+  const list = $('log');
+  list.querySelector('.log-empty')?.remove();
+  ui.logLines.set(line.id, line);
+  const item = logItem(line);
   // ids rise with time; a late line (a catch-up after a reconnect) goes where it belongs
   const after = [...list.children].find((node) => Number(node.dataset.id) > line.id);
   list.insertBefore(item, after || null);
@@ -443,6 +464,7 @@ function openJob(job, { fresh = false } = {}) {
   $('result').hidden = true;
   $('job-outcome').hidden = true;
   $('log').replaceChildren();
+  ui.logLines.clear();
   setLanguage(detectLanguage(job.query));
   renderJob(job);
   if (!fresh) $('job').scrollIntoView({ block: 'nearest' });

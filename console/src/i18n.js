@@ -1,6 +1,8 @@
 // The console's words in Korean and English. The UI follows the question's language (the same
 // rule as the server: Hangul in at least a fifth of the letters), else the browser's.
 
+import { STEPS } from './jobs.js';
+
 export const STEP_NAMES = {
   ko: ['작업 시작', '데이터 수집 중', 'AI 분석 중', '결과 정리 중', '완료'],
   en: ['Starting', 'Collecting data', 'AI analysis', 'Formatting the result', 'Done'],
@@ -165,6 +167,73 @@ export const METRICS = {
   ko: { cpu: 'CPU', memory: '메모리', disk: '디스크', disk_io: '디스크 I/O', net_in: '수신 트래픽', net_out: '송신 트래픽', load: '부하', response_ms: '응답 시간', packet_loss: '패킷 손실' },
   en: { cpu: 'CPU', memory: 'memory', disk: 'disk', disk_io: 'disk I/O', net_in: 'inbound traffic', net_out: 'outbound traffic', load: 'load', response_ms: 'response time', packet_loss: 'packet loss' },
 };
+
+// Log lines in the visitor's language. The SQL functions and the worker write them in English
+// and the pipeline's steps in the question's language; each known line is recognised by what is
+// stable in its row (step, level, progress, data.code, never the wording) and shown in the UI's
+// language. A line nobody taught the console keeps its own text.
+export const LOG_TEXT = {
+  ko: {
+    created: '작업 생성됨',
+    claimed: '{n}번째 시도 시작 (최대 {m}번)',
+    finished: '결과 저장, 작업 끝',
+    cancelledByClient: '사용자가 작업을 취소함',
+    cancelled: '작업 취소됨: {reason}',
+    retrying: '시도 실패 ({code}) — 다시 시도합니다',
+    failed: '작업 실패 ({code})',
+    redispatch: '작업자 응답 없음 — 작업을 다시 보냄 ({n}번째 전달)',
+    dispatch: '전달되지 않은 작업을 다시 보냄 ({n}번째 전달)',
+    lost: '작업자 응답 없음 — 시도를 모두 써서 실패',
+  },
+  en: {
+    created: 'Job created',
+    claimed: 'Attempt {n} of {m} started',
+    finished: 'Result stored, job finished',
+    cancelledByClient: 'Cancelled by the visitor',
+    cancelled: 'Cancelled: {reason}',
+    retrying: 'Attempt failed ({code}); trying again',
+    failed: 'Job failed ({code})',
+    redispatch: 'No answer from the worker; job sent again (delivery {n})',
+    dispatch: 'Undelivered job sent again (delivery {n})',
+    lost: 'No answer from the worker; no attempts left, job failed',
+  },
+};
+
+const number = (text, pattern) => (String(text || '').match(pattern) || [])[1];
+
+/** The stable key of a log line written by the SQL functions, or null. */
+function sqlLogKey(line) {
+  const { step, level, message } = line;
+  const code = line.data && line.data.code;
+  const task = number(message, /task (\d+)/);
+  if (level === 'error' && code) return { key: step === 'queued' ? 'retrying' : 'failed', values: { code } };
+  if (step === 'queued' && level === 'info') return { key: 'created' };
+  if (step === 'claimed') {
+    const [, n, m] = String(message).match(/(\d+) of (\d+)/) || [];
+    return n ? { key: 'claimed', values: { n, m } } : null;
+  }
+  if (step === 'completed') return { key: 'finished' };
+  if (step === 'cancelled') {
+    return message === 'cancelled by the client' ? { key: 'cancelledByClient' } : { key: 'cancelled', values: { reason: message } };
+  }
+  if (step === 'failed' && String(message).startsWith('reaper:')) return { key: 'lost' };
+  if ((step === 'redispatch' || step === 'dispatch') && task) return { key: step, values: { n: task } };
+  return null;
+}
+
+/**
+ * A log line in `language`, and the key it was known by ('step-<percent>' for the pipeline's
+ * steps, a LOG_TEXT key for the SQL's lines, null for a line kept as written).
+ */
+export function logText(line, language) {
+  const index = Math.max(STEP_NAMES.ko.indexOf(line.step), STEP_NAMES.en.indexOf(line.step));
+  if (index >= 0 && line.progress === STEPS[index] && line.level === 'info') {
+    return { key: `step-${STEPS[index]}`, text: STEP_NAMES[language][index] };
+  }
+  const known = sqlLogKey(line);
+  if (!known) return { key: null, text: line.message };
+  return { key: known.key, text: format(LOG_TEXT[language][known.key], known.values) };
+}
 
 /** `format('{n} s', {n: 3})` → '3 s' */
 export function format(template, values = {}) {

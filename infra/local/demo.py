@@ -1,7 +1,7 @@
 """make demo: bring the local stack up, sign in anonymously through the local Supabase Auth,
 submit the seed's example query over HTTP with that session, follow it live through Supabase
 Realtime (a progress bar with the step names, and each log line), print the report, and shut
-everything down.
+everything down. ``make demo`` sets ``LOCAL_STEP_DELAY_MS`` so the steps can be watched.
 
 It speaks to the function URLs and the Supabase URL only, as the dashboard would.
 """
@@ -9,6 +9,7 @@ It speaks to the function URLs and the Supabase URL only, as the dashboard would
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 import time
@@ -44,6 +45,9 @@ def main(argv: list[str] | None = None) -> int:
         config.quiet = False
         with LocalStack(config) as stack:
             print(f"stack up: functions at {stack.base_url}/<function-name>")
+            # the function host inherits this process's environment (``make demo`` sets it)
+            pace = os.environ.get("LOCAL_STEP_DELAY_MS", "0")
+            print(f"pacing: LOCAL_STEP_DELAY_MS={pace} (each step stays {pace} ms on screen)")
             return run_demo(stack, args.query)
 
 

@@ -563,7 +563,7 @@ def find_fleet_wide(
 
 
 def _direction(episode: Episode) -> int:
-    return 1 if episode.peak >= episode.baseline else -1
+    return episode.direction
 
 
 def _fleet_wide_event(

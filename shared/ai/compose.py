@@ -2,6 +2,12 @@
 
 The writer later adds the narrative (title, summary, explanations, actions); nothing here asks a
 model. All numbers are printed with ``texts.num`` straight from the facts.
+
+One time per event, the same wherever it is named: a signal (or a server) went wrong at its
+*onset* (interpolated; ``Incident.onset`` for the incident as a whole) in the headline, the
+summary, the order sentence, the evidence and the timeline; an extreme at the sample where it
+was measured (``peak_at``); a recovery at the first normal sample (``recovered_at``).
+Direction words (peak or low, rose or fell) follow the sign of the change (``texts.signed``).
 """
 
 from __future__ import annotations
@@ -35,12 +41,15 @@ from shared.ai.results import (
 )
 from shared.ai.texts import (
     EVENTS,
+    EXTREMES,
     INCIDENT_KINDS,
     METRIC_NAMES,
     ROLES,
     SEVERITIES,
+    SHIFTS,
     hhmm,
     num,
+    signed,
     t,
     value_with_unit,
     when,
@@ -55,13 +64,13 @@ def _pick(language: Language, ko: str, en: str) -> str:
 
 
 def episode_line(episode: Episode, language: Language) -> str:
-    """``db-01 디스크 I/O 96% (12-23 02:30, 평소 22.4%)``."""
+    """``db-01 디스크 I/O 최고 96% (12-23 02:30, 평소 22.4%)``; a drop is ``최저``/``fell to``."""
     metric = t(METRIC_NAMES, episode.metric, language)
     if episode.metric == "up":
         return _pick(
             language,
-            f"{episode.server_id} {when(episode.start)} 응답 없음(다운)",
-            f"{episode.server_id} down at {when(episode.start)}",
+            f"{episode.server_id} {when(episode.onset)} 응답 없음(다운)",
+            f"{episode.server_id} down at {when(episode.onset)}",
         )
     peak = value_with_unit(episode.peak, episode.unit)
     base = value_with_unit(episode.baseline, episode.unit)
@@ -73,10 +82,12 @@ def episode_line(episode: Episode, language: Language) -> str:
             f", {level} 임계 {value_with_unit(episode.threshold, episode.unit)} 초과",
             f", over the {level} limit {value_with_unit(episode.threshold, episode.unit)}",
         )
+    extreme = signed(EXTREMES, episode.direction, language)
     return _pick(
         language,
-        f"{episode.server_id} {metric} 최고 {peak} ({when(episode.peak_at)}, 평소 {base}{limit})",
-        f"{episode.server_id} {metric} peaked at {peak} ({when(episode.peak_at)}, usually "
+        f"{episode.server_id} {metric} {extreme} {peak} ({when(episode.peak_at)}, 평소 {base}"
+        f"{limit})",
+        f"{episode.server_id} {metric} {extreme} {peak} ({when(episode.peak_at)}, usually "
         f"{base}{limit})",
     )
 
@@ -87,9 +98,9 @@ def incident_headline(incident: Incident, language: Language) -> str:
     root = cause.server_id
     followers = [s for s in incident.servers if s != root]
     span = (
-        f"{when(incident.start)}–{hhmm(incident.recovered_at)}"
+        f"{when(incident.onset)}–{hhmm(incident.recovered_at)}"
         if incident.recovered_at
-        else when(incident.start)
+        else when(incident.onset)
     )
     if not cause.determined:
         return _pick(
@@ -125,15 +136,23 @@ def _same_moment(a: Candidate, b: Candidate) -> bool:
     return abs(a.onset - b.onset) < timedelta(minutes=1)
 
 
-def order_sentence(incident: Incident, roles: dict[str, str], language: Language) -> str:
-    """The servers in the order their signals left the baseline, from the computed onsets."""
-    ranked = sorted(incident.root_cause.candidates, key=lambda c: c.onset)
+def onset_groups(incident: Incident) -> list[list[Candidate]]:
+    """The servers in the order their signals left the baseline, those within a minute of the
+    group's first together: the order sentence and the timeline both name a group's members
+    at the group's first onset, so the two never disagree by a minute."""
     groups: list[list[Candidate]] = []
-    for candidate in ranked:
+    for candidate in sorted(incident.root_cause.candidates, key=lambda c: c.onset):
         if groups and _same_moment(groups[-1][0], candidate):
             groups[-1].append(candidate)
         else:
             groups.append([candidate])
+    return groups
+
+
+def order_sentence(incident: Incident, roles: dict[str, str], language: Language) -> str:
+    """The servers in the order their signals left the baseline, from the computed onsets."""
+    ranked = incident.root_cause.candidates
+    groups = onset_groups(incident)
     parts = []
     for group in groups:
         members = ", ".join(
@@ -311,14 +330,14 @@ def fleet_wide_line(event: FleetWideEvent, language: Language) -> str:
     count = len(event.servers)
     share = num(round(event.share * 100))
     change = num(event.median_change)
-    up = event.direction > 0
+    moved = signed(SHIFTS, event.direction, language)
     return _pick(
         language,
         f"전체 공통 이벤트 {event.id}: {span} 서버 {count}대({share}%, "
         f"{', '.join(event.datacenters)})에서 {metric}이(가) 동시에 "
-        f"{'상승' if up else '하락'}(중앙값 {change}배). 한 서버에서 시작된 연쇄가 아니라 "
+        f"{moved}(중앙값 {change}배). 한 서버에서 시작된 연쇄가 아니라 "
         f"공통 원인(공유 네트워크, 모니터링, 트래픽 변화)을 점검하세요.",
-        f"Fleet-wide event {event.id}: {metric} {'rose' if up else 'fell'} on {count} servers "
+        f"Fleet-wide event {event.id}: {metric} {moved} on {count} servers "
         f"({share}%, {', '.join(event.datacenters)}) at once, {span} (median x{change}). It is "
         f"not a chain from one server: look for a common cause (shared network, monitoring, "
         f"traffic).",
@@ -439,25 +458,41 @@ def analysis_draft(facts: FleetFacts, query: str, language: Language) -> Analysi
 
 
 def _timeline(incident: Incident, language: Language) -> list[TimelineEntry]:
+    """Each server at the onset of its lead signal (the times the order sentence names), any
+    server down at its onset, the root signal's extreme where it was measured, the recovery."""
     cause = incident.root_cause
-    entries = []
-    seen_servers: set[str] = set()
-    for event in incident.timeline:
-        is_root = event.server_id == cause.server_id and event.metric == cause.metric
-        first_on_server = event.event in {"started", "down"} and event.server_id not in seen_servers
-        if not (is_root and event.event != "recovered") and not first_on_server:
-            continue
-        seen_servers.add(event.server_id)
-        metric = t(METRIC_NAMES, event.metric, language)
-        what = t(EVENTS, event.event, language)
-        value = f" {value_with_unit(event.value, event.unit)}" if event.event == "peak" else ""
-        entries.append(
-            TimelineEntry(
-                at=event.at,
-                server_id=event.server_id,
-                text=f"{event.server_id} {metric} {what}{value}",
-            )
+    entries = [
+        TimelineEntry(
+            at=group[0].onset,
+            server_id=c.server_id,
+            text=f"{c.server_id} {t(EVENTS, 'down', language)}"
+            if c.metric == "up"
+            else f"{c.server_id} {t(METRIC_NAMES, c.metric, language)} "
+            f"{t(EVENTS, 'left_baseline', language)}",
         )
+        for group in onset_groups(incident)
+        for c in group
+    ]
+    leads = {(c.server_id, c.metric) for c in cause.candidates}
+    for e in incident.episodes:
+        if e.metric == "up" and (e.server_id, e.metric) not in leads:
+            entries.append(
+                TimelineEntry(
+                    at=e.onset,
+                    server_id=e.server_id,
+                    text=f"{e.server_id} {t(EVENTS, 'down', language)}",
+                )
+            )
+        if e.metric != "up" and (e.server_id, e.metric) == (cause.server_id, cause.metric):
+            metric = t(METRIC_NAMES, e.metric, language)
+            extreme = signed(EXTREMES, e.direction, language)
+            entries.append(
+                TimelineEntry(
+                    at=e.peak_at,
+                    server_id=e.server_id,
+                    text=f"{e.server_id} {metric} {extreme} {value_with_unit(e.peak, e.unit)}",
+                )
+            )
     if incident.recovered_at is not None:
         entries.append(
             TimelineEntry(
@@ -470,7 +505,7 @@ def _timeline(incident: Incident, language: Language) -> list[TimelineEntry]:
                 ),
             )
         )
-    return entries
+    return sorted(entries, key=lambda e: e.at)
 
 
 def report_draft(
@@ -484,7 +519,7 @@ def report_draft(
             headline=incident_headline(i, language),
             severity=i.severity,
             servers=i.servers,
-            start=i.start,
+            start=i.onset,  # the time the headline shows
             recovered_at=i.recovered_at,
             root_cause=root_cause_view(i, language, roles),
             story=incident_story(i, roles, language),

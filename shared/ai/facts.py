@@ -77,6 +77,11 @@ class Episode(FactModel):
     def first_seen(self) -> datetime:
         return self.signs_at or self.start
 
+    @property
+    def direction(self) -> int:
+        """+1 when the metric rose (its extreme at or above the baseline), -1 when it fell."""
+        return 1 if self.peak >= self.baseline else -1
+
 
 class TimelineEvent(FactModel):
     at: datetime
@@ -137,6 +142,14 @@ class Incident(FactModel):
     links: list[Link] = Field(default_factory=list)
     episodes: list[Episode]
     timeline: list[TimelineEvent]
+
+    @property
+    def onset(self) -> datetime:
+        """When the incident began, as every answer states it (headline, summary, the order
+        sentence's first time, the timeline's first row): the earliest onset of its servers'
+        lead signals. Not ``start`` (the first warning-sign or abnormal *sample*), which can
+        be a sample later than the onset the text orders the servers by."""
+        return min((c.onset for c in self.root_cause.candidates), default=self.start)
 
 
 class FleetWideEvent(FactModel):

@@ -190,7 +190,9 @@ def _instructions(language: Language) -> str:
         "base every statement on them and perform no calculations of your own. Give one "
         "explanation per item id listed (what it means and why it matters), keep the summary to "
         "3-5 sentences, and list concrete actions, most urgent first. Answer with JSON matching "
-        "the schema. Never state a number, time or percentage that does not appear in the facts."
+        "the schema. Never state a number, time or percentage that does not appear in the facts. "
+        "Keep the facts' words for direction (a metric that fell reached a low, not a peak) and "
+        "name each event at the time the facts give it."
     )
 
 

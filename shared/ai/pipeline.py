@@ -6,6 +6,11 @@ stops the run at once with ``JobCancelled`` and nothing is written. ``deadline``
 ``time.monotonic()`` value) ends the run with ``DeadlineExceeded`` before the caller's own
 timeout, and bounds the model's request timeout.
 
+``LOCAL_STEP_DELAY_MS`` (local demos only; 0, no wait at all, in tests and production) pauses
+after each step but the last, so a person can watch a job that would otherwise end in a third
+of a second. The pause is at most 5 s and never outlasts the deadline; a cancel made during it
+is seen at the next step's progress write, as any other cancel is.
+
 The facts and the local narrative exist before the model is asked, so when the model cannot
 answer (``writers.can_fall_back``: model gone, answer blocked or cut off, zero quota) the job
 completes with the local narrative and ``writerInfo`` says so -- unless
@@ -44,11 +49,16 @@ class _Steps:
     """Reports progress and enforces cancel and deadline between steps."""
 
     def __init__(
-        self, on_progress: ProgressCallback, language: Language, deadline: float | None
+        self,
+        on_progress: ProgressCallback,
+        language: Language,
+        deadline: float | None,
+        pause_s: float = 0.0,
     ) -> None:
         self.on_progress = on_progress
         self.language = language
         self.deadline = deadline
+        self.pause_s = pause_s
 
     def check_deadline(self) -> None:
         if self.deadline is not None and time.monotonic() >= self.deadline:
@@ -59,6 +69,16 @@ class _Steps:
         message = step_message(percent, self.language)
         if not self.on_progress(percent, message):
             raise JobCancelled("job cancelled", details={"percent": percent})
+        if self.pause_s and percent < 100:
+            self._pause()
+
+    def _pause(self) -> None:
+        """The local pacing: the step stays on screen, but never past the deadline (the next
+        step's deadline check then ends the run)."""
+        wait = self.pause_s
+        if self.deadline is not None:
+            wait = min(wait, max(0.0, self.deadline - time.monotonic()))
+        time.sleep(wait)
 
 
 def _narrate(
@@ -99,7 +119,7 @@ def run(
 ) -> AIResult:
     """Run one AI job and return its result (with Markdown); see the module docstring."""
     language = detect_language(query)
-    steps = _Steps(on_progress, language, deadline)
+    steps = _Steps(on_progress, language, deadline, settings.local_step_delay_ms / 1000)
     steps.step(0)
     job_type = job_type or classify(query, settings).job_type
     source = fleet or fleet_source_from_settings(settings.fleet_source, settings.fleet_seed)

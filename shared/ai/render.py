@@ -82,7 +82,9 @@ def _report(result: ReportResult) -> list[str]:
             lines.append(incident.explanation or incident.story)
         lines += _root_cause(incident.root_cause, lang)
     lines += _fleet_wide(result.fleet_wide, lang)
-    lines += ["", _h(2, "timeline", lang), "", "| | |", "|---|---|"]
+    # a GFM table needs a header row: "| | |" rendered an empty <thead> above the rows
+    header = f"| {t(LABELS, 'time', lang)} | {t(LABELS, 'event', lang)} |"
+    lines += ["", _h(2, "timeline", lang), "", header, "|---|---|"]
     lines += [f"| {when(entry.at)} | {entry.text} |" for entry in result.timeline]
     if result.recommendations:
         lines += ["", _h(2, "recommendations", lang)]

@@ -40,13 +40,20 @@ INCIDENT_KINDS: _T = {
     "anomaly": ("이상 징후", "anomaly"),
 }
 
+#: Timeline events as the report shows them (``compose._timeline``): a signal leaving its
+#: baseline (at its onset), a server down, the recovery. An extreme is worded by its sign
+#: (``EXTREMES``), never here.
 EVENTS: _T = {
-    "warning_signs": ("이상 징후 시작", "first warning signs"),
-    "started": ("이상 시작", "went abnormal"),
-    "peak": ("최고치", "peaked"),
+    "left_baseline": ("기준선 이탈", "left its baseline"),
     "recovered": ("정상 회복", "recovered"),
     "down": ("응답 없음(다운)", "stopped answering (down)"),
 }
+
+#: Which way a change went, by its sign (+1 rose, -1 fell): the extreme an episode reached and
+#: the way a fleet-wide signal moved. Every direction word of an answer comes from these two, so
+#: a drop is never called a peak (``signed`` picks by the sign of the change).
+EXTREMES: dict[int, tuple[str, str]] = {1: ("최고", "peaked at"), -1: ("최저", "fell to")}
+SHIFTS: dict[int, tuple[str, str]] = {1: ("상승", "rose"), -1: ("하락", "fell")}
 
 SEVERITIES: _T = {
     "normal": ("정상", "normal"),
@@ -72,6 +79,8 @@ LABELS: _T = {
     "evidence": ("근거", "Evidence"),
     "incidents": ("장애 및 이상 징후", "Incidents"),
     "timeline": ("타임라인", "Timeline"),
+    "time": ("시각", "Time"),
+    "event": ("내용", "Event"),
     "root_cause": ("근본 원인", "Root cause"),
     "confidence": ("신뢰도", "confidence"),
     "why_confidence": ("신뢰도 근거", "Why this confidence"),
@@ -95,6 +104,12 @@ LABELS: _T = {
 
 def t(table: _T, key: str, language: Language) -> str:
     ko, en = table.get(key, (key, key))
+    return ko if language == "ko" else en
+
+
+def signed(table: dict[int, tuple[str, str]], direction: int, language: Language) -> str:
+    """The word of ``table`` for a change of this sign (0 counts as a rise, as the facts do)."""
+    ko, en = table[1 if direction >= 0 else -1]
     return ko if language == "ko" else en
 
 

@@ -71,8 +71,8 @@ def _status_sentence(facts: FleetFacts, language: Language) -> str:
 def _incident_phrase(incident: Incident, language: Language) -> str:
     kind = t(INCIDENT_KINDS, incident.kind, language)
     if not incident.root_cause.determined:
-        return f"{kind}({', '.join(incident.servers)}, {when(incident.start)})"
-    return f"{incident.root_cause.server_id} {kind}({when(incident.start)})"
+        return f"{kind}({', '.join(incident.servers)}, {when(incident.onset)})"
+    return f"{incident.root_cause.server_id} {kind}({when(incident.onset)})"
 
 
 def _incidents_sentence(facts: FleetFacts, language: Language) -> str:

@@ -145,6 +145,24 @@ def heldout_raw() -> dict[str, Any]:
     return data
 
 
+def reversed_heldout() -> Fleet:
+    """The held-out fleet with its ids renamed in reverse order and listed backwards."""
+    raw = heldout_raw()
+    ids = sorted(s["id"] for s in raw["servers"])
+    names = {old: f"srv-{len(ids) - n:02d}" for n, old in enumerate(ids)}
+    return fleet_of(renamed(raw, names, ids[::-1]))
+
+
+@dataclass(frozen=True)
+class Given:
+    """A fleet source (``pipeline.run(fleet=...)``) that hands over a fleet already built."""
+
+    fleet: Fleet
+
+    def load(self) -> Fleet:
+        return self.fleet
+
+
 def heldout_truth() -> dict[str, Any]:
     truth: dict[str, Any] = json.loads(HELDOUT_TRUTH.read_text(encoding="utf-8"))
     return truth

@@ -24,7 +24,7 @@ from shared.ai.texts import INCIDENT_KINDS, ROLES, hhmm, t, when
 from shared.jobs import JobType
 from shared.settings import AISettings
 
-from .fleets import Change, FleetPlan, Spec, build, fleet_of, heldout_raw, renamed
+from .fleets import Change, FleetPlan, Given, Spec, build, fleet_of, heldout_raw, reversed_heldout
 
 _ID = r"[\w.-]+"
 _TRIGGERS = {
@@ -35,14 +35,6 @@ _TRIGGERS = {
     ),
     "ko": re.compile(r"먼저|이어서|앞단|뒷단|근본 원인|설명합니다|영향|동시에|다음 후보|뒤따"),
 }
-
-
-class _Given:
-    def __init__(self, fleet: Fleet) -> None:
-        self.fleet = fleet
-
-    def load(self) -> Fleet:
-        return self.fleet
 
 
 def _tied_fleet() -> Fleet:
@@ -57,17 +49,10 @@ def _tied_fleet() -> Fleet:
     return fleet_of(build(plan))
 
 
-def _reversed_heldout() -> Fleet:
-    raw = heldout_raw()
-    ids = sorted(s["id"] for s in raw["servers"])
-    names = {old: f"srv-{len(ids) - n:02d}" for n, old in enumerate(ids)}
-    return fleet_of(renamed(raw, names, ids[::-1]))
-
-
 FLEETS: dict[str, Callable[[], Fleet]] = {
     "synthetic": lambda: build_synthetic_fleet(42),
     "heldout": lambda: fleet_of(heldout_raw()),
-    "heldout-reversed": _reversed_heldout,
+    "heldout-reversed": reversed_heldout,
     "tied": _tied_fleet,
 }
 
@@ -284,7 +269,8 @@ class Checker:
         return True
 
     def summary_list(self, sentence: str) -> bool:
-        """``app-02 CPU spike(12-22 13:40)``: the incidents as the summary lists them."""
+        """``app-02 CPU spike(12-22 13:30)``: the incidents as the summary lists them, each at
+        the time its headline shows (``Incident.onset``)."""
         kinds = "|".join(re.escape(k) for k in self.kind_of)
         claims = re.findall(rf"({_ID}) ({kinds})\((\d\d-\d\d \d\d:\d\d)\)", sentence)
         for root, kind, start in claims:
@@ -292,7 +278,7 @@ class Checker:
                 i.root_cause.determined
                 and i.root_cause.server_id == root
                 and i.kind == self.kind_of[kind]
-                and when(i.start) == start
+                and when(i.onset) == start
                 for i in self.facts.incidents
             ), (root, kind, start)
         return bool(claims)
@@ -410,7 +396,7 @@ def check_markdown(result: AIResult) -> int:
 
 def _answer(fleet: Fleet, job_type: JobType, query: str) -> AIResult:
     return pipeline.run(
-        query, job_type, lambda p, m: True, settings=AISettings(writer="local"), fleet=_Given(fleet)
+        query, job_type, lambda p, m: True, settings=AISettings(writer="local"), fleet=Given(fleet)
     )
 
 

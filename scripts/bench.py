@@ -62,6 +62,8 @@ OUT_DIR = REPO_ROOT / "docs"
 BENCH_FUNCTIONS = Path(__file__).resolve().parent / "bench_functions"
 COMPLEX = "모든 서버 분석하고 최적화 리포트 만들어줘"
 CONNECTIONS = 16
+#: what --parts can name, in the order they run
+PARTS = ("api", "trips", "cold", "jobs", "peer")
 
 
 def say(text: str) -> None:
@@ -338,8 +340,13 @@ def jobs_running(
 
 
 def api_under_load(
-    stack: LocalStack, floors: dict[str, Any], pids: dict[str, int], requests: int
+    stack: LocalStack,
+    floors: dict[str, Any],
+    pids: dict[str, int],
+    requests: int,
+    finished_id: str,
 ) -> dict[str, Any]:
+    """``finished_id``: a job that ran, so a get with ``?logs=true`` has logs to send."""
     floor_insert = floors["insert_row"]
     floor_select = floors["select_row"]
     with httpx.Client(base_url=floor_insert["url"]) as client:
@@ -378,6 +385,13 @@ def api_under_load(
             {"function": pids["ai-jobs-get"], **shared_cpu},
         ),
         (
+            "get job with logs (finished job)",
+            stack.base_url,
+            lambda c, i: c.get(f"/ai-jobs-get/{finished_id}?logs=true"),
+            200,
+            {"function": pids["ai-jobs-get"], **shared_cpu},
+        ),
+        (
             "list jobs (20 per page)",
             stack.base_url,
             lambda c, i: c.get("/ai-jobs-list"),
@@ -396,7 +410,17 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer samples (smoke run)")
     parser.add_argument("--out", type=Path, default=OUT_DIR)
+    parser.add_argument(
+        "--parts",
+        default=",".join(PARTS),
+        help=f"comma-separated subset of {','.join(PARTS)}; a partial run prints its figures"
+        " and writes nothing unless --json names a file",
+    )
+    parser.add_argument("--json", type=Path, help="where a partial run writes its figures")
     args = parser.parse_args(argv)
+    parts = set(args.parts.split(","))
+    if not parts <= set(PARTS):
+        parser.error(f"unknown parts: {', '.join(sorted(parts - set(PARTS)))}")
     requests = 160 if args.quick else 640
     jobs = 20 if args.quick else 60
     results: dict[str, Any] = {
@@ -415,11 +439,23 @@ def main(argv: list[str] | None = None) -> int:
             floors, floor_processes = start_floors(stack)
             try:
                 results.update(
-                    run_all(stack, http, floors, requests=requests, jobs=jobs, quick=args.quick)
+                    run_all(
+                        stack,
+                        http,
+                        floors,
+                        requests=requests,
+                        jobs=jobs,
+                        quick=args.quick,
+                        parts=parts,
+                    )
                 )
             finally:
                 for process in floor_processes:
                     stop(process)
+    if parts != set(PARTS):
+        if args.json:
+            args.json.write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n")
+        return 0
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "bench.json").write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n")
     from scripts import bench_chart
@@ -437,6 +473,7 @@ def run_all(
     requests: int,
     jobs: int,
     quick: bool,
+    parts: set[str],
 ) -> dict[str, Any]:
     servers = host_pids(stack.log_text("functions"))
     postmaster = postmaster_pid(stack.db_uri)
@@ -450,23 +487,43 @@ def run_all(
     results: dict[str, Any] = {}
     tasks = stack.tasks_client()
     # warm every path once
-    wait_final(stack, [http.post("/ai-jobs-create", json={"query": COMPLEX}).json()["jobId"]])
+    finished = http.post("/ai-jobs-create", json={"query": COMPLEX}).json()["jobId"]
+    wait_final(stack, [finished])
     http.get("/ai-jobs-list")
+    http.get(f"/ai-jobs-get/{finished}?logs=true")
 
-    say(f"\n== API at {CONNECTIONS} keep-alive connections, queue paused ==")
-    tasks.pause_queue(name=stack.queue_path)
-    results["apiQueuePaused"] = api_under_load(stack, floors, pids, requests)
-    say("\n== round trips per operation (Supabase HTTP requests, Cloud Tasks calls) ==")
-    results["roundTrips"] = round_trips(stack)
-    for name, counts in results["roundTrips"].items():
-        say(f"  {name:<34} Supabase {counts['supabase']}  Cloud Tasks {counts['cloudTasks']}")
-    say("\n== cold start: process start -> first answered request ==")
-    results["coldStartMs"] = cold_starts(stack, http, 1 if quick else 3)
+    if "api" in parts:
+        say(f"\n== API at {CONNECTIONS} keep-alive connections, queue paused ==")
+        tasks.pause_queue(name=stack.queue_path)
+        results["apiQueuePaused"] = api_under_load(stack, floors, pids, requests, finished)
+    if "trips" in parts:
+        say("\n== round trips per operation (Supabase HTTP requests, Cloud Tasks calls) ==")
+        results["roundTrips"] = round_trips(stack)
+        for name, counts in results["roundTrips"].items():
+            say(f"  {name:<34} Supabase {counts['supabase']}  Cloud Tasks {counts['cloudTasks']}")
+    if "cold" in parts:
+        say("\n== cold start: process start -> first answered request ==")
+        results["coldStartMs"] = cold_starts(stack, http, 1 if quick else 3)
     # The creates above left hundreds of queued jobs: drop their tasks (the reaper is off, so
     # they stay queued and idle) so the job figures below measure only their own jobs.
     tasks.purge_queue(name=stack.queue_path)
     tasks.resume_queue(name=stack.queue_path)
+    if "jobs" in parts:
+        results["jobs"] = jobs_part(stack, http, pids, postmaster, jobs=jobs, quick=quick)
+    if "peer" in parts:
+        results["peer"] = peer_part(stack, postmaster, quick=quick)
+    return results
 
+
+def jobs_part(
+    stack: LocalStack,
+    http: httpx.Client,
+    pids: dict[str, int],
+    postmaster: int,
+    *,
+    jobs: int,
+    quick: bool,
+) -> dict[str, Any]:
     say("\n== jobs (local writer) ==")
     ai_ms = ai_work_cpu_ms()
     pickup = pickup_ms(stack, http, 10 if quick else 20)
@@ -476,7 +533,7 @@ def run_all(
         stack, http, {**queue_pids, "ai-jobs-create": pids["ai-jobs-create"]}, jobs
     )
     queue_cpu = sum(v for k, v in running["cpuMsPerJob"].items() if k in queue_pids)
-    results["jobs"] = {
+    result = {
         "aiWorkCpuMsPerJob": ai_ms,
         "pickupMs": pickup,
         **running,
@@ -492,20 +549,23 @@ def run_all(
         f"  burst of {jobs} jobs                   {running['burst']['jobsPerSecond']} jobs/s;"
         f" CPU per job {running['cpuMsPerJob']}"
     )
-    say(f"  queue's own CPU per job            {results['jobs']['queueOwnCpuMsPerJob']} ms")
+    say(f"  queue's own CPU per job            {result['queueOwnCpuMsPerJob']} ms")
 
+    return result
+
+
+def peer_part(stack: LocalStack, postmaster: int, *, quick: bool) -> dict[str, Any]:
     say("\n== peer: Procrastinate on the same Postgres (no-op task) ==")
     assert stack.pg is not None
     peer_uri = stack.pg.create_database("bench_peer")
     peer = bench_peer.measure(
         peer_uri, postmaster, sequential=10 if quick else 20, burst=100 if quick else 200
     )
-    results["peer"] = peer
     say(f"  pickup deferred -> started         p50 {peer['pickupMs']['p50']:.1f} ms")
     burst = peer["burst"]
     say(f"  burst of {burst['jobs']} jobs                  {burst['jobsPerSecond']} jobs/s")
     say(f"  CPU per job                        {peer['cpuMsPerJob']}")
-    return results
+    return peer
 
 
 if __name__ == "__main__":

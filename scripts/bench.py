@@ -22,6 +22,7 @@ Prints a table, writes ``docs/bench.json`` and draws ``docs/bench.png``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -63,7 +64,7 @@ BENCH_FUNCTIONS = Path(__file__).resolve().parent / "bench_functions"
 COMPLEX = "모든 서버 분석하고 최적화 리포트 만들어줘"
 CONNECTIONS = 16
 #: what --parts can name, in the order they run
-PARTS = ("api", "trips", "cold", "jobs", "peer")
+PARTS = ("api", "trips", "pieces", "cold", "jobs", "peer")
 
 
 def say(text: str) -> None:
@@ -90,7 +91,7 @@ def start_floors(stack: LocalStack) -> tuple[dict[str, Any], list[Any]]:
             " created_at timestamptz not null default now())"
         )
     env = {"BENCH_DATABASE_URL": uri}
-    floors: dict[str, Any] = {}
+    floors: dict[str, Any] = {"uri": uri}
     processes = []
     for target in ("insert_row", "select_row"):
         process, url = serve_function(target, BENCH_FUNCTIONS / "floor.py", env)
@@ -102,9 +103,9 @@ def start_floors(stack: LocalStack) -> tuple[dict[str, Any], list[Any]]:
 # --- round trips -------------------------------------------------------------------------------
 
 
-def round_trips(stack: LocalStack) -> dict[str, dict[str, int]]:
-    """Requests each operation sends to Supabase (HTTP, counted at the transport) and calls it
-    makes to Cloud Tasks, with the functions loaded in this process as an instance loads them."""
+def in_process_functions(stack: LocalStack) -> dict[str, Any]:
+    """The public functions loaded in this process as an instance loads them (Flask test
+    clients), with the stack's settings."""
     import functions_framework
 
     import shared.store
@@ -114,12 +115,21 @@ def round_trips(stack: LocalStack) -> dict[str, dict[str, int]]:
     os.environ.update(stack.function_env)
     for cached in (get_settings, shared.store.get_store, shared.tasks.get_queue):
         cached.cache_clear()
-    clients = {
+    return {
         name: functions_framework.create_app(  # type: ignore[no-untyped-call]
             FUNCTIONS[name], str(REPO_ROOT / "functions" / name / "main.py")
         ).test_client()
         for name in ("ai-jobs-create", "ai-jobs-get", "ai-jobs-list", "ai-jobs-cancel")
     }
+
+
+def round_trips(stack: LocalStack) -> dict[str, dict[str, int]]:
+    """Requests each operation sends to Supabase (HTTP, counted at the transport) and calls it
+    makes to Cloud Tasks, with the functions loaded in this process as an instance loads them."""
+    import shared.tasks
+    from shared.settings import get_settings
+
+    clients = in_process_functions(stack)
     counts = {"supabase": 0, "cloudTasks": 0}
     send = httpx.Client.send
 
@@ -155,6 +165,81 @@ def round_trips(stack: LocalStack) -> dict[str, dict[str, int]]:
     out["get with logs"], _ = measure(lambda: clients["ai-jobs-get"].get(f"/{job_id}?logs=true"))
     out["list"], _ = measure(lambda: clients["ai-jobs-list"].get("/"))
     out["cancel"], _ = measure(lambda: clients["ai-jobs-cancel"].post("/", json={"jobId": job_id}))
+    return out
+
+
+# --- where a request's CPU goes ------------------------------------------------------------------
+
+
+def _cpu_ms(call: Callable[[], Any], repeats: int) -> float:
+    """CPU milliseconds of this process (every thread: gRPC's too) per call, after a warm-up."""
+    for _ in range(20):
+        call()
+    began = time.process_time()
+    for _ in range(repeats):
+        call()
+    return round((time.process_time() - began) * 1000 / repeats, 3)
+
+
+def cpu_pieces(stack: LocalStack, floor_uri: str, repeats: int) -> dict[str, float]:
+    """CPU per call of each layer of a create and a get, one call at a time in this process:
+    the handler whole (Flask's test client, as ``round_trips``), the Supabase client's call,
+    the same HTTP request sent by its httpx client and by the standard library, the Cloud
+    Tasks client's create_task, and psycopg's statement for the floor. What the handler costs
+    beyond the library calls is this project's own code plus Flask's."""
+    import http.client
+    from urllib.parse import urlsplit
+
+    from shared.settings import get_settings
+    from shared.store import get_store
+    from shared.tasks import get_queue
+
+    clients = in_process_functions(stack)
+    settings = get_settings()
+    store = get_store(settings)
+    queue = get_queue(settings)
+    job_id = clients["ai-jobs-create"].post("/", json={"query": COMPLEX}).get_json()["jobId"]
+    params = {"p_job_id": job_id, "p_user_id": "anonymous"}
+    body = json.dumps(params).encode()
+    url = f"{settings.supabase_url}/rest/v1/rpc/get_job"
+    headers = dict(store.client.postgrest.headers)
+    session = store.client.postgrest.session  # the httpx.Client the store gave supabase-py
+    parts = urlsplit(url)
+    raw = http.client.HTTPConnection(parts.hostname or "", parts.port)
+
+    def stdlib_post() -> Any:
+        raw.request("POST", parts.path, body=body, headers=headers)
+        return json.loads(raw.getresponse().read())
+
+    conn = psycopg.connect(floor_uri, autocommit=True)
+    floor_id = uuid.uuid4()
+    conn.execute("insert into bench_floor (id, body) values (%s, '{}')", (floor_id,))
+    cases: dict[str, Callable[[], Any]] = {
+        "create handler whole (test client)": lambda: clients["ai-jobs-create"].post(
+            "/", json={"query": COMPLEX}
+        ),
+        "get handler whole (test client)": lambda: clients["ai-jobs-get"].get(f"/{job_id}"),
+        "supabase-py rpc('get_job').execute()": lambda: (
+            store.client.rpc("get_job", params).execute().data
+        ),
+        "  same request, its httpx.Client": lambda: session.post(
+            url, content=body, headers=headers
+        ).json(),
+        "  same request, http.client": stdlib_post,
+        "google-cloud-tasks create_task": lambda: queue.enqueue(uuid.uuid4(), 1),
+        "psycopg SELECT (the floor's)": lambda: conn.execute(
+            "select id, body, created_at from bench_floor where id = %s", (floor_id,)
+        ).fetchone(),
+    }
+    out: dict[str, float] = {}
+    # the handlers' log lines are not figures
+    with open(os.devnull, "w") as sink, contextlib.redirect_stdout(sink):
+        for name, call in cases.items():
+            out[name] = _cpu_ms(call, repeats)
+    raw.close()
+    conn.close()
+    for name, ms in out.items():
+        say(f"  {name:<40} {ms:6.3f} ms CPU per call")
     return out
 
 
@@ -501,6 +586,9 @@ def run_all(
         results["roundTrips"] = round_trips(stack)
         for name, counts in results["roundTrips"].items():
             say(f"  {name:<34} Supabase {counts['supabase']}  Cloud Tasks {counts['cloudTasks']}")
+    if "pieces" in parts:
+        say("\n== CPU per call, layer by layer (one call at a time, in this process) ==")
+        results["cpuPieces"] = cpu_pieces(stack, floors["uri"], 100 if quick else 300)
     if "cold" in parts:
         say("\n== cold start: process start -> first answered request ==")
         results["coldStartMs"] = cold_starts(stack, http, 1 if quick else 3)

@@ -491,6 +491,38 @@ def api_under_load(
     return out
 
 
+#: (measure, project row, floor row, figure, goal): the issue's goals at 16 connections
+RATIOS = (
+    ("create p90 / INSERT floor p90", "create job (202)", "floor INSERT (psycopg)", "p90", 2.5),
+    ("get p90 / SELECT floor p90", "get job (200)", "floor SELECT (psycopg)", "p90", 2.0),
+    ("create CPU / INSERT floor CPU", "create job (202)", "floor INSERT (psycopg)", "cpu", 1.5),
+    ("get CPU / SELECT floor CPU", "get job (200)", "floor SELECT (psycopg)", "cpu", 1.5),
+    (
+        "list CPU / SELECT floor CPU",
+        "list jobs (20 per page)",
+        "floor SELECT (psycopg)",
+        "cpu",
+        1.5,
+    ),
+)
+
+
+def api_ratios(api: dict[str, Any]) -> dict[str, dict[str, float]]:
+    """Each project figure over its floor's from the same run, beside the goal."""
+
+    def figure(row: str, which: str) -> float:
+        if which == "cpu":
+            return float(api[row]["cpuMsPerRequest"]["function"])
+        return float(api[row]["latencyMs"][which])
+
+    out = {}
+    for name, ours, floor, which, goal in RATIOS:
+        ratio = round(figure(ours, which) / figure(floor, which), 2)
+        out[name] = {"ratio": ratio, "goal": goal}
+        say(f"  {name:<34} {ratio:5.2f}x   (goal <= {goal}x)")
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer samples (smoke run)")
@@ -581,6 +613,7 @@ def run_all(
         say(f"\n== API at {CONNECTIONS} keep-alive connections, queue paused ==")
         tasks.pause_queue(name=stack.queue_path)
         results["apiQueuePaused"] = api_under_load(stack, floors, pids, requests, finished)
+        results["apiRatios"] = api_ratios(results["apiQueuePaused"])
     if "trips" in parts:
         say("\n== round trips per operation (Supabase HTTP requests, Cloud Tasks calls) ==")
         results["roundTrips"] = round_trips(stack)

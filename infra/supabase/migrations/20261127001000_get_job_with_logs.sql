@@ -12,24 +12,20 @@ create function public.get_job_with_logs(
   p_after_id bigint,
   p_limit integer)
 returns json
-language plpgsql
+language sql
 stable
 set search_path = ''
 as $$
-declare
-  v_job public.ai_jobs;
-begin
-  v_job := public.get_job(p_job_id, p_user_id);  -- raises job_not_found
-  return json_build_object(
-    'job', to_json(v_job),
+  select json_build_object(
+    'job', to_json(j),
     'logs', coalesce(
       (select json_agg(to_json(l) order by l.id) from (
          select * from public.ai_job_logs l
          where l.job_id = p_job_id and l.id > coalesce(p_after_id, 0)
          order by l.id
          limit least(greatest(coalesce(p_limit, 100), 1), 500)) l),
-      '[]'::json));
-end
+      '[]'::json))
+  from public.get_job(p_job_id, p_user_id) j  -- raises job_not_found
 $$;
 
 -- Supabase grants EXECUTE on every new public function to anon and authenticated (and

@@ -20,14 +20,9 @@ def db(db_uri: str) -> Iterator[Db]:
 
 def _with_logs(db: Db, steps: int) -> str:
     job = db.processing_job()
+    lease = {"job_id": job["id"], "lease_token": job["lease_token"]}
     for step in range(steps):
-        assert db.one(
-            "report_progress",
-            job_id=job["id"],
-            lease_token=job["lease_token"],
-            progress=step,
-            step=f"s{step}",
-        )
+        assert db.one("report_progress", **lease, progress=step, step=f"s{step}")
     return str(job["id"])
 
 

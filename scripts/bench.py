@@ -22,6 +22,7 @@ Prints a table, writes ``docs/bench.json`` and draws ``docs/bench.png``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -62,6 +63,8 @@ OUT_DIR = REPO_ROOT / "docs"
 BENCH_FUNCTIONS = Path(__file__).resolve().parent / "bench_functions"
 COMPLEX = "모든 서버 분석하고 최적화 리포트 만들어줘"
 CONNECTIONS = 16
+#: what --parts can name, in the order they run
+PARTS = ("api", "trips", "pieces", "cold", "jobs", "peer")
 
 
 def say(text: str) -> None:
@@ -88,7 +91,7 @@ def start_floors(stack: LocalStack) -> tuple[dict[str, Any], list[Any]]:
             " created_at timestamptz not null default now())"
         )
     env = {"BENCH_DATABASE_URL": uri}
-    floors: dict[str, Any] = {}
+    floors: dict[str, Any] = {"uri": uri}
     processes = []
     for target in ("insert_row", "select_row"):
         process, url = serve_function(target, BENCH_FUNCTIONS / "floor.py", env)
@@ -100,9 +103,9 @@ def start_floors(stack: LocalStack) -> tuple[dict[str, Any], list[Any]]:
 # --- round trips -------------------------------------------------------------------------------
 
 
-def round_trips(stack: LocalStack) -> dict[str, dict[str, int]]:
-    """Requests each operation sends to Supabase (HTTP, counted at the transport) and calls it
-    makes to Cloud Tasks, with the functions loaded in this process as an instance loads them."""
+def in_process_functions(stack: LocalStack) -> dict[str, Any]:
+    """The public functions loaded in this process as an instance loads them (Flask test
+    clients), with the stack's settings."""
     import functions_framework
 
     import shared.store
@@ -112,12 +115,21 @@ def round_trips(stack: LocalStack) -> dict[str, dict[str, int]]:
     os.environ.update(stack.function_env)
     for cached in (get_settings, shared.store.get_store, shared.tasks.get_queue):
         cached.cache_clear()
-    clients = {
+    return {
         name: functions_framework.create_app(  # type: ignore[no-untyped-call]
             FUNCTIONS[name], str(REPO_ROOT / "functions" / name / "main.py")
         ).test_client()
         for name in ("ai-jobs-create", "ai-jobs-get", "ai-jobs-list", "ai-jobs-cancel")
     }
+
+
+def round_trips(stack: LocalStack) -> dict[str, dict[str, int]]:
+    """Requests each operation sends to Supabase (HTTP, counted at the transport) and calls it
+    makes to Cloud Tasks, with the functions loaded in this process as an instance loads them."""
+    import shared.tasks
+    from shared.settings import get_settings
+
+    clients = in_process_functions(stack)
     counts = {"supabase": 0, "cloudTasks": 0}
     send = httpx.Client.send
 
@@ -153,6 +165,81 @@ def round_trips(stack: LocalStack) -> dict[str, dict[str, int]]:
     out["get with logs"], _ = measure(lambda: clients["ai-jobs-get"].get(f"/{job_id}?logs=true"))
     out["list"], _ = measure(lambda: clients["ai-jobs-list"].get("/"))
     out["cancel"], _ = measure(lambda: clients["ai-jobs-cancel"].post("/", json={"jobId": job_id}))
+    return out
+
+
+# --- where a request's CPU goes ------------------------------------------------------------------
+
+
+def _cpu_ms(call: Callable[[], Any], repeats: int) -> float:
+    """CPU milliseconds of this process (every thread: gRPC's too) per call, after a warm-up."""
+    for _ in range(20):
+        call()
+    began = time.process_time()
+    for _ in range(repeats):
+        call()
+    return round((time.process_time() - began) * 1000 / repeats, 3)
+
+
+def cpu_pieces(stack: LocalStack, floor_uri: str, repeats: int) -> dict[str, float]:
+    """CPU per call of each layer of a create and a get, one call at a time in this process:
+    the handler whole (Flask's test client, as ``round_trips``), the Supabase client's call,
+    the same HTTP request sent by its httpx client and by the standard library, the Cloud
+    Tasks client's create_task, and psycopg's statement for the floor. What the handler costs
+    beyond the library calls is this project's own code plus Flask's."""
+    import http.client
+    from urllib.parse import urlsplit
+
+    from shared.settings import get_settings
+    from shared.store import get_store
+    from shared.tasks import get_queue
+
+    clients = in_process_functions(stack)
+    settings = get_settings()
+    store = get_store(settings)
+    queue = get_queue(settings)
+    job_id = clients["ai-jobs-create"].post("/", json={"query": COMPLEX}).get_json()["jobId"]
+    params = {"p_job_id": job_id, "p_user_id": "anonymous"}
+    body = json.dumps(params).encode()
+    url = f"{settings.supabase_url}/rest/v1/rpc/get_job"
+    headers = dict(store.client.postgrest.headers)
+    session = store.client.postgrest.session  # the httpx.Client the store gave supabase-py
+    parts = urlsplit(url)
+    raw = http.client.HTTPConnection(parts.hostname or "", parts.port)
+
+    def stdlib_post() -> Any:
+        raw.request("POST", parts.path, body=body, headers=headers)
+        return json.loads(raw.getresponse().read())
+
+    conn = psycopg.connect(floor_uri, autocommit=True)
+    floor_id = uuid.uuid4()
+    conn.execute("insert into bench_floor (id, body) values (%s, '{}')", (floor_id,))
+    cases: dict[str, Callable[[], Any]] = {
+        "create handler whole (test client)": lambda: clients["ai-jobs-create"].post(
+            "/", json={"query": COMPLEX}
+        ),
+        "get handler whole (test client)": lambda: clients["ai-jobs-get"].get(f"/{job_id}"),
+        "supabase-py rpc('get_job').execute()": lambda: (
+            store.client.rpc("get_job", params).execute().data
+        ),
+        "  same request, its httpx.Client": lambda: session.post(
+            url, content=body, headers=headers
+        ).json(),
+        "  same request, http.client": stdlib_post,
+        "google-cloud-tasks create_task": lambda: queue.enqueue(uuid.uuid4(), 1),
+        "psycopg SELECT (the floor's)": lambda: conn.execute(
+            "select id, body, created_at from bench_floor where id = %s", (floor_id,)
+        ).fetchone(),
+    }
+    out: dict[str, float] = {}
+    # the handlers' log lines are not figures
+    with open(os.devnull, "w") as sink, contextlib.redirect_stdout(sink):
+        for name, call in cases.items():
+            out[name] = _cpu_ms(call, repeats)
+    raw.close()
+    conn.close()
+    for name, ms in out.items():
+        say(f"  {name:<40} {ms:6.3f} ms CPU per call")
     return out
 
 
@@ -338,8 +425,13 @@ def jobs_running(
 
 
 def api_under_load(
-    stack: LocalStack, floors: dict[str, Any], pids: dict[str, int], requests: int
+    stack: LocalStack,
+    floors: dict[str, Any],
+    pids: dict[str, int],
+    requests: int,
+    finished_id: str,
 ) -> dict[str, Any]:
+    """``finished_id``: a job that ran, so a get with ``?logs=true`` has logs to send."""
     floor_insert = floors["insert_row"]
     floor_select = floors["select_row"]
     with httpx.Client(base_url=floor_insert["url"]) as client:
@@ -378,6 +470,13 @@ def api_under_load(
             {"function": pids["ai-jobs-get"], **shared_cpu},
         ),
         (
+            "get job with logs (finished job)",
+            stack.base_url,
+            lambda c, i: c.get(f"/ai-jobs-get/{finished_id}?logs=true"),
+            200,
+            {"function": pids["ai-jobs-get"], **shared_cpu},
+        ),
+        (
             "list jobs (20 per page)",
             stack.base_url,
             lambda c, i: c.get("/ai-jobs-list"),
@@ -392,11 +491,53 @@ def api_under_load(
     return out
 
 
+#: (measure, project row, floor row, figure, goal): the issue's goals at 16 connections
+RATIOS = (
+    ("create p90 / INSERT floor p90", "create job (202)", "floor INSERT (psycopg)", "p90", 2.5),
+    ("get p90 / SELECT floor p90", "get job (200)", "floor SELECT (psycopg)", "p90", 2.0),
+    ("create CPU / INSERT floor CPU", "create job (202)", "floor INSERT (psycopg)", "cpu", 1.5),
+    ("get CPU / SELECT floor CPU", "get job (200)", "floor SELECT (psycopg)", "cpu", 1.5),
+    (
+        "list CPU / SELECT floor CPU",
+        "list jobs (20 per page)",
+        "floor SELECT (psycopg)",
+        "cpu",
+        1.5,
+    ),
+)
+
+
+def api_ratios(api: dict[str, Any]) -> dict[str, dict[str, float]]:
+    """Each project figure over its floor's from the same run, beside the goal."""
+
+    def figure(row: str, which: str) -> float:
+        if which == "cpu":
+            return float(api[row]["cpuMsPerRequest"]["function"])
+        return float(api[row]["latencyMs"][which])
+
+    out = {}
+    for name, ours, floor, which, goal in RATIOS:
+        ratio = round(figure(ours, which) / figure(floor, which), 2)
+        out[name] = {"ratio": ratio, "goal": goal}
+        say(f"  {name:<34} {ratio:5.2f}x   (goal <= {goal}x)")
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer samples (smoke run)")
     parser.add_argument("--out", type=Path, default=OUT_DIR)
+    parser.add_argument(
+        "--parts",
+        default=",".join(PARTS),
+        help=f"comma-separated subset of {','.join(PARTS)}; a partial run prints its figures"
+        " and writes nothing unless --json names a file",
+    )
+    parser.add_argument("--json", type=Path, help="where a partial run writes its figures")
     args = parser.parse_args(argv)
+    parts = set(args.parts.split(","))
+    if not parts <= set(PARTS):
+        parser.error(f"unknown parts: {', '.join(sorted(parts - set(PARTS)))}")
     requests = 160 if args.quick else 640
     jobs = 20 if args.quick else 60
     results: dict[str, Any] = {
@@ -415,11 +556,23 @@ def main(argv: list[str] | None = None) -> int:
             floors, floor_processes = start_floors(stack)
             try:
                 results.update(
-                    run_all(stack, http, floors, requests=requests, jobs=jobs, quick=args.quick)
+                    run_all(
+                        stack,
+                        http,
+                        floors,
+                        requests=requests,
+                        jobs=jobs,
+                        quick=args.quick,
+                        parts=parts,
+                    )
                 )
             finally:
                 for process in floor_processes:
                     stop(process)
+    if parts != set(PARTS):
+        if args.json:
+            args.json.write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n")
+        return 0
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "bench.json").write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n")
     from scripts import bench_chart
@@ -437,6 +590,7 @@ def run_all(
     requests: int,
     jobs: int,
     quick: bool,
+    parts: set[str],
 ) -> dict[str, Any]:
     servers = host_pids(stack.log_text("functions"))
     postmaster = postmaster_pid(stack.db_uri)
@@ -450,23 +604,47 @@ def run_all(
     results: dict[str, Any] = {}
     tasks = stack.tasks_client()
     # warm every path once
-    wait_final(stack, [http.post("/ai-jobs-create", json={"query": COMPLEX}).json()["jobId"]])
+    finished = http.post("/ai-jobs-create", json={"query": COMPLEX}).json()["jobId"]
+    wait_final(stack, [finished])
     http.get("/ai-jobs-list")
+    http.get(f"/ai-jobs-get/{finished}?logs=true")
 
-    say(f"\n== API at {CONNECTIONS} keep-alive connections, queue paused ==")
-    tasks.pause_queue(name=stack.queue_path)
-    results["apiQueuePaused"] = api_under_load(stack, floors, pids, requests)
-    say("\n== round trips per operation (Supabase HTTP requests, Cloud Tasks calls) ==")
-    results["roundTrips"] = round_trips(stack)
-    for name, counts in results["roundTrips"].items():
-        say(f"  {name:<34} Supabase {counts['supabase']}  Cloud Tasks {counts['cloudTasks']}")
-    say("\n== cold start: process start -> first answered request ==")
-    results["coldStartMs"] = cold_starts(stack, http, 1 if quick else 3)
+    if "api" in parts:
+        say(f"\n== API at {CONNECTIONS} keep-alive connections, queue paused ==")
+        tasks.pause_queue(name=stack.queue_path)
+        results["apiQueuePaused"] = api_under_load(stack, floors, pids, requests, finished)
+        results["apiRatios"] = api_ratios(results["apiQueuePaused"])
+    if "trips" in parts:
+        say("\n== round trips per operation (Supabase HTTP requests, Cloud Tasks calls) ==")
+        results["roundTrips"] = round_trips(stack)
+        for name, counts in results["roundTrips"].items():
+            say(f"  {name:<34} Supabase {counts['supabase']}  Cloud Tasks {counts['cloudTasks']}")
+    if "pieces" in parts:
+        say("\n== CPU per call, layer by layer (one call at a time, in this process) ==")
+        results["cpuPieces"] = cpu_pieces(stack, floors["uri"], 100 if quick else 300)
+    if "cold" in parts:
+        say("\n== cold start: process start -> first answered request ==")
+        results["coldStartMs"] = cold_starts(stack, http, 1 if quick else 3)
     # The creates above left hundreds of queued jobs: drop their tasks (the reaper is off, so
     # they stay queued and idle) so the job figures below measure only their own jobs.
     tasks.purge_queue(name=stack.queue_path)
     tasks.resume_queue(name=stack.queue_path)
+    if "jobs" in parts:
+        results["jobs"] = jobs_part(stack, http, pids, postmaster, jobs=jobs, quick=quick)
+    if "peer" in parts:
+        results["peer"] = peer_part(stack, postmaster, quick=quick)
+    return results
 
+
+def jobs_part(
+    stack: LocalStack,
+    http: httpx.Client,
+    pids: dict[str, int],
+    postmaster: int,
+    *,
+    jobs: int,
+    quick: bool,
+) -> dict[str, Any]:
     say("\n== jobs (local writer) ==")
     ai_ms = ai_work_cpu_ms()
     pickup = pickup_ms(stack, http, 10 if quick else 20)
@@ -476,7 +654,7 @@ def run_all(
         stack, http, {**queue_pids, "ai-jobs-create": pids["ai-jobs-create"]}, jobs
     )
     queue_cpu = sum(v for k, v in running["cpuMsPerJob"].items() if k in queue_pids)
-    results["jobs"] = {
+    result = {
         "aiWorkCpuMsPerJob": ai_ms,
         "pickupMs": pickup,
         **running,
@@ -492,20 +670,23 @@ def run_all(
         f"  burst of {jobs} jobs                   {running['burst']['jobsPerSecond']} jobs/s;"
         f" CPU per job {running['cpuMsPerJob']}"
     )
-    say(f"  queue's own CPU per job            {results['jobs']['queueOwnCpuMsPerJob']} ms")
+    say(f"  queue's own CPU per job            {result['queueOwnCpuMsPerJob']} ms")
 
+    return result
+
+
+def peer_part(stack: LocalStack, postmaster: int, *, quick: bool) -> dict[str, Any]:
     say("\n== peer: Procrastinate on the same Postgres (no-op task) ==")
     assert stack.pg is not None
     peer_uri = stack.pg.create_database("bench_peer")
     peer = bench_peer.measure(
         peer_uri, postmaster, sequential=10 if quick else 20, burst=100 if quick else 200
     )
-    results["peer"] = peer
     say(f"  pickup deferred -> started         p50 {peer['pickupMs']['p50']:.1f} ms")
     burst = peer["burst"]
     say(f"  burst of {burst['jobs']} jobs                  {burst['jobsPerSecond']} jobs/s")
     say(f"  CPU per job                        {peer['cpuMsPerJob']}")
-    return results
+    return peer
 
 
 if __name__ == "__main__":

@@ -257,8 +257,9 @@ def postmaster_pid(db_uri: str) -> int:
 
     with psycopg.connect(db_uri) as conn:
         row = conn.execute("select pg_backend_pid()").fetchone()
-    assert row is not None
-    return int(psutil.Process(int(row[0])).ppid())
+        assert row is not None
+        # while the connection is open: its backend exits when it closes
+        return int(psutil.Process(int(row[0])).ppid())
 
 
 def json_ready(value: Any) -> Any:

@@ -50,14 +50,22 @@ MAX_JSON_DEPTH = 16
 _READ_CHUNK = 64 * 1024
 
 
+def dump_json(body: Any) -> str:
+    """The API's JSON: compact, UTF-8 as is."""
+    return json.dumps(body, ensure_ascii=False, separators=(",", ":"))
+
+
 def json_response(
     body: Any, status: int = 200, headers: dict[str, str] | None = None
 ) -> flask.Response:
-    response = flask.Response(
-        json.dumps(body, ensure_ascii=False, separators=(",", ":")),
-        status=status,
-        mimetype="application/json",
-    )
+    return json_text_response(dump_json(body), status, headers)
+
+
+def json_text_response(
+    text: str, status: int = 200, headers: dict[str, str] | None = None
+) -> flask.Response:
+    """A JSON answer from ``dump_json``'s text (for a handler that needed the text itself)."""
+    response = flask.Response(text, status=status, mimetype="application/json")
     response.headers["Cache-Control"] = "no-store"
     for name, value in (headers or {}).items():
         response.headers[name] = value

@@ -189,9 +189,11 @@ class Job(BaseModel):
 
     def wire(self, *, include_result: bool = True) -> dict[str, Any]:
         """The job as the API shows it; the list leaves ``result`` out (it can be large)."""
-        shown = self.model_dump(mode="json", by_alias=True, include=set(WIRE_FIELDS))
-        if not include_result:
-            shown["result"] = None
+        shown = self.model_dump(mode="json", by_alias=True, include=_WIRE_SERIALIZED)
+        # result and metadata are the database's JSON, sent as they came: walking them through
+        # the serializer again cost 0.2 ms per get of a finished job (a 90 KB report)
+        shown["result"] = self.result if include_result else None
+        shown["metadata"] = self.metadata
         return shown
 
 
@@ -220,6 +222,7 @@ WIRE_FIELDS = frozenset(
         "completed_at",
     }
 )
+_WIRE_SERIALIZED: set[str] = set(WIRE_FIELDS) - {"result", "metadata"}
 
 
 class JobLog(BaseModel):

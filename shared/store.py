@@ -117,6 +117,12 @@ class ReapedJob:
 
 
 @dataclass(frozen=True)
+class JobWithLogs:
+    job: Job
+    logs: list[JobLog]  #: the job's log lines after the id asked for, oldest first
+
+
+@dataclass(frozen=True)
 class JobPage:
     jobs: list[Job]
     has_more: bool
@@ -276,6 +282,24 @@ class JobStore:
             },
         )
         return [JobLog.model_validate(row) for row in rows]
+
+    def get_job_with_logs(
+        self, job_id: uuid.UUID, user_id: str | None = None, *, after_id: int = 0, limit: int = 100
+    ) -> JobWithLogs:
+        """``get_job`` and ``list_job_logs`` in one round trip (a poll with ``?logs=true``)."""
+        data = self.rpc(
+            "get_job_with_logs",
+            {
+                "p_job_id": str(job_id),
+                "p_user_id": user_id,
+                "p_after_id": after_id,
+                "p_limit": limit,
+            },
+        )
+        return JobWithLogs(
+            job=Job.model_validate(data["job"]),
+            logs=[JobLog.model_validate(row) for row in data["logs"]],
+        )
 
     def cancel_job(
         self, job_id: uuid.UUID, user_id: str | None = None, reason: str | None = None

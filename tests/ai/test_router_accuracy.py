@@ -4,14 +4,13 @@ levels and 41/42 types labelled, 27/30 and 20/22 held out, when this floor was s
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from scripts.router_accuracy import load, measure
 from shared.settings import AISettings
+from tests.support import REPO_ROOT
 
-DATA = Path(__file__).resolve().parents[1] / "data"
+DATA = REPO_ROOT / "tests" / "data"
 
 
 @pytest.mark.parametrize(

@@ -4,7 +4,8 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 
@@ -38,18 +39,34 @@ def sleeps() -> list[float]:
 
 
 @pytest.fixture
-def writer(fake: fake_gemini.FakeGemini, sleeps: list[float]) -> Iterator[GeminiWriter]:
+def make_writer(
+    fake: fake_gemini.FakeGemini, sleeps: list[float]
+) -> Iterator[Callable[..., GeminiWriter]]:
+    """``make_writer(**overrides)``: the real Gemini writer on the fake, closed after the test."""
+    opened: list[GeminiWriter] = []
+
     def sleep(seconds: float) -> None:
         sleeps.append(seconds)
         time.sleep(min(seconds, 0.05))
 
-    with GeminiWriter(
-        api_key="fake",
-        model=DEFAULT_GEMINI_MODEL,
-        base_url=fake.base_url,
-        timeout_s=5,
-        max_retries=2,
-        backoff_s=0.01,
-        sleep=sleep,
-    ) as gemini:
-        yield gemini
+    def make(**overrides: Any) -> GeminiWriter:
+        options: dict[str, Any] = {
+            "api_key": "fake",
+            "model": DEFAULT_GEMINI_MODEL,
+            "base_url": fake.base_url,
+            "timeout_s": 5,
+            "max_retries": 2,
+            "backoff_s": 0.01,
+            "sleep": sleep,
+        }
+        opened.append(GeminiWriter(**{**options, **overrides}))
+        return opened[-1]
+
+    yield make
+    for writer in opened:
+        writer.close()
+
+
+@pytest.fixture
+def writer(make_writer: Callable[..., GeminiWriter]) -> GeminiWriter:
+    return make_writer()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -102,20 +103,13 @@ def test_malformed_once_then_valid_succeeds(
     assert fake.calls == 2
 
 
-def test_timeout_is_retryable(fake: fake_gemini.FakeGemini, draft: AIResult) -> None:
+def test_timeout_is_retryable(
+    make_writer: Callable[..., GeminiWriter], fake: fake_gemini.FakeGemini, draft: AIResult
+) -> None:
     fake.push(fake_gemini.slow(5), fake_gemini.slow(5))
+    writer = make_writer(timeout_s=1, max_retries=1)
     started = time.monotonic()
-    with (
-        GeminiWriter(
-            api_key="fake",
-            model=MODEL,
-            base_url=fake.base_url,
-            timeout_s=1,
-            max_retries=1,
-            backoff_s=0.01,
-        ) as writer,
-        pytest.raises(AIError) as caught,
-    ):
+    with pytest.raises(AIError) as caught:
         writer.write(draft)
     assert caught.value.retryable is True
     assert caught.value.details["reason"] == "timeout"

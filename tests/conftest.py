@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import httpx
 import pytest
+from supabase import Client, ClientOptions, create_client
 
 from infra.local.gateway import GatewayHandle, start_gateway
 from infra.local.migrate import apply_migrations
@@ -67,6 +69,27 @@ def gateway(gateway_db: str) -> Iterator[GatewayHandle]:
     """The PostgREST-compatible gateway (in-process, a free port) on ``gateway_db``."""
     with start_gateway(gateway_db, JWT_SECRET) as handle:
         yield handle
+
+
+@pytest.fixture
+def supabase_client() -> Iterator[Callable[..., Client]]:
+    """``supabase_client(url, api_key, access_token=None)``: a real supabase-py client with its
+    own session storage and HTTP pool, closed after the test."""
+    sessions: list[httpx.Client] = []
+
+    def make(url: str, api_key: str, access_token: str | None = None) -> Client:
+        session = httpx.Client(timeout=10)
+        sessions.append(session)
+        options = ClientOptions(httpx_client=session)
+        if access_token:  # as a signed-in browser sends it; otherwise the client's own headers
+            options = ClientOptions(
+                httpx_client=session, headers={"Authorization": f"Bearer {access_token}"}
+            )
+        return create_client(url, api_key, options)
+
+    yield make
+    for session in sessions:
+        session.close()
 
 
 @pytest.fixture(scope="session")

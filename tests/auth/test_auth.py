@@ -5,12 +5,12 @@ supabase-js would use it: anonymous sign-in, refresh rotation, the user, logout,
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import httpx
 import jwt
 import pytest
-from supabase import Client, ClientOptions, create_client
+from supabase import Client
 from supabase_auth.errors import AuthApiError
 
 from tests.support import JWT_SECRET, LocalSupabase
@@ -19,18 +19,9 @@ ClientFor = Callable[[LocalSupabase], Client]
 
 
 @pytest.fixture
-def client_for() -> Iterator[Callable[[LocalSupabase], Client]]:
-    """A fresh supabase-py client (its own session storage) on one closed-after-test pool."""
-    sessions: list[httpx.Client] = []
-
-    def make(server: LocalSupabase) -> Client:
-        session = httpx.Client(timeout=10)
-        sessions.append(session)
-        return create_client(server.url, server.anon_key, ClientOptions(httpx_client=session))
-
-    yield make
-    for session in sessions:
-        session.close()
+def client_for(supabase_client: Callable[..., Client]) -> ClientFor:
+    """A fresh supabase-py client (its own session storage) with the server's anon key."""
+    return lambda server: supabase_client(server.url, server.anon_key)
 
 
 def test_anonymous_sign_in_gives_a_session_for_a_new_uuid_user(

@@ -4,12 +4,13 @@ response shape and error path), for the session; ``gateway`` (tests/conftest.py)
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterator
 
 import httpx
 import psycopg
 import pytest
-from supabase import Client, ClientOptions, create_client
+from supabase import Client
 
 from infra.local.gateway import GatewayHandle
 from infra.local.migrate import bootstrap
@@ -218,20 +219,11 @@ def http(gateway: GatewayHandle) -> Iterator[httpx.Client]:
 
 
 @pytest.fixture
-def supabase_for(gateway: GatewayHandle) -> Iterator[Callable[..., Client]]:
+def supabase_for(
+    gateway: GatewayHandle, supabase_client: Callable[..., Client]
+) -> Callable[..., Client]:
     """``supabase_for(api_key, access_token=None)`` → a real supabase client on the gateway."""
-    sessions: list[httpx.Client] = []
-
-    def make(api_key: str, access_token: str | None = None) -> Client:
-        session = httpx.Client(timeout=10)
-        sessions.append(session)
-        headers = {"Authorization": f"Bearer {access_token}"} if access_token else {}
-        options = ClientOptions(httpx_client=session, headers=headers)
-        return create_client(gateway.url, api_key, options)
-
-    yield make
-    for session in sessions:
-        session.close()
+    return functools.partial(supabase_client, gateway.url)
 
 
 @pytest.fixture

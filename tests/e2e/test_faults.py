@@ -29,6 +29,7 @@ from tests.support import (
     gemini_env,
     local_stack,
     wait_for,
+    wait_until,
 )
 
 
@@ -62,13 +63,11 @@ def _progress(http: httpx.Client, job_id: str) -> dict[str, object]:
 
 
 def _wait_progress(http: httpx.Client, job_id: str, at_least: int, timeout_s: float = 30) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
+    def reached() -> bool:
         job = _progress(http, job_id)
-        if int(str(job["progress"])) >= at_least and job["status"] == "processing":
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"job {job_id} never reached {at_least}%")
+        return int(str(job["progress"])) >= at_least and job["status"] == "processing"
+
+    wait_until(reached, f"job {job_id} to reach {at_least}%", timeout_s)
 
 
 def _deliver(stack: LocalStack, job_id: str) -> httpx.Response:
@@ -276,18 +275,20 @@ def test_a_model_quota_error_is_retried_by_the_job_with_the_hint_and_answers_2xx
     log_start = len(stack.log_text("functions"))
     before = time.time()
     job_id = create(http, SEED_QUERY)["jobId"]
-    deadline = time.monotonic() + 30
+    wait_until(
+        lambda: bool((seen := _progress(http, job_id))["attempts"] == 1 and seen["errorCode"]),
+        "the first attempt to fail",
+    )
     job = _progress(http, job_id)
-    while not (job["attempts"] == 1 and job["errorCode"]) and time.monotonic() < deadline:
-        time.sleep(0.1)
-        job = _progress(http, job_id)
     assert job["status"] == "queued"
     assert job["attempts"] == 1, "the attempt is counted on the row"
     # the row is written before the processor answers: give the answer its moment to land
-    settle = time.monotonic() + 10
-    while f"job-{job_id}-d1" in (tasks := _task_ids(stack)) and time.monotonic() < settle:
-        time.sleep(0.1)
-    assert f"job-{job_id}-d1" not in tasks, "answered 2xx: Cloud Tasks does not retry d1"
+    wait_until(
+        lambda: f"job-{job_id}-d1" not in _task_ids(stack),
+        "the 2xx answer: Cloud Tasks does not retry d1",
+        timeout_s=10,
+    )
+    tasks = _task_ids(stack)
     assert tasks[f"job-{job_id}-d2"] >= before + 590, "the next task waits for the hint"
     assert "/ai-jobs-process 503" not in stack.log_text("functions")[log_start:]
     # Long past the grace, the reaper asks Cloud Tasks first: the retry task is pending.

@@ -85,6 +85,8 @@ TRANSITIONS: dict[str, frozenset[tuple[JobStatus, JobStatus]]] = {
         }
     ),
 }
+# the sweep the reaper calls (with dispatch numbers) makes the same changes as the first one
+TRANSITIONS["reap_jobs_v2"] = TRANSITIONS["reap_jobs"]
 
 
 def is_legal(operation: str, old: JobStatus, new: JobStatus) -> bool:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from functools import partial
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -82,12 +83,16 @@ def _dropping_traffic(factor: float = 0.3, fleet_wide: float = 0.35) -> Fleet:
     return fleet_of(build(FleetPlan(servers=specs, changes=changes)))
 
 
+def _stress(n: int) -> Fleet:
+    return fleet_of(build(stress_plan(n)[0]))
+
+
 FLEETS: dict[str, Callable[[], Fleet]] = {
     "synthetic": lambda: build_synthetic_fleet(42),
     "heldout": lambda: fleet_of(heldout_raw()),
     "heldout-reversed": reversed_heldout,
     "traffic-drop": _dropping_traffic,
-    **{f"stress-{n}": (lambda n=n: fleet_of(build(stress_plan(n)[0]))) for n in (3, 7)},
+    **{f"stress-{n}": partial(_stress, n) for n in (3, 7)},
 }
 
 
@@ -210,7 +215,7 @@ def _sections(markdown: str) -> tuple[list[tuple[str, str]], list[tuple[str, str
     incidents = [
         (line, lines[n + 1]) for n, line in enumerate(lines) if re.match(r"^### \d+\. ", line)
     ]
-    rows = [m.groups() for line in lines if (m := _ROW.match(line))]
+    rows = [(m[1], m[2], m[3]) for line in lines if (m := _ROW.match(line))]
     return incidents, rows, lines[2]
 
 
@@ -275,7 +280,11 @@ def test_headline_summary_text_and_timeline_name_the_same_time_for_each_event(
 
 
 def test_the_timeline_table_has_a_header_row_in_the_reports_language() -> None:
-    for language, header in (("ko", "| 시각 | 내용 |"), ("en", "| Time | Event |")):
+    headers: tuple[tuple[Language, str], ...] = (
+        ("ko", "| 시각 | 내용 |"),
+        ("en", "| Time | Event |"),
+    )
+    for language, header in headers:
         result = _answer(build_synthetic_fleet(42), JobType.REPORT, language)
 
         lines = result.markdown.splitlines()

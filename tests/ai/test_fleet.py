@@ -43,6 +43,7 @@ def test_every_scripted_incident_ends_before_the_data_does() -> None:
     # warning-sign ramp once stayed up forever, so db-01 sat at 60 % disk I/O to the end).
     fleet = SyntheticFleetSource(seed=42).load()
     db = next(s for s in fleet.servers if s.id == "db-01")
+    assert db.metrics.disk_io is not None
     last_hour = db.metrics.disk_io[-6:]
     first_hour = db.metrics.disk_io[:6]
 

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
 from infra.local import fake_gemini
-from shared.ai import analytics, compose
-from shared.ai.fleet import build_synthetic_fleet
+from shared.ai import compose
+from shared.ai.facts import FleetFacts
 from shared.ai.gemini import GeminiWriter
 from shared.ai.results import AIResult
 from shared.ai.writers import writer_from_settings
@@ -23,32 +23,8 @@ MODEL = DEFAULT_GEMINI_MODEL
 
 
 @pytest.fixture(scope="module")
-def draft() -> AIResult:
-    facts = analytics.analyse(build_synthetic_fleet(42))
+def draft(facts: FleetFacts) -> AIResult:
     return compose.draft(JobType.REPORT, facts, "리포트 만들어줘", "ko")
-
-
-@pytest.fixture
-def sleeps() -> list[float]:
-    return []
-
-
-@pytest.fixture
-def writer(fake: fake_gemini.FakeGemini, sleeps: list[float]) -> Iterator[GeminiWriter]:
-    def sleep(seconds: float) -> None:
-        sleeps.append(seconds)
-        time.sleep(min(seconds, 0.05))
-
-    with GeminiWriter(
-        api_key="fake",
-        model=MODEL,
-        base_url=fake.base_url,
-        timeout_s=5,
-        max_retries=2,
-        backoff_s=0.01,
-        sleep=sleep,
-    ) as gemini:
-        yield gemini
 
 
 def test_structured_answer(
@@ -127,20 +103,13 @@ def test_malformed_once_then_valid_succeeds(
     assert fake.calls == 2
 
 
-def test_timeout_is_retryable(fake: fake_gemini.FakeGemini, draft: AIResult) -> None:
+def test_timeout_is_retryable(
+    make_writer: Callable[..., GeminiWriter], fake: fake_gemini.FakeGemini, draft: AIResult
+) -> None:
     fake.push(fake_gemini.slow(5), fake_gemini.slow(5))
+    writer = make_writer(timeout_s=1, max_retries=1)
     started = time.monotonic()
-    with (
-        GeminiWriter(
-            api_key="fake",
-            model=MODEL,
-            base_url=fake.base_url,
-            timeout_s=1,
-            max_retries=1,
-            backoff_s=0.01,
-        ) as writer,
-        pytest.raises(AIError) as caught,
-    ):
+    with pytest.raises(AIError) as caught:
         writer.write(draft)
     assert caught.value.retryable is True
     assert caught.value.details["reason"] == "timeout"

@@ -15,7 +15,7 @@ from shared.ai.gemini import GeminiWriter
 from shared.ai.writers import LocalWriter
 from shared.errors import AIError
 from shared.settings import DEFAULT_GEMINI_MODEL, AISettings
-from tests.ai.conftest import SEED_QUERY
+from tests.support import SEED_QUERY
 
 MODEL = DEFAULT_GEMINI_MODEL
 LOCAL = LocalWriter()

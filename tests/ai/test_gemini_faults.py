@@ -3,8 +3,7 @@ version: the real google-genai client against the fake Gemini, each fault script
 
 from __future__ import annotations
 
-import time
-from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from google import genai
@@ -12,8 +11,8 @@ from google.genai import errors as genai_errors
 from google.genai import types
 
 from infra.local import fake_gemini
-from shared.ai import analytics, compose
-from shared.ai.fleet import build_synthetic_fleet
+from shared.ai import compose
+from shared.ai.facts import FleetFacts
 from shared.ai.gemini import QUOTA_RETRY_DEFAULT_S, GeminiWriter, thinking_config
 from shared.ai.results import AIResult
 from shared.errors import AIError
@@ -24,26 +23,8 @@ MODEL = DEFAULT_GEMINI_MODEL
 
 
 @pytest.fixture(scope="module")
-def draft() -> AIResult:
-    facts = analytics.analyse(build_synthetic_fleet(42))
+def draft(facts: FleetFacts) -> AIResult:
     return compose.draft(JobType.ANALYSIS, facts, "analyse every server", "en")
-
-
-@pytest.fixture
-def sleeps() -> list[float]:
-    return []
-
-
-@pytest.fixture
-def writer(fake: fake_gemini.FakeGemini, sleeps: list[float]) -> Iterator[GeminiWriter]:
-    def sleep(seconds: float) -> None:
-        sleeps.append(seconds)
-        time.sleep(min(seconds, 0.05))
-
-    with GeminiWriter(
-        api_key="fake", model=MODEL, base_url=fake.base_url, max_retries=2, sleep=sleep
-    ) as gemini:
-        yield gemini
 
 
 def _failure(writer: GeminiWriter, draft: AIResult) -> AIError:
@@ -187,7 +168,7 @@ def test_gemini_2_models_get_a_thinking_budget_and_gemini_3_a_level_never_both()
     assert thinking_config(MODEL, "medium").model_dump(exclude_none=True) == {
         "thinking_level": types.ThinkingLevel.MEDIUM
     }
-    both = {"contents": [{}], "generationConfig": {"thinkingConfig": {}}}
+    both: dict[str, Any] = {"contents": [{}], "generationConfig": {"thinkingConfig": {}}}
     both["generationConfig"]["thinkingConfig"] = {"thinkingLevel": "LOW", "thinkingBudget": 10}
     assert fake_gemini.request_error(MODEL, both) is not None
 

@@ -23,6 +23,7 @@ from shared.ai.lang import Language
 from shared.ai.results import items_of
 from shared.jobs import JobType
 from shared.settings import AISettings
+from tests.support import SEED_QUERY
 
 pytestmark = pytest.mark.skipif(
     not (os.environ.get("GEMINI_API_KEY") or os.environ.get("GOOGLE_API_KEY")),
@@ -41,7 +42,7 @@ def _settings() -> AISettings:
 @pytest.mark.parametrize(
     ("job_type", "query", "language"),
     [
-        (JobType.REPORT, "모든 서버 분석하고 최적화 리포트 만들어줘", "ko"),
+        (JobType.REPORT, SEED_QUERY, "ko"),
         (JobType.PREDICTION, "Forecast disk and memory for the next day", "en"),
     ],
 )

@@ -23,6 +23,7 @@ from shared.ai.results import AIResult
 from shared.ai.texts import INCIDENT_KINDS, ROLES, hhmm, t, when
 from shared.jobs import JobType
 from shared.settings import AISettings
+from tests.support import SEED_QUERY
 
 from .fleets import Change, FleetPlan, Given, Spec, build, fleet_of, heldout_raw, reversed_heldout
 
@@ -405,7 +406,7 @@ def _answer(fleet: Fleet, job_type: JobType, query: str) -> AIResult:
     ("job_type", "query"),
     [
         (JobType.REPORT, "Write an incident and optimization report"),
-        (JobType.REPORT, "모든 서버 분석하고 최적화 리포트 만들어줘"),
+        (JobType.REPORT, SEED_QUERY),
         (JobType.ANALYSIS, "analyse every server"),
         (JobType.OPTIMIZATION, "서버 최적화 제안해줘"),
     ],

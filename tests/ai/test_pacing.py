@@ -39,7 +39,7 @@ def pauses(monkeypatch: pytest.MonkeyPatch) -> list[float]:
         asked.append(seconds)
         real_sleep(min(seconds, 0.05))
 
-    monkeypatch.setattr(pipeline.time, "sleep", sleep)
+    monkeypatch.setattr("shared.ai.pipeline.time.sleep", sleep)
     return asked
 
 
@@ -65,7 +65,11 @@ def test_unset_the_pipeline_never_pauses(fleet: Given, pauses: list[float]) -> N
 def test_set_it_pauses_after_every_step_but_the_last(fleet: Given, pauses: list[float]) -> None:
     steps: list[int] = []
 
-    _run(fleet, 1500, lambda percent, message: steps.append(percent) is None)
+    def record(percent: int, message: str) -> bool:
+        steps.append(percent)
+        return True
+
+    _run(fleet, 1500, record)
 
     assert steps == [0, 20, 50, 80, 100]
     assert pauses == [1.5, 1.5, 1.5, 1.5]
@@ -85,7 +89,12 @@ def test_a_cancel_during_a_pause_stops_the_run_at_the_next_step(
 def test_a_pause_never_outlasts_the_deadline(fleet: Given, monkeypatch: pytest.MonkeyPatch) -> None:
     asked: list[float] = []
     real_sleep = time.sleep
-    monkeypatch.setattr(pipeline.time, "sleep", lambda s: asked.append(s) or real_sleep(s))
+
+    def sleep(seconds: float) -> None:
+        asked.append(seconds)
+        real_sleep(seconds)
+
+    monkeypatch.setattr("shared.ai.pipeline.time.sleep", sleep)
     deadline = time.monotonic() + 0.3
 
     with pytest.raises(DeadlineExceeded):

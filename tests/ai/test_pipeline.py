@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 import pytest
 
@@ -10,8 +11,7 @@ from shared.ai.gemini import GeminiWriter
 from shared.ai.results import AIResult, Narrative
 from shared.errors import DeadlineExceeded, JobCancelled
 from shared.settings import AISettings
-
-from .conftest import SEED_QUERY
+from tests.support import SEED_QUERY
 
 
 class RecordingWriter:
@@ -27,9 +27,19 @@ class RecordingWriter:
         return Narrative(title="t", summary="s", explanations=[], actions=[])
 
 
+def recorder(sink: list[tuple[int, str]]) -> Callable[[int, str], bool]:
+    """An on_progress that records each step and lets the run go on."""
+
+    def on_progress(percent: int, message: str) -> bool:
+        sink.append((percent, message))
+        return True
+
+    return on_progress
+
+
 def test_steps_are_reported_in_order_in_the_query_language(settings: AISettings) -> None:
     seen: list[tuple[int, str]] = []
-    pipeline.run(SEED_QUERY, None, lambda p, m: seen.append((p, m)) or True, settings=settings)
+    pipeline.run(SEED_QUERY, None, recorder(seen), settings=settings)
     assert seen == [
         (0, "작업 시작"),
         (20, "데이터 수집 중"),
@@ -37,11 +47,9 @@ def test_steps_are_reported_in_order_in_the_query_language(settings: AISettings)
         (80, "결과 정리 중"),
         (100, "완료"),
     ]
-    english: list[int] = []
-    pipeline.run(
-        "analyze all servers", None, lambda p, m: english.append(p) or True, settings=settings
-    )
-    assert english == [0, 20, 50, 80, 100]
+    english: list[tuple[int, str]] = []
+    pipeline.run("analyze all servers", None, recorder(english), settings=settings)
+    assert [percent for percent, _ in english] == [0, 20, 50, 80, 100]
 
 
 @pytest.mark.parametrize("stop_at", [0, 20, 50, 80, 100])
@@ -60,12 +68,12 @@ def test_cancel_stops_before_the_next_step(stop_at: int, settings: AISettings) -
 
 
 def test_a_passed_deadline_ends_the_run(settings: AISettings) -> None:
-    seen: list[int] = []
+    seen: list[tuple[int, str]] = []
     with pytest.raises(DeadlineExceeded):
         pipeline.run(
             SEED_QUERY,
             None,
-            lambda p, m: seen.append(p) or True,
+            recorder(seen),
             settings=settings,
             deadline=time.monotonic() - 1,
         )

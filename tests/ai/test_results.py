@@ -16,8 +16,7 @@ from shared.ai.results import (
 )
 from shared.jobs import JobType
 from shared.settings import AISettings
-
-from .conftest import SEED_QUERY
+from tests.support import SEED_QUERY
 
 QUERIES = {
     JobType.ANALYSIS: "모든 서버 상태를 진단해줘",

@@ -8,8 +8,7 @@ from pathlib import Path
 from shared.ai.router import answer_simple, classify
 from shared.jobs import Complexity, JobType
 from shared.settings import AISettings
-
-from .conftest import SEED_QUERY
+from tests.support import REPO_ROOT, SEED_QUERY
 
 LABELLED = Path(__file__).resolve().parent.parent / "data" / "router_labelled.jsonl"
 
@@ -72,6 +71,6 @@ def test_router_stays_light() -> None:
 
 
 def test_accuracy_script_prints_accuracy() -> None:
-    script = Path(__file__).resolve().parents[2] / "scripts" / "router_accuracy.py"
+    script = REPO_ROOT / "scripts" / "router_accuracy.py"
     done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, check=True)
     assert "level accuracy:" in done.stdout and "job type accuracy" in done.stdout

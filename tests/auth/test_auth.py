@@ -13,8 +13,7 @@ import pytest
 from supabase import Client
 from supabase_auth.errors import AuthApiError
 
-from infra.local.stack import LOCAL_JWT_SECRET
-from tests.realtime.local import LocalSupabase
+from tests.support import JWT_SECRET, LocalSupabase
 
 ClientFor = Callable[[LocalSupabase], Client]
 
@@ -27,7 +26,7 @@ def test_anonymous_sign_in_gives_a_session_for_a_new_uuid_user(
     assert response.session is not None and response.user is not None
     claims = jwt.decode(
         response.session.access_token,
-        LOCAL_JWT_SECRET,
+        JWT_SECRET,
         algorithms=["HS256"],
         audience="authenticated",
     )

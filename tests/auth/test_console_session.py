@@ -20,7 +20,7 @@ import pytest
 from infra.local.stack import LOCAL_JWT_SECRET
 from shared.identity import verified_user
 from shared.settings import Settings
-from tests.realtime.local import LocalSupabase
+from tests.support import LocalSupabase
 
 CONSOLE = Path(__file__).resolve().parents[2] / "console"
 SCRIPT = """

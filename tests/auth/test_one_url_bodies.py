@@ -9,7 +9,7 @@ import socket
 import uuid
 from urllib.parse import urlsplit
 
-from tests.realtime.local import LocalSupabase
+from tests.support import LocalSupabase
 
 #: the gateway's body limit (infra/local/gateway.py, DEFAULT_MAX_BODY_BYTES)
 LIMIT = 1024 * 1024

@@ -18,7 +18,7 @@ from supabase_auth.errors import AuthApiError
 from supabase_auth.types import Session
 
 from infra.local.postgres import Postgres
-from tests.realtime.local import LocalSupabase, start_local_supabase
+from tests.support import LocalSupabase, start_local_supabase
 
 SHORT_INTERVAL_S = 0.3
 

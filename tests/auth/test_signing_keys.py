@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any
 
 import flask.testing
-import functions_framework
 import httpx
 import jwt
 import pytest
@@ -35,10 +34,11 @@ from supabase_auth.types import Session
 import shared.store
 import shared.tasks
 from infra.local.auth import signing_key, verify_token
+from infra.local.host import free_port
 from infra.local.postgres import Postgres
-from infra.local.stack import LOCAL_JWT_SECRET, free_port
+from infra.local.stack import LOCAL_JWT_SECRET
 from shared.settings import get_settings
-from tests.realtime.local import LocalSupabase, start_local_supabase
+from tests.support import LocalSupabase, function_app, start_local_supabase
 
 FUNCTIONS = Path(__file__).resolve().parents[2] / "functions"
 QUERY = "모든 서버 분석하고 최적화 리포트 만들어줘"
@@ -77,7 +77,7 @@ def function(es256_server: LocalSupabase) -> Iterator[Functions]:
         os.environ.pop("SUPABASE_JWT_SECRET", None)
         os.environ.update({**env, **extra})
         get_settings.cache_clear()
-        app = functions_framework.create_app(TARGETS[name], str(FUNCTIONS / name / "main.py"))
+        app = function_app(TARGETS[name], FUNCTIONS / name / "main.py")
         return app.test_client()
 
     yield load

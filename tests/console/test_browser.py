@@ -14,25 +14,8 @@ import httpx
 
 from infra.local import fake_gemini
 from infra.local.stack import LocalStack
-from tests.console.conftest import AXE, slow_answer
-
-PLAN_QUESTION = "모든 서버 분석하고 최적화 리포트 만들어줘"
-STEP_NAMES = ["작업 시작", "데이터 수집 중", "AI 분석 중", "결과 정리 중", "완료"]
-LONG = 60_000  # ms: how long a wait may take on a busy 2-core machine before it is a failure
-
-# records every value the progress bar shows, so a test can tell the steps came one by one
-RECORD_PROGRESS = """() => {
-  window.__progress = [];
-  window.__marker = 'no reload';
-  const bar = document.getElementById('progress');
-  new MutationObserver(() => window.__progress.push(Number(bar.getAttribute('aria-valuenow'))))
-    .observe(bar, { attributes: true, attributeFilter: ['aria-valuenow'] });
-}"""
-
-
-def ask(page: Any, question: str) -> None:
-    page.fill("#query", question)
-    page.click("#submit")
+from tests.console.pages import AXE, LONG, RECORD_PROGRESS, STEP_NAMES, ask, slow_answer
+from tests.support import SEED_QUERY, wait_for
 
 
 def current_step(page: Any) -> str:
@@ -45,7 +28,7 @@ def test_the_plans_question_advances_live_into_a_korean_report_with_charts(
     fake.push(slow_answer(4))
     page.evaluate(RECORD_PROGRESS)
 
-    ask(page, PLAN_QUESTION)
+    ask(page, SEED_QUERY)
 
     page.wait_for_selector("#decision[data-mode=job]")
     assert "작업으로 처리합니다" in page.inner_text("#decision")
@@ -100,7 +83,7 @@ def test_a_simple_question_is_answered_at_once_in_its_language(page: Any, shots:
 
 def test_cancel_a_running_job(page: Any, fake: fake_gemini.FakeGemini, shots: Path) -> None:
     fake.push(slow_answer(20))
-    ask(page, PLAN_QUESTION)
+    ask(page, SEED_QUERY)
     page.wait_for_selector("#progress[aria-valuenow='50']", timeout=LONG)
 
     page.click("#cancel")
@@ -142,7 +125,7 @@ def test_a_failed_job_says_why_and_runs_again_as_a_new_job(
     page: Any, fake: fake_gemini.FakeGemini, shots: Path
 ) -> None:
     fake.push(fake_gemini.client_error(400, "API key not valid. Please pass a valid API key."))
-    ask(page, PLAN_QUESTION)
+    ask(page, SEED_QUERY)
     page.wait_for_selector("#job[data-status=failed]", timeout=LONG)
     failed_id = page.inner_text("#job-id")
     assert "작업이 실패했습니다" in page.inner_text("#job-outcome")
@@ -169,7 +152,7 @@ def test_a_400_names_the_field_and_puts_the_cursor_there(page: Any, shots: Path)
 def test_a_429_counts_down_from_retry_after(page: Any, stack: LocalStack, shots: Path) -> None:
     stack.restart_host({"MAX_JOBS_PER_MINUTE": "1", "MAX_ACTIVE_JOBS": "1000"})
     try:
-        ask(page, PLAN_QUESTION)  # the earlier tests' jobs already fill this minute
+        ask(page, SEED_QUERY)  # the earlier tests' jobs already fill this minute
         page.wait_for_selector("#alerts [data-kind=rate-limited]")
         text = page.locator("#alerts .alert-text")
         first = int(text.get_attribute("data-seconds-left") or 0)
@@ -212,7 +195,7 @@ def test_the_network_gone_and_back_loses_no_step(
     page: Any, fake: fake_gemini.FakeGemini, shots: Path
 ) -> None:
     fake.push(slow_answer(6))
-    ask(page, PLAN_QUESTION)
+    ask(page, SEED_QUERY)
     page.wait_for_selector("#progress[aria-valuenow='50']", timeout=LONG)
 
     page.context.set_offline(True)
@@ -255,7 +238,7 @@ def test_every_state_passes_an_accessibility_scan(
     page.add_script_tag(path=str(AXE))
     problems = {"start": _axe(page)}
     fake.push(slow_answer(0))
-    ask(page, PLAN_QUESTION)
+    ask(page, SEED_QUERY)
     page.wait_for_selector("#charts figure canvas", timeout=LONG)
     problems["report"] = _axe(page)
     ask(page, "   ")
@@ -283,15 +266,8 @@ def _tab_to(page: Any, selector: str, limit: int = 40) -> None:
 
 
 def _wait_final(stack: LocalStack, job_id: str) -> dict[str, Any]:
-    import time
-
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        job = httpx.get(f"{stack.base_url}/ai-jobs-get/{job_id}").json()
-        if job["status"] in {"completed", "failed", "cancelled"}:
-            return dict(job)
-        time.sleep(0.2)
-    raise AssertionError(f"job {job_id} did not end")
+    with httpx.Client(base_url=stack.base_url, timeout=30) as http:
+        return wait_for(http, job_id)
 
 
 def test_html_in_a_model_written_report_is_rendered_inert(
@@ -303,7 +279,7 @@ def test_html_in_a_model_written_report_is_rendered_inert(
     fake.push(
         fake_gemini.answer({"title": hostile, "summary": "", "explanations": [], "actions": []})
     )
-    ask(page, PLAN_QUESTION)
+    ask(page, SEED_QUERY)
 
     page.wait_for_selector("#result:not([hidden])", timeout=LONG)
 

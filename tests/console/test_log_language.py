@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from infra.local import fake_gemini
-from tests.console.conftest import slow_answer
+from tests.console.pages import slow_answer
 
 QUESTION = "Analyze all servers and write a full incident and optimization report"
 KO_STEPS = ["작업 시작", "데이터 수집 중", "AI 분석 중", "결과 정리 중", "완료"]

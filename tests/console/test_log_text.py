@@ -18,8 +18,8 @@ from typing import Any
 import pytest
 
 from shared.ai.lang import STEP_MESSAGES, Language
-from tests.console.conftest import REPO
-from tests.db.sqlcall import Db
+from tests.support import REPO_ROOT as REPO
+from tests.support import Db
 
 MODULE = REPO / "console" / "src" / "i18n.js"
 SCRIPT = """

@@ -12,9 +12,10 @@ import pytest
 
 from infra.local import fake_gemini
 from infra.local.stack import LocalStack
-from tests.console.conftest import REPO, slow_answer
+from tests.console.pages import slow_answer
+from tests.support import REPO_ROOT
 
-MODULE = REPO / "console" / "src" / "jobs.js"
+MODULE = REPO_ROOT / "console" / "src" / "jobs.js"
 SCRIPT = """
 const m = await import(process.argv[1]);
 m.configure({ baseUrl: process.argv[2] });

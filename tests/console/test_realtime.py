@@ -18,10 +18,16 @@ import pytest
 from infra.local import fake_gemini
 from infra.local.postgres import Postgres
 from infra.local.stack import LocalStack
-from tests.console.conftest import PageErrors, console_stack, slow_answer
-from tests.console.test_browser import PLAN_QUESTION, RECORD_PROGRESS, STEP_NAMES, ask
-
-LONG = 60_000
+from tests.console.pages import (
+    LONG,
+    RECORD_PROGRESS,
+    STEP_NAMES,
+    PageErrors,
+    ask,
+    console_stack,
+    slow_answer,
+)
+from tests.support import SEED_QUERY
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +65,7 @@ def test_a_signed_in_visitor_watches_the_plans_question_through_realtime(
     fake.push(slow_answer(4))
     page.evaluate(RECORD_PROGRESS)
 
-    ask(page, PLAN_QUESTION)
+    ask(page, SEED_QUERY)
 
     page.wait_for_selector("#mode[data-mode=realtime]", timeout=LONG)
     page.wait_for_selector("#progress[aria-valuenow='50']", timeout=LONG)
@@ -82,7 +88,7 @@ def test_the_socket_dropping_mid_job_falls_back_to_polling_and_loses_no_step(
     sockets: list[Any] = []
     page = _open(browser, stack, sockets)
     fake.push(slow_answer(8))
-    ask(page, PLAN_QUESTION)
+    ask(page, SEED_QUERY)
     page.wait_for_selector("#mode[data-mode=realtime]", timeout=LONG)
     page.wait_for_selector("#progress[aria-valuenow='50']", timeout=LONG)
 

@@ -4,20 +4,17 @@ from __future__ import annotations
 
 import json
 import re
-from pathlib import Path
 
 import pytest
 
-from infra.local.gateway import make_jwt
-from infra.local.stack import LOCAL_JWT_SECRET
 from shared.ai import analytics
 from shared.ai.fleet import SyntheticFleetSource
 from shared.console import serve
 from shared.errors import ConfigError
 from shared.settings import ConsoleSettings
+from tests.support import REPO_ROOT, mint
 
-REPO = Path(__file__).resolve().parents[2]
-STATIC = REPO / "functions" / "ai-jobs-console" / "static"
+STATIC = REPO_ROOT / "functions" / "ai-jobs-console" / "static"
 
 
 def _client(settings: ConsoleSettings):  # type: ignore[no-untyped-def]
@@ -34,7 +31,7 @@ def _client(settings: ConsoleSettings):  # type: ignore[no-untyped-def]
 
 
 def test_the_page_carries_its_settings_and_a_policy_naming_what_it_talks_to() -> None:
-    anon = make_jwt(LOCAL_JWT_SECRET, "anon")
+    anon = mint("anon")
     settings = ConsoleSettings.from_env(
         {
             "PUBLIC_BASE_URL": "http://127.0.0.1:8080",
@@ -75,9 +72,7 @@ def test_assets_revalidate_with_their_etag_and_nothing_outside_is_served() -> No
     assert client.post("/").status_code == 405
 
 
-@pytest.mark.parametrize(
-    "key", [make_jwt(LOCAL_JWT_SECRET, "service_role"), "sb_secret_0123456789abcdef"]
-)
+@pytest.mark.parametrize("key", [mint("service_role"), "sb_secret_0123456789abcdef"])
 def test_a_secret_key_is_refused_for_the_public_page(key: str) -> None:
     with pytest.raises(ConfigError) as caught:
         ConsoleSettings.from_env(

@@ -184,7 +184,7 @@ def build() -> tuple[dict[str, object], dict[str, object]]:
         "timestamps": [_stamp(i) for i in range(POINTS)],
         "servers": servers,
     }
-    truth = {
+    truth: dict[str, object] = {
         "fleet": "heldout_fleet.json",
         "note": "written before tuning; samples are 5 minutes apart from " + _stamp(0),
         "incidents": [

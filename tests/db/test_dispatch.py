@@ -2,17 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 
-from tests.db.sqlcall import Db, SqlError
-
-
-@pytest.fixture
-def db(db_uri: str) -> Iterator[Db]:
-    with Db(db_uri) as conn:
-        yield conn
+from tests.support import Db, SqlError
 
 
 def _sweep(db: Db, limit: int = 100, grace: int = 600) -> dict[str, dict[str, object]]:
@@ -102,15 +94,3 @@ def test_a_sweep_limit_outside_1_to_500_is_refused(db: Db, limit: int | None) ->
     with pytest.raises(SqlError) as err:
         db.rows("reap_jobs_v2", queued_grace_seconds=600, limit=limit)
     assert err.value.sqlstate == "PT400"
-
-
-@pytest.mark.parametrize("role", ["anon", "authenticated"])
-def test_browser_roles_cannot_execute_any_job_function(db_uri: str, role: str) -> None:
-    # Walks pg_proc rather than a list, so a function added later is covered too.
-    with Db(db_uri, role=role) as browser:
-        executable = browser.execute(
-            "select p.proname from pg_proc p join pg_namespace n on n.oid = p.pronamespace"
-            " where n.nspname = 'public' and has_function_privilege(current_user, p.oid, 'EXECUTE')"
-            " order by 1"
-        )
-    assert executable == []

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.db.sqlcall import Db, SqlError
+from tests.support import Db, SqlError
 
 ARGS = {"user_id": None, "after_id": 0, "limit": 100}
 

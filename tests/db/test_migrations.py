@@ -65,14 +65,14 @@ def test_the_project_migrations_belong_to_the_non_superuser_postgres(db_uri: str
 
 def test_roles_have_supabase_attributes_and_timeouts(db_uri: str) -> None:
     with psycopg.connect(db_uri) as conn:
-        attributes = dict(
+        attributes: dict[str, list[bool]] = dict(
             conn.execute(
                 "select rolname, array[rolsuper, rolinherit, rolbypassrls, rolcanlogin]"
                 " from pg_roles where rolname in"
                 " ('postgres', 'anon', 'authenticated', 'service_role', 'authenticator')"
             ).fetchall()
         )
-        settings = dict(
+        settings: dict[str, list[str]] = dict(
             conn.execute(
                 "select r.rolname, s.setconfig from pg_db_role_setting s"
                 " join pg_roles r on r.oid = s.setrole where s.setdatabase = 0"

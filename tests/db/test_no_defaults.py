@@ -7,29 +7,9 @@ list, so a new function or argument is checked as soon as the store uses it.
 
 from __future__ import annotations
 
-import ast
-from pathlib import Path
-
 import psycopg
 
-STORE = Path(__file__).resolve().parents[2] / "shared" / "store.py"
-
-
-def store_calls() -> dict[str, set[str]]:
-    """function name -> the argument names of each ``self.rpc("name", {...})`` in the store."""
-    calls: dict[str, set[str]] = {}
-    for node in ast.walk(ast.parse(STORE.read_text())):
-        if (
-            isinstance(node, ast.Call)
-            and isinstance(node.func, ast.Attribute)
-            and node.func.attr == "rpc"
-            and len(node.args) == 2
-            and isinstance(node.args[0], ast.Constant)
-            and isinstance(node.args[1], ast.Dict)
-        ):
-            keys = {key.value for key in node.args[1].keys if isinstance(key, ast.Constant)}
-            calls.setdefault(str(node.args[0].value), set()).update(keys)
-    return calls
+from tests.support import store_calls
 
 
 def test_every_function_the_store_calls_has_no_default_and_gets_every_argument(

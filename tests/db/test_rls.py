@@ -6,7 +6,7 @@ import uuid
 
 import pytest
 
-from tests.db.sqlcall import Db, SqlError
+from tests.support import Db, SqlError, store_calls
 
 ALICE = str(uuid.uuid4())
 BOB = str(uuid.uuid4())
@@ -18,13 +18,7 @@ def jobs(db_uri: str) -> dict[str, str]:
         alice_job = service.new_job(user=ALICE)
         bob_job = service.new_job(user=BOB)
         claimed = service.one("claim_job", job_id=bob_job["id"])
-        service.one(
-            "report_progress",
-            job_id=bob_job["id"],
-            lease_token=claimed["lease_token"],
-            progress=20,
-            step="collecting",
-        )
+        service.report(claimed, 20, "collecting")
     return {"alice": alice_job["id"], "bob": bob_job["id"]}
 
 
@@ -71,24 +65,35 @@ def test_browser_roles_cannot_write(
         assert service.job(jobs["alice"])["status"] == "queued"
 
 
+#: every function in the public schema (what Supabase exposes over /rest/v1/rpc), by signature
+PUBLIC_FUNCTIONS = (
+    "select p.oid::regprocedure::text, p.proname, p.prorettype = 'trigger'::regtype,"
+    " has_function_privilege(current_user, p.oid, 'EXECUTE')"
+    " from pg_proc p join pg_namespace n on n.oid = p.pronamespace"
+    " where n.nspname = 'public' order by 1"
+)
+
+
 @pytest.mark.parametrize("role", ["anon", "authenticated"])
 def test_browser_roles_cannot_execute_any_public_function(db_uri: str, role: str) -> None:
     # Supabase's default privileges grant EXECUTE on new public functions to anon and
     # authenticated; every migration must revoke it. Walks pg_proc, so a new function that
     # forgets the revoke fails here. INHERIT (as on Supabase) counts what the role inherits.
     with Db(db_uri, role=role) as browser:
-        executable = browser.execute(
-            "select p.oid::regprocedure::text from pg_proc p"
-            " join pg_namespace n on n.oid = p.pronamespace"
-            " where n.nspname = 'public' and has_function_privilege(current_user, p.oid, 'EXECUTE')"
-            " order by 1"
-        )
-        count = browser.execute(
-            "select count(*) from pg_proc p join pg_namespace n on n.oid = p.pronamespace"
-            " where n.nspname = 'public'"
-        )
-    assert executable == []
-    assert count[0][0] >= 13, "the project's functions are in public"
+        functions = browser.execute(PUBLIC_FUNCTIONS)
+    assert [signature for signature, _, _, executable in functions if executable] == []
+    walked = {name for _, name, _, _ in functions}
+    assert set(store_calls()) <= walked, "the walk sees every function the store calls"
+
+
+def test_the_service_role_can_execute_every_public_function_but_the_triggers(db_uri: str) -> None:
+    # The other half of the grants: a function revoked from everyone is dead code, or a
+    # migration that forgot its grant to service_role (the role the store calls with).
+    with Db(db_uri) as service:
+        functions = service.execute(PUBLIC_FUNCTIONS)
+    refused = [sig for sig, _, trigger, executable in functions if not trigger and not executable]
+    assert refused == []
+    assert set(store_calls()) <= {name for _, name, _, _ in functions}
 
 
 def test_tables_are_in_the_realtime_publication(db_uri: str) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -12,13 +12,7 @@ import pytest
 
 from infra.local.migrate import apply_migrations
 from shared.jobs import TRANSITIONS, JobStatus, is_legal
-from tests.db.sqlcall import Db, SqlError
-
-
-@pytest.fixture
-def db(db_uri: str) -> Iterator[Db]:
-    with Db(db_uri) as conn:
-        yield conn
+from tests.support import FINAL, Db, SqlError
 
 
 def _in_state(db: Db, status: str) -> dict[str, Any]:
@@ -82,7 +76,7 @@ def test_transition_matrix(db: Db, status: str, operation: str) -> None:
             returned = call(db, job)
         except SqlError as exc:
             assert exc.sqlstate in {"PT409", "PT404"}
-            if status in {"completed", "failed", "cancelled"}:
+            if status in FINAL:
                 assert exc.message == "illegal_state"
                 assert exc.detail == {"status": status}
         else:
@@ -103,15 +97,30 @@ def test_the_matrix_expects_exactly_the_declared_transitions() -> None:
         for (before, operation), after in EXPECTED.items()
     }
     declared = {(name, old, new) for name, pairs in TRANSITIONS.items() for old, new in pairs}
-    # tested on their own below: a claim after the lease expired, and the reaper's sweep
+    # tested on their own: a claim after the lease expired (below), the reaper's sweeps (below
+    # and in test_dispatch.py)
     elsewhere = {
         ("claim_job", JobStatus.PROCESSING, JobStatus.PROCESSING),
         ("reap_jobs", JobStatus.PROCESSING, JobStatus.FAILED),
         ("reap_jobs", JobStatus.PROCESSING, JobStatus.QUEUED),
+        ("reap_jobs_v2", JobStatus.PROCESSING, JobStatus.FAILED),
+        ("reap_jobs_v2", JobStatus.PROCESSING, JobStatus.QUEUED),
     }
 
     assert in_matrix == declared - elsewhere
     assert elsewhere <= declared
+
+
+def test_every_function_that_writes_a_status_declares_its_transitions(db: Db) -> None:
+    """Walks pg_proc rather than trusting the table: a public function whose body sets a job's
+    status names its changes in TRANSITIONS (a new sweep or a v2 of one included), and every
+    name there is such a function."""
+    writers = db.execute(
+        "select distinct p.proname from pg_proc p join pg_namespace n on n.oid = p.pronamespace"
+        " where n.nspname = 'public' and p.prosrc ~* '\\mset\\s+status\\s*='"
+        " order by 1"
+    )
+    assert {name for (name,) in writers} == set(TRANSITIONS)
 
 
 def test_claim_sets_a_fresh_lease_and_counts_the_attempt(db: Db) -> None:
@@ -147,19 +156,14 @@ def test_expired_lease_can_be_claimed_again_and_the_old_token_is_fenced(db: Db) 
     assert second is not None
     assert second["attempts"] == 2
     assert second["lease_token"] != first["lease_token"]
-    for call in (
-        lambda: db.one(
-            "report_progress",
-            job_id=first["id"],
-            lease_token=first["lease_token"],
-            progress=50,
-            step="x",
-        ),
+    calls: list[Callable[[], Any]] = [
+        lambda: db.report(first, 50, "x"),
         lambda: db.one(
             "complete_job", job_id=first["id"], lease_token=first["lease_token"], result={}
         ),
         lambda: db.one("fail_job", job_id=first["id"], lease_token=first["lease_token"], error="e"),
-    ):
+    ]
+    for call in calls:
         before = db.job(first["id"])
         with pytest.raises(SqlError) as err:
             call()
@@ -230,27 +234,9 @@ def test_cancel_racing_complete_keeps_exactly_one_winner(db_uri: str, db: Db) ->
 
 def test_cancelled_job_tells_the_worker_to_stop(db: Db) -> None:
     job = db.processing_job()
-    assert (
-        db.one(
-            "report_progress",
-            job_id=job["id"],
-            lease_token=job["lease_token"],
-            progress=20,
-            step="a",
-        )
-        is True
-    )
+    assert db.report(job, 20, "a") is True
     db.one("cancel_job", job_id=job["id"])
-    assert (
-        db.one(
-            "report_progress",
-            job_id=job["id"],
-            lease_token=job["lease_token"],
-            progress=50,
-            step="b",
-        )
-        is False
-    )
+    assert db.report(job, 50, "b") is False
     with pytest.raises(SqlError) as err:
         db.one("complete_job", job_id=job["id"], lease_token=job["lease_token"], result={})
     assert err.value.detail == {"status": "cancelled"}
@@ -261,13 +247,7 @@ def test_progress_never_decreases_and_each_report_logs_one_row(db: Db) -> None:
     job = db.processing_job()
     logs = db.log_count(job["id"])
     for progress, expected in [(20, 20), (50, 50), (30, 50), (80, 80)]:
-        assert db.one(
-            "report_progress",
-            job_id=job["id"],
-            lease_token=job["lease_token"],
-            progress=progress,
-            step=f"step {progress}",
-        )
+        assert db.report(job, progress, f"step {progress}")
         logs += 1
         assert db.job(job["id"])["progress"] == expected
         assert db.log_count(job["id"]) == logs
@@ -277,26 +257,13 @@ def test_progress_never_decreases_and_each_report_logs_one_row(db: Db) -> None:
 def test_progress_out_of_range_is_refused(db: Db) -> None:
     job = db.processing_job()
     with pytest.raises(SqlError) as err:
-        db.one(
-            "report_progress",
-            job_id=job["id"],
-            lease_token=job["lease_token"],
-            progress=101,
-            step="x",
-        )
+        db.report(job, 101, "x")
     assert err.value.sqlstate == "PT400"
 
 
 def test_progress_extends_the_lease(db: Db) -> None:
     job = db.processing_job(lease_seconds=1)
-    db.one(
-        "report_progress",
-        job_id=job["id"],
-        lease_token=job["lease_token"],
-        progress=20,
-        step="a",
-        lease_seconds=600,
-    )
+    db.report(job, 20, "a", lease_seconds=600)
     assert db.job(job["id"])["lease_expires_at"] > job["lease_expires_at"]
 
 
@@ -342,22 +309,9 @@ def test_cap_on_unfinished_jobs(db: Db) -> None:
 
 
 def test_idempotent_replay_is_not_rate_limited(db: Db) -> None:
-    db.one(
-        "create_job",
-        type="report",
-        query="q",
-        idempotency_key="k",
-        request_hash="h",
-        max_per_minute=1,
-    )
-    again = db.one(
-        "create_job",
-        type="report",
-        query="q",
-        idempotency_key="k",
-        request_hash="h",
-        max_per_minute=1,
-    )
+    request = {"type": "report", "query": "q", "idempotency_key": "k", "request_hash": "h"}
+    db.one("create_job", **request, max_per_minute=1)
+    again = db.one("create_job", **request, max_per_minute=1)
     assert again["created"] is False
 
 

@@ -9,9 +9,7 @@ import pytest
 
 from infra.local.stack import LocalStack
 from shared.tasks import SECRET_HEADER
-from tests.e2e.conftest import create, wait_for
-
-SEED_QUERY = "모든 서버 분석하고 최적화 리포트 만들어줘"
+from tests.support import SEED_QUERY, create, preflight, wait_for
 
 
 def test_tc01_simple_query_is_answered_synchronously(http: httpx.Client) -> None:
@@ -142,18 +140,11 @@ def test_list_sees_only_the_callers_jobs_and_paginates(http: httpx.Client) -> No
 
 
 def test_cors_preflight_and_allowed_origin(http: httpx.Client) -> None:
-    preflight = http.options(
-        "/ai-jobs-create",
-        headers={
-            "Origin": "https://dashboard.example",
-            "Access-Control-Request-Method": "POST",
-            "Access-Control-Request-Headers": "content-type, idempotency-key",
-        },
-    )
-    assert preflight.status_code == 204
-    assert preflight.headers["Access-Control-Allow-Origin"] == "https://dashboard.example"
-    assert "POST" in preflight.headers["Access-Control-Allow-Methods"]
-    assert "Idempotency-Key" in preflight.headers["Access-Control-Allow-Headers"]
+    asked = preflight(http, "/ai-jobs-create", "content-type, idempotency-key")
+    assert asked.status_code == 204
+    assert asked.headers["Access-Control-Allow-Origin"] == "https://dashboard.example"
+    assert "POST" in asked.headers["Access-Control-Allow-Methods"]
+    assert "Idempotency-Key" in asked.headers["Access-Control-Allow-Headers"]
     foreign = http.get("/ai-jobs-list", headers={"Origin": "https://evil.example"})
     assert "Access-Control-Allow-Origin" not in foreign.headers
 

@@ -5,15 +5,13 @@ from __future__ import annotations
 import subprocess
 import sys
 import uuid
-from pathlib import Path
+from typing import Any
 
 import pytest
 
 from client import AIJobsClient, APIError
 from infra.local.stack import LocalStack
-
-REPO = Path(__file__).resolve().parents[2]
-SEED_QUERY = "모든 서버 분석하고 최적화 리포트 만들어줘"
+from tests.support import REPO_ROOT, SEED_QUERY
 
 
 def test_create_wait_list_cancel(stack: LocalStack) -> None:
@@ -24,7 +22,7 @@ def test_create_wait_list_cancel(stack: LocalStack) -> None:
             jobs.create(SEED_QUERY, priority="high", idempotency_key="k1")["jobId"]
             == (created["jobId"])
         )
-        lines: list[dict[str, object]] = []
+        lines: list[dict[str, Any]] = []
         job = jobs.wait(created["jobId"], poll_interval_s=0.1, on_log=lines.append)
         assert job["status"] == "completed"
         assert job["priority"] == "high"
@@ -44,7 +42,7 @@ def test_command_line_answers_and_follows(stack: LocalStack) -> None:
     def run(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             [sys.executable, "-m", "client", "--base-url", stack.base_url, *args],
-            cwd=REPO,
+            cwd=REPO_ROOT,
             capture_output=True,
             text=True,
             timeout=60,

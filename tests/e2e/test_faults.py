@@ -17,13 +17,20 @@ import pytest
 
 from infra.local import fake_gemini
 from infra.local.postgres import Postgres
-from infra.local.stack import LocalStack, StackConfig
+from infra.local.stack import LocalStack
 from shared.store import REAP_BATCH
 from shared.tasks import SECRET_HEADER
-from tests.db.sqlcall import Db
-from tests.e2e.conftest import FINAL, TEST_ENV, create, wait_for
-
-QUERY = "모든 서버 분석하고 최적화 리포트 만들어줘"
+from tests.support import (
+    FINAL,
+    SEED_QUERY,
+    STACK_ENV,
+    Db,
+    create,
+    gemini_env,
+    local_stack,
+    wait_for,
+    wait_until,
+)
 
 
 @pytest.fixture(scope="module")
@@ -37,20 +44,10 @@ def stack(
     tmp_path_factory: pytest.TempPathFactory, gemini: fake_gemini.FakeGemini, pg: Postgres
 ) -> Iterator[LocalStack]:
     env = {
-        **TEST_ENV,
-        "AI_WRITER": "gemini",
-        "GEMINI_API_KEY": "fake-key",
-        "GEMINI_BASE_URL": gemini.base_url,
-        "GEMINI_TIMEOUT_S": "20",
-        "GEMINI_MAX_RETRIES": "1",
+        **STACK_ENV,
+        **gemini_env(gemini.base_url, GEMINI_TIMEOUT_S="20", GEMINI_MAX_RETRIES="1"),
     }
-    config = StackConfig.for_tests(
-        tmp_path_factory.mktemp("faults"),
-        reap_interval_s=0,
-        function_env=env,
-        database_uri=pg.create_database(f"faults_{uuid.uuid4().hex[:8]}"),
-    )
-    with LocalStack(config) as running:
+    with local_stack(tmp_path_factory, pg, "faults", env) as running:
         yield running
 
 
@@ -66,13 +63,11 @@ def _progress(http: httpx.Client, job_id: str) -> dict[str, object]:
 
 
 def _wait_progress(http: httpx.Client, job_id: str, at_least: int, timeout_s: float = 30) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
+    def reached() -> bool:
         job = _progress(http, job_id)
-        if int(str(job["progress"])) >= at_least and job["status"] == "processing":
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"job {job_id} never reached {at_least}%")
+        return int(str(job["progress"])) >= at_least and job["status"] == "processing"
+
+    wait_until(reached, f"job {job_id} to reach {at_least}%", timeout_s)
 
 
 def _deliver(stack: LocalStack, job_id: str) -> httpx.Response:
@@ -95,7 +90,7 @@ def test_completes_with_the_real_genai_client_against_the_fake(
     http: httpx.Client, gemini: fake_gemini.FakeGemini
 ) -> None:
     before = gemini.calls
-    job = wait_for(http, create(http, QUERY)["jobId"])
+    job = wait_for(http, create(http, SEED_QUERY)["jobId"])
     assert job["status"] == "completed"
     assert gemini.calls == before + 1
     assert job["result"]["markdown"]
@@ -106,7 +101,7 @@ def test_gemini_429_is_retried_then_completed(
 ) -> None:
     gemini.push(fake_gemini.rate_limited(0.2))
     before = gemini.calls
-    job = wait_for(http, create(http, QUERY)["jobId"])
+    job = wait_for(http, create(http, SEED_QUERY)["jobId"])
     assert job["status"] == "completed"
     assert gemini.calls == before + 2
     assert job["attempts"] == 1, "the writer's own retry absorbed the 429"
@@ -116,7 +111,7 @@ def test_a_retryable_failure_schedules_the_jobs_next_task_and_that_attempt_compl
     http: httpx.Client, gemini: fake_gemini.FakeGemini
 ) -> None:
     gemini.push(fake_gemini.server_error(503), fake_gemini.server_error(503))
-    job = wait_for(http, create(http, QUERY)["jobId"], timeout_s=60)
+    job = wait_for(http, create(http, SEED_QUERY)["jobId"], timeout_s=60)
     assert job["status"] == "completed"
     assert job["attempts"] == 2, "attempt 1 failed retryably; its next task ran attempt 2"
     assert any(line["level"] == "error" for line in job["logs"])
@@ -126,7 +121,7 @@ def test_tc06_worker_error_fails_the_job_with_the_message(
     http: httpx.Client, gemini: fake_gemini.FakeGemini
 ) -> None:
     gemini.push(fake_gemini.client_error(400, "API key not valid. Please pass a valid API key."))
-    job = wait_for(http, create(http, QUERY)["jobId"])
+    job = wait_for(http, create(http, SEED_QUERY)["jobId"])
     assert job["status"] == "failed"
     # the owner reads why in our words; Google's own text stays in the server log
     assert job["error"] == "Gemini refused the request (HTTP 400); the server log has its reason"
@@ -140,7 +135,7 @@ def test_cancel_while_processing_stops_the_worker(
     stack: LocalStack, http: httpx.Client, gemini: fake_gemini.FakeGemini
 ) -> None:
     gemini.push(fake_gemini.slow(3.0))
-    job_id = create(http, QUERY)["jobId"]
+    job_id = create(http, SEED_QUERY)["jobId"]
     _wait_progress(http, job_id, 50)
     cancelled = http.post("/ai-jobs-cancel", json={"jobId": job_id})
     assert cancelled.status_code == 200
@@ -160,7 +155,7 @@ def test_a_task_delivered_twice_runs_the_ai_work_once(
 ) -> None:
     stack.kill("tasks-emulator")  # so the only deliveries are ours
     try:
-        job_id = create(http, QUERY)["jobId"]
+        job_id = create(http, SEED_QUERY)["jobId"]
         before = gemini.calls
         barrier = threading.Barrier(3)
 
@@ -195,7 +190,7 @@ def test_killed_processor_is_recovered_by_lease_expiry_and_the_reaper(
 ) -> None:
     with _short_lease(stack):
         gemini.push(fake_gemini.slow(6.0))
-        job_id = create(http, QUERY)["jobId"]
+        job_id = create(http, SEED_QUERY)["jobId"]
         _wait_progress(http, job_id, 50)
         stack.kill("functions")  # the instance dies mid-job
         # Drop the task too, so only the reaper can bring the job back.
@@ -218,7 +213,7 @@ def test_a_live_worker_keeps_its_lease_through_a_slow_model_call(
 ) -> None:
     with _short_lease(stack):
         gemini.push(fake_gemini.slow(5.0))
-        job_id = create(http, QUERY)["jobId"]
+        job_id = create(http, SEED_QUERY)["jobId"]
         _wait_progress(http, job_id, 50)
         time.sleep(3.0)  # longer than the lease: only the heartbeat keeps it alive
         assert stack.reap().json()["dispatched"] == 0, "a live worker is not taken over"
@@ -232,7 +227,7 @@ def test_queue_down_at_create_is_processed_later_via_the_reaper(
 ) -> None:
     stack.kill("tasks-emulator")
     try:
-        response = http.post("/ai-jobs-create", json={"query": QUERY})
+        response = http.post("/ai-jobs-create", json={"query": SEED_QUERY})
         assert response.status_code == 202, "the row is the truth; the task only a nudge"
         job_id = response.json()["jobId"]
         time.sleep(0.5)
@@ -249,7 +244,7 @@ def test_database_down_is_a_503_with_a_code_and_nothing_is_lost(
     stack.kill("gateway")
     try:
         for response in (
-            http.post("/ai-jobs-create", json={"query": QUERY}),
+            http.post("/ai-jobs-create", json={"query": SEED_QUERY}),
             http.get("/ai-jobs-list"),
         ):
             assert response.status_code == 503
@@ -257,7 +252,7 @@ def test_database_down_is_a_503_with_a_code_and_nothing_is_lost(
             assert response.headers["Retry-After"]
     finally:
         stack.start_gateway()
-    assert wait_for(http, create(http, QUERY)["jobId"])["status"] == "completed"
+    assert wait_for(http, create(http, SEED_QUERY)["jobId"])["status"] == "completed"
 
 
 def _task_ids(stack: LocalStack) -> dict[str, float]:
@@ -279,19 +274,21 @@ def test_a_model_quota_error_is_retried_by_the_job_with_the_hint_and_answers_2xx
     gemini.push(fake_gemini.rate_limited(600))
     log_start = len(stack.log_text("functions"))
     before = time.time()
-    job_id = create(http, QUERY)["jobId"]
-    deadline = time.monotonic() + 30
+    job_id = create(http, SEED_QUERY)["jobId"]
+    wait_until(
+        lambda: bool((seen := _progress(http, job_id))["attempts"] == 1 and seen["errorCode"]),
+        "the first attempt to fail",
+    )
     job = _progress(http, job_id)
-    while not (job["attempts"] == 1 and job["errorCode"]) and time.monotonic() < deadline:
-        time.sleep(0.1)
-        job = _progress(http, job_id)
     assert job["status"] == "queued"
     assert job["attempts"] == 1, "the attempt is counted on the row"
     # the row is written before the processor answers: give the answer its moment to land
-    settle = time.monotonic() + 10
-    while f"job-{job_id}-d1" in (tasks := _task_ids(stack)) and time.monotonic() < settle:
-        time.sleep(0.1)
-    assert f"job-{job_id}-d1" not in tasks, "answered 2xx: Cloud Tasks does not retry d1"
+    wait_until(
+        lambda: f"job-{job_id}-d1" not in _task_ids(stack),
+        "the 2xx answer: Cloud Tasks does not retry d1",
+        timeout_s=10,
+    )
+    tasks = _task_ids(stack)
     assert tasks[f"job-{job_id}-d2"] >= before + 590, "the next task waits for the hint"
     assert "/ai-jobs-process 503" not in stack.log_text("functions")[log_start:]
     # Long past the grace, the reaper asks Cloud Tasks first: the retry task is pending.
@@ -348,7 +345,9 @@ def test_thirty_creates_racing_a_dead_queue_all_get_202_and_run_after_one_sweep(
     try:
         with ThreadPoolExecutor(max_workers=30) as pool:
             responses = list(
-                pool.map(lambda _: http.post("/ai-jobs-create", json={"query": QUERY}), range(30))
+                pool.map(
+                    lambda _: http.post("/ai-jobs-create", json={"query": SEED_QUERY}), range(30)
+                )
             )
     finally:
         stack.start_emulator()
@@ -372,7 +371,7 @@ def _create_until_answered(base_url: str, user: str, key: str) -> httpx.Response
         try:
             response = httpx.post(
                 f"{base_url}/ai-jobs-create",
-                json={"query": QUERY},
+                json={"query": SEED_QUERY},
                 headers={"X-User-Id": user, "Idempotency-Key": key},
                 timeout=30,
             )

@@ -16,12 +16,10 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
-from infra.local.gateway import make_jwt
-from infra.local.stack import LOCAL_JWT_SECRET, LocalStack
-from tests.e2e.conftest import TEST_ENV, create
+from infra.local.stack import LocalStack
+from tests.support import JWT_SECRET, SEED_QUERY, STACK_ENV, create, mint, preflight
 
-LIMIT = int(TEST_ENV["MAX_BODY_BYTES"])
-QUERY = "모든 서버 분석하고 최적화 리포트 만들어줘"
+LIMIT = int(STACK_ENV["MAX_BODY_BYTES"])
 BACKEND_WORDS = ("PGRST", "psycopg", "postgres", "out of range", "Traceback", "SQLSTATE")
 
 
@@ -109,14 +107,14 @@ def test_f2_metadata_nested_hundreds_deep_is_refused_and_the_owner_keeps_working
 ) -> None:
     who = user()
     for depth, code in ((300, "json_too_deep"), (9, "validation_failed")):
-        body = {"query": QUERY, "metadata": nested(depth)}
+        body = {"query": SEED_QUERY, "metadata": nested(depth)}
         assert_error(http.post("/ai-jobs-create", json=body, headers=who), 400, code)
-    oversized = {"query": QUERY, "metadata": {"blob": "x" * 5000}}
+    oversized = {"query": SEED_QUERY, "metadata": {"blob": "x" * 5000}}
     assert_error(
         http.post("/ai-jobs-create", json=oversized, headers=who), 400, "validation_failed"
     )
     accepted = http.post(
-        "/ai-jobs-create", json={"query": QUERY, "metadata": nested(8)}, headers=who
+        "/ai-jobs-create", json={"query": SEED_QUERY, "metadata": nested(8)}, headers=who
     )
     assert accepted.status_code == 202, accepted.text
     job_id = accepted.json()["jobId"]
@@ -165,7 +163,7 @@ def test_f3_non_ascii_bytes_in_the_idempotency_key_and_user_header_are_a_400(
     surrogate_utf8 = b"\xed\xa0\x80"  # what "\ud800" would be, were it encodable
     for header in ("Idempotency-Key", "X-User-Id"):
         response = http.post(
-            "/ai-jobs-create", json={"query": QUERY}, headers={header: surrogate_utf8}
+            "/ai-jobs-create", json={"query": SEED_QUERY}, headers={header.encode(): surrogate_utf8}
         )
         assert_error(response, 400, "validation_failed")
 
@@ -201,7 +199,7 @@ def test_f6_a_body_shorter_than_its_content_length_creates_no_job(
     stack: LocalStack, http: httpx.Client
 ) -> None:
     who = user()
-    body = json.dumps({"query": QUERY}).encode()
+    body = json.dumps({"query": SEED_QUERY}).encode()
     head = post_head(stack, "/ai-jobs-create", f"Content-Length: {len(body) + 100}", who=who)
     response = raw_request(stack, head, body, half_close=True)
     assert response.status == 400
@@ -244,7 +242,7 @@ def test_f8_a_post_that_is_not_json_is_415_and_cancels_nothing(
 ) -> None:
     stack.tasks_client().pause_queue(name=stack.queue_path)  # the job must stay cancellable
     try:
-        job_id = create(http, QUERY)["jobId"]
+        job_id = create(http, SEED_QUERY)["jobId"]
         forged = http.post(
             "/ai-jobs-cancel",
             content=json.dumps({"jobId": job_id}).encode(),
@@ -255,16 +253,9 @@ def test_f8_a_post_that_is_not_json_is_415_and_cancels_nothing(
         assert http.get(f"/ai-jobs-get/{job_id}").json()["status"] == "queued"
         bare = http.post(f"/ai-jobs-cancel/{job_id}")  # no body, no Content-Type
         assert_error(bare, 415, "unsupported_media_type")
-        preflight = http.options(
-            "/ai-jobs-cancel",
-            headers={
-                "Origin": "https://dashboard.example",
-                "Access-Control-Request-Method": "POST",
-                "Access-Control-Request-Headers": "content-type",
-            },
-        )
-        assert preflight.status_code == 204
-        assert "Content-Type" in preflight.headers["Access-Control-Allow-Headers"]
+        asked = preflight(http, "/ai-jobs-cancel", "content-type")
+        assert asked.status_code == 204
+        assert "Content-Type" in asked.headers["Access-Control-Allow-Headers"]
         allowed = http.post(
             "/ai-jobs-cancel",
             json={"jobId": job_id},
@@ -322,18 +313,18 @@ def test_f11_a_5xx_says_only_its_code_and_a_fixed_sentence(
 def test_f9_a_token_whose_sub_is_not_a_uuid_is_401_and_never_the_anonymous_identity(
     stack: LocalStack, http: httpx.Client
 ) -> None:
-    anonymous_job = create(http, QUERY)["jobId"]  # the shared identity has a job now
-    stack.restart_host({"SUPABASE_JWT_SECRET": LOCAL_JWT_SECRET})
+    anonymous_job = create(http, SEED_QUERY)["jobId"]  # the shared identity has a job now
+    stack.restart_host({"SUPABASE_JWT_SECRET": JWT_SECRET})
     try:
         for sub in ("anonymous", "\ud800", "x" * 5000, "ANONYMOUS"):
-            token = make_jwt(LOCAL_JWT_SECRET, "authenticated", sub=sub)
+            token = mint("authenticated", sub=sub)
             response = http.get("/ai-jobs-list", headers={"Authorization": f"Bearer {token}"})
             assert_error(response, 401, "unauthorized")
             peek = http.get(
                 f"/ai-jobs-get/{anonymous_job}", headers={"Authorization": f"Bearer {token}"}
             )
             assert_error(peek, 401, "unauthorized")
-        token = make_jwt(LOCAL_JWT_SECRET, "authenticated", sub=str(uuid.uuid4()))
+        token = mint("authenticated", sub=str(uuid.uuid4()))
         mine = http.get("/ai-jobs-list", headers={"Authorization": f"Bearer {token}"})
         assert mine.status_code == 200
         assert mine.json()["jobs"] == []

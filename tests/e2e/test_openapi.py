@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -23,9 +22,9 @@ from schemathesis.specs.openapi.checks import (
 from infra.local.host import FUNCTIONS
 from infra.local.stack import LocalStack
 from shared import errors
-from tests.e2e.conftest import create, wait_for
+from tests.support import REPO_ROOT, SEED_QUERY, create, wait_for
 
-SPEC = Path(__file__).resolve().parents[2] / "infra" / "openapi.yaml"
+SPEC = REPO_ROOT / "infra" / "openapi.yaml"
 PRIVATE = {"ai-jobs-process", "ai-jobs-reap"}
 #: public, but a web page (text/html and its assets), not part of the JSON API described here
 NOT_JSON_API = {"ai-jobs-console"}
@@ -42,7 +41,6 @@ CHECKS = [
     response_headers_conformance,
     response_schema_conformance,
 ]
-QUERY = "모든 서버 분석하고 최적화 리포트 만들어줘"
 
 
 def spec() -> dict[str, Any]:
@@ -117,7 +115,9 @@ def test_what_the_functions_answer_conforms_to_the_description(
         "POST",
         "/ai-jobs-create",
         http.post(
-            "/ai-jobs-create", json={"query": QUERY, "metadata": {"a": [1]}}, headers={**who, **key}
+            "/ai-jobs-create",
+            json={"query": SEED_QUERY, "metadata": {"a": [1]}},
+            headers={**who, **key},
         ),
         202,
     )
@@ -125,7 +125,7 @@ def test_what_the_functions_answer_conforms_to_the_description(
     check(
         "POST",
         "/ai-jobs-create",
-        http.post("/ai-jobs-create", json={"query": QUERY}, headers={**who, **key}),
+        http.post("/ai-jobs-create", json={"query": SEED_QUERY}, headers={**who, **key}),
         409,
     )
     check(
@@ -196,7 +196,7 @@ def test_what_the_functions_answer_conforms_to_the_description(
         http.post("/ai-jobs-cancel", json={"jobId": str(uuid.uuid4())}),
         404,
     )
-    queued = create(http, QUERY)["jobId"]
+    queued = create(http, SEED_QUERY)["jobId"]
     cancelled = http.delete(f"/ai-jobs-cancel/{queued}")
     check(
         "DELETE", "/ai-jobs-cancel/{jobId}", cancelled, cancelled.status_code

@@ -1,21 +1,21 @@
 """Fixtures for the gateway tests: one embedded Postgres, a scratch database bootstrapped like
 a Supabase project (infra/local/bootstrap.sql) with a catalogue of test functions (one per
-response shape and error path), and one gateway serving it for the session."""
+response shape and error path), for the session; ``gateway`` (tests/conftest.py) serves it."""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterator
 
 import httpx
 import psycopg
 import pytest
-from supabase import Client, ClientOptions, create_client
+from supabase import Client
 
-from infra.local.gateway import GatewayHandle, make_jwt, start_gateway
+from infra.local.gateway import GatewayHandle
 from infra.local.migrate import bootstrap
 from infra.local.postgres import Postgres
 
-JWT_SECRET = "super-secret-jwt-token-with-at-least-32-characters-long"
 DATABASE = "gateway_test"
 
 FUNCTIONS_SQL = """
@@ -201,36 +201,15 @@ language sql as $$ select pg_sleep(seconds) $$;
 
 
 @pytest.fixture(scope="session")
-def gateway_pg(pg: Postgres) -> Postgres:
-    # the run's one Postgres server (tests/conftest.py); the gateway tests get their own database
-    return pg
-
-
-@pytest.fixture(scope="session")
-def gateway_db(gateway_pg: Postgres) -> Iterator[str]:
-    uri = gateway_pg.create_database(DATABASE)
-    # The roles, timeouts and grants of a Supabase project, from the bootstrap itself.
+def gateway_db(pg: Postgres) -> Iterator[str]:
+    """Overrides tests/conftest.py's: one database for the session, bootstrapped like a
+    Supabase project by the bootstrap itself (roles, timeouts, grants), with the catalogue."""
+    uri = pg.create_database(DATABASE)
     bootstrap(uri)
     with psycopg.connect(uri, autocommit=True) as conn:
         conn.execute(FUNCTIONS_SQL)
     yield uri
-    gateway_pg.drop_database(DATABASE)
-
-
-@pytest.fixture(scope="session")
-def gateway(gateway_db: str) -> Iterator[GatewayHandle]:
-    with start_gateway(gateway_db, JWT_SECRET) as handle:
-        yield handle
-
-
-@pytest.fixture(scope="session")
-def service_key() -> str:
-    return make_jwt(JWT_SECRET, "service_role")
-
-
-@pytest.fixture(scope="session")
-def anon_key() -> str:
-    return make_jwt(JWT_SECRET, "anon")
+    pg.drop_database(DATABASE)
 
 
 @pytest.fixture
@@ -240,20 +219,11 @@ def http(gateway: GatewayHandle) -> Iterator[httpx.Client]:
 
 
 @pytest.fixture
-def supabase_for(gateway: GatewayHandle) -> Iterator[Callable[..., Client]]:
+def supabase_for(
+    gateway: GatewayHandle, supabase_client: Callable[..., Client]
+) -> Callable[..., Client]:
     """``supabase_for(api_key, access_token=None)`` → a real supabase client on the gateway."""
-    sessions: list[httpx.Client] = []
-
-    def make(api_key: str, access_token: str | None = None) -> Client:
-        session = httpx.Client(timeout=10)
-        sessions.append(session)
-        headers = {"Authorization": f"Bearer {access_token}"} if access_token else {}
-        options = ClientOptions(httpx_client=session, headers=headers)
-        return create_client(gateway.url, api_key, options)
-
-    yield make
-    for session in sessions:
-        session.close()
+    return functools.partial(supabase_client, gateway.url)
 
 
 @pytest.fixture

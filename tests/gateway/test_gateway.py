@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Callable
+from typing import Any
 
 import httpx
 import psycopg
@@ -21,7 +22,12 @@ from infra.local.gateway import (
     sqlstate_status,
     start_gateway,
 )
-from tests.gateway.conftest import JWT_SECRET
+from tests.support import JWT_SECRET, mint
+
+
+def rpc_data(client: Client, fn: str, args: dict[str, Any] | None = None) -> Any:
+    """What a call answers, as a test reads it (postgrest-py types it as any JSON)."""
+    return client.rpc(fn, args or {}).execute().data
 
 
 def rpc_error(client: Client, fn: str, args: dict[str, object]) -> APIError:
@@ -38,10 +44,10 @@ def unique(prefix: str) -> str:
 
 
 def test_scalar_results_are_bare_json_values(service: Client) -> None:
-    assert service.rpc("add", {"a": 2, "b": 3}).execute().data == 5
-    assert service.rpc("shout", {"t": "hi"}).execute().data == "HI"
-    assert service.rpc("is_positive", {"n": 1}).execute().data is True
-    assert service.rpc("nothing", {}).execute().data is None
+    assert rpc_data(service, "add", {"a": 2, "b": 3}) == 5
+    assert rpc_data(service, "shout", {"t": "hi"}) == "HI"
+    assert rpc_data(service, "is_positive", {"n": 1}) is True
+    assert rpc_data(service, "nothing") is None
 
 
 def test_scalar_bodies_on_the_wire(http: httpx.Client, service_key: str) -> None:
@@ -62,7 +68,7 @@ def test_json_results_pass_through_unchanged(
 ) -> None:
     doc = {"a": [1, 2, {"b": None}], "c": "ü"}
 
-    assert service.rpc("echo_doc", {"doc": doc}).execute().data == doc
+    assert rpc_data(service, "echo_doc", {"doc": doc}) == doc
     # json (not jsonb) keeps the caller's key order, as PostgREST does.
     raw = http.post(
         "/rest/v1/rpc/echo_json_text",
@@ -105,25 +111,25 @@ def test_out_parameters_make_one_object(service: Client) -> None:
 
 def test_a_single_out_parameter_is_an_object_like_postgrest(service: Client) -> None:
     # PostgREST v13 SchemaCache.hs: proargmodes && '{t,b,o}' makes the result composite.
-    assert service.rpc("one_out", {"p_a": 21}).execute().data == {"doubled": 42}
+    assert rpc_data(service, "one_out", {"p_a": 21}) == {"doubled": 42}
 
 
 def test_a_one_column_table_is_an_array_of_objects_like_postgrest(service: Client) -> None:
-    rows = service.rpc("one_column_table", {"n": 2}).execute().data
+    rows = rpc_data(service, "one_column_table", {"n": 2})
 
     assert rows == [{"k": 1}, {"k": 2}]
 
 
 def test_sets_are_cut_at_db_max_rows_but_every_row_is_changed(service: Client) -> None:
-    numbers = service.rpc("series", {"n": 1500}).execute().data
-    marked = service.rpc("mark_many", {"n": 1200}).execute().data
+    numbers = rpc_data(service, "series", {"n": 1500})
+    marked = rpc_data(service, "mark_many", {"n": 1200})
 
     # infra/supabase/config.toml's max_rows, Supabase's hosted default too
     assert DEFAULT_MAX_ROWS == 1000
     assert numbers == list(range(1, 1001))
     assert len(marked) == 1000
     # Supabase's db-max-rows cuts the answer, not the work: the caller never sees 200 rows.
-    assert service.rpc("count_marks", {}).execute().data == 1200
+    assert rpc_data(service, "count_marks") == 1200
 
 
 def test_content_range_counts_the_rows_returned_like_postgrest(
@@ -147,11 +153,11 @@ def test_sets_are_arrays(service: Client) -> None:
     for name, qty in (("b", 5), ("a", 1)):
         service.rpc("add_item", {"p_name": f"{prefix}-{name}", "p_qty": qty}).execute()
 
-    rows = service.rpc("list_items", {"p_prefix": prefix}).execute().data
-    filtered = service.rpc("list_items", {"p_prefix": prefix, "p_min": 2}).execute().data
-    table = service.rpc("item_table", {"p_prefix": prefix}).execute().data
-    empty = service.rpc("item_table", {"p_prefix": unique("none")}).execute().data
-    numbers = service.rpc("series", {"n": 3}).execute().data
+    rows = rpc_data(service, "list_items", {"p_prefix": prefix})
+    filtered = rpc_data(service, "list_items", {"p_prefix": prefix, "p_min": 2})
+    table = rpc_data(service, "item_table", {"p_prefix": prefix})
+    empty = rpc_data(service, "item_table", {"p_prefix": unique("none")})
+    numbers = rpc_data(service, "series", {"n": 3})
 
     assert [r["name"] for r in rows] == [f"{prefix}-a", f"{prefix}-b"]
     assert set(rows[0]) == {"id", "name", "qty", "tags", "created_at"}
@@ -175,7 +181,7 @@ def test_void_is_204_without_body(service: Client, http: httpx.Client, service_k
     assert (raw.status_code, raw.content) == (204, b"")
     assert "content-type" not in raw.headers
     assert via_client.data == []  # how postgrest-py reads an empty 204
-    assert service.rpc("find_item", {"p_name": name}).execute().data["qty"] == 3
+    assert rpc_data(service, "find_item", {"p_name": name})["qty"] == 3
 
 
 # --- arguments ---------------------------------------------------------------------------------
@@ -215,13 +221,13 @@ def test_arguments_are_cast_to_the_declared_types(service: Client) -> None:
 
 
 def test_null_arguments_and_defaults(service: Client) -> None:
-    assert service.rpc("with_default", {"a": 1}).execute().data == 11
-    assert service.rpc("with_default", {"a": 1, "b": 2}).execute().data == 3
-    assert service.rpc("with_default", {"a": 1, "b": None}).execute().data is None
+    assert rpc_data(service, "with_default", {"a": 1}) == 11
+    assert rpc_data(service, "with_default", {"a": 1, "b": 2}) == 3
+    assert rpc_data(service, "with_default", {"a": 1, "b": None}) is None
 
 
 def test_timestamps_round_trip_like_to_json(service: Client) -> None:
-    stamp = service.rpc("stamp", {"at": "2026-05-06T07:08:09.5Z"}).execute().data
+    stamp = rpc_data(service, "stamp", {"at": "2026-05-06T07:08:09.5Z"})
 
     assert isinstance(stamp, str)
     assert stamp.startswith("2026-")
@@ -229,9 +235,9 @@ def test_timestamps_round_trip_like_to_json(service: Client) -> None:
 
 
 def test_overloads_are_chosen_by_argument_names(service: Client) -> None:
-    assert service.rpc("pick", {"a": 1}).execute().data == "a"
-    assert service.rpc("pick", {"a": 1, "b": 2}).execute().data == "a,b"
-    assert service.rpc("pick", {"x": "s"}).execute().data == "x"
+    assert rpc_data(service, "pick", {"a": 1}) == "a"
+    assert rpc_data(service, "pick", {"a": 1, "b": 2}) == "a,b"
+    assert rpc_data(service, "pick", {"x": "s"}) == "x"
 
 
 def test_ambiguous_overload_is_300_pgrst203(http: httpx.Client, service_key: str) -> None:
@@ -247,7 +253,7 @@ def test_ambiguous_overload_is_300_pgrst203(http: httpx.Client, service_key: str
 
 
 def test_single_unnamed_json_parameter_takes_the_whole_body(service: Client) -> None:
-    assert service.rpc("single_unnamed", {"k": 1}).execute().data == {"got": {"k": 1}}
+    assert rpc_data(service, "single_unnamed", {"k": 1}) == {"got": {"k": 1}}
 
 
 def test_params_single_object_is_ignored_as_in_postgrest_v13(
@@ -295,10 +301,10 @@ def test_get_calls_stable_functions_read_only(http: httpx.Client, service_key: s
 
 def test_claims_and_role_reach_sql(supabase_for: Callable[..., Client], anon_key: str) -> None:
     user_id = str(uuid.uuid4())
-    user_token = make_jwt(JWT_SECRET, "authenticated", sub=user_id)
+    user_token = mint("authenticated", sub=user_id)
 
-    as_user = supabase_for(anon_key, user_token).rpc("whoami", {}).execute().data
-    as_anon = supabase_for(anon_key).rpc("whoami", {}).execute().data
+    as_user = rpc_data(supabase_for(anon_key, user_token), "whoami")
+    as_anon = rpc_data(supabase_for(anon_key), "whoami")
 
     assert as_user == {
         "sub": user_id,
@@ -336,7 +342,7 @@ def test_api_roles_run_under_supabase_timeouts(
     http: httpx.Client, role: str, statement_timeout: str
 ) -> None:
     # authenticator's 8 s (statement and lock) hold for every role; anon's own 3 s wins for it.
-    token = make_jwt(JWT_SECRET, role, sub=str(uuid.uuid4()))
+    token = mint(role, sub=str(uuid.uuid4()))
     headers = {"Authorization": f"Bearer {token}"}
 
     def shown(name: str) -> object:
@@ -412,27 +418,27 @@ def test_missing_key_is_401_pgrst302(http: httpx.Client) -> None:
         ),
         ("not-a-jwt", "PGRST301", "Expected 3 parts in JWT; got 1"),
         (
-            make_jwt(JWT_SECRET, "service_role", exp=int(time.time()) - 120),
+            mint("service_role", exp=int(time.time()) - 120),
             "PGRST303",
             "JWT expired",
         ),
         (
-            make_jwt(JWT_SECRET, "service_role", nbf=int(time.time()) + 600),
+            mint("service_role", nbf=int(time.time()) + 600),
             "PGRST303",
             "JWT not yet valid",
         ),
         (
-            make_jwt(JWT_SECRET, "service_role", iat=int(time.time()) + 600),
+            mint("service_role", iat=int(time.time()) + 600),
             "PGRST303",
             "JWT issued at future",
         ),
         (
-            make_jwt(JWT_SECRET, "service_role", exp="tomorrow"),
+            mint("service_role", exp="tomorrow"),
             "PGRST303",
             "The JWT 'exp' claim must be a number",
         ),
         (
-            make_jwt(JWT_SECRET, "service_role", aud=5),
+            mint("service_role", aud=5),
             "PGRST303",
             "The JWT 'aud' claim must be a string or an array of strings",
         ),
@@ -467,7 +473,7 @@ def test_an_empty_bearer_token_is_401_pgrst301(http: httpx.Client, service_key: 
 
 
 def test_a_token_within_the_allowed_skew_is_accepted(http: httpx.Client) -> None:
-    token = make_jwt(JWT_SECRET, "service_role", exp=int(time.time()) - 10)
+    token = mint("service_role", exp=int(time.time()) - 10)
 
     response = http.post(
         "/rest/v1/rpc/add", json={"a": 1, "b": 1}, headers={"Authorization": f"Bearer {token}"}
@@ -484,47 +490,43 @@ def test_wrong_key_raises_api_error_in_the_client(supabase_for: Callable[..., Cl
     assert error.code == "PGRST301"
 
 
-def test_a_role_authenticator_cannot_switch_to_is_refused_by_the_database(
-    http: httpx.Client,
+@pytest.mark.parametrize(
+    ("role", "status", "code", "message"),
+    [
+        # a role the authenticator cannot switch to is refused by the database
+        ("postgres", 403, "42501", 'permission denied to set role "postgres"'),
+        ("nobody_here", 401, "22023", 'role "nobody_here" does not exist'),
+    ],
+)
+def test_a_role_the_token_cannot_become_is_refused_as_postgrest_does(
+    http: httpx.Client, role: str, status: int, code: str, message: str
 ) -> None:
-    token = make_jwt(JWT_SECRET, "postgres")
+    token = mint(role)
 
     response = http.post(
         "/rest/v1/rpc/whoami", json={}, headers={"Authorization": f"Bearer {token}"}
     )
 
-    assert response.status_code == 403
-    assert response.json()["code"] == "42501"
-    assert response.json()["message"] == 'permission denied to set role "postgres"'
-
-
-def test_a_role_that_does_not_exist_is_401_22023(http: httpx.Client) -> None:
-    token = make_jwt(JWT_SECRET, "nobody_here")
-
-    response = http.post(
-        "/rest/v1/rpc/whoami", json={}, headers={"Authorization": f"Bearer {token}"}
-    )
-
-    assert response.status_code == 401
-    assert response.json()["code"] == "22023"
-    assert response.json()["message"] == 'role "nobody_here" does not exist'
+    assert response.status_code == status
+    assert response.json()["code"] == code
+    assert response.json()["message"] == message
 
 
 def test_service_only_function_refuses_anon_401_and_users_403(
     supabase_for: Callable[..., Client], anon_key: str, service: Client
 ) -> None:
-    user_token = make_jwt(JWT_SECRET, "authenticated", sub=str(uuid.uuid4()))
+    user_token = mint("authenticated", sub=str(uuid.uuid4()))
 
     as_anon = rpc_error(supabase_for(anon_key), "admin_only", {})
     as_user = rpc_error(supabase_for(anon_key, user_token), "admin_only", {})
 
     assert as_anon.code == as_user.code == "42501"
     assert as_anon.message == "permission denied for function admin_only"
-    assert service.rpc("admin_only", {}).execute().data == "secret"
+    assert rpc_data(service, "admin_only") == "secret"
 
 
 def test_permission_statuses(http: httpx.Client, anon_key: str) -> None:
-    user_token = make_jwt(JWT_SECRET, "authenticated", sub=str(uuid.uuid4()))
+    user_token = mint("authenticated", sub=str(uuid.uuid4()))
 
     as_anon = http.post(
         "/rest/v1/rpc/admin_only",
@@ -586,7 +588,7 @@ def test_new_functions_are_found_without_restart(service: Client, gateway_db: st
     with psycopg.connect(gateway_db, autocommit=True) as conn:
         conn.execute(f"create function public.{name}() returns int language sql as 'select 1'")
 
-    assert service.rpc(name, {}).execute().data == 1
+    assert rpc_data(service, name, {}) == 1
 
 
 def test_custom_ptxxx_status_keeps_message_details_hint(
@@ -699,11 +701,11 @@ def test_invalid_uuid_is_400_22p02(service: Client, http: httpx.Client, service_
 def test_changes_of_a_failed_call_are_rolled_back(service: Client) -> None:
     name = unique("rollback")
     service.rpc("add_item", {"p_name": name, "p_qty": 1}).execute()
-    before = service.rpc("count_items", {}).execute().data
+    before = rpc_data(service, "count_items")
 
     rpc_error(service, "add_item", {"p_name": name, "p_qty": 1})
 
-    assert service.rpc("count_items", {}).execute().data == before
+    assert rpc_data(service, "count_items") == before
 
 
 def test_invalid_json_body_is_400_pgrst102(http: httpx.Client, service_key: str) -> None:
@@ -725,13 +727,27 @@ def test_invalid_json_body_is_400_pgrst102(http: httpx.Client, service_key: str)
 @pytest.mark.parametrize(
     "body",
     [
+        # nested beyond the parser: a 400, not a 500
         b"[" * 50_000 + b"]" * 50_000,
         b'{"doc": ' + b"[" * 50_000 + b"]" * 50_000 + b"}",
         b'{"doc": ' + b'{"a": ' * 50_000 + b"1" + b"}" * 50_001,
+        # not strict JSON
+        b'{"doc": NaN}',
+        b'{"doc": -Infinity}',
+        b'{"doc": "\xff"}',
+        b"\xef\xbb\xbf{}",
     ],
-    ids=["deep-array", "deep-array-argument", "deep-object-argument"],
+    ids=[
+        "deep-array",
+        "deep-array-argument",
+        "deep-object-argument",
+        "nan",
+        "infinity",
+        "invalid-utf8",
+        "bom",
+    ],
 )
-def test_a_body_nested_beyond_the_parser_is_400_pgrst102_not_500(
+def test_a_body_nested_beyond_the_parser_or_not_strict_json_is_400_pgrst102(
     http: httpx.Client, service_key: str, body: bytes
 ) -> None:
     response = http.post(
@@ -743,23 +759,6 @@ def test_a_body_nested_beyond_the_parser_is_400_pgrst102_not_500(
     assert response.status_code == 400
     assert response.json()["code"] == "PGRST102"
     assert response.json()["message"] == "Empty or invalid json"
-
-
-@pytest.mark.parametrize(
-    "body",
-    [b'{"doc": NaN}', b'{"doc": -Infinity}', b'{"doc": "\xff"}', b"\xef\xbb\xbf{}"],
-    ids=["nan", "infinity", "invalid-utf8", "bom"],
-)
-def test_what_is_not_strict_json_is_400_pgrst102(
-    http: httpx.Client, service_key: str, body: bytes
-) -> None:
-    response = http.post(
-        "/rest/v1/rpc/echo_doc",
-        content=body,
-        headers={"Authorization": f"Bearer {service_key}", "Content-Type": "application/json"},
-    )
-
-    assert (response.status_code, response.json()["code"]) == (400, "PGRST102")
 
 
 def test_the_body_text_reaches_postgres_unchanged(http: httpx.Client, service_key: str) -> None:
@@ -880,14 +879,14 @@ def test_database_down_is_503_pgrst000(service_key: str) -> None:
 
 
 def test_recovers_after_its_connections_are_killed(service: Client, gateway_db: str) -> None:
-    assert service.rpc("add", {"a": 1, "b": 1}).execute().data == 2
+    assert rpc_data(service, "add", {"a": 1, "b": 1}) == 2
     with psycopg.connect(gateway_db, autocommit=True) as conn:
         conn.execute(
             "select pg_terminate_backend(pid) from pg_stat_activity "
             "where datname = current_database() and pid <> pg_backend_pid()"
         )
 
-    assert service.rpc("add", {"a": 2, "b": 2}).execute().data == 4
+    assert rpc_data(service, "add", {"a": 2, "b": 2}) == 4
 
 
 def test_stop_closes_idle_keep_alive_connections(gateway_db: str, service_key: str) -> None:

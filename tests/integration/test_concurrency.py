@@ -14,7 +14,6 @@ import os
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
 
 import flask
@@ -29,10 +28,10 @@ from infra.local.host import FUNCTIONS as FUNCTION_TARGETS
 from infra.local.tasks_emulator import EmulatorHandle, start_emulator
 from shared.settings import get_settings
 from shared.tasks import emulator_client
+from tests.support import REPO_ROOT, SEED_QUERY
 
-FUNCTIONS = Path(__file__).resolve().parents[2] / "functions"
+FUNCTIONS = REPO_ROOT / "functions"
 QUEUE = "projects/p/locations/asia-northeast1/queues/ai-jobs"
-COMPLEX = "모든 서버 분석하고 최적화 리포트 만들어줘"
 THREADS = 16
 PER_THREAD = 4
 
@@ -102,7 +101,9 @@ def test_concurrent_creates_each_write_one_job_and_one_task(
     create = app("ai-jobs-create")
     responses = _burst(
         lambda i: create.test_client().post(
-            "/", json={"query": COMPLEX, "metadata": {"i": i}}, headers={"X-User-Id": f"u{i % 3}"}
+            "/",
+            json={"query": SEED_QUERY, "metadata": {"i": i}},
+            headers={"X-User-Id": f"u{i % 3}"},
         )
     )
     assert [r.status_code for r in responses] == [202] * (THREADS * PER_THREAD)
@@ -120,7 +121,7 @@ def test_concurrent_reads_and_cancels_each_see_their_own_job(
     create, get = app("ai-jobs-create").test_client(), app("ai-jobs-get")
     owners = {}
     for i in range(THREADS):
-        response = create.post("/", json={"query": COMPLEX}, headers={"X-User-Id": f"user-{i}"})
+        response = create.post("/", json={"query": SEED_QUERY}, headers={"X-User-Id": f"user-{i}"})
         owners[response.get_json()["jobId"]] = f"user-{i}"
     jobs = sorted(owners)
 

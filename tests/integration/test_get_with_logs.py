@@ -9,16 +9,15 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import flask.testing
-import functions_framework
 import pytest
 
 import shared.store
 import shared.tasks
 from infra.local.gateway import GatewayHandle
-from infra.local.stack import free_port
+from infra.local.host import free_port
 from shared.settings import get_settings
 from shared.store import JobStore
-from tests.integration.test_store import LIMITS
+from tests.support import LIMITS, function_app
 
 FUNCTION = Path(__file__).resolve().parents[2] / "functions" / "ai-jobs-get" / "main.py"
 OWNER = {"X-User-Id": "u1"}
@@ -40,7 +39,7 @@ def get(gateway: GatewayHandle, service_key: str) -> Iterator[flask.testing.Flas
         }
     )
     _reset()
-    yield functions_framework.create_app("get_job", str(FUNCTION)).test_client()
+    yield function_app("get_job", FUNCTION).test_client()
     _reset()
 
 

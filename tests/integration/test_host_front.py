@@ -11,8 +11,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from infra.local.host import Backend, route, serve
-from infra.local.stack import free_port
+from infra.local.host import Backend, free_port, route, serve
 
 
 def test_the_function_gets_the_path_after_its_name() -> None:

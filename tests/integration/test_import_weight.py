@@ -12,14 +12,12 @@ import json
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import pytest
 
-from infra.local.host import FUNCTIONS
-from infra.local.stack import free_port
+from infra.local.host import FUNCTIONS, free_port
+from tests.support import REPO_ROOT
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 #: module -> what it stands for; none of them is needed to import any function
 HEAVY = {
     "supabase": "the Supabase client",

@@ -10,7 +10,7 @@ import pytest
 from infra.local.gateway import GatewayHandle
 from shared import errors
 from shared.store import JobStore
-from tests.integration.test_store import LIMITS
+from tests.support import LIMITS
 
 
 @pytest.fixture

@@ -4,7 +4,7 @@ refuse to start, and a processor built around such settings refuses every call."
 from __future__ import annotations
 
 import os
-from pathlib import Path
+from typing import Any
 
 import flask
 import functions_framework
@@ -13,17 +13,17 @@ import pytest
 import shared.store
 import shared.tasks
 from shared import errors, identity, worker
-from shared.settings import Settings, get_settings
+from shared.settings import get_settings
+from tests.support import MINIMAL_ENV, REPO_ROOT, minimal_settings
 
-FUNCTIONS = Path(__file__).resolve().parents[2] / "functions"
-BASE_ENV = {"SUPABASE_URL": "http://127.0.0.1:1", "SUPABASE_SERVICE_ROLE_KEY": "k"}
+FUNCTIONS = REPO_ROOT / "functions"
 CHECKS = ("PROCESSOR_SHARED_SECRET", "PROCESSOR_VERIFY_OIDC", "PROCESSOR_TRUST_CALLERS")
 
 
 def _load(name: str, target: str, **env: str) -> flask.Flask:
     for variable in CHECKS:
         os.environ.pop(variable, None)
-    os.environ.update({**BASE_ENV, **env})
+    os.environ.update({**MINIMAL_ENV, **env})
     get_settings.cache_clear()
     shared.store.get_store.cache_clear()
     shared.tasks.get_queue.cache_clear()
@@ -56,19 +56,17 @@ def test_any_one_caller_check_lets_it_start(env: dict[str, str]) -> None:
 
 def test_unguarded_settings_refuse_every_call() -> None:
     app = flask.Flask(__name__)
-    unguarded = Settings(supabase_url="http://127.0.0.1:1", supabase_service_key="k")
+    unguarded = minimal_settings()
     headers = {"X-CloudTasks-QueueName": "ai-jobs", "X-AI-Jobs-Secret": "anything"}
     with app.test_request_context("/", method="POST", json={"jobId": "x"}, headers=headers):
         with pytest.raises(errors.Forbidden):
             identity.verify_caller(flask.request, unguarded, audience="http://x")
-        trusted = Settings(
-            supabase_url="http://127.0.0.1:1", supabase_service_key="k", trust_private_callers=True
-        )
+        trusted = minimal_settings(trust_private_callers=True)
         identity.verify_caller(flask.request, trusted, audience="http://x")
 
 
-def _processor(**settings: float) -> worker.Processor:
-    base = Settings(supabase_url="http://127.0.0.1:1", supabase_service_key="k", **settings)
+def _processor(**settings: Any) -> worker.Processor:
+    base = minimal_settings(**settings)
     return worker.Processor(shared.store.JobStore.from_settings(base), base)
 
 

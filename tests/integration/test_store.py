@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import time
 import uuid
+from typing import Any
 
 import psycopg
 import pytest
 from postgrest.exceptions import APIError
 
 from infra.local.gateway import GatewayHandle, make_jwt
+from infra.local.host import free_port
 from shared import errors
 from shared.jobs import JobStatus
-from shared.settings import Settings
 from shared.store import (
     CLIENT_TIMEOUT_S,
     SERVER_POOL_ACQUISITION_TIMEOUT_S,
@@ -20,14 +21,7 @@ from shared.store import (
     JobStore,
     map_api_error,
 )
-from tests.integration.conftest import JWT_SECRET
-
-#: The per-user limits create_job is always given, at their declared defaults.
-LIMITS: dict[str, int] = {
-    "max_attempts": Settings.model_fields["max_attempts"].default,
-    "max_per_minute": Settings.model_fields["max_jobs_per_minute"].default,
-    "max_active": Settings.model_fields["max_active_jobs"].default,
-}
+from tests.support import LIMITS, mint
 
 
 @pytest.fixture
@@ -36,7 +30,7 @@ def store(gateway: GatewayHandle, service_key: str) -> JobStore:
 
 
 def _create(store: JobStore, **extra: object) -> uuid.UUID:
-    args: dict[str, object] = {
+    args: dict[str, Any] = {
         "user_id": "u1",
         "job_type": "report",
         "query": "analyse all servers",
@@ -44,7 +38,7 @@ def _create(store: JobStore, **extra: object) -> uuid.UUID:
         **LIMITS,
     }
     args.update(extra)
-    return store.create_job(**args).job.id  # type: ignore[arg-type]
+    return store.create_job(**args).job.id
 
 
 def test_a_job_goes_through_its_whole_life(store: JobStore) -> None:
@@ -86,25 +80,10 @@ def test_errors_map_to_the_projects_exceptions(store: JobStore) -> None:
     assert illegal.value.status == 409
     assert store.report_progress(job_id, claimed.lease_token, 60, "x") is False
 
-    store.create_job(
-        user_id="u2",
-        job_type="report",
-        query="a",
-        priority="low",
-        idempotency_key="k",
-        request_hash="h1",
-        **LIMITS,
-    )
+    keyed: dict[str, Any] = {"user_id": "u2", "priority": "low", "idempotency_key": "k"}
+    _create(store, **keyed, query="a", request_hash="h1")
     with pytest.raises(errors.IdempotencyConflict):
-        store.create_job(
-            user_id="u2",
-            job_type="report",
-            query="b",
-            priority="low",
-            idempotency_key="k",
-            request_hash="h2",
-            **LIMITS,
-        )
+        _create(store, **keyed, query="b", request_hash="h2")
     with pytest.raises(errors.RateLimited) as limited:
         for _ in range(3):
             _create(store, user_id="u3", max_per_minute=2)
@@ -128,14 +107,14 @@ def test_wrong_api_key_is_a_misconfiguration_not_a_client_error(gateway: Gateway
     with pytest.raises(errors.BackendMisconfigured) as err:
         JobStore(gateway.url, forged).get_job(uuid.uuid4())
     assert err.value.details["upstream"] == "PGRST301"
-    anon = make_jwt(JWT_SECRET, "anon")
+    anon = mint("anon")
     with pytest.raises(errors.BackendMisconfigured) as denied:
         JobStore(gateway.url, anon).get_job(uuid.uuid4())
     assert denied.value.details["upstream"] == "42501", "anon may not execute our functions"
 
 
 def test_expired_key_is_a_misconfiguration_pgrst303(gateway: GatewayHandle) -> None:
-    expired = make_jwt(JWT_SECRET, "service_role", exp=int(time.time()) - 3600)
+    expired = mint("service_role", exp=int(time.time()) - 3600)
 
     with pytest.raises(errors.BackendMisconfigured) as err:
         JobStore(gateway.url, expired).get_job(uuid.uuid4())
@@ -144,7 +123,7 @@ def test_expired_key_is_a_misconfiguration_pgrst303(gateway: GatewayHandle) -> N
 
 
 def test_a_key_naming_a_missing_role_is_a_misconfiguration_22023(gateway: GatewayHandle) -> None:
-    stray = make_jwt(JWT_SECRET, "service_role_typo")
+    stray = mint("service_role_typo")
 
     with pytest.raises(errors.BackendMisconfigured) as err:
         JobStore(gateway.url, stray).get_job(uuid.uuid4())
@@ -180,8 +159,6 @@ def test_unknown_function_is_a_misconfiguration(store: JobStore) -> None:
 
 
 def test_database_down_is_dependency_unavailable(service_key: str) -> None:
-    from infra.local.stack import free_port
-
     with pytest.raises(errors.DatabaseUnavailable) as err:
         JobStore(f"http://127.0.0.1:{free_port()}", service_key).get_job(uuid.uuid4())
     assert err.value.status == 503

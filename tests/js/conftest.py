@@ -1,25 +1,11 @@
-"""One local Supabase server per test module, and supabase-js installed from the lock file."""
+"""supabase-js installed from the lock file (the server: ``supabase_server``, tests/conftest.py)."""
 
 from __future__ import annotations
 
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
-from infra.local.postgres import Postgres
-from tests.realtime.local import LocalSupabase, start_local_supabase
-
-
-@pytest.fixture(scope="module")
-def supabase_server(
-    pg: Postgres, template_db: str, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[LocalSupabase]:
-    server = start_local_supabase(pg, template_db, tmp_path_factory.mktemp("supabase"))
-    yield server
-    server.stop()
-
 
 JS_DIR = Path(__file__).resolve().parent
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
-from tests.realtime.local import LocalSupabase
+from tests.support import LocalSupabase
 
 Event = dict[str, Any]
 

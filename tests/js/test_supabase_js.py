@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.js.driver import SupabaseJs
-from tests.realtime.local import LocalSupabase
+from tests.support import LocalSupabase
 
 JOB_BINDINGS = [
     {"event": "INSERT", "schema": "public", "table": "ai_jobs"},
@@ -29,13 +29,19 @@ def subscribed(js: SupabaseJs, name: str, times: int = 1, timeout_s: float = 15)
     js.until(lambda: count() >= times, timeout_s)
 
 
+def signed_in_on(js: SupabaseJs, name: str) -> str:
+    """Sign supabase-js in anonymously, join ``name`` on the job tables; the user's id."""
+    user = str(js.sign_in()["userId"])
+    js.subscribe(name, JOB_BINDINGS)
+    subscribed(js, name)
+    return user
+
+
 def test_an_anonymous_visitor_receives_its_own_rows_and_not_anothers(
     js_installed: Path, supabase_server: LocalSupabase
 ) -> None:
     with SupabaseJs(js_installed, supabase_server) as js:
-        user = js.sign_in()["userId"]
-        js.subscribe("mine", JOB_BINDINGS)
-        subscribed(js, "mine")
+        user = signed_in_on(js, "mine")
 
         job_id = supabase_server.new_job(user)
         supabase_server.new_job(str(uuid.uuid4()), query="someone else's")
@@ -109,9 +115,7 @@ def test_supabase_js_rejoins_after_the_socket_drops_and_receives_later_changes(
 ) -> None:
     with SupabaseJs(js_installed, supabase_server) as js:
         # signed in: every rejoin takes the session's token, as in a browser
-        user = js.sign_in()["userId"]
-        js.subscribe("again", JOB_BINDINGS)
-        subscribed(js, "again")
+        user = signed_in_on(js, "again")
         supabase_server.restart()
         subscribed(js, "again", times=2, timeout_s=40)
         job_id = supabase_server.new_job(user)
@@ -127,9 +131,7 @@ def test_supabase_js_stays_connected_for_90_seconds_on_heartbeats(
     import time
 
     with SupabaseJs(js_installed, supabase_server) as js:
-        user = js.sign_in()["userId"]
-        js.subscribe("long", JOB_BINDINGS)
-        subscribed(js, "long")
+        user = signed_in_on(js, "long")
         time.sleep(90)
         js.send(cmd="heartbeats")
         beats = js.expect(lambda e: e["type"] == "heartbeats")

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from realtime import AsyncRealtimeChannel, AsyncRealtimeClient, RealtimeSubscribeStates
 
-from tests.realtime.local import LocalSupabase
+from tests.support import LocalSupabase
 
 #: (event, table, filter) of a binding
 Spec = tuple[str, str, str | None]
@@ -35,14 +35,18 @@ class Listener:
 async def listen(
     server: LocalSupabase,
     topic: str,
-    specs: list[Spec],
+    specs: Sequence[Spec],
     *,
     token: str | None = None,
+    as_user: str | None = None,
     wait_for_subscribed: bool = True,
     max_retries: int = 5,
 ) -> Listener:
     """Connect with the anon key, join ``topic`` (with ``token`` as the user's access token)
-    with one binding per spec, and wait for the ``system`` "Subscribed" message."""
+    with one binding per spec, and wait for the ``system`` "Subscribed" message. ``as_user``:
+    with a fresh access token of that user."""
+    if as_user is not None:
+        token = server.user_token(as_user)
     client = AsyncRealtimeClient(
         f"{server.url}/realtime/v1", server.anon_key, initial_backoff=0.2, max_retries=max_retries
     )

@@ -9,7 +9,6 @@ import json
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,24 +19,15 @@ import pytest
 from supabase import AsyncClient, AsyncClientOptions, acreate_client
 
 from client import AIJobsClient
-from infra.local.gateway import make_jwt
 from infra.local.postgres import Postgres
-from infra.local.stack import LOCAL_JWT_SECRET, LocalStack, StackConfig
+from infra.local.stack import LocalStack
 from tests.realtime.listen import until
-
-REPO = Path(__file__).resolve().parents[2]
-SEED_QUERY = "모든 서버 분석하고 최적화 리포트 만들어줘"
+from tests.support import REPO_ROOT, SEED_QUERY, local_stack, mint
 
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory, pg: Postgres) -> Iterator[LocalStack]:
-    config = StackConfig.for_tests(
-        tmp_path_factory.mktemp("stack"),
-        reap_interval_s=0,
-        jwt_identity=True,
-        database_uri=pg.create_database(f"stack_{uuid.uuid4().hex[:8]}"),
-    )
-    with LocalStack(config) as running:
+    with local_stack(tmp_path_factory, pg, "stack", jwt_identity=True) as running:
         yield running
 
 
@@ -165,7 +155,7 @@ def test_submit_wait_on_the_command_line_follows_through_realtime(stack: LocalSt
             SEED_QUERY,
             "--wait",
         ],
-        cwd=REPO,
+        cwd=REPO_ROOT,
         capture_output=True,
         text=True,
         timeout=90,
@@ -195,7 +185,7 @@ def test_a_saved_session_brings_the_same_visitor_back_and_refreshes_a_stale_toke
         assert again.get(job_id)["jobId"] == job_id  # their own job, found on the next run
 
     saved = json.loads(session_file.read_text())
-    stale = make_jwt(LOCAL_JWT_SECRET, "authenticated", sub=visitor, exp=int(time.time()) - 5)
+    stale = mint("authenticated", sub=visitor, exp=int(time.time()) - 5)
     session_file.write_text(json.dumps({**saved, "access_token": stale}))
     with AIJobsClient.signed_in(*urls, session_file=session_file) as refreshed:
         assert refreshed.bearer_token != stale

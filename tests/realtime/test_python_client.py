@@ -19,7 +19,7 @@ import pytest
 import websockets
 
 from tests.realtime.listen import Listener, listen, until
-from tests.realtime.local import LocalSupabase
+from tests.support import LocalSupabase
 
 JOB_BINDINGS = [
     ("INSERT", "ai_jobs", None),
@@ -183,7 +183,7 @@ def test_a_matching_log_insert_gives_one_complete_event_and_a_non_matching_one_n
             supabase_server,
             "logs",
             [("INSERT", "ai_job_logs", f"job_id=eq.{job_id}"), ("INSERT", "ai_jobs", None)],
-            token=supabase_server.user_token(user),
+            as_user=user,
         )
         supabase_server.sql(
             "insert into ai_job_logs (job_id, attempt, message, progress, data) values "
@@ -233,7 +233,7 @@ def test_an_update_fires_only_the_update_binding_with_the_key_as_old_record(
             supabase_server,
             "job-5",
             [("INSERT", "ai_jobs", None), ("UPDATE", "ai_jobs", None), ("*", "ai_jobs", None)],
-            token=supabase_server.user_token(user),
+            as_user=user,
         )
         job_id = supabase_server.new_job(user)
         supabase_server.sql(
@@ -287,12 +287,8 @@ def test_rls_decides_per_subscriber_after_commit(supabase_server: LocalSupabase)
 
     async def scenario() -> dict[str, Listener]:
         listeners = {
-            "owner": await listen(
-                supabase_server, "rls", JOB_BINDINGS, token=supabase_server.user_token(owner)
-            ),
-            "stranger": await listen(
-                supabase_server, "rls", JOB_BINDINGS, token=supabase_server.user_token(stranger)
-            ),
+            "owner": await listen(supabase_server, "rls", JOB_BINDINGS, as_user=owner),
+            "stranger": await listen(supabase_server, "rls", JOB_BINDINGS, as_user=stranger),
             "anon": await listen(supabase_server, "rls", JOB_BINDINGS),
             "service": await listen(
                 supabase_server, "rls", JOB_BINDINGS, token=supabase_server.service_key
@@ -484,9 +480,7 @@ def test_a_transaction_gives_one_event_per_row_in_order_with_one_commit_time_and
     job_id = supabase_server.new_job(user)
 
     async def scenario() -> Listener:
-        listener = await listen(
-            supabase_server, "tx", JOB_BINDINGS, token=supabase_server.user_token(user)
-        )
+        listener = await listen(supabase_server, "tx", JOB_BINDINGS, as_user=user)
         with psycopg.connect(supabase_server.db_uri) as conn:
             for step in (1, 2, 3):
                 conn.execute(
@@ -515,9 +509,7 @@ def test_concurrent_transactions_arrive_in_commit_order(supabase_server: LocalSu
     job_id = supabase_server.new_job(user)
 
     async def scenario() -> Listener:
-        listener = await listen(
-            supabase_server, "order", JOB_BINDINGS, token=supabase_server.user_token(user)
-        )
+        listener = await listen(supabase_server, "order", JOB_BINDINGS, as_user=user)
         with (
             psycopg.connect(supabase_server.db_uri) as early,
             psycopg.connect(supabase_server.db_uri) as late,
@@ -575,9 +567,7 @@ def test_a_payload_over_one_mebibyte_keeps_only_small_values_and_says_413(
     job_id = supabase_server.new_job(user)
 
     async def scenario() -> Listener:
-        listener = await listen(
-            supabase_server, "big", JOB_BINDINGS, token=supabase_server.user_token(user)
-        )
+        listener = await listen(supabase_server, "big", JOB_BINDINGS, as_user=user)
         supabase_server.sql(
             "insert into ai_job_logs (job_id, attempt, message, data) "
             "values (%s, 1, 'big', jsonb_build_object('blob', repeat('x', 1100000)))",
@@ -609,9 +599,7 @@ def test_filters_compare_the_new_row_with_the_value_cast_to_the_column_type(
     ]
 
     async def scenario() -> Listener:
-        listener = await listen(
-            supabase_server, "filters", specs, token=supabase_server.user_token(user)
-        )
+        listener = await listen(supabase_server, "filters", specs, as_user=user)
         for progress in (9, 60):
             supabase_server.sql(
                 "update ai_jobs set progress = %s, current_step = %s where id = %s",

@@ -9,7 +9,7 @@ import uuid
 import pytest
 
 from tests.realtime.listen import listen, until
-from tests.realtime.local import LocalSupabase
+from tests.support import LocalSupabase
 
 
 # realtime-py 2.34.1 reads ConnectionClosed.code and .reason on its reconnect path, deprecated in
@@ -25,14 +25,15 @@ def test_after_the_socket_drops_the_python_client_rejoins_and_receives_later_cha
             supabase_server,
             "reconnect",
             [("INSERT", "ai_jobs", None)],
-            token=supabase_server.user_token(user),
+            as_user=user,
             # back-off 0.2 s doubling: 8 attempts span ~25 s, a restart on a loaded machine
             max_retries=8,
         )
         await asyncio.to_thread(supabase_server.restart)
-        subscribed = lambda: sum(  # noqa: E731
-            s["message"] == "Subscribed to PostgreSQL" for s in listener.systems
-        )
+
+        def subscribed() -> int:
+            return sum(s["message"] == "Subscribed to PostgreSQL" for s in listener.systems)
+
         await until(lambda: subscribed() == 2, timeout_s=60)
         job_id = supabase_server.new_job(user)
         await until(lambda: len(listener.payloads()) == 1)

@@ -16,7 +16,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from shared import errors
-from shared.jobs import FINAL_STATUSES, Job, JobStatus
+from shared.jobs import FINAL_STATUSES, Job, JobStatus, JobType, Priority
 from shared.store import CreatedJob
 
 
@@ -67,9 +67,9 @@ class MemoryStore:
         job = Job(
             id=uuid.uuid4(),
             user_id=user_id,
-            type=job_type,
+            type=JobType(job_type),
             query=query,
-            priority="normal",
+            priority=Priority.NORMAL,
             status=JobStatus.QUEUED,
             progress=0,
             current_step="queued",

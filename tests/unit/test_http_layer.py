@@ -41,7 +41,10 @@ def request_for(
     method: str = "POST",
 ) -> flask.Request:
     builder = EnvironBuilder(
-        method=method, input_stream=io.BytesIO(body), content_type=content_type, headers=headers
+        method=method,
+        input_stream=io.BytesIO(body),
+        content_type=content_type,
+        headers=list((headers or {}).items()),
     )
     environ = builder.get_environ()
     environ["CONTENT_LENGTH"] = str(len(body) if content_length is None else content_length)

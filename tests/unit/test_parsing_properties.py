@@ -23,7 +23,7 @@ from werkzeug.test import EnvironBuilder
 from shared import errors
 from shared.api import decode_cursor, encode_cursor
 from shared.http import MAX_JSON_DEPTH, parse_json, parse_model, read_json
-from shared.jobs import CreateJobRequest, Job, json_depth
+from shared.jobs import CreateJobRequest, Job, JobStatus, JobType, Priority, json_depth
 from shared.settings import Settings
 
 BOUNDED = settings(
@@ -62,6 +62,23 @@ def representable(value: Any) -> bool:
         elif isinstance(item, list):
             pending.extend(item)
     return True
+
+
+def queued_job(job_id: uuid.UUID, created_at: datetime, **fields: Any) -> Job:
+    """A job as a row just created would load: queued, nothing done yet."""
+    return Job(
+        id=job_id,
+        user_id="u",
+        type=JobType.REPORT,
+        query=fields.pop("query", "q"),
+        priority=Priority.NORMAL,
+        status=JobStatus.QUEUED,
+        progress=0,
+        max_attempts=3,
+        created_at=created_at,
+        updated_at=created_at,
+        **fields,
+    )
 
 
 @BOUNDED
@@ -104,20 +121,7 @@ def test_a_create_request_parses_to_a_model_the_response_can_serialize_or_a_400(
     except errors.BadRequest as exc:
         assert exc.code in PARSE_CODES | {"validation_failed"}
         return
-    now = datetime.now(UTC)
-    job = Job(
-        id=uuid.uuid4(),
-        user_id="u",
-        type="report",
-        query=create.query,
-        priority="normal",
-        status="queued",
-        progress=0,
-        max_attempts=3,
-        created_at=now,
-        updated_at=now,
-        metadata=create.metadata,
-    )
+    job = queued_job(uuid.uuid4(), datetime.now(UTC), query=create.query, metadata=create.metadata)
     wire = job.wire()
     json.dumps(wire, allow_nan=False, ensure_ascii=False).encode("utf-8")
     assert wire["metadata"] == metadata
@@ -178,18 +182,7 @@ def test_a_cursor_written_by_the_service_reads_back_as_the_same_instant(
         created_at.astimezone(UTC)
     except OverflowError:
         return  # not an instant a database row can have
-    job = Job(
-        id=job_id,
-        user_id="u",
-        type="report",
-        query="q",
-        priority="normal",
-        status="queued",
-        progress=0,
-        max_attempts=3,
-        created_at=created_at,
-        updated_at=created_at,
-    )
+    job = queued_job(job_id, created_at)
     instant, decoded_id = decode_cursor(encode_cursor(job))
     assert (instant, decoded_id) == (created_at, job_id)
     assert instant.tzinfo == UTC

@@ -4,8 +4,6 @@ code declares it. Nothing is started."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from shared.errors import ConfigError
@@ -20,8 +18,9 @@ from shared.settings import (
     markdown_table,
     readme_with_table,
 )
+from tests.support import REPO_ROOT
 
-README = Path(__file__).resolve().parents[2] / "README.md"
+README = REPO_ROOT / "README.md"
 REQUIRED = {"SUPABASE_URL": "http://127.0.0.1:54321", "SUPABASE_SERVICE_ROLE_KEY": "sk-1"}
 
 

@@ -8,31 +8,25 @@ source that works, refuses (a closed port: retryable) or does not exist (permane
 
 from __future__ import annotations
 
-import socket
 import uuid
 from pathlib import Path
 
+from infra.local.host import free_port
 from shared.jobs import Job, JobStatus
 from shared.settings import AISettings, Settings
 from shared.worker import Delivery, Processor
+from tests.support import minimal_settings
 from tests.unit.memory import MemoryQueue, MemoryStore
 
 DELIVERY = Delivery(task_name=None, retry_count=0, execution_count=1)
 
 
 def closed_port_url() -> str:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    return f"http://127.0.0.1:{port}/fleet.json"  # nothing listens there now
+    return f"http://127.0.0.1:{free_port()}/fleet.json"  # nothing listens there now
 
 
 def settings(fleet_source: str = "synthetic") -> Settings:
-    return Settings(
-        supabase_url="http://127.0.0.1:1",
-        supabase_service_key="k",
-        ai=AISettings(writer="local", fleet_source=fleet_source),
-    )
+    return minimal_settings(ai=AISettings(writer="local", fleet_source=fleet_source))
 
 
 def arrange(

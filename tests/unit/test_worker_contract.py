@@ -14,10 +14,14 @@ from pathlib import Path
 
 from shared.jobs import Job, JobStatus
 from shared.settings import AISettings, Settings
+from shared.tasks import task_id
 from shared.worker import Delivery, Processor
 from tests.unit.memory import MemoryQueue, MemoryStore
 
-DELIVERY = Delivery(task_name=None, retry_count=0, execution_count=1)
+
+def task(job_id: uuid.UUID, dispatch: int = 1) -> Delivery:
+    """A delivery of the job's task ``dispatch``, named as shared.tasks names it."""
+    return Delivery(task_name=task_id(job_id, dispatch), retry_count=0, execution_count=1)
 
 
 def closed_port_url() -> str:
@@ -49,7 +53,7 @@ def arrange(
 def test_a_job_that_completes_answers_2xx() -> None:
     processor, store, queue, job = arrange()
 
-    answer = processor.process(job.id, DELIVERY)
+    answer = processor.process(job.id, task(job.id))
 
     assert answer == ("completed", 200)
     done = store.jobs[job.id]
@@ -60,24 +64,25 @@ def test_a_job_that_completes_answers_2xx() -> None:
 
 def test_a_duplicate_delivery_finds_nothing_to_do() -> None:
     processor, _, _, job = arrange()
-    processor.process(job.id, DELIVERY)
+    processor.process(job.id, task(job.id))
 
-    assert processor.process(job.id, DELIVERY) == ("nothing_to_do", 200)
-    assert processor.process(uuid.uuid4(), DELIVERY) == ("nothing_to_do", 200)
+    other = uuid.uuid4()
+    assert processor.process(job.id, task(job.id)) == ("nothing_to_do", 200)
+    assert processor.process(other, task(other)) == ("nothing_to_do", 200)
 
 
 def test_a_cancelled_job_is_not_run() -> None:
     processor, store, _, job = arrange()
     store.cancel_job(job.id)
 
-    assert processor.process(job.id, DELIVERY) == ("nothing_to_do", 200)
+    assert processor.process(job.id, task(job.id)) == ("nothing_to_do", 200)
     assert store.jobs[job.id].attempts == 0
 
 
 def test_a_retryable_failure_schedules_the_jobs_next_task_and_answers_2xx() -> None:
     processor, store, queue, job = arrange(closed_port_url())
 
-    answer = processor.process(job.id, DELIVERY)
+    answer = processor.process(job.id, task(job.id))
 
     assert answer == ("retry_scheduled", 200)  # never 503: that would slow every user's jobs
     queued = store.jobs[job.id]
@@ -89,7 +94,7 @@ def test_a_retryable_failure_schedules_the_jobs_next_task_and_answers_2xx() -> N
 def test_the_last_attempt_fails_for_good_and_answers_2xx() -> None:
     processor, store, queue, job = arrange(closed_port_url(), max_attempts=1)
 
-    assert processor.process(job.id, DELIVERY) == ("failed", 200)
+    assert processor.process(job.id, task(job.id)) == ("failed", 200)
     assert store.jobs[job.id].status == JobStatus.FAILED
     assert queue.tasks == {}
 
@@ -97,7 +102,7 @@ def test_the_last_attempt_fails_for_good_and_answers_2xx() -> None:
 def test_a_permanent_error_fails_the_job_at_once(tmp_path: Path) -> None:
     processor, store, queue, job = arrange(str(tmp_path / "no-such-fleet.json"))
 
-    assert processor.process(job.id, DELIVERY) == ("failed", 200)
+    assert processor.process(job.id, task(job.id)) == ("failed", 200)
     failed = store.jobs[job.id]
     assert (failed.status, failed.attempts, failed.error_code) == (
         JobStatus.FAILED,
@@ -110,7 +115,7 @@ def test_a_permanent_error_fails_the_job_at_once(tmp_path: Path) -> None:
 def test_the_database_gone_mid_run_answers_503() -> None:
     processor, store, queue, job = arrange(down_after=1)  # the claim, then nothing
 
-    assert processor.process(job.id, DELIVERY) == ("retry", 503)
+    assert processor.process(job.id, task(job.id)) == ("retry", 503)
     assert store.jobs[job.id].status == JobStatus.PROCESSING  # the lease expires; reaper
     assert queue.tasks == {}
 
@@ -119,6 +124,6 @@ def test_with_the_queue_down_the_retry_is_left_to_the_reaper() -> None:
     processor, store, queue, job = arrange(closed_port_url())
     queue.down = True
 
-    assert processor.process(job.id, DELIVERY) == ("retry_scheduled", 200)
+    assert processor.process(job.id, task(job.id)) == ("retry_scheduled", 200)
     released = store.jobs[job.id]
     assert (released.status, released.dispatched_at) == (JobStatus.QUEUED, None)

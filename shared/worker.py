@@ -193,10 +193,18 @@ class Processor:
     """Runs one delivery of a job. The store and the queue are given, so a test can hand it
     ones that honour the same contract in memory (``tests/unit/memory.py``)."""
 
-    def __init__(self, store: JobStore, settings: Settings, queue: TaskQueue | None = None) -> None:
+    def __init__(
+        self,
+        store: JobStore,
+        settings: Settings,
+        queue: TaskQueue | None = None,
+        *,
+        step_flush_s: float = STEP_FLUSH_S,
+    ) -> None:
         self.store = store
         self.settings = settings
         self.queue = get_queue(settings) if queue is None else queue
+        self.step_flush_s = step_flush_s
 
     def process(self, job_id: uuid.UUID, delivery: Delivery) -> tuple[str, int]:
         """Returns (outcome, HTTP status for Cloud Tasks)."""
@@ -225,7 +233,9 @@ class Processor:
             retryCount=delivery.retry_count,
             executionCount=delivery.execution_count,
         )
-        writer = StepWriter(self.store, job.id, token, self.settings.lease_seconds)
+        writer = StepWriter(
+            self.store, job.id, token, self.settings.lease_seconds, self.step_flush_s
+        )
         try:
             with writer:
                 return self._run(job, token, writer, context)
@@ -252,11 +262,10 @@ class Processor:
             )
             result_json = result.model_dump(mode="json", by_alias=True)
             self.store.complete_job(job.id, token, result_json, steps=writer.stop())
-        except errors.JobCancelled:
-            logs.info("job cancelled; stopping", **context)
-            return "cancelled", 200
-        except errors.IllegalTransition:
-            logs.info("job was cancelled before completion", **context)
+        except (errors.JobCancelled, errors.IllegalTransition) as exc:
+            # Seen by a step write (JobCancelled) or, when the steps since the cancel were
+            # still waiting to be written, by the completion the cancelled row refused.
+            logs.info("job cancelled; stopping", **context, seenBy=exc.code)
             return "cancelled", 200
         except errors.LeaseLost:
             logs.warning("lease lost; another attempt owns the job", **context)

@@ -390,7 +390,8 @@ class JobStore:
         result: dict[str, Any],
         steps: list[Step] | None = None,
     ) -> Job:
-        """Complete the job; ``steps`` not yet written are logged in the same call, first."""
+        """Complete the job; ``steps`` not yet written are logged in the same call, first. With
+        ``steps`` (complete_job_v2) the returned job leaves the stored result out."""
         if steps is not None:
             return Job.model_validate(
                 self.rpc(

@@ -167,6 +167,8 @@ def test_completion_logs_the_unwritten_steps_before_the_completed_row(db: Db) ->
     )
 
     assert (done["status"], done["progress"], done["lease_token"]) == ("completed", 100, None)
+    assert done["result"] is None, "the result the caller sent is not sent back"
+    assert db.job(job["id"])["result"] == {"markdown": "# ok"}
     assert _log(db, job["id"]) == [
         (0, "queued"),
         (0, "claimed"),

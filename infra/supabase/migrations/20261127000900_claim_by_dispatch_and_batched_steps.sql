@@ -198,7 +198,8 @@ end
 $$;
 
 -- Completion with the steps not yet written (the last ones, reached since the previous
--- write): their log rows first, then the completed row, in one transaction.
+-- write): their log rows first, then the completed row, in one transaction. Returns the
+-- completed row without its result.
 create function public.complete_job_v2(
   p_job_id uuid, p_lease_token uuid, p_result jsonb, p_steps jsonb)
 returns public.ai_jobs
@@ -215,6 +216,8 @@ begin
     returning * into v_job;
   insert into public.ai_job_logs (job_id, attempt, progress, step, message)
     values (v_job.id, v_job.attempts, 100, 'completed', 'job completed');
+  -- the caller has just sent the result (tens of kilobytes): not echoed back
+  v_job.result := null;
   return v_job;
 end
 $$;

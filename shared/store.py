@@ -123,6 +123,19 @@ class JobWithLogs:
 
 
 @dataclass(frozen=True)
+class Claim:
+    """What a delivery's claim found (``claim_job_v3``)."""
+
+    outcome: str  #: "claimed", "stale_dispatch", "nothing_to_do" or "not_found"
+    job: Job | None  #: the claimed job, when claimed
+    current_dispatch: int | None  #: the job's dispatch number now (None: no such job)
+
+
+#: A progress step as the pipeline reports it: (percent, step message).
+Step = tuple[int, str]
+
+
+@dataclass(frozen=True)
 class JobPage:
     jobs: list[Job]
     has_more: bool
@@ -320,6 +333,38 @@ class JobStore:
             return None
         return Job.model_validate(data)
 
+    def claim_delivery(self, job_id: uuid.UUID, dispatch: int | None, lease_seconds: int) -> Claim:
+        """Claim the job for the delivery of its task ``dispatch``; a delivery of any other
+        number (an older task delivered late) is refused as ``stale_dispatch``."""
+        data = self.rpc(
+            "claim_job_v3",
+            {"p_job_id": str(job_id), "p_dispatch": dispatch, "p_lease_seconds": lease_seconds},
+        )
+        row = data.get("job") or {}
+        return Claim(
+            outcome=str(data["outcome"]),
+            # a null composite comes back as null or as an object of nulls
+            job=Job.model_validate(row) if row.get("id") is not None else None,
+            current_dispatch=data.get("current_dispatch"),
+        )
+
+    def report_steps(
+        self, job_id: uuid.UUID, lease_token: uuid.UUID, steps: list[Step], lease_seconds: int
+    ) -> bool:
+        """Record the steps reached since the last write (one log row each) and extend the
+        lease; False means the job was cancelled and the worker must stop."""
+        return bool(
+            self.rpc(
+                "report_progress_v2",
+                {
+                    "p_job_id": str(job_id),
+                    "p_lease_token": str(lease_token),
+                    "p_steps": _steps_json(steps),
+                    "p_lease_seconds": lease_seconds,
+                },
+            )
+        )
+
     def report_progress(
         self,
         job_id: uuid.UUID,
@@ -363,8 +408,26 @@ class JobStore:
         )
 
     def complete_job(
-        self, job_id: uuid.UUID, lease_token: uuid.UUID, result: dict[str, Any]
+        self,
+        job_id: uuid.UUID,
+        lease_token: uuid.UUID,
+        result: dict[str, Any],
+        steps: list[Step] | None = None,
     ) -> Job:
+        """Complete the job; ``steps`` not yet written are logged in the same call, first. With
+        ``steps`` (complete_job_v2) the returned job leaves the stored result out."""
+        if steps is not None:
+            return Job.model_validate(
+                self.rpc(
+                    "complete_job_v2",
+                    {
+                        "p_job_id": str(job_id),
+                        "p_lease_token": str(lease_token),
+                        "p_result": result,
+                        "p_steps": _steps_json(steps),
+                    },
+                )
+            )
         return Job.model_validate(
             self.rpc(
                 "complete_job",
@@ -415,6 +478,10 @@ class JobStore:
     def purge_jobs(self, retention_days: int, limit: int = PURGE_BATCH) -> int:
         """Delete up to ``limit`` old finished jobs; returns how many (== limit: purge again)."""
         return int(self.rpc("purge_jobs", {"p_retention_days": retention_days, "p_limit": limit}))
+
+
+def _steps_json(steps: list[Step]) -> list[dict[str, Any]]:
+    return [{"progress": progress, "step": step} for progress, step in steps]
 
 
 @functools.lru_cache(maxsize=1)

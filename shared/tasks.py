@@ -45,6 +45,18 @@ def task_id(job_id: uuid.UUID, dispatch: int) -> str:
     return f"job-{job_id}-d{dispatch}"
 
 
+def dispatch_of(task_name: str | None, job_id: uuid.UUID) -> int | None:
+    """The dispatch number a delivered task's name carries (``task_id`` read back), or None
+    when the name is not one of this job's tasks. Cloud Tasks sends the short name in
+    ``X-CloudTasks-TaskName``; a full resource path is read by its last segment."""
+    short = (task_name or "").rsplit("/", 1)[-1]
+    prefix = f"job-{job_id}-d"
+    number = short[len(prefix) :]
+    if not short.startswith(prefix) or not (number.isascii() and number.isdigit()):
+        return None
+    return int(number) if len(number) <= 9 else None
+
+
 @dataclass(eq=False)
 class _Channel:
     """A client and the calls in flight on it; closed only once it is retired and idle."""

@@ -14,6 +14,7 @@ user's model quota must not answer 503. Only "this worker or the database is dow
 
 from __future__ import annotations
 
+import math
 import re
 import threading
 import time
@@ -28,9 +29,11 @@ from shared.http import json_response, parse_job_id, read_json
 from shared.identity import verify_caller
 from shared.jobs import Job, JobStatus
 from shared.settings import Settings
-from shared.store import JobStore, get_store
-from shared.tasks import TaskQueue, dispatch_or_release, get_queue
+from shared.store import JobStore, Step, get_store
+from shared.tasks import TaskQueue, dispatch_of, dispatch_or_release, get_queue
 
+#: A reached step waits at most this long for the next write to carry it (StepWriter).
+STEP_FLUSH_S = 0.5
 #: Seconds Cloud Tasks is asked to wait when this worker or the database is down.
 RETRY_AFTER_S = 5
 #: A job's own retry is scheduled at most this far ahead (a daily quota's hint can say hours;
@@ -77,58 +80,152 @@ def process_job(request: flask.Request, settings: Settings) -> flask.Response:
     return json_response({"jobId": str(job_id), "outcome": outcome}, status, headers)
 
 
-class Heartbeat:
-    """Renews the lease every ``lease_seconds / 3`` while the pipeline runs, so a short lease
-    (a dead worker is recovered soon) still covers a slow model call."""
+class StepWriter:
+    """Writes the pipeline's progress steps and keeps the lease alive, in as few calls as a
+    watcher allows.
+
+    A step is not written when it is reached: it waits up to ``flush_after_s`` for the next
+    write, so steps that follow each other quickly travel together (``report_steps``), and the
+    ones still waiting when the pipeline ends ride with the completion. A step followed by slow
+    work (a model call) is written by a background thread once it has waited that long, so a
+    watcher sees it while the work runs. The same thread renews the lease when nothing has
+    been written for a third of it, so a short lease (a dead worker is recovered soon) still
+    covers a slow step. Every write holds one lock, so they reach the database in order."""
 
     def __init__(
-        self, store: JobStore, job_id: uuid.UUID, token: uuid.UUID, lease_seconds: int
+        self,
+        store: JobStore,
+        job_id: uuid.UUID,
+        token: uuid.UUID,
+        lease_seconds: int,
+        flush_after_s: float = STEP_FLUSH_S,
     ) -> None:
         self._store = store
         self._job_id = job_id
         self._token = token
         self._lease_seconds = lease_seconds
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._beat, name="lease-heartbeat", daemon=True)
+        self._flush_after_s = flush_after_s
+        self._pending: list[Step] = []
+        self._pending_since = 0.0
+        self._last_write = time.monotonic()  # the claim set the lease
+        self._cancelled = False
+        self._doubt = False  # a background write was refused: the next step writes at once
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._closed = False
+        self._thread = threading.Thread(target=self._loop, name="step-writer", daemon=True)
 
-    def __enter__(self) -> Heartbeat:
+    def __enter__(self) -> StepWriter:
         self._thread.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
+        self.stop()
 
-    def _beat(self) -> None:
-        interval = max(self._lease_seconds / 3, 0.2)
-        while not self._stop.wait(interval):
-            try:
-                if not self._store.extend_lease(self._job_id, self._token, self._lease_seconds):
-                    return  # cancelled or taken over: the next progress write stops the run
-            except errors.AppError as exc:
-                logs.warning("lease renewal failed", jobId=str(self._job_id), error=exc.code)
+    def step(self, progress: int, message: str) -> bool:
+        """The pipeline's ``on_progress``: False once the job is known to be cancelled."""
+        with self._lock:
+            if not self._pending:
+                self._pending_since = time.monotonic()
+            self._pending.append((progress, message))
+            if self._doubt and not self._cancelled:
+                self._write()  # raises LeaseLost / IllegalTransition if the lease is gone
+        self._wake.set()
+        return not self._cancelled
+
+    def stop(self) -> list[Step]:
+        """Stop the background writes; returns the steps not written yet (for the final write)."""
+        self._closed = True
+        self._wake.set()
+        if self._thread.is_alive():
+            self._thread.join()
+        with self._lock:
+            unwritten, self._pending = self._pending, []
+        return unwritten
+
+    def _write(self) -> None:
+        steps, self._pending = self._pending, []
+        try:
+            go_on = self._store.report_steps(self._job_id, self._token, steps, self._lease_seconds)
+        except Exception:
+            self._pending = steps + self._pending  # not written: the next write carries them
+            raise
+        self._last_write = time.monotonic()
+        self._cancelled = self._cancelled or not go_on
+
+    def _next_due(self) -> float:
+        if self._doubt:
+            return math.inf  # the pipeline's next step writes, and learns what happened
+        if self._pending:
+            return self._pending_since + self._flush_after_s
+        return self._last_write + self._lease_seconds / 3
+
+    def _loop(self) -> None:
+        while not self._closed:
+            wait = self._next_due() - time.monotonic()
+            self._wake.wait(None if wait == math.inf else max(wait, 0.0))
+            self._wake.clear()
+            if self._closed:
+                return
+            with self._lock:
+                if time.monotonic() >= self._next_due():
+                    self._write_in_background()
+
+    def _write_in_background(self) -> None:
+        try:
+            if self._pending:
+                self._write()
+            elif self._store.extend_lease(self._job_id, self._token, self._lease_seconds):
+                self._last_write = time.monotonic()
+            else:
+                self._doubt = True  # cancelled or taken over: the next step finds out which
+        except (errors.LeaseLost, errors.IllegalTransition, errors.JobNotFound):
+            self._doubt = True
+        except errors.AppError as exc:
+            logs.warning(
+                "background progress write failed", jobId=str(self._job_id), error=exc.code
+            )
+            # try again after the usual wait, not in a loop
+            self._pending_since = self._last_write = time.monotonic()
 
 
 class Processor:
     """Runs one delivery of a job. The store and the queue are given, so a test can hand it
     ones that honour the same contract in memory (``tests/unit/memory.py``)."""
 
-    def __init__(self, store: JobStore, settings: Settings, queue: TaskQueue | None = None) -> None:
+    def __init__(
+        self,
+        store: JobStore,
+        settings: Settings,
+        queue: TaskQueue | None = None,
+        *,
+        step_flush_s: float = STEP_FLUSH_S,
+    ) -> None:
         self.store = store
         self.settings = settings
         self.queue = get_queue(settings) if queue is None else queue
+        self.step_flush_s = step_flush_s
 
     def process(self, job_id: uuid.UUID, delivery: Delivery) -> tuple[str, int]:
         """Returns (outcome, HTTP status for Cloud Tasks)."""
         context = {"jobId": str(job_id), "task": delivery.task_name}
-        job = self.store.claim_job(job_id, self.settings.lease_seconds)
-        if job is None:
+        dispatch = dispatch_of(delivery.task_name, job_id)
+        claim = self.store.claim_delivery(job_id, dispatch, self.settings.lease_seconds)
+        job = claim.job
+        if claim.outcome == "stale_dispatch":
+            # An older task of the job delivered late (its retry is a newer task, due later),
+            # or a name that is not the job's: 2xx, so Cloud Tasks drops it.
+            logs.warning(
+                "stale delivery dropped: not the job's current task",
+                **context,
+                dispatch=dispatch,
+                currentDispatch=claim.current_dispatch,
+            )
+            return "stale_dispatch", 200
+        if job is None or job.lease_token is None:
             logs.info("nothing to do: duplicate or finished delivery", **context)
             return "nothing_to_do", 200
         token = job.lease_token
-        if token is None:  # claim_job always sets one: a row without it is not ours to run
-            logs.error("claimed job has no lease token", **context)
-            return "nothing_to_do", 200
         context["attempt"] = str(job.attempts)
         logs.info(
             "job claimed",
@@ -136,9 +233,12 @@ class Processor:
             retryCount=delivery.retry_count,
             executionCount=delivery.execution_count,
         )
+        writer = StepWriter(
+            self.store, job.id, token, self.settings.lease_seconds, self.step_flush_s
+        )
         try:
-            with Heartbeat(self.store, job.id, token, self.settings.lease_seconds):
-                return self._run(job, token, context)
+            with writer:
+                return self._run(job, token, writer, context)
         except errors.DependencyDown as exc:
             # The database (or another dependency) went away mid-run. Give the lease back if
             # we still can, so Cloud Tasks' retry finds the job claimable; if not, the short
@@ -149,29 +249,23 @@ class Processor:
             except errors.AppError:
                 return "retry", 503
 
-    def _run(self, job: Job, token: uuid.UUID, context: dict[str, Any]) -> tuple[str, int]:
+    def _run(
+        self, job: Job, token: uuid.UUID, writer: StepWriter, context: dict[str, Any]
+    ) -> tuple[str, int]:
         from shared.ai import pipeline
 
         # Settings guarantee the job's deadline ends inside the dispatch deadline's margin.
         deadline = time.monotonic() + self.settings.job_deadline_s
-
-        def on_progress(progress: int, step: str) -> bool:
-            go_on = self.store.report_progress(
-                job.id, token, progress, step, lease_seconds=self.settings.lease_seconds
-            )
-            logs.info("progress", **context, progress=progress, step=step)
-            return go_on
-
         try:
             result = pipeline.run(
-                job.query, job.type, on_progress, settings=self.settings.ai, deadline=deadline
+                job.query, job.type, writer.step, settings=self.settings.ai, deadline=deadline
             )
-            self.store.complete_job(job.id, token, result.model_dump(mode="json", by_alias=True))
-        except errors.JobCancelled:
-            logs.info("job cancelled; stopping", **context)
-            return "cancelled", 200
-        except errors.IllegalTransition:
-            logs.info("job was cancelled before completion", **context)
+            result_json = result.model_dump(mode="json", by_alias=True)
+            self.store.complete_job(job.id, token, result_json, steps=writer.stop())
+        except (errors.JobCancelled, errors.IllegalTransition) as exc:
+            # Seen by a step write (JobCancelled) or, when the steps since the cancel were
+            # still waiting to be written, by the completion the cancelled row refused.
+            logs.info("job cancelled; stopping", **context, seenBy=exc.code)
             return "cancelled", 200
         except errors.LeaseLost:
             logs.warning("lease lost; another attempt owns the job", **context)
@@ -179,17 +273,24 @@ class Processor:
         except errors.DependencyDown:
             raise
         except errors.AppError as exc:
-            return self._fail(job, token, exc, context)
+            return self._fail(job, token, exc, context, writer.stop())
         except Exception as exc:  # a bug: fail the job (details only in our logs), do not loop
             logs.error("unexpected error in the pipeline", **context, error=repr(exc)[:500])
-            return self._fail(job, token, errors.AppError("internal error"), context)
+            return self._fail(job, token, errors.AppError("internal error"), context, writer.stop())
         logs.info("job completed", **context)
         return "completed", 200
 
     def _fail(
-        self, job: Job, token: uuid.UUID, exc: errors.AppError, context: dict[str, Any]
+        self,
+        job: Job,
+        token: uuid.UUID,
+        exc: errors.AppError,
+        context: dict[str, Any],
+        unwritten: list[Step] | None = None,
     ) -> tuple[str, int]:
         try:
+            if unwritten:  # the steps reached before the failure, then the failure
+                self.store.report_steps(job.id, token, unwritten, self.settings.lease_seconds)
             failed = self.store.fail_job(
                 job.id, token, exc.message, error_code=exc.code, retryable=exc.retryable
             )

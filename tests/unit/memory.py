@@ -17,7 +17,7 @@ from typing import Any
 
 from shared import errors
 from shared.jobs import FINAL_STATUSES, Job, JobStatus, JobType, Priority
-from shared.store import CreatedJob
+from shared.store import Claim, CreatedJob, Step
 
 
 def _now() -> datetime:
@@ -105,18 +105,21 @@ class MemoryStore:
             error_code="cancelled",
         )
 
-    def claim_job(self, job_id: uuid.UUID, lease_seconds: int) -> Job | None:
+    def claim_delivery(self, job_id: uuid.UUID, dispatch: int | None, lease_seconds: int) -> Claim:
         self._check()
         job = self.jobs.get(job_id)
+        if job is None:
+            return Claim("not_found", None, None)
+        if dispatch != job.dispatch_count:
+            return Claim("stale_dispatch", None, job.dispatch_count)
         now = _now()
-        expired = (
-            job is not None and job.lease_expires_at is not None and job.lease_expires_at < now
+        expired = job.lease_expires_at is not None and job.lease_expires_at < now
+        claimable = job.status == JobStatus.QUEUED or (
+            job.status == JobStatus.PROCESSING and expired
         )
-        if job is None or job.attempts >= job.max_attempts:
-            return None
-        if not (job.status == JobStatus.QUEUED or (job.status == JobStatus.PROCESSING and expired)):
-            return None
-        return self._update(
+        if job.attempts >= job.max_attempts or not claimable:
+            return Claim("nothing_to_do", None, job.dispatch_count)
+        claimed = self._update(
             job,
             status=JobStatus.PROCESSING,
             lease_token=uuid.uuid4(),
@@ -126,34 +129,32 @@ class MemoryStore:
             current_step="claimed",
             started_at=job.started_at or now,
         )
+        self.logs.append((job_id, "claimed"))
+        return Claim("claimed", claimed, claimed.dispatch_count)
 
-    def report_progress(
-        self,
-        job_id: uuid.UUID,
-        lease_token: uuid.UUID,
-        progress: int,
-        step: str,
-        *,
-        lease_seconds: int | None = None,
-        **_: Any,
+    def _log_steps(self, job: Job, steps: list[Step]) -> Job:
+        progress, current = job.progress, job.current_step
+        for percent, step in steps:
+            if not 0 <= percent <= 100:
+                raise errors.ValidationFailed("progress must be between 0 and 100")
+            self.logs.append((job.id, step))
+            if percent >= progress:
+                progress, current = percent, step
+        return self._update(job, progress=progress, current_step=current)
+
+    def report_steps(
+        self, job_id: uuid.UUID, lease_token: uuid.UUID, steps: list[Step], lease_seconds: int
     ) -> bool:
         self._check()
-        if not 0 <= progress <= 100:
-            raise errors.ValidationFailed("progress must be between 0 and 100")
         job = self.jobs.get(job_id)
         if job is not None and job.status == JobStatus.CANCELLED:
             return False
-        job = self._held(job_id, lease_token)
+        job = self._log_steps(self._held(job_id, lease_token), steps)
         lease = job.lease_expires_at
-        if lease_seconds is not None and lease is not None:
-            lease = max(lease, _now() + timedelta(seconds=lease_seconds))
-        self._update(
-            job,
-            progress=max(job.progress, progress),
-            current_step=step if progress >= job.progress else job.current_step,
-            lease_expires_at=lease,
-        )
-        self.logs.append((job_id, step))
+        if lease is not None:
+            self._update(
+                job, lease_expires_at=max(lease, _now() + timedelta(seconds=lease_seconds))
+            )
         return True
 
     def extend_lease(self, job_id: uuid.UUID, lease_token: uuid.UUID, lease_seconds: int) -> bool:
@@ -166,10 +167,15 @@ class MemoryStore:
         return True
 
     def complete_job(
-        self, job_id: uuid.UUID, lease_token: uuid.UUID, result: dict[str, Any]
+        self,
+        job_id: uuid.UUID,
+        lease_token: uuid.UUID,
+        result: dict[str, Any],
+        steps: list[Step] | None = None,
     ) -> Job:
         self._check()
-        job = self._held(job_id, lease_token)
+        job = self._log_steps(self._held(job_id, lease_token), steps or [])
+        self.logs.append((job_id, "completed"))
         return self._update(
             job,
             status=JobStatus.COMPLETED,

@@ -8,17 +8,27 @@ source that works, refuses (a closed port: retryable) or does not exist (permane
 
 from __future__ import annotations
 
+import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
 from infra.local.host import free_port
+from shared import errors
+from shared.ai.lang import step_message
 from shared.jobs import Job, JobStatus
 from shared.settings import AISettings, Settings
-from shared.worker import Delivery, Processor
+from shared.tasks import task_id
+from shared.worker import Delivery, Processor, StepWriter
 from tests.support import minimal_settings
 from tests.unit.memory import MemoryQueue, MemoryStore
 
-DELIVERY = Delivery(task_name=None, retry_count=0, execution_count=1)
+
+def task(job_id: uuid.UUID, dispatch: int = 1) -> Delivery:
+    """A delivery of the job's task ``dispatch``, named as shared.tasks names it."""
+    return Delivery(task_name=task_id(job_id, dispatch), retry_count=0, execution_count=1)
 
 
 def closed_port_url() -> str:
@@ -37,13 +47,30 @@ def arrange(
         user_id="u1", job_type="report", query="서버 분석 리포트", max_attempts=max_attempts
     ).job
     store.calls = 0
-    return Processor(store, settings(fleet_source), queue), store, queue, job  # type: ignore[arg-type]
+    # Steps wait an hour for the next write: every write here is one the pipeline makes, none
+    # the background thread's (its own tests below give it a short wait).
+    processor = Processor(store, settings(fleet_source), queue, step_flush_s=3600)  # type: ignore[arg-type]
+    return processor, store, queue, job
+
+
+def claimed(store: MemoryStore, job: Job) -> uuid.UUID:
+    token = store.claim_delivery(job.id, job.dispatch_count, 60).job
+    assert token is not None and token.lease_token is not None
+    return token.lease_token
+
+
+def until(condition: Callable[[], bool], what: str) -> None:
+    """Wait for the background writer (bounded; a failure means it never happened)."""
+    deadline = time.monotonic() + 10
+    while not condition():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.005)
 
 
 def test_a_job_that_completes_answers_2xx() -> None:
     processor, store, queue, job = arrange()
 
-    answer = processor.process(job.id, DELIVERY)
+    answer = processor.process(job.id, task(job.id))
 
     assert answer == ("completed", 200)
     done = store.jobs[job.id]
@@ -54,24 +81,25 @@ def test_a_job_that_completes_answers_2xx() -> None:
 
 def test_a_duplicate_delivery_finds_nothing_to_do() -> None:
     processor, _, _, job = arrange()
-    processor.process(job.id, DELIVERY)
+    processor.process(job.id, task(job.id))
 
-    assert processor.process(job.id, DELIVERY) == ("nothing_to_do", 200)
-    assert processor.process(uuid.uuid4(), DELIVERY) == ("nothing_to_do", 200)
+    other = uuid.uuid4()
+    assert processor.process(job.id, task(job.id)) == ("nothing_to_do", 200)
+    assert processor.process(other, task(other)) == ("nothing_to_do", 200)
 
 
 def test_a_cancelled_job_is_not_run() -> None:
     processor, store, _, job = arrange()
     store.cancel_job(job.id)
 
-    assert processor.process(job.id, DELIVERY) == ("nothing_to_do", 200)
+    assert processor.process(job.id, task(job.id)) == ("nothing_to_do", 200)
     assert store.jobs[job.id].attempts == 0
 
 
 def test_a_retryable_failure_schedules_the_jobs_next_task_and_answers_2xx() -> None:
     processor, store, queue, job = arrange(closed_port_url())
 
-    answer = processor.process(job.id, DELIVERY)
+    answer = processor.process(job.id, task(job.id))
 
     assert answer == ("retry_scheduled", 200)  # never 503: that would slow every user's jobs
     queued = store.jobs[job.id]
@@ -83,7 +111,7 @@ def test_a_retryable_failure_schedules_the_jobs_next_task_and_answers_2xx() -> N
 def test_the_last_attempt_fails_for_good_and_answers_2xx() -> None:
     processor, store, queue, job = arrange(closed_port_url(), max_attempts=1)
 
-    assert processor.process(job.id, DELIVERY) == ("failed", 200)
+    assert processor.process(job.id, task(job.id)) == ("failed", 200)
     assert store.jobs[job.id].status == JobStatus.FAILED
     assert queue.tasks == {}
 
@@ -91,7 +119,7 @@ def test_the_last_attempt_fails_for_good_and_answers_2xx() -> None:
 def test_a_permanent_error_fails_the_job_at_once(tmp_path: Path) -> None:
     processor, store, queue, job = arrange(str(tmp_path / "no-such-fleet.json"))
 
-    assert processor.process(job.id, DELIVERY) == ("failed", 200)
+    assert processor.process(job.id, task(job.id)) == ("failed", 200)
     failed = store.jobs[job.id]
     assert (failed.status, failed.attempts, failed.error_code) == (
         JobStatus.FAILED,
@@ -104,7 +132,7 @@ def test_a_permanent_error_fails_the_job_at_once(tmp_path: Path) -> None:
 def test_the_database_gone_mid_run_answers_503() -> None:
     processor, store, queue, job = arrange(down_after=1)  # the claim, then nothing
 
-    assert processor.process(job.id, DELIVERY) == ("retry", 503)
+    assert processor.process(job.id, task(job.id)) == ("retry", 503)
     assert store.jobs[job.id].status == JobStatus.PROCESSING  # the lease expires; reaper
     assert queue.tasks == {}
 
@@ -113,6 +141,81 @@ def test_with_the_queue_down_the_retry_is_left_to_the_reaper() -> None:
     processor, store, queue, job = arrange(closed_port_url())
     queue.down = True
 
-    assert processor.process(job.id, DELIVERY) == ("retry_scheduled", 200)
+    assert processor.process(job.id, task(job.id)) == ("retry_scheduled", 200)
     released = store.jobs[job.id]
     assert (released.status, released.dispatched_at) == (JobStatus.QUEUED, None)
+
+
+def test_a_fast_job_takes_two_store_calls_and_logs_every_step_in_order() -> None:
+    processor, store, _, job = arrange()
+
+    assert processor.process(job.id, task(job.id)) == ("completed", 200)
+
+    assert store.calls == 2, "the claim, then the completion carrying the five steps"
+    steps = [step_message(percent, "ko") for percent in (0, 20, 50, 80, 100)]
+    assert [step for job_id, step in store.logs if job_id == job.id] == [
+        "claimed",
+        *steps,
+        "completed",
+    ]
+
+
+def test_an_old_task_delivered_late_is_dropped_without_claiming_the_job() -> None:
+    processor, store, queue, job = arrange(closed_port_url())
+    processor.process(job.id, task(job.id, 1))  # retryable failure: the retry is task 2
+    assert list(queue.tasks) == [(job.id, 2)]
+    before = store.jobs[job.id]
+
+    assert processor.process(job.id, task(job.id, 1)) == ("stale_dispatch", 200)
+    assert store.jobs[job.id] == before, "not claimed ahead of the retry's time"
+
+
+def test_a_delivery_that_names_no_task_of_the_job_is_dropped() -> None:
+    processor, store, _, job = arrange()
+    anonymous = Delivery(task_name=None, retry_count=0, execution_count=1)
+
+    assert processor.process(job.id, anonymous) == ("stale_dispatch", 200)
+    assert processor.process(job.id, task(uuid.uuid4())) == ("stale_dispatch", 200)
+    assert store.jobs[job.id].status == JobStatus.QUEUED
+
+
+def test_a_step_before_slow_work_is_written_while_the_work_runs() -> None:
+    store = MemoryStore()
+    job = store.create_job(user_id="u1", job_type="report", query="q", max_attempts=3).job
+    token = claimed(store, job)
+
+    with StepWriter(store, job.id, token, 60, flush_after_s=0.01) as writer:  # type: ignore[arg-type]
+        assert writer.step(50, "analysis")
+        until(lambda: store.jobs[job.id].progress == 50, "the step was never written")
+        assert writer.stop() == [], "nothing is left for the completion to carry"
+    assert store.jobs[job.id].current_step == "analysis"
+
+
+def test_a_cancel_seen_by_a_background_write_stops_the_next_step() -> None:
+    store = MemoryStore()
+    job = store.create_job(user_id="u1", job_type="report", query="q", max_attempts=3).job
+    token = claimed(store, job)
+    store.cancel_job(job.id)
+
+    with StepWriter(store, job.id, token, 60, flush_after_s=0.01) as writer:  # type: ignore[arg-type]
+        until(lambda: not writer.step(20, "data"), "the cancel never reached the pipeline")
+
+
+def test_the_lease_is_renewed_while_no_step_is_written() -> None:
+    store = MemoryStore()
+    job = store.create_job(user_id="u1", job_type="report", query="q", max_attempts=3).job
+    token = claimed(store, job)
+    store.jobs[job.id] = store.jobs[job.id].model_copy(update={"lease_expires_at": None})
+
+    with StepWriter(store, job.id, token, 1):  # type: ignore[arg-type]
+        until(lambda: store.jobs[job.id].lease_expires_at is not None, "never renewed")
+
+
+def test_a_lease_taken_over_makes_the_next_step_raise() -> None:
+    store = MemoryStore()
+    job = store.create_job(user_id="u1", job_type="report", query="q", max_attempts=3).job
+    token = claimed(store, job)
+    store.jobs[job.id] = store.jobs[job.id].model_copy(update={"lease_token": uuid.uuid4()})
+
+    with StepWriter(store, job.id, token, 1) as writer, pytest.raises(errors.LeaseLost):  # type: ignore[arg-type]
+        until(lambda: not writer.step(20, "data"), "the lease loss never reached the pipeline")

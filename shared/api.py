@@ -18,6 +18,7 @@ from typing import Any
 import flask
 
 from shared import errors
+from shared.functions import GET
 from shared.http import (
     json_response,
     parse_job_id,
@@ -38,7 +39,7 @@ MAX_PAGE = 100
 
 
 def poll_url(settings: Settings, job_id: uuid.UUID) -> str:
-    return f"{settings.public_base_url}/ai-jobs-get/{job_id}"
+    return GET.url(settings.public_base_url, str(job_id))
 
 
 def _idempotency_key(request: flask.Request) -> str | None:

@@ -20,9 +20,9 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from infra.local.host import FUNCTIONS
 from infra.local.stack import LocalStack
 from shared import errors
+from shared.functions import ENTRY_POINTS as FUNCTIONS
 from tests.e2e.conftest import create, wait_for
 
 SPEC = Path(__file__).resolve().parents[2] / "infra" / "openapi.yaml"

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from infra.local.host import FUNCTIONS
 from infra.local.stack import free_port
+from shared.functions import ENTRY_POINTS as FUNCTIONS
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 #: module -> what it stands for; none of them is needed to import any function

@@ -233,7 +233,7 @@ def _names(size: Size) -> str:
     return ", ".join(f"`{name}`" for name in members)
 
 
-def markdown() -> str:
+def markdown_table() -> str:
     """The README's table: each function, and each size with the variables overriding it."""
     lines = [
         "| function | entry point | access | mounts |",
@@ -270,20 +270,28 @@ def readme_with_table(readme: str, table: str) -> str:
     return f"{head}{README_BEGIN}\n{table}\n{README_END}{tail}"
 
 
+def _write_readme(path: str) -> None:
+    readme = Path(path)
+    readme.write_text(readme_with_table(readme.read_text(), markdown_table()))
+
+
 def main(argv: list[str] | None = None, env: Mapping[str, str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m shared.functions", description="Describe the table of functions."
     )
-    parser.add_argument("--shell", action="store_true", help="bash assignments for deploy.sh")
-    parser.add_argument("--markdown", action="store_true", help="print the README's table")
-    parser.add_argument("--write-readme", metavar="PATH", help="rewrite the README's table")
+    output = parser.add_mutually_exclusive_group(required=True)
+    for flag, meaning in (
+        ("--shell", "bash assignments for deploy.sh"),
+        ("--markdown", "the table"),
+    ):
+        output.add_argument(flag, action="store_true", help=f"print {meaning}")
+    output.add_argument("--write-readme", metavar="PATH", help="rewrite the README's table")
     args = parser.parse_args(argv)
-    if args.markdown:
-        print(markdown())
     if args.write_readme:
-        path = Path(args.write_readme)
-        path.write_text(readme_with_table(path.read_text(), markdown()))
-    if args.shell:
+        _write_readme(args.write_readme)
+    elif args.markdown:
+        print(markdown_table())
+    else:
         try:
             print(shell(os.environ if env is None else env))
         except SizeError as exc:

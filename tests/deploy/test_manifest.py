@@ -24,7 +24,7 @@ from shared.functions import (
     Function,
     SizeError,
     deployed,
-    markdown,
+    markdown_table,
     readme_with_table,
     size_variables,
 )
@@ -92,7 +92,7 @@ def test_the_environment_overrides_a_size_and_a_bad_one_is_refused_naming_it() -
 
 def test_readme_table_is_the_table_of_functions() -> None:
     readme = (REPO / "README.md").read_text()
-    table = markdown()
+    table = markdown_table()
 
     fix = "python -m shared.functions --write-readme README.md"
     assert readme_with_table(readme, table) == readme, f"the README's table is stale: {fix}"

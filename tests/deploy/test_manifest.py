@@ -9,15 +9,19 @@ deploys exactly this table, in ``tests/deploy/test_deploy.py``.
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
 
 from shared.functions import (
     BY_NAME,
+    CANCEL,
+    CONSOLE,
     CREATE,
     FUNCTIONS,
     GET,
+    LIST,
     PROCESS,
     SMALL,
     WORKER,
@@ -57,6 +61,16 @@ def test_every_function_folder_is_in_the_table() -> None:
 
     assert folders == set(BY_NAME)
     assert len(BY_NAME) == len(FUNCTIONS), "each name once"
+
+
+def test_the_console_page_calls_functions_of_the_table_by_their_names() -> None:
+    # The page is built JavaScript (console/src, bundled into functions/ai-jobs-console/static)
+    # and cannot import the table: a renamed function must fail here, not in a browser.
+    sources = [p for p in (REPO / "console" / "src").rglob("*") if p.suffix in {".js", ".html"}]
+    used = {name for p in sources for name in re.findall(r"ai-jobs-[a-z]+", p.read_text())}
+
+    assert used <= set(BY_NAME)
+    assert {CREATE.name, GET.name, LIST.name, CANCEL.name, CONSOLE.name} <= used
 
 
 def test_the_processor_comes_first_as_the_others_need_its_url() -> None:

@@ -55,7 +55,8 @@ WORKER = Size("PROCESSOR", "1Gi", "1", 4, None, 10, 0)
 #: vCPU serves 16 requests at once.
 SMALL = Size("FUNCTION", "256Mi", "1", 16, 60, 20, 0)
 
-#: Mounted from Secret Manager, in deploy.sh's order of its secrets.
+#: What the public API functions mount (a function's secrets are listed in the order of
+#: deploy.sh's SECRETS, which is the order it mounts them in).
 _API_SECRETS = ("SUPABASE_SERVICE_ROLE_KEY", "SUPABASE_JWT_SECRET", "BFF_SHARED_SECRET")
 
 

@@ -14,18 +14,8 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 cd "$ROOT"
 
-# name|entry point|access — the processor comes first: every other function needs its URL.
-FUNCTIONS=(
-  "ai-jobs-process|process_job|private"
-  "ai-jobs-create|create_job|public"
-  "ai-jobs-get|get_job|public"
-  "ai-jobs-list|list_jobs|public"
-  "ai-jobs-cancel|cancel_job|public"
-  "ai-jobs-reap|reap_jobs|private"
-  "ai-jobs-console|console|public"
-)
-PROCESSOR=ai-jobs-process
-REAPER=ai-jobs-reap
+# The functions (name, entry point, access, size, secrets) are listed in shared/functions.py
+# only; this script reads them through it (python -m shared.functions --shell).
 APIS=(
   cloudfunctions.googleapis.com
   run.googleapis.com
@@ -61,9 +51,8 @@ Flags
                        the function sources are still staged
   --project ID         Google Cloud project (overrides GCP_PROJECT)
   --region REGION      region of the functions (overrides FUNCTION_REGION)
-  --only NAMES         deploy only these functions (comma list of ai-jobs-process,
-                       ai-jobs-create, ai-jobs-get, ai-jobs-list, ai-jobs-cancel, ai-jobs-reap,
-                       ai-jobs-console);
+  --only NAMES         deploy only these functions (comma list of the names in the table of
+                       functions below);
                        APIs, service accounts, queue, secrets and migrations are still ensured
   --skip-migrations    do not run `supabase db push`
   -h, --help           this text
@@ -96,19 +85,9 @@ Google Cloud (default)
 Functions (default)
   FUNCTION_RUNTIME                python313 (the newest GA runtime every pinned package has
                                              cp313 wheels for; python314 is in preview)
-  PROCESSOR_MEMORY                1Gi
-  PROCESSOR_MAX_INSTANCES         10
-  PROCESSOR_MIN_INSTANCES         0
-  PROCESSOR_CPU                   1       (vCPUs per instance; concurrency > 1 needs >= 1)
-  PROCESSOR_CONCURRENCY           4       (jobs at once per instance; also its THREADS)
-  FUNCTION_MEMORY                 256Mi   (the six other functions)
-  FUNCTION_TIMEOUT_S              60
-  FUNCTION_MAX_INSTANCES          20
-  FUNCTION_MIN_INSTANCES          0
-  FUNCTION_CPU                    1
-  FUNCTION_CONCURRENCY            16      (requests at once per instance; also its THREADS)
-  CREATE_MIN_INSTANCES            FUNCTION_MIN_INSTANCES (1 keeps a warm ai-jobs-create, so
-                                  no create waits for a cold start: README, "Deployment")
+  the functions and their sizes: the tables below (shared/functions.py, the one place); a
+  size is a number of vCPUs (concurrency > 1 needs >= 1), a concurrency is also the
+  function's THREADS, and CREATE_MIN_INSTANCES=1 keeps a warm create (README, "Deployment")
 
 Cloud Tasks queue retry configuration (default)
   QUEUE_MIN_BACKOFF               10s
@@ -120,7 +99,7 @@ Cloud Tasks queue retry configuration (default)
 Cloud Scheduler job for the reaper (default)
   REAP_SCHEDULE                   */5 * * * *
   REAP_TIME_ZONE                  Asia/Seoul
-  REAP_ATTEMPT_DEADLINE           FUNCTION_TIMEOUT_S + "s"
+  REAP_ATTEMPT_DEADLINE           the reaper's timeout + "s"
 
 Settings written into the functions' environment
   by this script: SUPABASE_URL, GCP_PROJECT, FUNCTION_REGION, TASKS_LOCATION, TASKS_QUEUE,
@@ -131,6 +110,9 @@ Settings written into the functions' environment
   default declared in shared/settings.py). Secrets are mounted from Secret Manager (above).
 
 EOF
+  echo "The functions (shared/functions.py, the one place)"
+  "$PYTHON" -m shared.functions --markdown
+  echo
   echo "Settings of the functions and of this script (shared/settings.py, the one place)"
   "$PYTHON" -m shared.settings --markdown --deploy \
     || echo "  (not shown: $PYTHON cannot import shared.settings)"
@@ -194,20 +176,14 @@ INVOKER_SA="${INVOKER_SA_NAME}@${PROJECT}.iam.gserviceaccount.com"
 BUILD_SERVICE_ACCOUNT=${BUILD_SERVICE_ACCOUNT:-}
 BUILD_DIR=${DEPLOY_BUILD_DIR:-build/deploy}
 
+# The table of functions with each size as deployed: defaults in shared/functions.py, the
+# environment's overrides (PROCESSOR_MEMORY, FUNCTION_CONCURRENCY, ...) checked there. Sets
+# FUNCTIONS (deploy order), PROCESSOR, REAPER and FN_ENTRY[name], FN_ACCESS, FN_SECRETS,
+# FN_MEMORY, FN_CPU, FN_CONCURRENCY, FN_TIMEOUT_S, FN_MAX_INSTANCES, FN_MIN_INSTANCES.
+TABLE=$(PROCESSOR_TIMEOUT_S=$SETTING_PROCESSOR_TIMEOUT_S "$PYTHON" -m shared.functions --shell) \
+  || die "invalid function sizes (the line above names the variable)"
+eval "$TABLE"
 FUNCTION_RUNTIME=${FUNCTION_RUNTIME:-python313}
-PROCESSOR_MEMORY=${PROCESSOR_MEMORY:-1Gi}
-PROCESSOR_TIMEOUT_S=$SETTING_PROCESSOR_TIMEOUT_S
-PROCESSOR_MAX_INSTANCES=${PROCESSOR_MAX_INSTANCES:-10}
-PROCESSOR_MIN_INSTANCES=${PROCESSOR_MIN_INSTANCES:-0}
-PROCESSOR_CPU=${PROCESSOR_CPU:-1}
-PROCESSOR_CONCURRENCY=${PROCESSOR_CONCURRENCY:-4}
-FUNCTION_MEMORY=${FUNCTION_MEMORY:-256Mi}
-FUNCTION_TIMEOUT_S=${FUNCTION_TIMEOUT_S:-60}
-FUNCTION_MAX_INSTANCES=${FUNCTION_MAX_INSTANCES:-20}
-FUNCTION_MIN_INSTANCES=${FUNCTION_MIN_INSTANCES:-0}
-FUNCTION_CPU=${FUNCTION_CPU:-1}
-FUNCTION_CONCURRENCY=${FUNCTION_CONCURRENCY:-16}
-CREATE_MIN_INSTANCES=${CREATE_MIN_INSTANCES:-$FUNCTION_MIN_INSTANCES}
 
 QUEUE_MAX_ATTEMPTS=$SETTING_QUEUE_MAX_ATTEMPTS
 QUEUE_MIN_BACKOFF=${QUEUE_MIN_BACKOFF:-10s}
@@ -218,7 +194,7 @@ QUEUE_MAX_DISPATCHES_PER_SECOND=${QUEUE_MAX_DISPATCHES_PER_SECOND:-5}
 
 REAP_SCHEDULE=${REAP_SCHEDULE:-"*/5 * * * *"}
 REAP_TIME_ZONE=${REAP_TIME_ZONE:-Asia/Seoul}
-REAP_ATTEMPT_DEADLINE=${REAP_ATTEMPT_DEADLINE:-${FUNCTION_TIMEOUT_S}s}
+REAP_ATTEMPT_DEADLINE=${REAP_ATTEMPT_DEADLINE:-${FN_TIMEOUT_S[$REAPER]}s}
 
 PUBLIC_BASE_URL=${PUBLIC_BASE_URL:-https://${REGION}-${PROJECT}.cloudfunctions.net}
 # Set only when given: otherwise read from the deployed function after its deploy.
@@ -226,36 +202,14 @@ PROCESSOR_URL_OVERRIDE=${PROCESSOR_URL:-}
 REAPER_URL_OVERRIDE=${REAPER_URL:-}
 SUPABASE_DB_URL=${SUPABASE_DB_URL:-}
 
-is_int() { [[ "$1" =~ ^[0-9]+$ ]]; }
-# This script's own numbers; the functions' settings were checked by shared/settings.py above.
-for name in FUNCTION_TIMEOUT_S; do
-  is_int "${!name}" || die "$name must be a whole number of seconds, got '${!name}'"
-done
-# Cloud Run functions serve more than one request per instance only with at least 1 vCPU; and
-# functions_framework's gunicorn runs THREADS threads (default 4 per CPU), which deploy() sets
-# to the concurrency, as the Cloud Functions concurrency page recommends.
-for pair in "FUNCTION_CPU FUNCTION_CONCURRENCY" "PROCESSOR_CPU PROCESSOR_CONCURRENCY"; do
-  read -r cpu_var conc_var <<<"$pair"
-  [[ "${!cpu_var}" =~ ^[0-9]+(\.[0-9]+)?$ ]] || die "$cpu_var must be a number of vCPUs, got '${!cpu_var}'"
-  { is_int "${!conc_var}" && ((${!conc_var} >= 1 && ${!conc_var} <= 1000)); } \
-    || die "$conc_var must be a whole number from 1 to 1000, got '${!conc_var}'"
-  if ((${!conc_var} > 1)) && [[ "${!cpu_var}" =~ ^0*(\.[0-9]*)?$ ]]; then
-    die "$conc_var (${!conc_var}) > 1 needs $cpu_var >= 1, got '${!cpu_var}'"
-  fi
-done
-
 # Which functions this run deploys.
 declare -A SELECTED=()
 if [[ -z "$ONLY" ]]; then
-  for spec in "${FUNCTIONS[@]}"; do SELECTED[${spec%%|*}]=1; done
+  for name in "${FUNCTIONS[@]}"; do SELECTED[$name]=1; done
 else
   IFS=',' read -r -a wanted <<<"$ONLY"
   for name in "${wanted[@]}"; do
-    found=false
-    for spec in "${FUNCTIONS[@]}"; do
-      if [[ "${spec%%|*}" == "$name" ]]; then found=true; fi
-    done
-    $found || die "--only: unknown function '$name' (known: $(for s in "${FUNCTIONS[@]}"; do printf '%s ' "${s%%|*}"; done))"
+    [[ -n "${FN_ENTRY[$name]:-}" ]] || die "--only: unknown function '$name' (known: ${FUNCTIONS[*]})"
     SELECTED[$name]=1
   done
 fi
@@ -355,7 +309,7 @@ run gcloud services enable "${APIS[@]}" --project="$PROJECT"
 
 # ---------------------------------------------------------------------------------------------
 log "Service accounts"
-# ai-jobs-runtime: identity of all six functions. ai-jobs-invoker: the identity in the OIDC
+# ai-jobs-runtime: identity of every function. ai-jobs-invoker: the identity in the OIDC
 # tokens of Cloud Tasks (→ processor) and Cloud Scheduler (→ reaper); it can invoke those two
 # services and nothing else.
 for sa_name in "$RUNTIME_SA_NAME" "$INVOKER_SA_NAME"; do
@@ -405,17 +359,17 @@ done
 
 # ---------------------------------------------------------------------------------------------
 log "Secrets"
-# env var|secret name|required|functions that mount it
+# env var|secret name|required (which function mounts which: FN_SECRETS, shared/functions.py)
 SECRETS=(
-  "SUPABASE_SERVICE_ROLE_KEY|supabase-service-role-key|required|ai-jobs-process ai-jobs-create ai-jobs-get ai-jobs-list ai-jobs-cancel ai-jobs-reap"
-  "GEMINI_API_KEY|gemini-api-key|optional|ai-jobs-process ai-jobs-create"
-  "SUPABASE_JWT_SECRET|supabase-jwt-secret|optional|ai-jobs-create ai-jobs-get ai-jobs-list ai-jobs-cancel"
-  "BFF_SHARED_SECRET|bff-shared-secret|optional|ai-jobs-create ai-jobs-get ai-jobs-list ai-jobs-cancel"
-  "PROCESSOR_SHARED_SECRET|processor-shared-secret|optional|ai-jobs-process ai-jobs-create ai-jobs-reap"
+  "SUPABASE_SERVICE_ROLE_KEY|supabase-service-role-key|required"
+  "GEMINI_API_KEY|gemini-api-key|optional"
+  "SUPABASE_JWT_SECRET|supabase-jwt-secret|optional"
+  "BFF_SHARED_SECRET|bff-shared-secret|optional"
+  "PROCESSOR_SHARED_SECRET|processor-shared-secret|optional"
 )
 declare -A MOUNTS=()  # function name -> comma list for --set-secrets
 for spec in "${SECRETS[@]}"; do
-  IFS='|' read -r env_name secret required users <<<"$spec"
+  IFS='|' read -r env_name secret required <<<"$spec"
   value=${!env_name:-}
   present=false
   if exists gcloud secrets describe "$secret" --project="$PROJECT"; then
@@ -442,7 +396,8 @@ for spec in "${SECRETS[@]}"; do
   # Read access to this secret only, not to the project's secrets.
   run gcloud secrets add-iam-policy-binding "$secret" --project="$PROJECT" \
     --member="serviceAccount:$RUNTIME_SA" --role=roles/secretmanager.secretAccessor --condition=None
-  for fn in $users; do
+  for fn in "${FUNCTIONS[@]}"; do
+    [[ " ${FN_SECRETS[$fn]} " == *" $env_name "* ]] || continue
     MOUNTS[$fn]="${MOUNTS[$fn]:+${MOUNTS[$fn]},}${env_name}=${secret}:latest"
   done
 done
@@ -494,29 +449,23 @@ write_env() {
   ENV_FILE=$file
 }
 
-# deploy NAME ENTRY_POINT ACCESS PROCESSOR_URL REAPER_URL
+# deploy NAME PROCESSOR_URL REAPER_URL: with its entry point, access and size from the table.
+# functions_framework's gunicorn runs THREADS threads (default 4 per CPU), which write_env
+# sets to the concurrency, as the Cloud Functions concurrency page recommends.
 deploy() {
-  local name=$1 entry=$2 access=$3 memory=$FUNCTION_MEMORY timeout=$FUNCTION_TIMEOUT_S
-  local max=$FUNCTION_MAX_INSTANCES min=$FUNCTION_MIN_INSTANCES
-  local cpu=$FUNCTION_CPU concurrency=$FUNCTION_CONCURRENCY
-  if [[ "$name" == "$PROCESSOR" ]]; then
-    memory=$PROCESSOR_MEMORY timeout=$PROCESSOR_TIMEOUT_S
-    max=$PROCESSOR_MAX_INSTANCES min=$PROCESSOR_MIN_INSTANCES
-    cpu=$PROCESSOR_CPU concurrency=$PROCESSOR_CONCURRENCY
-  elif [[ "$name" == ai-jobs-create ]]; then
-    min=$CREATE_MIN_INSTANCES
-  fi
-  write_env "$name" "$4" "$5" "$concurrency"
+  local name=$1 concurrency=${FN_CONCURRENCY[$1]}
+  write_env "$name" "$2" "$3" "$concurrency"
   local cmd=(gcloud functions deploy "$name" --gen2 --region="$REGION" --project="$PROJECT"
-    --runtime="$FUNCTION_RUNTIME" --source="$BUILD_DIR/$name" --entry-point="$entry"
+    --runtime="$FUNCTION_RUNTIME" --source="$BUILD_DIR/$name" --entry-point="${FN_ENTRY[$name]}"
     --trigger-http)
-  if [[ "$access" == public ]]; then
+  if [[ "${FN_ACCESS[$name]}" == public ]]; then
     cmd+=(--allow-unauthenticated)
   else
     cmd+=(--no-allow-unauthenticated)
   fi
-  cmd+=(--memory="$memory" --cpu="$cpu" --concurrency="$concurrency" --timeout="${timeout}s"
-    --max-instances="$max" --min-instances="$min"
+  cmd+=(--memory="${FN_MEMORY[$name]}" --cpu="${FN_CPU[$name]}" --concurrency="$concurrency"
+    --timeout="${FN_TIMEOUT_S[$name]}s" --max-instances="${FN_MAX_INSTANCES[$name]}"
+    --min-instances="${FN_MIN_INSTANCES[$name]}"
     --service-account="$RUNTIME_SA" --env-vars-file="$ENV_FILE")
   # the console mounts no secret (it serves only public values)
   if [[ -n "${MOUNTS[$name]:-}" ]]; then cmd+=(--set-secrets="${MOUNTS[$name]}"); fi
@@ -526,12 +475,12 @@ deploy() {
   run "${cmd[@]}"
 }
 
-# deploy_self_addressed NAME ENTRY ACCESS OVERRIDE: for the processor and the reaper, which
+# deploy_self_addressed NAME OVERRIDE: for the processor and the reaper, which
 # check the OIDC audience against their own URL. That URL (serviceConfig.uri, the run.app URL
 # Cloud Run accepts as audience) exists only after the first deploy, so on the very first run
 # the function is deployed once more with the URL it got. Sets SELF_URL.
 deploy_self_addressed() {
-  local name=$1 entry=$2 access=$3 override=$4 before
+  local name=$1 override=$2 before
   if [[ -n "$override" ]]; then
     before=$override
   else
@@ -539,9 +488,9 @@ deploy_self_addressed() {
     before=${URL:-https://${REGION}-${PROJECT}.cloudfunctions.net/$name}
   fi
   if [[ "$name" == "$PROCESSOR" ]]; then
-    deploy "$name" "$entry" "$access" "$before" ""
+    deploy "$name" "$before" ""
   else
-    deploy "$name" "$entry" "$access" "$PROCESSOR_URL_RESOLVED" "$before"
+    deploy "$name" "$PROCESSOR_URL_RESOLVED" "$before"
   fi
   SELF_URL=$before
   if [[ -n "$override" ]]; then return 0; fi
@@ -550,9 +499,9 @@ deploy_self_addressed() {
     log "$name: first deploy, its URL is now known ($URL); deploying again with it"
     SELF_URL=$URL
     if [[ "$name" == "$PROCESSOR" ]]; then
-      deploy "$name" "$entry" "$access" "$URL" ""
+      deploy "$name" "$URL" ""
     else
-      deploy "$name" "$entry" "$access" "$PROCESSOR_URL_RESOLVED" "$URL"
+      deploy "$name" "$PROCESSOR_URL_RESOLVED" "$URL"
     fi
   fi
 }
@@ -571,22 +520,21 @@ if [[ -z "${SELECTED[$PROCESSOR]:-}" ]]; then
       || die "$PROCESSOR is not deployed yet: deploy it first (drop --only) or set PROCESSOR_URL"
   fi
 fi
-for spec in "${FUNCTIONS[@]}"; do
-  IFS='|' read -r name entry access <<<"$spec"
+for name in "${FUNCTIONS[@]}"; do
   [[ -n "${SELECTED[$name]:-}" ]] || continue
   stage "$name"
   case "$name" in
     "$PROCESSOR")
-      deploy_self_addressed "$name" "$entry" "$access" "$PROCESSOR_URL_OVERRIDE"
+      deploy_self_addressed "$name" "$PROCESSOR_URL_OVERRIDE"
       PROCESSOR_URL_RESOLVED=$SELF_URL
       ;;
     "$REAPER")
-      deploy_self_addressed "$name" "$entry" "$access" "$REAPER_URL_OVERRIDE"
+      deploy_self_addressed "$name" "$REAPER_URL_OVERRIDE"
       REAPER_URL_RESOLVED=$SELF_URL
       ;;
-    *) deploy "$name" "$entry" "$access" "$PROCESSOR_URL_RESOLVED" "" ;;
+    *) deploy "$name" "$PROCESSOR_URL_RESOLVED" "" ;;
   esac
-  if [[ "$access" == private ]]; then
+  if [[ "${FN_ACCESS[$name]}" == private ]]; then
     # roles/run.invoker on this function's Cloud Run service only, for the invoker account.
     run gcloud functions add-invoker-policy-binding "$name" --region="$REGION" \
       --project="$PROJECT" --member="serviceAccount:$INVOKER_SA"
@@ -646,10 +594,9 @@ fi
 
 # ---------------------------------------------------------------------------------------------
 log "Function URLs"
-for spec in "${FUNCTIONS[@]}"; do
-  name=${spec%%|*}
+for name in "${FUNCTIONS[@]}"; do
   [[ -n "${SELECTED[$name]:-}" ]] || continue
   function_url "$name"
   printf '%-16s %s\n' "$name" "${URL:-(not found)}"
 done
-echo "Clients use PUBLIC_BASE_URL: $PUBLIC_BASE_URL (e.g. $PUBLIC_BASE_URL/ai-jobs-create)"
+echo "Clients use PUBLIC_BASE_URL: $PUBLIC_BASE_URL (each function at $PUBLIC_BASE_URL/<name>)"

@@ -25,6 +25,8 @@ from typing import Any
 
 import httpx
 
+from shared.functions import CANCEL, CREATE, GET, LIST
+
 FINAL = frozenset({"completed", "failed", "cancelled"})
 #: with Realtime, read anyway after this long without an event (a socket that died quietly)
 REALTIME_SAFETY_READ_S = 15.0
@@ -140,13 +142,13 @@ class AIJobsClient:
         if priority:
             body["options"] = {"priority": priority}
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
-        return self._json(self._http.post("/ai-jobs-create", json=body, headers=headers))
+        return self._json(self._http.post(CREATE.path(), json=body, headers=headers))
 
     def get(self, job_id: str, *, logs_after: int | None = None) -> dict[str, Any]:
         params: dict[str, str | int] = {}
         if logs_after is not None:
             params = {"logs": "true", "logsAfter": logs_after}
-        return self._json(self._http.get(f"/ai-jobs-get/{job_id}", params=params))
+        return self._json(self._http.get(GET.path(job_id), params=params))
 
     def list(
         self, *, status: str | None = None, job_type: str | None = None
@@ -158,7 +160,7 @@ class AIJobsClient:
         if job_type:
             params["type"] = job_type
         while True:
-            page = self._json(self._http.get("/ai-jobs-list", params=params))
+            page = self._json(self._http.get(LIST.path(), params=params))
             yield from page["jobs"]
             if not page["nextCursor"]:
                 return
@@ -168,7 +170,7 @@ class AIJobsClient:
         body: dict[str, Any] = {"jobId": job_id}
         if reason:
             body["reason"] = reason
-        return self._json(self._http.post("/ai-jobs-cancel", json=body))
+        return self._json(self._http.post(CANCEL.path(), json=body))
 
     def wait(
         self,
@@ -239,7 +241,7 @@ class AIJobsClient:
         while time.monotonic() < deadline:
             headers = {"If-None-Match": etag} if etag else {}
             response = self._http.get(
-                f"/ai-jobs-get/{job_id}",
+                GET.path(job_id),
                 params={"logs": "true", "logsAfter": last_log},
                 headers=headers,
             )

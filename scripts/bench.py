@@ -41,7 +41,6 @@ import psycopg
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from infra.local.host import FUNCTIONS
 from infra.local.stack import LocalStack, StackConfig
 from scripts import bench_peer
 from scripts.bench_tools import (
@@ -57,6 +56,7 @@ from scripts.bench_tools import (
     stop,
     worker_pid,
 )
+from shared.functions import CANCEL, CREATE, GET, LIST, PROCESS
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 OUT_DIR = REPO_ROOT / "docs"
@@ -116,10 +116,10 @@ def in_process_functions(stack: LocalStack) -> dict[str, Any]:
     for cached in (get_settings, shared.store.get_store, shared.tasks.get_queue):
         cached.cache_clear()
     return {
-        name: functions_framework.create_app(  # type: ignore[no-untyped-call]
-            FUNCTIONS[name], str(REPO_ROOT / "functions" / name / "main.py")
+        f.name: functions_framework.create_app(  # type: ignore[no-untyped-call]
+            f.entry_point, str(f.source(REPO_ROOT))
         ).test_client()
-        for name in ("ai-jobs-create", "ai-jobs-get", "ai-jobs-list", "ai-jobs-cancel")
+        for f in (CREATE, GET, LIST, CANCEL)
     }
 
 
@@ -158,13 +158,13 @@ def round_trips(stack: LocalStack) -> dict[str, dict[str, int]]:
 
     out: dict[str, dict[str, int]] = {}
     out["create"], created = measure(
-        lambda: clients["ai-jobs-create"].post("/", json={"query": COMPLEX})
+        lambda: clients[CREATE.name].post("/", json={"query": COMPLEX})
     )
     job_id = created.get_json()["jobId"]
-    out["get"], _ = measure(lambda: clients["ai-jobs-get"].get(f"/{job_id}"))
-    out["get with logs"], _ = measure(lambda: clients["ai-jobs-get"].get(f"/{job_id}?logs=true"))
-    out["list"], _ = measure(lambda: clients["ai-jobs-list"].get("/"))
-    out["cancel"], _ = measure(lambda: clients["ai-jobs-cancel"].post("/", json={"jobId": job_id}))
+    out["get"], _ = measure(lambda: clients[GET.name].get(f"/{job_id}"))
+    out["get with logs"], _ = measure(lambda: clients[GET.name].get(f"/{job_id}?logs=true"))
+    out["list"], _ = measure(lambda: clients[LIST.name].get("/"))
+    out["cancel"], _ = measure(lambda: clients[CANCEL.name].post("/", json={"jobId": job_id}))
     return out
 
 
@@ -198,7 +198,7 @@ def cpu_pieces(stack: LocalStack, floor_uri: str, repeats: int) -> dict[str, flo
     settings = get_settings()
     store = get_store(settings)
     queue = get_queue(settings)
-    job_id = clients["ai-jobs-create"].post("/", json={"query": COMPLEX}).get_json()["jobId"]
+    job_id = clients[CREATE.name].post("/", json={"query": COMPLEX}).get_json()["jobId"]
     params = {"p_job_id": job_id, "p_user_id": "anonymous"}
     body = json.dumps(params).encode()
     url = f"{settings.supabase_url}/rest/v1/rpc/get_job"
@@ -215,10 +215,10 @@ def cpu_pieces(stack: LocalStack, floor_uri: str, repeats: int) -> dict[str, flo
     floor_id = uuid.uuid4()
     conn.execute("insert into bench_floor (id, body) values (%s, '{}')", (floor_id,))
     cases: dict[str, Callable[[], Any]] = {
-        "create handler whole (test client)": lambda: clients["ai-jobs-create"].post(
+        "create handler whole (test client)": lambda: clients[CREATE.name].post(
             "/", json={"query": COMPLEX}
         ),
-        "get handler whole (test client)": lambda: clients["ai-jobs-get"].get(f"/{job_id}"),
+        "get handler whole (test client)": lambda: clients[GET.name].get(f"/{job_id}"),
         "supabase-py rpc('get_job').execute()": lambda: (
             store.client.rpc("get_job", params).execute().data
         ),
@@ -250,11 +250,11 @@ def cold_starts(stack: LocalStack, http: httpx.Client, repeats: int) -> dict[str
     from shared.tasks import SECRET_HEADER
 
     env = dict(stack.function_env)
-    done = http.post("/ai-jobs-create", json={"query": COMPLEX}).json()["jobId"]
+    done = http.post(CREATE.path(), json={"query": COMPLEX}).json()["jobId"]
 
     # queued jobs for the cancel runs, made before any timing starts
     to_cancel = [
-        str(http.post("/ai-jobs-create", json={"query": COMPLEX}).json()["jobId"])
+        str(http.post(CREATE.path(), json={"query": COMPLEX}).json()["jobId"])
         for _ in range(repeats)
     ]
 
@@ -265,33 +265,33 @@ def cold_starts(stack: LocalStack, http: httpx.Client, repeats: int) -> dict[str
             lambda c: c.get("/"),
             {200},
         ),
-        "ai-jobs-create": (
-            "create_job",
-            REPO_ROOT / "functions/ai-jobs-create/main.py",
+        CREATE.name: (
+            CREATE.entry_point,
+            CREATE.source(REPO_ROOT),
             lambda c: c.post("/", json={"query": COMPLEX}),
             {202},
         ),
-        "ai-jobs-get": (
-            "get_job",
-            REPO_ROOT / "functions/ai-jobs-get/main.py",
+        GET.name: (
+            GET.entry_point,
+            GET.source(REPO_ROOT),
             lambda c: c.get(f"/{done}"),
             {200},
         ),
-        "ai-jobs-list": (
-            "list_jobs",
-            REPO_ROOT / "functions/ai-jobs-list/main.py",
+        LIST.name: (
+            LIST.entry_point,
+            LIST.source(REPO_ROOT),
             lambda c: c.get("/"),
             {200},
         ),
-        "ai-jobs-cancel": (
-            "cancel_job",
-            REPO_ROOT / "functions/ai-jobs-cancel/main.py",
+        CANCEL.name: (
+            CANCEL.entry_point,
+            CANCEL.source(REPO_ROOT),
             lambda c: c.post("/", json={"jobId": to_cancel.pop()}),
             {200},
         ),
-        "ai-jobs-process": (
-            "process_job",
-            REPO_ROOT / "functions/ai-jobs-process/main.py",
+        PROCESS.name: (
+            PROCESS.entry_point,
+            PROCESS.source(REPO_ROOT),
             lambda c: c.post(
                 "/",
                 json={"jobId": str(uuid.uuid4())},
@@ -354,7 +354,7 @@ def pickup_ms(stack: LocalStack, http: httpx.Client, jobs: int) -> dict[str, flo
     """created -> claimed (both stamped by Postgres), one job at a time."""
     ids = []
     for _ in range(jobs):
-        job_id = http.post("/ai-jobs-create", json={"query": COMPLEX}).json()["jobId"]
+        job_id = http.post(CREATE.path(), json={"query": COMPLEX}).json()["jobId"]
         wait_final(stack, [job_id])
         ids.append(job_id)
         time.sleep(0.02)
@@ -374,14 +374,14 @@ def jobs_running(
     CPU each process spent per job and the burst's throughput."""
     polls: list[float] = []
     stop_polling = threading.Event()
-    probe = http.post("/ai-jobs-create", json={"query": COMPLEX}).json()["jobId"]
+    probe = http.post(CREATE.path(), json={"query": COMPLEX}).json()["jobId"]
     wait_final(stack, [probe])
 
     def poller() -> None:
         with httpx.Client(base_url=stack.base_url, timeout=60) as client:
             while not stop_polling.is_set():
                 began = time.perf_counter()
-                client.get(f"/ai-jobs-get/{probe}")
+                client.get(GET.path(probe))
                 polls.append((time.perf_counter() - began) * 1000)
                 time.sleep(0.05)
 
@@ -392,7 +392,7 @@ def jobs_running(
     def create(_: int) -> None:
         with httpx.Client(base_url=stack.base_url, timeout=60) as client:
             began = time.perf_counter()
-            response = client.post("/ai-jobs-create", json={"query": COMPLEX})
+            response = client.post(CREATE.path(), json={"query": COMPLEX})
             with lock:
                 creates.append((time.perf_counter() - began) * 1000)
                 ids.append(response.json()["jobId"])
@@ -437,7 +437,7 @@ def api_under_load(
     with httpx.Client(base_url=floor_insert["url"]) as client:
         floor_id = client.post("/", json={"query": COMPLEX}).json()["id"]
     with httpx.Client(base_url=stack.base_url, timeout=60) as client:
-        job_id = client.post("/ai-jobs-create", json={"query": COMPLEX}).json()["jobId"]
+        job_id = client.post(CREATE.path(), json={"query": COMPLEX}).json()["jobId"]
     shared_cpu = {k: v for k, v in pids.items() if k in {"front", "gateway", "postgres"}}
     out: dict[str, Any] = {}
     cases = [
@@ -451,9 +451,9 @@ def api_under_load(
         (
             "create job (202)",
             stack.base_url,
-            lambda c, i: c.post("/ai-jobs-create", json={"query": COMPLEX, "metadata": {"i": i}}),
+            lambda c, i: c.post(CREATE.path(), json={"query": COMPLEX, "metadata": {"i": i}}),
             202,
-            {"function": pids["ai-jobs-create"], "emulator": pids["emulator"], **shared_cpu},
+            {"function": pids[CREATE.name], "emulator": pids["emulator"], **shared_cpu},
         ),
         (
             "floor SELECT (psycopg)",
@@ -465,23 +465,23 @@ def api_under_load(
         (
             "get job (200)",
             stack.base_url,
-            lambda c, i: c.get(f"/ai-jobs-get/{job_id}"),
+            lambda c, i: c.get(GET.path(job_id)),
             200,
-            {"function": pids["ai-jobs-get"], **shared_cpu},
+            {"function": pids[GET.name], **shared_cpu},
         ),
         (
             "get job with logs (finished job)",
             stack.base_url,
-            lambda c, i: c.get(f"/ai-jobs-get/{finished_id}?logs=true"),
+            lambda c, i: c.get(GET.path(finished_id) + "?logs=true"),
             200,
-            {"function": pids["ai-jobs-get"], **shared_cpu},
+            {"function": pids[GET.name], **shared_cpu},
         ),
         (
             "list jobs (20 per page)",
             stack.base_url,
-            lambda c, i: c.get("/ai-jobs-list"),
+            lambda c, i: c.get(LIST.path()),
             200,
-            {"function": pids["ai-jobs-list"], **shared_cpu},
+            {"function": pids[LIST.name], **shared_cpu},
         ),
     ]
     for name, url, call, expect, cpu in cases:
@@ -604,10 +604,10 @@ def run_all(
     results: dict[str, Any] = {}
     tasks = stack.tasks_client()
     # warm every path once
-    finished = http.post("/ai-jobs-create", json={"query": COMPLEX}).json()["jobId"]
+    finished = http.post(CREATE.path(), json={"query": COMPLEX}).json()["jobId"]
     wait_final(stack, [finished])
-    http.get("/ai-jobs-list")
-    http.get(f"/ai-jobs-get/{finished}?logs=true")
+    http.get(LIST.path())
+    http.get(GET.path(finished) + "?logs=true")
 
     if "api" in parts:
         say(f"\n== API at {CONNECTIONS} keep-alive connections, queue paused ==")
@@ -648,11 +648,9 @@ def jobs_part(
     say("\n== jobs (local writer) ==")
     ai_ms = ai_work_cpu_ms()
     pickup = pickup_ms(stack, http, 10 if quick else 20)
-    queue_pids = {k: pids[k] for k in ("ai-jobs-process", "front", "gateway", "emulator")}
+    queue_pids = {k: pids[k] for k in (PROCESS.name, "front", "gateway", "emulator")}
     queue_pids["postgres"] = postmaster
-    running = jobs_running(
-        stack, http, {**queue_pids, "ai-jobs-create": pids["ai-jobs-create"]}, jobs
-    )
+    running = jobs_running(stack, http, {**queue_pids, CREATE.name: pids[CREATE.name]}, jobs)
     queue_cpu = sum(v for k, v in running["cpuMsPerJob"].items() if k in queue_pids)
     result = {
         "aiWorkCpuMsPerJob": ai_ms,

@@ -34,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from client import FINAL, AIJobsClient
 from infra.local.stack import LocalStack, StackConfig
+from shared.functions import GET
 
 COMPLEX = "모든 서버 분석하고 최적화 리포트 만들어줘"
 
@@ -93,9 +94,7 @@ def poll(base_url: str, token: str, job_id: str, latencies_ms: list[float]) -> N
     last = 0
     with httpx.Client(base_url=base_url, headers=headers, timeout=30) as http:
         while True:
-            response = http.get(
-                f"/ai-jobs-get/{job_id}", params={"logs": "true", "logsAfter": last}
-            )
+            response = http.get(GET.path(job_id), params={"logs": "true", "logsAfter": last})
             seen = time.time()
             job = response.json()
             for line in job.get("logs", []):

@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 import flask
 
 from shared import errors
+from shared.functions import GET
 from shared.http import (
     dump_json,
     json_response,
@@ -39,7 +40,7 @@ MAX_PAGE = 100
 
 
 def poll_url(settings: Settings, job_id: uuid.UUID) -> str:
-    return f"{settings.public_base_url}/ai-jobs-get/{job_id}"
+    return GET.url(settings.public_base_url, str(job_id))
 
 
 def _idempotency_key(request: flask.Request) -> str | None:

@@ -38,6 +38,7 @@ from pydantic_settings import (
 )
 
 from shared.errors import ConfigError
+from shared.functions import PROCESS, REAP
 
 DEFAULT_REGION = "asia-northeast1"
 #: The current GA Flash model (stable since 2026-09-02; gemini-2.5-flash is shut down and
@@ -297,7 +298,7 @@ class Settings(_Declared):
     )
     processor_url: str = setting(
         "PROCESSOR_URL",
-        "http://127.0.0.1:8080/ai-jobs-process",
+        PROCESS.url("http://127.0.0.1:8080"),
         "the processor's URL, target of every task",
     )
     tasks_invoker_sa: str | None = setting(
@@ -340,7 +341,7 @@ class Settings(_Declared):
     )
     reaper_url: str = setting(
         "REAPER_URL",
-        "http://127.0.0.1:8080/ai-jobs-reap",
+        REAP.url("http://127.0.0.1:8080"),
         "the reaper's URL (OIDC audience for Cloud Scheduler)",
     )
     # Cloud Tasks accepts an HTTP task's dispatch deadline between 15 s and 30 min

@@ -35,19 +35,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-FUNCTIONS_DIR = REPO_ROOT / "functions"
+# the table deploy.sh deploys (standard library only, as this module)
+from shared.functions import BY_NAME, FUNCTIONS, Function
 
-#: deployed name -> entry point (the same table deploy.sh deploys)
-FUNCTIONS: dict[str, str] = {
-    "ai-jobs-create": "create_job",
-    "ai-jobs-get": "get_job",
-    "ai-jobs-list": "list_jobs",
-    "ai-jobs-cancel": "cancel_job",
-    "ai-jobs-process": "process_job",
-    "ai-jobs-reap": "reap_jobs",
-    "ai-jobs-console": "console",
-}
+REPO_ROOT = Path(__file__).resolve().parents[2]
 #: gunicorn's gthread worker closes a kept-alive connection after 2 s idle (its default
 #: ``keepalive``); the front drops its own idle upstream connections before that, so it never
 #: writes a request into a connection the server is closing.
@@ -492,9 +483,9 @@ def preload() -> None:
     import shared.jobs  # noqa: F401
 
 
-def fork_function(name: str, target: str, port: int) -> int:
+def fork_function(function: Function, port: int) -> int:
     """A child that does what gen2's Python runtime does in an instance,
-    ``functions-framework --target=<target> --source=<main.py>``: ``create_app`` then
+    ``functions-framework --target=<entry point> --source=<main.py>``: ``create_app`` then
     functions_framework's production server (gunicorn, gthread)."""
     pid = os.fork()
     if pid:
@@ -504,8 +495,9 @@ def fork_function(name: str, target: str, port: int) -> int:
         import functions_framework
         from functions_framework._http import create_server
 
-        os.environ["K_SERVICE"] = name  # set by Cloud Run in every instance
-        app = functions_framework.create_app(target, str(FUNCTIONS_DIR / name / "main.py"))  # type: ignore[no-untyped-call]
+        os.environ["K_SERVICE"] = function.name  # set by Cloud Run in every instance
+        source = str(function.source(REPO_ROOT))
+        app = functions_framework.create_app(function.entry_point, source)  # type: ignore[no-untyped-call]
         create_server(app, debug=False).run("127.0.0.1", port)  # type: ignore[no-untyped-call]
         code = 0
     except SystemExit as exc:  # gunicorn's arbiter leaves through sys.exit
@@ -586,13 +578,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=8080)
     parser.add_argument("--only", default="", help="comma list of functions (default: all)")
     args = parser.parse_args(argv)
-    names = [n for n in args.only.split(",") if n] or list(FUNCTIONS)
+    names = [n for n in args.only.split(",") if n] or [f.name for f in FUNCTIONS]
     ports = {name: free_port() for name in names}
     preload()
     pids: dict[str, int] = {}
     try:
         for name in names:
-            pids[name] = fork_function(name, FUNCTIONS[name], ports[name])
+            pids[name] = fork_function(BY_NAME[name], ports[name])
         wait_listening(ports, pids, timeout_s=60)
         for name in names:  # which process is which function (the benchmark reads this)
             print(f"{name} pid={pids[name]} port={ports[name]}", file=sys.stderr, flush=True)

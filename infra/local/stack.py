@@ -32,6 +32,7 @@ import httpx
 
 from infra.local.host import free_port  # one definition (tests import it from here too)
 from infra.local.postgres import DEFAULT_DATA_DIR, Postgres, start_postgres
+from shared.functions import CONSOLE, FUNCTIONS, PROCESS, REAP
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 #: The Supabase CLI's local JWT secret: local only, never a production value.
@@ -291,8 +292,8 @@ class LocalStack:
             "TASKS_LOCATION": LOCATION,
             "TASKS_QUEUE": QUEUE,
             "CLOUD_TASKS_EMULATOR_HOST": self.emulator_host,
-            "PROCESSOR_URL": f"{self.base_url}/ai-jobs-process",
-            "REAPER_URL": f"{self.base_url}/ai-jobs-reap",
+            "PROCESSOR_URL": PROCESS.url(self.base_url),
+            "REAPER_URL": REAP.url(self.base_url),
             "PROCESSOR_SHARED_SECRET": self.secret,
             "PUBLIC_BASE_URL": self.base_url,
             "AI_WRITER": "local",
@@ -342,9 +343,7 @@ class LocalStack:
         """What Cloud Scheduler does: call the private reaper."""
         from shared.tasks import SECRET_HEADER
 
-        return httpx.post(
-            f"{self.base_url}/ai-jobs-reap", headers={SECRET_HEADER: self.secret}, timeout=30
-        )
+        return httpx.post(REAP.url(self.base_url), headers={SECRET_HEADER: self.secret}, timeout=30)
 
     def _schedule_reaper(self) -> None:
         while not self._stop.wait(self.config.reap_interval_s):
@@ -401,6 +400,17 @@ def _in_use(port: int) -> bool:
         return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
+def print_functions(base_url: str, reap_interval_s: float) -> None:
+    """Each function's URL, from the table of functions (shared/functions.py)."""
+    notes = {REAP: f"every {reap_interval_s:.0f}s", CONSOLE: "open it in a browser"}
+    # the console's page loads its assets relative to its own URL, so it is shown with its /
+    urls = {f: f.url(base_url, "") if f is CONSOLE else f.url(base_url) for f in FUNCTIONS}
+    width = max(map(len, urls.values()))
+    for function, url in urls.items():
+        note = "; ".join(filter(None, (function.summary, notes.get(function))))
+        print(f"  {url:<{width}}  ({function.access}: {note})")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Run the whole stack locally until Ctrl-C.")
     defaults = StackConfig()
@@ -437,11 +447,7 @@ def main(argv: list[str] | None = None) -> int:
         status_path = REPO_ROOT / ".local" / "status.json"
         status_path.write_text(json.dumps(stack.status(), indent=2) + "\n")
         print("\nthe stack is up:")
-        for name in ("ai-jobs-create", "ai-jobs-get", "ai-jobs-list", "ai-jobs-cancel"):
-            print(f"  {stack.base_url}/{name}")
-        print(f"  {stack.base_url}/ai-jobs-process   (private: Cloud Tasks only)")
-        print(f"  {stack.base_url}/ai-jobs-reap      (private: every {args.reap_interval:.0f}s)")
-        print(f"  {stack.base_url}/ai-jobs-console/  (the web console: open it in a browser)")
+        print_functions(stack.base_url, args.reap_interval)
         print(f"  Cloud Tasks emulator {stack.emulator_host}\n\nlocal Supabase ({status_path}):")
         for key, value in stack.status().items():
             print(f"  {key:<17}{value}")

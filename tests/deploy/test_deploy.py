@@ -13,6 +13,19 @@ import shutil
 import subprocess
 from pathlib import Path
 
+from shared.functions import (
+    CONSOLE,
+    CREATE,
+    FUNCTIONS,
+    GET,
+    PROCESS,
+    REAP,
+    SMALL,
+    WORKER,
+    Function,
+    deployed,
+    size_variables,
+)
 from shared.settings import AISettings, ConsoleSettings, DeploySettings, Settings, declared
 
 REPO = Path(__file__).resolve().parents[2]
@@ -22,16 +35,8 @@ PROJECT = "demo-proj"
 REGION = "asia-northeast1"
 RUNTIME_SA = f"ai-jobs-runtime@{PROJECT}.iam.gserviceaccount.com"
 INVOKER_SA = f"ai-jobs-invoker@{PROJECT}.iam.gserviceaccount.com"
-ENTRY_POINTS = {
-    "ai-jobs-process": "process_job",
-    "ai-jobs-create": "create_job",
-    "ai-jobs-get": "get_job",
-    "ai-jobs-list": "list_jobs",
-    "ai-jobs-cancel": "cancel_job",
-    "ai-jobs-reap": "reap_jobs",
-    "ai-jobs-console": "console",
-}
-PRIVATE = {"ai-jobs-process", "ai-jobs-reap"}
+NAMES = [f.name for f in FUNCTIONS]  # deploy order: the processor first
+PRIVATE = {f.name for f in FUNCTIONS if f.access == "private"}
 SECRET_VALUES = {
     "SUPABASE_SERVICE_ROLE_KEY": "sk-test-service-role-5f1a",
     "GEMINI_API_KEY": "gm-test-key-9c2e",
@@ -115,13 +120,13 @@ def first_index(lines: list[str], *needles: str) -> int:
     raise AssertionError(f"no line contains {needles}")
 
 
-def url_line(lines: list[str], name: str) -> int:
-    pattern = re.compile(rf"{name}\s+{re.escape(placeholder_url(name))}")
+def url_line(lines: list[str], function: Function) -> int:
+    pattern = re.compile(rf"{function.name}\s+{re.escape(placeholder_url(function))}")
     return next(i for i, line in enumerate(lines) if pattern.fullmatch(line))
 
 
-def placeholder_url(name: str) -> str:
-    return f"https://{REGION}-{PROJECT}.cloudfunctions.net/{name}"
+def placeholder_url(function: Function) -> str:
+    return function.url(f"https://{REGION}-{PROJECT}.cloudfunctions.net")
 
 
 def test_dry_run_prints_every_step_in_order_and_runs_nothing(tmp_path: Path) -> None:
@@ -148,10 +153,10 @@ def test_dry_run_prints_every_step_in_order_and_runs_nothing(tmp_path: Path) -> 
         first_index(lines, "+ gcloud tasks queues add-iam-policy-binding", "taskDeleter"),
         first_index(lines, "+ gcloud secrets create supabase-service-role-key"),
         first_index(lines, "+ gcloud secrets create gemini-api-key"),
-        *[first_index(lines, f"+ gcloud functions deploy {name} ") for name in ENTRY_POINTS],
-        first_index(lines, "+ gcloud scheduler jobs create http ai-jobs-reap"),
+        *[first_index(lines, f"+ gcloud functions deploy {name} ") for name in NAMES],
+        first_index(lines, f"+ gcloud scheduler jobs create http {REAP.name}"),
         first_index(lines, "+ supabase db push"),
-        *[url_line(lines, name) for name in ENTRY_POINTS],
+        *[url_line(lines, function) for function in FUNCTIONS],
     ]
     assert steps == sorted(steps)
     assert len(set(steps)) == len(steps)
@@ -178,64 +183,76 @@ def test_queue_has_every_retry_setting_with_defaults_and_overrides(tmp_path: Pat
     assert "--min-backoff=2s" in custom.stdout
 
 
-def test_each_function_is_deployed_with_its_settings(tmp_path: Path) -> None:
+def expected_flags(env: dict[str, str]) -> dict[str, set[str]]:
+    """Each function's gcloud flags as the table of functions sizes it in this environment
+    (the processor's timeout: the PROCESSOR_TIMEOUT_S setting, resolved by shared/settings.py)."""
+    timeout = DeploySettings.from_env(
+        {"SUPABASE_URL": "https://abcd.supabase.co", "SUPABASE_SERVICE_ROLE_KEY": "k", **env}
+    ).processor_timeout_s
+    out = {}
+    for row in deployed({**env, "PROCESSOR_TIMEOUT_S": str(timeout)}):
+        size, fn = row.size, row.function
+        out[fn.name] = {
+            f"--entry-point={fn.entry_point}",
+            "--allow-unauthenticated" if fn.access == "public" else "--no-allow-unauthenticated",
+            f"--memory={size.memory}",
+            f"--cpu={size.cpu}",
+            f"--concurrency={size.concurrency}",
+            f"--timeout={size.timeout_s}s",
+            f"--max-instances={size.max_instances}",
+            f"--min-instances={size.min_instances}",
+        }
+    return out
+
+
+def mounted(cmd: str) -> list[str]:
+    """The variables a deploy command mounts from Secret Manager."""
+    flag = next((a for a in cmd.split() if a.startswith("--set-secrets=")), "--set-secrets=")
+    return [pair.split("=")[0] for pair in flag.removeprefix("--set-secrets=").split(",") if pair]
+
+
+def test_each_function_is_deployed_as_the_table_of_functions_says(tmp_path: Path) -> None:
     result = run_deploy(tmp_path)
 
-    deployed = deploy_lines(result.stdout)
-    assert list(deployed) == list(ENTRY_POINTS)  # processor first: the others need its URL
-    for name, cmd in deployed.items():
+    deployed_cmds = deploy_lines(result.stdout)
+    assert list(deployed_cmds) == NAMES  # processor first: the others need its URL
+    expected = expected_flags({})
+    for function in FUNCTIONS:
+        cmd = deployed_cmds[function.name]
         args = cmd.split()
         assert f"--gen2 --region={REGION}" in cmd
-        assert f"--entry-point={ENTRY_POINTS[name]}" in args
+        assert expected[function.name] <= set(args), cmd
+        opposite = "--allow" if function.access == "private" else "--no-allow"
+        assert f"{opposite}-unauthenticated" not in args
         assert "--runtime=python313" in args
         assert "--trigger-http" in args
-        assert f"--source={tmp_path / 'build' / name}" in args
+        assert f"--source={tmp_path / 'build' / function.name}" in args
         assert f"--service-account={RUNTIME_SA}" in args
-        assert f"--env-vars-file={tmp_path / 'build' / name}.env.yaml" in args
-        secrets = next((a for a in args if a.startswith("--set-secrets=")), "")
-        # the public console serves only public values: it mounts no secret at all
-        assert ("SUPABASE_SERVICE_ROLE_KEY=supabase-service-role-key:latest" in secrets) == (
-            name != "ai-jobs-console"
-        )
-        if name in PRIVATE:
-            assert "--no-allow-unauthenticated" in args
-            assert "--allow-unauthenticated" not in args
-        else:
-            assert "--allow-unauthenticated" in args
-            assert "--no-allow-unauthenticated" not in args
-    assert "--timeout=540s" in deployed["ai-jobs-process"].split()
-    assert "--memory=1Gi" in deployed["ai-jobs-process"].split()
-    for name in set(ENTRY_POINTS) - {"ai-jobs-process"}:
-        assert "--timeout=60s" in deployed[name].split()
-        assert "--memory=256Mi" in deployed[name].split()
-    assert "GEMINI_API_KEY=gemini-api-key:latest" in deployed["ai-jobs-process"]
-    assert "GEMINI_API_KEY" not in deployed["ai-jobs-get"]  # mounted only where it is used
-
-
-def test_api_functions_take_16_requests_per_vcpu_and_the_processor_4_jobs(
-    tmp_path: Path,
-) -> None:
-    result = run_deploy(tmp_path)
-
-    deployed = deploy_lines(result.stdout)
-    for name, cmd in deployed.items():
-        args = cmd.split()
-        concurrency = "4" if name == "ai-jobs-process" else "16"
-        assert "--cpu=1" in args
-        assert f"--concurrency={concurrency}" in args
-        assert "--min-instances=0" in args
+        assert f"--env-vars-file={tmp_path / 'build' / function.name}.env.yaml" in args
+        # every secret is given here, so each function mounts exactly its own, in order
+        assert mounted(cmd) == list(function.secrets)
         # functions_framework's gunicorn serves as many requests at once as it has threads
-        env_file = (tmp_path / "build" / f"{name}.env.yaml").read_text()
-        assert f'THREADS: "{concurrency}"' in env_file
+        env_file = (tmp_path / "build" / f"{function.name}.env.yaml").read_text()
+        assert f'THREADS: "{function.size.concurrency}"' in env_file
+    assert not CONSOLE.secrets  # the public console serves only public values
 
 
-def test_a_warm_create_instance_is_one_setting(tmp_path: Path) -> None:
-    result = run_deploy(tmp_path, CREATE_MIN_INSTANCES="1")
+def test_size_variables_override_the_table(tmp_path: Path) -> None:
+    overrides = {
+        "PROCESSOR_MEMORY": "2Gi",
+        "FUNCTION_CONCURRENCY": "8",
+        "FUNCTION_MAX_INSTANCES": "3",
+        CREATE.min_instances_variable or "": "1",
+    }
+    result = run_deploy(tmp_path, **overrides)
 
-    deployed = deploy_lines(result.stdout)
-    assert "--min-instances=1" in deployed["ai-jobs-create"].split()
-    for name in set(deployed) - {"ai-jobs-create"}:
-        assert "--min-instances=0" in deployed[name].split()
+    assert result.returncode == 0, result.stderr
+    deployed_cmds = deploy_lines(result.stdout)
+    for name, flags in expected_flags(overrides).items():
+        assert flags <= set(deployed_cmds[name].split()), deployed_cmds[name]
+    assert "--memory=2Gi" in deployed_cmds[PROCESS.name].split()
+    assert "--min-instances=1" in deployed_cmds[CREATE.name].split()
+    assert "--min-instances=1" not in deployed_cmds[GET.name].split()
 
 
 def test_concurrency_without_a_whole_vcpu_is_refused(tmp_path: Path) -> None:
@@ -323,8 +340,8 @@ def test_scheduler_calls_the_reaper_with_an_oidc_token(tmp_path: Path) -> None:
     result = run_deploy(tmp_path, REAP_SCHEDULE="*/10 * * * *")
 
     (job,) = [c for c in commands(result.stdout) if c.startswith("gcloud scheduler jobs")]
-    reaper = placeholder_url("ai-jobs-reap")
-    assert job.startswith("gcloud scheduler jobs create http ai-jobs-reap ")
+    reaper = placeholder_url(REAP)
+    assert job.startswith(f"gcloud scheduler jobs create http {REAP.name} ")
     assert "'--schedule=*/10 * * * *'" in job
     for flag in (
         f"--location={REGION}",
@@ -362,11 +379,10 @@ def test_staging_copies_main_shared_and_requirements(tmp_path: Path) -> None:
         for p in (REPO / "shared").rglob("*")
         if p.is_file() and "__pycache__" not in p.parts
     )
-    for name in ENTRY_POINTS:
+    for function in FUNCTIONS:
+        name = function.name
         staged = tmp_path / "build" / name
-        assert (staged / "main.py").read_bytes() == (
-            REPO / "functions" / name / "main.py"
-        ).read_bytes()
+        assert (staged / "main.py").read_bytes() == function.source(REPO).read_bytes()
         assert (staged / "requirements.txt").read_bytes() == (
             REPO / "requirements.txt"
         ).read_bytes()
@@ -377,11 +393,11 @@ def test_staging_copies_main_shared_and_requirements(tmp_path: Path) -> None:
         assert not list(staged.rglob("__pycache__"))
         env_file = (tmp_path / "build" / f"{name}.env.yaml").read_text()
         assert 'ALLOWED_ORIGINS: "https://app.example,https://admin.example"' in env_file
-        assert f'PROCESSOR_URL: "{placeholder_url("ai-jobs-process")}"' in env_file
+        assert f'PROCESSOR_URL: "{placeholder_url(PROCESS)}"' in env_file
         assert f'TASKS_INVOKER_SA: "{INVOKER_SA}"' in env_file
         assert 'PROCESSOR_VERIFY_OIDC: "true"' in env_file
-        assert ("REAPER_URL:" in env_file) == (name == "ai-jobs-reap")
-    console_static = tmp_path / "build" / "ai-jobs-console" / "static"
+        assert ("REAPER_URL:" in env_file) == (function is REAP)
+    console_static = tmp_path / "build" / CONSOLE.name / "static"
     assert (console_static / "index.html").is_file() and (console_static / "app.js").is_file()
 
 
@@ -411,17 +427,17 @@ def test_missing_supabase_url_fails_with_a_message_naming_it(tmp_path: Path) -> 
 
 
 def test_only_deploys_just_that_function(tmp_path: Path) -> None:
-    result = run_deploy(tmp_path, "--only", "ai-jobs-get")
+    result = run_deploy(tmp_path, "--only", GET.name)
 
     assert result.returncode == 0, result.stderr
-    assert list(deploy_lines(result.stdout)) == ["ai-jobs-get"]
-    assert sorted(p.name for p in (tmp_path / "build").iterdir() if p.is_dir()) == ["ai-jobs-get"]
+    assert list(deploy_lines(result.stdout)) == [GET.name]
+    assert sorted(p.name for p in (tmp_path / "build").iterdir() if p.is_dir()) == [GET.name]
     assert "gcloud scheduler jobs" not in result.stdout
     assert "add-invoker-policy-binding" not in result.stdout
 
 
 def test_only_rejects_an_unknown_function(tmp_path: Path) -> None:
-    result = run_deploy(tmp_path, "--only", "ai-jobs-get,ai-jobs-nope")
+    result = run_deploy(tmp_path, "--only", f"{GET.name},ai-jobs-nope")
 
     assert result.returncode != 0
     assert "ai-jobs-nope" in result.stderr
@@ -458,7 +474,7 @@ def test_dry_run_prints_the_resolved_settings_with_secrets_masked(tmp_path: Path
     assert printed["PROCESSOR_VERIFY_OIDC"] == "true"
     assert printed["SUPABASE_SERVICE_ROLE_KEY"] == "<set, masked>"
     assert set(FUNCTION_SETTINGS) <= set(printed)
-    env_file = (tmp_path / "build" / "ai-jobs-get.env.yaml").read_text()
+    env_file = (tmp_path / "build" / f"{GET.name}.env.yaml").read_text()
     assert 'LEASE_SECONDS: "90"' in env_file  # given: written
     assert 'GEMINI_MODEL: "gemini-x"' in env_file
     assert "MAX_ATTEMPTS" not in env_file  # not given: the deployed code's own default
@@ -482,7 +498,9 @@ def test_help_lists_every_flag_and_variable(tmp_path: Path) -> None:
     assert result.returncode == 0
     script = SCRIPT.read_text()
     read_by_script = set(re.findall(r"\$\{([A-Z][A-Z0-9_]*):[-?]", script)) - {"URL"}
-    documented = [*read_by_script, *FUNCTION_SETTINGS]
+    sizes = [name for size in (WORKER, SMALL) for name in size_variables(size).values()]
+    sizes += [f.min_instances_variable for f in FUNCTIONS if f.min_instances_variable]
+    documented = [*read_by_script, *FUNCTION_SETTINGS, *sizes, *NAMES]
     assert len(read_by_script) > 20
     assert len(FUNCTION_SETTINGS) > 40
     for name in documented:

@@ -19,15 +19,15 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from infra.local.host import FUNCTIONS
 from infra.local.stack import LocalStack
 from shared import errors
+from shared.functions import BY_NAME, CONSOLE
 from tests.support import REPO_ROOT, SEED_QUERY, create, wait_for
 
 SPEC = REPO_ROOT / "infra" / "openapi.yaml"
-PRIVATE = {"ai-jobs-process", "ai-jobs-reap"}
+PRIVATE = {name for name, f in BY_NAME.items() if f.access == "private"}
 #: public, but a web page (text/html and its assets), not part of the JSON API described here
-NOT_JSON_API = {"ai-jobs-console"}
+NOT_JSON_API = {CONSOLE.name}
 #: Codes only the private functions or the worker raise, or abstract bases never raised.
 NOT_FOR_CLIENTS = {
     "forbidden",
@@ -75,7 +75,7 @@ def all_error_classes(
 
 def test_the_description_lists_exactly_the_public_functions() -> None:
     functions = {path.strip("/").split("/")[0] for path in spec()["paths"]}
-    assert functions == set(FUNCTIONS) - PRIVATE - NOT_JSON_API
+    assert functions == set(BY_NAME) - PRIVATE - NOT_JSON_API
 
 
 def test_every_error_code_a_client_can_get_is_documented() -> None:

@@ -24,8 +24,8 @@ from google.cloud import tasks_v2
 import shared.store
 import shared.tasks
 from infra.local.gateway import GatewayHandle
-from infra.local.host import FUNCTIONS as FUNCTION_TARGETS
 from infra.local.tasks_emulator import EmulatorHandle, start_emulator
+from shared.functions import ENTRY_POINTS as FUNCTION_TARGETS
 from shared.settings import get_settings
 from shared.tasks import emulator_client
 from tests.support import REPO_ROOT, SEED_QUERY

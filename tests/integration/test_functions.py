@@ -18,14 +18,15 @@ from infra.local.gateway import GatewayHandle, make_jwt
 from infra.local.stack import free_port
 from infra.local.tasks_emulator.oidc import CertsServer, OidcSigner
 from shared.errors import ConfigError
+from shared.functions import CREATE, LIST, PROCESS, Function
 from shared.settings import get_settings
 from tests.integration.conftest import JWT_SECRET
 
-FUNCTIONS = Path(__file__).resolve().parents[2] / "functions"
+REPO = Path(__file__).resolve().parents[2]
 COMPLEX = "모든 서버 분석하고 최적화 리포트 만들어줘"
 SIMPLE = "현재 서버 상태 알려줘"
 INVOKER = "ai-jobs-invoker@my-project.iam.gserviceaccount.com"
-PROCESSOR_URL = "https://asia-northeast1-my-project.cloudfunctions.net/ai-jobs-process"
+PROCESSOR_URL = PROCESS.url("https://asia-northeast1-my-project.cloudfunctions.net")
 
 Client = Callable[..., flask.testing.FlaskClient]
 
@@ -34,9 +35,9 @@ Client = Callable[..., flask.testing.FlaskClient]
 def function(
     gateway: GatewayHandle, service_key: str
 ) -> Iterator[Callable[..., flask.testing.FlaskClient]]:
-    """``function(name, **env)``: a test client for functions/<name>/main.py with that env."""
+    """``function(CREATE, **env)``: a test client for that function's main.py with that env."""
 
-    def load(name: str, **env: str) -> flask.testing.FlaskClient:
+    def load(function: Function, **env: str) -> flask.testing.FlaskClient:
         os.environ.update(
             {
                 "SUPABASE_URL": gateway.url,
@@ -48,12 +49,7 @@ def function(
             }
         )
         _reset()
-        target = {
-            "ai-jobs-create": "create_job",
-            "ai-jobs-list": "list_jobs",
-            "ai-jobs-process": "process_job",
-        }[name]
-        app = functions_framework.create_app(target, str(FUNCTIONS / name / "main.py"))
+        app = functions_framework.create_app(function.entry_point, str(function.source(REPO)))
         return app.test_client()
 
     yield load
@@ -70,17 +66,17 @@ def test_missing_setting_fails_at_cold_start_naming_it() -> None:
     os.environ.pop("SUPABASE_URL", None)
     _reset()
     with pytest.raises(ConfigError, match="SUPABASE_URL"):
-        functions_framework.create_app("create_job", str(FUNCTIONS / "ai-jobs-create" / "main.py"))
+        functions_framework.create_app(CREATE.entry_point, str(CREATE.source(REPO)))
     os.environ.update({"SUPABASE_URL": "http://x", "SUPABASE_SERVICE_ROLE_KEY": "k"})
     os.environ["MAX_ATTEMPTS"] = "many"
     _reset()
     with pytest.raises(ConfigError, match="MAX_ATTEMPTS"):
-        functions_framework.create_app("create_job", str(FUNCTIONS / "ai-jobs-create" / "main.py"))
+        functions_framework.create_app(CREATE.entry_point, str(CREATE.source(REPO)))
     _reset()
 
 
 def test_job_queue_disabled_answers_in_the_request(function: Client) -> None:
-    create = function("ai-jobs-create", ENABLE_JOB_QUEUE="false")
+    create = function(CREATE, ENABLE_JOB_QUEUE="false")
     response = create.post("/", json={"query": COMPLEX})
     assert response.status_code == 200
     body = response.get_json()
@@ -92,10 +88,10 @@ def test_job_queue_disabled_answers_in_the_request(function: Client) -> None:
 def test_routing_disabled_makes_every_query_a_job_even_with_the_queue_down(
     function: Client,
 ) -> None:
-    create = function("ai-jobs-create", ENABLE_COMPLEXITY_ROUTING="false")
+    create = function(CREATE, ENABLE_COMPLEXITY_ROUTING="false")
     response = create.post("/", json={"query": SIMPLE})
     assert response.status_code == 202, "the row is written even though enqueueing failed"
-    listed = function("ai-jobs-list").get("/").get_json()["jobs"]
+    listed = function(LIST).get("/").get_json()["jobs"]
     assert [job["jobId"] for job in listed] == [response.get_json()["jobId"]]
     assert listed[0]["status"] == "queued"
 
@@ -107,9 +103,9 @@ def test_identity_from_a_verified_supabase_jwt(
     alice_id, bob_id = str(uuid.uuid4()), str(uuid.uuid4())  # Supabase Auth subjects are uuids
     alice = {"Authorization": f"Bearer {make_jwt(JWT_SECRET, 'authenticated', sub=alice_id)}"}
     bob = {"Authorization": f"Bearer {make_jwt(JWT_SECRET, 'authenticated', sub=bob_id)}"}
-    created = function("ai-jobs-create", **env).post("/", json={"query": COMPLEX}, headers=alice)
+    created = function(CREATE, **env).post("/", json={"query": COMPLEX}, headers=alice)
     assert created.status_code == 202
-    lister = function("ai-jobs-list", **env)
+    lister = function(LIST, **env)
     assert len(lister.get("/", headers=alice).get_json()["jobs"]) == 1
     assert lister.get("/", headers=bob).get_json()["jobs"] == []
     other_secret = "another-secret-that-is-at-least-32-characters-long"
@@ -120,10 +116,10 @@ def test_identity_from_a_verified_supabase_jwt(
 
 
 def test_user_header_is_trusted_only_from_the_bff(function: Client) -> None:
-    jwt_mode = function("ai-jobs-list", SUPABASE_JWT_SECRET=JWT_SECRET)
+    jwt_mode = function(LIST, SUPABASE_JWT_SECRET=JWT_SECRET)
     spoofed = jwt_mode.get("/", headers={"X-User-Id": "alice"})
     assert spoofed.status_code == 401, "with JWTs configured, a bare user header is refused"
-    bff = function("ai-jobs-list", SUPABASE_JWT_SECRET=JWT_SECRET, BFF_SHARED_SECRET="bff-s3cret")
+    bff = function(LIST, SUPABASE_JWT_SECRET=JWT_SECRET, BFF_SHARED_SECRET="bff-s3cret")
     assert bff.get("/", headers={"X-User-Id": "alice"}).status_code == 401
     wrong = {"X-User-Id": "alice", "X-BFF-Secret": "guess"}
     assert bff.get("/", headers=wrong).status_code == 401
@@ -132,7 +128,7 @@ def test_user_header_is_trusted_only_from_the_bff(function: Client) -> None:
 
 
 def test_anonymous_callers_can_be_refused(function: Client) -> None:
-    lister = function("ai-jobs-list", ALLOW_ANONYMOUS="false")
+    lister = function(LIST, ALLOW_ANONYMOUS="false")
     assert lister.get("/").status_code == 401
     assert lister.get("/", headers={"X-User-Id": "u1"}).status_code == 200
 
@@ -151,7 +147,7 @@ def test_processor_verifies_the_cloud_tasks_oidc_token(
 ) -> None:
     signer, certs_url = oidc
     processor = function(
-        "ai-jobs-process",
+        PROCESS,
         PROCESSOR_VERIFY_OIDC="true",
         OIDC_CERTS_URL=certs_url,
         TASKS_INVOKER_SA=INVOKER,

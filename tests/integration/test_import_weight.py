@@ -15,7 +15,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from infra.local.host import FUNCTIONS, free_port
+from infra.local.host import free_port
+from shared.functions import ENTRY_POINTS as FUNCTIONS
 from tests.support import REPO_ROOT
 
 #: module -> what it stands for; none of them is needed to import any function

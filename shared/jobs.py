@@ -85,8 +85,14 @@ TRANSITIONS: dict[str, frozenset[tuple[JobStatus, JobStatus]]] = {
         }
     ),
 }
-# the sweep the reaper calls (with dispatch numbers) makes the same changes as the first one
-TRANSITIONS["reap_jobs_v2"] = TRANSITIONS["reap_jobs"]
+# later versions make the same changes as the first: the sweep with dispatch numbers, the claim
+# that refuses a stale delivery, the completion that writes the steps it carries
+for _later, _first in (
+    ("reap_jobs_v2", "reap_jobs"),
+    ("claim_job_v3", "claim_job"),
+    ("complete_job_v2", "complete_job"),
+):
+    TRANSITIONS[_later] = TRANSITIONS[_first]
 
 
 def is_legal(operation: str, old: JobStatus, new: JobStatus) -> bool:

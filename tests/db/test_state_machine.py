@@ -9,6 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
+from psycopg.types.json import Jsonb
 
 from infra.local.migrate import apply_migrations
 from shared.jobs import TRANSITIONS, JobStatus, is_legal
@@ -32,6 +33,15 @@ def _token(job: dict[str, Any]) -> str:
     return str(job["lease_token"] or uuid.uuid4())
 
 
+def _claim_v3(db: Db, job: dict[str, Any]) -> dict[str, Any] | None:
+    """claim_job_v3 with the job's own dispatch number; its refusal (an outcome and no job)
+    read as the first claim's (null)."""
+    claim = db.one(
+        "claim_job_v3", job_id=job["id"], dispatch=job["dispatch_count"], lease_seconds=60
+    )
+    return dict(claim) if claim["outcome"] == "claimed" else None
+
+
 OPERATIONS: dict[str, tuple[str, Callable[[Db, dict[str, Any]], Any]]] = {
     "claim": ("claim_job", lambda db, j: db.one("claim_job", job_id=j["id"])),
     "complete": (
@@ -49,12 +59,23 @@ OPERATIONS: dict[str, tuple[str, Callable[[Db, dict[str, Any]], Any]]] = {
         ),
     ),
     "cancel": ("cancel_job", lambda db, j: db.one("cancel_job", job_id=j["id"])),
+    # the later versions, over the same matrix
+    "claim_v3": ("claim_job_v3", _claim_v3),
+    "complete_v2": (
+        "complete_job_v2",
+        lambda db, j: db.one(
+            "complete_job_v2", job_id=j["id"], lease_token=_token(j), result={}, steps=Jsonb([])
+        ),
+    ),
 }
+
 
 # (status before, operation) -> status after; missing pairs must be refused.
 EXPECTED = {
     ("queued", "claim"): "processing",
     ("queued", "cancel"): "cancelled",
+    ("queued", "claim_v3"): "processing",
+    ("processing", "complete_v2"): "completed",
     ("processing", "complete"): "completed",
     ("processing", "fail"): "failed",
     ("processing", "fail_retryable"): "queued",
@@ -101,6 +122,7 @@ def test_the_matrix_expects_exactly_the_declared_transitions() -> None:
     # and in test_dispatch.py)
     elsewhere = {
         ("claim_job", JobStatus.PROCESSING, JobStatus.PROCESSING),
+        ("claim_job_v3", JobStatus.PROCESSING, JobStatus.PROCESSING),
         ("reap_jobs", JobStatus.PROCESSING, JobStatus.FAILED),
         ("reap_jobs", JobStatus.PROCESSING, JobStatus.QUEUED),
         ("reap_jobs_v2", JobStatus.PROCESSING, JobStatus.FAILED),

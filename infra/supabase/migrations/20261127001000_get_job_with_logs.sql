@@ -25,7 +25,7 @@ as $$
          order by l.id
          limit least(greatest(coalesce(p_limit, 100), 1), 500)) l),
       '[]'::json))
-  from public.get_job(p_job_id, p_user_id) j  -- raises job_not_found
+  from public.get_job(p_job_id, p_user_id) j  -- raises when the job is not the caller's
 $$;
 
 -- Supabase grants EXECUTE on every new public function to anon and authenticated (and

@@ -7,11 +7,9 @@ goes to a temporary ``DEPLOY_BUILD_DIR``; it is compared with the repository's o
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
-import subprocess
 from pathlib import Path
+from typing import Any
 
 from shared.functions import (
     CONSOLE,
@@ -27,24 +25,22 @@ from shared.functions import (
     size_variables,
 )
 from shared.settings import AISettings, ConsoleSettings, DeploySettings, Settings, declared
+from tests.deploy.dry_run import (
+    DB_PASSWORD,
+    PROJECT,
+    REPO,
+    SCRIPT,
+    SECRET_VALUES,
+    commands,
+    deploy_lines,
+    run_deploy,
+)
 
-REPO = Path(__file__).resolve().parents[2]
-SCRIPT = REPO / "deploy.sh"
-BASH = shutil.which("bash") or "/bin/bash"
-PROJECT = "demo-proj"
 REGION = "asia-northeast1"
 RUNTIME_SA = f"ai-jobs-runtime@{PROJECT}.iam.gserviceaccount.com"
 INVOKER_SA = f"ai-jobs-invoker@{PROJECT}.iam.gserviceaccount.com"
 NAMES = [f.name for f in FUNCTIONS]  # deploy order: the processor first
 PRIVATE = {f.name for f in FUNCTIONS if f.access == "private"}
-SECRET_VALUES = {
-    "SUPABASE_SERVICE_ROLE_KEY": "sk-test-service-role-5f1a",
-    "GEMINI_API_KEY": "gm-test-key-9c2e",
-    "SUPABASE_JWT_SECRET": "jwt-test-secret-77d0",
-    "BFF_SHARED_SECRET": "bff-test-secret-31c5",
-    "PROCESSOR_SHARED_SECRET": "shared-test-secret-31b4",
-}
-DB_PASSWORD = "db-test-password-e8a2"
 APIS = [
     "cloudfunctions",
     "run",
@@ -62,55 +58,6 @@ FUNCTION_SETTINGS = [
     for cls in (Settings, AISettings, DeploySettings, ConsoleSettings)
     for _, name, _ in declared(cls)
 ]
-FAKE_TOOL = '#!/bin/sh\necho "$0 $*" >> "{marker}"\nexit 97\n'
-
-
-def run_deploy(
-    tmp_path: Path,
-    *args: str,
-    dry_run: bool = True,
-    script: Path = SCRIPT,
-    **env_overrides: str | None,
-) -> subprocess.CompletedProcess[str]:
-    fake_bin = tmp_path / "fake-bin"
-    fake_bin.mkdir(exist_ok=True)
-    for tool in ("gcloud", "supabase"):
-        fake = fake_bin / tool
-        fake.write_text(FAKE_TOOL.format(marker=tmp_path / "tool-calls.log"))
-        fake.chmod(0o755)
-    env: dict[str, str | None] = {
-        "PATH": f"{fake_bin}{os.pathsep}{os.environ['PATH']}",
-        "HOME": str(tmp_path),
-        "GCP_PROJECT": PROJECT,
-        "SUPABASE_URL": "https://abcd.supabase.co",
-        "DEPLOY_BUILD_DIR": str(tmp_path / "build"),
-        "SUPABASE_DB_URL": f"postgresql://postgres:{DB_PASSWORD}@db.abcd.supabase.co:5432/postgres",
-        "ALLOWED_ORIGINS": "https://app.example,https://admin.example",
-        **SECRET_VALUES,
-    }
-    env.update(env_overrides)
-    flags = ["--dry-run"] if dry_run else []
-    return subprocess.run(
-        [BASH, str(script), *flags, *args],
-        env={k: v for k, v in env.items() if v is not None},
-        cwd=tmp_path,  # the script must find the repository on its own
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
-
-
-def commands(stdout: str) -> list[str]:
-    return [line[2:] for line in stdout.splitlines() if line.startswith("+ ")]
-
-
-def deploy_lines(stdout: str) -> dict[str, str]:
-    found = {}
-    for cmd in commands(stdout):
-        if cmd.startswith("gcloud functions deploy "):
-            found[cmd.split()[3]] = cmd
-    return found
 
 
 def first_index(lines: list[str], *needles: str) -> int:
@@ -238,7 +185,7 @@ def test_each_function_is_deployed_as_the_table_of_functions_says(tmp_path: Path
 
 
 def test_size_variables_override_the_table(tmp_path: Path) -> None:
-    overrides = {
+    overrides: dict[str, Any] = {
         "PROCESSOR_MEMORY": "2Gi",
         "FUNCTION_CONCURRENCY": "8",
         "FUNCTION_MAX_INSTANCES": "3",
@@ -444,7 +391,7 @@ def test_only_rejects_an_unknown_function(tmp_path: Path) -> None:
 
 
 def test_inconsistent_settings_are_refused_by_the_settings_module(tmp_path: Path) -> None:
-    refused = {
+    refused: dict[str, dict[str, Any]] = {
         "JOB_DEADLINE_S": {"JOB_DEADLINE_S": "600"},
         "TASK_DISPATCH_DEADLINE_S": {"PROCESSOR_TIMEOUT_S": "300"},
         "QUEUE_MAX_ATTEMPTS": {"QUEUE_MAX_ATTEMPTS": "2", "MAX_ATTEMPTS": "3"},

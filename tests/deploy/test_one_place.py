@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 from shared.functions import PROCESS
-from tests.deploy.test_deploy import deploy_lines, run_deploy
+from tests.deploy.dry_run import deploy_lines, run_deploy
 
 REPO = Path(__file__).resolve().parents[2]
 COPIED = ("shared", "functions", "deploy.sh", "requirements.txt", "README.md")

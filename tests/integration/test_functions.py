@@ -9,18 +9,17 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import flask.testing
-import functions_framework
 import pytest
 
 import shared.store
 import shared.tasks
 from infra.local.gateway import GatewayHandle, make_jwt
-from infra.local.stack import free_port
+from infra.local.host import free_port
 from infra.local.tasks_emulator.oidc import CertsServer, OidcSigner
 from shared.errors import ConfigError
 from shared.functions import CREATE, LIST, PROCESS, Function
 from shared.settings import get_settings
-from tests.integration.conftest import JWT_SECRET
+from tests.support import JWT_SECRET, function_app
 
 REPO = Path(__file__).resolve().parents[2]
 COMPLEX = "모든 서버 분석하고 최적화 리포트 만들어줘"
@@ -49,8 +48,7 @@ def function(
             }
         )
         _reset()
-        app = functions_framework.create_app(function.entry_point, str(function.source(REPO)))
-        return app.test_client()
+        return function_app(function.entry_point, function.source(REPO)).test_client()
 
     yield load
     _reset()
@@ -66,12 +64,12 @@ def test_missing_setting_fails_at_cold_start_naming_it() -> None:
     os.environ.pop("SUPABASE_URL", None)
     _reset()
     with pytest.raises(ConfigError, match="SUPABASE_URL"):
-        functions_framework.create_app(CREATE.entry_point, str(CREATE.source(REPO)))
+        function_app(CREATE.entry_point, CREATE.source(REPO))
     os.environ.update({"SUPABASE_URL": "http://x", "SUPABASE_SERVICE_ROLE_KEY": "k"})
     os.environ["MAX_ATTEMPTS"] = "many"
     _reset()
     with pytest.raises(ConfigError, match="MAX_ATTEMPTS"):
-        functions_framework.create_app(CREATE.entry_point, str(CREATE.source(REPO)))
+        function_app(CREATE.entry_point, CREATE.source(REPO))
     _reset()
 
 

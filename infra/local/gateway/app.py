@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import select
 import threading
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -31,7 +32,14 @@ from infra.local.gateway.config import (
 )
 from infra.local.gateway.errors import ApiError, postgres_error
 from infra.local.gateway.request import arguments
-from infra.local.gateway.rpc import Call, content_range, resolve, run_call
+from infra.local.gateway.rpc import (
+    REQUEST_SETTINGS,
+    Call,
+    call_sql,
+    content_range,
+    resolve,
+    run_call,
+)
 from infra.local.gateway.schema import ReturnKind, SchemaCache
 
 log = logging.getLogger("infra.local.gateway")
@@ -68,12 +76,20 @@ class Gateway:
             max_size=pool_max,
             timeout=pool_timeout,
             open=False,
-            check=ConnectionPool.check_connection,
+            # run_call sends each call as one implicit transaction block
+            kwargs={"autocommit": True},
+            check=_check_if_ended,
             name="rest-gateway",
         )
         self.pool.open(wait=False)
         self._cache: SchemaCache | None = None
         self._cache_lock = threading.Lock()
+        #: The statement of each call shape, for the schema cache in use (cleared on reload).
+        self._statements: dict[Call, bytes] = {}
+        self._search_path = ", ".join(
+            sql.Identifier(s).as_string()
+            for s in dict.fromkeys((*self.schemas, *EXTRA_SEARCH_PATH))
+        )
 
     # lifecycle
 
@@ -84,6 +100,7 @@ class Gateway:
         """Re-read the function signatures (PostgREST's ``NOTIFY pgrst, 'reload schema'``)."""
         with self._cache_lock, self._connection() as conn:
             self._cache = SchemaCache.load(conn, self.schemas)
+            self._statements = {}
             return self._cache
 
     def schema_cache(self) -> SchemaCache:
@@ -156,41 +173,65 @@ class Gateway:
                 raise
             # The function may be new since the cache was read: look once more.
             call = resolve(self.reload(), schema, name, keys)
+            cache = self.schema_cache()
         return self._execute(request, identity, cache, call, body_text)
 
     def _execute(
         self, request: Request, identity: Identity, cache: SchemaCache, call: Call, body: str
     ) -> Response:
-        setup = {
-            "search_path": ", ".join(
-                sql.Identifier(s).as_string()
-                for s in dict.fromkeys((*self.schemas, *EXTRA_SEARCH_PATH))
-            ),
-            "role": identity.role,
-            "claims": json.dumps(identity.claims),
-            "method": request.method,
-            "path": request.path.removeprefix(REST_PREFIX),
-            "headers": json.dumps({k.lower(): v for k, v in request.headers.items()}),
-            "cookies": json.dumps(dict(request.cookies)),
-        }
-        read_only = request.method == "GET" or not call.routine.volatile
+        routine = call.routine
+        request_settings = (
+            self._search_path,
+            identity.role,
+            json.dumps(identity.claims),
+            request.method,
+            request.path.removeprefix(REST_PREFIX),
+            json.dumps({k.lower(): v for k, v in request.headers.items()}),
+            json.dumps(dict(request.cookies)),
+        )
+        # PostgREST's order (Query.setPgLocals): the role's settings, then the role and the
+        # request, then the function's hoisted settings.
+        settings = (
+            *cache.role_settings.get(identity.role, ()),
+            *zip(REQUEST_SETTINGS, request_settings, strict=True),
+            *routine.settings,
+        )
         with self._connection() as conn:
             try:
                 text, page_total = run_call(
                     conn,
-                    call,
-                    cache=cache,
-                    identity=identity,
-                    setup=setup,
-                    body=body,
-                    read_only=read_only,
-                    max_rows=self.max_rows,
+                    self._statement(call, conn),
+                    settings,
+                    body,
+                    isolation=routine.isolation or cache.role_isolation.get(identity.role),
+                    read_only=request.method == "GET" or not routine.volatile,
                 )
             except psycopg.Error as exc:
                 raise postgres_error(exc, identity.role) from None
         headers = {"Content-Range": content_range(page_total)}
-        if call.routine.returns is ReturnKind.VOID:
+        if routine.returns is ReturnKind.VOID:
             empty = Response(status=204, headers=headers)
             del empty.headers["Content-Type"]
             return empty
         return Response(text, 200, headers, content_type=JSON_CONTENT_TYPE)
+
+    def _statement(self, call: Call, conn: psycopg.Connection[Any]) -> bytes:
+        """``call_sql``'s text, composed once per function and set of argument names."""
+        statement = self._statements.get(call)
+        if statement is None:
+            statement = call_sql(call, self.max_rows).as_bytes(conn)
+            self._statements[call] = statement
+        return statement
+
+
+def _check_if_ended(conn: psycopg.Connection[Any]) -> None:
+    """The pool's check on checkout, without a round trip for a live connection.
+
+    An idle connection has nothing to read until the server ends it (``pg_terminate_backend``,
+    a shutdown, a crash leave an error or an EOF on the socket); only then is it checked with a
+    query, which raises for a dead one so the pool replaces it. (``check_connection`` on every
+    checkout cost a round trip per request.)
+    """
+    readable, _, _ = select.select([conn.pgconn.socket], [], [], 0)
+    if readable:
+        ConnectionPool.check_connection(conn)

@@ -10,14 +10,14 @@ role's settings, the role and the request's GUCs, the function's hoisted setting
 from __future__ import annotations
 
 import difflib
-from collections.abc import Mapping, Sequence
+import functools
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import psycopg
 from psycopg import sql
 
-from infra.local.gateway.auth import Identity
 from infra.local.gateway.errors import ApiError
 from infra.local.gateway.schema import ReturnKind, Routine, SchemaCache
 
@@ -157,29 +157,36 @@ def call_sql(call: Call, max_rows: int | None = None) -> sql.Composed:
     )
 
 
-SETUP_SQL = sql.SQL(
-    "select set_config('search_path', %(search_path)s, true),"
-    " set_config('role', %(role)s, true),"
-    " set_config('request.jwt.claims', %(claims)s, true),"
-    " set_config('request.method', %(method)s, true),"
-    " set_config('request.path', %(path)s, true),"
-    " set_config('request.headers', %(headers)s, true),"
-    " set_config('request.cookies', %(cookies)s, true)"
+#: The request's settings, in PostgREST's order (Query.setPgLocals) after the role's own.
+REQUEST_SETTINGS = (
+    "search_path",
+    "role",
+    "request.jwt.claims",
+    "request.method",
+    "request.path",
+    "request.headers",
+    "request.cookies",
 )
 
-
 _ISOLATION_LEVELS = {
-    "read committed": "READ COMMITTED",
-    "repeatable read": "REPEATABLE READ",
-    "serializable": "SERIALIZABLE",
+    "read committed": b"READ COMMITTED",
+    "repeatable read": b"REPEATABLE READ",
+    "serializable": b"SERIALIZABLE",
 }
 
 
-def _transaction_mode(isolation: str | None, *, read_only: bool) -> sql.Composed:
+def _transaction_mode(isolation: str | None, *, read_only: bool) -> bytes:
     """PostgREST's transaction: the function's or role's isolation level, READ ONLY or not."""
-    level = _ISOLATION_LEVELS.get(isolation or "", "READ COMMITTED")
-    access = "READ ONLY" if read_only else "READ WRITE"
-    return sql.SQL("set transaction isolation level {} {}").format(sql.SQL(level), sql.SQL(access))
+    level = _ISOLATION_LEVELS.get(isolation or "", b"READ COMMITTED")
+    access = b"READ ONLY" if read_only else b"READ WRITE"
+    return b"set transaction isolation level " + level + b" " + access
+
+
+@functools.lru_cache(maxsize=64)
+def _setup_sql(count: int) -> bytes:
+    """One ``select`` of ``count`` transaction-local ``set_config`` calls, evaluated in order."""
+    calls = (f"set_config(%(k{i})s, %(v{i})s, true)" for i in range(count))
+    return ("select " + ", ".join(calls)).encode()
 
 
 def content_range(page_total: int) -> str:
@@ -189,27 +196,36 @@ def content_range(page_total: int) -> str:
 
 def run_call(
     conn: psycopg.Connection[Any],
-    call: Call,
-    *,
-    cache: SchemaCache,
-    identity: Identity,
-    setup: Mapping[str, str],
+    statement: bytes,
+    settings: Sequence[tuple[str, str]],
     body: str,
+    *,
+    isolation: str | None,
     read_only: bool,
-    max_rows: int | None,
 ) -> tuple[str, int]:
-    """The call's JSON text and its page total, in PostgREST's transaction."""
-    routine = call.routine
-    isolation = routine.isolation or cache.role_isolation.get(identity.role)
-    statement = call_sql(call, max_rows)
-    with conn.transaction():
-        conn.execute(_transaction_mode(isolation, read_only=read_only))
-        # PostgREST's order (Query.setPgLocals): role settings, then the role and
-        # the request, then the function's hoisted settings.
-        for key, value in cache.role_settings.get(identity.role, ()):
-            conn.execute("select set_config(%s, %s, true)", (key, value))
-        conn.execute(SETUP_SQL, setup)
-        for key, value in routine.settings:
-            conn.execute("select set_config(%s, %s, true)", (key, value))
-        row = conn.execute(statement, {"body": body}).fetchone()
-    return row if row else ("null", 0)
+    """The call's JSON text and its page total, in PostgREST's transaction, in one round trip.
+
+    PostgREST sends its transaction as separate statements (BEGIN, the isolation level and
+    access mode, one ``select set_config(...)`` of every setting in order, the call, COMMIT).
+    Here they travel as one multi-statement query on an autocommit connection: Postgres runs
+    such a query as one implicit transaction block (``SET TRANSACTION`` applies to it, the
+    ``set_config(..., true)`` values last until its end, an error rolls all of it back) and
+    starts each statement's ``statement_timeout`` afresh with the values set before it, so the
+    call sees what it saw before, for one round trip instead of six (``conn`` must be in
+    autocommit mode). ``statement`` is ``call_sql``'s bytes; ``settings`` the role's settings,
+    the request's, then the function's hoisted ones.
+    """
+    params: dict[str, str] = {"body": body}
+    for index, (key, value) in enumerate(settings):
+        params[f"k{index}"] = key
+        params[f"v{index}"] = value
+    query = b"; ".join(
+        (_transaction_mode(isolation, read_only=read_only), _setup_sql(len(settings)), statement)
+    )
+    # Client-side binding: a multi-statement query cannot take server-side parameters.
+    with psycopg.ClientCursor(conn) as cursor:
+        cursor.execute(query, params)
+        while cursor.nextset():
+            pass  # to the call's result, the last
+        row = cursor.fetchone()
+    return (str(row[0]), int(row[1])) if row else ("null", 0)

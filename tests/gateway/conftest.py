@@ -234,8 +234,10 @@ def anon_key() -> str:
 
 
 @pytest.fixture
-def http(gateway: GatewayHandle) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=gateway.url, timeout=10) as client:
+def http(gateway: GatewayHandle, anon_key: str) -> Iterator[httpx.Client]:
+    """Raw HTTP carrying the project's anon key, as every Supabase client sends an ``apikey``
+    (the API gateway refuses a request without one); a test sets ``Authorization``."""
+    with httpx.Client(base_url=gateway.url, timeout=10, headers={"apikey": anon_key}) as client:
         yield client
 
 

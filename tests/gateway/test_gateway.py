@@ -389,17 +389,67 @@ def test_apikey_header_alone_authenticates(http: httpx.Client, service_key: str)
     assert (response.status_code, response.json()) == (200, 2)
 
 
-def test_missing_key_is_401_pgrst302(http: httpx.Client) -> None:
-    response = http.post("/rest/v1/rpc/add", json={"a": 1, "b": 1})
+def test_a_request_without_an_apikey_is_refused_before_postgrest(
+    gateway: GatewayHandle, service_key: str
+) -> None:
+    # Supabase's API gateway: no key, 401, even with a valid bearer token (hosted answer).
+    response = httpx.post(
+        f"{gateway.url}/rest/v1/rpc/add",
+        json={"a": 1, "b": 1},
+        headers={"Authorization": f"Bearer {service_key}"},
+    )
 
     assert response.status_code == 401
-    assert response.headers["www-authenticate"] == "Bearer"
     assert response.json() == {
-        "code": "PGRST302",
-        "details": None,
-        "hint": None,
-        "message": "Anonymous access is disabled",
+        "message": "No API key found in request",
+        "hint": "No `apikey` request header or url param was found.",
     }
+    assert "proxy-status" not in response.headers
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        make_jwt("another-secret-another-secret-another", "anon"),
+        make_jwt(JWT_SECRET, "authenticated", sub=str(uuid.uuid4())),
+        "sb_publishable_0123456789abcdef",
+        "not-a-key",
+    ],
+    ids=["forged", "a-user-token", "a-new-style-key-this-project-lacks", "not-a-jwt"],
+)
+def test_an_apikey_that_is_not_the_projects_is_401_invalid_api_key(
+    gateway: GatewayHandle, service_key: str, key: str
+) -> None:
+    response = httpx.post(
+        f"{gateway.url}/rest/v1/rpc/add",
+        json={"a": 1, "b": 1},
+        headers={"apikey": key, "Authorization": f"Bearer {service_key}"},
+    )
+
+    assert response.status_code == 401
+    assert response.json() == {
+        "message": "Invalid API key",
+        "hint": "Double check your Supabase `anon` or `service_role` API key.",
+    }
+
+
+def test_the_apikey_may_come_as_a_url_parameter(gateway: GatewayHandle, anon_key: str) -> None:
+    response = httpx.post(
+        f"{gateway.url}/rest/v1/rpc/add", params={"apikey": anon_key}, json={"a": 1, "b": 1}
+    )
+
+    assert (response.status_code, response.json()) == (200, 2)
+
+
+def test_an_anon_apikey_with_a_service_role_bearer_runs_as_service_role(
+    http: httpx.Client, service_key: str
+) -> None:
+    response = http.post(
+        "/rest/v1/rpc/whoami", json={}, headers={"Authorization": f"Bearer {service_key}"}
+    )
+
+    assert response.status_code == 200
+    assert response.json()["role"] == "service_role"
 
 
 @pytest.mark.parametrize(
@@ -410,7 +460,9 @@ def test_missing_key_is_401_pgrst302(http: httpx.Client) -> None:
             "PGRST301",
             "JWT cryptographic operation failed",
         ),
-        ("not-a-jwt", "PGRST301", "Expected 3 parts in JWT; got 1"),
+        # a bearer that is not a JWT (a new-style key) reaches PostgREST and fails there
+        # (supabase/supabase-py issue 1228; Supabase's API keys guide)
+        ("sb_secret_0123456789abcdef", "PGRST301", "Expected 3 parts in JWT; got 1"),
         (
             make_jwt(JWT_SECRET, "service_role", exp=int(time.time()) - 120),
             "PGRST303",
@@ -481,33 +533,28 @@ def test_wrong_key_raises_api_error_in_the_client(supabase_for: Callable[..., Cl
 
     error = rpc_error(supabase_for(forged), "add", {"a": 1, "b": 1})
 
-    assert error.code == "PGRST301"
+    assert error.message == "Invalid API key"
 
 
-def test_a_role_authenticator_cannot_switch_to_is_refused_by_the_database(
-    http: httpx.Client,
+@pytest.mark.parametrize(
+    ("role", "status", "code", "message"),
+    [
+        # a role authenticator cannot switch to is refused by the database
+        ("postgres", 403, "42501", 'permission denied to set role "postgres"'),
+        ("nobody_here", 401, "22023", 'role "nobody_here" does not exist'),
+    ],
+)
+def test_the_database_decides_whether_the_tokens_role_may_be_used(
+    http: httpx.Client, role: str, status: int, code: str, message: str
 ) -> None:
-    token = make_jwt(JWT_SECRET, "postgres")
+    token = make_jwt(JWT_SECRET, role)
 
     response = http.post(
         "/rest/v1/rpc/whoami", json={}, headers={"Authorization": f"Bearer {token}"}
     )
 
-    assert response.status_code == 403
-    assert response.json()["code"] == "42501"
-    assert response.json()["message"] == 'permission denied to set role "postgres"'
-
-
-def test_a_role_that_does_not_exist_is_401_22023(http: httpx.Client) -> None:
-    token = make_jwt(JWT_SECRET, "nobody_here")
-
-    response = http.post(
-        "/rest/v1/rpc/whoami", json={}, headers={"Authorization": f"Bearer {token}"}
-    )
-
-    assert response.status_code == 401
-    assert response.json()["code"] == "22023"
-    assert response.json()["message"] == 'role "nobody_here" does not exist'
+    assert response.status_code == status
+    assert (response.json()["code"], response.json()["message"]) == (code, message)
 
 
 def test_service_only_function_refuses_anon_401_and_users_403(
@@ -871,7 +918,7 @@ def test_database_down_is_503_pgrst000(service_key: str) -> None:
         response = http.post(
             "/rest/v1/rpc/add",
             json={"a": 1, "b": 1},
-            headers={"Authorization": f"Bearer {service_key}"},
+            headers={"apikey": service_key, "Authorization": f"Bearer {service_key}"},
         )
 
     assert response.status_code == 503
@@ -896,7 +943,7 @@ def test_stop_closes_idle_keep_alive_connections(gateway_db: str, service_key: s
         response = http.post(
             "/rest/v1/rpc/add",
             json={"a": 1, "b": 1},
-            headers={"Authorization": f"Bearer {service_key}"},
+            headers={"apikey": service_key},
         )
         started = time.perf_counter()
         handle.stop()
@@ -913,7 +960,7 @@ def test_wsgi_app_works_without_a_server(gateway_db: str, service_key: str) -> N
             response = client.post(
                 "/rest/v1/rpc/add",
                 json={"a": 3, "b": 4},
-                headers={"Authorization": f"Bearer {service_key}"},
+                headers={"apikey": service_key},
             )
     finally:
         app.close()

@@ -4,8 +4,12 @@ Production code calls ``supabase.rpc(fn, args).execute()``, which posts a JSON o
 ``SUPABASE_URL/rest/v1/rpc/fn``. This module serves that endpoint (and nothing else of
 PostgREST) against a real Postgres, so the same client code runs unchanged locally:
 
+- first, as Supabase's API gateway does, the request must carry one of the project's API keys
+  (``apikey`` header or URL parameter: its anon or service_role JWT), else 401 "No API key found
+  in request" or "Invalid API key" with the gateway's own ``{message, hint}`` body;
 - the bearer token (``Authorization``, else ``apikey``) is an HS256 JWT checked with the
-  project's secret; its ``role`` claim picks the database role, as in PostgREST;
+  project's secret; its ``role`` claim picks the database role, as in PostgREST (an anon key
+  with a service_role bearer is service_role; a bearer that is not a JWT is 401 PGRST301);
 - it logs in as ``authenticator`` (so that role's 8 s statement and lock timeouts bound
   every call, as on Supabase) and every call is one transaction that applies the switched
   role's own settings and sets ``role``, ``request.jwt.claims``, ``request.method``,

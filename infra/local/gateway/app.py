@@ -22,6 +22,7 @@ from werkzeug.wrappers import Request, Response
 
 from infra.local.gateway.auth import Authenticator, Identity
 from infra.local.gateway.config import (
+    ANON_ROLE,
     AUTHENTICATOR_ROLE,
     DEFAULT_MAX_BODY_BYTES,
     DEFAULT_MAX_ROWS,
@@ -54,7 +55,7 @@ class Gateway:
         jwt_secret: str,
         *,
         schemas: Sequence[str] = DEFAULT_SCHEMAS,
-        anonymous_role: str | None = None,
+        anonymous_role: str | None = ANON_ROLE,
         pool_min: int = 1,
         pool_max: int = 8,
         pool_timeout: float = 10.0,
@@ -66,6 +67,9 @@ class Gateway:
         #: Supabase) hold for every API role, and only its role memberships can be switched to.
         self.authenticator_uri = conninfo.make_conninfo(db_uri, user=AUTHENTICATOR_ROLE)
         self.schemas = tuple(schemas)
+        #: PostgREST's db-anon-role, ``anon`` as the Supabase CLI sets it (PGRST_DB_ANON_ROLE in
+        #: its start.go): the role of a request whose key came as a URL parameter and that has no
+        #: ``Authorization`` (Supabase's API gateway copies only an ``apikey`` header into it).
         self.auth = Authenticator(jwt_secret, anonymous_role)
         #: PostgREST's db-max-rows (None: unlimited).
         self.max_rows = max_rows
@@ -146,6 +150,8 @@ class Gateway:
         if path == REST_PREFIX and request.method in ("GET", "HEAD"):
             ready = {"service": "rest-gateway", "schemas": list(self.schemas)}
             return Response(json.dumps(ready), 200, content_type=JSON_CONTENT_TYPE)
+        # Supabase's API gateway checks the key first, whatever the path and method.
+        self.auth.check_api_key(request.headers, request.args)
         prefix = f"{REST_PREFIX}/rpc/"
         if not path.startswith(prefix) or "/" in path[len(prefix) :] or path == prefix[:-1]:
             raise ApiError(404, "PGRST125", f"Invalid path specified in request URL: {path}")

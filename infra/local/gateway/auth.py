@@ -21,7 +21,7 @@ import jwt
 from werkzeug.datastructures import Headers
 
 from infra.local.gateway.config import DEFAULT_KEY_LIFETIME, JWT_ISSUER
-from infra.local.gateway.errors import ApiError
+from infra.local.gateway.errors import ApiError, invalid_api_key, no_api_key
 
 
 def make_jwt(
@@ -50,6 +50,13 @@ def make_jwt(
     return jwt.encode(payload, secret, algorithm="HS256")
 
 
+#: The roles of a project's API keys (the anon and service_role JWTs).
+API_KEY_ROLES = frozenset({"anon", "service_role"})
+#: How many verified tokens are remembered (the keys, and users' access tokens).
+SIGNED_TOKENS_KEPT = 1024
+
+# PostgREST v13.0.8 src/PostgREST/Error.hs (JwtError): PGRST301 for a token that cannot be
+# decoded or verified, PGRST303 for one whose claims are invalid (expired, not yet valid …).
 JWT_DECODE_ERROR = "PGRST301"
 JWT_CLAIMS_ERROR = "PGRST303"
 # src/PostgREST/Auth.hs (parseToken): the skew allowed on exp, nbf and iat.
@@ -126,6 +133,30 @@ class Authenticator:
         self.jwt_secret = jwt_secret
         #: PostgREST's db-anon-role: the role of a request without a token (None: 401).
         self.anonymous_role = anonymous_role
+        #: Tokens whose signature and claims were read already, with their claims: the time
+        #: claims are still checked on every request, only the HMAC and JSON work is saved.
+        self._signed: dict[str, dict[str, Any]] = {}
+
+    def check_api_key(self, headers: Headers, args: Mapping[str, str]) -> None:
+        """Supabase's API gateway: every request carries one of the project's API keys.
+
+        The gateway (Kong's ``key-auth`` on ``/rest/v1/`` in supabase/supabase
+        ``docker/volumes/api/kong.yml``, and the hosted project's) takes the key from the
+        ``apikey`` header or URL parameter and refuses a missing or unknown one with 401 before
+        PostgREST; the ``Authorization`` bearer, when present, then decides the role (an anon
+        key with a service_role bearer is service_role). The project's keys are the anon and
+        service_role JWTs signed with its secret (the local stack mints them at start, so any
+        such token counts as one here; it issues no ``sb_publishable_``/``sb_secret_`` keys).
+        """
+        key = headers.get("apikey") or args.get("apikey")
+        if not key:
+            raise no_api_key()
+        try:
+            claims = self._signed_claims(key.strip())
+        except ApiError:
+            raise invalid_api_key() from None
+        if claims.get("role") not in API_KEY_ROLES:
+            raise invalid_api_key()
 
     def identify(self, headers: Headers) -> Identity:
         """Verify the bearer token like PostgREST v13; its ``role`` claim names the role.
@@ -153,6 +184,17 @@ class Authenticator:
 
     def _decode(self, token: str) -> dict[str, Any]:
         """PostgREST v13's parseToken: three parts, a valid signature, then the claims."""
+        claims = self._signed_claims(token)
+        problem = _claims_problem(claims, int(time.time()))
+        if problem:
+            raise _jwt_error(problem, JWT_CLAIMS_ERROR)
+        return claims
+
+    def _signed_claims(self, token: str) -> dict[str, Any]:
+        """The claims of a token with three parts and a valid signature (not yet checked)."""
+        known = self._signed.get(token)
+        if known is not None:
+            return known
         parts = token.count(".") + 1
         if parts != 3:
             raise _jwt_error(f"Expected 3 parts in JWT; got {parts}")
@@ -161,7 +203,7 @@ class Authenticator:
                 token,
                 self.jwt_secret,
                 algorithms=["HS256", "HS384", "HS512"],
-                # The claims are checked below, by PostgREST's rules and messages.
+                # The claims are checked by _decode, by PostgREST's rules and messages.
                 options={
                     "verify_exp": False,
                     "verify_nbf": False,
@@ -181,7 +223,7 @@ class Authenticator:
             raise _jwt_error("JWT cryptographic operation failed") from None
         if not isinstance(claims, dict):
             raise _jwt_error("Parsing claims failed", JWT_CLAIMS_ERROR)
-        problem = _claims_problem(claims, int(time.time()))
-        if problem:
-            raise _jwt_error(problem, JWT_CLAIMS_ERROR)
+        if len(self._signed) >= SIGNED_TOKENS_KEPT:
+            self._signed.clear()  # a bound, not an LRU: the keys come back on the next request
+        self._signed[token] = claims
         return claims

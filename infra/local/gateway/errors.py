@@ -41,6 +41,38 @@ class ApiError(Exception):
         return Response(json.dumps(body), self.status, headers, content_type=JSON_CONTENT_TYPE)
 
 
+@dataclass
+class KeyRejected(ApiError):
+    """Refused by Supabase's API gateway before PostgREST sees the request: its body is
+    ``{message, hint}`` only, with no PostgREST code or ``Proxy-Status`` (``code`` is ours, for
+    logs and tests)."""
+
+    def response(self) -> Response:
+        body = {"message": self.message, "hint": self.hint}
+        return Response(json.dumps(body), self.status, content_type=JSON_CONTENT_TYPE)
+
+
+# Supabase's API gateway, hosted project, as its answers read (supabase/supabase discussion
+# 16241; nuxt-modules/supabase issue 195, supabase-community/supabase-csharp issue 108): no key
+# and an unknown key are both 401, before the request reaches PostgREST.
+def no_api_key() -> KeyRejected:
+    return KeyRejected(
+        401,
+        "no_api_key",
+        "No API key found in request",
+        hint="No `apikey` request header or url param was found.",
+    )
+
+
+def invalid_api_key() -> KeyRejected:
+    return KeyRejected(
+        401,
+        "invalid_api_key",
+        "Invalid API key",
+        hint="Double check your Supabase `anon` or `service_role` API key.",
+    )
+
+
 # SQLSTATE → HTTP status, as PostgREST v12's pgErrorStatus. Exact codes first, then classes.
 _EXACT_STATUS = {
     "23503": 409,

@@ -3,11 +3,12 @@
 ``create_client(url, key)`` derives all three from it.
 
 Served by uvicorn (httptools for HTTP/1.1 keep-alive, the ``websockets`` library for the
-Realtime socket) in one process and one event loop. httptools is uvicorn's C parser: against
-its pure-Python h11, the gateway spent 8-13 % less CPU per RPC in scripts/bench_gateway.py. Why uvicorn: it is the reference ASGI server, keeps
-HTTP connections alive, speaks websockets in the same process, and can refuse an upgrade with
-an HTTP 401 body (the ASGI ``websocket.http.response`` extension) as Realtime does; it is
-already in the dependency tree (functions-framework) so nothing new reaches the deploy.
+Realtime socket) in one process and one event loop. Why uvicorn: it is the reference ASGI
+server, keeps HTTP connections alive, speaks websockets in the same process, and can refuse an
+upgrade with an HTTP 401 body (the ASGI ``websocket.http.response`` extension) as Realtime
+does; it is already in the dependency tree (functions-framework) so nothing new reaches the
+deploy. httptools is uvicorn's C parser (a dev dependency): against its pure-Python h11 the
+gateway spent 8-13 % less CPU per RPC (scripts/bench_gateway.py).
 
 The gateway stays a WSGI app (its request handling is sync psycopg); ``WSGIBridge`` runs each
 request in a worker thread. Its responses are small JSON documents, so the bridge buffers them.

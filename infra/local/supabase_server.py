@@ -212,7 +212,8 @@ async def _not_found(send: Send) -> None:
 def build_app(db_uri: str, jwt_secret: str) -> ASGIApp:
     """The local Supabase with CORS open to every origin, as Supabase's API gateway answers
     browsers (a page on the function host signs in and calls REST from another origin)."""
-    gateway = create_app(db_uri, jwt_secret, pool_max=GATEWAY_THREADS // 2)
+    # the project URL: Supabase's API gateway (its API key check) in front of PostgREST
+    gateway = create_app(db_uri, jwt_secret, pool_max=GATEWAY_THREADS // 2, require_api_key=True)
     app = LocalSupabase(gateway, AuthService(jwt_secret), RealtimeServer(db_uri, jwt_secret))
     cors = CORSMiddleware(
         app,

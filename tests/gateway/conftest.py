@@ -219,7 +219,8 @@ def gateway_db(gateway_pg: Postgres) -> Iterator[str]:
 
 @pytest.fixture(scope="session")
 def gateway(gateway_db: str) -> Iterator[GatewayHandle]:
-    with start_gateway(gateway_db, JWT_SECRET) as handle:
+    # as the project URL serves it: the API gateway's key check in front of PostgREST
+    with start_gateway(gateway_db, JWT_SECRET, require_api_key=True) as handle:
         yield handle
 
 

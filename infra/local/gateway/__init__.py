@@ -4,7 +4,8 @@ Production code calls ``supabase.rpc(fn, args).execute()``, which posts a JSON o
 ``SUPABASE_URL/rest/v1/rpc/fn``. This module serves that endpoint (and nothing else of
 PostgREST) against a real Postgres, so the same client code runs unchanged locally:
 
-- first, as Supabase's API gateway does, the request must carry one of the project's API keys
+- first (``require_api_key``, as the local Supabase server runs it), as Supabase's API gateway
+  in front of PostgREST does, the request must carry one of the project's API keys
   (``apikey`` header or URL parameter: its anon or service_role JWT), else 401 "No API key found
   in request" or "Invalid API key" with the gateway's own ``{message, hint}`` body;
 - the bearer token (``Authorization``, else ``apikey``) is an HS256 JWT checked with the

@@ -61,6 +61,7 @@ class Gateway:
         pool_timeout: float = 10.0,
         max_rows: int | None = DEFAULT_MAX_ROWS,
         max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+        require_api_key: bool = False,
     ) -> None:
         self.db_uri = db_uri
         #: As PostgREST, log in as authenticator: its statement and lock timeouts (8 s on
@@ -74,6 +75,10 @@ class Gateway:
         #: PostgREST's db-max-rows (None: unlimited).
         self.max_rows = max_rows
         self.max_body_bytes = max_body_bytes
+        #: Answer as Supabase's API gateway in front of PostgREST too (the project URL, as
+        #: ``infra.local.supabase_server`` serves it): no key or not the project's key is 401.
+        #: Off, the gateway is PostgREST alone.
+        self.require_api_key = require_api_key
         self.pool = ConnectionPool(
             self.authenticator_uri,
             min_size=pool_min,
@@ -150,8 +155,9 @@ class Gateway:
         if path == REST_PREFIX and request.method in ("GET", "HEAD"):
             ready = {"service": "rest-gateway", "schemas": list(self.schemas)}
             return Response(json.dumps(ready), 200, content_type=JSON_CONTENT_TYPE)
-        # Supabase's API gateway checks the key first, whatever the path and method.
-        self.auth.check_api_key(request.headers, request.args)
+        if self.require_api_key:
+            # Supabase's API gateway checks the key first, whatever the path and method.
+            self.auth.check_api_key(request.headers, request.args)
         prefix = f"{REST_PREFIX}/rpc/"
         if not path.startswith(prefix) or "/" in path[len(prefix) :] or path == prefix[:-1]:
             raise ApiError(404, "PGRST125", f"Invalid path specified in request URL: {path}")

@@ -31,6 +31,7 @@ class GatewayOptions(TypedDict, total=False):
     pool_timeout: float
     max_rows: int | None
     max_body_bytes: int
+    require_api_key: bool
 
 
 def create_app(db_uri: str, jwt_secret: str, **options: Unpack[GatewayOptions]) -> Gateway:

@@ -12,9 +12,10 @@ import psycopg
 import pytest
 from supabase import Client
 
-from infra.local.gateway import GatewayHandle
+from infra.local.gateway import GatewayHandle, start_gateway
 from infra.local.migrate import bootstrap
 from infra.local.postgres import Postgres
+from tests.support import JWT_SECRET
 
 DATABASE = "gateway_test"
 
@@ -212,9 +213,19 @@ def gateway_db(pg: Postgres) -> Iterator[str]:
     pg.drop_database(DATABASE)
 
 
+@pytest.fixture(scope="session")
+def gateway(gateway_db: str) -> Iterator[GatewayHandle]:
+    """Overrides tests/conftest.py's: the gateway as the project URL serves it (Supabase's API
+    key check in front of PostgREST), one for the session over the tier's catalogue."""
+    with start_gateway(gateway_db, JWT_SECRET, require_api_key=True) as handle:
+        yield handle
+
+
 @pytest.fixture
-def http(gateway: GatewayHandle) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=gateway.url, timeout=10) as client:
+def http(gateway: GatewayHandle, anon_key: str) -> Iterator[httpx.Client]:
+    """Raw HTTP carrying the project's anon key, as every Supabase client sends an ``apikey``
+    (the API gateway refuses a request without one); a test sets ``Authorization``."""
+    with httpx.Client(base_url=gateway.url, timeout=10, headers={"apikey": anon_key}) as client:
         yield client
 
 

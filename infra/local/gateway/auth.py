@@ -1,0 +1,229 @@
+"""Keys and roles: the bearer token (``Authorization``, else ``apikey``) to a database role.
+
+As PostgREST v13 (src/PostgREST/Auth.hs): an HS256/384/512 JWT checked with the project's
+secret, its claims verified with PostgREST's rules and messages (PGRST301 for a token that
+cannot be decoded or verified, PGRST303 for invalid claims), and its ``role`` claim naming the
+role. Whether that role may be used is the database's answer (``SET ROLE`` in the call).
+
+``make_jwt`` mints keys like the Supabase CLI's local anon / service_role keys and user tokens.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+import jwt
+from werkzeug.datastructures import Headers
+
+from infra.local.gateway.config import DEFAULT_KEY_LIFETIME, JWT_ISSUER
+from infra.local.gateway.errors import ApiError, invalid_api_key, no_api_key
+
+
+def make_jwt(
+    secret: str,
+    role: str,
+    *,
+    expires_in: timedelta = DEFAULT_KEY_LIFETIME,
+    **claims: Any,
+) -> str:
+    """Mint an HS256 token like the Supabase CLI's: anon/service_role keys, or user tokens.
+
+    ``make_jwt(secret, "anon")`` is an anon key; ``make_jwt(secret, "authenticated",
+    sub=user_id)`` a signed-in user's access token. ``claims`` override the defaults
+    (pass ``exp=`` in the past for an expired token).
+    """
+    now = int(time.time())
+    payload: dict[str, Any] = {
+        "iss": JWT_ISSUER,
+        "role": role,
+        "iat": now,
+        "exp": now + int(expires_in.total_seconds()),
+    }
+    if role == "authenticated":
+        payload["aud"] = "authenticated"
+    payload.update(claims)
+    return jwt.encode(payload, secret, algorithm="HS256")
+
+
+#: The roles of a project's API keys (the anon and service_role JWTs).
+API_KEY_ROLES = frozenset({"anon", "service_role"})
+#: How many verified tokens are remembered (the keys, and users' access tokens).
+SIGNED_TOKENS_KEPT = 1024
+
+# PostgREST v13.0.8 src/PostgREST/Error.hs (JwtError): PGRST301 for a token that cannot be
+# decoded or verified, PGRST303 for one whose claims are invalid (expired, not yet valid …).
+JWT_DECODE_ERROR = "PGRST301"
+JWT_CLAIMS_ERROR = "PGRST303"
+# src/PostgREST/Auth.hs (parseToken): the skew allowed on exp, nbf and iat.
+JWT_ALLOWED_SKEW_SECONDS = 30
+
+
+def _jwt_error(message: str, code: str = JWT_DECODE_ERROR) -> ApiError:
+    description = message.replace('"', "'")
+    return ApiError(
+        401,
+        code,
+        message,
+        headers={
+            "WWW-Authenticate": f'Bearer error="invalid_token", error_description="{description}"'
+        },
+    )
+
+
+def _seconds(value: float) -> int:
+    """Haskell's ``fromMaybe 0 . toBoundedInteger``: a non-integral or out-of-range time is 0."""
+    if isinstance(value, float) and not value.is_integer():
+        return 0
+    seconds = int(value)
+    return seconds if -(2**63) <= seconds < 2**63 else 0
+
+
+def _claims_problem(claims: Mapping[str, Any], now: int) -> str | None:
+    """PostgREST v13's verifyClaims (Auth.hs), in its order, with its messages; None if valid."""
+    skew = JWT_ALLOWED_SKEW_SECONDS
+    checks: tuple[tuple[str, Callable[[int], bool], str], ...] = (
+        ("exp", lambda t: now <= t + skew, "JWT expired"),
+        ("nbf", lambda t: now >= t - skew, "JWT not yet valid"),
+        ("iat", lambda t: now >= t - skew, "JWT issued at future"),
+    )
+    for claim, valid, message in checks:
+        value = claims.get(claim)
+        if value is None and claim not in claims:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            return f"The JWT '{claim}' claim must be a number"
+        if not valid(_seconds(value)):
+            return message
+    audience = claims.get("aud")
+    # Supabase sets no jwt-aud, so any string or list of strings is accepted.
+    if not (
+        audience is None
+        or isinstance(audience, str)
+        or (isinstance(audience, list) and all(isinstance(a, str) for a in audience))
+    ):
+        return "The JWT 'aud' claim must be a string or an array of strings"
+    return None
+
+
+@dataclass(frozen=True)
+class Identity:
+    role: str
+    claims: Mapping[str, Any]
+
+
+def _bearer(header: str | None) -> str | None:
+    """Wai's extractBearerAuth: the token after ``Bearer`` (maybe empty); None otherwise."""
+    if not header:
+        return None
+    scheme, _, token = header.strip().partition(" ")
+    return token.strip() if scheme.lower() == "bearer" else None
+
+
+class Authenticator:
+    """Turns a request's headers into the ``Identity`` PostgREST would switch to."""
+
+    def __init__(self, jwt_secret: str, anonymous_role: str | None) -> None:
+        if not jwt_secret:
+            raise ValueError("jwt_secret is required")
+        self.jwt_secret = jwt_secret
+        #: PostgREST's db-anon-role: the role of a request without a token (None: 401).
+        self.anonymous_role = anonymous_role
+        #: Tokens whose signature and claims were read already, with their claims: the time
+        #: claims are still checked on every request, only the HMAC and JSON work is saved.
+        self._signed: dict[str, dict[str, Any]] = {}
+
+    def check_api_key(self, headers: Headers, args: Mapping[str, str]) -> None:
+        """Supabase's API gateway: every request carries one of the project's API keys.
+
+        The gateway (Kong's ``key-auth`` on ``/rest/v1/`` in supabase/supabase
+        ``docker/volumes/api/kong.yml``, and the hosted project's) takes the key from the
+        ``apikey`` header or URL parameter and refuses a missing or unknown one with 401 before
+        PostgREST; the ``Authorization`` bearer, when present, then decides the role (an anon
+        key with a service_role bearer is service_role). The project's keys are the anon and
+        service_role JWTs signed with its secret (the local stack mints them at start, so any
+        such token counts as one here; it issues no ``sb_publishable_``/``sb_secret_`` keys).
+        """
+        key = headers.get("apikey") or args.get("apikey")
+        if not key:
+            raise no_api_key()
+        try:
+            claims = self._signed_claims(key.strip())
+        except ApiError:
+            raise invalid_api_key() from None
+        if claims.get("role") not in API_KEY_ROLES:
+            raise invalid_api_key()
+
+    def identify(self, headers: Headers) -> Identity:
+        """Verify the bearer token like PostgREST v13; its ``role`` claim names the role.
+
+        Whether that role may be used is the database's answer, as in PostgREST: switching to
+        a role authenticator is not a member of fails with 42501, to one that does not exist
+        with 22023 (401).
+        """
+        bearer = _bearer(headers.get("Authorization"))
+        if bearer == "":
+            raise _jwt_error("Empty JWT is sent in Authorization header")
+        # Supabase's API gateway passes the apikey header on when there is no bearer token.
+        token = bearer or headers.get("apikey", "").strip()
+        if not token:
+            if self.anonymous_role is None:
+                raise ApiError(401, "PGRST302", "Anonymous access is disabled")
+            return Identity(self.anonymous_role, {"role": self.anonymous_role})
+        claims = self._decode(token)
+        role = claims.get("role", self.anonymous_role)
+        if role is None:
+            raise ApiError(401, "PGRST302", "Anonymous access is disabled")
+        # PostgREST takes a non-string claim as its JSON text (Auth.hs, parseClaims: unquoted).
+        role_name = role if isinstance(role, str) else json.dumps(role)
+        return Identity(role_name, {**claims, "role": role_name})
+
+    def _decode(self, token: str) -> dict[str, Any]:
+        """PostgREST v13's parseToken: three parts, a valid signature, then the claims."""
+        claims = self._signed_claims(token)
+        problem = _claims_problem(claims, int(time.time()))
+        if problem:
+            raise _jwt_error(problem, JWT_CLAIMS_ERROR)
+        return claims
+
+    def _signed_claims(self, token: str) -> dict[str, Any]:
+        """The claims of a token with three parts and a valid signature (not yet checked)."""
+        known = self._signed.get(token)
+        if known is not None:
+            return known
+        parts = token.count(".") + 1
+        if parts != 3:
+            raise _jwt_error(f"Expected 3 parts in JWT; got {parts}")
+        try:
+            claims = jwt.decode(
+                token,
+                self.jwt_secret,
+                algorithms=["HS256", "HS384", "HS512"],
+                # The claims are checked by _decode, by PostgREST's rules and messages.
+                options={
+                    "verify_exp": False,
+                    "verify_nbf": False,
+                    "verify_iat": False,
+                    "verify_aud": False,
+                    "verify_iss": False,
+                    "require": [],
+                },
+            )
+        except jwt.InvalidAlgorithmError:
+            raise _jwt_error("Wrong or unsupported encoding algorithm") from None
+        except jwt.DecodeError as exc:
+            if str(exc).startswith("Invalid payload string"):
+                raise _jwt_error("Parsing claims failed", JWT_CLAIMS_ERROR) from None
+            raise _jwt_error("JWT cryptographic operation failed") from None
+        except jwt.InvalidTokenError:
+            raise _jwt_error("JWT cryptographic operation failed") from None
+        if not isinstance(claims, dict):
+            raise _jwt_error("Parsing claims failed", JWT_CLAIMS_ERROR)
+        if len(self._signed) >= SIGNED_TOKENS_KEPT:
+            self._signed.clear()  # a bound, not an LRU: the keys come back on the next request
+        self._signed[token] = claims
+        return claims

@@ -1,0 +1,69 @@
+"""Request parsing: the RPC's arguments from the query string (GET) or the JSON body (POST).
+
+The body is bounded (413 PGRST102 past ``max_body_bytes``, refused on its declared length
+before a byte is read) and must be a strict UTF-8 JSON object, else 400 PGRST102, as PostgREST.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from werkzeug.exceptions import HTTPException
+from werkzeug.wrappers import Request
+
+from infra.local.gateway.errors import ApiError
+
+
+def arguments(request: Request, max_body_bytes: int) -> tuple[dict[str, Any], str]:
+    """The parsed arguments, and the JSON text handed to Postgres.
+
+    As PostgREST (``JsonArgs (payRaw …)``), the body's own text goes to Postgres once it
+    parsed as strict UTF-8 JSON: numbers keep their digits (``1e999`` included), and
+    ``NaN``/``Infinity``, which Python alone would accept, are invalid as for Aeson.
+    """
+    if request.method == "GET":
+        args = request.args.to_dict()
+        return args, json.dumps(args)
+    raw = read_body(request, max_body_bytes)
+    if not raw.strip():
+        return {}, "{}"
+    invalid = ApiError(400, "PGRST102", "Empty or invalid json")
+    try:
+        text = raw.decode("utf-8")
+        body = json.loads(text, parse_constant=_reject_constant)
+    except (ValueError, RecursionError):
+        # RecursionError: nesting deeper than Python's parser goes. PostgREST drops the
+        # parser's message for this generic one (its issue 2344).
+        raise invalid from None
+    if not isinstance(body, dict):
+        raise invalid
+    return body, text
+
+
+def read_body(request: Request, limit: int) -> bytes:
+    """The body, refused on its declared length before reading, and read only to the limit."""
+    too_large = ApiError(
+        413,
+        "PGRST102",
+        "Request body too large",
+        details=f"The gateway accepts at most {limit} bytes",
+    )
+    if request.content_length is not None and request.content_length > limit:
+        raise too_large
+    chunks: list[bytes] = []
+    received = 0
+    try:
+        while chunk := request.stream.read(min(65536, limit + 1 - received)):
+            chunks.append(chunk)
+            received += len(chunk)
+            if received > limit:
+                raise too_large
+    except HTTPException:
+        # The client went away mid-body, or sent broken chunked encoding.
+        raise ApiError(400, "PGRST102", "Empty or invalid json") from None
+    return b"".join(chunks)
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")

@@ -1,0 +1,231 @@
+"""RPC execution: which function a call names, and the one transaction that runs it.
+
+``resolve`` applies PostgREST's overload rule (by name and the set of argument names);
+``call_sql`` builds the statement PostgREST v13 runs (arguments through ``json_to_record``
+with the declared types, the response JSON built by Postgres, sets cut at ``db-max-rows``);
+``run_call`` runs it in PostgREST's transaction: the isolation level and access mode, the
+role's settings, the role and the request's GUCs, the function's hoisted settings, the call.
+"""
+
+from __future__ import annotations
+
+import difflib
+import functools
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from infra.local.gateway.errors import ApiError
+from infra.local.gateway.schema import ReturnKind, Routine, SchemaCache
+
+
+@dataclass(frozen=True)
+class Call:
+    routine: Routine
+    keys: tuple[str, ...]  #: the argument names given, in the function's order
+    whole_body: bool  #: the body is the single json/jsonb argument
+
+
+def resolve(cache: SchemaCache, schema: str, name: str, keys: frozenset[str]) -> Call:
+    """Pick the function PostgREST would call, or raise its PGRST202/PGRST203 error.
+
+    (v13 dropped ``Prefer: params=single-object``, its changelog #3757: a function takes the
+    whole body only through a single unnamed json/jsonb parameter.)
+    """
+    candidates = cache.routines.get((schema, name), ())
+    matches = [r for r in candidates if r.matches(keys)]
+    fallbacks = [r for r in candidates if not r.matches(keys) and r.single_unnamed_json]
+    if len(matches) == 1:
+        routine = matches[0]
+        whole = False
+    elif not matches and len(fallbacks) == 1:
+        routine = fallbacks[0]
+        whole = True
+    elif matches or fallbacks:
+        raise ApiError(
+            300,
+            "PGRST203",
+            "Could not choose the best candidate function between: "
+            + ", ".join(r.signature() for r in matches or fallbacks),
+            hint="Try renaming the parameters or the function itself in the database so "
+            "function overloading can be resolved",
+        )
+    else:
+        raise _no_function(cache, schema, name, keys, candidates)
+    ordered = tuple(p.name for p in routine.params if p.name in keys)
+    return Call(routine, () if whole else ordered, whole)
+
+
+def _no_function(
+    cache: SchemaCache,
+    schema: str,
+    name: str,
+    keys: frozenset[str],
+    overloads: Sequence[Routine],
+) -> ApiError:
+    qualified = f"{schema}.{name}"
+    arg_list = ", ".join(sorted(keys))
+    if keys:
+        message = f"Could not find the function {qualified}({arg_list}) in the schema cache"
+        searched = f" with parameters {arg_list} or with a single unnamed json/jsonb parameter"
+    else:
+        message = f"Could not find the function {qualified} without parameters in the schema cache"
+        searched = " without parameters or with a single unnamed json/jsonb parameter"
+    hint = None
+    if overloads:
+        signatures = {f"({', '.join(p.name for p in r.params)})": r for r in overloads}
+        close = difflib.get_close_matches(f"({arg_list})", list(signatures), n=1, cutoff=0.3)
+        if close:
+            hint = f"Perhaps you meant to call the function {qualified}{close[0]}"
+    else:
+        names = [n for (s, n) in cache.routines if s == schema]
+        close = difflib.get_close_matches(name, names, n=1, cutoff=0.6)
+        if close:
+            hint = f"Perhaps you meant to call the function {schema}.{close[0]}"
+    details = (
+        f"Searched for the function {qualified}{searched}, "
+        "but no matches were found in the schema cache."
+    )
+    return ApiError(404, "PGRST202", message, details, hint)
+
+
+def call_sql(call: Call, max_rows: int | None = None) -> sql.Composed:
+    """The statement PostgREST runs for this call; its one column is the JSON body text.
+
+    Arguments come from the body through ``json_to_record`` typed with the parameters'
+    declared types, so a JSON array becomes a Postgres array, a string an enum or a uuid,
+    and a bad value raises Postgres's own error (``22P02`` …).
+
+    ``max_rows`` is PostgREST's ``db-max-rows`` (Supabase: 1000). As in PostgREST v13
+    (``Statements.prepareCall``: ``WITH pgrst_source AS (<call>) … FROM (<read plan with the
+    range limited by max-rows>)``, ``Plan.treeRestrictRange``), the function runs to the end
+    and changes every row it changes, but only the first ``max_rows`` rows are returned.
+    """
+    routine = call.routine
+    function = sql.SQL("{}.{}").format(sql.Identifier(routine.schema), sql.Identifier(routine.name))
+    source: sql.Composable = sql.SQL("")
+    if call.whole_body:
+        args: sql.Composable = sql.SQL("%(body)s::{}").format(sql.SQL(routine.params[0].type_sql))
+    elif call.keys:
+        params = [p for p in routine.params if p.name in call.keys]
+        columns = sql.SQL(", ").join(
+            sql.SQL("{} {}").format(sql.Identifier(p.name), sql.SQL(p.type_sql)) for p in params
+        )
+        source = sql.SQL("json_to_record(%(body)s::json) as pgrst_body({}), ").format(columns)
+        args = sql.SQL(", ").join(
+            sql.SQL("{}{} := pgrst_body.{}").format(
+                sql.SQL("variadic " if p.variadic else ""),
+                sql.Identifier(p.name),
+                sql.Identifier(p.name),
+            )
+            for p in params
+        )
+    else:
+        args = sql.SQL("")
+    invocation = sql.SQL("{}({})").format(function, args)
+    if routine.returns in (ReturnKind.COMPOSITE, ReturnKind.SETOF_COMPOSITE):
+        from_call = sql.SQL("lateral {} pgrst_call").format(invocation)
+    else:
+        from_call = sql.SQL("lateral (select {} as pgrst_scalar) pgrst_call").format(invocation)
+    body = {
+        # Referencing the value keeps the planner from dropping a non-volatile void call.
+        ReturnKind.VOID: "count(_postgrest_t.pgrst_scalar)::text",
+        ReturnKind.SCALAR: "coalesce((json_agg(_postgrest_t.pgrst_scalar)->0)::text, 'null')",
+        ReturnKind.SETOF_SCALAR: "coalesce(json_agg(_postgrest_t.pgrst_scalar), '[]')::text",
+        ReturnKind.COMPOSITE: "coalesce((json_agg(_postgrest_t)->0)::text, 'null')",
+        ReturnKind.SETOF_COMPOSITE: "coalesce(json_agg(_postgrest_t), '[]')::text",
+    }[routine.returns]
+    limit = (
+        sql.SQL(" limit {}").format(sql.Literal(max_rows)) if max_rows is not None else sql.SQL("")
+    )
+    # Statements.prepareCall's page_total: 1 for a single result, else the rows returned.
+    single = routine.returns in (ReturnKind.VOID, ReturnKind.SCALAR, ReturnKind.COMPOSITE)
+    page_total = sql.SQL("1" if single else "count(_postgrest_t)")
+    return sql.SQL(
+        "with pgrst_source as (select pgrst_call.* from {source}{from_call})"
+        " select {body}, {page_total}"
+        " from (select pgrst_source.* from pgrst_source{limit}) _postgrest_t"
+    ).format(
+        body=sql.SQL(body),
+        page_total=page_total,
+        source=source,
+        from_call=from_call,
+        limit=limit,
+    )
+
+
+#: The request's settings, in PostgREST's order (Query.setPgLocals) after the role's own.
+REQUEST_SETTINGS = (
+    "search_path",
+    "role",
+    "request.jwt.claims",
+    "request.method",
+    "request.path",
+    "request.headers",
+    "request.cookies",
+)
+
+_ISOLATION_LEVELS = {
+    "read committed": b"READ COMMITTED",
+    "repeatable read": b"REPEATABLE READ",
+    "serializable": b"SERIALIZABLE",
+}
+
+
+def _transaction_mode(isolation: str | None, *, read_only: bool) -> bytes:
+    """PostgREST's transaction: the function's or role's isolation level, READ ONLY or not."""
+    level = _ISOLATION_LEVELS.get(isolation or "", b"READ COMMITTED")
+    access = b"READ ONLY" if read_only else b"READ WRITE"
+    return b"set transaction isolation level " + level + b" " + access
+
+
+@functools.lru_cache(maxsize=64)
+def _setup_sql(count: int) -> bytes:
+    """One ``select`` of ``count`` transaction-local ``set_config`` calls, evaluated in order."""
+    calls = (f"set_config(%(k{i})s, %(v{i})s, true)" for i in range(count))
+    return ("select " + ", ".join(calls)).encode()
+
+
+def content_range(page_total: int) -> str:
+    """PostgREST's Content-Range of an RPC answer without a count (RangeQuery.contentRangeH)."""
+    return f"0-{page_total - 1}/*" if page_total > 0 else "*/*"
+
+
+def run_call(
+    conn: psycopg.Connection[Any],
+    statement: bytes,
+    settings: Sequence[tuple[str, str]],
+    body: str,
+    *,
+    isolation: str | None,
+    read_only: bool,
+) -> tuple[str, int]:
+    """The call's JSON text and its page total, in PostgREST's transaction, in one round trip.
+
+    PostgREST sends its transaction as separate statements (BEGIN, the isolation level and
+    access mode, one ``select set_config(...)`` of every setting in order, the call, COMMIT).
+    Here they travel as one multi-statement query on an autocommit connection: Postgres runs
+    such a query as one implicit transaction block (``SET TRANSACTION`` applies to it, the
+    ``set_config(..., true)`` values last until its end, an error rolls all of it back) and
+    starts each statement's ``statement_timeout`` afresh with the values set before it, so the
+    call sees what it saw before, for one round trip instead of six (``conn`` must be in
+    autocommit mode). ``statement`` is ``call_sql``'s bytes; ``settings`` the role's settings,
+    the request's, then the function's hoisted ones.
+    """
+    params: dict[str, str] = {"body": body}
+    for index, (key, value) in enumerate(settings):
+        params[f"k{index}"] = key
+        params[f"v{index}"] = value
+    query = b"; ".join(
+        (_transaction_mode(isolation, read_only=read_only), _setup_sql(len(settings)), statement)
+    )
+    # Client-side binding: a multi-statement query cannot take server-side parameters.
+    with psycopg.ClientCursor(conn) as cursor:
+        cursor.execute(query, params)
+        while cursor.nextset():
+            pass  # to the call's result, the last
+        row = cursor.fetchone()
+    return (str(row[0]), int(row[1])) if row else ("null", 0)

@@ -321,13 +321,19 @@ def test_dispatches_run_concurrently_up_to_max_concurrent_dispatches(
     client: tasks_v2.CloudTasksClient, target: Target
 ) -> None:
     queue_name = new_queue(client, "jobs", max_concurrent=4)
-    target.behaviour = lambda received, index: Reply(200, delay_s=0.4)
+    # Every request is held until the test releases it: a fixed delay let a starved machine
+    # answer the first before the fourth arrived, and the peak was 3.
+    target.behaviour = lambda received, index: Reply(200, delay_s=60)
 
     for _ in range(10):
         client.create_task(parent=queue_name, task=http_task(target.url))
-    target.wait_for(10)
-    wait_until(lambda: not list(client.list_tasks(parent=queue_name)), 5, "an empty queue")
+    wait_until(lambda: target.in_flight == 4, 30, "four requests held at once")
+    launched = sum(task.dispatch_count for task in client.list_tasks(parent=queue_name))
+    target.release.set()
+    target.wait_for(10, timeout_s=30)
+    wait_until(lambda: not list(client.list_tasks(parent=queue_name)), 30, "an empty queue")
 
+    assert launched == 4, "four attempts in flight hold back the other six"
     assert target.peak_in_flight == 4
 
 

@@ -410,7 +410,9 @@ def test_task_shows_its_attempts_while_waiting_to_retry(
     assert state.first_attempt.dispatch_time.timestamp() > 0
     assert state.last_attempt.response_status.code == RPC_INTERNAL
     assert state.last_attempt.response_time.timestamp() > 0
-    assert 29 < state.schedule_time.timestamp() - time.time() <= 30
+    # the emulator's own instants, not the test's clock (which lags behind on a loaded machine)
+    backoff = state.schedule_time.timestamp() - state.last_attempt.response_time.timestamp()
+    assert backoff == pytest.approx(30, abs=1e-3)
     client.delete_task(name=task.name)  # a pending retry is cancelled with its task
     assert gone(client, task.name)
 
@@ -438,29 +440,30 @@ def test_max_attempts_ends_the_retries(client: tasks_v2.CloudTasksClient, target
 def test_dispatch_deadline_aborts_a_slow_attempt(
     client: tasks_v2.CloudTasksClient, target: Target, slow_reply: Reply
 ) -> None:
-    retry = tasks_v2.RetryConfig(min_backoff=seconds(1), max_backoff=seconds(1))
+    retry = tasks_v2.RetryConfig(min_backoff=seconds(2), max_backoff=seconds(2))
     queue_name = new_queue(client, "jobs", retry=retry)
     target.behaviour = lambda received, index: slow_reply if index == 0 else Reply(200)
     task = client.create_task(
         parent=queue_name, task=http_task(target.url, deadline_s=TEST_MIN_DEADLINE_S)
     )
+    polled: list[tasks_v2.Task] = []
 
-    first = target.wait_for(1)[0]
-    wait_until(
-        lambda: (
-            client.get_task(name=task.name).last_attempt.response_status.code
-            == RPC_DEADLINE_EXCEEDED
-        ),
-        5,
-        "the attempt to fail with DEADLINE_EXCEEDED",
-    )
-    aborted_after = time.time() - first.arrived_at
-    state = client.get_task(name=task.name)
-    retried = target.wait_for(2)[1]
-    wait_until(lambda: gone(client, task.name), 5, "the retried task to succeed")
+    def failed_by_deadline() -> bool:
+        # Kept as polled: a second read could already show the retry (and its attempt).
+        polled.append(client.get_task(name=task.name))
+        return polled[-1].last_attempt.response_status.code == RPC_DEADLINE_EXCEEDED
+
+    target.wait_for(1)
+    wait_until(failed_by_deadline, 30, "the attempt to fail with DEADLINE_EXCEEDED")
+    state = polled[-1]
+    # Measured on the emulator's own clock readings, not by the test polling after the fact.
+    attempt = state.last_attempt
+    aborted_after = attempt.response_time.timestamp() - attempt.dispatch_time.timestamp()
+    retried = target.wait_for(2, timeout_s=30)[1]
+    wait_until(lambda: gone(client, task.name), 30, "the retried task to succeed")
 
     # The target would have taken 10 s (silent) or 100 s (trickling) to answer.
-    assert TEST_MIN_DEADLINE_S - 0.05 <= aborted_after < TEST_MIN_DEADLINE_S + 0.5
+    assert TEST_MIN_DEADLINE_S - 0.05 <= aborted_after < TEST_MIN_DEADLINE_S + 1.0
     assert state.dispatch_count == 1
     assert state.response_count == 0
     assert retried.headers["x-cloudtasks-taskretrycount"] == "1"
@@ -473,30 +476,35 @@ def test_schedule_time_in_the_future_delays_dispatch(
     client: tasks_v2.CloudTasksClient, target: Target
 ) -> None:
     queue_name = new_queue(client, "jobs")
-    eta = time.time() + 1.0
+    target.behaviour = lambda received, index: Reply(200, delay_s=60)  # held: the task stays
+    eta = time.time() + 3.0
 
     task = client.create_task(parent=queue_name, task=http_task(target.url, schedule_at=eta))
-    time.sleep(0.5)
     pending = client.get_task(name=task.name)
-    arrived = target.wait_for(1, timeout_s=5)[0]
+    arrived = target.wait_for(1, timeout_s=30)[0]
+    dispatched_at = client.get_task(name=task.name).first_attempt.dispatch_time.timestamp()
+    target.release.set()
 
     assert pending.dispatch_count == 0
+    assert pending.schedule_time.timestamp() == pytest.approx(eta, abs=1e-3)
     assert arrived.arrived_at >= eta
-    assert arrived.arrived_at < eta + 0.5
+    # Launched when due, not at the emulator's next idle wake (up to 1 s later); read on the
+    # emulator's clock, as the target's lags behind on a loaded machine.
+    assert eta <= dispatched_at < eta + 0.5
     assert abs(float(arrived.headers["x-cloudtasks-tasketa"]) - eta) < 1e-3
 
 
 def test_run_task_dispatches_at_once(client: tasks_v2.CloudTasksClient, target: Target) -> None:
     queue_name = new_queue(client, "jobs")
     task = client.create_task(
-        parent=queue_name, task=http_task(target.url, schedule_at=time.time() + 60)
+        parent=queue_name, task=http_task(target.url, schedule_at=time.time() + 3600)
     )
 
     started = time.time()
     client.run_task(name=task.name)
-    arrived = target.wait_for(1)[0]
+    arrived = target.wait_for(1, timeout_s=30)[0]
 
-    assert arrived.arrived_at - started < 1
+    assert arrived.arrived_at - started < 30, "now, not at its schedule an hour from now"
 
 
 def test_paused_queue_holds_tasks_and_purge_drops_them(
@@ -648,7 +656,7 @@ def test_command_line_serves_dispatches_logs_and_stops_on_sigterm(target: Target
                 fetched = client.get_queue(name=queue_name)
                 task = client.create_task(parent=queue_name, task=http_task(target.url))
             target.wait_for(1)
-            logged = _next_line_matching(lines, r"dispatch task=(\S+) .*status=(.+)$", 5)
+            logged = _next_line_matching(lines, r"dispatch task=(\S+) .*status=(.+)$", 30)
         finally:
             process.send_signal(signal.SIGTERM)
             returncode = process.wait(timeout=20)

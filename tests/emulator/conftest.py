@@ -62,7 +62,9 @@ class Target:
     lock: threading.Lock = field(default_factory=threading.Lock)
     release: threading.Event = field(default_factory=threading.Event)
 
-    def wait_for(self, count: int, timeout_s: float = 10.0) -> list[Received]:
+    # Generous: a condition wait only costs its length when it fails, and a loaded 2-core
+    # machine can take seconds to deliver what takes milliseconds alone.
+    def wait_for(self, count: int, timeout_s: float = 30.0) -> list[Received]:
         wait_until(lambda: len(self.received) >= count, timeout_s, f"{count} requests")
         with self.lock:
             return list(self.received)

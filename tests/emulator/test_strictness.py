@@ -17,10 +17,12 @@ from google.cloud import tasks_v2
 from infra.local.tasks_emulator import OFF, ThrottlePolicy, start_emulator
 from infra.local.tasks_emulator.dispatch import retry_after_seconds
 from infra.local.tasks_emulator.throttle import QueueFlow
-from tests.emulator.conftest import TEST_MIN_DEADLINE_S, Reply, Target, make_client
+from tests.emulator.conftest import TEST_MIN_DEADLINE_S, Reply, Target, make_client, wait_until
 from tests.emulator.test_tasks_emulator import gone, http_task, new_queue
 
 THROTTLE_ONLY = ThrottlePolicy(ramp_up=False)
+# Long enough for a delete and a create to answer on a loaded machine (0.5 s was not always)
+TOMBSTONE_S = 3.0
 
 
 def _dispatches(flow: QueueFlow, start: float, until: float, step: float = 0.001) -> int:
@@ -120,7 +122,7 @@ def test_a_503_with_retry_after_holds_every_task_of_the_queue(target: Target) ->
         refused_at = target.wait_for(1)[0].arrived_at
         for _ in range(3):
             client.create_task(parent=queue_name, task=http_task(target.url))
-        later = target.wait_for(5, timeout_s=10)[1:]
+        later = target.wait_for(5, timeout_s=30)[1:]
     assert all(r.arrived_at - refused_at >= 0.95 for r in later), "nothing before Retry-After"
     assert later[-1].headers["x-cloudtasks-taskretrycount"] in {"0", "1"}
 
@@ -132,7 +134,7 @@ def test_a_503_with_retry_after_holds_every_task_of_the_queue(target: Target) ->
 def quick_client() -> Iterator[tasks_v2.CloudTasksClient]:
     with (
         start_emulator(
-            min_dispatch_deadline_s=TEST_MIN_DEADLINE_S, throttle=OFF, tombstone_ttl_s=0.5
+            min_dispatch_deadline_s=TEST_MIN_DEADLINE_S, throttle=OFF, tombstone_ttl_s=TOMBSTONE_S
         ) as em,
         make_client(em.address) as client,
     ):
@@ -168,6 +170,13 @@ def test_a_used_task_name_is_refused_until_its_tombstone_expires(
     quick_client.delete_task(name=task.name)
     with pytest.raises(exceptions.AlreadyExists):
         quick_client.create_task(parent=queue_name, task=task)
-    time.sleep(0.6)
-    quick_client.create_task(parent=queue_name, task=task)
+
+    def created() -> bool:
+        try:
+            quick_client.create_task(parent=queue_name, task=task)
+        except exceptions.AlreadyExists:
+            return False
+        return True
+
+    wait_until(created, 30, "the tombstone to expire")
     assert not gone(quick_client, task.name)

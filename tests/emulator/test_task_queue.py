@@ -85,7 +85,8 @@ def test_a_queue_that_does_not_exist_is_logged_as_an_error_an_operator_must_fix(
 ) -> None:
     missing = TaskQueue(_settings(f"127.0.0.1:{port}", target.url, queue="no-such-queue"))
     with _emulator(port), pytest.raises(errors.QueueUnavailable) as caught:
-        missing.enqueue(uuid.uuid4(), 1, budget_s=2.0)
+        # NotFound comes back at once; the budget only has to outlast a loaded machine
+        missing.enqueue(uuid.uuid4(), 1, budget_s=10.0)
 
     assert caught.value.details == {"upstream": "NotFound", "refused": True}
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line]
@@ -95,13 +96,15 @@ def test_a_queue_that_does_not_exist_is_logged_as_an_error_an_operator_must_fix(
 def test_already_exists_counts_only_while_the_task_is_pending(
     queue: TaskQueue, target: Target
 ) -> None:
-    target.behaviour = lambda received, index: Reply(200, delay_s=0.3)
+    # Held until released: with a 0.3 s delay a slow second enqueue found the task already run.
+    target.behaviour = lambda received, index: Reply(200, delay_s=60)
     job_id = uuid.uuid4()
 
     assert queue.enqueue(job_id, 1) is True
     assert queue.enqueue(job_id, 1) is True, "a retry after a lost reply: still pending"
     target.wait_for(1)
-    wait_until(lambda: not queue.exists(job_id, 1), 5, "the task to run and go")
+    target.release.set()
+    wait_until(lambda: not queue.exists(job_id, 1), 30, "the task to run and go")
 
     assert queue.enqueue(job_id, 1) is False, "a spent name will not run again"
     received = target.wait_for(1)[0]

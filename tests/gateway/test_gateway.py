@@ -950,7 +950,8 @@ def test_stop_closes_idle_keep_alive_connections(gateway_db: str, service_key: s
         handle.stop()
 
     assert response.json() == 2
-    assert time.perf_counter() - started < 2
+    # without closing them, stop() would wait on the idle connection until the client left
+    assert time.perf_counter() - started < 30
 
 
 def test_wsgi_app_works_without_a_server(gateway_db: str, service_key: str) -> None:

@@ -341,11 +341,13 @@ def test_a_token_expiring_while_joined_closes_the_channel_with_a_system_error(
     supabase_server: LocalSupabase,
 ) -> None:
     user = str(uuid.uuid4())
-    short = supabase_server.user_token(user, expires_in_s=2)
+    # exp is whole seconds (int(now) + 5): 4 to 5 s to join, which 2 s (1 to 2) did not
+    # always leave a loaded machine
+    short = supabase_server.user_token(user, expires_in_s=5)
 
     async def scenario() -> Listener:
         listener = await listen(supabase_server, "short", JOB_BINDINGS, token=short)
-        await until(lambda: listener.channel.is_closed, timeout_s=10)
+        await until(lambda: listener.channel.is_closed, timeout_s=30)
         supabase_server.new_job(user)
         await asyncio.sleep(0.5)  # the stand-in polls every 100 ms: a delivered event would be here
         await listener.close()

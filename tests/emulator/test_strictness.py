@@ -17,8 +17,16 @@ from google.cloud import tasks_v2
 from infra.local.tasks_emulator import OFF, ThrottlePolicy, start_emulator
 from infra.local.tasks_emulator.dispatch import retry_after_seconds
 from infra.local.tasks_emulator.throttle import QueueFlow
-from tests.emulator.conftest import TEST_MIN_DEADLINE_S, Reply, Target, make_client, wait_until
-from tests.emulator.test_tasks_emulator import gone, http_task, new_queue
+from tests.emulator.target import (
+    TEST_MIN_DEADLINE_S,
+    Reply,
+    Target,
+    gone,
+    http_task,
+    make_client,
+    new_queue,
+    wait_until,
+)
 
 THROTTLE_ONLY = ThrottlePolicy(ramp_up=False)
 # Long enough for a delete and a create to answer on a loaded machine (0.5 s was not always)

@@ -16,7 +16,7 @@ from infra.local.tasks_emulator import OFF, EmulatorHandle, QueueConfig, start_e
 from shared import errors
 from shared.settings import Settings
 from shared.tasks import TaskQueue
-from tests.emulator.conftest import TEST_MIN_DEADLINE_S, Reply, Target, wait_until
+from tests.emulator.target import TEST_MIN_DEADLINE_S, Reply, Target, wait_until
 
 PROJECT, LOCATION, QUEUE = "test-project", "asia-northeast1", "ai-jobs"
 QUEUE_PATH = f"projects/{PROJECT}/locations/{LOCATION}/queues/{QUEUE}"

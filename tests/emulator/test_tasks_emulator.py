@@ -23,16 +23,19 @@ import pytest
 from google.api_core import exceptions
 from google.cloud import tasks_v2
 from google.oauth2 import id_token
-from google.protobuf import duration_pb2, timestamp_pb2
 
 from infra.local.tasks_emulator import EmulatorHandle, QueueConfig, RetryPolicy, start_emulator
-from tests.emulator.conftest import (
+from tests.emulator.target import (
     LOCATION,
     TEST_MIN_DEADLINE_S,
     Received,
     Reply,
     Target,
+    gone,
+    http_task,
     make_client,
+    new_queue,
+    seconds,
     wait_until,
 )
 
@@ -40,64 +43,6 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 RPC_INTERNAL = 13
 RPC_DEADLINE_EXCEEDED = 4
 SERVICE_ACCOUNT = "ai-jobs-invoker@test-project.iam.gserviceaccount.com"
-
-
-def seconds(value: float) -> duration_pb2.Duration:
-    whole = int(value)
-    return duration_pb2.Duration(seconds=whole, nanos=round((value - whole) * 1e9))
-
-
-def new_queue(
-    client: tasks_v2.CloudTasksClient,
-    queue_id: str,
-    *,
-    max_concurrent: int = 0,
-    retry: tasks_v2.RetryConfig | None = None,
-) -> str:
-    queue = tasks_v2.Queue(
-        name=f"{LOCATION}/queues/{queue_id}",
-        rate_limits=tasks_v2.RateLimits(max_concurrent_dispatches=max_concurrent),
-        retry_config=retry,
-    )
-    return client.create_queue(parent=LOCATION, queue=queue).name
-
-
-def http_task(
-    url: str,
-    *,
-    name: str = "",
-    body: bytes = b"",
-    headers: dict[str, str] | None = None,
-    deadline_s: float | None = None,
-    schedule_at: float | None = None,
-    oidc: tasks_v2.OidcToken | None = None,
-    method: int = tasks_v2.HttpMethod.POST,
-) -> tasks_v2.Task:
-    task = tasks_v2.Task(
-        name=name,
-        http_request=tasks_v2.HttpRequest(
-            http_method=method,
-            url=url,
-            headers=headers or {},
-            body=body,
-            oidc_token=oidc,
-        ),
-    )
-    if deadline_s is not None:
-        task.dispatch_deadline = seconds(deadline_s)
-    if schedule_at is not None:
-        stamp = timestamp_pb2.Timestamp()
-        stamp.FromNanoseconds(int(schedule_at * 1e9))
-        task.schedule_time = stamp
-    return task
-
-
-def gone(client: tasks_v2.CloudTasksClient, name: str) -> bool:
-    try:
-        client.get_task(name=name)
-    except exceptions.NotFound:
-        return True
-    return False
 
 
 # -- pure rules -----------------------------------------------------------------------------
@@ -462,7 +407,8 @@ def test_dispatch_deadline_aborts_a_slow_attempt(
     def failed_by_deadline() -> bool:
         # Kept as polled: a second read could already show the retry (and its attempt).
         polled.append(client.get_task(name=task.name))
-        return polled[-1].last_attempt.response_status.code == RPC_DEADLINE_EXCEEDED
+        code: int = polled[-1].last_attempt.response_status.code
+        return code == RPC_DEADLINE_EXCEEDED
 
     target.wait_for(1)
     wait_until(failed_by_deadline, 30, "the attempt to fail with DEADLINE_EXCEEDED")

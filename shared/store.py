@@ -44,6 +44,9 @@ _UNAVAILABLE_PREFIXES = ("PGRST000", "PGRST001", "PGRST002", "08", "53", "57P", 
 _MISCONFIGURED_CODES = frozenset(
     {"PGRST301", "PGRST302", "PGRST303", "PGRST202", "PGRST203", "42501", "42883"}
 )
+# Supabase's API gateway refuses a missing or unknown key before PostgREST, with a message and
+# no code (supabase/supabase docker/volumes/api/kong.yml; supabase-py issue 1228).
+_KEY_REFUSALS = frozenset({"Invalid API key", "No API key found in request"})
 
 # Supabase's PostgREST logs in as authenticator, whose statement_timeout (and lock_timeout) is
 # 8 s for every API role (supabase/postgres, migrations/db/migrations/
@@ -88,7 +91,7 @@ def map_api_error(error: APIError) -> errors.AppError:
         )
     if code.startswith("PT") and message in _SQL_ERRORS:
         return _SQL_ERRORS[message](human, details=details)
-    if code in _MISCONFIGURED_CODES or _is_missing_role(code, message):
+    if code in _MISCONFIGURED_CODES or _is_missing_role(code, message) or message in _KEY_REFUSALS:
         return errors.BackendMisconfigured(
             "the database rejected the call", details={"upstream": code, "message": message}
         )

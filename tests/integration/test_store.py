@@ -10,7 +10,7 @@ import psycopg
 import pytest
 from postgrest.exceptions import APIError
 
-from infra.local.gateway import GatewayHandle, make_jwt
+from infra.local.gateway import GatewayHandle, make_jwt, start_gateway
 from infra.local.host import free_port
 from shared import errors
 from shared.jobs import JobStatus
@@ -21,7 +21,7 @@ from shared.store import (
     JobStore,
     map_api_error,
 )
-from tests.support import LIMITS, mint
+from tests.support import JWT_SECRET, LIMITS, mint
 
 
 @pytest.fixture
@@ -111,6 +111,18 @@ def test_wrong_api_key_is_a_misconfiguration_not_a_client_error(gateway: Gateway
     with pytest.raises(errors.BackendMisconfigured) as denied:
         JobStore(gateway.url, anon).get_job(uuid.uuid4())
     assert denied.value.details["upstream"] == "42501", "anon may not execute our functions"
+
+
+def test_a_key_the_project_url_refuses_is_a_misconfiguration(gateway_db: str) -> None:
+    """At the project URL the API gateway refuses a key that is not the project's before
+    PostgREST sees it: a message and no code, which is still our misconfiguration."""
+    forged = make_jwt("some-other-secret-of-at-least-32-characters!!", "service_role")
+    with (
+        start_gateway(gateway_db, JWT_SECRET, require_api_key=True) as project_url,
+        pytest.raises(errors.BackendMisconfigured) as err,
+    ):
+        JobStore(project_url.url, forged).get_job(uuid.uuid4())
+    assert err.value.details["message"] == "Invalid API key"
 
 
 def test_expired_key_is_a_misconfiguration_pgrst303(gateway: GatewayHandle) -> None:

@@ -167,8 +167,7 @@ def _signing_key(settings: Settings, kid: object, algorithm: str) -> Any:
     client = _jwks(jwks_url(settings.supabase_url), settings.supabase_jwks_ttl_s)
     try:
         found = client.get_signing_key(kid)
-    except jwt.PyJWKClientConnectionError as exc:
-        logs.error("the Supabase Auth signing keys could not be fetched", error=str(exc)[:200])
+    except jwt.PyJWKClientConnectionError:
         raise errors.DependencyDown("the signing keys could not be fetched") from None
     except (jwt.PyJWKClientError, jwt.PyJWKSetError):
         raise _invalid() from None
@@ -187,10 +186,43 @@ def jwks_url(supabase_url: str) -> str:
 
 @functools.cache
 def _jwks(url: str, ttl_s: int) -> Any:
-    """One key cache per process and URL: the key set is kept ``ttl_s`` seconds."""
+    """One key cache per process and URL: the key set is kept ``ttl_s`` seconds.
+
+    PyJWKClient's own cooldown counts only successful fetches, and a failed fetch leaves it
+    with no keys once their lifespan ends. So, on top of it: after a failed fetch no other is
+    tried for ``JWKS_REFETCH_S`` (tokens with made-up ``kid``s cannot queue every signed-in
+    request behind 5 s timeouts while Supabase Auth is down), and the last key set fetched
+    keeps verifying through the outage (a published key stays valid until it is revoked and
+    the set changes)."""
+    import time
+
     import jwt
 
-    return jwt.PyJWKClient(
+    class KeySet(jwt.PyJWKClient):
+        last_good: Any = None
+        failed_at: float | None = None
+
+        def fetch_data(self) -> Any:
+            now = time.monotonic()
+            if self.failed_at is not None and now - self.failed_at < JWKS_REFETCH_S:
+                return self._last_good_or_raise()
+            try:
+                data = super().fetch_data()
+            except jwt.PyJWKClientConnectionError as exc:
+                self.failed_at = now
+                logs.error(
+                    "the Supabase Auth signing keys could not be fetched", error=str(exc)[:200]
+                )
+                return self._last_good_or_raise()
+            self.failed_at, self.last_good = None, data
+            return data
+
+        def _last_good_or_raise(self) -> Any:
+            if self.last_good is None:
+                raise jwt.PyJWKClientConnectionError("no signing keys fetched yet")
+            return self.last_good
+
+    return KeySet(
         url,
         lifespan=ttl_s,
         timeout=JWKS_FETCH_TIMEOUT_S,

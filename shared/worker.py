@@ -133,6 +133,14 @@ class StepWriter:
         self._wake.set()
         return not self._cancelled
 
+    def flush(self) -> bool:
+        """Write the waiting steps now (before costly work, so a cancel is seen before it):
+        False once the job is known to be cancelled."""
+        with self._lock:
+            if self._pending and not self._cancelled:
+                self._write()  # raises LeaseLost / IllegalTransition if the lease is gone
+        return not self._cancelled
+
     def stop(self) -> list[Step]:
         """Stop the background writes; returns the steps not written yet (for the final write)."""
         self._closed = True
@@ -181,10 +189,9 @@ class StepWriter:
                 self._doubt = True  # cancelled or taken over: the next step finds out which
         except (errors.LeaseLost, errors.IllegalTransition, errors.JobNotFound):
             self._doubt = True
-        except errors.AppError as exc:
-            logs.warning(
-                "background progress write failed", jobId=str(self._job_id), error=exc.code
-            )
+        except Exception as exc:  # the thread must live on: it also keeps the lease
+            code = exc.code if isinstance(exc, errors.AppError) else type(exc).__name__
+            logs.warning("background progress write failed", jobId=str(self._job_id), error=code)
             # try again after the usual wait, not in a loop
             self._pending_since = self._last_write = time.monotonic()
 
@@ -256,12 +263,19 @@ class Processor:
 
         # Settings guarantee the job's deadline ends inside the dispatch deadline's margin.
         deadline = time.monotonic() + self.settings.job_deadline_s
+        unwritten: list[Step] = []  # steps the completion carries, kept if it fails
         try:
             result = pipeline.run(
-                job.query, job.type, writer.step, settings=self.settings.ai, deadline=deadline
+                job.query,
+                job.type,
+                writer.step,
+                settings=self.settings.ai,
+                deadline=deadline,
+                before_model=writer.flush,
             )
             result_json = result.model_dump(mode="json", by_alias=True)
-            self.store.complete_job(job.id, token, result_json, steps=writer.stop())
+            unwritten = writer.stop()
+            self.store.complete_job(job.id, token, result_json, steps=unwritten)
         except (errors.JobCancelled, errors.IllegalTransition) as exc:
             # Seen by a step write (JobCancelled) or, when the steps since the cancel were
             # still waiting to be written, by the completion the cancelled row refused.
@@ -273,10 +287,11 @@ class Processor:
         except errors.DependencyDown:
             raise
         except errors.AppError as exc:
-            return self._fail(job, token, exc, context, writer.stop())
+            return self._fail(job, token, exc, context, unwritten + writer.stop())
         except Exception as exc:  # a bug: fail the job (details only in our logs), do not loop
             logs.error("unexpected error in the pipeline", **context, error=repr(exc)[:500])
-            return self._fail(job, token, errors.AppError("internal error"), context, writer.stop())
+            failure = errors.AppError("internal error")
+            return self._fail(job, token, failure, context, unwritten + writer.stop())
         logs.info("job completed", **context)
         return "completed", 200
 

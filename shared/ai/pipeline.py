@@ -2,14 +2,16 @@
 50 → formatting 80 → done 100.
 
 ``on_progress`` is asked before each step whether to go on; ``False`` (the job was cancelled)
-stops the run at once with ``JobCancelled`` and nothing is written. ``deadline`` (a
+stops the run at once with ``JobCancelled`` and nothing is written. A caller that writes its
+steps in batches answers from what it last heard, so it is also asked (``before_model``) right
+before the model is called. ``deadline`` (a
 ``time.monotonic()`` value) ends the run with ``DeadlineExceeded`` before the caller's own
 timeout, and bounds the model's request timeout.
 
 ``LOCAL_STEP_DELAY_MS`` (local demos only; 0, no wait at all, in tests and production) pauses
 after each step but the last, so a person can watch a job that would otherwise end in a third
 of a second. The pause is at most 5 s and never outlasts the deadline; a cancel made during it
-is seen at the next step's progress write, as any other cancel is.
+is seen as any other cancel is, by the next progress write.
 
 The facts and the local narrative exist before the model is asked, so when the model cannot
 answer (``writers.can_fall_back``: model gone, answer blocked or cut off, zero quota) the job
@@ -116,8 +118,12 @@ def run(
     deadline: float | None = None,
     writer: Writer | None = None,
     fleet: FleetSource | None = None,
+    before_model: Callable[[], bool] | None = None,
 ) -> AIResult:
-    """Run one AI job and return its result (with Markdown); see the module docstring."""
+    """Run one AI job and return its result (with Markdown); see the module docstring.
+    ``before_model`` is asked, like ``on_progress``, right before a model is called (the step
+    that costs quota), so a caller that batches its progress writes can check for a cancel
+    there."""
     language = detect_language(query)
     steps = _Steps(on_progress, language, deadline, settings.local_step_delay_ms / 1000)
     steps.step(0)
@@ -135,6 +141,8 @@ def run(
     local = LocalWriter()
     fallback = local.write(draft)
     chosen = writer or writer_from_settings(settings)
+    if not isinstance(chosen, LocalWriter) and before_model is not None and not before_model():
+        raise JobCancelled("job cancelled", details={"percent": 50})
     narrative, name, info = _narrate(chosen, draft, fallback, settings=settings, deadline=deadline)
     steps.check_deadline()
 

@@ -31,13 +31,14 @@ class KeyServer:
     def __init__(self) -> None:
         self.keys: list[dict[str, Any]] = []
         self.requests = 0
+        self.down = False  # answers 503, as Supabase Auth does while it is unavailable
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
                 outer.requests += 1
                 body = json.dumps({"keys": outer.keys}).encode()
-                self.send_response(200)
+                self.send_response(503 if outer.down else 200)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
@@ -128,3 +129,23 @@ def test_a_published_key_meant_for_encryption_is_never_used_to_verify(keys: KeyS
         verified_user(token(key, "enc", str(uuid.uuid4())), settings_for(keys))
 
     assert refused.value.details == {"reason": "invalid"}
+
+
+def test_while_the_keys_cannot_be_fetched_the_last_ones_verify_and_refetches_wait(
+    keys: KeyServer,
+) -> None:
+    key = ec.generate_private_key(ec.SECP256R1())
+    keys.publish(key, "k1")
+    config = settings_for(keys, ttl_s=1)
+    user = str(uuid.uuid4())
+    assert verified_user(token(key, "k1", user), config) == user
+
+    keys.down = True
+    time.sleep(1.1)  # the key set's lifespan ends during the outage
+    still = verified_user(token(key, "k1", user), config)
+    for n in range(5):  # made-up kids while it is down: refused, one fetch at most between them
+        with pytest.raises(errors.Unauthorized):
+            verified_user(token(key, f"made-up-{n}", str(uuid.uuid4())), config)
+
+    assert still == user
+    assert keys.requests == 2  # the first fetch, then one failed refetch

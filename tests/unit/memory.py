@@ -32,6 +32,8 @@ class MemoryStore:
     #: the database goes away after this many calls (None: it stays up)
     down_after: int | None = None
     calls: int = 0
+    #: complete_job refuses with this (as the SQL would, in one transaction: nothing written)
+    refuse_completion: errors.AppError | None = None
 
     def _check(self) -> None:
         self.calls += 1
@@ -174,6 +176,8 @@ class MemoryStore:
         steps: list[Step] | None = None,
     ) -> Job:
         self._check()
+        if self.refuse_completion is not None:
+            raise self.refuse_completion
         job = self._log_steps(self._held(job_id, lease_token), steps or [])
         self.logs.append((job_id, "completed"))
         return self._update(

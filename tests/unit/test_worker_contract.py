@@ -17,7 +17,9 @@ import pytest
 
 from infra.local.host import free_port
 from shared import errors
+from shared.ai import pipeline
 from shared.ai.lang import step_message
+from shared.ai.results import AIResult, Narrative
 from shared.jobs import Job, JobStatus
 from shared.settings import AISettings, Settings
 from shared.tasks import task_id
@@ -219,3 +221,55 @@ def test_a_lease_taken_over_makes_the_next_step_raise() -> None:
 
     with StepWriter(store, job.id, token, 1) as writer, pytest.raises(errors.LeaseLost):  # type: ignore[arg-type]
         until(lambda: not writer.step(20, "data"), "the lease loss never reached the pipeline")
+
+
+def test_a_cancel_is_seen_before_the_model_is_called_not_a_step_later() -> None:
+    store = MemoryStore()
+    job = store.create_job(user_id="u1", job_type="report", query="q", max_attempts=3).job
+    token = claimed(store, job)
+    store.cancel_job(job.id)
+
+    # flush_after_s far away: only the write before the model can learn of the cancel
+    with StepWriter(store, job.id, token, 60, flush_after_s=60) as writer:  # type: ignore[arg-type]
+        assert writer.step(50, "analysis"), "a waiting step knows nothing yet"
+        assert not writer.flush()
+
+
+class _NeverCalled:
+    """A model writer that must not be reached."""
+
+    name = "gemini"
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def write(self, draft: AIResult, *, deadline: float | None = None) -> Narrative:
+        self.calls += 1
+        raise AssertionError("the model was called for a cancelled job")
+
+
+def test_the_pipeline_asks_before_the_model_and_a_cancel_there_spends_no_call() -> None:
+    model = _NeverCalled()
+
+    with pytest.raises(errors.JobCancelled):
+        pipeline.run(
+            "서버 분석 리포트",
+            None,
+            lambda percent, message: True,
+            settings=AISettings(writer="local"),
+            writer=model,
+            before_model=lambda: False,
+        )
+
+    assert model.calls == 0
+
+
+def test_steps_a_refused_completion_carried_are_written_before_the_failure() -> None:
+    processor, store, _, job = arrange()
+    store.refuse_completion = errors.PayloadTooLarge("the result is too large")
+
+    assert processor.process(job.id, task(job.id)) == ("failed", 200)
+
+    steps = [step_message(percent, "ko") for percent in (0, 20, 50, 80, 100)]
+    assert [step for job_id, step in store.logs if job_id == job.id] == ["claimed", *steps]
+    assert store.jobs[job.id].status == JobStatus.FAILED

@@ -45,11 +45,14 @@ def console_stack(
     *,
     poll_interval_s: int,
     jwt_identity: bool = False,
+    step_delay_ms: int = 0,
 ) -> Iterator[LocalStack]:
-    """A stack for the console: caps out of the way, the model the fake Gemini."""
+    """A stack for the console: caps out of the way, the model the fake Gemini; jobs paced by
+    ``step_delay_ms`` (LOCAL_STEP_DELAY_MS) when a test needs steps spread out in time."""
     env = {
         **NO_CAPS,
         "POLL_INTERVAL_S": str(poll_interval_s),
+        "LOCAL_STEP_DELAY_MS": str(step_delay_ms),
         **gemini_env(fake.base_url, GEMINI_MAX_RETRIES="0"),
     }
     with local_stack(

@@ -34,8 +34,18 @@ from tests.support import SEED_QUERY
 def stack(
     tmp_path_factory: pytest.TempPathFactory, pg: Postgres, fake: fake_gemini.FakeGemini
 ) -> Iterator[LocalStack]:
+    # Paced (3 s a step): the page counts Realtime as live only once a change reaches it after
+    # it subscribed, so the job's steps must still be coming then. Unpaced, a loaded machine
+    # could write steps 0-50 (one batch, before the model call) before the page's channel
+    # joined, and the next change was the completion (1 CI run failed so).
     yield from console_stack(
-        tmp_path_factory, pg, fake, "live", poll_interval_s=30, jwt_identity=True
+        tmp_path_factory,
+        pg,
+        fake,
+        "live",
+        poll_interval_s=30,
+        jwt_identity=True,
+        step_delay_ms=3000,
     )
 
 

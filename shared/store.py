@@ -285,24 +285,11 @@ class JobStore:
         jobs = [Job.model_validate(row) for row in rows]
         return JobPage(jobs=jobs[:limit], has_more=len(jobs) > limit)
 
-    def list_job_logs(
-        self, job_id: uuid.UUID, user_id: str | None = None, *, after_id: int = 0, limit: int = 100
-    ) -> list[JobLog]:
-        rows = self.rpc(
-            "list_job_logs",
-            {
-                "p_job_id": str(job_id),
-                "p_user_id": user_id,
-                "p_after_id": after_id,
-                "p_limit": limit,
-            },
-        )
-        return [JobLog.model_validate(row) for row in rows]
-
     def get_job_with_logs(
         self, job_id: uuid.UUID, user_id: str | None = None, *, after_id: int = 0, limit: int = 100
     ) -> JobWithLogs:
-        """``get_job`` and ``list_job_logs`` in one round trip (a poll with ``?logs=true``)."""
+        """The job and its log lines after ``after_id`` in one round trip (a poll with
+        ``?logs=true``)."""
         data = self.rpc(
             "get_job_with_logs",
             {
@@ -328,13 +315,6 @@ class JobStore:
         )
 
     # --- the worker's operations ---------------------------------------------------------
-
-    def claim_job(self, job_id: uuid.UUID, lease_seconds: int) -> Job | None:
-        data = self.rpc("claim_job", {"p_job_id": str(job_id), "p_lease_seconds": lease_seconds})
-        # PostgREST answers a null row of a single-row function as an object of nulls.
-        if not data or data.get("id") is None:
-            return None
-        return Job.model_validate(data)
 
     def claim_delivery(self, job_id: uuid.UUID, dispatch: int | None, lease_seconds: int) -> Claim:
         """Claim the job for the delivery of its task ``dispatch``; a delivery of any other
@@ -368,35 +348,6 @@ class JobStore:
             )
         )
 
-    def report_progress(
-        self,
-        job_id: uuid.UUID,
-        lease_token: uuid.UUID,
-        progress: int,
-        step: str,
-        *,
-        message: str | None = None,
-        level: str = "info",
-        data: dict[str, Any] | None = None,
-        lease_seconds: int | None = None,
-    ) -> bool:
-        """Record progress; False means the job was cancelled and the worker must stop."""
-        return bool(
-            self.rpc(
-                "report_progress",
-                {
-                    "p_job_id": str(job_id),
-                    "p_lease_token": str(lease_token),
-                    "p_progress": progress,
-                    "p_step": step,
-                    "p_message": message,
-                    "p_level": level,
-                    "p_data": data,
-                    "p_lease_seconds": lease_seconds,
-                },
-            )
-        )
-
     def extend_lease(self, job_id: uuid.UUID, lease_token: uuid.UUID, lease_seconds: int) -> bool:
         """Heartbeat; False means the caller no longer holds the lease."""
         return bool(
@@ -415,26 +366,19 @@ class JobStore:
         job_id: uuid.UUID,
         lease_token: uuid.UUID,
         result: dict[str, Any],
-        steps: list[Step] | None = None,
+        steps: list[Step],
     ) -> Job:
-        """Complete the job; ``steps`` not yet written are logged in the same call, first. With
-        ``steps`` (complete_job_v2) the returned job leaves the stored result out."""
-        if steps is not None:
-            return Job.model_validate(
-                self.rpc(
-                    "complete_job_v2",
-                    {
-                        "p_job_id": str(job_id),
-                        "p_lease_token": str(lease_token),
-                        "p_result": result,
-                        "p_steps": _steps_json(steps),
-                    },
-                )
-            )
+        """Complete the job; ``steps`` not yet written are logged in the same call, first
+        (complete_job_v2). The returned job leaves the stored result out."""
         return Job.model_validate(
             self.rpc(
-                "complete_job",
-                {"p_job_id": str(job_id), "p_lease_token": str(lease_token), "p_result": result},
+                "complete_job_v2",
+                {
+                    "p_job_id": str(job_id),
+                    "p_lease_token": str(lease_token),
+                    "p_result": result,
+                    "p_steps": _steps_json(steps),
+                },
             )
         )
 

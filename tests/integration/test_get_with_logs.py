@@ -62,7 +62,7 @@ def _running_job(store: JobStore) -> tuple[uuid.UUID, uuid.UUID]:
     job = store.create_job(
         user_id="u1", job_type="report", query="q", priority="normal", **LIMITS
     ).job
-    claimed = store.claim_job(job.id, lease_seconds=60)
+    claimed = store.claim_delivery(job.id, job.dispatch_count, lease_seconds=60).job
     assert claimed is not None and claimed.lease_token is not None
     return job.id, claimed.lease_token
 
@@ -71,7 +71,7 @@ def test_the_job_and_its_logs_come_from_one_request_to_supabase(
     get: flask.testing.FlaskClient, store: JobStore, supabase_requests: list[str]
 ) -> None:
     job_id, token = _running_job(store)
-    assert store.report_progress(job_id, token, 40, "분석 중", message="half way")
+    assert store.report_steps(job_id, token, [(40, "분석 중")], 60)
     answer = get.get(f"/{job_id}?logs=true", headers=OWNER)
     assert answer.status_code == 200
     assert supabase_requests == ["/rest/v1/rpc/get_job_with_logs"]
@@ -79,7 +79,7 @@ def test_the_job_and_its_logs_come_from_one_request_to_supabase(
     assert (body["jobId"], body["status"], body["progress"]) == (str(job_id), "processing", 40)
     expected = [
         log.model_dump(mode="json", by_alias=True, exclude={"job_id"})
-        for log in store.list_job_logs(job_id, "u1")
+        for log in store.get_job_with_logs(job_id, "u1").logs
     ]
     assert body["logs"] == expected
     assert [line["step"] for line in body["logs"]][-1] == "분석 중"
@@ -99,7 +99,7 @@ def test_logs_after_gives_only_newer_lines_and_the_etag_follows_them(
     )
     assert unchanged.status_code == 304
     assert unchanged.headers["ETag"] == first.headers["ETag"]
-    assert store.report_progress(job_id, token, 60, "writing")
+    assert store.report_steps(job_id, token, [(60, "writing")], 60)
     newer = get.get(
         f"/{job_id}?logs=true&logsAfter={last_id}",
         headers={**OWNER, "If-None-Match": first.headers["ETag"]},

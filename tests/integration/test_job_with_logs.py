@@ -9,6 +9,7 @@ import pytest
 
 from infra.local.gateway import GatewayHandle
 from shared import errors
+from shared.jobs import JobLog
 from shared.store import JobStore
 from tests.support import LIMITS
 
@@ -22,13 +23,12 @@ def _job_with_progress(store: JobStore, steps: int) -> uuid.UUID:
     job = store.create_job(
         user_id="u1", job_type="report", query="q", priority="normal", metadata={"k": [1]}, **LIMITS
     ).job
-    claimed = store.claim_job(job.id, lease_seconds=60)
+    claimed = store.claim_delivery(job.id, job.dispatch_count, lease_seconds=60).job
     assert claimed is not None and claimed.lease_token is not None
     for step in range(1, steps + 1):
-        assert store.report_progress(
-            job.id, claimed.lease_token, step * 10, f"step {step}", data={"n": step}
-        )
-    store.complete_job(job.id, claimed.lease_token, {"markdown": "# 보고서", "nested": {"a": 1}})
+        assert store.report_steps(job.id, claimed.lease_token, [(step * 10, f"step {step}")], 60)
+    result = {"markdown": "# 보고서", "nested": {"a": 1}}
+    store.complete_job(job.id, claimed.lease_token, result, steps=[])
     return job.id
 
 
@@ -36,7 +36,12 @@ def test_one_call_returns_what_get_job_and_list_job_logs_return(store: JobStore)
     job_id = _job_with_progress(store, steps=3)
     both = store.get_job_with_logs(job_id, "u1")
     assert both.job == store.get_job(job_id, "u1")
-    assert both.logs == store.list_job_logs(job_id, "u1")
+    # list_job_logs stays in SQL for instances of the previous release; no store method calls it
+    rows = store.rpc(
+        "list_job_logs",
+        {"p_job_id": str(job_id), "p_user_id": "u1", "p_after_id": 0, "p_limit": 100},
+    )
+    assert both.logs == [JobLog.model_validate(row) for row in rows]
     assert [log.step for log in both.logs][2:5] == ["step 1", "step 2", "step 3"]
 
 

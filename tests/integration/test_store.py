@@ -48,20 +48,18 @@ def test_a_job_goes_through_its_whole_life(store: JobStore) -> None:
     assert created.created
     job = created.job
     assert (job.status, job.priority, job.metadata) == (JobStatus.QUEUED, "high", {"k": "v"})
-    claimed = store.claim_job(job.id, lease_seconds=60)
+    claimed = store.claim_delivery(job.id, job.dispatch_count, lease_seconds=60).job
     assert claimed is not None
     assert claimed.lease_token is not None
-    assert store.claim_job(job.id, lease_seconds=60) is None, "a live lease is not claimed twice"
-    assert store.report_progress(job.id, claimed.lease_token, 50, "AI 분석 중", lease_seconds=60)
-    done = store.complete_job(job.id, claimed.lease_token, {"markdown": "# ok"})
-    assert (done.status, done.progress, done.result) == (
-        JobStatus.COMPLETED,
-        100,
-        {"markdown": "# ok"},
-    )
-    logs = store.list_job_logs(job.id, "u1")
-    assert [log.progress for log in logs if log.step == "AI 분석 중"] == [50]
-    assert store.get_job(job.id, "u1").completed_at is not None
+    again = store.claim_delivery(job.id, job.dispatch_count, lease_seconds=60)
+    assert again.job is None, "a live lease is not claimed twice"
+    assert store.report_steps(job.id, claimed.lease_token, [(50, "AI 분석 중")], lease_seconds=60)
+    done = store.complete_job(job.id, claimed.lease_token, {"markdown": "# ok"}, steps=[])
+    assert (done.status, done.progress) == (JobStatus.COMPLETED, 100)
+    stored = store.get_job_with_logs(job.id, "u1")
+    assert stored.job.result == {"markdown": "# ok"}
+    assert [log.progress for log in stored.logs if log.step == "AI 분석 중"] == [50]
+    assert stored.job.completed_at is not None
 
 
 def test_errors_map_to_the_projects_exceptions(store: JobStore) -> None:
@@ -69,16 +67,16 @@ def test_errors_map_to_the_projects_exceptions(store: JobStore) -> None:
         store.get_job(uuid.uuid4(), "u1")
 
     job_id = _create(store)
-    claimed = store.claim_job(job_id, 60)
+    claimed = store.claim_delivery(job_id, 1, 60).job
     assert claimed is not None and claimed.lease_token is not None
     with pytest.raises(errors.LeaseLost):
-        store.complete_job(job_id, uuid.uuid4(), {})
+        store.complete_job(job_id, uuid.uuid4(), {}, steps=[])
     store.cancel_job(job_id, "u1")
     with pytest.raises(errors.IllegalTransition) as illegal:
         store.cancel_job(job_id, "u1")
     assert illegal.value.details == {"status": "cancelled"}
     assert illegal.value.status == 409
-    assert store.report_progress(job_id, claimed.lease_token, 60, "x") is False
+    assert store.report_steps(job_id, claimed.lease_token, [(60, "x")], 60) is False
 
     keyed: dict[str, Any] = {"user_id": "u2", "priority": "low", "idempotency_key": "k"}
     _create(store, **keyed, query="a", request_hash="h1")

@@ -173,12 +173,12 @@ class MemoryStore:
         job_id: uuid.UUID,
         lease_token: uuid.UUID,
         result: dict[str, Any],
-        steps: list[Step] | None = None,
+        steps: list[Step],
     ) -> Job:
         self._check()
         if self.refuse_completion is not None:
             raise self.refuse_completion
-        job = self._log_steps(self._held(job_id, lease_token), steps or [])
+        job = self._log_steps(self._held(job_id, lease_token), steps)
         self.logs.append((job_id, "completed"))
         return self._update(
             job,

@@ -19,6 +19,8 @@ from google.cloud import tasks_v2
 from google.cloud.tasks_v2.services.cloud_tasks.transports import CloudTasksGrpcTransport
 from google.protobuf import duration_pb2, timestamp_pb2
 
+from tests.support import wait_until
+
 LOCATION = "projects/test-project/locations/asia-northeast1"
 # Lowest dispatch_deadline the tests' emulator accepts (Cloud Tasks' own floor is 15 s).
 TEST_MIN_DEADLINE_S = 0.5
@@ -64,21 +66,13 @@ class Target:
     # Generous: a condition wait only costs its length when it fails, and a loaded 2-core
     # machine can take seconds to deliver what takes milliseconds alone.
     def wait_for(self, count: int, timeout_s: float = 30.0) -> list[Received]:
-        wait_until(lambda: len(self.received) >= count, timeout_s, f"{count} requests")
+        wait_until(lambda: len(self.received) >= count, f"{count} requests", timeout_s)
         with self.lock:
             return list(self.received)
 
     def by_task(self, task_id: str) -> list[Received]:
         with self.lock:
             return [r for r in self.received if r.headers.get("x-cloudtasks-taskname") == task_id]
-
-
-def wait_until(predicate: Callable[[], bool], timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
-        time.sleep(0.01)
 
 
 class _TargetHandler(BaseHTTPRequestHandler):

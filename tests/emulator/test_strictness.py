@@ -25,8 +25,8 @@ from tests.emulator.target import (
     http_task,
     make_client,
     new_queue,
-    wait_until,
 )
+from tests.support import wait_until
 
 THROTTLE_ONLY = ThrottlePolicy(ramp_up=False)
 # Long enough for a delete and a create to answer on a loaded machine (0.5 s was not always)
@@ -186,5 +186,5 @@ def test_a_used_task_name_is_refused_until_its_tombstone_expires(
             return False
         return True
 
-    wait_until(created, 30, "the tombstone to expire")
+    wait_until(created, "the tombstone to expire")
     assert not gone(quick_client, task.name)

@@ -16,7 +16,8 @@ from infra.local.tasks_emulator import OFF, EmulatorHandle, QueueConfig, start_e
 from shared import errors
 from shared.settings import Settings
 from shared.tasks import TaskQueue
-from tests.emulator.target import TEST_MIN_DEADLINE_S, Reply, Target, wait_until
+from tests.emulator.target import TEST_MIN_DEADLINE_S, Reply, Target
+from tests.support import wait_until
 
 PROJECT, LOCATION, QUEUE = "test-project", "asia-northeast1", "ai-jobs"
 QUEUE_PATH = f"projects/{PROJECT}/locations/{LOCATION}/queues/{QUEUE}"
@@ -104,7 +105,7 @@ def test_already_exists_counts_only_while_the_task_is_pending(
     assert queue.enqueue(job_id, 1) is True, "a retry after a lost reply: still pending"
     target.wait_for(1)
     target.release.set()
-    wait_until(lambda: not queue.exists(job_id, 1), 30, "the task to run and go")
+    wait_until(lambda: not queue.exists(job_id, 1), "the task to run and go")
 
     assert queue.enqueue(job_id, 1) is False, "a spent name will not run again"
     received = target.wait_for(1)[0]

@@ -36,8 +36,8 @@ from tests.emulator.target import (
     make_client,
     new_queue,
     seconds,
-    wait_until,
 )
+from tests.support import wait_until
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 RPC_INTERNAL = 13
@@ -190,7 +190,7 @@ def test_duplicate_task_name_is_already_exists(
     with pytest.raises(exceptions.AlreadyExists):
         client.create_task(parent=queue_name, task=task)
     target.wait_for(1)
-    wait_until(lambda: gone(client, task.name), 30, "the completed task to be removed")
+    wait_until(lambda: gone(client, task.name), "the completed task to be removed")
 
     with pytest.raises(exceptions.AlreadyExists):  # also once it has completed
         client.create_task(parent=queue_name, task=task)
@@ -259,7 +259,7 @@ def test_dispatch_sends_the_request_with_cloud_tasks_headers(
     assert "x-cloudtasks-taskretryreason" not in first.headers
     assert "authorization" not in first.headers
     assert second.headers["content-type"] == "application/json"
-    wait_until(lambda: gone(client, task.name), 30, "the succeeded task to be removed")
+    wait_until(lambda: gone(client, task.name), "the succeeded task to be removed")
 
 
 def test_dispatches_run_concurrently_up_to_max_concurrent_dispatches(
@@ -272,11 +272,11 @@ def test_dispatches_run_concurrently_up_to_max_concurrent_dispatches(
 
     for _ in range(10):
         client.create_task(parent=queue_name, task=http_task(target.url))
-    wait_until(lambda: target.in_flight == 4, 30, "four requests held at once")
+    wait_until(lambda: target.in_flight == 4, "four requests held at once")
     launched = sum(task.dispatch_count for task in client.list_tasks(parent=queue_name))
     target.release.set()
     target.wait_for(10, timeout_s=30)
-    wait_until(lambda: not list(client.list_tasks(parent=queue_name)), 30, "an empty queue")
+    wait_until(lambda: not list(client.list_tasks(parent=queue_name)), "an empty queue")
 
     assert launched == 4, "four attempts in flight hold back the other six"
     assert target.peak_in_flight == 4
@@ -318,7 +318,7 @@ def test_failed_attempts_are_retried_with_growing_backoff(
         parent=queue_name, task=http_task(target.url, name=f"{queue_name}/tasks/r")
     )
     attempts = target.wait_for(5)
-    wait_until(lambda: gone(client, task.name), 30, "the task to be removed after its 2xx")
+    wait_until(lambda: gone(client, task.name), "the task to be removed after its 2xx")
 
     # An attempt goes no sooner than the backoff after the previous one arrived; its ETA (the
     # emulator's response time plus the backoff) bounds it from above without counting how
@@ -357,7 +357,6 @@ def test_task_shows_its_attempts_while_waiting_to_retry(
 
     wait_until(
         lambda: client.get_task(name=task.name).response_count == 1,
-        30,
         "the response to be recorded",
     )
     state = client.get_task(name=task.name)
@@ -382,7 +381,7 @@ def test_max_attempts_ends_the_retries(client: tasks_v2.CloudTasksClient, target
 
     task = client.create_task(parent=queue_name, task=http_task(target.url))
     target.wait_for(3)
-    wait_until(lambda: gone(client, task.name), 30, "the exhausted task to be removed")
+    wait_until(lambda: gone(client, task.name), "the exhausted task to be removed")
     time.sleep(0.4)  # several backoffs: a fourth attempt would have arrived
 
     assert len(target.received) == 3
@@ -411,13 +410,13 @@ def test_dispatch_deadline_aborts_a_slow_attempt(
         return code == RPC_DEADLINE_EXCEEDED
 
     target.wait_for(1)
-    wait_until(failed_by_deadline, 30, "the attempt to fail with DEADLINE_EXCEEDED")
+    wait_until(failed_by_deadline, "the attempt to fail with DEADLINE_EXCEEDED")
     state = polled[-1]
     # Measured on the emulator's own clock readings, not by the test polling after the fact.
     attempt = state.last_attempt
     aborted_after = attempt.response_time.timestamp() - attempt.dispatch_time.timestamp()
     retried = target.wait_for(2, timeout_s=30)[1]
-    wait_until(lambda: gone(client, task.name), 30, "the retried task to succeed")
+    wait_until(lambda: gone(client, task.name), "the retried task to succeed")
 
     # The target would have taken 10 s (silent) or 100 s (trickling) to answer.
     assert TEST_MIN_DEADLINE_S - 0.05 <= aborted_after < TEST_MIN_DEADLINE_S + 1.0

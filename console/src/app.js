@@ -355,6 +355,11 @@ function renderJob(job) {
   if (isFinal(shown.status)) renderOutcome(shown);
 }
 
+/** Why a job failed, in the visitor's language: by its errorCode, never the worker's text. */
+function failedWhy(w, code) {
+  return w.failedWhy[code] || (code ? `${w.failedWhy['']}: ${code}` : w.failedWhy['']);
+}
+
 function renderOutcome(job) {
   const w = words();
   const box = $('job-outcome');
@@ -365,7 +370,10 @@ function renderOutcome(job) {
   };
   if (job.status === 'failed') {
     box.replaceChildren(
-      el('p', { class: 'outcome-text' }, format(w.failed, { m: job.error || job.errorCode || '' })),
+      el('p', { class: 'outcome-text' }, format(w.failed, { m: failedWhy(w, job.errorCode) })),
+      // the worker's own words (English, from the model or the SQL) for whoever needs them
+      job.error ? el('details', { class: 'outcome-detail' },
+        el('summary', {}, w.failedDetail), el('code', { lang: 'en' }, `${job.errorCode || ''}: ${job.error}`)) : null,
       el('p', { class: 'hint' }, w.failedHint),
       el('button', { type: 'button', class: 'primary', onclick: again }, w.runAgain),
     );

@@ -129,9 +129,11 @@ def test_a_failed_job_says_why_and_runs_again_as_a_new_job(
     page.wait_for_selector("#job[data-status=failed]", timeout=LONG)
     failed_id = page.inner_text("#job-id")
     # why, in the visitor's language (by errorCode); the worker's English under "자세히"
-    assert page.inner_text("#job-outcome .outcome-text") == "작업이 실패했습니다 (AI 모델 호출 실패)."
+    why = page.inner_text("#job-outcome .outcome-text")
+    assert why == "작업이 실패했습니다 (AI 모델 호출 실패)."
     page.click("#job-outcome summary")
-    assert "Gemini refused the request (HTTP 400)" in page.inner_text("#job-outcome .outcome-detail code")
+    detail = page.inner_text("#job-outcome .outcome-detail code")
+    assert "Gemini refused the request (HTTP 400)" in detail
     page.screenshot(path=shots / "07-failed.png", full_page=True)
 
     fake.push(slow_answer(0))

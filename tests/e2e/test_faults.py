@@ -217,11 +217,13 @@ def test_killed_processor_is_recovered_by_lease_expiry_and_the_reaper(
 def test_a_live_worker_keeps_its_lease_through_a_slow_model_call(
     stack: LocalStack, http: httpx.Client, gemini: fake_gemini.FakeGemini
 ) -> None:
-    with _short_lease(stack):
-        gemini.push(fake_gemini.slow(5.0))
+    # 3 s, renewed every second: a renewal would have to starve for 2 s to lose it, which even
+    # a 2-core machine at load 20 does not do; 2 s left only 1.3 s of slack.
+    with _short_lease(stack, LEASE_SECONDS="3"):
+        gemini.push(fake_gemini.slow(6.5))
         job_id = create(http, SEED_QUERY)["jobId"]
         _wait_progress(http, job_id, 50)
-        time.sleep(3.0)  # longer than the lease: only the heartbeat keeps it alive
+        time.sleep(4.5)  # longer than the lease: only the heartbeat keeps it alive
         assert stack.reap().json()["dispatched"] == 0, "a live worker is not taken over"
         job = wait_for(http, job_id)
         assert job["status"] == "completed"

@@ -262,6 +262,61 @@ def test_dispatch_sends_the_request_with_cloud_tasks_headers(
     wait_until(lambda: gone(client, task.name), "the succeeded task to be removed")
 
 
+def test_dispatches_to_a_worker_that_keeps_connections_alive_share_one_connection(
+    client: tasks_v2.CloudTasksClient, target: Target
+) -> None:
+    target.keep_alive_s = 30.0
+    queue_name = new_queue(client, "kept-alive")
+    first = client.create_task(parent=queue_name, task=http_task(target.url))
+    target.wait_for(1)
+    wait_until(lambda: gone(client, first.name), "the first task to be removed")
+
+    second = client.create_task(parent=queue_name, task=http_task(target.url))
+    one, two = target.wait_for(2)
+
+    assert two.client_port == one.client_port
+    assert target.closed_connections == 0
+    wait_until(lambda: gone(client, second.name), "the second task to be removed")
+
+
+def test_a_connection_the_worker_closed_while_idle_is_not_used_again(
+    client: tasks_v2.CloudTasksClient, target: Target
+) -> None:
+    target.keep_alive_s = 0.2
+    queue_name = new_queue(client, "closed-idle")
+    client.create_task(parent=queue_name, task=http_task(target.url))
+    target.wait_for(1)
+    wait_until(lambda: target.closed_connections == 1, "the target to close the idle connection")
+
+    second = client.create_task(parent=queue_name, task=http_task(target.url))
+    one, two = target.wait_for(2)
+
+    assert two.client_port != one.client_port
+    assert two.headers["x-cloudtasks-taskretrycount"] == "0", "the first attempt went through"
+    wait_until(lambda: gone(client, second.name), "the second task to be removed")
+
+
+def test_a_request_dropped_on_a_reused_connection_is_sent_again_on_a_new_one(
+    client: tasks_v2.CloudTasksClient, target: Target
+) -> None:
+    # The server closing a kept-alive connection just as the next request goes out on it:
+    # nothing was answered, so the same attempt goes out once more on a new connection.
+    target.keep_alive_s = 30.0
+    target.behaviour = lambda received, index: Reply(drop=index == 1)
+    queue_name = new_queue(client, "dropped")
+    first = client.create_task(parent=queue_name, task=http_task(target.url))
+    target.wait_for(1)
+    wait_until(lambda: gone(client, first.name), "the first task to be removed")
+
+    second = client.create_task(parent=queue_name, task=http_task(target.url))
+    received = target.wait_for(3)
+
+    assert [r.headers["x-cloudtasks-taskretrycount"] for r in received[1:]] == ["0", "0"]
+    assert received[1].client_port == received[0].client_port
+    assert received[2].client_port != received[1].client_port
+    wait_until(lambda: gone(client, second.name), "the second task to be removed")
+
+
 def test_dispatches_run_concurrently_up_to_max_concurrent_dispatches(
     client: tasks_v2.CloudTasksClient, target: Target
 ) -> None:

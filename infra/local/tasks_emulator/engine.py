@@ -182,6 +182,7 @@ class Engine:
         self._attempts: set[_Attempt] = set()
         self._stopping = False
         self._pool = ThreadPoolExecutor(max_workers, thread_name_prefix="tasks-emulator-dispatch")
+        self._connections = dispatch.Connections()
         self._scheduler = threading.Thread(
             target=self._schedule_loop, name="tasks-emulator-scheduler", daemon=True
         )
@@ -203,6 +204,7 @@ class Engine:
         if self._scheduler.is_alive():
             self._scheduler.join()
         self._pool.shutdown(wait=True, cancel_futures=True)
+        self._connections.close()
 
     @contextmanager
     def _locked(self) -> Iterator[None]:
@@ -504,7 +506,9 @@ class Engine:
 
     def _run(self, attempt: _Attempt) -> None:
         started = time.monotonic()
-        outcome = dispatch.send(attempt.request, lambda sock: self._watch(attempt, sock))
+        outcome = dispatch.send(
+            attempt.request, lambda sock: self._watch(attempt, sock), self._connections
+        )
         overran = time.monotonic() - started > attempt.request.deadline_s
         with self._locked():
             if attempt.timed_out or (overran and not outcome.succeeded):

@@ -30,6 +30,7 @@ import socket
 import threading
 import time
 import uuid
+from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, suppress
@@ -185,6 +186,8 @@ class Engine:
         self._cond = threading.Condition()
         self._queues: dict[str, _QueueEntry] = {}
         self._tombstones: dict[str, float] = {}  #: task name -> when it may be reused (epoch)
+        #: the same, oldest first: the TTL is one for all, so expired names leave from the front
+        self._tombstone_order: deque[tuple[float, str]] = deque()
         self._attempts: set[_Attempt] = set()
         self._stopping = False
         #: when the waiting scheduler looks next by itself (monotonic; see `_schedule_loop`)
@@ -350,12 +353,19 @@ class Engine:
         reusable_at = time.time() + self._tombstone_ttl_s
         for name in names:
             self._tombstones[name] = reusable_at
+            self._tombstone_order.append((reusable_at, name))
 
     def _buried(self, name: str, now: float) -> bool:
-        """Whether the name is still de-duplicated; forgets expired tombstones on the way."""
-        for old in [n for n, until in self._tombstones.items() if until <= now]:
-            del self._tombstones[old]
-        return name in self._tombstones
+        """Whether the name is still de-duplicated; forgets expired tombstones on the way
+        (from the front of the order only: a CreateTask costs no scan of every name used in
+        the last hour)."""
+        order = self._tombstone_order
+        while order and order[0][0] <= now:
+            expired_at, old = order.popleft()
+            if self._tombstones.get(old) == expired_at:  # not buried again since
+                del self._tombstones[old]
+        reusable_at = self._tombstones.get(name)
+        return reusable_at is not None and reusable_at > now
 
     def _queue(self, name: str) -> _QueueEntry:
         check_queue_name(name)

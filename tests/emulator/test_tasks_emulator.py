@@ -19,12 +19,14 @@ import time
 from pathlib import Path
 
 import google.auth.transport.requests
+import jwt
 import pytest
 from google.api_core import exceptions
 from google.cloud import tasks_v2
 from google.oauth2 import id_token
 
 from infra.local.tasks_emulator import EmulatorHandle, QueueConfig, RetryPolicy, start_emulator
+from infra.local.tasks_emulator.oidc import REFRESH_MARGIN_S, TOKEN_LIFETIME_S, OidcSigner
 from tests.emulator.target import (
     LOCATION,
     TEST_MIN_DEADLINE_S,
@@ -592,6 +594,44 @@ def test_oidc_token_verifies_with_google_auth(
             audience="https://someone-else.example/",
             certs_url=emulator.certs_url,
         )
+
+
+def test_dispatches_for_one_account_and_audience_carry_one_cached_token(
+    client: tasks_v2.CloudTasksClient, target: Target
+) -> None:
+    queue_name = new_queue(client, "jobs")
+    oidc = tasks_v2.OidcToken(service_account_email=SERVICE_ACCOUNT, audience="https://fn")
+    client.create_task(parent=queue_name, task=http_task(f"{target.url}/a", oidc=oidc))
+    issued_at = jwt.decode(_bearer(target.wait_for(1)[0]), options={"verify_signature": False})
+    # A token minted anew now would differ: its iat would be a later second.
+    wait_until(lambda: time.time() >= issued_at["iat"] + 1, "the next second")
+    client.create_task(parent=queue_name, task=http_task(f"{target.url}/b", oidc=oidc))
+    client.create_task(parent=queue_name, task=http_task(f"{target.url}/c", oidc=None))
+    other = tasks_v2.OidcToken(service_account_email=SERVICE_ACCOUNT, audience="https://other")
+    client.create_task(parent=queue_name, task=http_task(f"{target.url}/d", oidc=other))
+    target.wait_for(4)
+    by_path = {r.path: r for r in target.received}
+
+    assert _bearer(by_path["/a"]) == _bearer(by_path["/b"])
+    assert "authorization" not in by_path["/c"].headers
+    assert _bearer(by_path["/d"]) != _bearer(by_path["/a"])
+
+
+def test_a_cached_token_is_replaced_before_it_expires() -> None:
+    signer = OidcSigner()
+    issued = 1_700_000_000.0
+    first = signer.token(service_account_email=SERVICE_ACCOUNT, audience="https://fn", now=issued)
+    last_use = issued + TOKEN_LIFETIME_S - REFRESH_MARGIN_S - 1
+
+    still = signer.token(service_account_email=SERVICE_ACCOUNT, audience="https://fn", now=last_use)
+    renewed = signer.token(
+        service_account_email=SERVICE_ACCOUNT, audience="https://fn", now=last_use + 1
+    )
+
+    assert still == first
+    assert renewed != first
+    claims = jwt.decode(renewed, options={"verify_signature": False})
+    assert claims["iat"] == int(last_use + 1)
 
 
 def test_token_from_another_emulator_is_rejected(

@@ -554,7 +554,7 @@ class Engine:
             headers["X-CloudTasks-TaskPreviousResponse"] = str(entry.previous_response)
         if request.HasField("oidc_token"):
             headers = {k: v for k, v in headers.items() if k.lower() != "authorization"}
-            token = self._signer.mint(
+            token = self._signer.token(
                 service_account_email=request.oidc_token.service_account_email,
                 audience=request.oidc_token.audience or request.url,
             )

@@ -10,8 +10,9 @@ used up) or schedules the next attempt with the queue's backoff.
 The common case takes a shorter path under the same rules: a new task that may go at once
 (due, its queue running with a free slot, a token, and no older task waiting) is launched by
 CreateTask itself, and the scheduler is woken only when it must look before it planned to
-(the new attempt's deadline is sooner, or something became due or free). A thread handed the
-work costs a wake-up and, on a busy machine, a wait for the GIL; the dispatch need not.
+(the new attempt's deadline is sooner, or something became due or free). Each hand-off to
+another thread costs a wake-up and, on a busy machine, a wait for the GIL: the launch now takes
+none (the request itself still goes out on a pool thread, as CreateTask must answer).
 
 Task names are remembered once a task completes, fails for good or is deleted, so reusing a
 name is ALREADY_EXISTS as in Cloud Tasks, for `tombstone_ttl_s` (default one hour: "another

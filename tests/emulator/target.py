@@ -35,6 +35,7 @@ class Received:
     headers: dict[str, str]
     body: bytes
     arrived_at: float  #: time.time()
+    client_port: int  #: the emulator's end of the connection (the same port: a reused one)
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,9 @@ class Reply:
     delay_s: float = 0.0  #: silence before the response
     trickle_s: float = 0.0  #: if set, send headers at once, then one body byte this often
     retry_after: str | None = None  #: a Retry-After response header
+    #: close the connection without answering (a server dropping a kept-alive connection
+    #: just as a request arrives on it)
+    drop: bool = False
 
 
 # A trickled body this long outlasts any deadline a test uses.
@@ -62,6 +66,10 @@ class Target:
     peak_in_flight: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
     release: threading.Event = field(default_factory=threading.Event)
+    #: None: every reply says ``Connection: close``; else connections are kept alive and
+    #: closed by the target after this many idle seconds
+    keep_alive_s: float | None = None
+    closed_connections: int = 0
 
     # Generous: a condition wait only costs its length when it fails, and a loaded 2-core
     # machine can take seconds to deliver what takes milliseconds alone.
@@ -79,6 +87,17 @@ class _TargetHandler(BaseHTTPRequestHandler):
     server: TargetServer
     protocol_version = "HTTP/1.1"
 
+    def setup(self) -> None:
+        super().setup()
+        # An idle kept-alive connection is closed once this passes (the read of the next
+        # request times out), as a server's keep-alive timeout does.
+        self.connection.settimeout(self.server.target.keep_alive_s)
+
+    def finish(self) -> None:
+        super().finish()
+        with self.server.target.lock:
+            self.server.target.closed_connections += 1
+
     def _serve(self) -> None:
         target = self.server.target
         length = int(self.headers.get("Content-Length") or 0)
@@ -89,6 +108,7 @@ class _TargetHandler(BaseHTTPRequestHandler):
             headers={key.lower(): value for key, value in self.headers.items()},
             body=body,
             arrived_at=time.time(),
+            client_port=int(self.client_address[1]),
         )
         with target.lock:
             index = len(target.received)
@@ -105,15 +125,19 @@ class _TargetHandler(BaseHTTPRequestHandler):
             # next request arrive first (a peak of 5 on a queue capped at 4, 1 CI run in ~10).
             with target.lock:
                 target.in_flight -= 1
-        self._reply(reply, target.release)
+        if reply.drop:
+            self.close_connection = True
+            return
+        self._reply(reply, target.release, close=target.keep_alive_s is None)
 
-    def _reply(self, reply: Reply, release: threading.Event) -> None:
+    def _reply(self, reply: Reply, release: threading.Event, *, close: bool) -> None:
         body_length = _TRICKLE_BYTES if reply.trickle_s else 0
         self.send_response(reply.status)
         self.send_header("Content-Length", str(body_length))
         if reply.retry_after is not None:
             self.send_header("Retry-After", reply.retry_after)
-        self.send_header("Connection", "close")
+        if close:
+            self.send_header("Connection", "close")
         self.end_headers()
         self.wfile.flush()
         for _ in range(body_length):

@@ -188,3 +188,6 @@ def test_a_used_task_name_is_refused_until_its_tombstone_expires(
 
     wait_until(created, "the tombstone to expire")
     assert not gone(quick_client, task.name)
+    quick_client.delete_task(name=task.name)  # used again: refused again
+    with pytest.raises(exceptions.AlreadyExists):
+        quick_client.create_task(parent=queue_name, task=task)

@@ -19,12 +19,14 @@ import time
 from pathlib import Path
 
 import google.auth.transport.requests
+import jwt
 import pytest
 from google.api_core import exceptions
 from google.cloud import tasks_v2
 from google.oauth2 import id_token
 
 from infra.local.tasks_emulator import EmulatorHandle, QueueConfig, RetryPolicy, start_emulator
+from infra.local.tasks_emulator.oidc import REFRESH_MARGIN_S, TOKEN_LIFETIME_S, OidcSigner
 from tests.emulator.target import (
     LOCATION,
     TEST_MIN_DEADLINE_S,
@@ -260,6 +262,61 @@ def test_dispatch_sends_the_request_with_cloud_tasks_headers(
     assert "authorization" not in first.headers
     assert second.headers["content-type"] == "application/json"
     wait_until(lambda: gone(client, task.name), "the succeeded task to be removed")
+
+
+def test_dispatches_to_a_worker_that_keeps_connections_alive_share_one_connection(
+    client: tasks_v2.CloudTasksClient, target: Target
+) -> None:
+    target.keep_alive_s = 30.0
+    queue_name = new_queue(client, "kept-alive")
+    first = client.create_task(parent=queue_name, task=http_task(target.url))
+    target.wait_for(1)
+    wait_until(lambda: gone(client, first.name), "the first task to be removed")
+
+    second = client.create_task(parent=queue_name, task=http_task(target.url))
+    one, two = target.wait_for(2)
+
+    assert two.client_port == one.client_port
+    assert target.closed_connections == 0
+    wait_until(lambda: gone(client, second.name), "the second task to be removed")
+
+
+def test_a_connection_the_worker_closed_while_idle_is_not_used_again(
+    client: tasks_v2.CloudTasksClient, target: Target
+) -> None:
+    target.keep_alive_s = 0.2
+    queue_name = new_queue(client, "closed-idle")
+    client.create_task(parent=queue_name, task=http_task(target.url))
+    target.wait_for(1)
+    wait_until(lambda: target.closed_connections == 1, "the target to close the idle connection")
+
+    second = client.create_task(parent=queue_name, task=http_task(target.url))
+    one, two = target.wait_for(2)
+
+    assert two.client_port != one.client_port
+    assert two.headers["x-cloudtasks-taskretrycount"] == "0", "the first attempt went through"
+    wait_until(lambda: gone(client, second.name), "the second task to be removed")
+
+
+def test_a_request_dropped_on_a_reused_connection_is_sent_again_on_a_new_one(
+    client: tasks_v2.CloudTasksClient, target: Target
+) -> None:
+    # The server closing a kept-alive connection just as the next request goes out on it:
+    # nothing was answered, so the same attempt goes out once more on a new connection.
+    target.keep_alive_s = 30.0
+    target.behaviour = lambda received, index: Reply(drop=index == 1)
+    queue_name = new_queue(client, "dropped")
+    first = client.create_task(parent=queue_name, task=http_task(target.url))
+    target.wait_for(1)
+    wait_until(lambda: gone(client, first.name), "the first task to be removed")
+
+    second = client.create_task(parent=queue_name, task=http_task(target.url))
+    received = target.wait_for(3)
+
+    assert [r.headers["x-cloudtasks-taskretrycount"] for r in received[1:]] == ["0", "0"]
+    assert received[1].client_port == received[0].client_port
+    assert received[2].client_port != received[1].client_port
+    wait_until(lambda: gone(client, second.name), "the second task to be removed")
 
 
 def test_dispatches_run_concurrently_up_to_max_concurrent_dispatches(
@@ -537,6 +594,44 @@ def test_oidc_token_verifies_with_google_auth(
             audience="https://someone-else.example/",
             certs_url=emulator.certs_url,
         )
+
+
+def test_dispatches_for_one_account_and_audience_carry_one_cached_token(
+    client: tasks_v2.CloudTasksClient, target: Target
+) -> None:
+    queue_name = new_queue(client, "jobs")
+    oidc = tasks_v2.OidcToken(service_account_email=SERVICE_ACCOUNT, audience="https://fn")
+    client.create_task(parent=queue_name, task=http_task(f"{target.url}/a", oidc=oidc))
+    issued_at = jwt.decode(_bearer(target.wait_for(1)[0]), options={"verify_signature": False})
+    # A token minted anew now would differ: its iat would be a later second.
+    wait_until(lambda: time.time() >= issued_at["iat"] + 1, "the next second")
+    client.create_task(parent=queue_name, task=http_task(f"{target.url}/b", oidc=oidc))
+    client.create_task(parent=queue_name, task=http_task(f"{target.url}/c", oidc=None))
+    other = tasks_v2.OidcToken(service_account_email=SERVICE_ACCOUNT, audience="https://other")
+    client.create_task(parent=queue_name, task=http_task(f"{target.url}/d", oidc=other))
+    target.wait_for(4)
+    by_path = {r.path: r for r in target.received}
+
+    assert _bearer(by_path["/a"]) == _bearer(by_path["/b"])
+    assert "authorization" not in by_path["/c"].headers
+    assert _bearer(by_path["/d"]) != _bearer(by_path["/a"])
+
+
+def test_a_cached_token_is_replaced_before_it_expires() -> None:
+    signer = OidcSigner()
+    issued = 1_700_000_000.0
+    first = signer.token(service_account_email=SERVICE_ACCOUNT, audience="https://fn", now=issued)
+    last_use = issued + TOKEN_LIFETIME_S - REFRESH_MARGIN_S - 1
+
+    still = signer.token(service_account_email=SERVICE_ACCOUNT, audience="https://fn", now=last_use)
+    renewed = signer.token(
+        service_account_email=SERVICE_ACCOUNT, audience="https://fn", now=last_use + 1
+    )
+
+    assert still == first
+    assert renewed != first
+    claims = jwt.decode(renewed, options={"verify_signature": False})
+    assert claims["iat"] == int(last_use + 1)
 
 
 def test_token_from_another_emulator_is_rejected(

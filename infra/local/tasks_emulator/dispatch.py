@@ -4,6 +4,12 @@ Kept apart from the scheduler so the dispatch of one attempt can be read (and re
 on its own. The caller enforces the dispatch deadline: it is told about the connected socket
 through `watch` and may shut it down from another thread when the deadline passes. (A socket
 timeout alone bounds each read, not the attempt: a worker trickling bytes would outlive it.)
+
+Attempts go over kept-alive connections (`Connections`), as Google's front ends keep theirs:
+a connection that answered a whole, framed response without `Connection: close` is reused by
+the next attempt to the same origin within `IDLE_REUSE_S`, so a dispatch costs neither a TCP
+handshake nor the worker's accept. Every socket has TCP_NODELAY: a request is written in one
+send, and a response must not wait on Nagle.
 """
 
 from __future__ import annotations
@@ -11,8 +17,10 @@ from __future__ import annotations
 import email.utils
 import http.client
 import re
+import select
 import socket
 import ssl
+import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -95,31 +103,142 @@ def retry_after_seconds(value: str | None, now: float | None = None) -> float | 
     return max(0.0, when.timestamp() - (time.time() if now is None else now))
 
 
-def _open(url: str, timeout_s: float) -> tuple[http.client.HTTPConnection, str]:
+#: An idle connection is reused only this soon after its last response: under the keep-alive
+#: timeout of the servers it talks to (gunicorn's default is 2 s), so the emulator does not
+#: write into a connection the server is closing.
+IDLE_REUSE_S = 1.0
+#: Idle connections kept per origin (more are closed when handed back).
+MAX_IDLE_PER_ORIGIN = 16
+
+_Origin = tuple[str, str, int]
+
+
+def _origin_and_target(url: str) -> tuple[_Origin, str]:
     parts = urlsplit(url)
     if parts.hostname is None:
         raise ValueError(f"URL {url!r} has no host")
     target = quote(parts.path or "/", safe=_URL_SAFE)
     if parts.query:
         target += "?" + quote(parts.query, safe=_URL_SAFE)
+    default_port = 443 if parts.scheme == "https" else 80
+    return (parts.scheme, parts.hostname, parts.port or default_port), target
+
+
+def _new_connection(origin: _Origin, timeout_s: float) -> http.client.HTTPConnection:
+    scheme, host, port = origin
     connection: http.client.HTTPConnection
-    if parts.scheme == "https":
+    if scheme == "https":
         connection = http.client.HTTPSConnection(
-            parts.hostname, parts.port, timeout=timeout_s, context=ssl.create_default_context()
+            host, port, timeout=timeout_s, context=ssl.create_default_context()
         )
     else:
-        connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=timeout_s)
-    return connection, target
+        connection = http.client.HTTPConnection(host, port, timeout=timeout_s)
+    connection.connect()
+    assert connection.sock is not None  # connect() sets it or raises
+    connection.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return connection
 
 
-def send(dispatch: HttpDispatch, watch: SocketWatch) -> AttemptOutcome:
-    """Send one attempt; never raises for network trouble, which is an outcome like any other."""
+def _still_open(connection: http.client.HTTPConnection) -> bool:
+    """An idle connection the server has not closed: nothing to read on it (a readable idle
+    socket means EOF, or bytes nobody asked for), as urllib3 checks before reusing one."""
+    sock = connection.sock
+    if sock is None:
+        return False
     try:
-        connection, target = _open(dispatch.url, dispatch.deadline_s)
+        readable, _, _ = select.select([sock], [], [], 0)
+    except (OSError, ValueError):
+        return False
+    return not readable
+
+
+class Connections:
+    """Kept-alive connections by origin, shared by the dispatch threads."""
+
+    def __init__(self) -> None:
+        self._idle: dict[_Origin, list[tuple[http.client.HTTPConnection, float]]] = {}
+        self._lock = threading.Lock()
+        self._closed = False
+
+    def take(self, origin: _Origin, timeout_s: float) -> tuple[http.client.HTTPConnection, bool]:
+        """An idle connection to ``origin`` (reused=True) or a new one (which may raise)."""
+        now = time.monotonic()
+        while True:
+            with self._lock:
+                idle = self._idle.get(origin)
+                if not idle:
+                    break
+                connection, since = idle.pop()
+            if now - since < IDLE_REUSE_S and _still_open(connection):
+                assert connection.sock is not None
+                connection.sock.settimeout(timeout_s)
+                return connection, True
+            connection.close()
+        return _new_connection(origin, timeout_s), False
+
+    def give_back(self, origin: _Origin, connection: http.client.HTTPConnection) -> None:
+        with self._lock:
+            idle = self._idle.setdefault(origin, [])
+            if not self._closed and len(idle) < MAX_IDLE_PER_ORIGIN:
+                idle.append((connection, time.monotonic()))
+                return
+        connection.close()
+
+    def close(self) -> None:
+        """Close every idle connection; connections handed back later are closed too."""
+        with self._lock:
+            self._closed = True
+            idle, self._idle = self._idle, {}
+        for connections in idle.values():
+            for connection, _since in connections:
+                connection.close()
+
+
+def send(dispatch: HttpDispatch, watch: SocketWatch, connections: Connections) -> AttemptOutcome:
+    """Send one attempt; never raises for network trouble, which is an outcome like any other.
+
+    On a reused connection that the server closed before answering (it dropped the idle
+    connection as the request went out: nothing ran), the attempt is sent once more on a new
+    connection, as the function host's front does with its own pool."""
+    try:
+        origin, target = _origin_and_target(dispatch.url)
     except ValueError as error:
         return AttemptOutcome(None, RPC_UNAVAILABLE, str(error))
+    while True:
+        try:
+            connection, reused = connections.take(origin, dispatch.deadline_s)
+        except TimeoutError:
+            return deadline_exceeded(dispatch.deadline_s)
+        except OSError as error:
+            return AttemptOutcome(None, RPC_UNAVAILABLE, f"{type(error).__name__}: {error}")
+        outcome = _exchange(
+            connection, target, dispatch, watch, connections=connections, origin=origin
+        )
+        if outcome is not _CLOSED_BEFORE_ANSWER:
+            return outcome
+        if not reused:
+            return AttemptOutcome(
+                None, RPC_UNAVAILABLE, "RemoteDisconnected: the worker closed without answering"
+            )
+
+
+#: What `_exchange` returns when the server closed the connection before any response byte.
+_CLOSED_BEFORE_ANSWER = AttemptOutcome(None, RPC_UNAVAILABLE, "closed before answering")
+
+
+def _exchange(
+    connection: http.client.HTTPConnection,
+    target: str,
+    dispatch: HttpDispatch,
+    watch: SocketWatch,
+    *,
+    connections: Connections,
+    origin: _Origin,
+) -> AttemptOutcome:
+    """One request and its whole response on ``connection``, which is handed back when it
+    can carry the next attempt and closed otherwise."""
+    keep = False
     try:
-        connection.connect()
         # The socket object, not the connection: http.client drops `connection.sock` once a
         # response that closes the connection starts, while the body is still being read.
         watch(connection.sock)
@@ -128,13 +247,18 @@ def send(dispatch: HttpDispatch, watch: SocketWatch) -> AttemptOutcome:
         )
         response = connection.getresponse()
         response.read()
+        keep = not response.will_close
     except TimeoutError:
         return deadline_exceeded(dispatch.deadline_s)
+    except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError):
+        return _CLOSED_BEFORE_ANSWER
     except (OSError, http.client.HTTPException) as error:
         return AttemptOutcome(None, RPC_UNAVAILABLE, f"{type(error).__name__}: {error}")
     finally:
         watch(None)
-        connection.close()
+        if not keep:
+            connection.close()
+    connections.give_back(origin, connection)
     status = response.status
     return AttemptOutcome(
         status,

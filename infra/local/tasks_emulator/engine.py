@@ -7,6 +7,13 @@ socket of any attempt that outlives its dispatch deadline. Workers send the HTTP
 without the lock and report the outcome back, which either deletes the task (2xx, or retries
 used up) or schedules the next attempt with the queue's backoff.
 
+The common case takes a shorter path under the same rules: a new task that may go at once
+(due, its queue running with a free slot, a token, and no older task waiting) is launched by
+CreateTask itself, and the scheduler is woken only when it must look before it planned to
+(the new attempt's deadline is sooner, or something became due or free). Each hand-off to
+another thread costs a wake-up and, on a busy machine, a wait for the GIL: the launch now takes
+none (the request itself still goes out on a pool thread, as CreateTask must answer).
+
 Task names are remembered once a task completes, fails for good or is deleted, so reusing a
 name is ALREADY_EXISTS as in Cloud Tasks, for `tombstone_ttl_s` (default one hour: "another
 task with the same name can't be created for ~1 hour after the original task was deleted or
@@ -24,6 +31,7 @@ import socket
 import threading
 import time
 import uuid
+from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, suppress
@@ -179,9 +187,14 @@ class Engine:
         self._cond = threading.Condition()
         self._queues: dict[str, _QueueEntry] = {}
         self._tombstones: dict[str, float] = {}  #: task name -> when it may be reused (epoch)
+        #: the same, oldest first: the TTL is one for all, so expired names leave from the front
+        self._tombstone_order: deque[tuple[float, str]] = deque()
         self._attempts: set[_Attempt] = set()
         self._stopping = False
+        #: when the waiting scheduler looks next by itself (monotonic; see `_schedule_loop`)
+        self._scheduler_wakes_at = 0.0
         self._pool = ThreadPoolExecutor(max_workers, thread_name_prefix="tasks-emulator-dispatch")
+        self._connections = dispatch.Connections()
         self._scheduler = threading.Thread(
             target=self._schedule_loop, name="tasks-emulator-scheduler", daemon=True
         )
@@ -203,6 +216,7 @@ class Engine:
         if self._scheduler.is_alive():
             self._scheduler.join()
         self._pool.shutdown(wait=True, cancel_futures=True)
+        self._connections.close()
 
     @contextmanager
     def _locked(self) -> Iterator[None]:
@@ -286,7 +300,7 @@ class Engine:
         check_queue_name(parent)
         stored = self._validated_task(parent, task)
         now = time.time()
-        with self._locked():
+        with self._cond:
             queue = self._queue(parent)
             if not stored.name:
                 stored.name = f"{parent}/tasks/{uuid.uuid4().int % 10**19:019d}"
@@ -296,7 +310,9 @@ class Engine:
                 stored.schedule_time.CopyFrom(timestamp_of(now))
             # create_time is truncated to the second, as Cloud Tasks documents.
             stored.create_time.CopyFrom(timestamp_of(float(int(now))))
-            queue.tasks[stored.name] = _TaskEntry(stored, epoch_of(stored.schedule_time))
+            entry = _TaskEntry(stored, epoch_of(stored.schedule_time))
+            queue.tasks[stored.name] = entry
+            self._dispatch_new(queue, entry, now)
             return self._copy_task(stored)
 
     def get_task(self, name: str) -> Any:
@@ -321,7 +337,7 @@ class Engine:
         with self._locked():
             queue, entry = self._task(name)
             if not entry.in_flight and not self._stopping:
-                self._launch(queue, entry, time.time())
+                self._launch(queue, entry, time.time())  # _locked() wakes the scheduler
             return self._copy_task(entry.task)
 
     # -- validation and lookup helpers (call with the lock held where they read state) ---
@@ -338,12 +354,19 @@ class Engine:
         reusable_at = time.time() + self._tombstone_ttl_s
         for name in names:
             self._tombstones[name] = reusable_at
+            self._tombstone_order.append((reusable_at, name))
 
     def _buried(self, name: str, now: float) -> bool:
-        """Whether the name is still de-duplicated; forgets expired tombstones on the way."""
-        for old in [n for n, until in self._tombstones.items() if until <= now]:
-            del self._tombstones[old]
-        return name in self._tombstones
+        """Whether the name is still de-duplicated; forgets expired tombstones on the way
+        (from the front of the order only: a CreateTask costs no scan of every name used in
+        the last hour)."""
+        order = self._tombstone_order
+        while order and order[0][0] <= now:
+            expired_at, old = order.popleft()
+            if self._tombstones.get(old) == expired_at:  # not buried again since
+                del self._tombstones[old]
+        reusable_at = self._tombstones.get(name)
+        return reusable_at is not None and reusable_at > now
 
     def _queue(self, name: str) -> _QueueEntry:
         check_queue_name(name)
@@ -426,7 +449,49 @@ class Engine:
                 # Launch first, so the deadlines of attempts just launched set the next wake.
                 launch_wait = self._launch_due()
                 wait = _min_wait(self._enforce_deadlines(), launch_wait)
-                self._cond.wait(_IDLE_WAKE_S if wait is None else min(wait, _IDLE_WAKE_S))
+                timeout = _IDLE_WAKE_S if wait is None else min(wait, _IDLE_WAKE_S)
+                self._scheduler_wakes_at = time.monotonic() + timeout
+                self._cond.wait(timeout)
+
+    def _wake_scheduler_by(self, at: float) -> None:
+        """Make the scheduler look again by ``at`` (monotonic); call with the lock held.
+
+        Sleeping, it would look at ``_scheduler_wakes_at`` anyway; woken already (waiting for
+        the lock), it looks once this thread lets go of the lock."""
+        if at < self._scheduler_wakes_at:
+            self._cond.notify_all()
+
+    def _dispatch_new(self, queue: _QueueEntry, entry: _TaskEntry, now: float) -> None:
+        """A new task: launch it here when the scheduler would launch it right away, else
+        leave it to the scheduler, woken only if it must look sooner than it planned to."""
+        if queue.queue.state != QUEUE_STATE_RUNNING or self._stopping:
+            return  # ResumeQueue wakes the scheduler, which then finds the task
+        if entry.due_at > now:
+            self._wake_scheduler_by(time.monotonic() + (entry.due_at - now))
+            return
+        if not self._has_room(queue) or self._others_waiting(queue, entry, now):
+            return  # the scheduler holds older tasks, or an attempt's end wakes it
+        token_wait = queue.flow.take(time.monotonic())
+        if token_wait > 0:
+            self._wake_scheduler_by(time.monotonic() + token_wait)
+            return
+        attempt = self._launch(queue, entry, now)
+        self._wake_scheduler_by(attempt.deadline_at)
+
+    def _has_room(self, queue: _QueueEntry) -> bool:
+        """Whether the pool and the queue's `max_concurrent_dispatches` allow one more."""
+        return (
+            len(self._attempts) < self._max_workers
+            and queue.in_flight < queue.queue.rate_limits.max_concurrent_dispatches
+        )
+
+    @staticmethod
+    def _others_waiting(queue: _QueueEntry, entry: _TaskEntry, now: float) -> bool:
+        """Whether another task of the queue is due and not yet launched (it goes first)."""
+        return any(
+            other is not entry and not other.in_flight and other.due_at <= now
+            for other in queue.tasks.values()
+        )
 
     def _launch_due(self) -> float | None:
         """Launch every task that may go now; return seconds until the next may."""
@@ -446,7 +511,7 @@ class Engine:
                 # A full pool or a full queue frees up when an attempt ends, which notifies.
                 if len(self._attempts) >= self._max_workers:
                     return wait
-                if queue.in_flight >= queue.queue.rate_limits.max_concurrent_dispatches:
+                if not self._has_room(queue):
                     break
                 token_wait = queue.flow.take(time.monotonic())
                 if token_wait > 0:
@@ -455,7 +520,7 @@ class Engine:
                 self._launch(queue, entry, now)
         return wait
 
-    def _launch(self, queue: _QueueEntry, entry: _TaskEntry, now: float) -> None:
+    def _launch(self, queue: _QueueEntry, entry: _TaskEntry, now: float) -> _Attempt:
         task = entry.task
         request = self._http_dispatch(queue, entry)
         task.dispatch_count += 1
@@ -471,6 +536,7 @@ class Engine:
         attempt = _Attempt(queue, entry, request, time.monotonic() + request.deadline_s)
         self._attempts.add(attempt)
         self._pool.submit(self._run, attempt)
+        return attempt
 
     def _http_dispatch(self, queue: _QueueEntry, entry: _TaskEntry) -> dispatch.HttpDispatch:
         """The request Cloud Tasks would send for the task's next attempt."""
@@ -489,7 +555,7 @@ class Engine:
             headers["X-CloudTasks-TaskPreviousResponse"] = str(entry.previous_response)
         if request.HasField("oidc_token"):
             headers = {k: v for k, v in headers.items() if k.lower() != "authorization"}
-            token = self._signer.mint(
+            token = self._signer.token(
                 service_account_email=request.oidc_token.service_account_email,
                 audience=request.oidc_token.audience or request.url,
             )
@@ -504,12 +570,20 @@ class Engine:
 
     def _run(self, attempt: _Attempt) -> None:
         started = time.monotonic()
-        outcome = dispatch.send(attempt.request, lambda sock: self._watch(attempt, sock))
+        outcome = dispatch.send(
+            attempt.request, lambda sock: self._watch(attempt, sock), self._connections
+        )
         overran = time.monotonic() - started > attempt.request.deadline_s
-        with self._locked():
+        with self._cond:
+            pool_was_full = len(self._attempts) >= self._max_workers
             if attempt.timed_out or (overran and not outcome.succeeded):
                 outcome = dispatch.deadline_exceeded(attempt.request.deadline_s)
             self._finish(attempt, outcome)
+            # The scheduler looks again only if this freed room a task waits for (the pool's
+            # or the queue's) or left the task to retry; a finished attempt's deadline no
+            # longer matters, and a scheduler that wakes for it finds nothing to do.
+            if pool_was_full or any(not e.in_flight for e in attempt.queue.tasks.values()):
+                self._cond.notify_all()
 
     def _watch(self, attempt: _Attempt, sock: socket.socket | None) -> None:
         with self._cond:

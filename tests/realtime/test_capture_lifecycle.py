@@ -192,3 +192,26 @@ def test_capture_stops_after_the_last_subscriber_leaves_and_restarts_on_the_next
     assert still_listening == 1
     assert restarted == 1
     assert inserted_ids(frames) == [later]
+
+
+def test_a_record_with_jsonb_values_is_what_to_jsonb_gives_for_the_row(
+    realtime: InProcessRealtime, db_uri: str
+) -> None:
+    data = '{"b": 1.50, "aa": [1, {"z": null, "y": "\ud55c"}], "a": true, "n": null}'
+    with realtime.socket() as ws:
+        subscribe(ws, "realtime:jobs", [JOBS_INSERT])
+        with psycopg.connect(db_uri, autocommit=True) as conn:
+            row = conn.execute(
+                "insert into public.ai_jobs (user_id, type, query, metadata)"
+                " values ('u', 'report', 'q', %s::jsonb) returning id::text, to_jsonb(ai_jobs)",
+                (data,),
+            ).fetchone()
+        assert row is not None
+        [event] = [
+            f for f in receive_until(ws, until_inserted(row[0])) if f["event"] == "postgres_changes"
+        ]
+
+    record = event["payload"]["data"]["record"]
+    assert record == row[1]
+    assert list(record) == list(row[1])  # the same key order
+    assert list(record["metadata"]) == list(row[1]["metadata"])

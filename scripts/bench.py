@@ -12,7 +12,9 @@ not a model's) and, on the same Postgres server:
 - cold starts: a fresh ``functions-framework`` process per function, process start -> first
   answered request, next to a bare function;
 - jobs: pickup latency (created -> claimed), CPU per job across every process beyond the AI
-  work itself, burst throughput; and the same for Procrastinate on the same Postgres.
+  work itself (nobody polling or watching, as the peer runs), burst throughput, and the extra
+  CPU per job while one Realtime watcher follows the jobs table; and the same for
+  Procrastinate on the same Postgres.
 
 Prints a table, writes ``docs/bench.json`` and draws ``docs/bench.png``.
 
@@ -22,6 +24,7 @@ Prints a table, writes ``docs/bench.json`` and draws ``docs/bench.png``.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import json
 import os
@@ -367,11 +370,76 @@ def pickup_ms(stack: LocalStack, http: httpx.Client, jobs: int) -> dict[str, flo
     return dict(percentiles([float(r[0]) for r in rows]))
 
 
+class Watcher:
+    """One Realtime subscriber to the jobs table and its log lines (the console's bindings),
+    with the service role's key so every change is delivered to it: the most one watcher
+    costs. Runs on its own thread and event loop; its own CPU is this process's, not counted."""
+
+    def __init__(self, stack: LocalStack) -> None:
+        self.stack = stack
+        self.events = 0
+        self.completed: set[str] = set()
+        self.ready = threading.Event()
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=lambda: asyncio.run(self._run()), daemon=True)
+
+    def __enter__(self) -> Watcher:
+        self.thread.start()
+        if not self.ready.wait(30):
+            raise SystemExit("the Realtime watcher did not subscribe")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join(10)
+
+    def _count(self, payload: Any) -> None:
+        self.events += 1
+        record = payload["data"].get("record") or {}
+        if payload["data"]["table"] == "ai_jobs" and record.get("status") == "completed":
+            self.completed.add(str(record["id"]))
+
+    def drain(self, job_ids: list[str], timeout_s: float = 120) -> None:
+        """Wait until every job's completion reached the watcher: the CPU of delivering
+        the burst's changes belongs to the burst, though it may trail the jobs."""
+        deadline = time.monotonic() + timeout_s
+        while not self.completed >= set(job_ids):
+            if time.monotonic() > deadline:
+                raise SystemExit("the Realtime watcher did not receive every completion")
+            time.sleep(0.02)
+
+    async def _run(self) -> None:
+        from realtime import AsyncRealtimeClient, RealtimePostgresChangesListenEvent
+
+        key = self.stack.service_key
+        client = AsyncRealtimeClient(f"{self.stack.api_url}/realtime/v1", key)
+        await client.connect()
+        channel = client.channel("bench-watcher")
+        channel.on_postgres_changes(
+            RealtimePostgresChangesListenEvent.All, self._count, table="ai_jobs"
+        )
+        channel.on_postgres_changes(
+            RealtimePostgresChangesListenEvent.Insert, self._count, table="ai_job_logs"
+        )
+        channel.on_system(lambda _p: self.ready.set())
+        await channel.subscribe()
+        while not self.stop.is_set():
+            await asyncio.sleep(0.05)
+        await client.close()
+
+
 def jobs_running(
-    stack: LocalStack, http: httpx.Client, pids: dict[str, int], jobs: int
+    stack: LocalStack,
+    http: httpx.Client,
+    pids: dict[str, int],
+    jobs: int,
+    *,
+    poll: bool = True,
+    watcher: Watcher | None = None,
 ) -> dict[str, Any]:
-    """Creates from 8 threads while the jobs they start run, a poller beside them; then the
-    CPU each process spent per job and the burst's throughput."""
+    """Creates from 8 threads while the jobs they start run, with ``poll`` a poller beside
+    them; then the CPU each process spent per job (until ``watcher`` has had every job's
+    completion) and the burst's throughput."""
     polls: list[float] = []
     stop_polling = threading.Event()
     probe = http.post(CREATE.path(), json={"query": COMPLEX}).json()["jobId"]
@@ -379,7 +447,7 @@ def jobs_running(
 
     def poller() -> None:
         with httpx.Client(base_url=stack.base_url, timeout=60) as client:
-            while not stop_polling.is_set():
+            while poll and not stop_polling.is_set():
                 began = time.perf_counter()
                 client.get(GET.path(probe))
                 polls.append((time.perf_counter() - began) * 1000)
@@ -405,13 +473,15 @@ def jobs_running(
         list(pool.map(create, range(jobs)))
     wait_final(stack, ids)
     elapsed = time.perf_counter() - began
+    if watcher is not None:
+        watcher.drain(ids)
     stop_polling.set()
     poll_thread.join()
     meter.stop()
     cpu = meter.per(jobs)
     return {
         "createMs": percentiles(creates),
-        "pollMs": percentiles(polls),
+        **({"pollMs": percentiles(polls)} if poll else {}),
         "burst": {
             "jobs": jobs,
             "seconds": round(elapsed, 3),
@@ -650,13 +720,29 @@ def jobs_part(
     pickup = pickup_ms(stack, http, 10 if quick else 20)
     queue_pids = {k: pids[k] for k in (PROCESS.name, "front", "gateway", "emulator")}
     queue_pids["postgres"] = postmaster
-    running = jobs_running(stack, http, {**queue_pids, CREATE.name: pids[CREATE.name]}, jobs)
-    queue_cpu = sum(v for k, v in running["cpuMsPerJob"].items() if k in queue_pids)
+    burst_pids = {**queue_pids, CREATE.name: pids[CREATE.name]}
+    # latencies with a client polling a finished job (its ~90 kB result) every 50 ms
+    running = jobs_running(stack, http, burst_pids, jobs)
+    # the queue's own cost, what the peer's figure is: creates and jobs, nobody watching
+    quiet = jobs_running(stack, http, burst_pids, jobs, poll=False)
+    with Watcher(stack) as watcher:  # the same with one Realtime subscriber
+        watched = jobs_running(stack, http, burst_pids, jobs, poll=False, watcher=watcher)
+
+    def queue_cpu(burst: dict[str, Any]) -> float:
+        return float(sum(v for k, v in burst["cpuMsPerJob"].items() if k in queue_pids))
+
     result = {
         "aiWorkCpuMsPerJob": ai_ms,
         "pickupMs": pickup,
         **running,
-        "queueOwnCpuMsPerJob": round(queue_cpu - ai_ms, 2),
+        "queueOwnCpuMsPerJobWithPoller": round(queue_cpu(running) - ai_ms, 2),
+        "quietCpuMsPerJob": quiet["cpuMsPerJob"],
+        "queueOwnCpuMsPerJob": round(queue_cpu(quiet) - ai_ms, 2),
+        "realtimeWatcher": {
+            "cpuMsPerJob": watched["cpuMsPerJob"],
+            "eventsPerJob": round(watcher.events / jobs, 1),
+            "extraCpuMsPerJob": round(queue_cpu(watched) - queue_cpu(quiet), 2),
+        },
     }
     say(f"  AI work alone                      {ai_ms:.1f} ms CPU per job")
     say(f"  pickup created -> claimed          p50 {pickup['p50']:.1f}  p90 {pickup['p90']:.1f} ms")
@@ -668,7 +754,17 @@ def jobs_part(
         f"  burst of {jobs} jobs                   {running['burst']['jobsPerSecond']} jobs/s;"
         f" CPU per job {running['cpuMsPerJob']}"
     )
-    say(f"  queue's own CPU per job            {result['queueOwnCpuMsPerJob']} ms")
+    say(f"  the same burst, nobody polling     CPU per job {quiet['cpuMsPerJob']}")
+    say(
+        f"  queue's own CPU per job            {result['queueOwnCpuMsPerJob']} ms"
+        f" (with the poller beside: {result['queueOwnCpuMsPerJobWithPoller']} ms)"
+    )
+    rt = result["realtimeWatcher"]
+    say(f"  the same, one Realtime watcher     CPU per job {rt['cpuMsPerJob']}")
+    say(
+        f"  + one Realtime watcher             {rt['extraCpuMsPerJob']} ms CPU per job"
+        f" ({rt['eventsPerJob']} events per job)"
+    )
 
     return result
 

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,7 @@ from client import AIJobsClient
 from infra.local.postgres import Postgres
 from infra.local.stack import LocalStack
 from tests.realtime.listen import until
-from tests.support import REPO_ROOT, SEED_QUERY, local_stack, mint
+from tests.support import REPO_ROOT, SEED_QUERY, local_stack, mint, wait_until
 
 
 @pytest.fixture(scope="module")
@@ -126,10 +127,22 @@ def test_a_visitor_follows_its_job_to_completion_and_another_sees_none_of_it(
 
 
 def test_watch_through_realtime_gives_what_polling_gives(stack: LocalStack) -> None:
+    tasks = stack.tasks_client()
     with AIJobsClient.signed_in(stack.base_url, stack.api_url, stack.anon_key) as jobs:
-        job_id = jobs.create(SEED_QUERY)["jobId"]
-        pushed_lines: list[dict[str, Any]] = []
-        watched = jobs.watch(job_id, on_log=pushed_lines.append)
+        # The job runs only once the watch has subscribed: a change committed before the
+        # subscription is not delivered (Realtime's slot starts with its first subscriber),
+        # and an unpaced job could finish before it.
+        tasks.pause_queue(name=stack.queue_path)
+        try:
+            job_id = jobs.create(SEED_QUERY)["jobId"]
+            pushed_lines: list[dict[str, Any]] = []
+            with ThreadPoolExecutor(1) as pool:
+                watching = pool.submit(jobs.watch, job_id, on_log=pushed_lines.append)
+                wait_until(lambda: jobs.last_signal is not None or watching.done(), "the watch")
+                tasks.resume_queue(name=stack.queue_path)
+                watched = watching.result()
+        finally:
+            tasks.resume_queue(name=stack.queue_path)
         polled_lines: list[dict[str, Any]] = []
         polled = jobs.wait(job_id, poll_interval_s=0.1, on_log=polled_lines.append)
         signal = jobs.last_signal

@@ -23,6 +23,7 @@ from infra.local.realtime.bindings import IN_OPERATOR, OPERATORS, Binding, Bindi
 from infra.local.realtime.capture import PUBLICATION
 from infra.local.realtime.pgoutput import UNCHANGED_TOAST, Change, Relation
 
+JSONB = "jsonb"
 MAX_PAYLOAD_BYTES = 1024 * 1024
 MAX_KEPT_VALUE_BYTES = 64
 
@@ -146,18 +147,23 @@ class RealtimeDatabase:
 
     async def _to_jsonb(self, values: dict[str, Any], types: dict[str, str]) -> dict[str, Any]:
         present = [(k, v) for k, v in values.items() if v is not UNCHANGED_TOAST]
-        if not present:
-            return {}
-        select = sql.SQL(", ").join(
-            sql.SQL("cast({} as {}) as {}").format(
-                sql.Literal(v), sql.SQL(types[k]), sql.Identifier(k)
+        # A jsonb value's text is the JSON to_jsonb gives for it (keys already in jsonb's
+        # order): parsed here, a job's result (tens of kB) is not sent to the database and
+        # back for every change of its row.
+        record = {k: _json(v) for k, v in present if types[k] == JSONB}
+        cast = [(k, v) for k, v in present if types[k] != JSONB]
+        if cast:
+            select = sql.SQL(", ").join(
+                sql.SQL("cast({} as {}) as {}").format(
+                    sql.Literal(v), sql.SQL(types[k]), sql.Identifier(k)
+                )
+                for k, v in cast
             )
-            for k, v in present
-        )
-        query = sql.SQL("select to_jsonb(r) from (select {}) r").format(select)
-        async with self.pool.connection() as conn:
-            row = await (await conn.execute(query)).fetchone()
-        return dict(row[0]) if row else {}
+            query = sql.SQL("select to_jsonb(r) from (select {}) r").format(select)
+            async with self.pool.connection() as conn:
+                row = await (await conn.execute(query)).fetchone()
+            record.update(row[0] if row else {})
+        return dict(sorted(record.items(), key=_jsonb_key_order))
 
     async def visible_to(
         self, change: Change, bindings: list[Binding], claims: dict[str, Any]
@@ -202,6 +208,16 @@ class RealtimeDatabase:
                     return Visible(ids, columns)
             except Exception:  # no privilege, unknown role, bad claims: the subscriber sees nothing
                 return None
+
+
+def _json(text: Any) -> Any:
+    return None if text is None else json.loads(text)
+
+
+def _jsonb_key_order(item: tuple[str, Any]) -> tuple[int, bytes]:
+    """jsonb keeps an object's keys shorter first, then bytewise (as to_jsonb(r) returns)."""
+    key = item[0].encode()
+    return len(key), key
 
 
 async def _passes(

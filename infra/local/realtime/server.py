@@ -7,6 +7,17 @@ error messages, ``access_token`` pushes, token expiry while joined, ``phx_leave`
 ``postgres_changes`` events themselves, one per matching channel with the ids of every binding
 that matched. Each socket has an outbox drained by one writer, so a socket sees its frames in
 the order the server produced them, and changes in commit order.
+
+Change capture runs only while someone listens, as on the real server: there the first
+``postgres_changes`` join starts the tenant's ``ReplicationPoller`` (``Extensions.
+PostgresCdcRls.handle_connect`` -> ``start_distributed`` -> ``WorkerSupervisor``, which creates
+the temporary slot when it starts), and ``SubscriptionManager`` stops it once no subscriber has
+been left for ``@stop_after`` (10 min, checked every minute). Its poll loop polls again at once
+after delivering rows, after ``poll_interval_ms`` (100 ms) + 50-100 ms of jitter when the slot
+had changes nobody wanted, and after five intervals when the slot was empty (``@idle_multiplier``
+in ``replication_poller.ex``). Here the slot is created before "Subscribed to PostgreSQL" is
+sent, so every change committed after that message reaches the channel; changes committed
+before the first subscription are not in the slot and are never delivered, as on the server.
 """
 
 from __future__ import annotations
@@ -14,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass, field
@@ -35,6 +47,12 @@ log = logging.getLogger("infra.local.realtime")
 
 IDLE_TIMEOUT_S = 60.0
 POLL_INTERVAL_S = 0.1
+#: replication_poller.ex: an empty slot is polled again after this many intervals
+IDLE_POLL_MULTIPLIER = 5
+#: replication_poller.ex: the jitter after a poll whose changes nobody subscribed to
+POLL_JITTER_S = (0.05, 0.1)
+#: subscription_manager.ex ``@stop_after``: capture stops once nobody listened for this long
+STOP_AFTER_S = 600.0
 # the real server answers a join with a bad token after a back-off; clients then retry
 JOIN_ERROR_BACKOFF_S = 0.5
 TOPIC_PREFIX = "realtime:"
@@ -108,50 +126,102 @@ class RealtimeServer:
     """Serve Realtime sockets for one database; ``start()`` begins change capture."""
 
     def __init__(
-        self, db_uri: str, jwt_secret: str, *, poll_interval_s: float = POLL_INTERVAL_S
+        self,
+        db_uri: str,
+        jwt_secret: str,
+        *,
+        poll_interval_s: float = POLL_INTERVAL_S,
+        stop_after_s: float = STOP_AFTER_S,
     ) -> None:
+        self.db_uri = db_uri
         self.jwt_secret = jwt_secret
         self.poll_interval_s = poll_interval_s
-        self.capture = ChangeCapture(db_uri)
+        self.stop_after_s = stop_after_s
         self.database = RealtimeDatabase(db_uri)
         self.sockets: set[Socket] = set()
+        self.capture: ChangeCapture | None = None
         self._poller: asyncio.Task[None] | None = None
+        # serialises starting and stopping capture (a join racing the poller's own stop)
+        self._capture_lock = asyncio.Lock()
 
     # --- lifecycle --------------------------------------------------------------------------
 
     async def start(self) -> None:
+        """Ready to serve; change capture starts with the first ``postgres_changes`` join."""
         await self.database.open()
-        await self.capture.open()
-        self._poller = asyncio.create_task(self._poll_forever())
 
     async def stop(self) -> None:
-        if self._poller is not None:
-            self._poller.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._poller
-        await self.capture.close()
+        async with self._capture_lock:
+            await self._stop_capture()
         await self.database.close()
 
-    async def _poll_forever(self) -> None:
+    @property
+    def capturing(self) -> bool:
+        return self._poller is not None and not self._poller.done()
+
+    def listening(self) -> bool:
+        """Whether any channel holds a ``postgres_changes`` subscription."""
+        return any(c.subscribed for s in self.sockets for c in s.channels.values())
+
+    async def _start_capture(self) -> None:
+        """Create the slot and start polling unless already running. Raises when the slot
+        cannot be created (no logical decoding, database down): the join is told so."""
+        async with self._capture_lock:
+            if self.capturing:
+                return
+            capture = ChangeCapture(self.db_uri)
+            await capture.open()
+            self.capture = capture
+            self._poller = asyncio.create_task(self._poll_forever(capture))
+
+    async def _stop_capture(self) -> None:
+        poller, self._poller = self._poller, None
+        if poller is not None and poller is not asyncio.current_task():
+            poller.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await poller
+        if self.capture is not None:
+            await self.capture.close()  # the temporary slot goes with its session
+            self.capture = None
+
+    async def _poll_forever(self, capture: ChangeCapture) -> None:
+        unused_since = time.monotonic()
         while True:
             try:
-                transactions = await self.capture.poll()
+                transactions = await capture.poll()
             except Exception:
                 log.exception("change capture failed; retrying")
                 transactions = []
+            pushed = 0
             for transaction in transactions:
                 try:
-                    await self._deliver(transaction)
+                    pushed += await self._deliver(transaction)
                 except Exception:
                     log.exception("delivering transaction %s failed", transaction.xid)
-            if not transactions:  # after a busy poll, look again at once
-                await asyncio.sleep(self.poll_interval_s)
+            if self.listening():
+                unused_since = time.monotonic()
+            elif time.monotonic() - unused_since >= self.stop_after_s:
+                async with self._capture_lock:
+                    if not self.listening():  # a join may have come in meanwhile
+                        await self._stop_capture()
+                        return
+            await asyncio.sleep(self._next_poll_s(transactions, pushed))
+
+    def _next_poll_s(self, transactions: list[Transaction], pushed: int) -> float:
+        if pushed:  # rows went out: there may be more at once
+            return 0.0
+        if transactions:
+            return self.poll_interval_s + random.uniform(*POLL_JITTER_S)
+        return self.poll_interval_s * IDLE_POLL_MULTIPLIER
 
     # --- delivery ---------------------------------------------------------------------------
 
-    async def _deliver(self, transaction: Transaction) -> None:
+    async def _deliver(self, transaction: Transaction) -> int:
+        """Push the transaction's changes to every channel that may see them; how many
+        frames went out."""
         assert transaction.commit_time is not None  # set by its Commit message
         stamp = commit_timestamp(transaction.commit_time)
+        pushed = 0
         for change in transaction.changes:
             targets = [
                 (socket, channel, matching)
@@ -173,6 +243,8 @@ class RealtimeServer:
                         _event(change, stamp, record, old, visible),
                     )
                 )
+                pushed += 1
+        return pushed
 
     # --- a socket ---------------------------------------------------------------------------
 
@@ -267,6 +339,14 @@ class RealtimeServer:
                 channel.subscribed = []
                 self._refuse(socket, channel, binding)
                 return
+        try:
+            await self._start_capture()
+        except Exception as exc:  # as the real channel does when PostgresCdc.connect fails
+            log.exception("change capture did not start")
+            channel.subscribed = []
+            socket.system(channel, "postgres_changes", "error", f"Unable to subscribe: {exc}")
+            return
+        # no await between here and the message: the poller's next poll sees this channel
         channel.subscribed = list(channel.bindings)
         socket.system(channel, "postgres_changes", "ok", "Subscribed to PostgreSQL")
 

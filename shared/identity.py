@@ -27,11 +27,14 @@ from typing import Any
 import flask
 
 from shared import errors, logs
+from shared.certs import CachingRequest
 from shared.jobs import CANONICAL_UUID
 from shared.settings import Settings
 from shared.tasks import SECRET_HEADER
 
 ANONYMOUS = "anonymous"
+#: where google-auth's verify_token looks by default (google.oauth2.id_token)
+GOOGLE_CERTS_URL = "https://www.googleapis.com/oauth2/v1/certs"
 BFF_SECRET_HEADER = "X-BFF-Secret"
 _USER_ID = re.compile(r"^[A-Za-z0-9._:@|-]{1,128}$")
 
@@ -301,28 +304,39 @@ def require_caller_check(settings: Settings) -> None:
 
 
 @functools.cache
-def _google_transport() -> Any:
-    """The HTTP transport google-auth fetches Google's certificates with: one per process."""
+def _google_transport() -> CachingRequest:
+    """The HTTP transport google-auth fetches Google's certificates with: one per process,
+    keeping them for their Cache-Control lifetime (``shared.certs``)."""
     import google.auth.transport.requests
 
-    return google.auth.transport.requests.Request()
+    return CachingRequest(google.auth.transport.requests.Request())
 
 
 def _verify_oidc(request: flask.Request, settings: Settings, audience: str) -> None:
+    import google.auth.exceptions
     from google.oauth2 import id_token
 
     auth = request.headers.get("Authorization", "")
     if not auth.lower().startswith("bearer "):
         raise errors.Unauthorized("an OIDC bearer token is required")
-    kwargs: dict[str, Any] = {"audience": audience}
-    if settings.oidc_certs_url:
-        kwargs["certs_url"] = settings.oidc_certs_url
+    certs_url = settings.oidc_certs_url or GOOGLE_CERTS_URL
+    transport = _google_transport()
+    token = auth[7:].strip()
     try:
-        claims = id_token.verify_token(auth[7:].strip(), _google_transport(), **kwargs)
+        try:
+            claims = id_token.verify_token(token, transport, audience, certs_url)
+        except ValueError as exc:
+            # a key newer than the kept certificates: look once more at a fresh document
+            if "Certificate for key id" not in str(exc) or not transport.forget(certs_url):
+                raise
+            claims = id_token.verify_token(token, transport, audience, certs_url)
     except ValueError as exc:
         raise errors.Unauthorized(
             "the OIDC token is not valid", details={"reason": str(exc)[:200]}
         ) from None
+    except google.auth.exceptions.TransportError:
+        # Cloud Tasks retries a 503 later; the token may well be good
+        raise errors.DependencyDown("Google's signing certificates could not be fetched") from None
     if claims.get("iss") not in {"https://accounts.google.com", "accounts.google.com"}:
         raise errors.Unauthorized("the OIDC token has the wrong issuer")
     expected = settings.tasks_invoker_sa

@@ -11,6 +11,7 @@ from pathlib import Path
 import flask.testing
 import pytest
 
+import shared.identity
 import shared.store
 import shared.tasks
 from infra.local.gateway import GatewayHandle, make_jwt
@@ -172,3 +173,26 @@ def test_processor_verifies_the_cloud_tasks_oidc_token(
         == 403
     )
     assert call(OidcSigner().mint(service_account_email=INVOKER, audience=PROCESSOR_URL)) == 401
+
+
+def test_the_processor_fetches_the_certificates_once_and_answers_503_when_it_cannot(
+    function: Client, oidc: tuple[OidcSigner, str]
+) -> None:
+    signer, certs_url = oidc
+    settings = {"PROCESSOR_VERIFY_OIDC": "true", "TASKS_INVOKER_SA": INVOKER}
+    processor = function(PROCESS, OIDC_CERTS_URL=certs_url, PROCESSOR_URL=PROCESSOR_URL, **settings)
+    body = {"jobId": "00000000-0000-0000-0000-000000000001"}
+    task = {"X-CloudTasks-QueueName": "ai-jobs", "X-CloudTasks-TaskName": "t1"}
+    fetched = shared.identity._google_transport().fetches
+    for _ in range(5):
+        token = signer.mint(service_account_email=INVOKER, audience=PROCESSOR_URL)
+        headers = {**task, "Authorization": f"Bearer {token}"}
+        assert processor.post("/", json=body, headers=headers).status_code == 200
+    assert shared.identity._google_transport().fetches - fetched == 1
+
+    nowhere = f"http://127.0.0.1:{free_port()}/oauth2/v1/certs"  # Google unreachable
+    offline = function(PROCESS, OIDC_CERTS_URL=nowhere, PROCESSOR_URL=PROCESSOR_URL, **settings)
+    token = signer.mint(service_account_email=INVOKER, audience=PROCESSOR_URL)
+    answer = offline.post("/", json=body, headers={**task, "Authorization": f"Bearer {token}"})
+    assert answer.status_code == 503
+    assert answer.get_json()["error"]["code"] == "dependency_unavailable"

@@ -1,0 +1,94 @@
+"""Google's certificates are fetched once per their Cache-Control lifetime, not per token.
+
+Real HTTP: the Cloud Tasks emulator's certificate server (``Cache-Control: public,
+max-age=3600``, as Google's endpoint sends), google-auth's requests transport and
+``id_token.verify_token`` as the processor calls them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import google.auth.transport.requests
+import pytest
+from google.oauth2 import id_token
+
+from infra.local.tasks_emulator.oidc import CertsServer, OidcSigner
+from shared.certs import REFETCH_COOLDOWN_S, CachingRequest, max_age
+
+AUDIENCE = "https://asia-northeast1-p.cloudfunctions.net/ai-jobs-process"
+INVOKER = "invoker@p.iam.gserviceaccount.com"
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def certs() -> Iterator[tuple[OidcSigner, str]]:
+    signer = OidcSigner()
+    server = CertsServer(signer, "127.0.0.1")
+    server.start()
+    yield signer, server.url
+    server.stop()
+
+
+def _verify(transport: Any, token: str, url: str) -> Any:
+    return id_token.verify_token(token, transport, AUDIENCE, url)
+
+
+def test_many_tokens_cost_one_fetch_until_the_answer_is_stale(
+    certs: tuple[OidcSigner, str],
+) -> None:
+    signer, url = certs
+    clock = Clock()
+    transport = CachingRequest(google.auth.transport.requests.Request(), clock)
+    for _ in range(20):
+        token = signer.mint(service_account_email=INVOKER, audience=AUDIENCE)
+        assert _verify(transport, token, url)["email"] == INVOKER
+    assert transport.fetches == 1
+    clock.now += 3599
+    _verify(transport, signer.mint(service_account_email=INVOKER, audience=AUDIENCE), url)
+    assert transport.fetches == 1
+    clock.now += 2  # past max-age=3600
+    _verify(transport, signer.mint(service_account_email=INVOKER, audience=AUDIENCE), url)
+    assert transport.fetches == 2
+
+
+def test_an_unknown_key_id_is_refused_and_forces_at_most_one_fetch_per_cooldown(
+    certs: tuple[OidcSigner, str],
+) -> None:
+    signer, url = certs
+    clock = Clock()
+    transport = CachingRequest(google.auth.transport.requests.Request(), clock)
+    _verify(transport, signer.mint(service_account_email=INVOKER, audience=AUDIENCE), url)
+    stranger = OidcSigner().mint(service_account_email=INVOKER, audience=AUDIENCE)
+    with pytest.raises(ValueError, match="Certificate for key id"):
+        _verify(transport, stranger, url)
+    assert transport.forget(url) is True  # the caller looks once more at a fresh document
+    assert transport.forget(url) is False  # ... but not again within the cooldown
+    with pytest.raises(ValueError, match="Certificate for key id"):
+        _verify(transport, stranger, url)
+    assert transport.fetches == 2
+    clock.now += REFETCH_COOLDOWN_S
+    assert transport.forget(url) is True
+
+
+@pytest.mark.parametrize(
+    ("header", "seconds"),
+    [
+        ("public, max-age=19845, must-revalidate, no-transform", 19845),
+        ("max-age=0", 0),
+        ("no-store, max-age=60", 0),
+        ("no-cache", 0),
+        (None, 0),
+        ("private", 0),
+    ],
+)
+def test_max_age_reads_cache_control_as_google_sends_it(header: str | None, seconds: int) -> None:
+    assert max_age(header) == seconds

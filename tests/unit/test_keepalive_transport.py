@@ -30,6 +30,7 @@ class Server(ThreadingHTTPServer):
     """Counts connections and requests; ``mode`` picks how it answers a POST."""
 
     daemon_threads = True
+    request_queue_size = 128  # the default 5 overflows when 16 threads connect at once
 
     def __init__(self, mode: str) -> None:
         super().__init__(("127.0.0.1", 0), Handler)

@@ -9,17 +9,26 @@ never reads. Nothing is mocked: httpx, the transport, http.client and the socket
 from __future__ import annotations
 
 import gzip
+import ipaddress
 import json
 import socket
+import ssl
 import threading
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 from shared import errors
 from shared.store import JobStore
@@ -42,6 +51,10 @@ class Server(ThreadingHTTPServer):
         self.together = threading.Barrier(6)  # "gather": six requests answered at once
         self.lock = threading.Lock()
 
+    def shutdown_request(self, request: Any) -> None:
+        super().shutdown_request(request)  # the socket is closed here, after the handler
+        self.closed.set()
+
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.server_address[1]}"
@@ -56,10 +69,6 @@ class Handler(BaseHTTPRequestHandler):
         super().setup()
         with self.server.lock:
             self.server.connections += 1
-
-    def finish(self) -> None:
-        super().finish()
-        self.server.closed.set()
 
     def log_message(self, format: str, *args: object) -> None:
         pass
@@ -242,6 +251,60 @@ def test_at_most_max_idle_connections_are_kept() -> None:
 
         assert server.connections == 6
         assert transport.idle_connections() == 2
+
+
+def self_signed(tmp_path: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 and its key, as PEM files."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.now(UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(minutes=5))
+        .not_valid_after(now + timedelta(hours=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_file, key_file = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return cert_file, key_file
+
+
+def test_https_is_verified_and_kept_alive(tmp_path: Path) -> None:
+    cert_file, key_file = self_signed(tmp_path)
+    server_side = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_side.load_cert_chain(cert_file, key_file)
+    with serving("keep-alive") as server:
+        server.socket = server_side.wrap_socket(server.socket, server_side=True)
+        url = f"https://127.0.0.1:{server.server_address[1]}"
+        trusting = ssl.create_default_context(cafile=str(cert_file))
+        with httpx.Client(transport=KeepAliveTransport(ssl_context=trusting)) as http:
+            answers = [http.post(url, json=n).json() for n in range(3)]
+        # the default context (httpx's: certifi's roots) does not trust a self-signed server
+        with (
+            httpx.Client(transport=KeepAliveTransport()) as http,
+            pytest.raises(httpx.ConnectError),
+        ):
+            http.post(url, json=1)
+
+    assert answers == [{"echo": n} for n in range(3)]
+    # three requests on one connection (the refused handshake never reached a handler)
+    assert server.connections == 1
 
 
 def test_the_store_reports_an_unreachable_gateway_as_database_unavailable() -> None:

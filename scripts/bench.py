@@ -228,7 +228,7 @@ def cpu_pieces(stack: LocalStack, floor_uri: str, repeats: int) -> dict[str, flo
         ).json(),
         "  same request, http.client": stdlib_post,
         # the store's client sends through shared/transport.py; httpx's own transport, to compare
-        "  same request, httpx's default transport": lambda: default_httpx.post(
+        "  same request, httpx default transport": lambda: default_httpx.post(
             url, content=body, headers=headers
         ).json(),
         "google-cloud-tasks create_task": lambda: queue.enqueue(uuid.uuid4(), 1),

@@ -93,8 +93,9 @@ class TaskQueue:
         """A fresh ``CreateTaskRequest`` protobuf holding everything a task of this queue
         carries but its name, body and schedule (the URL, headers, OIDC token, deadline).
 
-        Built once per instance from the settings, then copied per task: building the typed
-        proto-plus messages field by field cost more CPU than the gRPC call itself."""
+        Built once per instance from the settings, then copied per task (a C-level protobuf
+        copy): building the typed proto-plus messages field by field on every call was about
+        a sixth of the enqueue's CPU."""
         template = self._template
         if template is None:
             from google.cloud import tasks_v2

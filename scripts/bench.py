@@ -209,6 +209,7 @@ def cpu_pieces(stack: LocalStack, floor_uri: str, repeats: int) -> dict[str, flo
     session = store.client.postgrest.session  # the httpx.Client the store gave supabase-py
     parts = urlsplit(url)
     raw = http.client.HTTPConnection(parts.hostname or "", parts.port)
+    default_httpx = httpx.Client(timeout=60)
 
     def stdlib_post() -> Any:
         raw.request("POST", parts.path, body=body, headers=headers)
@@ -229,6 +230,10 @@ def cpu_pieces(stack: LocalStack, floor_uri: str, repeats: int) -> dict[str, flo
             url, content=body, headers=headers
         ).json(),
         "  same request, http.client": stdlib_post,
+        # the store's client sends through shared/transport.py; httpx's own transport, to compare
+        "  same request, httpx default transport": lambda: default_httpx.post(
+            url, content=body, headers=headers
+        ).json(),
         "google-cloud-tasks create_task": lambda: queue.enqueue(uuid.uuid4(), 1),
         "psycopg SELECT (the floor's)": lambda: conn.execute(
             "select id, body, created_at from bench_floor where id = %s", (floor_id,)
@@ -240,6 +245,7 @@ def cpu_pieces(stack: LocalStack, floor_uri: str, repeats: int) -> dict[str, flo
         for name, call in cases.items():
             out[name] = _cpu_ms(call, repeats)
     raw.close()
+    default_httpx.close()
     conn.close()
     for name, ms in out.items():
         say(f"  {name:<40} {ms:6.3f} ms CPU per call")

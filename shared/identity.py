@@ -22,6 +22,8 @@ from __future__ import annotations
 import functools
 import hmac
 import re
+import threading
+import time
 from typing import Any
 
 import flask
@@ -108,6 +110,9 @@ def verified_user(token: str, settings: Settings) -> str:
     import jwt
 
     key, algorithm = _verification_key(token, settings)
+    remembered = _remembered_user(token, key, algorithm)
+    if remembered is not None:
+        return remembered
     try:
         claims = jwt.decode(
             token,
@@ -128,7 +133,37 @@ def verified_user(token: str, settings: Settings) -> str:
         raise errors.Unauthorized(
             "the bearer token's subject is not a user id", details={"reason": "subject"}
         )
+    _remember(token, key, algorithm, subject.lower(), int(claims["exp"]))
     return subject.lower()
+
+
+#: Tokens verified lately. A browser polls with the same access token every few seconds for
+#: up to an hour, and checking its signature again cost 50 us (HS256) per request and more
+#: for ES256/RS256. A token is taken from here only while it could not verify otherwise:
+#: the same key object (``_verification_key`` still runs first on every request, so a key
+#: the JWKS refresh dropped or replaced misses here and is checked, or refused, anew) and the
+#: same algorithm, before its ``exp`` (PyJWT's rule: expired once ``exp <= now``). Only
+#: accepted tokens are kept; ``nbf``/``iat`` only ever pass later, never fail again.
+_VERIFIED: dict[str, tuple[Any, str, str, int]] = {}
+_VERIFIED_MAX = 1024
+_verified_lock = threading.Lock()
+
+
+def _remembered_user(token: str, key: Any, algorithm: str) -> str | None:
+    found = _VERIFIED.get(token)
+    if found is None:
+        return None
+    known_key, known_algorithm, user_id, expires_at = found
+    if known_key is not key or known_algorithm != algorithm or expires_at <= time.time():
+        return None  # decode below decides (and says "expired" for an expired token)
+    return user_id
+
+
+def _remember(token: str, key: Any, algorithm: str, user_id: str, expires_at: int) -> None:
+    with _verified_lock:
+        if token not in _VERIFIED and len(_VERIFIED) >= _VERIFIED_MAX:
+            del _VERIFIED[next(iter(_VERIFIED))]  # the oldest entry
+        _VERIFIED[token] = (key, algorithm, user_id, expires_at)
 
 
 #: the asymmetric algorithms Supabase Auth signs with (docs: "JWT Signing Keys")

@@ -79,6 +79,7 @@ class TaskQueue:
         self._settings = settings
         self._current: _Channel | None = None
         self._lock = threading.Lock()
+        self._template: Any = None  # see _request_template
 
     @property
     def queue_path(self) -> str:
@@ -87,6 +88,42 @@ class TaskQueue:
 
     def task_path(self, job_id: uuid.UUID, dispatch: int) -> str:
         return f"{self.queue_path}/tasks/{task_id(job_id, dispatch)}"
+
+    def _request_template(self) -> Any:
+        """A fresh ``CreateTaskRequest`` protobuf holding everything a task of this queue
+        carries but its name, body and schedule (the URL, headers, OIDC token, deadline).
+
+        Built once per instance from the settings, then copied per task (a C-level protobuf
+        copy): building the typed proto-plus messages field by field on every call was about
+        a sixth of the enqueue's CPU."""
+        template = self._template
+        if template is None:
+            from google.cloud import tasks_v2
+            from google.protobuf import duration_pb2
+
+            s = self._settings
+            headers = {"Content-Type": "application/json"}
+            if s.processor_secret:
+                headers[SECRET_HEADER] = s.processor_secret
+            http_request = tasks_v2.HttpRequest(
+                http_method=tasks_v2.HttpMethod.POST, url=s.processor_url, headers=headers
+            )
+            if s.tasks_invoker_sa:
+                http_request.oidc_token = tasks_v2.OidcToken(
+                    service_account_email=s.tasks_invoker_sa,
+                    audience=s.oidc_audience or s.processor_url,
+                )
+            task = tasks_v2.Task(
+                http_request=http_request,
+                dispatch_deadline=duration_pb2.Duration(seconds=s.dispatch_deadline_s),
+            )
+            template = tasks_v2.CreateTaskRequest.pb(
+                tasks_v2.CreateTaskRequest(parent=self.queue_path, task=task)
+            )
+            self._template = template
+        request = type(template)()
+        request.CopyFrom(template)
+        return request
 
     def _make_client(self) -> Any:
         host = self._settings.tasks_emulator_host
@@ -143,48 +180,22 @@ class TaskQueue:
         Tasks raises ``QueueUnavailable``. ``budget_s`` bounds the whole call (short on the
         create path, where the reaper is the fallback)."""
         from google.api_core import exceptions as gexc
-        from google.api_core import retry as gretry
         from google.cloud import tasks_v2
-        from google.protobuf import duration_pb2, timestamp_pb2
 
-        s = self._settings
-        headers = {"Content-Type": "application/json"}
-        if s.processor_secret:
-            headers[SECRET_HEADER] = s.processor_secret
-        http_request = tasks_v2.HttpRequest(
-            http_method=tasks_v2.HttpMethod.POST,
-            url=s.processor_url,
-            headers=headers,
-            body=json.dumps({"jobId": str(job_id), "dispatch": dispatch}).encode(),
-        )
-        if s.tasks_invoker_sa:
-            http_request.oidc_token = tasks_v2.OidcToken(
-                service_account_email=s.tasks_invoker_sa,
-                audience=s.oidc_audience or s.processor_url,
-            )
-        task = tasks_v2.Task(
-            name=self.task_path(job_id, dispatch),
-            http_request=http_request,
-            dispatch_deadline=duration_pb2.Duration(seconds=s.dispatch_deadline_s),
-        )
+        request = self._request_template()
+        task = request.task
+        task.name = self.task_path(job_id, dispatch)
+        task.http_request.body = json.dumps({"jobId": str(job_id), "dispatch": dispatch}).encode()
         if delay_s > 0:
-            schedule = timestamp_pb2.Timestamp()
-            schedule.FromNanoseconds(int((time.time() + delay_s) * 1e9))
-            task.schedule_time = schedule
+            task.schedule_time.FromNanoseconds(int((time.time() + delay_s) * 1e9))
         try:
             self._call(
                 "create_task",
-                parent=self.queue_path,
-                task=task,
+                # the typed request, wrapped around the protobuf without a copy (proto-plus
+                # ``Message.wrap``): the client skips its dict/keyword conversion
+                request=tasks_v2.CreateTaskRequest.wrap(request),
                 timeout=min(_RPC_TIMEOUT_S, budget_s),
-                retry=gretry.Retry(
-                    initial=0.1,
-                    maximum=1.0,
-                    timeout=budget_s,
-                    predicate=gretry.if_exception_type(
-                        gexc.ServiceUnavailable, gexc.DeadlineExceeded
-                    ),
-                ),
+                retry=_enqueue_retry(budget_s),
             )
         except gexc.AlreadyExists:
             return self.exists(job_id, dispatch)
@@ -238,6 +249,21 @@ class TaskQueue:
                 break  # the queue is unreachable: the tasks find nothing to do when they run
             deleted += 1
         return deleted
+
+
+@functools.lru_cache(maxsize=8)
+def _enqueue_retry(budget_s: float) -> Any:
+    """The create call's retry policy for a budget (one object per budget, reused: a
+    ``Retry`` is immutable, google-api-core's ``with_*`` methods return copies)."""
+    from google.api_core import exceptions as gexc
+    from google.api_core import retry as gretry
+
+    return gretry.Retry(
+        initial=0.1,
+        maximum=1.0,
+        timeout=budget_s,
+        predicate=gretry.if_exception_type(gexc.ServiceUnavailable, gexc.DeadlineExceeded),
+    )
 
 
 def _unavailable(exc: Exception) -> errors.QueueUnavailable:

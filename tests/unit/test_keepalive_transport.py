@@ -1,0 +1,316 @@
+"""The store's httpx transport (shared/transport.py) against real HTTP servers on loopback.
+
+Each server here is a real socket server in this process whose behaviour a test picks: it
+answers and keeps the connection, closes it after answering (as a server whose idle timeout
+ran out does), reads a request and drops the connection without a word, never answers, or
+never reads. Nothing is mocked: httpx, the transport, http.client and the sockets are real.
+"""
+
+from __future__ import annotations
+
+import gzip
+import ipaddress
+import json
+import socket
+import ssl
+import threading
+import uuid
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from shared import errors
+from shared.store import JobStore
+from shared.transport import KeepAliveTransport
+
+
+class Server(ThreadingHTTPServer):
+    """Counts connections and requests; ``mode`` picks how it answers a POST."""
+
+    daemon_threads = True
+    request_queue_size = 128  # the default 5 overflows when 16 threads connect at once
+
+    def __init__(self, mode: str) -> None:
+        super().__init__(("127.0.0.1", 0), Handler)
+        self.mode = mode
+        self.connections = 0
+        self.requests: list[bytes] = []
+        self.closed = threading.Event()  # set when the server closed a connection
+        self.release = threading.Event()  # lets a "silent" handler finish
+        self.together = threading.Barrier(6)  # "gather": six requests answered at once
+        self.lock = threading.Lock()
+
+    def shutdown_request(self, request: Any) -> None:
+        super().shutdown_request(request)  # the socket is closed here, after the handler
+        self.closed.set()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # headers and body are separate writes
+    server: Server
+
+    def setup(self) -> None:
+        super().setup()
+        with self.server.lock:
+            self.server.connections += 1
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+    def do_POST(self) -> None:
+        mode = self.server.mode
+        if mode == "unread":  # never reads the body: the client's write must time out
+            self.server.release.wait(30)
+            self.close_connection = True
+            return
+        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        with self.server.lock:
+            self.server.requests.append(body)
+        if mode == "drop":  # the request arrived; the connection dies before any answer
+            self.close_connection = True
+            return
+        if mode == "gather":
+            self.server.together.wait(10)
+        if mode == "silent":
+            self.server.release.wait(30)
+            self.close_connection = True
+            return
+        self._answer(body)
+        if mode == "close-after":  # answered as keep-alive, then closed (idle timeout)
+            self.close_connection = True
+
+    def _answer(self, body: bytes) -> None:
+        payload = json.dumps({"echo": json.loads(body or b"null")}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Set-Cookie", "a=1")
+        self.send_header("Set-Cookie", "b=2")
+        if self.server.mode == "gzip":
+            payload = gzip.compress(payload)
+            self.send_header("Content-Encoding", "gzip")
+        if self.server.mode == "chunked":
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            half = len(payload) // 2
+            for piece in (payload[:half], payload[half:], b""):
+                self.wfile.write(b"%X\r\n%s\r\n" % (len(piece), piece))
+            return
+        if self.server.mode == "connection-close":
+            self.send_header("Connection", "close")
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
+
+@contextmanager
+def serving(mode: str) -> Iterator[Server]:
+    server = Server(mode)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.release.set()
+        server.shutdown()
+        server.server_close()
+        thread.join(10)
+
+
+@pytest.fixture
+def keepalive() -> Iterator[Server]:
+    with serving("keep-alive") as server:
+        yield server
+
+
+def client(**timeouts: float) -> httpx.Client:
+    return httpx.Client(transport=KeepAliveTransport(), timeout=httpx.Timeout(10, **timeouts))
+
+
+def test_sequential_requests_share_one_connection_and_read_exactly_what_was_sent(
+    keepalive: Server,
+) -> None:
+    with client() as http:
+        answers = [http.post(keepalive.url + "/rpc/x", json={"n": n}) for n in range(20)]
+
+    assert [a.json() for a in answers] == [{"echo": {"n": n}} for n in range(20)]
+    assert {a.status_code for a in answers} == {200}
+    assert answers[0].headers.get_list("set-cookie") == ["a=1", "b=2"]
+    assert answers[0].extensions["http_version"] == b"HTTP/1.1"
+    assert keepalive.connections == 1
+    assert len(keepalive.requests) == 20
+
+
+def test_a_connection_the_server_closed_while_idle_is_replaced_and_the_request_sent_once() -> None:
+    with serving("close-after") as server:
+        with client() as http:
+            assert http.post(server.url, json=1).json() == {"echo": 1}
+            assert server.closed.wait(10)  # the pooled connection is now dead
+
+            assert http.post(server.url, json=2).json() == {"echo": 2}
+
+        assert server.connections == 2
+        assert server.requests == [b"1", b"2"]
+
+
+def test_a_connection_close_answer_is_not_pooled() -> None:
+    transport = KeepAliveTransport()
+    with serving("connection-close") as server:
+        with httpx.Client(transport=transport) as http:
+            http.post(server.url, json=1)
+            assert transport.idle_connections() == 0
+            http.post(server.url, json=2)
+        assert server.connections == 2
+
+
+def test_a_request_the_server_read_and_then_dropped_fails_and_is_never_resent() -> None:
+    with serving("drop") as server:
+        with client() as http, pytest.raises(httpx.RemoteProtocolError):
+            http.post(server.url, json={"create": "once"})
+        assert server.requests == [b'{"create":"once"}']
+
+
+def test_a_server_that_never_answers_is_a_read_timeout() -> None:
+    with serving("silent") as server, client(read=0.2) as http:
+        with pytest.raises(httpx.ReadTimeout):
+            http.post(server.url, json=1)
+        assert len(server.requests) == 1
+
+
+def test_a_server_that_never_reads_is_a_write_timeout() -> None:
+    with serving("unread") as server, client(write=0.2) as http:
+        with pytest.raises(httpx.WriteTimeout):
+            # far more than loopback's socket buffers hold
+            http.post(server.url, content=b"x" * (64 * 1024 * 1024))
+        assert server.connections == 1
+
+
+def test_nothing_listening_is_a_connect_error() -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]  # bound, never listening: connections are refused
+        with client() as http, pytest.raises(httpx.ConnectError):
+            http.post(f"http://127.0.0.1:{port}/", json=1)
+
+
+@pytest.mark.parametrize("mode", ["chunked", "gzip"])
+def test_chunked_and_compressed_answers_arrive_decoded(mode: str) -> None:
+    with serving(mode) as server:
+        with client() as http:
+            assert http.post(server.url, json=[1, "二"]).json() == {"echo": [1, "二"]}
+            assert http.post(server.url, json=2).json() == {"echo": 2}
+        assert server.connections == 1
+
+
+def test_many_threads_share_the_transport_and_each_gets_its_own_answer(
+    keepalive: Server,
+) -> None:
+    # room for every thread's connection, kept however slow this machine is
+    transport = KeepAliveTransport(max_idle=20, keepalive_expiry=600)
+    with httpx.Client(transport=transport, timeout=10) as http:
+
+        def call(n: int) -> bool:
+            marker = str(uuid.uuid4())
+            answer = http.post(keepalive.url, json={"n": n, "marker": marker})
+            return bool(answer.json() == {"echo": {"n": n, "marker": marker}})
+
+        with ThreadPoolExecutor(16) as pool:
+            results = list(pool.map(call, range(400)))
+
+        assert all(results)
+        assert len(keepalive.requests) == 400
+        # a connection is opened only when every pooled one is busy: one per thread at most
+        assert keepalive.connections <= 16
+        assert transport.idle_connections() == keepalive.connections
+
+
+def test_at_most_max_idle_connections_are_kept() -> None:
+    transport = KeepAliveTransport(max_idle=2)
+    # the server answers only once six requests are in: six connections at once
+    with (
+        serving("gather") as server,
+        httpx.Client(transport=transport, timeout=20) as http,
+        ThreadPoolExecutor(6) as pool,
+    ):
+        list(pool.map(lambda n: http.post(server.url, json=n), range(6)))
+
+        assert server.connections == 6
+        assert transport.idle_connections() == 2
+
+
+def self_signed(tmp_path: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 and its key, as PEM files."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.now(UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(minutes=5))
+        .not_valid_after(now + timedelta(hours=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_file, key_file = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return cert_file, key_file
+
+
+def test_https_is_verified_and_kept_alive(tmp_path: Path) -> None:
+    cert_file, key_file = self_signed(tmp_path)
+    server_side = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_side.load_cert_chain(cert_file, key_file)
+    with serving("keep-alive") as server:
+        server.socket = server_side.wrap_socket(server.socket, server_side=True)
+        url = f"https://127.0.0.1:{server.server_address[1]}"
+        trusting = ssl.create_default_context(cafile=str(cert_file))
+        with httpx.Client(transport=KeepAliveTransport(ssl_context=trusting)) as http:
+            answers = [http.post(url, json=n).json() for n in range(3)]
+        # the default context (httpx's: certifi's roots) does not trust a self-signed server
+        with (
+            httpx.Client(transport=KeepAliveTransport()) as http,
+            pytest.raises(httpx.ConnectError),
+        ):
+            http.post(url, json=1)
+
+    assert answers == [{"echo": n} for n in range(3)]
+    # three requests on one connection (the refused handshake never reached a handler)
+    assert server.connections == 1
+
+
+def test_the_store_reports_an_unreachable_gateway_as_database_unavailable() -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        store = JobStore(f"http://127.0.0.1:{probe.getsockname()[1]}", "service-key")
+        with pytest.raises(errors.DatabaseUnavailable) as raised:
+            store.get_job(uuid.uuid4())
+    assert raised.value.details == {"upstream": "ConnectError"}

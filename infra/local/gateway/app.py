@@ -1,23 +1,31 @@
-"""The WSGI application: routing, the connection pool, and the request → call → response path.
+"""The application: routing, the connection pools, and the request → call → response path.
 
 As PostgREST, it logs in as ``authenticator`` (so that role's statement and lock timeouts bound
 every call) from a pool, serves ``/rest/v1/rpc/<function>`` by POST and GET, and answers a
 readiness document at ``/rest/v1/``; every error is an ``ApiError`` response.
+
+One path, two ways to wait on the database: ``Gateway`` is a WSGI application (a thread per
+request, sync psycopg), and ``Gateway.serve`` gives the same answer on an event loop (asyncio
+psycopg), as ``infra.local.gateway.asgi`` serves it. Both run ``parse`` → ``plan`` → the call
+(``run_call`` / ``run_call_async``, one query) → ``respond``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import select
 import threading
-from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import psycopg
 from psycopg import conninfo, sql
-from psycopg_pool import ConnectionPool, PoolTimeout
+from psycopg.abc import AdaptContext
+from psycopg_pool import AsyncConnectionPool, ConnectionPool, PoolTimeout
 from werkzeug.wrappers import Request, Response
 
 from infra.local.gateway.auth import Authenticator, Identity
@@ -40,6 +48,7 @@ from infra.local.gateway.rpc import (
     content_range,
     resolve,
     run_call,
+    run_call_async,
 )
 from infra.local.gateway.schema import ReturnKind, SchemaCache
 
@@ -47,7 +56,8 @@ log = logging.getLogger("infra.local.gateway")
 
 
 class Gateway:
-    """The WSGI application. ``close()`` releases its connection pool."""
+    """The WSGI application, and ``serve`` for an event loop. ``close()`` releases its
+    connection pool, ``close_async()`` (on the serving loop) the asyncio one."""
 
     def __init__(
         self,
@@ -91,6 +101,14 @@ class Gateway:
             name="rest-gateway",
         )
         self.pool.open(wait=False)
+        #: ``serve``'s pool, of the same size and rules, opened on the serving loop at first use.
+        self._async_pool: AsyncConnectionPool | None = None
+        self._async_pool_lock = asyncio.Lock()
+        self._pool_options: dict[str, Any] = {
+            "min_size": pool_min,
+            "max_size": pool_max,
+            "timeout": pool_timeout,
+        }
         self._cache: SchemaCache | None = None
         self._cache_lock = threading.Lock()
         #: The statement of each call shape, for the schema cache in use (cleared on reload).
@@ -104,6 +122,12 @@ class Gateway:
 
     def close(self) -> None:
         self.pool.close()
+
+    async def close_async(self) -> None:
+        """Release ``serve``'s pool (on the loop that served); ``close()`` releases the other."""
+        if self._async_pool is not None:
+            await self._async_pool.close()
+            self._async_pool = None
 
     def reload(self) -> SchemaCache:
         """Re-read the function signatures (PostgREST's ``NOTIFY pgrst, 'reload schema'``)."""
@@ -123,6 +147,30 @@ class Gateway:
         except PoolTimeout as exc:
             raise self._acquisition_error() from exc
 
+    @asynccontextmanager
+    async def _async_connection(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
+        pool = self._async_pool or await self._open_async_pool()
+        try:
+            async with pool.connection() as conn:
+                yield conn
+        except PoolTimeout as exc:
+            raise await asyncio.to_thread(self._acquisition_error) from exc
+
+    async def _open_async_pool(self) -> AsyncConnectionPool:
+        async with self._async_pool_lock:  # the first requests may arrive together
+            if self._async_pool is None:
+                pool = AsyncConnectionPool(
+                    self.authenticator_uri,
+                    **self._pool_options,
+                    open=False,
+                    kwargs={"autocommit": True},  # as the sync pool's: one implicit transaction
+                    check=_check_if_ended_async,
+                    name="rest-gateway-async",
+                )
+                await pool.open(wait=False)
+                self._async_pool = pool
+            return self._async_pool
+
     def _acquisition_error(self) -> ApiError:
         # Tell "the database is down" (503) from "the pool is busy" (504) as PostgREST does.
         try:
@@ -137,20 +185,79 @@ class Gateway:
             )
         return ApiError(504, "PGRST003", "Timed out acquiring connection from connection pool.")
 
-    # WSGI
+    # the request path, shared by WSGI (__call__) and asyncio (serve)
 
     def __call__(self, environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
         request = Request(environ)
         try:
-            response = self.dispatch(request)
+            response = self._handle(request)
         except ApiError as exc:
             response = exc.response()
         except Exception:
-            log.exception("gateway error on %s %s", request.method, request.path)
-            response = ApiError(500, "XX000", "Internal gateway error").response()
+            response = _unexpected(request)
         return response(environ, start_response)
 
-    def dispatch(self, request: Request) -> Response:
+    def _handle(self, request: Request) -> Response:
+        parsed = self.parse(request)
+        if isinstance(parsed, Response):
+            return parsed
+        try:
+            planned = self.plan(request, parsed, self.schema_cache())
+        except ApiError as exc:
+            if exc.code != "PGRST202":
+                raise
+            # The function may be new since the cache was read: look once more.
+            planned = self.plan(request, parsed, self.reload())
+        with self._connection() as conn:
+            try:
+                text, page_total = run_call(
+                    conn, self._statement(planned.call, conn), *planned.arguments, **planned.mode
+                )
+            except psycopg.Error as exc:
+                raise postgres_error(exc, planned.identity.role) from None
+        return respond(planned, text, page_total)
+
+    async def serve(self, environ: dict[str, Any]) -> Response:
+        """``__call__``'s answer on the running event loop, without a thread per request.
+
+        The call runs on an asyncio connection (psycopg's ``AsyncConnectionPool``): handing
+        each request to a worker thread, as a WSGI bridge does, cost the local Supabase server
+        about as much CPU as the rest of the request's Python work together. Only the rare
+        schema reload (a sync catalogue read) runs in a thread.
+        """
+        request = Request(environ)
+        try:
+            return await self._serve(request)
+        except ApiError as exc:
+            return exc.response()
+        except Exception:
+            return _unexpected(request)
+
+    async def _serve(self, request: Request) -> Response:
+        parsed = self.parse(request)
+        if isinstance(parsed, Response):
+            return parsed
+        try:
+            cache = self._cache
+            if cache is None:
+                cache = await asyncio.to_thread(self.schema_cache)
+            planned = self.plan(request, parsed, cache)
+        except ApiError as exc:
+            if exc.code != "PGRST202":
+                raise
+            planned = self.plan(request, parsed, await asyncio.to_thread(self.reload))
+        async with self._async_connection() as conn:
+            try:
+                text, page_total = await run_call_async(
+                    conn, self._statement(planned.call, conn), *planned.arguments, **planned.mode
+                )
+            except psycopg.Error as exc:
+                raise postgres_error(exc, planned.identity.role) from None
+        return respond(planned, text, page_total)
+
+    def parse(self, request: Request) -> Response | Parsed:
+        """Everything a request says before the schema cache is read: the route, the API key,
+        the identity, the schema and the arguments (or the answer, for the readiness path)."""
         path = request.path.rstrip("/")
         if path == REST_PREFIX and request.method in ("GET", "HEAD"):
             ready = {"service": "rest-gateway", "schemas": list(self.schemas)}
@@ -163,9 +270,6 @@ class Gateway:
             raise ApiError(404, "PGRST125", f"Invalid path specified in request URL: {path}")
         if request.method not in ("POST", "GET"):
             raise ApiError(405, "PGRST117", f"Unsupported HTTP method: {request.method}")
-        return self.rpc(request, path[len(prefix) :])
-
-    def rpc(self, request: Request, name: str) -> Response:
         identity = self.auth.identify(request.headers)
         profile_header = "Content-Profile" if request.method == "POST" else "Accept-Profile"
         schema = request.headers.get(profile_header) or self.schemas[0]
@@ -176,21 +280,12 @@ class Gateway:
                 "The schema must be one of the following: " + ", ".join(self.schemas),
             )
         body, body_text = arguments(request, self.max_body_bytes)
-        keys = frozenset(body)
-        cache = self.schema_cache()
-        try:
-            call = resolve(cache, schema, name, keys)
-        except ApiError as exc:
-            if exc.code != "PGRST202":
-                raise
-            # The function may be new since the cache was read: look once more.
-            call = resolve(self.reload(), schema, name, keys)
-            cache = self.schema_cache()
-        return self._execute(request, identity, cache, call, body_text)
+        return Parsed(identity, schema, path[len(prefix) :], frozenset(body), body_text)
 
-    def _execute(
-        self, request: Request, identity: Identity, cache: SchemaCache, call: Call, body: str
-    ) -> Response:
+    def plan(self, request: Request, parsed: Parsed, cache: SchemaCache) -> Planned:
+        """The function to call and the transaction's settings (PGRST202: not in ``cache``)."""
+        call = resolve(cache, parsed.schema, parsed.name, parsed.keys)
+        identity = parsed.identity
         routine = call.routine
         request_settings = (
             self._search_path,
@@ -208,32 +303,67 @@ class Gateway:
             *zip(REQUEST_SETTINGS, request_settings, strict=True),
             *routine.settings,
         )
-        with self._connection() as conn:
-            try:
-                text, page_total = run_call(
-                    conn,
-                    self._statement(call, conn),
-                    settings,
-                    body,
-                    isolation=routine.isolation or cache.role_isolation.get(identity.role),
-                    read_only=request.method == "GET" or not routine.volatile,
-                )
-            except psycopg.Error as exc:
-                raise postgres_error(exc, identity.role) from None
-        headers = {"Content-Range": content_range(page_total)}
-        if routine.returns is ReturnKind.VOID:
-            empty = Response(status=204, headers=headers)
-            del empty.headers["Content-Type"]
-            return empty
-        return Response(text, 200, headers, content_type=JSON_CONTENT_TYPE)
+        return Planned(
+            identity,
+            call,
+            settings,
+            parsed.body_text,
+            isolation=routine.isolation or cache.role_isolation.get(identity.role),
+            read_only=request.method == "GET" or not routine.volatile,
+        )
 
-    def _statement(self, call: Call, conn: psycopg.Connection[Any]) -> bytes:
+    def _statement(self, call: Call, conn: AdaptContext) -> bytes:
         """``call_sql``'s text, composed once per function and set of argument names."""
         statement = self._statements.get(call)
         if statement is None:
             statement = call_sql(call, self.max_rows).as_bytes(conn)
             self._statements[call] = statement
         return statement
+
+
+@dataclass(frozen=True)
+class Parsed:
+    """What ``Gateway.parse`` read from a request to ``/rest/v1/rpc/<name>``."""
+
+    identity: Identity
+    schema: str
+    name: str
+    keys: frozenset[str]  #: the argument names given
+    body_text: str  #: the arguments' JSON text, as Postgres reads it
+
+
+@dataclass(frozen=True)
+class Planned:
+    """A call ready to run: ``run_call``'s arguments."""
+
+    identity: Identity
+    call: Call
+    settings: tuple[tuple[str, str], ...]
+    body_text: str
+    isolation: str | None
+    read_only: bool
+
+    @property
+    def arguments(self) -> tuple[tuple[tuple[str, str], ...], str]:
+        return self.settings, self.body_text
+
+    @property
+    def mode(self) -> dict[str, Any]:
+        return {"isolation": self.isolation, "read_only": self.read_only}
+
+
+def respond(planned: Planned, text: str, page_total: int) -> Response:
+    headers = {"Content-Range": content_range(page_total)}
+    if planned.call.routine.returns is ReturnKind.VOID:
+        empty = Response(status=204, headers=headers)
+        del empty.headers["Content-Type"]
+        return empty
+    return Response(text, 200, headers, content_type=JSON_CONTENT_TYPE)
+
+
+def _unexpected(request: Request) -> Response:
+    log.exception("gateway error on %s %s", request.method, request.path)
+    return ApiError(500, "XX000", "Internal gateway error").response()
 
 
 def _check_if_ended(conn: psycopg.Connection[Any]) -> None:
@@ -247,3 +377,10 @@ def _check_if_ended(conn: psycopg.Connection[Any]) -> None:
     readable, _, _ = select.select([conn.pgconn.socket], [], [], 0)
     if readable:
         ConnectionPool.check_connection(conn)
+
+
+async def _check_if_ended_async(conn: psycopg.AsyncConnection[Any]) -> None:
+    """``_check_if_ended`` for the asyncio pool."""
+    readable, _, _ = select.select([conn.pgconn.socket], [], [], 0)
+    if readable:
+        await AsyncConnectionPool.check_connection(conn)

@@ -194,6 +194,41 @@ def content_range(page_total: int) -> str:
     return f"0-{page_total - 1}/*" if page_total > 0 else "*/*"
 
 
+def call_query(
+    statement: bytes,
+    settings: Sequence[tuple[str, str]],
+    body: str,
+    *,
+    isolation: str | None,
+    read_only: bool,
+) -> tuple[bytes, dict[str, str]]:
+    """The call's whole transaction as one multi-statement query, and its parameters.
+
+    PostgREST sends its transaction as separate statements (BEGIN, the isolation level and
+    access mode, one ``select set_config(...)`` of every setting in order, the call, COMMIT).
+    Here they travel as one multi-statement query on an autocommit connection: Postgres runs
+    such a query as one implicit transaction block (``SET TRANSACTION`` applies to it, the
+    ``set_config(..., true)`` values last until its end, an error rolls all of it back) and
+    starts each statement's ``statement_timeout`` afresh with the values set before it, so the
+    call sees what it saw before, for one round trip instead of six (the connection must be in
+    autocommit mode). ``statement`` is ``call_sql``'s bytes; ``settings`` the role's settings,
+    the request's, then the function's hoisted ones. A multi-statement query cannot take
+    server-side parameters, so it is sent with client-side binding (``ClientCursor``).
+    """
+    params: dict[str, str] = {"body": body}
+    for index, (key, value) in enumerate(settings):
+        params[f"k{index}"] = key
+        params[f"v{index}"] = value
+    query = b"; ".join(
+        (_transaction_mode(isolation, read_only=read_only), _setup_sql(len(settings)), statement)
+    )
+    return query, params
+
+
+def _answer(row: Sequence[Any] | None) -> tuple[str, int]:
+    return (str(row[0]), int(row[1])) if row else ("null", 0)
+
+
 def run_call(
     conn: psycopg.Connection[Any],
     statement: bytes,
@@ -203,29 +238,29 @@ def run_call(
     isolation: str | None,
     read_only: bool,
 ) -> tuple[str, int]:
-    """The call's JSON text and its page total, in PostgREST's transaction, in one round trip.
-
-    PostgREST sends its transaction as separate statements (BEGIN, the isolation level and
-    access mode, one ``select set_config(...)`` of every setting in order, the call, COMMIT).
-    Here they travel as one multi-statement query on an autocommit connection: Postgres runs
-    such a query as one implicit transaction block (``SET TRANSACTION`` applies to it, the
-    ``set_config(..., true)`` values last until its end, an error rolls all of it back) and
-    starts each statement's ``statement_timeout`` afresh with the values set before it, so the
-    call sees what it saw before, for one round trip instead of six (``conn`` must be in
-    autocommit mode). ``statement`` is ``call_sql``'s bytes; ``settings`` the role's settings,
-    the request's, then the function's hoisted ones.
-    """
-    params: dict[str, str] = {"body": body}
-    for index, (key, value) in enumerate(settings):
-        params[f"k{index}"] = key
-        params[f"v{index}"] = value
-    query = b"; ".join(
-        (_transaction_mode(isolation, read_only=read_only), _setup_sql(len(settings)), statement)
-    )
-    # Client-side binding: a multi-statement query cannot take server-side parameters.
+    """The call's JSON text and its page total, in PostgREST's transaction, in one round trip
+    (``call_query``)."""
+    query, params = call_query(statement, settings, body, isolation=isolation, read_only=read_only)
     with psycopg.ClientCursor(conn) as cursor:
         cursor.execute(query, params)
         while cursor.nextset():
             pass  # to the call's result, the last
-        row = cursor.fetchone()
-    return (str(row[0]), int(row[1])) if row else ("null", 0)
+        return _answer(cursor.fetchone())
+
+
+async def run_call_async(
+    conn: psycopg.AsyncConnection[Any],
+    statement: bytes,
+    settings: Sequence[tuple[str, str]],
+    body: str,
+    *,
+    isolation: str | None,
+    read_only: bool,
+) -> tuple[str, int]:
+    """``run_call`` on an asyncio connection: the same query, the same answer."""
+    query, params = call_query(statement, settings, body, isolation=isolation, read_only=read_only)
+    async with psycopg.AsyncClientCursor(conn) as cursor:
+        await cursor.execute(query, params)
+        while cursor.nextset():
+            pass  # to the call's result, the last
+        return _answer(await cursor.fetchone())

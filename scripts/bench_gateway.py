@@ -35,6 +35,8 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psutil  # type: ignore[import-untyped]
+import psycopg
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -109,7 +111,36 @@ def export_tree(rev: str, into: Path) -> Path:
     return into
 
 
-def one_round(url: str, pids: dict[str, int], args: argparse.Namespace) -> dict[str, LoadResult]:
+#: Postgres's processes by what they serve (``backend_cpu``): the gateway's connections, the
+#: local Realtime's logical-decoding poll (it runs in a backend of its own), and the rest
+#: (Realtime's other connection, autovacuum, the WAL writer, the checkpointer, the postmaster).
+BACKEND_KINDS = ("gateway", "realtime slot", "other")
+
+
+def backend_cpu(admin_uri: str, postmaster: int) -> dict[str, float]:
+    """CPU seconds so far of the postmaster's processes, summed by ``BACKEND_KINDS``."""
+    with psycopg.connect(admin_uri, autocommit=True) as conn:
+        rows = conn.execute(
+            "select pid, usename = 'authenticator',"
+            " query like '%pg_logical_slot_get_binary_changes%' from pg_stat_activity"
+        ).fetchall()
+    kinds = {
+        pid: "gateway" if gateway else "realtime slot"
+        for pid, gateway, slot in rows
+        if gateway or slot
+    }
+    spent = dict.fromkeys(BACKEND_KINDS, 0.0)
+    for process in [psutil.Process(postmaster), *psutil.Process(postmaster).children()]:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            times = process.cpu_times()
+            spent[kinds.get(process.pid, "other")] += times.user + times.system
+    return spent
+
+
+def one_round(
+    url: str, pids: dict[str, int], args: argparse.Namespace, admin_uri: str | None
+) -> tuple[dict[str, LoadResult], dict[str, dict[str, float]]]:
+    """The round's load figures, and Postgres's CPU ms per request by ``BACKEND_KINDS``."""
     key = make_jwt(JWT_SECRET, "service_role")
     # what postgrest-py sends with a service key (supabase.create_client)
     headers = {"apikey": key, "Authorization": f"Bearer {key}", "Content-Profile": "public"}
@@ -127,17 +158,18 @@ def one_round(url: str, pids: dict[str, int], args: argparse.Namespace) -> dict[
         body = {"p_job_id": ids[index % len(ids)], "p_user_id": user}
         return client.post("/rest/v1/rpc/get_job", json=body, headers=headers)
 
-    return {
-        name: load(
-            url,
-            call,
-            connections=args.connections,
-            requests=args.requests,
-            expect=200,
-            cpu=pids,
+    results: dict[str, LoadResult] = {}
+    backends: dict[str, dict[str, float]] = {}
+    for name, call in (("create_job", create), ("get_job", get)):
+        before = backend_cpu(admin_uri, pids["postgres"]) if admin_uri else {}
+        results[name] = load(
+            url, call, connections=args.connections, requests=args.requests, expect=200, cpu=pids
         )
-        for name, call in (("create_job", create), ("get_job", get))
-    }
+        if admin_uri:
+            after = backend_cpu(admin_uri, pids["postgres"])
+            count = results[name].latency_ms["n"]
+            backends[name] = {k: 1000 * (after[k] - before[k]) / count for k in BACKEND_KINDS}
+    return results, backends
 
 
 def summary(rounds: list[dict[str, LoadResult]]) -> dict[str, dict[str, float]]:
@@ -178,17 +210,20 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             postgres = (
                 {"postgres": int(pid_file.read_text().split()[0])} if pid_file.exists() else {}
             )
+            admin_uri = db_uri if postgres else None
             for number in range(args.rounds):
                 for name, (url, pid) in servers.items():
                     pids = {"gateway": pid, **postgres}
-                    rounds[name].append(one_round(url, pids, args))
-                    for op, result in rounds[name][-1].items():
+                    results, backends = one_round(url, pids, args, admin_uri)
+                    rounds[name].append(results)
+                    for op, result in results.items():
                         cpu = result.cpu_ms_per_request
+                        split = "  ".join(f"{k} {v:.2f}" for k, v in backends.get(op, {}).items())
                         print(
                             f"round {number + 1} {name:<10} {op:<11} {result.rps:7.1f} req/s"
                             f"  p90 {result.latency_ms['p90']:6.2f} ms  CPU ms/req:"
                             f" gateway {cpu['gateway']:5.2f}"
-                            f"  postgres {cpu.get('postgres', -1):5.2f}"
+                            f"  postgres {cpu.get('postgres', -1):5.2f} ({split})"
                             f"  (load {os.getloadavg()[0]:.1f})",
                             flush=True,
                         )

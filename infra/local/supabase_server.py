@@ -53,10 +53,10 @@ class LocalSupabase:
         self.gateway = gateway
         self.realtime = realtime
         self._gateway_app = RestApp(gateway)
-        # Supabase's Kong answers CORS on /auth/v1 and /rest/v1 (its `cors` plugin: any origin,
-        # the requested headers), so a browser page on another origin can sign in
-        self._rest = _cors(self._gateway_app)
-        self._auth = _cors(create_auth_app(auth))
+        # CORS is answered once, for every path, by build_app's middleware around this app (a
+        # second layer here added its headers twice: "Vary: Origin, Origin")
+        self._rest = self._gateway_app
+        self._auth = create_auth_app(auth)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -95,12 +95,6 @@ class LocalSupabase:
                 return
 
 
-def _cors(app: Any) -> Any:
-    from starlette.middleware.cors import CORSMiddleware
-
-    return CORSMiddleware(app, allow_origins=["*"], allow_methods=["*"], allow_headers=["*"])
-
-
 async def _not_found(send: Send) -> None:
     body = b'{"message":"no Route matched with those values"}'
     headers = [(b"content-type", b"application/json; charset=utf-8")]
@@ -115,6 +109,8 @@ def build_app(db_uri: str, jwt_secret: str, auth: AuthService | None = None) -> 
     gateway = create_app(db_uri, jwt_secret, pool_max=GATEWAY_CONNECTIONS, require_api_key=True)
     auth = auth or AuthService(jwt_secret)
     app = LocalSupabase(gateway, auth, RealtimeServer(db_uri, jwt_secret))
+    # Supabase's Kong answers CORS on /auth/v1 and /rest/v1 (its `cors` plugin: any origin, the
+    # requested headers), so a browser page on another origin can sign in and call REST
     cors = CORSMiddleware(
         app,
         allow_origins=["*"],

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from collections.abc import Callable
@@ -357,6 +358,24 @@ def test_api_roles_run_under_supabase_timeouts(
 
     assert shown("statement_timeout") == statement_timeout
     assert shown("lock_timeout") == "8s"
+
+
+def test_request_headers_reach_the_call_by_their_lower_case_names(
+    http: httpx.Client, service_key: str
+) -> None:
+    # PostgREST v13 sets request.headers to every header under its lower-case name
+    headers = {"Authorization": f"Bearer {service_key}", "X-Probe-Header": "seen"}
+
+    shown = http.post(
+        "/rest/v1/rpc/show_setting", json={"p_name": "request.headers"}, headers=headers
+    ).json()
+    document = json.loads(shown)
+
+    assert document["x-probe-header"] == "seen"
+    assert document["authorization"] == f"Bearer {service_key}"
+    assert document["content-type"] == "application/json"
+    assert int(document["content-length"]) > 0
+    assert all(name == name.lower() for name in document)
 
 
 def test_function_settings_are_hoisted_to_the_transaction_like_postgrest(

@@ -293,7 +293,7 @@ class Gateway:
             json.dumps(identity.claims),
             request.method,
             request.path.removeprefix(REST_PREFIX),
-            json.dumps({k.lower(): v for k, v in request.headers.items()}),
+            _headers_document(request.environ),
             json.dumps(dict(request.cookies)),
         )
         # PostgREST's order (Query.setPgLocals): the role's settings, then the role and the
@@ -359,6 +359,29 @@ def respond(planned: Planned, text: str, page_total: int) -> Response:
         del empty.headers["Content-Type"]
         return empty
     return Response(text, 200, headers, content_type=JSON_CONTENT_TYPE)
+
+
+def _headers_document(environ: dict[str, Any]) -> str:
+    """PostgREST's ``request.headers``: each header under its lower-case name.
+
+    The headers as werkzeug's ``EnvironHeaders`` lists them (``HTTP_*`` but the two that WSGI
+    keeps unprefixed, then ``CONTENT_TYPE`` and ``CONTENT_LENGTH`` when set), read from the
+    environ at once: through ``EnvironHeaders`` (title-cased, then lowered) it cost as much as
+    the rest of ``plan``.
+    """
+    headers: dict[str, str] = {}
+    for key, value in environ.items():
+        if key.startswith("HTTP_"):
+            if key not in _UNPREFIXED:
+                headers[key[5:].replace("_", "-").lower()] = value
+        elif key in _PREFIXLESS and value:
+            headers[key.replace("_", "-").lower()] = value
+    return json.dumps(headers)
+
+
+#: The environ keys of the two headers WSGI keeps without the ``HTTP_`` prefix.
+_PREFIXLESS = frozenset({"CONTENT_TYPE", "CONTENT_LENGTH"})
+_UNPREFIXED = frozenset({"HTTP_CONTENT_TYPE", "HTTP_CONTENT_LENGTH"})
 
 
 def _unexpected(request: Request) -> Response:

@@ -23,7 +23,7 @@ from infra.local.gateway import (
     sqlstate_status,
     start_gateway,
 )
-from tests.support import JWT_SECRET, mint
+from tests.support import JWT_SECRET, mint, wait_until
 
 #: a time no run of the suite reaches (year 2286)
 NEVER_YET = 10_000_000_000
@@ -953,10 +953,23 @@ def test_database_down_is_503_pgrst000(service_key: str) -> None:
 def test_recovers_after_its_connections_are_killed(service: Client, gateway_db: str) -> None:
     assert rpc_data(service, "add", {"a": 1, "b": 1}) == 2
     with psycopg.connect(gateway_db, autocommit=True) as conn:
-        conn.execute(
-            "select pg_terminate_backend(pid) from pg_stat_activity "
-            "where datname = current_database() and pid <> pg_backend_pid()"
-        )
+        killed = [
+            pid
+            for (pid,) in conn.execute(
+                "select pid from pg_stat_activity "
+                "where datname = current_database() and pid <> pg_backend_pid()"
+            )
+        ]
+        conn.execute("select pg_terminate_backend(pid) from unnest(%s::int[]) pid", (killed,))
+
+        # pg_terminate_backend only signals: until a backend has exited, its socket may not
+        # yet say so, and the next call could still be handed that connection
+        def exited() -> bool:
+            alive = "select count(*) from pg_stat_activity where pid = any(%s)"
+            row = conn.execute(alive, (killed,)).fetchone()
+            return row is not None and row[0] == 0
+
+        wait_until(exited, "the terminated backends to exit")
 
     assert rpc_data(service, "add", {"a": 2, "b": 2}) == 4
 

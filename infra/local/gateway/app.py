@@ -217,24 +217,25 @@ class Gateway:
                 raise postgres_error(exc, planned.identity.role) from None
         return respond(planned, text, page_total)
 
-    async def serve(self, environ: dict[str, Any]) -> Response:
+    async def serve(self, environ: dict[str, Any], body: bytes | None = None) -> Response:
         """``__call__``'s answer on the running event loop, without a thread per request.
 
         The call runs on an asyncio connection (psycopg's ``AsyncConnectionPool``): handing
         each request to a worker thread, as a WSGI bridge does, cost the local Supabase server
         about as much CPU as the rest of the request's Python work together. Only the rare
-        schema reload (a sync catalogue read) runs in a thread.
+        schema reload (a sync catalogue read) runs in a thread. ``body``: the request's body when
+        the server read it already (see ``arguments``).
         """
         request = Request(environ)
         try:
-            return await self._serve(request)
+            return await self._serve(request, body)
         except ApiError as exc:
             return exc.response()
         except Exception:
             return _unexpected(request)
 
-    async def _serve(self, request: Request) -> Response:
-        parsed = self.parse(request)
+    async def _serve(self, request: Request, body: bytes | None) -> Response:
+        parsed = self.parse(request, body)
         if isinstance(parsed, Response):
             return parsed
         try:
@@ -255,7 +256,7 @@ class Gateway:
                 raise postgres_error(exc, planned.identity.role) from None
         return respond(planned, text, page_total)
 
-    def parse(self, request: Request) -> Response | Parsed:
+    def parse(self, request: Request, body: bytes | None = None) -> Response | Parsed:
         """Everything a request says before the schema cache is read: the route, the API key,
         the identity, the schema and the arguments (or the answer, for the readiness path)."""
         path = request.path.rstrip("/")
@@ -279,8 +280,8 @@ class Gateway:
                 "PGRST106",
                 "The schema must be one of the following: " + ", ".join(self.schemas),
             )
-        body, body_text = arguments(request, self.max_body_bytes)
-        return Parsed(identity, schema, path[len(prefix) :], frozenset(body), body_text)
+        given, body_text = arguments(request, self.max_body_bytes, body)
+        return Parsed(identity, schema, path[len(prefix) :], frozenset(given), body_text)
 
     def plan(self, request: Request, parsed: Parsed, cache: SchemaCache) -> Planned:
         """The function to call and the transaction's settings (PGRST202: not in ``cache``)."""

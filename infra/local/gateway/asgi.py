@@ -41,7 +41,7 @@ class RestApp:
         if body is None:
             return  # the client left mid-body: nobody to answer, nothing to run
         env = environ(scope, body)
-        response = await self.gateway.serve(env)
+        response = await self.gateway.serve(env, body)
         # as a WSGI server would send it (werkzeug settles the headers for the status here)
         chunks, status, wsgi_headers = response.get_wsgi_response(env)
         headers = [(k.lower().encode(), v.encode("latin1")) for k, v in wsgi_headers]

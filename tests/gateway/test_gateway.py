@@ -304,6 +304,40 @@ def test_get_calls_stable_functions_read_only(http: httpx.Client, service_key: s
     assert written.json()["code"] == "25006"
 
 
+def test_a_function_replaced_after_its_first_call_answers_with_its_new_body(
+    service: Client, gateway_db: str, gateway: GatewayHandle
+) -> None:
+    # The gateway runs each call as a statement prepared once per connection: Postgres must
+    # plan it again for the new body, as PostgREST's prepared statements are.
+    name = f"changing_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(gateway_db, autocommit=True) as conn:
+        conn.execute(f"create function public.{name}(a int) returns int language sql as 'select a'")
+        before = [rpc_data(service, name, {"a": 5}) for _ in range(8)]  # every connection
+        conn.execute(
+            f"create or replace function public.{name}(a int) returns int"
+            " language sql as 'select a * 10'"
+        )
+        after = [rpc_data(service, name, {"a": 5}) for _ in range(8)]
+        conn.execute(f"drop function public.{name}(int)")
+        gone = rpc_error(service, name, {"a": 5})
+
+    assert before == [5] * 8
+    assert after == [50] * 8
+    assert gone.code == "42883"  # as the statement parsed afresh said it
+
+
+def test_a_call_made_again_after_a_schema_reload_is_the_same_call(
+    service: Client, gateway: GatewayHandle
+) -> None:
+    # a reload names the statements anew; a connection drops its older ones
+    first = rpc_data(service, "add", {"a": 1, "b": 2})
+    gateway.app.reload()
+    again = [rpc_data(service, "add", {"a": 2, "b": 3}) for _ in range(8)]
+
+    assert first == 3
+    assert again == [5] * 8
+
+
 # --- auth --------------------------------------------------------------------------------------
 
 

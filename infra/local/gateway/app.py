@@ -13,10 +13,12 @@ psycopg), as ``infra.local.gateway.asgi`` serves it. Both run ``parse`` → ``pl
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import logging
 import select
 import threading
+import weakref
 from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
@@ -44,7 +46,7 @@ from infra.local.gateway.request import arguments
 from infra.local.gateway.rpc import (
     REQUEST_SETTINGS,
     Call,
-    call_sql,
+    Statement,
     content_range,
     resolve,
     run_call,
@@ -112,7 +114,16 @@ class Gateway:
         self._cache: SchemaCache | None = None
         self._cache_lock = threading.Lock()
         #: The statement of each call shape, for the schema cache in use (cleared on reload).
-        self._statements: dict[Call, bytes] = {}
+        self._statements: dict[Call, Statement] = {}
+        #: Bumped by every reload: a connection's statements of an older schema cache are
+        #: deallocated before it prepares this one's (so their number stays bounded).
+        self._generation = 0
+        #: Statement names, never reused (``next`` on a count is atomic, for the WSGI threads).
+        self._names = itertools.count()
+        #: Per connection: the generation its prepared statements belong to, and their names.
+        self._prepared: weakref.WeakKeyDictionary[Any, tuple[int, set[str]]] = (
+            weakref.WeakKeyDictionary()
+        )
         self._search_path = ", ".join(
             sql.Identifier(s).as_string()
             for s in dict.fromkeys((*self.schemas, *EXTRA_SEARCH_PATH))
@@ -134,6 +145,7 @@ class Gateway:
         with self._cache_lock, self._connection() as conn:
             self._cache = SchemaCache.load(conn, self.schemas)
             self._statements = {}
+            self._generation += 1
             return self._cache
 
     def schema_cache(self) -> SchemaCache:
@@ -211,7 +223,7 @@ class Gateway:
         with self._connection() as conn:
             try:
                 text, page_total = run_call(
-                    conn, self._statement(planned.call, conn), *planned.arguments, **planned.mode
+                    conn, self._executable(planned.call, conn), *planned.arguments, **planned.mode
                 )
             except psycopg.Error as exc:
                 raise postgres_error(exc, planned.identity.role) from None
@@ -249,8 +261,9 @@ class Gateway:
             planned = self.plan(request, parsed, await asyncio.to_thread(self.reload))
         async with self._async_connection() as conn:
             try:
+                statement = await self._executable_async(planned.call, conn)
                 text, page_total = await run_call_async(
-                    conn, self._statement(planned.call, conn), *planned.arguments, **planned.mode
+                    conn, statement, *planned.arguments, **planned.mode
                 )
             except psycopg.Error as exc:
                 raise postgres_error(exc, planned.identity.role) from None
@@ -313,13 +326,53 @@ class Gateway:
             read_only=request.method == "GET" or not routine.volatile,
         )
 
-    def _statement(self, call: Call, conn: AdaptContext) -> bytes:
-        """``call_sql``'s text, composed once per function and set of argument names."""
+    def _statement(self, call: Call, conn: AdaptContext) -> Statement:
+        """The call's ``Statement``, composed once per function and set of argument names."""
         statement = self._statements.get(call)
         if statement is None:
-            statement = call_sql(call, self.max_rows).as_bytes(conn)
+            name = f"pgrst_{next(self._names)}"
+            statement = Statement.compose(name, call, self.max_rows, conn)
             self._statements[call] = statement
         return statement
+
+    def _to_prepare(self, call: Call, conn: Any) -> tuple[Statement, set[str], bytes | None]:
+        """The statement; the names ``conn`` has prepared; what to send first (None: nothing,
+        else the ``PREPARE``, after a ``DEALLOCATE`` of each of ``conn``'s statements of an
+        older schema cache; only ours: psycopg may hold prepared statements of its own)."""
+        statement = self._statement(call, conn)
+        generation, names = self._prepared.get(conn, (self._generation, set()))
+        if statement.name in names:
+            return statement, names, None
+        first = statement.prepare
+        if generation != self._generation:
+            stale = b"".join(b'deallocate "' + n.encode() + b'"; ' for n in sorted(names))
+            first = stale + first
+            names = set()
+        self._prepared[conn] = (self._generation, names)
+        return statement, names, first
+
+    def _executable(self, call: Call, conn: psycopg.Connection[Any]) -> bytes:
+        """What ``run_call`` sends for the call on ``conn``: ``EXECUTE`` of the statement,
+        prepared first if ``conn`` has not; its text if ``conn`` cannot prepare it."""
+        statement, names, first = self._to_prepare(call, conn)
+        if first is not None:
+            try:
+                conn.execute(first)
+            except psycopg.Error:
+                return statement.text  # the call itself reports what is wrong
+            names.add(statement.name)
+        return statement.execute
+
+    async def _executable_async(self, call: Call, conn: psycopg.AsyncConnection[Any]) -> bytes:
+        """``_executable`` on an asyncio connection."""
+        statement, names, first = self._to_prepare(call, conn)
+        if first is not None:
+            try:
+                await conn.execute(first)
+            except psycopg.Error:
+                return statement.text
+            names.add(statement.name)
+        return statement.execute
 
 
 @dataclass(frozen=True)

@@ -3,8 +3,11 @@
 Starts an embedded Postgres (its own data directory), applies the project's migrations and
 serves ``infra.local.supabase_server`` (uvicorn, as the local stack does) on a free port; then
 calls the project's own RPCs as the store calls them (``create_job``, ``get_job`` with the
-service key on keep-alive connections) and prints the gateway process's CPU milliseconds per
-request with the throughput and latency.
+service key on keep-alive connections) and prints the CPU milliseconds per request of the
+gateway process and of Postgres (the postmaster and all its backends) with the throughput and
+latency. Each round creates its jobs for a user of its own: ``create_job`` counts the user's
+recent and unfinished jobs (its rate caps), so a user who kept every earlier round's jobs would
+make each round dearer than the one before and the later tree of a pair look slower.
 
 ``--compare REV`` also serves the gateway as it was at git revision REV (its tree exported to a
 temporary directory) on the same database, and measures both in alternating rounds, so that
@@ -20,6 +23,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -31,6 +35,8 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psutil  # type: ignore[import-untyped]
+import psycopg
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -45,10 +51,10 @@ JWT_SECRET = "super-secret-jwt-token-with-at-least-32-characters-long"
 USER = "bench-gateway"
 
 
-def create_args(index: int) -> dict[str, Any]:
+def create_args(index: int, user: str = USER) -> dict[str, Any]:
     """``JobStore.create_job``'s body, with limits no benchmark reaches."""
     return {
-        "p_user_id": USER,
+        "p_user_id": user,
         "p_type": "report",
         "p_query": f"bench query {index}",
         "p_priority": "normal",
@@ -105,33 +111,65 @@ def export_tree(rev: str, into: Path) -> Path:
     return into
 
 
-def one_round(url: str, pid: int, args: argparse.Namespace) -> dict[str, LoadResult]:
+#: Postgres's processes by what they serve (``backend_cpu``): the gateway's connections, the
+#: local Realtime's logical-decoding poll (it runs in a backend of its own), and the rest
+#: (Realtime's other connection, autovacuum, the WAL writer, the checkpointer, the postmaster).
+BACKEND_KINDS = ("gateway", "realtime slot", "other")
+
+
+def backend_cpu(admin_uri: str, postmaster: int) -> dict[str, float]:
+    """CPU seconds so far of the postmaster's processes, summed by ``BACKEND_KINDS``."""
+    with psycopg.connect(admin_uri, autocommit=True) as conn:
+        rows = conn.execute(
+            "select pid, usename = 'authenticator',"
+            " query like '%pg_logical_slot_get_binary_changes%' from pg_stat_activity"
+        ).fetchall()
+    kinds = {
+        pid: "gateway" if gateway else "realtime slot"
+        for pid, gateway, slot in rows
+        if gateway or slot
+    }
+    spent = dict.fromkeys(BACKEND_KINDS, 0.0)
+    for process in [psutil.Process(postmaster), *psutil.Process(postmaster).children()]:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            times = process.cpu_times()
+            spent[kinds.get(process.pid, "other")] += times.user + times.system
+    return spent
+
+
+def one_round(
+    url: str, pids: dict[str, int], args: argparse.Namespace, admin_uri: str | None
+) -> tuple[dict[str, LoadResult], dict[str, dict[str, float]]]:
+    """The round's load figures, and Postgres's CPU ms per request by ``BACKEND_KINDS``."""
     key = make_jwt(JWT_SECRET, "service_role")
     # what postgrest-py sends with a service key (supabase.create_client)
     headers = {"apikey": key, "Authorization": f"Bearer {key}", "Content-Profile": "public"}
+    user = f"{USER}-{uuid.uuid4().hex[:8]}"  # the round's own (see the module's docstring)
     ids: list[str] = []
 
     def create(client: httpx.Client, index: int) -> httpx.Response:
-        response = client.post("/rest/v1/rpc/create_job", json=create_args(index), headers=headers)
+        body = create_args(index, user)
+        response = client.post("/rest/v1/rpc/create_job", json=body, headers=headers)
         if response.status_code == 200:
             ids.append(response.json()["job"]["id"])
         return response
 
     def get(client: httpx.Client, index: int) -> httpx.Response:
-        body = {"p_job_id": ids[index % len(ids)], "p_user_id": USER}
+        body = {"p_job_id": ids[index % len(ids)], "p_user_id": user}
         return client.post("/rest/v1/rpc/get_job", json=body, headers=headers)
 
-    return {
-        name: load(
-            url,
-            call,
-            connections=args.connections,
-            requests=args.requests,
-            expect=200,
-            cpu={"gateway": pid},
+    results: dict[str, LoadResult] = {}
+    backends: dict[str, dict[str, float]] = {}
+    for name, call in (("create_job", create), ("get_job", get)):
+        before = backend_cpu(admin_uri, pids["postgres"]) if admin_uri else {}
+        results[name] = load(
+            url, call, connections=args.connections, requests=args.requests, expect=200, cpu=pids
         )
-        for name, call in (("create_job", create), ("get_job", get))
-    }
+        if admin_uri:
+            after = backend_cpu(admin_uri, pids["postgres"])
+            count = results[name].latency_ms["n"]
+            backends[name] = {k: 1000 * (after[k] - before[k]) / count for k in BACKEND_KINDS}
+    return results, backends
 
 
 def summary(rounds: list[dict[str, LoadResult]]) -> dict[str, dict[str, float]]:
@@ -140,6 +178,9 @@ def summary(rounds: list[dict[str, LoadResult]]) -> dict[str, dict[str, float]]:
         name: {
             "cpuMsPerRequest": round(
                 statistics.median(r[name].cpu_ms_per_request["gateway"] for r in rounds), 3
+            ),
+            "postgresCpuMsPerRequest": round(
+                statistics.median(r[name].cpu_ms_per_request.get("postgres", -1) for r in rounds), 3
             ),
             "rps": round(statistics.median(r[name].rps for r in rounds), 1),
             "p50Ms": round(statistics.median(r[name].latency_ms["p50"] for r in rounds), 2),
@@ -164,14 +205,26 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             if args.profile:
                 stack.enter_context(profiling(servers["current"][1], args.profile))
             rounds: dict[str, list[dict[str, LoadResult]]] = {name: [] for name in servers}
+            # the embedded server's; with DATABASE_URL, Postgres runs elsewhere (not measured)
+            pid_file = scratch / "pg" / "postmaster.pid"
+            postgres = (
+                {"postgres": int(pid_file.read_text().split()[0])} if pid_file.exists() else {}
+            )
+            admin_uri = db_uri if postgres else None
             for number in range(args.rounds):
                 for name, (url, pid) in servers.items():
-                    rounds[name].append(one_round(url, pid, args))
-                    for op, result in rounds[name][-1].items():
+                    pids = {"gateway": pid, **postgres}
+                    results, backends = one_round(url, pids, args, admin_uri)
+                    rounds[name].append(results)
+                    for op, result in results.items():
+                        cpu = result.cpu_ms_per_request
+                        split = "  ".join(f"{k} {v:.2f}" for k, v in backends.get(op, {}).items())
                         print(
                             f"round {number + 1} {name:<10} {op:<11} {result.rps:7.1f} req/s"
-                            f"  p90 {result.latency_ms['p90']:6.2f} ms"
-                            f"  gateway CPU {result.cpu_ms_per_request['gateway']:5.2f} ms/req",
+                            f"  p90 {result.latency_ms['p90']:6.2f} ms  CPU ms/req:"
+                            f" gateway {cpu['gateway']:5.2f}"
+                            f"  postgres {cpu.get('postgres', -1):5.2f} ({split})"
+                            f"  (load {os.getloadavg()[0]:.1f})",
                             flush=True,
                         )
         return {name: summary(results) for name, results in rounds.items()}

@@ -213,11 +213,15 @@ def gateway_db(pg: Postgres) -> Iterator[str]:
     pg.drop_database(DATABASE)
 
 
-@pytest.fixture(scope="session")
-def gateway(gateway_db: str) -> Iterator[GatewayHandle]:
+@pytest.fixture(scope="session", params=["wsgi", "asgi"])
+def gateway(gateway_db: str, request: pytest.FixtureRequest) -> Iterator[GatewayHandle]:
     """Overrides tests/conftest.py's: the gateway as the project URL serves it (Supabase's API
-    key check in front of PostgREST), one for the session over the tier's catalogue."""
-    with start_gateway(gateway_db, JWT_SECRET, require_api_key=True) as handle:
+    key check in front of PostgREST), one for the session over the tier's catalogue, served
+    both ways: as a WSGI application (a thread per request) and as the local Supabase server
+    serves it (``RestApp`` under uvicorn, the call on the event loop), so that every test of
+    the tier holds for both."""
+    asgi = request.param == "asgi"
+    with start_gateway(gateway_db, JWT_SECRET, require_api_key=True, asgi=asgi) as handle:
         yield handle
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from collections.abc import Callable
@@ -22,7 +23,7 @@ from infra.local.gateway import (
     sqlstate_status,
     start_gateway,
 )
-from tests.support import JWT_SECRET, mint
+from tests.support import JWT_SECRET, mint, wait_until
 
 #: a time no run of the suite reaches (year 2286)
 NEVER_YET = 10_000_000_000
@@ -123,7 +124,11 @@ def test_a_one_column_table_is_an_array_of_objects_like_postgrest(service: Clien
     assert rows == [{"k": 1}, {"k": 2}]
 
 
-def test_sets_are_cut_at_db_max_rows_but_every_row_is_changed(service: Client) -> None:
+def test_sets_are_cut_at_db_max_rows_but_every_row_is_changed(
+    service: Client, gateway_db: str
+) -> None:
+    with psycopg.connect(gateway_db, autocommit=True) as conn:
+        conn.execute("truncate public.marks")  # the tier's database serves both gateways
     numbers = rpc_data(service, "series", {"n": 1500})
     marked = rpc_data(service, "mark_many", {"n": 1200})
 
@@ -299,6 +304,40 @@ def test_get_calls_stable_functions_read_only(http: httpx.Client, service_key: s
     assert written.json()["code"] == "25006"
 
 
+def test_a_function_replaced_after_its_first_call_answers_with_its_new_body(
+    service: Client, gateway_db: str, gateway: GatewayHandle
+) -> None:
+    # The gateway runs each call as a statement prepared once per connection: Postgres must
+    # plan it again for the new body, as PostgREST's prepared statements are.
+    name = f"changing_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(gateway_db, autocommit=True) as conn:
+        conn.execute(f"create function public.{name}(a int) returns int language sql as 'select a'")
+        before = [rpc_data(service, name, {"a": 5}) for _ in range(8)]  # every connection
+        conn.execute(
+            f"create or replace function public.{name}(a int) returns int"
+            " language sql as 'select a * 10'"
+        )
+        after = [rpc_data(service, name, {"a": 5}) for _ in range(8)]
+        conn.execute(f"drop function public.{name}(int)")
+        gone = rpc_error(service, name, {"a": 5})
+
+    assert before == [5] * 8
+    assert after == [50] * 8
+    assert gone.code == "42883"  # as the statement parsed afresh said it
+
+
+def test_a_call_made_again_after_a_schema_reload_is_the_same_call(
+    service: Client, gateway: GatewayHandle
+) -> None:
+    # a reload names the statements anew; a connection drops its older ones
+    first = rpc_data(service, "add", {"a": 1, "b": 2})
+    gateway.app.reload()
+    again = [rpc_data(service, "add", {"a": 2, "b": 3}) for _ in range(8)]
+
+    assert first == 3
+    assert again == [5] * 8
+
+
 # --- auth --------------------------------------------------------------------------------------
 
 
@@ -353,6 +392,24 @@ def test_api_roles_run_under_supabase_timeouts(
 
     assert shown("statement_timeout") == statement_timeout
     assert shown("lock_timeout") == "8s"
+
+
+def test_request_headers_reach_the_call_by_their_lower_case_names(
+    http: httpx.Client, service_key: str
+) -> None:
+    # PostgREST v13 sets request.headers to every header under its lower-case name
+    headers = {"Authorization": f"Bearer {service_key}", "X-Probe-Header": "seen"}
+
+    shown = http.post(
+        "/rest/v1/rpc/show_setting", json={"p_name": "request.headers"}, headers=headers
+    ).json()
+    document = json.loads(shown)
+
+    assert document["x-probe-header"] == "seen"
+    assert document["authorization"] == f"Bearer {service_key}"
+    assert document["content-type"] == "application/json"
+    assert int(document["content-length"]) > 0
+    assert all(name == name.lower() for name in document)
 
 
 def test_function_settings_are_hoisted_to_the_transaction_like_postgrest(
@@ -930,10 +987,23 @@ def test_database_down_is_503_pgrst000(service_key: str) -> None:
 def test_recovers_after_its_connections_are_killed(service: Client, gateway_db: str) -> None:
     assert rpc_data(service, "add", {"a": 1, "b": 1}) == 2
     with psycopg.connect(gateway_db, autocommit=True) as conn:
-        conn.execute(
-            "select pg_terminate_backend(pid) from pg_stat_activity "
-            "where datname = current_database() and pid <> pg_backend_pid()"
-        )
+        killed = [
+            pid
+            for (pid,) in conn.execute(
+                "select pid from pg_stat_activity "
+                "where datname = current_database() and pid <> pg_backend_pid()"
+            )
+        ]
+        conn.execute("select pg_terminate_backend(pid) from unnest(%s::int[]) pid", (killed,))
+
+        # pg_terminate_backend only signals: until a backend has exited, its socket may not
+        # yet say so, and the next call could still be handed that connection
+        def exited() -> bool:
+            alive = "select count(*) from pg_stat_activity where pid = any(%s)"
+            row = conn.execute(alive, (killed,)).fetchone()
+            return row is not None and row[0] == 0
+
+        wait_until(exited, "the terminated backends to exit")
 
     assert rpc_data(service, "add", {"a": 2, "b": 2}) == 4
 

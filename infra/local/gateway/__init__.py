@@ -30,8 +30,10 @@ PostgREST) against a real Postgres, so the same client code runs unchanged local
 The package, by concern: ``config`` (the fixed settings), ``errors`` (PostgREST's error body and
 status table), ``auth`` (token → role), ``request`` (arguments from the query or the body),
 ``schema`` (the schema cache), ``rpc`` (overload resolution, the statement, the transaction),
-``app`` (the WSGI application), ``server`` (serving it alone, and the CLI: ``python -m
-infra.local.gateway``). Under the local stack, ``infra.local.supabase_server`` serves it.
+``app`` (the application: WSGI, and ``Gateway.serve`` on an event loop), ``asgi`` (``RestApp``:
+the gateway as an ASGI application, the call on the loop), ``server`` (serving it alone, and the
+CLI: ``python -m infra.local.gateway``). Under the local stack, ``infra.local.supabase_server``
+serves ``RestApp``.
 """
 
 from infra.local.gateway.app import Gateway

@@ -1,23 +1,33 @@
-"""The WSGI application: routing, the connection pool, and the request → call → response path.
+"""The application: routing, the connection pools, and the request → call → response path.
 
 As PostgREST, it logs in as ``authenticator`` (so that role's statement and lock timeouts bound
 every call) from a pool, serves ``/rest/v1/rpc/<function>`` by POST and GET, and answers a
 readiness document at ``/rest/v1/``; every error is an ``ApiError`` response.
+
+One path, two ways to wait on the database: ``Gateway`` is a WSGI application (a thread per
+request, sync psycopg), and ``Gateway.serve`` gives the same answer on an event loop (asyncio
+psycopg), as ``infra.local.gateway.asgi`` serves it. Both run ``parse`` → ``plan`` → the call
+(``run_call`` / ``run_call_async``, one query) → ``respond``.
 """
 
 from __future__ import annotations
 
+import asyncio
+import itertools
 import json
 import logging
 import select
 import threading
-from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
+import weakref
+from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import psycopg
 from psycopg import conninfo, sql
-from psycopg_pool import ConnectionPool, PoolTimeout
+from psycopg.abc import AdaptContext
+from psycopg_pool import AsyncConnectionPool, ConnectionPool, PoolTimeout
 from werkzeug.wrappers import Request, Response
 
 from infra.local.gateway.auth import Authenticator, Identity
@@ -36,10 +46,11 @@ from infra.local.gateway.request import arguments
 from infra.local.gateway.rpc import (
     REQUEST_SETTINGS,
     Call,
-    call_sql,
+    Statement,
     content_range,
     resolve,
     run_call,
+    run_call_async,
 )
 from infra.local.gateway.schema import ReturnKind, SchemaCache
 
@@ -47,7 +58,8 @@ log = logging.getLogger("infra.local.gateway")
 
 
 class Gateway:
-    """The WSGI application. ``close()`` releases its connection pool."""
+    """The WSGI application, and ``serve`` for an event loop. ``close()`` releases its
+    connection pool, ``close_async()`` (on the serving loop) the asyncio one."""
 
     def __init__(
         self,
@@ -91,10 +103,27 @@ class Gateway:
             name="rest-gateway",
         )
         self.pool.open(wait=False)
+        #: ``serve``'s pool, of the same size and rules, opened on the serving loop at first use.
+        self._async_pool: AsyncConnectionPool | None = None
+        self._async_pool_lock = asyncio.Lock()
+        self._pool_options: dict[str, Any] = {
+            "min_size": pool_min,
+            "max_size": pool_max,
+            "timeout": pool_timeout,
+        }
         self._cache: SchemaCache | None = None
         self._cache_lock = threading.Lock()
         #: The statement of each call shape, for the schema cache in use (cleared on reload).
-        self._statements: dict[Call, bytes] = {}
+        self._statements: dict[Call, Statement] = {}
+        #: Bumped by every reload: a connection's statements of an older schema cache are
+        #: deallocated before it prepares this one's (so their number stays bounded).
+        self._generation = 0
+        #: Statement names, never reused (``next`` on a count is atomic, for the WSGI threads).
+        self._names = itertools.count()
+        #: Per connection: the generation its prepared statements belong to, and their names.
+        self._prepared: weakref.WeakKeyDictionary[Any, tuple[int, set[str]]] = (
+            weakref.WeakKeyDictionary()
+        )
         self._search_path = ", ".join(
             sql.Identifier(s).as_string()
             for s in dict.fromkeys((*self.schemas, *EXTRA_SEARCH_PATH))
@@ -105,11 +134,18 @@ class Gateway:
     def close(self) -> None:
         self.pool.close()
 
+    async def close_async(self) -> None:
+        """Release ``serve``'s pool (on the loop that served); ``close()`` releases the other."""
+        if self._async_pool is not None:
+            await self._async_pool.close()
+            self._async_pool = None
+
     def reload(self) -> SchemaCache:
         """Re-read the function signatures (PostgREST's ``NOTIFY pgrst, 'reload schema'``)."""
         with self._cache_lock, self._connection() as conn:
             self._cache = SchemaCache.load(conn, self.schemas)
             self._statements = {}
+            self._generation += 1
             return self._cache
 
     def schema_cache(self) -> SchemaCache:
@@ -122,6 +158,30 @@ class Gateway:
                 yield conn
         except PoolTimeout as exc:
             raise self._acquisition_error() from exc
+
+    @asynccontextmanager
+    async def _async_connection(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
+        pool = self._async_pool or await self._open_async_pool()
+        try:
+            async with pool.connection() as conn:
+                yield conn
+        except PoolTimeout as exc:
+            raise await asyncio.to_thread(self._acquisition_error) from exc
+
+    async def _open_async_pool(self) -> AsyncConnectionPool:
+        async with self._async_pool_lock:  # the first requests may arrive together
+            if self._async_pool is None:
+                pool = AsyncConnectionPool(
+                    self.authenticator_uri,
+                    **self._pool_options,
+                    open=False,
+                    kwargs={"autocommit": True},  # as the sync pool's: one implicit transaction
+                    check=_check_if_ended_async,
+                    name="rest-gateway-async",
+                )
+                await pool.open(wait=False)
+                self._async_pool = pool
+            return self._async_pool
 
     def _acquisition_error(self) -> ApiError:
         # Tell "the database is down" (503) from "the pool is busy" (504) as PostgREST does.
@@ -137,20 +197,81 @@ class Gateway:
             )
         return ApiError(504, "PGRST003", "Timed out acquiring connection from connection pool.")
 
-    # WSGI
+    # the request path, shared by WSGI (__call__) and asyncio (serve)
 
     def __call__(self, environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
         request = Request(environ)
         try:
-            response = self.dispatch(request)
+            response = self._handle(request)
         except ApiError as exc:
             response = exc.response()
         except Exception:
-            log.exception("gateway error on %s %s", request.method, request.path)
-            response = ApiError(500, "XX000", "Internal gateway error").response()
+            response = _unexpected(request)
         return response(environ, start_response)
 
-    def dispatch(self, request: Request) -> Response:
+    def _handle(self, request: Request) -> Response:
+        parsed = self.parse(request)
+        if isinstance(parsed, Response):
+            return parsed
+        try:
+            planned = self.plan(request, parsed, self.schema_cache())
+        except ApiError as exc:
+            if exc.code != "PGRST202":
+                raise
+            # The function may be new since the cache was read: look once more.
+            planned = self.plan(request, parsed, self.reload())
+        with self._connection() as conn:
+            try:
+                text, page_total = run_call(
+                    conn, self._executable(planned.call, conn), *planned.arguments, **planned.mode
+                )
+            except psycopg.Error as exc:
+                raise postgres_error(exc, planned.identity.role) from None
+        return respond(planned, text, page_total)
+
+    async def serve(self, environ: dict[str, Any], body: bytes | None = None) -> Response:
+        """``__call__``'s answer on the running event loop, without a thread per request.
+
+        The call runs on an asyncio connection (psycopg's ``AsyncConnectionPool``): handing
+        each request to a worker thread, as a WSGI bridge does, cost the local Supabase server
+        about as much CPU as the rest of the request's Python work together. Only the rare
+        schema reload (a sync catalogue read) runs in a thread. ``body``: the request's body when
+        the server read it already (see ``arguments``).
+        """
+        request = Request(environ)
+        try:
+            return await self._serve(request, body)
+        except ApiError as exc:
+            return exc.response()
+        except Exception:
+            return _unexpected(request)
+
+    async def _serve(self, request: Request, body: bytes | None) -> Response:
+        parsed = self.parse(request, body)
+        if isinstance(parsed, Response):
+            return parsed
+        try:
+            cache = self._cache
+            if cache is None:
+                cache = await asyncio.to_thread(self.schema_cache)
+            planned = self.plan(request, parsed, cache)
+        except ApiError as exc:
+            if exc.code != "PGRST202":
+                raise
+            planned = self.plan(request, parsed, await asyncio.to_thread(self.reload))
+        async with self._async_connection() as conn:
+            try:
+                statement = await self._executable_async(planned.call, conn)
+                text, page_total = await run_call_async(
+                    conn, statement, *planned.arguments, **planned.mode
+                )
+            except psycopg.Error as exc:
+                raise postgres_error(exc, planned.identity.role) from None
+        return respond(planned, text, page_total)
+
+    def parse(self, request: Request, body: bytes | None = None) -> Response | Parsed:
+        """Everything a request says before the schema cache is read: the route, the API key,
+        the identity, the schema and the arguments (or the answer, for the readiness path)."""
         path = request.path.rstrip("/")
         if path == REST_PREFIX and request.method in ("GET", "HEAD"):
             ready = {"service": "rest-gateway", "schemas": list(self.schemas)}
@@ -163,9 +284,6 @@ class Gateway:
             raise ApiError(404, "PGRST125", f"Invalid path specified in request URL: {path}")
         if request.method not in ("POST", "GET"):
             raise ApiError(405, "PGRST117", f"Unsupported HTTP method: {request.method}")
-        return self.rpc(request, path[len(prefix) :])
-
-    def rpc(self, request: Request, name: str) -> Response:
         identity = self.auth.identify(request.headers)
         profile_header = "Content-Profile" if request.method == "POST" else "Accept-Profile"
         schema = request.headers.get(profile_header) or self.schemas[0]
@@ -175,22 +293,13 @@ class Gateway:
                 "PGRST106",
                 "The schema must be one of the following: " + ", ".join(self.schemas),
             )
-        body, body_text = arguments(request, self.max_body_bytes)
-        keys = frozenset(body)
-        cache = self.schema_cache()
-        try:
-            call = resolve(cache, schema, name, keys)
-        except ApiError as exc:
-            if exc.code != "PGRST202":
-                raise
-            # The function may be new since the cache was read: look once more.
-            call = resolve(self.reload(), schema, name, keys)
-            cache = self.schema_cache()
-        return self._execute(request, identity, cache, call, body_text)
+        given, body_text = arguments(request, self.max_body_bytes, body)
+        return Parsed(identity, schema, path[len(prefix) :], frozenset(given), body_text)
 
-    def _execute(
-        self, request: Request, identity: Identity, cache: SchemaCache, call: Call, body: str
-    ) -> Response:
+    def plan(self, request: Request, parsed: Parsed, cache: SchemaCache) -> Planned:
+        """The function to call and the transaction's settings (PGRST202: not in ``cache``)."""
+        call = resolve(cache, parsed.schema, parsed.name, parsed.keys)
+        identity = parsed.identity
         routine = call.routine
         request_settings = (
             self._search_path,
@@ -198,7 +307,7 @@ class Gateway:
             json.dumps(identity.claims),
             request.method,
             request.path.removeprefix(REST_PREFIX),
-            json.dumps({k.lower(): v for k, v in request.headers.items()}),
+            _headers_document(request.environ),
             json.dumps(dict(request.cookies)),
         )
         # PostgREST's order (Query.setPgLocals): the role's settings, then the role and the
@@ -208,32 +317,130 @@ class Gateway:
             *zip(REQUEST_SETTINGS, request_settings, strict=True),
             *routine.settings,
         )
-        with self._connection() as conn:
-            try:
-                text, page_total = run_call(
-                    conn,
-                    self._statement(call, conn),
-                    settings,
-                    body,
-                    isolation=routine.isolation or cache.role_isolation.get(identity.role),
-                    read_only=request.method == "GET" or not routine.volatile,
-                )
-            except psycopg.Error as exc:
-                raise postgres_error(exc, identity.role) from None
-        headers = {"Content-Range": content_range(page_total)}
-        if routine.returns is ReturnKind.VOID:
-            empty = Response(status=204, headers=headers)
-            del empty.headers["Content-Type"]
-            return empty
-        return Response(text, 200, headers, content_type=JSON_CONTENT_TYPE)
+        return Planned(
+            identity,
+            call,
+            settings,
+            parsed.body_text,
+            isolation=routine.isolation or cache.role_isolation.get(identity.role),
+            read_only=request.method == "GET" or not routine.volatile,
+        )
 
-    def _statement(self, call: Call, conn: psycopg.Connection[Any]) -> bytes:
-        """``call_sql``'s text, composed once per function and set of argument names."""
+    def _statement(self, call: Call, conn: AdaptContext) -> Statement:
+        """The call's ``Statement``, composed once per function and set of argument names."""
         statement = self._statements.get(call)
         if statement is None:
-            statement = call_sql(call, self.max_rows).as_bytes(conn)
+            name = f"pgrst_{next(self._names)}"
+            statement = Statement.compose(name, call, self.max_rows, conn)
             self._statements[call] = statement
         return statement
+
+    def _to_prepare(self, call: Call, conn: Any) -> tuple[Statement, set[str], bytes | None]:
+        """The statement; the names ``conn`` has prepared; what to send first (None: nothing,
+        else the ``PREPARE``, after a ``DEALLOCATE`` of each of ``conn``'s statements of an
+        older schema cache; only ours: psycopg may hold prepared statements of its own)."""
+        statement = self._statement(call, conn)
+        generation, names = self._prepared.get(conn, (self._generation, set()))
+        if statement.name in names:
+            return statement, names, None
+        first = statement.prepare
+        if generation != self._generation:
+            stale = b"".join(b'deallocate "' + n.encode() + b'"; ' for n in sorted(names))
+            first = stale + first
+            names = set()
+        self._prepared[conn] = (self._generation, names)
+        return statement, names, first
+
+    def _executable(self, call: Call, conn: psycopg.Connection[Any]) -> bytes:
+        """What ``run_call`` sends for the call on ``conn``: ``EXECUTE`` of the statement,
+        prepared first if ``conn`` has not; its text if ``conn`` cannot prepare it."""
+        statement, names, first = self._to_prepare(call, conn)
+        if first is not None:
+            try:
+                conn.execute(first)
+            except psycopg.Error:
+                return statement.text  # the call itself reports what is wrong
+            names.add(statement.name)
+        return statement.execute
+
+    async def _executable_async(self, call: Call, conn: psycopg.AsyncConnection[Any]) -> bytes:
+        """``_executable`` on an asyncio connection."""
+        statement, names, first = self._to_prepare(call, conn)
+        if first is not None:
+            try:
+                await conn.execute(first)
+            except psycopg.Error:
+                return statement.text
+            names.add(statement.name)
+        return statement.execute
+
+
+@dataclass(frozen=True)
+class Parsed:
+    """What ``Gateway.parse`` read from a request to ``/rest/v1/rpc/<name>``."""
+
+    identity: Identity
+    schema: str
+    name: str
+    keys: frozenset[str]  #: the argument names given
+    body_text: str  #: the arguments' JSON text, as Postgres reads it
+
+
+@dataclass(frozen=True)
+class Planned:
+    """A call ready to run: ``run_call``'s arguments."""
+
+    identity: Identity
+    call: Call
+    settings: tuple[tuple[str, str], ...]
+    body_text: str
+    isolation: str | None
+    read_only: bool
+
+    @property
+    def arguments(self) -> tuple[tuple[tuple[str, str], ...], str]:
+        return self.settings, self.body_text
+
+    @property
+    def mode(self) -> dict[str, Any]:
+        return {"isolation": self.isolation, "read_only": self.read_only}
+
+
+def respond(planned: Planned, text: str, page_total: int) -> Response:
+    headers = {"Content-Range": content_range(page_total)}
+    if planned.call.routine.returns is ReturnKind.VOID:
+        empty = Response(status=204, headers=headers)
+        del empty.headers["Content-Type"]
+        return empty
+    return Response(text, 200, headers, content_type=JSON_CONTENT_TYPE)
+
+
+def _headers_document(environ: dict[str, Any]) -> str:
+    """PostgREST's ``request.headers``: each header under its lower-case name.
+
+    The headers as werkzeug's ``EnvironHeaders`` lists them (``HTTP_*`` but the two that WSGI
+    keeps unprefixed, then ``CONTENT_TYPE`` and ``CONTENT_LENGTH`` when set), read from the
+    environ at once: through ``EnvironHeaders`` (title-cased, then lowered) it cost as much as
+    the rest of ``plan``.
+    """
+    headers: dict[str, str] = {}
+    for key, value in environ.items():
+        if key.startswith("HTTP_"):
+            if key not in _UNPREFIXED:
+                headers[key[5:].replace("_", "-").lower()] = value
+        elif key in _PREFIXLESS and value:
+            headers[key.replace("_", "-").lower()] = value
+    return json.dumps(headers)
+
+
+#: The environ keys of the two headers WSGI keeps without the ``HTTP_`` prefix.
+_PREFIXLESS = frozenset({"CONTENT_TYPE", "CONTENT_LENGTH"})
+_UNPREFIXED = frozenset({"HTTP_CONTENT_TYPE", "HTTP_CONTENT_LENGTH"})
+
+
+def _unexpected(request: Request) -> Response:
+    log.exception("gateway error on %s %s", request.method, request.path)
+    return ApiError(500, "XX000", "Internal gateway error").response()
 
 
 def _check_if_ended(conn: psycopg.Connection[Any]) -> None:
@@ -247,3 +454,10 @@ def _check_if_ended(conn: psycopg.Connection[Any]) -> None:
     readable, _, _ = select.select([conn.pgconn.socket], [], [], 0)
     if readable:
         ConnectionPool.check_connection(conn)
+
+
+async def _check_if_ended_async(conn: psycopg.AsyncConnection[Any]) -> None:
+    """``_check_if_ended`` for the asyncio pool."""
+    readable, _, _ = select.select([conn.pgconn.socket], [], [], 0)
+    if readable:
+        await AsyncConnectionPool.check_connection(conn)

@@ -15,8 +15,13 @@ from werkzeug.wrappers import Request
 from infra.local.gateway.errors import ApiError
 
 
-def arguments(request: Request, max_body_bytes: int) -> tuple[dict[str, Any], str]:
+def arguments(
+    request: Request, max_body_bytes: int, body: bytes | None = None
+) -> tuple[dict[str, Any], str]:
     """The parsed arguments, and the JSON text handed to Postgres.
+
+    ``body``: the request's body when the server has read it already (``RestApp`` reads it on
+    the event loop, to at most one byte past the bound); else it is read from the request.
 
     As PostgREST (``JsonArgs (payRaw …)``), the body's own text goes to Postgres once it
     parsed as strict UTF-8 JSON: numbers keep their digits (``1e999`` included), and
@@ -25,7 +30,11 @@ def arguments(request: Request, max_body_bytes: int) -> tuple[dict[str, Any], st
     if request.method == "GET":
         args = request.args.to_dict()
         return args, json.dumps(args)
-    raw = read_body(request, max_body_bytes)
+    raw = (
+        read_body(request, max_body_bytes)
+        if body is None
+        else bounded(request, body, max_body_bytes)
+    )
     if not raw.strip():
         return {}, "{}"
     invalid = ApiError(400, "PGRST102", "Empty or invalid json")
@@ -41,14 +50,25 @@ def arguments(request: Request, max_body_bytes: int) -> tuple[dict[str, Any], st
     return body, text
 
 
-def read_body(request: Request, limit: int) -> bytes:
-    """The body, refused on its declared length before reading, and read only to the limit."""
-    too_large = ApiError(
+def _too_large(limit: int) -> ApiError:
+    return ApiError(
         413,
         "PGRST102",
         "Request body too large",
         details=f"The gateway accepts at most {limit} bytes",
     )
+
+
+def bounded(request: Request, body: bytes, limit: int) -> bytes:
+    """A body read already, refused as ``read_body`` refuses it (its declared length first)."""
+    if (request.content_length is not None and request.content_length > limit) or len(body) > limit:
+        raise _too_large(limit)
+    return body
+
+
+def read_body(request: Request, limit: int) -> bytes:
+    """The body, refused on its declared length before reading, and read only to the limit."""
+    too_large = _too_large(limit)
     if request.content_length is not None and request.content_length > limit:
         raise too_large
     chunks: list[bytes] = []

@@ -1,8 +1,10 @@
-"""Serving the gateway on its own: a threaded WSGI server on a background thread, and the CLI.
+"""Serving the gateway on its own, on a background thread, and the CLI.
 
 The local stack serves the gateway under uvicorn with Auth and Realtime
-(``infra.local.supabase_server``); ``start_gateway`` serves it alone, for tests and for
-``python -m infra.local.gateway --db-uri URI --jwt-secret SECRET``.
+(``infra.local.supabase_server``: ``RestApp``, the call made on the event loop); ``start_gateway``
+serves it alone, for tests and for ``python -m infra.local.gateway --db-uri URI --jwt-secret
+SECRET``: as a WSGI application under werkzeug's threaded server, or with ``asgi=True`` as the
+local stack serves it (``RestApp`` under uvicorn with httptools).
 """
 
 from __future__ import annotations
@@ -11,13 +13,16 @@ import argparse
 import logging
 import socket
 import threading
+import time
 from collections.abc import Sequence
 from contextlib import AbstractContextManager, suppress
 from typing import Any, TypedDict, Unpack
 
+import uvicorn
 from werkzeug.serving import ThreadedWSGIServer, WSGIRequestHandler
 
 from infra.local.gateway.app import Gateway, log
+from infra.local.gateway.asgi import RestApp
 from infra.local.gateway.config import DEFAULT_PORT, REST_PREFIX
 
 
@@ -72,12 +77,47 @@ class _Server(ThreadedWSGIServer):
                 conn.shutdown(socket.SHUT_RDWR)
 
 
+class _UvicornServer:
+    """``RestApp`` under uvicorn (httptools, as the local Supabase server) on its own loop and
+    thread, with ``_Server``'s surface; its lifespan shutdown releases the gateway's pools."""
+
+    def __init__(self, host: str, port: int, app: Gateway) -> None:
+        self._socket = socket.create_server((host, port))
+        self.server_address = self._socket.getsockname()
+        config = uvicorn.Config(
+            RestApp(app),
+            http="httptools",
+            lifespan="on",
+            log_level="warning",
+            log_config=None,  # leave the host process's logging as it is
+            timeout_keep_alive=60,  # as the local Supabase server
+        )
+        self._server = uvicorn.Server(config)
+
+    def serve_forever(self, poll_interval: float = 0.1) -> None:
+        del poll_interval  # uvicorn's own tick
+        self._server.run(sockets=[self._socket])
+
+    def wait_started(self, thread: threading.Thread, timeout_s: float = 30) -> None:
+        deadline = time.monotonic() + timeout_s
+        while not self._server.started:
+            if not thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("the gateway's uvicorn server did not start")
+            time.sleep(0.01)
+
+    def shutdown(self) -> None:
+        self._server.should_exit = True  # it ends idle keep-alive connections on the way out
+
+    def close_open_connections(self) -> None:
+        pass  # uvicorn's shutdown does
+
+
 class GatewayHandle(AbstractContextManager["GatewayHandle", None]):
     """A gateway serving on a background thread; ``stop()`` (or ``with``) shuts it down."""
 
-    def __init__(self, app: Gateway, host: str, port: int) -> None:
+    def __init__(self, app: Gateway, host: str, port: int, *, asgi: bool = False) -> None:
         self.app = app
-        self._server = _Server(host, port, app)
+        self._server = _UvicornServer(host, port, app) if asgi else _Server(host, port, app)
         self.port: int = self._server.server_address[1]
         self.url = f"http://{host}:{self.port}"
         self._thread = threading.Thread(
@@ -87,6 +127,8 @@ class GatewayHandle(AbstractContextManager["GatewayHandle", None]):
             daemon=True,
         )
         self._thread.start()
+        if isinstance(self._server, _UvicornServer):
+            self._server.wait_started(self._thread)
         self._stopped = False
 
     def stop(self) -> None:
@@ -112,12 +154,15 @@ def start_gateway(
     jwt_secret: str,
     host: str = "127.0.0.1",
     port: int = 0,
+    *,
+    asgi: bool = False,
     **options: Unpack[GatewayOptions],
 ) -> GatewayHandle:
-    """Serve the gateway on ``host:port`` (0: a free port) in a background thread."""
+    """Serve the gateway on ``host:port`` (0: a free port) in a background thread: as a WSGI
+    application, or with ``asgi`` as the local Supabase server serves it (``RestApp``)."""
     app = Gateway(db_uri, jwt_secret, **options)
     try:
-        return GatewayHandle(app, host, port)
+        return GatewayHandle(app, host, port, asgi=asgi)
     except BaseException:
         app.close()
         raise

@@ -1,0 +1,124 @@
+"""The gateway as an ASGI application: the request's body read on the event loop, the call
+made there (``Gateway.serve``), the answer sent.
+
+The body is read as the gateway reads it behind PostgREST: a declared ``Content-Length`` over
+``max_body_bytes`` is passed on unread (the gateway answers 413 from the header), a longer
+chunked body is read only to one byte past the limit, and a body the client abandoned (it
+disconnected before its end) never reaches the gateway, so no RPC runs on half a request.
+
+The request reaches the gateway as the WSGI environ it would get from a WSGI server (one
+parsing of headers, query and cookies for both ways of serving it); its responses are small
+JSON documents, so they are sent whole.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import sys
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+from infra.local.gateway.app import Gateway
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+
+class RestApp:
+    """``gateway`` served from ASGI; a ``lifespan`` shutdown releases its pools."""
+
+    def __init__(self, gateway: Gateway) -> None:
+        self.gateway = gateway
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await self.lifespan(receive, send)
+            return
+        body = await read_body(scope, receive, self.gateway.max_body_bytes)
+        if body is None:
+            return  # the client left mid-body: nobody to answer, nothing to run
+        env = environ(scope, body)
+        response = await self.gateway.serve(env, body)
+        # as a WSGI server would send it (werkzeug settles the headers for the status here)
+        chunks, status, wsgi_headers = response.get_wsgi_response(env)
+        headers = [(k.lower().encode(), v.encode("latin1")) for k, v in wsgi_headers]
+        start = {"type": "http.response.start", "status": int(status.split(" ", 1)[0])}
+        await send({**start, "headers": headers})
+        await send({"type": "http.response.body", "body": b"".join(chunks)})
+
+    async def lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await self.close()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    async def close(self) -> None:
+        await self.gateway.close_async()
+        await asyncio.to_thread(self.gateway.close)
+
+
+async def read_body(scope: Scope, receive: Receive, limit: int | None) -> bytes | None:
+    """The request's body (None: the client disconnected before its end), read to ``limit``."""
+    declared = _declared_length(scope)
+    if limit is not None and declared is not None and declared > limit:
+        return b""  # the gateway refuses it from the declared length; nothing is read
+    body = bytearray()
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return None
+        body += message.get("body", b"")
+        if limit is not None and len(body) > limit:
+            return bytes(body[: limit + 1])
+        if not message.get("more_body"):
+            return bytes(body)
+
+
+def _declared_length(scope: Scope) -> int | None:
+    for name, value in scope["headers"]:
+        if name.lower() == b"content-length" and value.strip().isdigit():
+            return int(value)
+    return None
+
+
+def environ(scope: Scope, body: bytes) -> dict[str, Any]:
+    """The WSGI environ of an ASGI HTTP request whose body was read (PEP 3333)."""
+    server = scope.get("server") or ("127.0.0.1", 80)
+    client = scope.get("client") or ("127.0.0.1", 0)
+    env: dict[str, Any] = {
+        "REQUEST_METHOD": scope["method"],
+        "SCRIPT_NAME": "",
+        "PATH_INFO": scope["path"].encode("utf8").decode("latin1"),
+        "QUERY_STRING": scope["query_string"].decode("latin1"),
+        "SERVER_PROTOCOL": f"HTTP/{scope['http_version']}",
+        "SERVER_NAME": server[0],
+        "SERVER_PORT": str(server[1]),
+        "REMOTE_ADDR": client[0],
+        # a declared length not read (over the limit) is passed on as declared
+        "CONTENT_LENGTH": str(len(body) if body else (_declared_length(scope) or 0)),
+        "wsgi.version": (1, 0),
+        "wsgi.url_scheme": scope.get("scheme", "http"),
+        "wsgi.input": io.BytesIO(body),
+        "wsgi.errors": sys.stderr,
+        "wsgi.multithread": False,
+        "wsgi.multiprocess": False,
+        "wsgi.run_once": False,
+    }
+    for raw_name, raw_value in scope["headers"]:
+        name = raw_name.decode("latin1").upper().replace("-", "_")
+        value = raw_value.decode("latin1")
+        if name == "CONTENT_TYPE":
+            env["CONTENT_TYPE"] = value
+        elif name not in ("CONTENT_LENGTH", "TRANSFER_ENCODING"):
+            # the body is de-chunked and its length stated (a WSGI app given "chunked" with no
+            # terminated input would read an empty body)
+            key = f"HTTP_{name}"
+            env[key] = f"{env[key]},{value}" if key in env else value
+    return env

@@ -705,10 +705,13 @@ def run_all(
     # they stay queued and idle) so the job figures below measure only their own jobs.
     tasks.purge_queue(name=stack.queue_path)
     tasks.resume_queue(name=stack.queue_path)
-    if "jobs" in parts:
-        results["jobs"] = jobs_part(stack, http, pids, postmaster, jobs=jobs, quick=quick)
+    # The peer first: the jobs part ends with a Realtime watcher, whose change capture (as
+    # the real server's) lingers for minutes after the watcher left and would decode the
+    # peer's WAL too, counted as the peer's Postgres CPU.
     if "peer" in parts:
         results["peer"] = peer_part(stack, postmaster, quick=quick)
+    if "jobs" in parts:
+        results["jobs"] = jobs_part(stack, http, pids, postmaster, jobs=jobs, quick=quick)
     return results
 
 
@@ -762,8 +765,9 @@ def jobs_part(
     )
     say(f"  the same burst, nobody polling     CPU per job {quiet['cpuMsPerJob']}")
     say(
-        f"  queue's own CPU per job            {result['queueOwnCpuMsPerJob']} ms"
-        f" (with the poller beside: {result['queueOwnCpuMsPerJobWithPoller']} ms)"
+        f"  queue's own CPU per job            {result['queueOwnCpuMsPerJob']} ms, nobody"
+        f" polling or watching, as the peer (with the poller beside:"
+        f" {result['queueOwnCpuMsPerJobWithPoller']} ms)"
     )
     rt = result["realtimeWatcher"]
     say(f"  the same, one Realtime watcher     CPU per job {rt['cpuMsPerJob']}")

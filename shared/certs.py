@@ -26,6 +26,10 @@ import google.auth.transport
 
 #: the least time between two fetches forced by an unknown key id
 REFETCH_COOLDOWN_S = 30.0
+#: a fetch's timeout when google-auth gives none (``_fetch_certs`` passes none; requests'
+#: transport then waited 120 s): a stalled endpoint is a 503 the task retries, not a
+#: processor request held until its dispatch deadline
+FETCH_TIMEOUT_S = 10.0
 _MAX_AGE = re.compile(r"(?:^|,)\s*max-age\s*=\s*(\d+)", re.IGNORECASE)
 _NO_STORE = re.compile(r"(?:^|,)\s*(?:no-store|no-cache)\b", re.IGNORECASE)
 
@@ -41,9 +45,12 @@ def max_age(cache_control: str | None) -> int:
 class CachingRequest(google.auth.transport.Request):
     """A ``google.auth.transport.Request`` that keeps cacheable GET answers (thread-safe)."""
 
-    def __init__(self, inner: Any, clock: Any = time.monotonic) -> None:
+    def __init__(
+        self, inner: Any, clock: Any = time.monotonic, fetch_timeout_s: float = FETCH_TIMEOUT_S
+    ) -> None:
         self._inner = inner
         self._clock = clock
+        self._fetch_timeout_s = fetch_timeout_s
         self._lock = threading.Lock()
         self._kept: dict[str, tuple[float, Any]] = {}
         self._forced: dict[str, float] = {}
@@ -58,6 +65,8 @@ class CachingRequest(google.auth.transport.Request):
         timeout: Any = None,
         **kwargs: Any,
     ) -> Any:
+        if timeout is None:
+            timeout = self._fetch_timeout_s
         if method != "GET" or body is not None:
             return self._inner(url, method=method, body=body, headers=headers, timeout=timeout)
         now = self._clock()

@@ -55,10 +55,14 @@ def dump_json(body: Any) -> str:
     """The API's JSON: compact, UTF-8 as is.
 
     Written by pydantic-core's serializer (``to_json``), which writes what
-    ``json.dumps(body, ensure_ascii=False, separators=(",", ":"))`` writes (floats may differ
-    in spelling only: ``1e-7`` for ``1e-07``) at about a quarter of the CPU: 0.18 vs 0.64 ms
-    for a finished job's 74 KB report. What it refuses (a lone surrogate, an unknown type)
-    goes to ``json.dumps``, so nothing is answered differently than before."""
+    ``json.dumps(body, ensure_ascii=False, separators=(",", ":"))`` writes for the JSON types
+    the handlers pass (dicts with str keys, lists, str, int, float, bool, None; floats may
+    differ in spelling only: ``1e-7`` for ``1e-07``) at about a quarter of the CPU: 0.18 vs
+    0.64 ms for a finished job's 74 KB report. What it refuses (a lone surrogate) goes to
+    ``json.dumps``. Beyond those types the two differ (pydantic-core writes datetimes, UUIDs,
+    sets; ``json.dumps`` raises): the handlers convert such values first (``shared.jobs``'
+    wire models). A float's spelling changes the ETag of the same job between this release
+    and the previous one, so during a rollout a poller may get one 200 instead of a 304."""
     try:
         return pydantic_core.to_json(body).decode()
     except pydantic_core.PydanticSerializationError:

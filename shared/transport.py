@@ -173,6 +173,8 @@ def _exchange(
     body = request.stream if chunked else request.read()
     with _mapped(httpx.WriteTimeout, httpx.WriteError):
         sock.settimeout(timeouts.get("write"))
+        # http.client refuses a header value with a line break (ValueError): httpx's own
+        # transport raises LocalProtocolError for it (h11), an httpx.HTTPError like the rest
         connection.putrequest(
             request.method, request.url.raw_path.decode("ascii"), True, True
         )  # skip_host, skip_accept_encoding: httpx wrote both headers already
@@ -183,6 +185,12 @@ def _exchange(
         sock.settimeout(timeouts.get("read"))
         response = connection.getresponse()
         body = response.read()
+    if 100 <= response.status < 200:
+        # http.client skips only 100 Continue; another 1xx (103 Early Hints) would come back as
+        # the answer while the real one waits unread on the socket, to be read by the next
+        # request on this connection. Neither PostgREST nor Supabase's edge sends one; should
+        # one come, the caller sees a protocol error and the connection is closed, not pooled.
+        raise httpx.RemoteProtocolError(f"unexpected informational response {response.status}")
     return response, body
 
 
@@ -217,3 +225,6 @@ def _mapped(
         raise httpx.RemoteProtocolError(str(exc) or type(exc).__name__) from exc
     except OSError as exc:  # refused, reset, unreachable, TLS failure
         raise failure(str(exc) or type(exc).__name__) from exc
+    except ValueError as exc:  # an illegal header in the request (a TLS verify error is an
+        # OSError and a ValueError: caught above, as the ConnectError it is)
+        raise httpx.LocalProtocolError(str(exc)) from exc

@@ -298,11 +298,12 @@ def test_a_connection_the_worker_closed_while_idle_is_not_used_again(
     wait_until(lambda: gone(client, second.name), "the second task to be removed")
 
 
-def test_a_request_dropped_on_a_reused_connection_is_sent_again_on_a_new_one(
+def test_a_request_the_worker_read_and_dropped_on_a_reused_connection_is_a_failed_attempt(
     client: tasks_v2.CloudTasksClient, target: Target
 ) -> None:
-    # The server closing a kept-alive connection just as the next request goes out on it:
-    # nothing was answered, so the same attempt goes out once more on a new connection.
+    # The worker read the whole request, then closed the kept-alive connection without an
+    # answer: it may have run it, so this is a failed attempt, retried with backoff and counted
+    # (X-CloudTasks-TaskRetryCount 1), as Cloud Tasks counts it - never sent again at once.
     target.keep_alive_s = 30.0
     target.behaviour = lambda received, index: Reply(drop=index == 1)
     queue_name = new_queue(client, "dropped")
@@ -313,7 +314,7 @@ def test_a_request_dropped_on_a_reused_connection_is_sent_again_on_a_new_one(
     second = client.create_task(parent=queue_name, task=http_task(target.url))
     received = target.wait_for(3)
 
-    assert [r.headers["x-cloudtasks-taskretrycount"] for r in received[1:]] == ["0", "0"]
+    assert [r.headers["x-cloudtasks-taskretrycount"] for r in received[1:]] == ["0", "1"]
     assert received[1].client_port == received[0].client_port
     assert received[2].client_port != received[1].client_port
     wait_until(lambda: gone(client, second.name), "the second task to be removed")

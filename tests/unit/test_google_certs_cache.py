@@ -79,6 +79,22 @@ def test_an_unknown_key_id_is_refused_and_forces_at_most_one_fetch_per_cooldown(
     assert transport.forget(url) is True
 
 
+def test_a_certificate_endpoint_that_never_answers_times_out() -> None:
+    # google-auth's _fetch_certs passes no timeout; without one this waited forever
+    import socket
+
+    import google.auth.exceptions
+
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()  # accepts (the kernel does), never answers
+        url = f"http://127.0.0.1:{listener.getsockname()[1]}/oauth2/v1/certs"
+        transport = CachingRequest(google.auth.transport.requests.Request(), fetch_timeout_s=0.3)
+        token = OidcSigner().mint(service_account_email=INVOKER, audience=AUDIENCE)
+        with pytest.raises(google.auth.exceptions.TransportError):
+            _verify(transport, token, url)
+
+
 @pytest.mark.parametrize(
     ("header", "seconds"),
     [

@@ -85,6 +85,9 @@ class Handler(BaseHTTPRequestHandler):
         if mode == "drop":  # the request arrived; the connection dies before any answer
             self.close_connection = True
             return
+        if mode == "early-hints":  # 103 first, then the real answer on the same connection
+            self.wfile.write(b"HTTP/1.1 103 Early Hints\r\nLink: </a>; rel=preload\r\n\r\n")
+            self.wfile.flush()
         if mode == "gather":
             self.server.together.wait(10)
         if mode == "silent":
@@ -183,6 +186,25 @@ def test_a_request_the_server_read_and_then_dropped_fails_and_is_never_resent() 
         with client() as http, pytest.raises(httpx.RemoteProtocolError):
             http.post(server.url, json={"create": "once"})
         assert server.requests == [b'{"create":"once"}']
+
+
+def test_an_informational_answer_is_an_error_and_its_connection_is_never_reused() -> None:
+    # http.client would return the 103 as the answer and leave the real one on the socket for
+    # the next request to read: someone else's answer. Refused, and the connection dropped.
+    with serving("early-hints") as server, client() as http:
+        for n in range(2):
+            with pytest.raises(httpx.RemoteProtocolError, match="informational"):
+                http.post(server.url, json=n)
+        assert server.connections == 2
+
+
+def test_a_header_value_with_a_line_break_is_an_httpx_error_not_a_crash(
+    keepalive: Server,
+) -> None:
+    # e.g. a service key read from a secret file with its trailing newline
+    with client() as http, pytest.raises(httpx.LocalProtocolError):
+        http.post(keepalive.url, json=1, headers={"apikey": "key\nInjected: 1"})
+    assert keepalive.requests == []
 
 
 def test_a_server_that_never_answers_is_a_read_timeout() -> None:

@@ -197,9 +197,12 @@ class Connections:
 def send(dispatch: HttpDispatch, watch: SocketWatch, connections: Connections) -> AttemptOutcome:
     """Send one attempt; never raises for network trouble, which is an outcome like any other.
 
-    On a reused connection that the server closed before answering (it dropped the idle
-    connection as the request went out: nothing ran), the attempt is sent once more on a new
-    connection, as the function host's front does with its own pool."""
+    On a reused connection that the server had closed before the request was completely
+    written (it dropped the idle connection as the request went out: it cannot have run an
+    incomplete request), the attempt is sent once more on a new connection. Once the request
+    is written, a connection lost before the answer is a failed attempt, counted and retried
+    with backoff as Cloud Tasks does: the worker may have run it (Go's net/http resends a
+    non-idempotent request only on the same "nothing written" condition)."""
     try:
         origin, target = _origin_and_target(dispatch.url)
     except ValueError as error:
@@ -222,7 +225,8 @@ def send(dispatch: HttpDispatch, watch: SocketWatch, connections: Connections) -
             )
 
 
-#: What `_exchange` returns when the server closed the connection before any response byte.
+#: What `_exchange` returns when the server closed the connection before the request was
+#: completely written.
 _CLOSED_BEFORE_ANSWER = AttemptOutcome(None, RPC_UNAVAILABLE, "closed before answering")
 
 
@@ -242,16 +246,17 @@ def _exchange(
         # The socket object, not the connection: http.client drops `connection.sock` once a
         # response that closes the connection starts, while the body is still being read.
         watch(connection.sock)
-        connection.request(
-            dispatch.method, target, body=dispatch.body or None, headers=dict(dispatch.headers)
-        )
+        try:
+            connection.request(
+                dispatch.method, target, body=dispatch.body or None, headers=dict(dispatch.headers)
+            )
+        except (BrokenPipeError, ConnectionResetError):
+            return _CLOSED_BEFORE_ANSWER  # not completely written: it cannot have run
         response = connection.getresponse()
         response.read()
         keep = not response.will_close
     except TimeoutError:
         return deadline_exceeded(dispatch.deadline_s)
-    except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError):
-        return _CLOSED_BEFORE_ANSWER
     except (OSError, http.client.HTTPException) as error:
         return AttemptOutcome(None, RPC_UNAVAILABLE, f"{type(error).__name__}: {error}")
     finally:

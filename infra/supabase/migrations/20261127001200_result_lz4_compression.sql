@@ -9,6 +9,10 @@
 -- A server built without lz4 (older Supabase images, the embedded pgserver used locally)
 -- rejects SET COMPRESSION lz4, so the migration asks first and otherwise keeps the default.
 -- Only new values are affected: stored ones keep their compression and read back as before.
+-- SET COMPRESSION changes only the catalog (no rewrite) but takes an ACCESS EXCLUSIVE lock: it
+-- waits at most 5 s for a long transaction on ai_jobs instead of queueing every create, poll
+-- and claim behind it; a timed-out push is simply run again.
+set lock_timeout = '5s';
 do $$
 begin
   if exists (select from pg_settings
@@ -17,3 +21,4 @@ begin
   end if;
 end
 $$;
+reset lock_timeout;

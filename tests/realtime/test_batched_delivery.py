@@ -52,8 +52,7 @@ def test_several_users_in_one_poll_each_see_only_their_own_rows(
         ids = [str(r[0]) for r in rows]
         supabase_server.sql("update ai_jobs set progress = 10 where id = any(%s::uuid[])", ids)
         await until(lambda: len(listeners["service"].payloads()) == 12)
-        for user in users:
-            await until(lambda user=user: len(listeners[user].payloads()) == 4)
+        await until(lambda: all(len(listeners[u].payloads()) == 4 for u in users))
         await until(lambda: len(listeners["filtered"].payloads()) == 2)
         # a job of nobody listening, then a marker the anon channel cannot see either: the
         # service channel receiving the marker means every earlier change was decided

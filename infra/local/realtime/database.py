@@ -278,7 +278,8 @@ class RealtimeDatabase:
         exprs = [_columns_expr(schema, table) for schema, table in relations]
         async with self.pool.connection() as conn:
             values = await _all_values(
-                await conn.execute(_as_subscriber(claims, exprs), prepare=False)
+                await conn.execute(_as_subscriber(claims, exprs), prepare=False),
+                skip_first=True,
             )
         return {
             rel: {str(c[0]) for c in info["columns"]}
@@ -321,7 +322,8 @@ class RealtimeDatabase:
             plans.append(plan)
         async with self.pool.connection() as conn:
             answers = await _all_values(
-                await conn.execute(_as_subscriber(claims, exprs), prepare=False)
+                await conn.execute(_as_subscriber(claims, exprs), prepare=False),
+                skip_first=True,
             )
         by_relation = dict(zip(relations, answers, strict=False))
         return [plan.decide(by_relation, answers) for plan in plans]
@@ -460,19 +462,18 @@ def _as_subscriber(claims: dict[str, Any], exprs: list[sql.Composable]) -> sql.C
     )
 
 
-async def _all_values(cursor: Any) -> list[Any]:
-    """Every value of every single-row result of a message, the set_config one skipped."""
+async def _all_values(cursor: Any, *, skip_first: bool = False) -> list[Any]:
+    """Every value of every single-row result of a message (``skip_first``: the set_config
+    result of ``_as_subscriber``)."""
     values: list[Any] = []
+    skip = skip_first
     while True:
-        if cursor.description is not None and not _is_set_config(cursor):
+        if cursor.description is not None and not skip:
             row = await cursor.fetchone()
             values.extend(row or ())
+        skip = False
         if not cursor.nextset():
             return values
-
-
-def _is_set_config(cursor: Any) -> bool:
-    return [d.name for d in cursor.description] == ["set_config", "set_config"]
 
 
 def _filter_expr(

@@ -38,6 +38,9 @@ class Relation:
     replica_identity: str  # d default, f full, i index, n nothing
     columns: tuple[Column, ...]
 
+    def key_names(self) -> list[str]:
+        return [c.name for c in self.columns if c.is_key]
+
 
 @dataclass
 class Change:

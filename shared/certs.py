@@ -42,6 +42,11 @@ def max_age(cache_control: str | None) -> int:
     return int(found.group(1)) if found else 0
 
 
+def _age(header: str | None) -> int:
+    """The ``Age`` header's seconds (RFC 9111 5.1), 0 when absent or malformed."""
+    return int(header) if header and header.strip().isdigit() else 0
+
+
 class CachingRequest(google.auth.transport.Request):
     """A ``google.auth.transport.Request`` that keeps cacheable GET answers (thread-safe)."""
 
@@ -77,7 +82,8 @@ class CachingRequest(google.auth.transport.Request):
         response = self._inner(url, method="GET", headers=headers, timeout=timeout, **kwargs)
         self.fetches += 1
         lifetime = max_age(response.headers.get("Cache-Control")) if response.status == 200 else 0
-        if lifetime:
+        lifetime -= _age(response.headers.get("Age"))  # what a cache on the way already used
+        if lifetime > 0:
             _ = response.data  # read once now, so every later caller gets the same bytes
             with self._lock:
                 self._kept[url] = (now + lifetime, response)

@@ -215,3 +215,31 @@ def test_a_record_with_jsonb_values_is_what_to_jsonb_gives_for_the_row(
     assert record == row[1]
     assert list(record) == list(row[1])  # the same key order
     assert list(record["metadata"]) == list(row[1]["metadata"])
+
+
+def test_a_poller_that_died_leaves_no_slot_behind_when_capture_starts_again(
+    realtime: InProcessRealtime, db_uri: str
+) -> None:
+    server = realtime.realtime
+    deliver = server._deliver_poll
+    failures: list[int] = []
+
+    async def fail_once(transactions: Any) -> Any:
+        if transactions and not failures:
+            failures.append(1)
+            raise RuntimeError("a bug in delivery")  # the poller task ends with it
+        return await deliver(transactions)
+
+    server._deliver_poll = fail_once  # type: ignore[method-assign]
+    with realtime.socket() as first:
+        subscribe(first, "realtime:a", [JOBS_INSERT])
+        new_job(db_uri, "kills the poller")
+        wait_until(lambda: bool(failures) and not server.capturing, "the poller to die")
+        with realtime.socket() as second:
+            subscribe(second, "realtime:b", [JOBS_INSERT])  # capture starts again
+            restarted = slots(db_uri)
+            later = new_job(db_uri, "after the restart")
+            frames = receive_until(second, until_inserted(later))
+
+    assert restarted == 1, "the dead poller's slot was dropped, not left beside the new one"
+    assert inserted_ids(frames) == [later]

@@ -95,6 +95,41 @@ def test_a_certificate_endpoint_that_never_answers_times_out() -> None:
             _verify(transport, token, url)
 
 
+def test_an_answer_that_aged_in_a_cache_on_the_way_is_kept_only_for_what_is_left() -> None:
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Aged(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = b"{}"
+            self.send_response(200)
+            self.send_header("Cache-Control", "public, max-age=100")
+            self.send_header("Age", "90")  # a proxy held it for 90 s already
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Aged)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/certs"
+        clock = Clock()
+        transport = CachingRequest(google.auth.transport.requests.Request(), clock)
+        transport(url)
+        clock.now += 9
+        transport(url)
+        assert transport.fetches == 1
+        clock.now += 2  # 90 + 11 s old: stale
+        transport(url)
+        assert transport.fetches == 2
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
 @pytest.mark.parametrize(
     ("header", "seconds"),
     [

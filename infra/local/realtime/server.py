@@ -173,6 +173,10 @@ class RealtimeServer:
         async with self._capture_lock:
             if self.capturing:
                 return
+            if self.capture is not None:  # a poller that died: its slot and session go first
+                with contextlib.suppress(Exception):
+                    await self.capture.close()
+                self.capture = None
             capture = ChangeCapture(self.db_uri)
             await capture.open()
             self.capture = capture

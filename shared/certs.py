@@ -9,7 +9,7 @@ advantage of caching to reduce latency" (google-auth, ``google/oauth2/id_token.p
 ``CachingRequest`` is the ``google.auth.transport.Request`` handed to ``verify_token``: a GET
 answered 200 with ``Cache-Control: max-age=N`` (Google's certs endpoint sends public,
 max-age of several hours) is kept for N seconds and answered from memory; anything else goes
-to the wrapped transport as before. ``forget`` drops a URL's answer so a token signed with a
+to the wrapped transport as before. ``forget`` drops the kept answers so a token signed with a
 key the kept document lacks (a key Google started using after the fetch) is checked against a
 fresh document — at most once per ``REFETCH_COOLDOWN_S``, so made-up key ids cannot make
 every request a fetch.
@@ -58,7 +58,7 @@ class CachingRequest(google.auth.transport.Request):
         self._fetch_timeout_s = fetch_timeout_s
         self._lock = threading.Lock()
         self._kept: dict[str, tuple[float, Any]] = {}
-        self._forced: dict[str, float] = {}
+        self._forced_at = -REFETCH_COOLDOWN_S  # the clock may start near 0 (tests)
         self.fetches = 0  # answers that came from the network (tests and the bench read it)
 
     def __call__(
@@ -89,11 +89,14 @@ class CachingRequest(google.auth.transport.Request):
                 self._kept[url] = (now + lifetime, response)
         return response
 
-    def forget(self, url: str) -> bool:
-        """Drop ``url``'s kept answer; False (nothing dropped) within the cooldown."""
+    def forget(self) -> bool:
+        """Drop every kept answer, so the next check fetches afresh; False (nothing dropped)
+        within the cooldown. A process verifies against one certificates URL, so forgetting
+        all of it is forgetting that one."""
         now = self._clock()
         with self._lock:
-            if now - self._forced.get(url, -REFETCH_COOLDOWN_S) < REFETCH_COOLDOWN_S:
+            if now - self._forced_at < REFETCH_COOLDOWN_S:
                 return False
-            self._forced[url] = now
-            return self._kept.pop(url, None) is not None
+            self._forced_at = now
+            dropped, self._kept = bool(self._kept), {}
+            return dropped

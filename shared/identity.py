@@ -35,8 +35,6 @@ from shared.settings import Settings
 from shared.tasks import SECRET_HEADER
 
 ANONYMOUS = "anonymous"
-#: where google-auth's verify_token looks by default (google.oauth2.id_token)
-GOOGLE_CERTS_URL = "https://www.googleapis.com/oauth2/v1/certs"
 BFF_SECRET_HEADER = "X-BFF-Secret"
 _USER_ID = re.compile(r"^[A-Za-z0-9._:@|-]{1,128}$")
 
@@ -354,17 +352,19 @@ def _verify_oidc(request: flask.Request, settings: Settings, audience: str) -> N
     auth = request.headers.get("Authorization", "")
     if not auth.lower().startswith("bearer "):
         raise errors.Unauthorized("an OIDC bearer token is required")
-    certs_url = settings.oidc_certs_url or GOOGLE_CERTS_URL
+    kwargs: dict[str, Any] = {"audience": audience}
+    if settings.oidc_certs_url:
+        kwargs["certs_url"] = settings.oidc_certs_url
     transport = _google_transport()
     token = auth[7:].strip()
     try:
         try:
-            claims = id_token.verify_token(token, transport, audience, certs_url)
+            claims = id_token.verify_token(token, transport, **kwargs)
         except ValueError as exc:
             # a key newer than the kept certificates: look once more at a fresh document
-            if "Certificate for key id" not in str(exc) or not transport.forget(certs_url):
+            if "Certificate for key id" not in str(exc) or not transport.forget():
                 raise
-            claims = id_token.verify_token(token, transport, audience, certs_url)
+            claims = id_token.verify_token(token, transport, **kwargs)
     except ValueError as exc:
         raise errors.Unauthorized(
             "the OIDC token is not valid", details={"reason": str(exc)[:200]}

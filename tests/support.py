@@ -33,6 +33,7 @@ from infra.local.gateway import make_jwt
 from infra.local.host import free_port
 from infra.local.postgres import Postgres
 from infra.local.stack import LOCAL_JWT_SECRET, LocalStack, StackConfig
+from infra.local.tasks_emulator.oidc import CertsServer, OidcSigner
 from shared.jobs import FINAL_STATUSES
 from shared.settings import Settings
 
@@ -427,3 +428,16 @@ def start_local_supabase(pg: Postgres, template: str, log_dir: Path, *args: str)
     )
     _wait_ready(server)
     return server
+
+
+@contextmanager
+def google_certs() -> Iterator[tuple[OidcSigner, str]]:
+    """A signer of Google-style OIDC tokens and the URL of its certificates (the Cloud Tasks
+    emulator's certificate server, ``Cache-Control: public, max-age=3600`` as Google's)."""
+    signer = OidcSigner()
+    server = CertsServer(signer, "127.0.0.1")
+    server.start()
+    try:
+        yield signer, server.url
+    finally:
+        server.stop()

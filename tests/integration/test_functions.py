@@ -16,11 +16,11 @@ import shared.store
 import shared.tasks
 from infra.local.gateway import GatewayHandle, make_jwt
 from infra.local.host import free_port
-from infra.local.tasks_emulator.oidc import CertsServer, OidcSigner
+from infra.local.tasks_emulator.oidc import OidcSigner
 from shared.errors import ConfigError
 from shared.functions import CREATE, LIST, PROCESS, Function
 from shared.settings import get_settings
-from tests.support import JWT_SECRET, function_app
+from tests.support import JWT_SECRET, function_app, google_certs
 
 REPO = Path(__file__).resolve().parents[2]
 COMPLEX = "모든 서버 분석하고 최적화 리포트 만들어줘"
@@ -134,11 +134,8 @@ def test_anonymous_callers_can_be_refused(function: Client) -> None:
 
 @pytest.fixture
 def oidc() -> Iterator[tuple[OidcSigner, str]]:
-    signer = OidcSigner()
-    certs = CertsServer(signer, "127.0.0.1")
-    certs.start()
-    yield signer, certs.url
-    certs.stop()
+    with google_certs() as signed:
+        yield signed
 
 
 def test_processor_verifies_the_cloud_tasks_oidc_token(

@@ -14,8 +14,9 @@ import google.auth.transport.requests
 import pytest
 from google.oauth2 import id_token
 
-from infra.local.tasks_emulator.oidc import CertsServer, OidcSigner
+from infra.local.tasks_emulator.oidc import OidcSigner
 from shared.certs import REFETCH_COOLDOWN_S, CachingRequest, max_age
+from tests.support import google_certs
 
 AUDIENCE = "https://asia-northeast1-p.cloudfunctions.net/ai-jobs-process"
 INVOKER = "invoker@p.iam.gserviceaccount.com"
@@ -31,11 +32,8 @@ class Clock:
 
 @pytest.fixture
 def certs() -> Iterator[tuple[OidcSigner, str]]:
-    signer = OidcSigner()
-    server = CertsServer(signer, "127.0.0.1")
-    server.start()
-    yield signer, server.url
-    server.stop()
+    with google_certs() as signed:
+        yield signed
 
 
 def _verify(transport: Any, token: str, url: str) -> Any:
@@ -70,13 +68,13 @@ def test_an_unknown_key_id_is_refused_and_forces_at_most_one_fetch_per_cooldown(
     stranger = OidcSigner().mint(service_account_email=INVOKER, audience=AUDIENCE)
     with pytest.raises(ValueError, match="Certificate for key id"):
         _verify(transport, stranger, url)
-    assert transport.forget(url) is True  # the caller looks once more at a fresh document
-    assert transport.forget(url) is False  # ... but not again within the cooldown
+    assert transport.forget() is True  # the caller looks once more at a fresh document
+    assert transport.forget() is False  # ... but not again within the cooldown
     with pytest.raises(ValueError, match="Certificate for key id"):
         _verify(transport, stranger, url)
     assert transport.fetches == 2
     clock.now += REFETCH_COOLDOWN_S
-    assert transport.forget(url) is True
+    assert transport.forget() is True
 
 
 def test_a_certificate_endpoint_that_never_answers_times_out() -> None:

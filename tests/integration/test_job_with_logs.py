@@ -27,7 +27,7 @@ def _job_with_progress(store: JobStore, steps: int) -> uuid.UUID:
     assert claimed is not None and claimed.lease_token is not None
     for step in range(1, steps + 1):
         assert store.report_steps(job.id, claimed.lease_token, [(step * 10, f"step {step}")], 60)
-    result = {"markdown": "# 보고서", "nested": {"a": 1}}
+    result = '{"markdown": "# 보고서", "nested": {"a": 1}}'
     store.complete_job(job.id, claimed.lease_token, result, steps=[])
     return job.id
 

@@ -54,7 +54,7 @@ def test_a_job_goes_through_its_whole_life(store: JobStore) -> None:
     again = store.claim_delivery(job.id, job.dispatch_count, lease_seconds=60)
     assert again.job is None, "a live lease is not claimed twice"
     assert store.report_steps(job.id, claimed.lease_token, [(50, "AI 분석 중")], lease_seconds=60)
-    done = store.complete_job(job.id, claimed.lease_token, {"markdown": "# ok"}, steps=[])
+    done = store.complete_job(job.id, claimed.lease_token, '{"markdown": "# ok"}', steps=[])
     assert (done.status, done.progress) == (JobStatus.COMPLETED, 100)
     stored = store.get_job_with_logs(job.id, "u1")
     assert stored.job.result == {"markdown": "# ok"}
@@ -70,7 +70,7 @@ def test_errors_map_to_the_projects_exceptions(store: JobStore) -> None:
     claimed = store.claim_delivery(job_id, 1, 60).job
     assert claimed is not None and claimed.lease_token is not None
     with pytest.raises(errors.LeaseLost):
-        store.complete_job(job_id, uuid.uuid4(), {}, steps=[])
+        store.complete_job(job_id, uuid.uuid4(), "{}", steps=[])
     store.cancel_job(job_id, "u1")
     with pytest.raises(errors.IllegalTransition) as illegal:
         store.cancel_job(job_id, "u1")

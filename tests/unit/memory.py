@@ -10,6 +10,7 @@ tests it; these tests hold the worker to it without a server.
 
 from __future__ import annotations
 
+import json
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -172,7 +173,7 @@ class MemoryStore:
         self,
         job_id: uuid.UUID,
         lease_token: uuid.UUID,
-        result: dict[str, Any],
+        result_json: str,
         steps: list[Step],
     ) -> Job:
         self._check()
@@ -185,7 +186,7 @@ class MemoryStore:
             status=JobStatus.COMPLETED,
             progress=100,
             current_step="completed",
-            result=result,
+            result=json.loads(result_json),  # as complete_job_v3's cast to jsonb
             error=None,
             error_code=None,
             completed_at=_now(),

@@ -1,0 +1,278 @@
+"""CPU per job of the queue's processes during a burst, this tree against another revision.
+
+Each tree gets a whole local stack of its own (its Postgres, gateway, Cloud Tasks emulator and
+function host, local writer), run by a child process started from that tree (this script is
+copied into an older tree exported with ``git archive``). The driver then sends bursts to the
+children in alternating order (A B, B A, ...), so other load on the shared machine weighs on
+both alike, and prints the median per process of each tree: CPU milliseconds per job of the
+processor (``ai-jobs-process``, the AI work included: the same in both trees), the function
+host's front, the gateway, the emulator and Postgres (the postmaster and every backend), and
+of the create function (outside the queue's own figure, as in scripts/bench.py).
+
+A burst is what scripts/bench.py's quiet burst is: ``--jobs`` report jobs created from 8
+threads, nobody polling or watching, until every job is final (asked of Postgres directly).
+
+``--profile DIR`` records py-spy profiles (raw collapsed stacks, GIL samples only) of each
+tree's processor during its bursts (py-spy needs ptrace: root or CAP_SYS_PTRACE).
+
+    .venv/bin/python scripts/bench_jobcpu.py --compare d184922 [--rounds 4] [--jobs 60]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import IO, Any
+
+import httpx
+import psycopg
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from infra.local.stack import LocalStack, StackConfig
+from scripts.bench_tools import CpuMeter, host_pids, percentiles, postmaster_pid, worker_pid
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+COMPLEX = "모든 서버 분석하고 최적화 리포트 만들어줘"
+PROCESS = "ai-jobs-process"
+CREATE = "ai-jobs-create"
+#: the queue's processes (scripts/bench.py's queueOwnCpuMsPerJob adds these up)
+QUEUE = (PROCESS, "front", "gateway", "emulator", "postgres")
+
+
+# --- the child: one stack, bursts on demand ----------------------------------------------------
+
+
+def wait_final(db_uri: str, job_ids: list[str], timeout_s: float = 300) -> None:
+    deadline = time.monotonic() + timeout_s
+    with psycopg.connect(db_uri, autocommit=True) as conn:
+        while True:
+            row = conn.execute(
+                "select count(*) from ai_jobs where id = any(%s::uuid[])"
+                " and status not in ('completed', 'failed', 'cancelled')",
+                (job_ids,),
+            ).fetchone()
+            if row is not None and row[0] == 0:
+                return
+            if time.monotonic() > deadline:
+                raise SystemExit("jobs did not finish")
+            time.sleep(0.02)
+
+
+def outcomes(db_uri: str, job_ids: list[str]) -> dict[str, int]:
+    with psycopg.connect(db_uri) as conn:
+        rows = conn.execute(
+            "select status, count(*) from ai_jobs where id = any(%s::uuid[]) group by status",
+            (job_ids,),
+        ).fetchall()
+    return {str(status): int(count) for status, count in rows}
+
+
+@contextlib.contextmanager
+def profiling(pid: int, out: Path | None) -> Iterator[None]:
+    if out is None:
+        yield
+        return
+    process = subprocess.Popen(
+        [
+            *(str(Path(sys.executable).with_name("py-spy")), "record", "--pid", str(pid)),
+            *("--rate", "250", "--gil", "--nonblocking", "--format", "raw", "--output", str(out)),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    time.sleep(0.5)  # attached before the burst starts
+    try:
+        yield
+    finally:
+        process.send_signal(2)  # py-spy writes its output on SIGINT
+        process.wait(60)
+
+
+def burst(
+    stack: LocalStack, pids: dict[str, int], jobs: int, profile: Path | None
+) -> dict[str, Any]:
+    ids: list[str] = []
+
+    def create(_: int) -> None:
+        with httpx.Client(base_url=stack.base_url, timeout=60) as client:
+            response = client.post(f"/{CREATE}", json={"query": COMPLEX})
+            ids.append(response.json()["jobId"])
+
+    with profiling(pids[PROCESS], profile):
+        meter = CpuMeter(pids).start()
+        began = time.perf_counter()
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            list(pool.map(create, range(jobs)))
+        wait_final(stack.db_uri, ids)
+        elapsed = time.perf_counter() - began
+        meter.stop()
+    return {
+        "cpuMsPerJob": meter.per(jobs),
+        "seconds": round(elapsed, 3),
+        "outcomes": outcomes(stack.db_uri, ids),
+    }
+
+
+def pickup(stack: LocalStack, jobs: int) -> dict[str, float]:
+    """created -> started (both stamped by Postgres), one job at a time."""
+    ids = []
+    with httpx.Client(base_url=stack.base_url, timeout=60) as client:
+        for _ in range(jobs):
+            ids.append(client.post(f"/{CREATE}", json={"query": COMPLEX}).json()["jobId"])
+            wait_final(stack.db_uri, ids[-1:])
+            time.sleep(0.02)
+    with psycopg.connect(stack.db_uri) as conn:
+        rows = conn.execute(
+            "select extract(epoch from started_at - created_at) * 1000 from ai_jobs"
+            " where id = any(%s::uuid[])",
+            (ids,),
+        ).fetchall()
+    return dict(percentiles([float(r[0]) for r in rows]))
+
+
+def child(jobs: int, profile_dir: Path | None, label: str) -> int:
+    """Serve bursts on this tree's stack: one line in (``burst`` or ``pickup``), one JSON
+    line out."""
+    env = {"MAX_JOBS_PER_MINUTE": "1000000", "MAX_ACTIVE_JOBS": "1000000"}
+    with tempfile.TemporaryDirectory(prefix="ajq-jobcpu-") as tmp:
+        config = StackConfig.for_tests(Path(tmp), reap_interval_s=0, function_env=env)
+        with LocalStack(config) as stack:
+            servers = host_pids(stack.log_text("functions"))
+            pids = {name: worker_pid(servers[name]) for name in (PROCESS, CREATE)}
+            pids |= {
+                "front": stack.processes["functions"].pid,
+                "gateway": stack.processes["gateway"].pid,
+                "emulator": stack.processes["tasks-emulator"].pid,
+                "postgres": postmaster_pid(stack.db_uri),
+            }
+            burst(stack, pids, 10, None)  # warm every path
+            print(json.dumps({"ready": True}), flush=True)
+            for count, line in enumerate(sys.stdin):
+                if line.strip() == "pickup":
+                    print(json.dumps(pickup(stack, jobs)), flush=True)
+                    continue
+                out = profile_dir / f"{label}-{count}.txt" if profile_dir else None
+                print(json.dumps(burst(stack, pids, jobs, out)), flush=True)
+    return 0
+
+
+# --- the driver ---------------------------------------------------------------------------------
+
+
+def export_tree(rev: str, into: Path) -> Path:
+    archive = subprocess.run(
+        ["git", "archive", rev], cwd=REPO_ROOT, check=True, capture_output=True
+    ).stdout
+    subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
+    (into / "scripts" / Path(__file__).name).write_bytes(Path(__file__).read_bytes())
+    return into
+
+
+class Child:
+    def __init__(self, label: str, tree: Path, jobs: int, profile: Path | None) -> None:
+        self.label = label
+        extra = ["--profile", str(profile)] if profile else []
+        self.process = subprocess.Popen(
+            [
+                *(sys.executable, str(tree / "scripts" / Path(__file__).name)),
+                *("--child", label, "--jobs", str(jobs), *extra),
+            ],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        self.ready = self._read()
+
+    def _read(self) -> dict[str, Any]:
+        out: IO[str] | None = self.process.stdout
+        assert out is not None
+        line = out.readline()
+        if not line:
+            raise SystemExit(f"{self.label}: the child ended")
+        return dict(json.loads(line))
+
+    def ask(self, command: str) -> dict[str, Any]:
+        assert self.process.stdin is not None
+        self.process.stdin.write(command + "\n")
+        self.process.stdin.flush()
+        return self._read()
+
+    def close(self) -> None:
+        if self.process.stdin is not None:
+            self.process.stdin.close()
+        self.process.wait(120)
+
+
+def median_cpu(bursts: list[dict[str, Any]]) -> dict[str, float]:
+    names = bursts[0]["cpuMsPerJob"]
+    out = {n: round(statistics.median(b["cpuMsPerJob"][n] for b in bursts), 2) for n in names}
+    out["queue"] = round(
+        statistics.median(sum(b["cpuMsPerJob"][n] for n in QUEUE) for b in bursts), 2
+    )
+    return out
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory(prefix="ajq-jobcpu-trees-") as scratch:
+        trees = {"this": REPO_ROOT}
+        if args.compare:
+            base = Path(scratch) / "base"
+            base.mkdir()
+            trees = {args.compare: export_tree(args.compare, base), **trees}
+        children = [Child(label, tree, args.jobs, args.profile) for label, tree in trees.items()]
+        rounds: dict[str, list[dict[str, Any]]] = {c.label: [] for c in children}
+        pickups: dict[str, dict[str, Any]] = {}
+        try:
+            for index in range(args.rounds):
+                order = children if index % 2 == 0 else children[::-1]
+                for c in order:
+                    result = c.ask("burst")
+                    rounds[c.label].append(result)
+                    print(f"round {index + 1} {c.label:>8}: {result}", flush=True)
+            if args.pickup:
+                for c in children:
+                    pickups[c.label] = c.ask("pickup")
+        finally:
+            for c in children:
+                c.close()
+    return {
+        "loadAverage": [round(x, 2) for x in os.getloadavg()],
+        "jobs": args.jobs,
+        "rounds": args.rounds,
+        "medianCpuMsPerJob": {label: median_cpu(b) for label, b in rounds.items()},
+        **({"pickupMs": pickups} if pickups else {}),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--compare", default=None, metavar="REV", help="a git revision")
+    parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--jobs", type=int, default=60, help="jobs per burst")
+    parser.add_argument("--pickup", action="store_true", help="also pickup p50, one at a time")
+    parser.add_argument("--profile", type=Path, default=None, metavar="DIR")
+    parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        return child(args.jobs, args.profile, args.child)
+    if args.profile:
+        args.profile.mkdir(parents=True, exist_ok=True)
+    print(f"load average at start: {os.getloadavg()}", flush=True)
+    result = run(args)
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -117,11 +117,31 @@ def burst(
         wait_final(stack.db_uri, ids)
         elapsed = time.perf_counter() - began
         meter.stop()
+    cpu = meter.per(jobs)
+    ai = ai_cpu_ms(stack.log_text("functions"), set(ids))
     return {
-        "cpuMsPerJob": meter.per(jobs),
+        "cpuMsPerJob": cpu,
+        # the AI work's CPU as the processor logs it for each job (trees that log it)
+        **({"aiCpuMsPerJob": round(sum(ai) / len(ai), 2)} if len(ai) == len(ids) else {}),
         "seconds": round(elapsed, 3),
         "outcomes": outcomes(stack.db_uri, ids),
     }
+
+
+def ai_cpu_ms(log_text: str, job_ids: set[str]) -> list[float]:
+    """``aiCpuMs`` of the "job completed" lines of these jobs in the function host's log."""
+    found = []
+    for line in log_text.splitlines():
+        start = line.find("{")
+        if start < 0 or "aiCpuMs" not in line:
+            continue
+        try:
+            entry = json.loads(line[start:])
+        except ValueError:
+            continue
+        if entry.get("jobId") in job_ids and entry.get("message") == "job completed":
+            found.append(float(entry["aiCpuMs"]))
+    return found
 
 
 def pickup(stack: LocalStack, jobs: int) -> dict[str, float]:
@@ -220,6 +240,15 @@ def median_cpu(bursts: list[dict[str, Any]]) -> dict[str, float]:
     out["queue"] = round(
         statistics.median(sum(b["cpuMsPerJob"][n] for n in QUEUE) for b in bursts), 2
     )
+    if all("aiCpuMsPerJob" in b for b in bursts):
+        out["aiInProcessor"] = round(statistics.median(b["aiCpuMsPerJob"] for b in bursts), 2)
+        # the queue's own CPU with the AI work measured in place, in the same burst
+        out["queueBeyondAi"] = round(
+            statistics.median(
+                sum(b["cpuMsPerJob"][n] for n in QUEUE) - b["aiCpuMsPerJob"] for b in bursts
+            ),
+            2,
+        )
     return out
 
 

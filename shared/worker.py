@@ -264,6 +264,9 @@ class Processor:
         # Settings guarantee the job's deadline ends inside the dispatch deadline's margin.
         deadline = time.monotonic() + self.settings.job_deadline_s
         unwritten: list[Step] = []  # steps the completion carries, kept if it fails
+        # the AI work's own CPU (this thread's), logged with the completion: what a job costs
+        # the processor beyond it is then read off the process's CPU, in place, under load
+        began_cpu = time.thread_time()
         try:
             result = pipeline.run(
                 job.query,
@@ -273,6 +276,7 @@ class Processor:
                 deadline=deadline,
                 before_model=writer.flush,
             )
+            ai_cpu_ms = round((time.thread_time() - began_cpu) * 1000, 2)
             # serialized once, by pydantic-core, and sent as text (complete_job_v3): building
             # dicts for postgrest-py to serialize cost the worker about 0.8 ms more per report
             result_json = result.model_dump_json(by_alias=True)
@@ -294,7 +298,7 @@ class Processor:
             logs.error("unexpected error in the pipeline", **context, error=repr(exc)[:500])
             failure = errors.AppError("internal error")
             return self._fail(job, token, failure, context, unwritten + writer.stop())
-        logs.info("job completed", **context)
+        logs.info("job completed", **context, aiCpuMs=ai_cpu_ms)
         return "completed", 200
 
     def _fail(

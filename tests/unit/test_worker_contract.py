@@ -8,6 +8,7 @@ source that works, refuses (a closed port: retryable) or does not exist (permane
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from collections.abc import Callable
@@ -19,7 +20,7 @@ from infra.local.host import free_port
 from shared import errors
 from shared.ai import pipeline
 from shared.ai.lang import step_message
-from shared.ai.results import AIResult, Narrative
+from shared.ai.results import AIResult, Narrative, parse_result
 from shared.jobs import Job, JobStatus
 from shared.settings import AISettings, Settings
 from shared.tasks import task_id
@@ -79,6 +80,21 @@ def test_a_job_that_completes_answers_2xx() -> None:
     assert (done.status, done.progress, done.lease_token) == (JobStatus.COMPLETED, 100, None)
     assert done.result and done.result["type"] == "report"
     assert queue.tasks == {}
+
+
+def test_the_completion_stores_the_result_serialized_once_and_logs_the_ai_works_cpu(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    processor, store, _, job = arrange()
+
+    processor.process(job.id, task(job.id))
+
+    stored = store.jobs[job.id].result
+    assert stored == parse_result(stored).model_dump(mode="json", by_alias=True)
+    logged = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    (completed,) = [entry for entry in logged if entry["message"] == "job completed"]
+    assert completed["jobId"] == str(job.id)
+    assert completed["aiCpuMs"] > 0, "the pipeline's own CPU, measured in its thread"
 
 
 def test_a_duplicate_delivery_finds_nothing_to_do() -> None:

@@ -44,6 +44,8 @@ _UNAVAILABLE_PREFIXES = ("PGRST000", "PGRST001", "PGRST002", "08", "53", "57P", 
 _MISCONFIGURED_CODES = frozenset(
     {"PGRST301", "PGRST302", "PGRST303", "PGRST202", "PGRST203", "42501", "42883"}
 )
+#: No such function: PostgREST's schema cache lacks it (PGRST202), or Postgres does (42883).
+_NO_SUCH_FUNCTION = frozenset({"PGRST202", "42883"})
 # Supabase's API gateway refuses a missing or unknown key before PostgREST, with a message and
 # no code (supabase/supabase docker/volumes/api/kong.yml; supabase-py issue 1228).
 _KEY_REFUSALS = frozenset({"Invalid API key", "No API key found in request"})
@@ -376,17 +378,22 @@ class JobStore:
         """Complete the job with its result as JSON text (serialized once, by the caller's
         model; complete_job_v3 casts it to jsonb); ``steps`` not yet written are logged in the
         same call, first. The returned job leaves the stored result out."""
-        return Job.model_validate(
-            self.rpc(
+        args = {"p_job_id": str(job_id), "p_lease_token": str(lease_token)}
+        try:
+            data = self.rpc(
                 "complete_job_v3",
-                {
-                    "p_job_id": str(job_id),
-                    "p_lease_token": str(lease_token),
-                    "p_result_json": result_json,
-                    "p_steps": _steps_json(steps),
-                },
+                {**args, "p_result_json": result_json, "p_steps": _steps_json(steps)},
             )
-        )
+        except errors.BackendMisconfigured as exc:
+            if exc.details.get("upstream") not in _NO_SUCH_FUNCTION:
+                raise
+            # deploy.sh deploys the functions before it pushes the migrations: until the one
+            # adding v3 is applied, v2 (the result as jsonb) completes the job. Nothing ran.
+            data = self.rpc(
+                "complete_job_v2",
+                {**args, "p_result": json.loads(result_json), "p_steps": _steps_json(steps)},
+            )
+        return Job.model_validate(data)
 
     def fail_job(
         self,

@@ -62,6 +62,24 @@ def test_a_job_goes_through_its_whole_life(store: JobStore) -> None:
     assert stored.job.completed_at is not None
 
 
+def test_a_completion_before_the_v3_migration_is_applied_falls_back_to_v2(
+    store: JobStore, db_uri: str
+) -> None:
+    """deploy.sh deploys the functions before it pushes the migrations."""
+    job_id = _create(store)
+    claimed = store.claim_delivery(job_id, 1, 60).job
+    assert claimed is not None and claimed.lease_token is not None
+    with psycopg.connect(db_uri, autocommit=True) as conn:
+        conn.execute("drop function public.complete_job_v3(uuid, uuid, text, jsonb)")
+
+    done = store.complete_job(job_id, claimed.lease_token, '{"markdown": "# 완료"}', [(100, "d")])
+
+    assert (done.status, done.progress) == (JobStatus.COMPLETED, 100)
+    assert store.get_job(job_id, "u1").result == {"markdown": "# 완료"}
+    with pytest.raises(errors.IllegalTransition):  # v2 fences as v3 does
+        store.complete_job(job_id, claimed.lease_token, "{}", steps=[])
+
+
 def test_errors_map_to_the_projects_exceptions(store: JobStore) -> None:
     with pytest.raises(errors.JobNotFound):
         store.get_job(uuid.uuid4(), "u1")

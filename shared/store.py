@@ -378,11 +378,15 @@ class JobStore:
         """Complete the job with its result as JSON text (serialized once, by the caller's
         model; complete_job_v3 casts it to jsonb); ``steps`` not yet written are logged in the
         same call, first. The returned job leaves the stored result out."""
-        args = {"p_job_id": str(job_id), "p_lease_token": str(lease_token)}
         try:
             data = self.rpc(
                 "complete_job_v3",
-                {**args, "p_result_json": result_json, "p_steps": _steps_json(steps)},
+                {
+                    "p_job_id": str(job_id),
+                    "p_lease_token": str(lease_token),
+                    "p_result_json": result_json,
+                    "p_steps": _steps_json(steps),
+                },
             )
         except errors.BackendMisconfigured as exc:
             if exc.details.get("upstream") not in _NO_SUCH_FUNCTION:
@@ -391,7 +395,12 @@ class JobStore:
             # adding v3 is applied, v2 (the result as jsonb) completes the job. Nothing ran.
             data = self.rpc(
                 "complete_job_v2",
-                {**args, "p_result": json.loads(result_json), "p_steps": _steps_json(steps)},
+                {
+                    "p_job_id": str(job_id),
+                    "p_lease_token": str(lease_token),
+                    "p_result": json.loads(result_json),
+                    "p_steps": _steps_json(steps),
+                },
             )
         return Job.model_validate(data)
 

@@ -12,6 +12,11 @@ of the create function (outside the queue's own figure, as in scripts/bench.py).
 A burst is what scripts/bench.py's quiet burst is: ``--jobs`` report jobs created from 8
 threads, nobody polling or watching, until every job is final (asked of Postgres directly).
 
+``--completions N`` instead measures one completion at a time through this tree's gateway, in
+alternated rounds of N: complete_job_v2 with the report as dicts (postgrest-py serializes them),
+complete_job_v3 with the report as text (serialized once by pydantic-core), and v3 with ``{}``
+(what the result's size costs): CPU ms per call of Postgres, the gateway and this client.
+
 ``--profile DIR`` records py-spy profiles (raw collapsed stacks, GIL samples only) of each
 tree's processor during its bursts (py-spy needs ptrace: root or CAP_SYS_PTRACE).
 
@@ -29,7 +34,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import IO, Any
@@ -187,6 +192,99 @@ def child(jobs: int, profile_dir: Path | None, label: str) -> int:
     return 0
 
 
+# --- one completion at a time -------------------------------------------------------------------
+
+
+def completions(count: int, rounds: int) -> dict[str, dict[str, float]]:
+    from scripts.bench_tools import tree_cpu_s
+    from shared.ai import pipeline
+    from shared.jobs import Job, JobType
+    from shared.settings import AISettings
+    from shared.store import JobStore
+
+    report = pipeline.run(
+        COMPLEX, JobType.REPORT, lambda _p, _s: True, settings=AISettings.from_env({})
+    )
+    steps = [{"progress": 80, "step": "formatting"}, {"progress": 100, "step": "done"}]
+    env = {"MAX_JOBS_PER_MINUTE": "1000000", "MAX_ACTIVE_JOBS": "1000000"}
+    with tempfile.TemporaryDirectory(prefix="ajq-jobcpu-") as tmp:
+        config = StackConfig.for_tests(Path(tmp), reap_interval_s=0, function_env=env)
+        with LocalStack(config) as stack:
+            postgres = postmaster_pid(stack.db_uri)
+            gateway = stack.processes["gateway"].pid
+            stack.tasks_client().pause_queue(name=stack.queue_path)
+            store = JobStore(stack.gateway_url, stack.service_key)
+
+            def claimed() -> list[Job]:
+                jobs = []
+                for index in range(count):
+                    job = store.create_job(
+                        user_id=f"bench-{index % 5}",
+                        job_type="report",
+                        query=COMPLEX,
+                        priority="normal",
+                        max_attempts=3,
+                        max_per_minute=1_000_000,
+                        max_active=1_000_000,
+                    ).job
+                    claim = store.claim_delivery(job.id, job.dispatch_count, 60).job
+                    assert claim is not None
+                    jobs.append(claim)
+                return jobs
+
+            def v2(job: Job) -> None:
+                store.rpc(
+                    "complete_job_v2",
+                    {
+                        "p_job_id": str(job.id),
+                        "p_lease_token": str(job.lease_token),
+                        "p_result": report.model_dump(mode="json", by_alias=True),
+                        "p_steps": steps,
+                    },
+                )
+
+            def v3(job: Job, text: str | None = None) -> None:
+                store.rpc(
+                    "complete_job_v3",
+                    {
+                        "p_job_id": str(job.id),
+                        "p_lease_token": str(job.lease_token),
+                        "p_result_json": text or report.model_dump_json(by_alias=True),
+                        "p_steps": steps,
+                    },
+                )
+
+            def v3_empty(job: Job) -> None:
+                v3(job, "{}")
+
+            forms: dict[str, Callable[[Job], None]] = {
+                "v2 dicts": v2,
+                "v3 text": v3,
+                "v3 {}": v3_empty,
+            }
+            samples: dict[str, list[tuple[float, float, float]]] = {name: [] for name in forms}
+            for index in range(rounds):
+                names = list(forms) if index % 2 == 0 else list(forms)[::-1]
+                for name in names:
+                    jobs = claimed()
+                    before = (tree_cpu_s(postgres), tree_cpu_s(gateway), time.thread_time())
+                    for job in jobs:
+                        forms[name](job)
+                    after = (tree_cpu_s(postgres), tree_cpu_s(gateway), time.thread_time())
+                    pg, gw, client = (
+                        1000 * (b - a) / count for a, b in zip(before, after, strict=True)
+                    )
+                    samples[name].append((pg, gw, client))
+                    print(f"round {index + 1} {name:<9} {samples[name][-1]}", flush=True)
+    return {
+        name: {
+            part: round(statistics.median(sample[i] for sample in rows), 3)
+            for i, part in enumerate(("postgres", "gateway", "client"))
+        }
+        for name, rows in samples.items()
+    }
+
+
 # --- the driver ---------------------------------------------------------------------------------
 
 
@@ -291,13 +389,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--jobs", type=int, default=60, help="jobs per burst")
     parser.add_argument("--pickup", action="store_true", help="also pickup p50, one at a time")
     parser.add_argument("--profile", type=Path, default=None, metavar="DIR")
+    parser.add_argument("--completions", type=int, default=0, metavar="N")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
         return child(args.jobs, args.profile, args.child)
+    print(f"load average at start: {os.getloadavg()}", flush=True)
+    if args.completions:
+        figures = completions(args.completions, args.rounds)
+        print(json.dumps({"loadAverage": os.getloadavg(), "cpuMsPerCompletion": figures}))
+        return 0
     if args.profile:
         args.profile.mkdir(parents=True, exist_ok=True)
-    print(f"load average at start: {os.getloadavg()}", flush=True)
     result = run(args)
     print(json.dumps(result, indent=2))
     return 0

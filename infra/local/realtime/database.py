@@ -32,6 +32,7 @@ from psycopg_pool import AsyncConnectionPool
 from infra.local.realtime.bindings import IN_OPERATOR, OPERATORS, Binding, BindingError, Filter
 from infra.local.realtime.capture import PUBLICATION
 from infra.local.realtime.pgoutput import UNCHANGED_TOAST, Change, Relation
+from infra.local.realtime.protocol import RawJSON
 
 log = logging.getLogger("infra.local.realtime")
 
@@ -329,10 +330,6 @@ class RealtimeDatabase:
         return [plan.decide(by_relation, answers) for plan in plans]
 
 
-def _json(text: Any) -> Any:
-    return None if text is None else json.loads(text)
-
-
 def _jsonb_key_order(item: tuple[str, Any]) -> tuple[int, bytes]:
     """jsonb keeps an object's keys shorter first, then bytewise (as to_jsonb(r) returns)."""
     key = item[0].encode()
@@ -395,12 +392,15 @@ def _raw_rows(change: Change) -> tuple[dict[str, Any], dict[str, Any]]:
 def _split(
     values: dict[str, Any], types: dict[str, str]
 ) -> tuple[dict[str, Any], sql.Composable | None]:
-    """jsonb values parsed here; the rest as one ``(select to_jsonb(r) …)`` expression."""
+    """jsonb values as their JSON text; the rest as one ``(select to_jsonb(r) …)`` expression."""
     present = [(k, v) for k, v in values.items() if v is not UNCHANGED_TOAST]
     # A jsonb value's text is the JSON to_jsonb gives for it (keys already in jsonb's
-    # order): parsed here, a job's result (tens of kB) is not sent to the database and
-    # back for every change of its row.
-    parsed = {k: _json(v) for k, v in present if types[k] == JSONB}
+    # order): kept as that text and written into the frame as it is (protocol.RawJSON), a
+    # job's result (tens of kB) is neither sent to the database and back nor parsed and
+    # encoded again for every change of its row.
+    parsed: dict[str, Any] = {
+        k: None if v is None else RawJSON(str(v)) for k, v in present if types[k] == JSONB
+    }
     cast = [(k, v) for k, v in present if types[k] != JSONB]
     if not cast:
         return parsed, None
@@ -513,12 +513,34 @@ async def _passes(
 def limit_payload(
     record: dict[str, Any], old: dict[str, Any]
 ) -> tuple[dict[str, Any], dict[str, Any], list[str] | None]:
-    """Over 1 MiB: keep only values of at most 64 bytes and say so in ``errors``."""
-    size = len(json.dumps(record)) + len(json.dumps(old))
+    """Over 1 MiB (``json.dumps`` of the rows, values parsed): keep only values of at most 64
+    bytes and say so in ``errors``. Rows whose size bound is under the limit are not parsed."""
+    if _size_bound(record) + _size_bound(old) <= MAX_PAYLOAD_BYTES:
+        return record, old, None
+    parsed_record, parsed_old = _parsed(record), _parsed(old)
+    size = len(json.dumps(parsed_record)) + len(json.dumps(parsed_old))
     if size <= MAX_PAYLOAD_BYTES:
         return record, old, None
 
     def small(row: dict[str, Any]) -> dict[str, Any]:
         return {k: v for k, v in row.items() if len(json.dumps(v)) <= MAX_KEPT_VALUE_BYTES}
 
-    return small(record), small(old), ["Error 413: Payload Too Large"]
+    return small(parsed_record), small(parsed_old), ["Error 413: Payload Too Large"]
+
+
+def _size_bound(row: dict[str, Any]) -> int:
+    """At least ``len(json.dumps(row))`` with its RawJSON values parsed. json.dumps writes
+    jsonb's text in at most 3 characters per UTF-8 byte: whitespace, strings and escapes as
+    jsonb prints them (", " and ": " separators), a non-ASCII character (2 to 4 bytes) as a
+    6- or 12-character escape, a number in at most as many characters as jsonb's digits but
+    for a float of 17 or more integer digits with a fraction (at most 22 for 19 or more)."""
+    raw = [v.text for v in row.values() if isinstance(v, RawJSON)]
+    if not raw:
+        return len(json.dumps(row))
+    plain = {k: None if isinstance(v, RawJSON) else v for k, v in row.items()}
+    # each RawJSON was written as "null" (4 characters) in ``plain``
+    return len(json.dumps(plain)) - 4 * len(raw) + sum(3 * len(t.encode()) for t in raw)
+
+
+def _parsed(row: dict[str, Any]) -> dict[str, Any]:
+    return {k: json.loads(v.text) if isinstance(v, RawJSON) else v for k, v in row.items()}

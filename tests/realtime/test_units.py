@@ -13,6 +13,7 @@ from infra.local.auth import TokenError, verify_token
 from infra.local.realtime import protocol
 from infra.local.realtime.bindings import BindingError, parse_binding, parse_filter
 from infra.local.realtime.database import MAX_PAYLOAD_BYTES, limit_payload
+from infra.local.realtime.pgoutput import Column, Relation
 from infra.local.realtime.protocol import RawJSON
 from infra.local.realtime.server import commit_timestamp
 
@@ -138,3 +139,13 @@ def test_tokens_are_refused_with_the_real_servers_error_family(
         verify_token(SECRET, token)
 
     assert refused.value.kind == kind
+
+
+def test_relations_alike_in_every_field_are_one_cache_key_and_others_are_not() -> None:
+    def relation(type_oid: int) -> Relation:
+        return Relation(1, "public", "t", "d", (Column("id", type_oid, -1, True),))
+
+    cache = {relation(2950): "uuid"}
+
+    assert cache.get(relation(2950)) == "uuid"
+    assert cache.get(relation(25)) is None

@@ -80,6 +80,9 @@ class ChangeCapture:
             "select data from pg_logical_slot_get_binary_changes("
             "%s, NULL, NULL, 'proto_version', '1', 'publication_names', %s)",
             (self.slot, PUBLICATION),
+            # bytea in binary: the server does not write each message (a job's result is
+            # tens of kB) as hex text, nor this process read it back
+            binary=True,
         )
         rows = await cursor.fetchall()
         done: list[Transaction] = []

@@ -10,7 +10,9 @@ watcher has every job's completion:
 
 - the Realtime server's process CPU (it serves nothing else, so all of it is the watcher's);
 - Postgres's CPU (the postmaster and every backend), less that of a burst nobody watches, run
-  in the same round: the slot's decoding and the visibility checks.
+  in the same round: the slot's decoding and the visibility checks, and beside it, steadier,
+  the CPU of the Realtime server's own backends alone (its connections carry an
+  ``application_name`` of their own), where that decoding and those checks run.
 
 ``--compare REV`` also serves Realtime as it was at git revision REV (its tree exported to a
 temporary directory) and alternates the two within each round, so other load on the machine
@@ -41,7 +43,9 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psutil  # type: ignore[import-untyped]
 import psycopg
+from psycopg import conninfo
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -52,6 +56,8 @@ from shared.functions import CREATE
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 COMPLEX = "모든 서버 분석하고 최적화 리포트 만들어줘"
+#: the application_name of the measured Realtime server's connections
+APPLICATION = "bench_realtime_cpu"
 FINAL = ("completed", "failed", "cancelled")
 
 
@@ -127,6 +133,7 @@ def export_tree(rev: str, into: Path) -> Path:
 def realtime_server(db_uri: str, tree: Path, log: Path) -> Iterator[tuple[str, int]]:
     """A local Supabase server from ``tree``, used only for Realtime: (its URL, its pid)."""
     port = free_port()
+    db_uri = conninfo.make_conninfo(db_uri, application_name=APPLICATION)
     with log.open("ab") as out:
         process = subprocess.Popen(
             [
@@ -176,6 +183,39 @@ def profiling(pid: int, out: Path | None) -> Iterator[None]:
         process.wait(60)
 
 
+class BackendMeter:
+    """CPU of the Postgres backends whose connections carry ``APPLICATION``, the slot's poll
+    apart (a backend born during the measurement counts from zero)."""
+
+    def __init__(self, db_uri: str) -> None:
+        self.db_uri = db_uri
+        self._before: dict[int, float] = {}
+        self.spent_s = {"slot": 0.0, "checks": 0.0}
+
+    def _now(self) -> tuple[dict[int, float], set[int]]:
+        with psycopg.connect(self.db_uri, autocommit=True) as conn:
+            rows = conn.execute(
+                "select pid, query like '%%pg_logical_slot_get_binary_changes%%'"
+                " from pg_stat_activity where application_name = %s",
+                (APPLICATION,),
+            ).fetchall()
+        cpu: dict[int, float] = {}
+        for pid, _ in rows:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                times = psutil.Process(pid).cpu_times()
+                cpu[int(pid)] = times.user + times.system
+        return cpu, {int(pid) for pid, slot in rows if slot}
+
+    def start(self) -> BackendMeter:
+        self._before, _ = self._now()
+        return self
+
+    def stop(self) -> None:
+        now, slot = self._now()
+        for pid, seconds in now.items():
+            self.spent_s["slot" if pid in slot else "checks"] += seconds - self._before.get(pid, 0)
+
+
 def wait_final(db_uri: str, job_ids: list[str], timeout_s: float = 180) -> None:
     deadline = time.monotonic() + timeout_s
     with psycopg.connect(db_uri, autocommit=True) as conn:
@@ -223,14 +263,18 @@ def watched_round(
         scope.enter_context(profiling(pid, profile))
         time.sleep(0.3)  # the subscription's own queries are not the burst's
         meter = CpuMeter({"realtime": pid, "postgres": postmaster}).start()
+        backends = BackendMeter(stack.db_uri).start()
         ids = burst(stack, jobs)
         watcher.drain(ids)
         meter.stop()
+        backends.stop()
     cpu = meter.per(jobs)
     lat = statistics.quantiles(watcher.latencies_ms, n=100, method="inclusive")
     return {
         "realtime": cpu["realtime"],
         "postgres": cpu["postgres"],
+        "slotBackend": round(1000 * backends.spent_s["slot"] / jobs, 3),
+        "checkBackends": round(1000 * backends.spent_s["checks"] / jobs, 3),
         "eventsPerJob": watcher.events / jobs,
         "commitToEventP50Ms": lat[49],
     }
@@ -271,7 +315,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 print(
                     f"round {number + 1} {name:<10} extra CPU ms/job {got['extra']:6.2f}"
                     f" = realtime {got['realtime']:5.2f} + postgres {got['postgresExtra']:5.2f}"
-                    f" (quiet {quiet:.2f}, watched {got['postgres']:.2f});"
+                    f" (quiet {quiet:.2f}, watched {got['postgres']:.2f};"
+                    f" Realtime's backends: slot {got['slotBackend']:.2f}"
+                    f" checks {got['checkBackends']:.2f});"
                     f" {got['eventsPerJob']:.1f} events/job;"
                     f" commit->event p50 {got['commitToEventP50Ms']:.0f} ms"
                     f"  (load {os.getloadavg()[0]:.2f})",

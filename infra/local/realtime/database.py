@@ -26,6 +26,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
+import psycopg
 from psycopg import sql
 from psycopg_pool import AsyncConnectionPool
 
@@ -227,10 +228,12 @@ class RealtimeDatabase:
         self, changes: list[Change]
     ) -> list[tuple[dict[str, Any], dict[str, Any]]]:
         """``typed_rows`` of every change of a poll, the casts of all in one statement. A row's
-        cast is a text kept per relation and set of columns with its values as parameters:
-        composing it with ``psycopg.sql`` for every change was most of a poll's CPU here."""
+        cast is a text kept per relation and set of columns, its values one ``text[]``
+        parameter, sent with PostgreSQL's own ``$n`` placeholders (``AsyncRawCursor``: psycopg
+        does not parse the query for ``%s``): composing every value with ``psycopg.sql``, then
+        parsing a query that differs at each poll, was most of a poll's CPU here."""
         parts: list[tuple[dict[str, Any], int | None]] = []  # jsonb values, cast's index
-        casts: list[tuple[str, list[Any]]] = []  # (expression, its parameters)
+        casts: list[tuple[str, list[Any]]] = []  # (expression template, its values)
         for change in changes:
             types = await self._types(change.relation)
             for values in _raw_rows(change):
@@ -242,11 +245,12 @@ class RealtimeDatabase:
         cast_rows: list[Any] = []
         if casts:
             async with self.pool.connection() as conn:
+                cursor = psycopg.AsyncRawCursor(conn)
                 for i in range(0, len(casts), _CHUNK):  # few statements, usually one
                     chunk = casts[i : i + _CHUNK]
-                    query = "select " + ", ".join(text for text, _ in chunk)
-                    params = [value for _, values in chunk for value in values]
-                    cursor = await conn.execute(query, params, prepare=False)
+                    exprs = ", ".join(text.format(n) for n, (text, _) in enumerate(chunk, 1))
+                    params = [values for _, values in chunk]
+                    await cursor.execute(f"select {exprs}", params, prepare=False)
                     cast_rows.extend(await cursor.fetchone() or ())
         rows = []
         for parsed, index in parts:
@@ -256,15 +260,17 @@ class RealtimeDatabase:
         return [(rows[2 * i], rows[2 * i + 1]) for i in range(len(changes))]
 
     def _cast_text(self, relation: Relation, names: tuple[str, ...]) -> str:
-        """``(select to_jsonb(r) from (select cast(%s as type) as "column", …) r)``."""
+        """``(select to_jsonb(r) from (select cast(($N::text[])[1] as type) as "column", …)
+        r)`` with ``{0}`` for N (``str.format``)."""
         by_names = self._cast_cache.setdefault(relation, {})
         text = by_names.get(names)
         if text is None:
             types = self._type_cache[relation]
-            # a literal % of a type or an identifier would read as a placeholder: doubled
+            # a brace of a type or an identifier would read as a format field: doubled
             select = ", ".join(
-                f"cast(%s as {_percent(types[k])}) as {_percent(sql.Identifier(k).as_string())}"
-                for k in names
+                f"cast((${{0}}::text[])[{j}] as {_braced(types[k])})"
+                f" as {_braced(sql.Identifier(k).as_string())}"
+                for j, k in enumerate(names, 1)
             )
             text = by_names[names] = f"(select to_jsonb(r) from (select {select}) r)"
         return text
@@ -411,8 +417,8 @@ def _raw_rows(change: Change) -> tuple[dict[str, Any], dict[str, Any]]:
     return record, old_values
 
 
-def _percent(text: str) -> str:
-    return text.replace("%", "%%")
+def _braced(text: str) -> str:
+    return text.replace("{", "{{").replace("}", "}}")
 
 
 def _partition(

@@ -245,30 +245,6 @@ def test_columns_named_with_quotes_braces_and_placeholders_are_typed_as_to_jsonb
     assert not [r for r in caplog.records if r.name == "infra.local.realtime"]
 
 
-def test_the_slots_restart_point_follows_the_delivered_changes(
-    realtime: InProcessRealtime, db_uri: str
-) -> None:
-    def restart_passed(lsn: str) -> bool:
-        with psycopg.connect(db_uri, autocommit=True) as conn:
-            row = conn.execute(
-                "select bool_and(restart_lsn >= %s::pg_lsn) from pg_replication_slots"
-                " where database = current_database() and slot_name like 'realtime_local_%%'",
-                (lsn,),
-            ).fetchone()
-        return bool(row and row[0])
-
-    with realtime.socket() as ws:
-        subscribe(ws, "realtime:jobs", [JOBS_INSERT])
-        job_id = new_job(db_uri, "one")
-        with psycopg.connect(db_uri, autocommit=True) as conn:
-            row = conn.execute("select pg_current_wal_lsn()::text").fetchone()
-        assert row is not None
-        receive_until(ws, until_inserted(job_id))
-        # the server's own record comes only every 15 s: a poll that decodes from an old
-        # restart point re-reads all the WAL written since at every poll
-        wait_until(lambda: restart_passed(row[0]), "restart_lsn to pass the change", 5)
-
-
 def test_a_poller_that_died_leaves_no_slot_behind_when_capture_starts_again(
     realtime: InProcessRealtime, db_uri: str
 ) -> None:

@@ -10,23 +10,20 @@ Needs ``wal_level = logical`` (the embedded server is configured so by
 ``infra.local.postgres``); anything else fails at start with a message saying so.
 
 Each call of ``pg_logical_slot_get_binary_changes`` decodes the WAL again from the slot's
-``restart_lsn``, not from ``confirmed_flush_lsn`` (what it returns starts there): restart_lsn
-moves only to a running-transactions record the decoding has passed (PostgreSQL docs,
-"Logical Decoding Concepts"; ``LogicalIncreaseRestartDecodingForSlot`` in logical.c), and the
-server logs one only every 15 s of activity (``LOG_SNAPSHOT_INTERVAL_MS`` in bgwriter.c). Polled
-ten times a second while changes flow, the stand-in re-read up to 15 s of WAL per poll, and its
-cost per poll rose and fell with that lag (1.5 -> 3.5 ms of the poll's backend with a job's
-writes every 20 ms). So after a poll that returned changes, at most once a second, it logs
-that record itself (``pg_log_standby_snapshot()``, PostgreSQL 16+, superuser or a grant), and
-restart_lsn trails by about a second of WAL. Without the function or the right to run it,
-polling goes on as before.
+``restart_lsn``; what it returns starts at ``confirmed_flush_lsn``, which every poll advances.
+restart_lsn moves only past a running-transactions record the decoding has passed
+(``LogicalIncreaseRestartDecodingForSlot`` in logical.c), which the server logs every 15 s of
+activity (``LOG_SNAPSHOT_INTERVAL_MS`` in bgwriter.c): a poll re-reads at most those 15 s of
+WAL, so its cost does not grow with time (measured: restart lag a saw-tooth of 0-2 MB, per-poll
+CPU of the backend 1.3-3.5 ms with a job's writes every 20 ms). Logging that record ourselves
+each second (``pg_log_standby_snapshot()``) cut the re-reading but put ~40 ms on the
+commit -> event p50 (likely: decoding such a record writes the snapshot to disk, snapbuild.c), and
+the real server does not do it either; so not done.
 """
 
 from __future__ import annotations
 
-import logging
 import secrets
-import time
 from typing import Any
 
 import psycopg
@@ -34,10 +31,6 @@ import psycopg
 from infra.local.realtime.pgoutput import Decoder, Transaction
 
 PUBLICATION = "supabase_realtime"
-#: the least time between two running-transactions records the poll logs itself
-SNAPSHOT_INTERVAL_S = 1.0
-
-log = logging.getLogger("infra.local.realtime")
 
 
 class LogicalDecodingUnavailable(RuntimeError):
@@ -52,8 +45,6 @@ class ChangeCapture:
         self.slot = f"realtime_local_{secrets.token_hex(6)}"
         self.decoder = Decoder()
         self._conn: psycopg.AsyncConnection[tuple[Any, ...]] | None = None
-        #: when the poll last logged a running-transactions record; None: it may not
-        self._snapshot_at: float | None = 0.0
 
     async def open(self) -> None:
         conn: psycopg.AsyncConnection[tuple[Any, ...]] = await psycopg.AsyncConnection.connect(
@@ -84,29 +75,12 @@ class ChangeCapture:
             # tens of kB) as hex text, nor this process read it back
             binary=True,
         )
-        rows = await cursor.fetchall()
         done: list[Transaction] = []
-        for (data,) in rows:
+        for (data,) in await cursor.fetchall():
             transaction = self.decoder.feed(bytes(data))
             if transaction is not None and transaction.changes:
                 done.append(transaction)
-        if rows:
-            await self._advance_restart_point()
         return done
-
-    async def _advance_restart_point(self) -> None:
-        """Log a running-transactions record for the next poll to pass (module docstring)."""
-        now = time.monotonic()
-        if self._conn is None or self._snapshot_at is None:
-            return
-        if now - self._snapshot_at < SNAPSHOT_INTERVAL_S:
-            return
-        self._snapshot_at = now
-        try:
-            await self._conn.execute("select pg_log_standby_snapshot()")
-        except psycopg.Error as exc:  # before PostgreSQL 16, or not permitted: as before
-            log.info("restart_lsn advances at the server's own pace: %s", exc)
-            self._snapshot_at = None
 
     async def close(self) -> None:
         if self._conn is not None:

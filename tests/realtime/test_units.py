@@ -12,7 +12,7 @@ import pytest
 from infra.local.auth import TokenError, verify_token
 from infra.local.realtime import protocol
 from infra.local.realtime.bindings import BindingError, parse_binding, parse_filter
-from infra.local.realtime.database import MAX_PAYLOAD_BYTES, limit_payload
+from infra.local.realtime.database import MAX_PAYLOAD_BYTES, _statements, limit_payload
 from infra.local.realtime.pgoutput import Column, Relation
 from infra.local.realtime.protocol import RawJSON
 from infra.local.realtime.server import commit_timestamp
@@ -149,3 +149,17 @@ def test_relations_alike_in_every_field_are_one_cache_key_and_others_are_not() -
 
     assert cache.get(relation(2950)) == "uuid"
     assert cache.get(relation(25)) is None
+
+
+def test_a_polls_casts_are_cut_into_statements_within_postgres_limits() -> None:
+    few = [("(cast(${0} as int) as a)", ["1"])] * 600
+    wide = [("(" + ", ".join(f"${{{j}}}" for j in range(30000)) + ")", ["v"] * 30000)] * 3
+
+    few_statements = _statements(few)
+    wide_statements = _statements(wide)
+
+    assert [len(exprs) for exprs, _ in few_statements] == [500, 100]
+    assert few_statements[1][0][0] == "(cast($1 as int) as a)"
+    assert few_statements[1][0][-1] == "(cast($100 as int) as a)"
+    assert [len(params) for _, params in wide_statements] == [60000, 30000]
+    assert wide_statements[0][0][1].startswith("($30001, ")

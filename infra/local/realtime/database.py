@@ -228,10 +228,11 @@ class RealtimeDatabase:
         self, changes: list[Change]
     ) -> list[tuple[dict[str, Any], dict[str, Any]]]:
         """``typed_rows`` of every change of a poll, the casts of all in one statement. A row's
-        cast is a text kept per relation and set of columns, its values one ``text[]``
-        parameter, sent with PostgreSQL's own ``$n`` placeholders (``AsyncRawCursor``: psycopg
-        does not parse the query for ``%s``): composing every value with ``psycopg.sql``, then
-        parsing a query that differs at each poll, was most of a poll's CPU here."""
+        cast is a text kept per relation and set of columns, its values parameters sent with
+        PostgreSQL's own ``$n`` placeholders (``AsyncRawCursor``: psycopg does not parse the
+        query for ``%s``): composing every value with ``psycopg.sql``, then parsing a query
+        that differs at each poll, was most of a poll's CPU here. One parameter per value:
+        one ``text[]`` per row, subscripted, cost the server three times as much."""
         parts: list[tuple[dict[str, Any], int | None]] = []  # jsonb values, cast's index
         casts: list[tuple[str, list[Any]]] = []  # (expression template, its values)
         for change in changes:
@@ -246,11 +247,8 @@ class RealtimeDatabase:
         if casts:
             async with self.pool.connection() as conn:
                 cursor = psycopg.AsyncRawCursor(conn)
-                for i in range(0, len(casts), _CHUNK):  # few statements, usually one
-                    chunk = casts[i : i + _CHUNK]
-                    exprs = ", ".join(text.format(n) for n, (text, _) in enumerate(chunk, 1))
-                    params = [values for _, values in chunk]
-                    await cursor.execute(f"select {exprs}", params, prepare=False)
+                for exprs, params in _statements(casts):  # few, usually one
+                    await cursor.execute("select " + ", ".join(exprs), params, prepare=False)
                     cast_rows.extend(await cursor.fetchone() or ())
         rows = []
         for parsed, index in parts:
@@ -260,17 +258,16 @@ class RealtimeDatabase:
         return [(rows[2 * i], rows[2 * i + 1]) for i in range(len(changes))]
 
     def _cast_text(self, relation: Relation, names: tuple[str, ...]) -> str:
-        """``(select to_jsonb(r) from (select cast(($N::text[])[1] as type) as "column", …)
-        r)`` with ``{0}`` for N (``str.format``)."""
+        """``(select to_jsonb(r) from (select cast($N as type) as "column", …) r)`` with
+        ``{0}``, ``{1}``, … for the parameters' numbers (``str.format``)."""
         by_names = self._cast_cache.setdefault(relation, {})
         text = by_names.get(names)
         if text is None:
             types = self._type_cache[relation]
             # a brace of a type or an identifier would read as a format field: doubled
             select = ", ".join(
-                f"cast((${{0}}::text[])[{j}] as {_braced(types[k])})"
-                f" as {_braced(sql.Identifier(k).as_string())}"
-                for j, k in enumerate(names, 1)
+                f"cast(${{{j}}} as {_braced(types[k])}) as {_braced(sql.Identifier(k).as_string())}"
+                for j, k in enumerate(names)
             )
             text = by_names[names] = f"(select to_jsonb(r) from (select {select}) r)"
         return text
@@ -368,6 +365,8 @@ def _jsonb_key_order(item: tuple[str, Any]) -> tuple[int, bytes]:
 _FAILS = -1
 #: select-list entries per statement (PostgreSQL allows 1664 target entries)
 _CHUNK = 500
+#: parameters per statement (the protocol counts them in 16 bits)
+_MAX_PARAMS = 65535
 
 
 @dataclass
@@ -415,6 +414,23 @@ def _raw_rows(change: Change) -> tuple[dict[str, Any], dict[str, Any]]:
     if old_values is None:  # default replica identity, key unchanged: the key, from new
         old_values = {k: (change.new or {}).get(k) for k in change.relation.key_names()}
     return record, old_values
+
+
+def _statements(casts: list[tuple[str, list[Any]]]) -> list[tuple[list[str], list[Any]]]:
+    """The casts numbered and cut into statements within PostgreSQL's limits: ``_CHUNK``
+    select-list entries and ``_MAX_PARAMS`` parameters each."""
+    statements: list[tuple[list[str], list[Any]]] = []
+    exprs: list[str] = []
+    params: list[Any] = []
+    for text, row_values in casts:
+        if exprs and (len(exprs) == _CHUNK or len(params) + len(row_values) > _MAX_PARAMS):
+            statements.append((exprs, params))
+            exprs, params = [], []
+        first = len(params) + 1
+        exprs.append(text.format(*range(first, first + len(row_values))))
+        params.extend(row_values)
+    statements.append((exprs, params))
+    return statements
 
 
 def _braced(text: str) -> str:

@@ -217,6 +217,34 @@ def test_a_record_with_jsonb_values_is_what_to_jsonb_gives_for_the_row(
     assert list(record["metadata"]) == list(row[1]["metadata"])
 
 
+def test_columns_named_with_quotes_braces_and_placeholders_are_typed_as_to_jsonb_types_them(
+    realtime: InProcessRealtime, db_uri: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    with psycopg.connect(db_uri, autocommit=True) as conn:
+        conn.execute(
+            'create table public.odd ("a%s""{b}$1" int primary key, "100%" timestamptz, j jsonb,'
+            " t text[]); grant select on public.odd to service_role;"
+            " alter publication supabase_realtime add table public.odd"
+        )
+    with realtime.socket() as ws:
+        subscribe(ws, "realtime:odd", [{"event": "*", "schema": "public", "table": "odd"}])
+        with psycopg.connect(db_uri, autocommit=True) as conn:
+            row = conn.execute(
+                "insert into public.odd values (7, '2026-11-27 10:00:00.5+09', '[1.50, \"%s\"]',"
+                " '{x,NULL}') returning to_jsonb(odd)"
+            ).fetchone()
+            conn.execute('update public.odd set "100%" = null where "a%s""{b}$1" = 7')
+        assert row is not None
+        frames = receive_until(ws, lambda f: f["payload"].get("data", {}).get("type") == "UPDATE")
+
+    inserted, updated = [f["payload"]["data"] for f in frames if f["event"] == "postgres_changes"]
+    assert inserted["record"] == row[0] and list(inserted["record"]) == list(row[0])
+    assert updated["record"] == {**row[0], "100%": None}
+    assert updated["old_record"] == {'a%s"{b}$1': 7}
+    # by the batched path, not by its fallback transaction by transaction
+    assert not [r for r in caplog.records if r.name == "infra.local.realtime"]
+
+
 def test_a_poller_that_died_leaves_no_slot_behind_when_capture_starts_again(
     realtime: InProcessRealtime, db_uri: str
 ) -> None:

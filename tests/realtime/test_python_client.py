@@ -97,6 +97,20 @@ def test_heartbeats_are_answered_in_both_serializers(supabase_server: LocalSupab
     assert v2 == [None, "8", "phoenix", "phx_reply", {"status": "ok", "response": {}}]
 
 
+def test_the_socket_declines_per_message_compression_as_phoenix_does(
+    supabase_server: LocalSupabase,
+) -> None:
+    async def extensions() -> str | None:
+        url = f"{supabase_server.ws_url}?apikey={supabase_server.anon_key}&vsn=1.0.0"
+        # the websockets client offers permessage-deflate by default, as browsers and ws do
+        async with websockets.connect(url) as ws:
+            assert ws.request is not None and ws.response is not None
+            assert "permessage-deflate" in ws.request.headers["Sec-WebSocket-Extensions"]
+            return ws.response.headers.get("Sec-WebSocket-Extensions")
+
+    assert run(extensions()) is None
+
+
 # --- 3. join ---------------------------------------------------------------------------------
 
 

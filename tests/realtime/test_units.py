@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from datetime import UTC, datetime
 
@@ -11,6 +12,9 @@ import pytest
 from infra.local.auth import TokenError, verify_token
 from infra.local.realtime import protocol
 from infra.local.realtime.bindings import BindingError, parse_binding, parse_filter
+from infra.local.realtime.database import MAX_PAYLOAD_BYTES, _statements, limit_payload
+from infra.local.realtime.pgoutput import Column, Relation
+from infra.local.realtime.protocol import RawJSON
 from infra.local.realtime.server import commit_timestamp
 
 SECRET = "s" * 40
@@ -58,6 +62,60 @@ def test_frames_round_trip_in_both_serializers() -> None:
     assert protocol.decode(protocol.VSN_2, v2) == frame
 
 
+#: jsonb's own printing (", " and ": " separators), with what json.dumps writes longer: non-ASCII
+#: text (escaped by ensure_ascii) and floats of 17 or more integer digits (exponent form)
+JSONB_TEXTS = [
+    '{"a": [1, 2.50, -0, 1.0], "k": "\\"q\\" \\\\ \\n", "z": null, "aa": {"b": true}}',
+    '{"ko": "모든 서버 분석", "emoji": "😀😀", "mixed": ["é", 1]}',
+    "[12345678901234567.5, 123456789012345678901.25, 0.000012345678901234567]",
+    '"plain"',
+]
+
+
+@pytest.mark.parametrize("text", JSONB_TEXTS)
+def test_raw_json_is_written_into_frames_as_it_is_in_both_serializers(text: str) -> None:
+    record = {"id": "7", "result": RawJSON(text), "progress": 5}
+    frame = protocol.Frame("realtime:x", "postgres_changes", {"data": {"record": record}})
+
+    v1 = protocol.encode(protocol.VSN_1, frame)
+    v2 = protocol.encode(protocol.VSN_2, frame)
+
+    expected = {"id": "7", "result": json.loads(text), "progress": 5}
+    assert json.loads(v1)["payload"]["data"]["record"] == expected
+    assert json.loads(v2)[4]["data"]["record"] == expected
+    assert f'"result":{text},' in v1 and f'"result":{text},' in v2
+
+
+@pytest.mark.parametrize("text", JSONB_TEXTS)
+def test_rows_of_raw_json_under_the_limit_are_passed_on_unparsed(text: str) -> None:
+    record, old = {"id": "7", "result": RawJSON(text)}, {"id": "7"}
+
+    new_record, new_old, errors = limit_payload(record, old)
+
+    assert (new_record, new_old, errors) == (record, old, None)
+
+
+def test_a_raw_json_row_over_the_limit_keeps_only_small_values_as_a_parsed_one_does() -> None:
+    big = json.dumps({"blob": "x" * (MAX_PAYLOAD_BYTES + 1)}, separators=(", ", ": "))
+    raw = {"id": "7", "message": "big", "data": RawJSON(big), "meta": RawJSON('{"n": 1}')}
+    parsed = {"id": "7", "message": "big", "data": json.loads(big), "meta": {"n": 1}}
+
+    assert limit_payload(raw, {}) == limit_payload(parsed, {})
+    assert limit_payload(raw, {}) == (
+        {"id": "7", "message": "big", "meta": {"n": 1}},
+        {},
+        ["Error 413: Payload Too Large"],
+    )
+
+
+def test_a_raw_json_row_near_the_limit_is_measured_as_a_parsed_one_is() -> None:
+    # ASCII text whose bound (3 characters per byte) is over the limit but whose size is not
+    text = json.dumps({"blob": "x" * (MAX_PAYLOAD_BYTES // 2)}, separators=(", ", ": "))
+    raw = {"id": "7", "data": RawJSON(text)}
+
+    assert limit_payload(raw, {}) == (raw, {}, None)
+
+
 @pytest.mark.parametrize(
     ("token", "kind"),
     [
@@ -81,3 +139,27 @@ def test_tokens_are_refused_with_the_real_servers_error_family(
         verify_token(SECRET, token)
 
     assert refused.value.kind == kind
+
+
+def test_relations_alike_in_every_field_are_one_cache_key_and_others_are_not() -> None:
+    def relation(type_oid: int) -> Relation:
+        return Relation(1, "public", "t", "d", (Column("id", type_oid, -1, True),))
+
+    cache = {relation(2950): "uuid"}
+
+    assert cache.get(relation(2950)) == "uuid"
+    assert cache.get(relation(25)) is None
+
+
+def test_a_polls_casts_are_cut_into_statements_within_postgres_limits() -> None:
+    few = [("(cast(${0} as int) as a)", ["1"])] * 600
+    wide = [("(" + ", ".join(f"${{{j}}}" for j in range(30000)) + ")", ["v"] * 30000)] * 3
+
+    few_statements = _statements(few)
+    wide_statements = _statements(wide)
+
+    assert [len(exprs) for exprs, _ in few_statements] == [500, 100]
+    assert few_statements[1][0][0] == "(cast($1 as int) as a)"
+    assert few_statements[1][0][-1] == "(cast($100 as int) as a)"
+    assert [len(params) for _, params in wide_statements] == [60000, 30000]
+    assert wide_statements[0][0][1].startswith("($30001, ")

@@ -26,12 +26,14 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
+import psycopg
 from psycopg import sql
 from psycopg_pool import AsyncConnectionPool
 
 from infra.local.realtime.bindings import IN_OPERATOR, OPERATORS, Binding, BindingError, Filter
 from infra.local.realtime.capture import PUBLICATION
 from infra.local.realtime.pgoutput import UNCHANGED_TOAST, Change, Relation
+from infra.local.realtime.protocol import RawJSON
 
 log = logging.getLogger("infra.local.realtime")
 
@@ -74,6 +76,7 @@ class RealtimeDatabase:
             db_uri, min_size=2, max_size=4, open=False, kwargs={"autocommit": True}
         )
         self._type_cache: dict[Relation, dict[str, str]] = {}
+        self._cast_cache: dict[Relation, dict[tuple[str, ...], str]] = {}
 
     async def open(self) -> None:
         await self.pool.open(wait=True)
@@ -224,27 +227,50 @@ class RealtimeDatabase:
     async def typed_rows_many(
         self, changes: list[Change]
     ) -> list[tuple[dict[str, Any], dict[str, Any]]]:
-        """``typed_rows`` of every change of a poll, the casts of all in one statement."""
-        parts: list[tuple[dict[str, Any], int | None]] = []  # parsed jsonb values, cast column
-        casts: list[sql.Composable] = []
+        """``typed_rows`` of every change of a poll, the casts of all in one statement. A row's
+        cast is a text kept per relation and set of columns, its values parameters sent with
+        PostgreSQL's own ``$n`` placeholders (``AsyncRawCursor``: psycopg does not parse the
+        query for ``%s``): composing every value with ``psycopg.sql``, then parsing a query
+        that differs at each poll, was most of a poll's CPU here. One parameter per value:
+        one ``text[]`` per row, subscripted, cost the server three times as much."""
+        parts: list[tuple[dict[str, Any], int | None]] = []  # jsonb values, cast's index
+        casts: list[tuple[str, list[Any]]] = []  # (expression template, its values)
         for change in changes:
             types = await self._types(change.relation)
             for values in _raw_rows(change):
-                parsed, cast = _split(values, types)
-                parts.append((parsed, None if cast is None else len(casts)))
-                if cast is not None:
-                    casts.append(cast)
+                parsed, cast = _partition(values, types)
+                parts.append((parsed, len(casts) if cast else None))
+                if cast:
+                    names = tuple(k for k, _ in cast)
+                    casts.append((self._cast_text(change.relation, names), [v for _, v in cast]))
         cast_rows: list[Any] = []
         if casts:
             async with self.pool.connection() as conn:
-                cursor = await conn.execute(_selects(casts), prepare=False)
-                cast_rows = await _all_values(cursor)
+                cursor = psycopg.AsyncRawCursor(conn)
+                for exprs, params in _statements(casts):  # few, usually one
+                    await cursor.execute("select " + ", ".join(exprs), params, prepare=False)
+                    cast_rows.extend(await cursor.fetchone() or ())
         rows = []
         for parsed, index in parts:
             if index is not None:
                 parsed.update(cast_rows[index] or {})
             rows.append(dict(sorted(parsed.items(), key=_jsonb_key_order)))
         return [(rows[2 * i], rows[2 * i + 1]) for i in range(len(changes))]
+
+    def _cast_text(self, relation: Relation, names: tuple[str, ...]) -> str:
+        """``(select to_jsonb(r) from (select cast($N as type) as "column", …) r)`` with
+        ``{0}``, ``{1}``, … for the parameters' numbers (``str.format``)."""
+        by_names = self._cast_cache.setdefault(relation, {})
+        text = by_names.get(names)
+        if text is None:
+            types = self._type_cache[relation]
+            # a brace of a type or an identifier would read as a format field: doubled
+            select = ", ".join(
+                f"cast(${{{j}}} as {_braced(types[k])}) as {_braced(sql.Identifier(k).as_string())}"
+                for j, k in enumerate(names)
+            )
+            text = by_names[names] = f"(select to_jsonb(r) from (select {select}) r)"
+        return text
 
     async def visible_many(self, requests: list[Request]) -> list[Visible | None]:
         """``visible_to`` of every request of a poll: one message per distinct claims set."""
@@ -329,10 +355,6 @@ class RealtimeDatabase:
         return [plan.decide(by_relation, answers) for plan in plans]
 
 
-def _json(text: Any) -> Any:
-    return None if text is None else json.loads(text)
-
-
 def _jsonb_key_order(item: tuple[str, Any]) -> tuple[int, bytes]:
     """jsonb keeps an object's keys shorter first, then bytewise (as to_jsonb(r) returns)."""
     key = item[0].encode()
@@ -343,6 +365,8 @@ def _jsonb_key_order(item: tuple[str, Any]) -> tuple[int, bytes]:
 _FAILS = -1
 #: select-list entries per statement (PostgreSQL allows 1664 target entries)
 _CHUNK = 500
+#: parameters per statement (the protocol counts them in 16 bits)
+_MAX_PARAMS = 65535
 
 
 @dataclass
@@ -392,15 +416,55 @@ def _raw_rows(change: Change) -> tuple[dict[str, Any], dict[str, Any]]:
     return record, old_values
 
 
+def _statements(casts: list[tuple[str, list[Any]]]) -> list[tuple[list[str], list[Any]]]:
+    """The casts numbered and cut into statements within PostgreSQL's limits: ``_CHUNK``
+    select-list entries and ``_MAX_PARAMS`` parameters each."""
+    statements: list[tuple[list[str], list[Any]]] = []
+    exprs: list[str] = []
+    params: list[Any] = []
+    for text, row_values in casts:
+        if exprs and (len(exprs) == _CHUNK or len(params) + len(row_values) > _MAX_PARAMS):
+            statements.append((exprs, params))
+            exprs, params = [], []
+        first = len(params) + 1
+        exprs.append(text.format(*range(first, first + len(row_values))))
+        params.extend(row_values)
+    statements.append((exprs, params))
+    return statements
+
+
+def _braced(text: str) -> str:
+    return text.replace("{", "{{").replace("}", "}}")
+
+
+def _partition(
+    values: dict[str, Any], types: dict[str, str]
+) -> tuple[dict[str, Any], list[tuple[str, Any]]]:
+    """jsonb values as their JSON text (as ``_split``); the rest, to cast, in column order."""
+    parsed: dict[str, Any] = {}
+    cast: list[tuple[str, Any]] = []
+    for k, v in values.items():
+        if v is UNCHANGED_TOAST:
+            continue
+        if types[k] == JSONB:
+            parsed[k] = None if v is None else RawJSON(str(v))
+        else:
+            cast.append((k, v))
+    return parsed, cast
+
+
 def _split(
     values: dict[str, Any], types: dict[str, str]
 ) -> tuple[dict[str, Any], sql.Composable | None]:
-    """jsonb values parsed here; the rest as one ``(select to_jsonb(r) …)`` expression."""
+    """jsonb values as their JSON text; the rest as one ``(select to_jsonb(r) …)`` expression."""
     present = [(k, v) for k, v in values.items() if v is not UNCHANGED_TOAST]
     # A jsonb value's text is the JSON to_jsonb gives for it (keys already in jsonb's
-    # order): parsed here, a job's result (tens of kB) is not sent to the database and
-    # back for every change of its row.
-    parsed = {k: _json(v) for k, v in present if types[k] == JSONB}
+    # order): kept as that text and written into the frame as it is (protocol.RawJSON), a
+    # job's result (tens of kB) is neither sent to the database and back nor parsed and
+    # encoded again for every change of its row.
+    parsed: dict[str, Any] = {
+        k: None if v is None else RawJSON(str(v)) for k, v in present if types[k] == JSONB
+    }
     cast = [(k, v) for k, v in present if types[k] != JSONB]
     if not cast:
         return parsed, None
@@ -513,12 +577,34 @@ async def _passes(
 def limit_payload(
     record: dict[str, Any], old: dict[str, Any]
 ) -> tuple[dict[str, Any], dict[str, Any], list[str] | None]:
-    """Over 1 MiB: keep only values of at most 64 bytes and say so in ``errors``."""
-    size = len(json.dumps(record)) + len(json.dumps(old))
+    """Over 1 MiB (``json.dumps`` of the rows, values parsed): keep only values of at most 64
+    bytes and say so in ``errors``. Rows whose size bound is under the limit are not parsed."""
+    if _size_bound(record) + _size_bound(old) <= MAX_PAYLOAD_BYTES:
+        return record, old, None
+    parsed_record, parsed_old = _parsed(record), _parsed(old)
+    size = len(json.dumps(parsed_record)) + len(json.dumps(parsed_old))
     if size <= MAX_PAYLOAD_BYTES:
         return record, old, None
 
     def small(row: dict[str, Any]) -> dict[str, Any]:
         return {k: v for k, v in row.items() if len(json.dumps(v)) <= MAX_KEPT_VALUE_BYTES}
 
-    return small(record), small(old), ["Error 413: Payload Too Large"]
+    return small(parsed_record), small(parsed_old), ["Error 413: Payload Too Large"]
+
+
+def _size_bound(row: dict[str, Any]) -> int:
+    """At least ``len(json.dumps(row))`` with its RawJSON values parsed. json.dumps writes
+    jsonb's text in at most 3 characters per UTF-8 byte: whitespace, strings and escapes as
+    jsonb prints them (", " and ": " separators), a non-ASCII character (2 to 4 bytes) as a
+    6- or 12-character escape, a number in at most as many characters as jsonb's digits but
+    for a float of 17 or more integer digits with a fraction (at most 22 for 19 or more)."""
+    raw = [v.text for v in row.values() if isinstance(v, RawJSON)]
+    if not raw:
+        return len(json.dumps(row))
+    plain = {k: None if isinstance(v, RawJSON) else v for k, v in row.items()}
+    # each RawJSON was written as "null" (4 characters) in ``plain``
+    return len(json.dumps(plain)) - 4 * len(raw) + sum(3 * len(t.encode()) for t in raw)
+
+
+def _parsed(row: dict[str, Any]) -> dict[str, Any]:
+    return {k: json.loads(v.text) if isinstance(v, RawJSON) else v for k, v in row.items()}

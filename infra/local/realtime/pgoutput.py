@@ -12,6 +12,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from functools import cached_property
 from typing import Literal
 
 PG_EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
@@ -37,6 +38,15 @@ class Relation:
     table: str
     replica_identity: str  # d default, f full, i index, n nothing
     columns: tuple[Column, ...]
+
+    def __hash__(self) -> int:
+        return self._hash
+
+    @cached_property
+    def _hash(self) -> int:
+        # kept: a relation keys the stand-in's caches at every change, and the generated
+        # hash walked every column each time
+        return hash((self.oid, self.schema, self.table, self.replica_identity, self.columns))
 
     def key_names(self) -> list[str]:
         return [c.name for c in self.columns if c.is_key]
@@ -140,6 +150,6 @@ def _tuple(body: memoryview, pos: int) -> tuple[list[object], int]:
             values.append(UNCHANGED_TOAST)
         else:  # 't' text (or 'b' binary, which we never ask for)
             (length,) = struct.unpack_from("!I", body, pos)
-            values.append(bytes(body[pos + 4 : pos + 4 + length]).decode())
+            values.append(str(body[pos + 4 : pos + 4 + length], "utf-8"))
             pos += 4 + length
     return values, pos

@@ -49,6 +49,7 @@ from scripts import bench_peer
 from scripts.bench_tools import (
     CpuMeter,
     LoadResult,
+    ai_cpu_ms,
     cold_start_ms,
     host_pids,
     json_ready,
@@ -485,6 +486,9 @@ def jobs_running(
     poll_thread.join()
     meter.stop()
     cpu = meter.per(jobs)
+    # the AI work's own CPU as the processor measured it for each job (its thread's CPU
+    # time, logged with the completion): the same work under this burst's load
+    ai = ai_cpu_ms(stack.log_text("functions"), set(ids))
     return {
         "createMs": percentiles(creates),
         **({"pollMs": percentiles(polls)} if poll else {}),
@@ -494,6 +498,7 @@ def jobs_running(
             "jobsPerSecond": round(jobs / elapsed, 2),
         },
         "cpuMsPerJob": {**cpu, "total": round(sum(cpu.values()), 3)},
+        **({"aiCpuMsPerJobInPlace": round(sum(ai) / len(ai), 2)} if len(ai) == jobs else {}),
     }
 
 
@@ -747,6 +752,19 @@ def jobs_part(
         "queueOwnCpuMsPerJobWithPoller": round(queue_cpu(running) - ai_ms, 2),
         "quietCpuMsPerJob": quiet["cpuMsPerJob"],
         "queueOwnCpuMsPerJob": round(queue_cpu(quiet) - ai_ms, 2),
+        # the same with the AI work measured in place, in the same burst: under load the
+        # pipeline itself costs a few ms more than alone, which the figure above counts as
+        # the queue's
+        **(
+            {
+                "aiWorkCpuMsPerJobInPlace": quiet["aiCpuMsPerJobInPlace"],
+                "queueOwnCpuMsPerJobAiInPlace": round(
+                    queue_cpu(quiet) - quiet["aiCpuMsPerJobInPlace"], 2
+                ),
+            }
+            if "aiCpuMsPerJobInPlace" in quiet
+            else {}
+        ),
         "realtimeWatcher": {
             "cpuMsPerJob": watched["cpuMsPerJob"],
             "eventsPerJob": round(watcher.events / jobs, 1),
@@ -769,6 +787,12 @@ def jobs_part(
         f" polling or watching, as the peer (with the poller beside:"
         f" {result['queueOwnCpuMsPerJobWithPoller']} ms)"
     )
+    if "queueOwnCpuMsPerJobAiInPlace" in result:
+        say(
+            f"  the same, AI work measured in place {result['queueOwnCpuMsPerJobAiInPlace']} ms"
+            f" (the AI work: {result['aiWorkCpuMsPerJobInPlace']} ms in the processor,"
+            f" {ai_ms} ms alone)"
+        )
     rt = result["realtimeWatcher"]
     say(f"  the same, one Realtime watcher     CPU per job {rt['cpuMsPerJob']}")
     say(

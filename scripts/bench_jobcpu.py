@@ -45,7 +45,14 @@ import psycopg
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from infra.local.stack import LocalStack, StackConfig
-from scripts.bench_tools import CpuMeter, host_pids, percentiles, postmaster_pid, worker_pid
+from scripts.bench_tools import (
+    CpuMeter,
+    ai_cpu_ms,
+    host_pids,
+    percentiles,
+    postmaster_pid,
+    worker_pid,
+)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 COMPLEX = "모든 서버 분석하고 최적화 리포트 만들어줘"
@@ -131,22 +138,6 @@ def burst(
         "seconds": round(elapsed, 3),
         "outcomes": outcomes(stack.db_uri, ids),
     }
-
-
-def ai_cpu_ms(log_text: str, job_ids: set[str]) -> list[float]:
-    """``aiCpuMs`` of the "job completed" lines of these jobs in the function host's log."""
-    found = []
-    for line in log_text.splitlines():
-        start = line.find("{")
-        if start < 0 or "aiCpuMs" not in line:
-            continue
-        try:
-            entry = json.loads(line[start:])
-        except ValueError:
-            continue
-        if entry.get("jobId") in job_ids and entry.get("message") == "job completed":
-            found.append(float(entry["aiCpuMs"]))
-    return found
 
 
 def pickup(stack: LocalStack, jobs: int) -> dict[str, float]:

@@ -7,6 +7,7 @@ Everything runs on loopback against processes the benchmark started itself.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -270,3 +271,19 @@ def json_ready(value: Any) -> Any:
             "cpuMsPerRequest": value.cpu_ms_per_request,
         }
     return value
+
+
+def ai_cpu_ms(log_text: str, job_ids: set[str]) -> list[float]:
+    """``aiCpuMs`` of the "job completed" lines of these jobs in the function host's log."""
+    found = []
+    for line in log_text.splitlines():
+        start = line.find("{")
+        if start < 0 or "aiCpuMs" not in line:
+            continue
+        try:
+            entry = json.loads(line[start:])
+        except ValueError:
+            continue
+        if entry.get("jobId") in job_ids and entry.get("message") == "job completed":
+            found.append(float(entry["aiCpuMs"]))
+    return found

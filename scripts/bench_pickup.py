@@ -143,6 +143,12 @@ def _hop_rules(ports: Ports) -> list[tuple[str, str, Any]]:
         )
 
     return [
+        # create_job's result arriving from Postgres's Unix socket (after its commit)
+        (
+            "gateway has create_job's result",
+            "gateway",
+            lambda c: c.call == "recvfrom" and receives(c) and c.local_port is None,
+        ),
         ("gateway answers create_job", "gateway", lambda c: sends(c, local=ports.gateway)),
         ("create fn has the answer", CREATE.name, lambda c: receives(c, peer=ports.gateway)),
         ("create fn sends CreateTask", CREATE.name, lambda c: sends(c, peer=ports.emulator)),

@@ -339,11 +339,21 @@ def _answer(
 
 # --- sending at once, from the thread that launches the attempt ----------------------------
 
-#: A request this small is written at once by the thread that launches the attempt (CreateTask's
-#: own), before CreateTask answers, instead of by a dispatch thread woken for it: written on an
-#: idle kept-alive connection, whose send buffer is empty, it cannot block (Linux starts a TCP
-#: socket's send buffer at 16 KiB, net.ipv4.tcp_wmem). Larger bodies go the usual way.
-SEND_AT_ONCE_MAX_BODY = 8 * 1024
+#: A request this small (head and body) is written at once by the thread that launches the
+#: attempt (CreateTask's own, holding the emulator's lock), before CreateTask answers, instead
+#: of by a dispatch thread woken for it: written on an idle kept-alive connection, whose send
+#: buffer is empty, it cannot block (Linux starts a TCP socket's send buffer at 16 KiB,
+#: net.ipv4.tcp_wmem). Larger requests (a task may carry 80 KB of headers and a 1 MB body) go
+#: the usual way.
+SEND_AT_ONCE_MAX_BYTES = 8 * 1024
+#: the request line, Host, Content-Length and Accept-Encoding http.client adds, generously
+_HEAD_OVERHEAD_BYTES = 256
+
+
+def _request_bytes(dispatch: HttpDispatch) -> int:
+    """About how many bytes the request takes on the wire (never fewer)."""
+    headers = sum(len(k) + len(v) + 4 for k, v in dispatch.headers.items())
+    return len(dispatch.url) + headers + len(dispatch.body) + _HEAD_OVERHEAD_BYTES
 
 
 @dataclass(frozen=True)
@@ -356,12 +366,12 @@ class Sent:
 
 def send_at_once(dispatch: HttpDispatch, connections: Connections) -> Sent | None:
     """Write the request now on an idle kept-alive connection to its origin, when one is at
-    hand and the request is small; then a dispatch thread only reads the answer
-    (`receive`). None when it was not sent: no idle connection, a large body, or the server
-    had closed the connection before the request was completely written (nothing ran), and
-    also when the write failed otherwise, so that `send` makes the attempt from the start,
-    with its own outcome; a request is never written whole twice."""
-    if len(dispatch.body) > SEND_AT_ONCE_MAX_BODY:
+    hand and the request is small (`SEND_AT_ONCE_MAX_BYTES`); then a dispatch thread only
+    reads the answer (`receive`). None when it was not sent: no idle connection, a large
+    request, or the server had closed the connection before the request was completely
+    written (nothing ran), and also when the write failed otherwise, so that `send` makes the
+    attempt from the start, with its own outcome; a request is never written whole twice."""
+    if _request_bytes(dispatch) > SEND_AT_ONCE_MAX_BYTES:
         return None
     try:
         origin, target = _origin_and_target(dispatch.url)

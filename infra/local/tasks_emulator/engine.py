@@ -545,7 +545,7 @@ class Engine:
         self._attempts.add(attempt)
         if send_at_once:
             # under the lock, as the deadline watch wants it; the write of a small request on
-            # an idle connection cannot block (see dispatch.SEND_AT_ONCE_MAX_BODY)
+            # an idle connection cannot block (see dispatch.SEND_AT_ONCE_MAX_BYTES)
             attempt.sent = dispatch.send_at_once(request, self._connections)
             if attempt.sent is not None:
                 attempt.sock = attempt.sent.connection.sock

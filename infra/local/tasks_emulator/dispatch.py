@@ -9,7 +9,11 @@ Attempts go over kept-alive connections (`Connections`), as Google's front ends 
 a connection that answered a whole, framed response without `Connection: close` is reused by
 the next attempt to the same origin within `IDLE_REUSE_S`, so a dispatch costs neither a TCP
 handshake nor the worker's accept. Every socket has TCP_NODELAY: a request is written in one
-send, and a response must not wait on Nagle.
+send (head and body together, `_OneSend`), and a response must not wait on Nagle.
+
+A small request that finds an idle connection is written by the thread that launches the
+attempt (`send_at_once`, CreateTask's own), and a dispatch thread then only reads the answer
+(`receive`): the task is on its way before CreateTask has answered.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import quote, urlsplit
 
 from infra.local.tasks_emulator.model import (
@@ -124,22 +129,49 @@ def _origin_and_target(url: str) -> tuple[_Origin, str]:
     return (parts.scheme, parts.hostname, parts.port or default_port), target
 
 
-def _new_connection(origin: _Origin, timeout_s: float) -> http.client.HTTPConnection:
+class _OneSend(http.client.HTTPConnection):
+    """http.client sends a request's head and its body with a send each; with TCP_NODELAY
+    that is two segments, and a worker reading the head may have to wake again for the body.
+    Between `hold()` and `flush()` this connection gathers what http.client sends (through
+    `send`, its public write) and writes it with one send."""
+
+    _held: list[bytes] | None = None
+
+    def hold(self) -> None:
+        self._held = []
+
+    def send(self, data: Any) -> None:
+        if self._held is None or not isinstance(data, bytes | bytearray):
+            super().send(data)
+        else:
+            self._held.append(bytes(data))
+
+    def flush(self) -> None:
+        held, self._held = self._held, None
+        if held:
+            super().send(b"".join(held))
+
+
+class _OneSendHTTPS(_OneSend, http.client.HTTPSConnection):
+    pass
+
+
+def _new_connection(origin: _Origin, timeout_s: float) -> _OneSend:
     scheme, host, port = origin
-    connection: http.client.HTTPConnection
+    connection: _OneSend
     if scheme == "https":
-        connection = http.client.HTTPSConnection(
+        connection = _OneSendHTTPS(
             host, port, timeout=timeout_s, context=ssl.create_default_context()
         )
     else:
-        connection = http.client.HTTPConnection(host, port, timeout=timeout_s)
+        connection = _OneSend(host, port, timeout=timeout_s)
     connection.connect()
     assert connection.sock is not None  # connect() sets it or raises
     connection.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     return connection
 
 
-def _still_open(connection: http.client.HTTPConnection) -> bool:
+def _still_open(connection: _OneSend) -> bool:
     """An idle connection the server has not closed: nothing to read on it (a readable idle
     socket means EOF, or bytes nobody asked for), as urllib3 checks before reusing one."""
     sock = connection.sock
@@ -156,27 +188,33 @@ class Connections:
     """Kept-alive connections by origin, shared by the dispatch threads."""
 
     def __init__(self) -> None:
-        self._idle: dict[_Origin, list[tuple[http.client.HTTPConnection, float]]] = {}
+        self._idle: dict[_Origin, list[tuple[_OneSend, float]]] = {}
         self._lock = threading.Lock()
         self._closed = False
 
-    def take(self, origin: _Origin, timeout_s: float) -> tuple[http.client.HTTPConnection, bool]:
+    def take(self, origin: _Origin, timeout_s: float) -> tuple[_OneSend, bool]:
         """An idle connection to ``origin`` (reused=True) or a new one (which may raise)."""
+        connection = self.take_idle(origin, timeout_s)
+        if connection is not None:
+            return connection, True
+        return _new_connection(origin, timeout_s), False
+
+    def take_idle(self, origin: _Origin, timeout_s: float) -> _OneSend | None:
+        """An idle connection to ``origin`` that can carry a request, or None."""
         now = time.monotonic()
         while True:
             with self._lock:
                 idle = self._idle.get(origin)
                 if not idle:
-                    break
+                    return None
                 connection, since = idle.pop()
             if now - since < IDLE_REUSE_S and _still_open(connection):
                 assert connection.sock is not None
                 connection.sock.settimeout(timeout_s)
-                return connection, True
+                return connection
             connection.close()
-        return _new_connection(origin, timeout_s), False
 
-    def give_back(self, origin: _Origin, connection: http.client.HTTPConnection) -> None:
+    def give_back(self, origin: _Origin, connection: _OneSend) -> None:
         with self._lock:
             idle = self._idle.setdefault(origin, [])
             if not self._closed and len(idle) < MAX_IDLE_PER_ORIGIN:
@@ -231,7 +269,7 @@ _CLOSED_BEFORE_ANSWER = AttemptOutcome(None, RPC_UNAVAILABLE, "closed before ans
 
 
 def _exchange(
-    connection: http.client.HTTPConnection,
+    connection: _OneSend,
     target: str,
     dispatch: HttpDispatch,
     watch: SocketWatch,
@@ -241,17 +279,43 @@ def _exchange(
 ) -> AttemptOutcome:
     """One request and its whole response on ``connection``, which is handed back when it
     can carry the next attempt and closed otherwise."""
+    # The socket object, not the connection: http.client drops `connection.sock` once a
+    # response that closes the connection starts, while the body is still being read.
+    watch(connection.sock)
+    failed = _write(connection, target, dispatch)
+    if failed is not None:
+        watch(None)
+        connection.close()
+        return failed
+    return _answer(Sent(connection, origin), dispatch, watch, connections)
+
+
+def _write(connection: _OneSend, target: str, dispatch: HttpDispatch) -> AttemptOutcome | None:
+    """Write the request; None once it is written whole, else what the attempt came to
+    (`_CLOSED_BEFORE_ANSWER` when it was not completely written: it cannot have run)."""
+    try:
+        connection.hold()
+        connection.request(
+            dispatch.method, target, body=dispatch.body or None, headers=dict(dispatch.headers)
+        )
+        connection.flush()
+    except (BrokenPipeError, ConnectionResetError):
+        return _CLOSED_BEFORE_ANSWER
+    except TimeoutError:
+        return deadline_exceeded(dispatch.deadline_s)
+    except (OSError, http.client.HTTPException) as error:
+        return AttemptOutcome(None, RPC_UNAVAILABLE, f"{type(error).__name__}: {error}")
+    return None
+
+
+def _answer(
+    sent: Sent, dispatch: HttpDispatch, watch: SocketWatch, connections: Connections
+) -> AttemptOutcome:
+    """Read the whole response to a request written on ``sent.connection``; the connection
+    is handed back when it can carry the next attempt and closed otherwise."""
+    connection = sent.connection
     keep = False
     try:
-        # The socket object, not the connection: http.client drops `connection.sock` once a
-        # response that closes the connection starts, while the body is still being read.
-        watch(connection.sock)
-        try:
-            connection.request(
-                dispatch.method, target, body=dispatch.body or None, headers=dict(dispatch.headers)
-            )
-        except (BrokenPipeError, ConnectionResetError):
-            return _CLOSED_BEFORE_ANSWER  # not completely written: it cannot have run
         response = connection.getresponse()
         response.read()
         keep = not response.will_close
@@ -263,7 +327,7 @@ def _exchange(
         watch(None)
         if not keep:
             connection.close()
-    connections.give_back(origin, connection)
+    connections.give_back(sent.origin, connection)
     status = response.status
     return AttemptOutcome(
         status,
@@ -271,3 +335,59 @@ def _exchange(
         f"HTTP {status}",
         retry_after_seconds(response.getheader("Retry-After")),
     )
+
+
+# --- sending at once, from the thread that launches the attempt ----------------------------
+
+#: A request this small (head and body) is written at once by the thread that launches the
+#: attempt (CreateTask's own, holding the emulator's lock), before CreateTask answers, instead
+#: of by a dispatch thread woken for it: written on an idle kept-alive connection, whose send
+#: buffer is empty, it cannot block (Linux starts a TCP socket's send buffer at 16 KiB,
+#: net.ipv4.tcp_wmem). Larger requests (a task may carry 80 KB of headers and a 1 MB body) go
+#: the usual way.
+SEND_AT_ONCE_MAX_BYTES = 8 * 1024
+#: the request line, Host, Content-Length and Accept-Encoding http.client adds, generously
+_HEAD_OVERHEAD_BYTES = 256
+
+
+def _request_bytes(dispatch: HttpDispatch) -> int:
+    """About how many bytes the request takes on the wire (never fewer)."""
+    headers = sum(len(k) + len(v) + 4 for k, v in dispatch.headers.items())
+    return len(dispatch.url) + headers + len(dispatch.body) + _HEAD_OVERHEAD_BYTES
+
+
+@dataclass(frozen=True)
+class Sent:
+    """A request written whole on a kept-alive connection; its answer is still to be read."""
+
+    connection: _OneSend
+    origin: _Origin
+
+
+def send_at_once(dispatch: HttpDispatch, connections: Connections) -> Sent | None:
+    """Write the request now on an idle kept-alive connection to its origin, when one is at
+    hand and the request is small (`SEND_AT_ONCE_MAX_BYTES`); then a dispatch thread only
+    reads the answer (`receive`). None when it was not sent: no idle connection, a large
+    request, or the server had closed the connection before the request was completely
+    written (nothing ran), and also when the write failed otherwise, so that `send` makes the
+    attempt from the start, with its own outcome; a request is never written whole twice."""
+    if _request_bytes(dispatch) > SEND_AT_ONCE_MAX_BYTES:
+        return None
+    try:
+        origin, target = _origin_and_target(dispatch.url)
+    except ValueError:
+        return None
+    connection = connections.take_idle(origin, dispatch.deadline_s)
+    if connection is None:
+        return None
+    if _write(connection, target, dispatch) is not None:
+        connection.close()
+        return None
+    return Sent(connection, origin)
+
+
+def receive(
+    sent: Sent, dispatch: HttpDispatch, watch: SocketWatch, connections: Connections
+) -> AttemptOutcome:
+    """The outcome of a request `send_at_once` wrote, from its answer (never raises)."""
+    return _answer(sent, dispatch, watch, connections)

@@ -128,6 +128,8 @@ class _Attempt:
     deadline_at: float  #: monotonic
     sock: socket.socket | None = None
     timed_out: bool = False
+    #: the request, when the launching thread wrote it itself (`dispatch.send_at_once`)
+    sent: dispatch.Sent | None = None
 
 
 def _is_reserved(header: str) -> bool:
@@ -475,7 +477,7 @@ class Engine:
         if token_wait > 0:
             self._wake_scheduler_by(time.monotonic() + token_wait)
             return
-        attempt = self._launch(queue, entry, now)
+        attempt = self._launch(queue, entry, now, send_at_once=True)
         self._wake_scheduler_by(attempt.deadline_at)
 
     def _has_room(self, queue: _QueueEntry) -> bool:
@@ -520,7 +522,13 @@ class Engine:
                 self._launch(queue, entry, now)
         return wait
 
-    def _launch(self, queue: _QueueEntry, entry: _TaskEntry, now: float) -> _Attempt:
+    def _launch(
+        self, queue: _QueueEntry, entry: _TaskEntry, now: float, *, send_at_once: bool = False
+    ) -> _Attempt:
+        """Start an attempt on a dispatch thread; with ``send_at_once`` (CreateTask's own
+        launch), the request goes out from this thread first when it can
+        (`dispatch.send_at_once`): the task reaches its worker without waiting for a dispatch
+        thread to wake, and for CreateTask's answer, which holds the GIL until it is sent."""
         task = entry.task
         request = self._http_dispatch(queue, entry)
         task.dispatch_count += 1
@@ -535,6 +543,12 @@ class Engine:
         queue.in_flight += 1
         attempt = _Attempt(queue, entry, request, time.monotonic() + request.deadline_s)
         self._attempts.add(attempt)
+        if send_at_once:
+            # under the lock, as the deadline watch wants it; the write of a small request on
+            # an idle connection cannot block (see dispatch.SEND_AT_ONCE_MAX_BYTES)
+            attempt.sent = dispatch.send_at_once(request, self._connections)
+            if attempt.sent is not None:
+                attempt.sock = attempt.sent.connection.sock
         self._pool.submit(self._run, attempt)
         return attempt
 
@@ -570,9 +584,14 @@ class Engine:
 
     def _run(self, attempt: _Attempt) -> None:
         started = time.monotonic()
-        outcome = dispatch.send(
-            attempt.request, lambda sock: self._watch(attempt, sock), self._connections
-        )
+
+        def watch(sock: socket.socket | None) -> None:
+            self._watch(attempt, sock)
+
+        if attempt.sent is not None:
+            outcome = dispatch.receive(attempt.sent, attempt.request, watch, self._connections)
+        else:
+            outcome = dispatch.send(attempt.request, watch, self._connections)
         overran = time.monotonic() - started > attempt.request.deadline_s
         with self._cond:
             pool_was_full = len(self._attempts) >= self._max_workers

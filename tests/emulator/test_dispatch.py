@@ -1,0 +1,140 @@
+"""One attempt's HTTP exchange (`infra.local.tasks_emulator.dispatch`) against a real target:
+a small request written at once on an idle kept-alive connection by the launching thread, its
+answer read afterwards, and every request written with one send."""
+
+from __future__ import annotations
+
+import dataclasses
+import socket
+from typing import Any
+
+import pytest
+
+from infra.local.tasks_emulator import dispatch
+from infra.local.tasks_emulator.model import RPC_OK
+from tests.emulator.target import Target
+from tests.support import wait_until
+
+
+def _request(target: Target, body: bytes = b'{"jobId": "x"}') -> dispatch.HttpDispatch:
+    return dispatch.HttpDispatch(
+        method="POST",
+        url=f"{target.url}/run",
+        headers={"Content-Type": "application/json"},
+        body=body,
+        deadline_s=10.0,
+    )
+
+
+def _ignore(sock: socket.socket | None) -> None:
+    return None
+
+
+def _origin(target: Target) -> tuple[str, str, int]:
+    return ("http", "127.0.0.1", int(target.url.rsplit(":", 1)[1]))
+
+
+class _CountingSocket:
+    """A socket that counts the writes made on it (http.client writes with sendall)."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.writes: list[int] = []
+
+    def sendall(self, data: bytes) -> None:
+        self.writes.append(len(data))
+        self.sock.sendall(data)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.sock, name)
+
+
+def test_a_small_request_goes_out_at_once_on_an_idle_connection_and_its_answer_is_read_after(
+    target: Target,
+) -> None:
+    target.keep_alive_s = 30.0
+    connections = dispatch.Connections()
+    first = dispatch.send(_request(target), _ignore, connections)
+
+    sent = dispatch.send_at_once(_request(target, b'{"jobId": "y"}'), connections)
+    arrived = target.wait_for(2)  # there before anyone reads the answer
+    outcome = dispatch.receive(sent, _request(target), _ignore, connections) if sent else None
+    connections.close()
+
+    assert first.rpc_code == RPC_OK
+    assert sent is not None
+    assert arrived[1].body == b'{"jobId": "y"}'
+    assert arrived[1].client_port == arrived[0].client_port, "the kept-alive connection"
+    assert outcome is not None
+    assert (outcome.http_status, outcome.rpc_code) == (200, RPC_OK)
+
+
+def test_nothing_goes_out_at_once_without_an_idle_connection(target: Target) -> None:
+    target.keep_alive_s = 30.0
+    connections = dispatch.Connections()
+
+    sent = dispatch.send_at_once(_request(target), connections)
+    outcome = dispatch.send(_request(target), _ignore, connections)  # answered: all arrived
+    connections.close()
+
+    assert sent is None
+    assert outcome.rpc_code == RPC_OK
+    assert len(target.received) == 1, "only the request that send() made"
+
+
+@pytest.mark.parametrize("where", ["body", "headers"])
+def test_a_large_request_is_left_to_a_dispatch_thread(target: Target, where: str) -> None:
+    target.keep_alive_s = 30.0
+    connections = dispatch.Connections()
+    dispatch.send(_request(target), _ignore, connections)
+    filler = "x" * dispatch.SEND_AT_ONCE_MAX_BYTES
+    large = dataclasses.replace(
+        _request(target),
+        **(
+            {"body": filler.encode()}
+            if where == "body"
+            else {"headers": {"Content-Type": "application/json", "X-Filler": filler}}
+        ),
+    )
+
+    sent = dispatch.send_at_once(large, connections)
+    outcome = dispatch.send(large, _ignore, connections)
+    connections.close()
+
+    assert sent is None
+    assert outcome.rpc_code == RPC_OK
+    assert len(target.received) == 2, "the large request once, by send()"
+
+
+def test_a_connection_the_worker_closed_while_idle_is_not_written_at_once(target: Target) -> None:
+    target.keep_alive_s = 0.2
+    connections = dispatch.Connections()
+    dispatch.send(_request(target), _ignore, connections)
+    target.wait_for(1)
+    wait_until(lambda: target.closed_connections == 1, "the target to close the connection")
+
+    sent = dispatch.send_at_once(_request(target), connections)
+    connections.close()
+
+    assert sent is None
+
+
+def test_a_request_head_and_body_are_written_with_one_send(target: Target) -> None:
+    target.keep_alive_s = 30.0
+    connections = dispatch.Connections()
+    dispatch.send(_request(target), _ignore, connections)
+    connection = connections.take_idle(_origin(target), 10.0)
+    assert connection is not None and connection.sock is not None
+    counting = _CountingSocket(connection.sock)
+    connection.sock = counting
+    connections.give_back(_origin(target), connection)
+
+    sent = dispatch.send_at_once(_request(target, b'{"jobId": "z"}'), connections)
+    arrived = target.wait_for(2)
+    if sent is not None:
+        dispatch.receive(sent, _request(target), _ignore, connections)
+    connections.close()
+
+    assert sent is not None
+    assert len(counting.writes) == 1
+    assert arrived[1].body == b'{"jobId": "z"}'

@@ -141,10 +141,13 @@ class _OneSend(http.client.HTTPConnection):
         self._held = []
 
     def send(self, data: Any) -> None:
-        if self._held is None or not isinstance(data, bytes | bytearray):
+        if self._held is None:
             super().send(data)
-        else:
+        elif isinstance(data, bytes | bytearray):
             self._held.append(bytes(data))
+        else:  # a file or an iterable body (never ours): what is held goes first, in order
+            self.flush()
+            super().send(data)
 
     def flush(self) -> None:
         held, self._held = self._held, None
@@ -346,6 +349,10 @@ def _answer(
 #: net.ipv4.tcp_wmem). Larger requests (a task may carry 80 KB of headers and a 1 MB body) go
 #: the usual way.
 SEND_AT_ONCE_MAX_BYTES = 8 * 1024
+#: ... and should it block all the same, the write gives up after this long (the request then
+#: goes the usual way on a new connection: a request cut short never ran), so CreateTask is
+#: never held behind a slow target.
+SEND_AT_ONCE_WRITE_TIMEOUT_S = 0.2
 #: the request line, Host, Content-Length and Accept-Encoding http.client adds, generously
 _HEAD_OVERHEAD_BYTES = 256
 
@@ -377,12 +384,16 @@ def send_at_once(dispatch: HttpDispatch, connections: Connections) -> Sent | Non
         origin, target = _origin_and_target(dispatch.url)
     except ValueError:
         return None
-    connection = connections.take_idle(origin, dispatch.deadline_s)
+    connection = connections.take_idle(
+        origin, min(dispatch.deadline_s, SEND_AT_ONCE_WRITE_TIMEOUT_S)
+    )
     if connection is None:
         return None
     if _write(connection, target, dispatch) is not None:
         connection.close()
         return None
+    assert connection.sock is not None
+    connection.sock.settimeout(dispatch.deadline_s)  # the answer has the whole deadline
     return Sent(connection, origin)
 
 

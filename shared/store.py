@@ -11,12 +11,13 @@ from __future__ import annotations
 import functools
 import json
 import threading
+import time
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from shared import errors
+from shared import errors, logs
 from shared.jobs import Job, JobLog
 
 if TYPE_CHECKING:
@@ -46,6 +47,9 @@ _MISCONFIGURED_CODES = frozenset(
 )
 #: No such function: PostgREST's schema cache lacks it (PGRST202), or Postgres does (42883).
 _NO_SUCH_FUNCTION = frozenset({"PGRST202", "42883"})
+#: After complete_job_v3 was found missing, completions go straight to v2 for this long
+#: before v3 is tried again (the migration adding it may land in the meantime).
+V3_RETRY_AFTER_S = 60.0
 # Supabase's API gateway refuses a missing or unknown key before PostgREST, with a message and
 # no code (supabase/supabase docker/volumes/api/kong.yml; supabase-py issue 1228).
 _KEY_REFUSALS = frozenset({"Invalid API key", "No API key found in request"})
@@ -155,6 +159,8 @@ class JobStore:
         self._timeout_s = timeout_s
         self._client: Client | None = None
         self._lock = threading.Lock()
+        #: time.monotonic() until which complete_job_v3 is taken to be missing
+        self._v3_missing_until = 0.0
 
     @classmethod
     def from_settings(cls, settings: Settings) -> JobStore:
@@ -378,30 +384,41 @@ class JobStore:
         """Complete the job with its result as JSON text (serialized once, by the caller's
         model; complete_job_v3 casts it to jsonb); ``steps`` not yet written are logged in the
         same call, first. The returned job leaves the stored result out."""
-        try:
-            data = self.rpc(
-                "complete_job_v3",
-                {
-                    "p_job_id": str(job_id),
-                    "p_lease_token": str(lease_token),
-                    "p_result_json": result_json,
-                    "p_steps": _steps_json(steps),
-                },
-            )
-        except errors.BackendMisconfigured as exc:
-            if exc.details.get("upstream") not in _NO_SUCH_FUNCTION:
-                raise
-            # deploy.sh deploys the functions before it pushes the migrations: until the one
-            # adding v3 is applied, v2 (the result as jsonb) completes the job. Nothing ran.
-            data = self.rpc(
-                "complete_job_v2",
-                {
-                    "p_job_id": str(job_id),
-                    "p_lease_token": str(lease_token),
-                    "p_result": json.loads(result_json),
-                    "p_steps": _steps_json(steps),
-                },
-            )
+        if time.monotonic() >= self._v3_missing_until:
+            try:
+                return Job.model_validate(
+                    self.rpc(
+                        "complete_job_v3",
+                        {
+                            "p_job_id": str(job_id),
+                            "p_lease_token": str(lease_token),
+                            "p_result_json": result_json,
+                            "p_steps": _steps_json(steps),
+                        },
+                    )
+                )
+            except errors.BackendMisconfigured as exc:
+                if exc.details.get("upstream") not in _NO_SUCH_FUNCTION:
+                    raise
+                # deploy.sh deploys the functions before it pushes the migrations: until the
+                # one adding v3 is applied, v2 (the result as jsonb) completes the job. Nothing
+                # ran in the refused call. Remembered for a while, so that each completion of
+                # that window does not pay a refused round trip first.
+                self._v3_missing_until = time.monotonic() + V3_RETRY_AFTER_S
+                logs.warning(
+                    "complete_job_v3 is missing: completing with complete_job_v2",
+                    retryAfterS=V3_RETRY_AFTER_S,
+                    upstream=exc.details.get("upstream"),
+                )
+        data = self.rpc(
+            "complete_job_v2",
+            {
+                "p_job_id": str(job_id),
+                "p_lease_token": str(lease_token),
+                "p_result": json.loads(result_json),
+                "p_steps": _steps_json(steps),
+            },
+        )
         return Job.model_validate(data)
 
     def fail_job(

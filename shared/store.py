@@ -17,7 +17,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from shared import errors
-from shared.jobs import Job, JobLog
+from shared.jobs import Job, JobLog, jobs_from_rows
 
 if TYPE_CHECKING:
     from postgrest.exceptions import APIError
@@ -287,7 +287,7 @@ class JobStore:
                 "p_before_id": str(before[1]) if before else None,
             },
         )
-        jobs = [Job.model_validate(row) for row in rows]
+        jobs = jobs_from_rows(rows)
         return JobPage(jobs=jobs[:limit], has_more=len(jobs) > limit)
 
     def get_job_with_logs(

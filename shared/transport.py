@@ -272,6 +272,9 @@ class _Reader:
                 body, close = self._until_close(), True  # RFC 9112 section 6.3, item 4
             else:
                 body = self._chunked()
+                # with a Content-Length too, or in HTTP/1.0, the framing is suspect (request
+                # smuggling): read as chunked, then the connection is closed (section 6.3, 3)
+                close = close or b"content-length" in names or version == b"HTTP/1.0"
         elif b"content-length" in names:
             body = self._exact(_content_length(headers))
         else:

@@ -135,6 +135,13 @@ class Handler(BaseHTTPRequestHandler):
             self.wfile.write(payload + b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}")
             self.wfile.flush()
             return True  # keeps the connection open: the client must not reuse it
+        elif mode == "chunked-with-length":  # both framings: chunked wins, then the close
+            self.wfile.write(
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 1\r\n\r\n"
+                b"%X\r\n%s\r\n0\r\nX-Trailer: t\r\n\r\n" % (len(payload), payload)
+            )
+            self.wfile.flush()
+            return True  # keeps the connection open: the client must not reuse it
         elif mode == "conflicting-length":
             self.wfile.write(
                 b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nContent-Length: 1\r\n\r\n%s"
@@ -401,3 +408,13 @@ def test_conflicting_content_lengths_are_a_protocol_error() -> None:
         pytest.raises(httpx.RemoteProtocolError, match="Content-Length"),
     ):
         http.post(server.url, json=1)
+
+
+def test_a_chunked_answer_that_also_has_a_length_is_read_as_chunked_and_not_pooled() -> None:
+    transport = KeepAliveTransport()
+    with serving("chunked-with-length") as server:
+        with httpx.Client(transport=transport) as http:
+            answers = [http.post(server.url, json=n).json() for n in range(2)]
+            assert transport.idle_connections() == 0
+        assert server.connections == 2
+    assert answers == [{"echo": 0}, {"echo": 1}]

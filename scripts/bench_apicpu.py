@@ -3,12 +3,13 @@
 Starts one local stack (this tree's stand-ins, queue paused) and, beside it, the public API
 functions (create, get, list, cancel) of two source trees, each served as gen2 serves it
 (``functions-framework`` under gunicorn, one worker, its default threads) with the stack's
-settings, plus the bare floor functions of ``scripts/bench.py``. Then, round after round with
-the order flipped each round (A B, B A, ...), each function takes ``--requests`` requests over
-16 keep-alive connections while its worker's CPU is metered. Prints, per operation and tree,
-the median over rounds of CPU ms per request and of p90 latency, the B/A ratio, and each over
-the floor measured in the same rounds; the load average is printed beside them (other work
-on a shared machine blurs latency far more than CPU).
+settings, plus the bare floor functions of ``scripts/bench.py``. Then, round after round,
+each function takes ``--requests`` requests over 16 keep-alive connections while its worker's
+CPU is metered, A's and B's runs of an operation back to back (the order flipped each round),
+so a pair sees the same load. Prints, per operation and tree, the median over rounds of CPU ms
+per request and of p90 latency, the median B/A ratio of the pairs, and each over the floor
+measured in the same rounds, with the load average (other work on a shared machine blurs
+latency far more than CPU).
 
     git archive <rev> | tar -x -C /tmp/base
     .venv/bin/python scripts/bench_apicpu.py --base /tmp/base --rounds 5
@@ -93,11 +94,11 @@ def queued_jobs(url: str, count: int) -> list[str]:
         return [client.post("/", json={"query": COMPLEX}).json()["jobId"] for _ in range(count)]
 
 
-def run_round(
-    served: dict[str, tuple[str, int]], requests: int, job_id: str
-) -> dict[str, tuple[float, float]]:
-    """CPU ms per request and p90 ms of each operation, one after the other."""
-    cancellable = queued_jobs(served["create"][0], requests + CONNECTIONS)
+def measure(
+    served: dict[str, tuple[str, int]], operation: str, requests: int, job_id: str
+) -> tuple[float, float]:
+    """CPU ms per request of the function's worker, and p90 ms, for one operation."""
+    url, pid = served[operation]
     calls: dict[str, tuple[Request, int]] = {
         "create": (
             lambda c, i: c.post("/", json={"query": COMPLEX, "metadata": {"i": i}}),
@@ -105,22 +106,16 @@ def run_round(
         ),
         "get": (lambda c, i: c.get(f"/{job_id}"), 200),
         "list": (lambda c, i: c.get("/"), 200),
-        "cancel": (_cancel_call(cancellable), 200),
     }
-    out = {}
-    for operation in OPERATIONS:
-        url, pid = served[operation]
+    if operation == "cancel":
+        # jobs to cancel, created (unmetered) through the same tree's create
+        call, expect = _cancel_call(queued_jobs(served["create"][0], requests + CONNECTIONS)), 200
+    else:
         call, expect = calls[operation]
-        result = load(
-            url,
-            call,
-            connections=CONNECTIONS,
-            requests=requests,
-            expect=expect,
-            cpu={"function": pid},
-        )
-        out[operation] = (result.cpu_ms_per_request["function"], result.latency_ms["p90"])
-    return out
+    result = load(
+        url, call, connections=CONNECTIONS, requests=requests, expect=expect, cpu={"function": pid}
+    )
+    return result.cpu_ms_per_request["function"], result.latency_ms["p90"]
 
 
 def _cancel_call(jobs: list[str]) -> Request:
@@ -201,15 +196,21 @@ def rounds(
     job_id: str,
     floor_id: str,
 ) -> dict[str, list[float]]:
+    """Each operation of A and of B back to back (the order flipped each round), so each
+    pair sees the same load; the B/A ratio of each pair is kept beside the figures."""
     figures: dict[str, list[float]] = {}
     for number in range(count):
         order = ("A", "B") if number % 2 == 0 else ("B", "A")
         for name, value in floor_round(floors, requests, floor_id).items():
             figures.setdefault(f"floor {name} cpu", []).append(value)
-        for label in order:
-            for operation, (cpu, p90) in run_round(served[label], requests, job_id).items():
+        for operation in OPERATIONS:
+            pair = {}
+            for label in order:
+                cpu, p90 = measure(served[label], operation, requests, job_id)
+                pair[label] = cpu
                 figures.setdefault(f"{label} {operation} cpu", []).append(cpu)
                 figures.setdefault(f"{label} {operation} p90", []).append(p90)
+            figures.setdefault(f"B/A {operation}", []).append(pair["B"] / pair["A"])
         load_1 = os.getloadavg()[0]
         figures.setdefault("load", []).append(load_1)
         print(f"round {number + 1}/{count} done (order {''.join(order)}, load {load_1:.2f})")
@@ -228,7 +229,7 @@ def report(figures: dict[str, list[float]], count: int) -> None:
         a, b = med[f"A {operation} cpu"], med[f"B {operation} cpu"]
         print(
             f"  {operation:<7} CPU ms/req A {a:.3f} ({a / floor:.2f}x floor)  "
-            f"B {b:.3f} ({b / floor:.2f}x)  B/A {b / a:.2f}   "
+            f"B {b:.3f} ({b / floor:.2f}x)  B/A of pairs {med[f'B/A {operation}']:.2f}   "
             f"p90 ms A {med[f'A {operation} p90']:.1f}  B {med[f'B {operation} p90']:.1f}"
         )
         print(

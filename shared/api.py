@@ -29,7 +29,14 @@ from shared.http import (
     read_json,
 )
 from shared.identity import caller_id
-from shared.jobs import CreateJobRequest, Job, JobLog, JobStatus, JobType
+from shared.jobs import (
+    CreateJobRequest,
+    Job,
+    JobLog,
+    JobStatus,
+    JobType,
+    wire_without_results,
+)
 from shared.settings import Settings
 from shared.store import get_store
 from shared.tasks import dispatch_or_release, get_queue
@@ -266,7 +273,7 @@ def list_jobs(request: flask.Request, settings: Settings) -> flask.Response:
     )
     return json_response(
         {
-            "jobs": [job.wire(include_result=False) for job in page.jobs],
+            "jobs": wire_without_results(page.jobs),
             "nextCursor": encode_cursor(page.jobs[-1]) if page.has_more and page.jobs else None,
         }
     )

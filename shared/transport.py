@@ -1,30 +1,44 @@
-"""A keep-alive HTTP/1.1 transport for httpx built on the standard library's ``http.client``.
+"""A keep-alive HTTP/1.1 transport for httpx that frames requests and answers itself.
 
 The store's Supabase client (supabase-py -> postgrest-py -> ``httpx.Client``) sends one small
 JSON POST per call. httpx's default transport (httpcore + h11) is about a third of the CPU of
-such a call; through this one the whole ``rpc().execute()`` costs a fifth less (0.33 -> 0.26 ms
-against a local server, alternated; scripts/bench.py's "CPU per call, layer by layer" shows
-both transports in every run). httpx documents the transport as the place to change how
-requests are sent ("Writing custom transports", https://www.python-httpx.org/advanced/
-transports/; ``httpx.BaseTransport.handle_request``), and supabase-py takes the
-``httpx.Client`` through ``ClientOptions(httpx_client=...)``, so the client libraries stay
-unchanged: only the bytes on the wire are written by other code.
+such a call. This one writes each request with one ``sendall`` and reads the answer's head in
+one piece, splitting its lines itself: the standard library's ``http.client`` (which the
+previous version used) parses every answer's headers with the ``email`` package, about a
+third of the transport's CPU (scripts/bench.py's "CPU per call, layer by layer" shows the
+transports side by side). httpx documents the transport as the place to change how requests
+are sent ("Writing custom transports", https://www.python-httpx.org/advanced/transports/;
+``httpx.BaseTransport.handle_request``), and supabase-py takes the ``httpx.Client`` through
+``ClientOptions(httpx_client=...)``, so the client libraries stay unchanged: only the bytes on
+the wire are written by other code.
+
+The framing follows RFC 9112 (HTTP/1.1): the answer's body is delimited by
+``Transfer-Encoding: chunked``, else by ``Content-Length``, else by the connection's close
+(section 6.3); 204, 304 and answers to HEAD have none; a ``100 Continue`` is skipped and any
+other 1xx refused (neither PostgREST nor Supabase's edge sends one; should one come, the
+caller sees a protocol error and the connection is closed, never pooled with an answer still
+unread on it). A head is at most ``MAX_HEAD_BYTES`` and ``MAX_HEADERS`` lines (http.client's
+limits: 100 headers of at most 64 KiB); obsolete line folding is joined with a space (RFC 9112
+section 5.2). A request header holding CR, LF or NUL is refused before anything is sent.
 
 What it keeps from httpx's default transport (httpcore), so nothing above it notices:
 
 - every timeout of the request (``extensions["timeout"]``: connect, write, read), each raised
   as httpx's own exception (``ConnectTimeout``, ``WriteTimeout``, ``ReadTimeout``; the write
   timeout bounds the whole send, as Python's ``sendall`` does, where httpcore bounds each
-  piece: the same for a request that fits the socket's buffer, as an RPC's does), and every
-  network failure as ``ConnectError``, ``WriteError``, ``ReadError`` or ``RemoteProtocolError``
-  (all ``httpx.HTTPError``: the store maps them to ``DatabaseUnavailable``);
+  piece: the same for a request that fits the socket's buffer, as an RPC's does; the read
+  timeout bounds each read, as httpcore's), and every network failure as ``ConnectError``,
+  ``WriteError``, ``ReadError`` or ``RemoteProtocolError`` (all ``httpx.HTTPError``: the store
+  maps them to ``DatabaseUnavailable``);
 - a request is sent at most once. An idle connection the server has closed is found before
   it is used (its socket reads as ready: httpcore checks the same way) and replaced; a request
   that fails after being written is never resent, because the server may have run it (a POST
   RPC such as ``create_job`` is not idempotent). postgrest-py resends only GET and HEAD
   (``send_with_retry``), and the store sends neither;
 - idle connections expire after ``keepalive_expiry`` seconds (httpx's default: 5) and at most
-  ``max_idle`` are kept (httpx's default ``max_keepalive_connections``: 20);
+  ``max_idle`` are kept (httpx's default ``max_keepalive_connections``: 20); a connection is
+  pooled only when its answer was read exactly to its end (nothing more arrived), and the
+  server did not ask to close it (``Connection: close``, or HTTP/1.0 without keep-alive);
 - TLS is verified with httpx's own default context (``httpx.create_ssl_context()``: certifi's
   roots, or ``SSL_CERT_FILE``/``SSL_CERT_DIR``).
 
@@ -36,35 +50,50 @@ is used by one request at a time; any number of threads may share the transport.
 
 from __future__ import annotations
 
-import http.client
+import re
 import select
+import socket
 import ssl
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import NamedTuple
 
 import httpx
 
 #: httpx's defaults (``httpx.Limits``: max_keepalive_connections=20, keepalive_expiry=5.0)
 DEFAULT_MAX_IDLE = 20
 DEFAULT_KEEPALIVE_EXPIRY_S = 5.0
+#: The largest answer head read, and the most header lines in it (http.client's limits are
+#: 100 headers of at most 64 KiB each; a PostgREST answer's head is about 300 bytes).
+MAX_HEAD_BYTES = 256 * 1024
+MAX_HEADERS = 100
+_RECV = 64 * 1024
+_MAX_RECV = 4 * 1024 * 1024
+#: the end of an answer's head: an empty line (CRLF, or a bare LF, which RFC 9112 section 2.2
+#: lets a recipient accept)
+_HEAD_END = re.compile(rb"\r?\n\r?\n")
+_NO_BODY_STATUS = frozenset({204, 304})
 
 _Origin = tuple[str, str, int]
 
 
-class _Idle:
-    """An idle connection and when it was last used."""
+class _Connection:
+    """An open socket, and when it was last used (while idle in the pool)."""
 
-    __slots__ = ("connection", "since")
+    __slots__ = ("since", "sock")
 
-    def __init__(self, connection: http.client.HTTPConnection, since: float) -> None:
-        self.connection = connection
-        self.since = since
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.since = 0.0
+
+    def close(self) -> None:
+        self.sock.close()
 
 
 class KeepAliveTransport(httpx.BaseTransport):
-    """httpx transport: HTTP/1.1 over pooled ``http.client`` connections (see the module)."""
+    """httpx transport: HTTP/1.1 over pooled sockets (see the module)."""
 
     def __init__(
         self,
@@ -76,14 +105,14 @@ class KeepAliveTransport(httpx.BaseTransport):
         self._max_idle = max_idle
         self._keepalive_expiry = keepalive_expiry
         self._ssl_context = ssl_context
-        self._idle: dict[_Origin, list[_Idle]] = {}
+        self._idle: dict[_Origin, list[_Connection]] = {}
         self._idle_count = 0
         self._lock = threading.Lock()
         self._closed = False
 
     # --- the pool ----------------------------------------------------------------------------
 
-    def _checkout(self, origin: _Origin) -> http.client.HTTPConnection | None:
+    def _checkout(self, origin: _Origin) -> _Connection | None:
         """The most recently used idle connection to ``origin`` that is still usable."""
         now = time.monotonic()
         while True:
@@ -91,16 +120,19 @@ class KeepAliveTransport(httpx.BaseTransport):
                 stack = self._idle.get(origin)
                 if not stack:
                     return None
-                idle = stack.pop()
+                connection = stack.pop()
                 self._idle_count -= 1
-            if now - idle.since < self._keepalive_expiry and not _closed_by_peer(idle.connection):
-                return idle.connection
-            idle.connection.close()
+            if now - connection.since < self._keepalive_expiry and not _closed_by_peer(
+                connection.sock
+            ):
+                return connection
+            connection.close()
 
-    def _checkin(self, origin: _Origin, connection: http.client.HTTPConnection) -> None:
+    def _checkin(self, origin: _Origin, connection: _Connection) -> None:
         with self._lock:
             if not self._closed and self._idle_count < self._max_idle:
-                self._idle.setdefault(origin, []).append(_Idle(connection, time.monotonic()))
+                connection.since = time.monotonic()
+                self._idle.setdefault(origin, []).append(connection)
                 self._idle_count += 1
                 return
         connection.close()
@@ -115,25 +147,26 @@ class KeepAliveTransport(httpx.BaseTransport):
             self._closed = True
             stacks, self._idle, self._idle_count = list(self._idle.values()), {}, 0
         for stack in stacks:
-            for idle in stack:
-                idle.connection.close()
+            for connection in stack:
+                connection.close()
 
-    def _connect(self, origin: _Origin, timeout: float | None) -> http.client.HTTPConnection:
+    def _connect(self, origin: _Origin, timeout: float | None) -> _Connection:
         scheme, host, port = origin
-        connection: http.client.HTTPConnection
-        if scheme == "https":
-            if self._ssl_context is None:
-                self._ssl_context = httpx.create_ssl_context()
-            connection = http.client.HTTPSConnection(
-                host, port, timeout=timeout, context=self._ssl_context
-            )
-        elif scheme == "http":
-            connection = http.client.HTTPConnection(host, port, timeout=timeout)
-        else:
+        if scheme not in {"http", "https"}:
             raise httpx.UnsupportedProtocol(f"the URL's scheme {scheme!r} is not http or https")
         with _mapped(httpx.ConnectTimeout, httpx.ConnectError):
-            connection.connect()
-        return connection
+            sock = socket.create_connection((host, port), timeout)
+            try:
+                # the request goes out in one write; no reason to hold its last segment back
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                if scheme == "https":
+                    if self._ssl_context is None:
+                        self._ssl_context = httpx.create_ssl_context()
+                    sock = self._ssl_context.wrap_socket(sock, server_hostname=host)
+            except BaseException:
+                sock.close()
+                raise
+        return _Connection(sock)
 
     # --- one request -------------------------------------------------------------------------
 
@@ -141,65 +174,234 @@ class KeepAliveTransport(httpx.BaseTransport):
         url = request.url
         origin = (url.scheme, url.host, url.port or (443 if url.scheme == "https" else 80))
         timeouts = request.extensions.get("timeout", {})
+        head = _request_head(request)  # refuses an illegal header before anything is sent
         connection = self._checkout(origin) or self._connect(origin, timeouts.get("connect"))
         try:
-            response, body = _exchange(connection, request, timeouts)
+            answer = _exchange(connection.sock, request, head, timeouts)
         except BaseException:
             connection.close()  # its state is unknown: never reused
             raise
-        if response.will_close:
-            connection.close()
-        else:
+        if answer.reusable:
             self._checkin(origin, connection)
+        else:
+            connection.close()
         return httpx.Response(
-            response.status,
-            # bytes as received (http.client decodes header lines as latin-1)
-            headers=[(k.encode("latin-1"), v.encode("latin-1")) for k, v in response.msg.items()],
-            stream=httpx.ByteStream(body),
-            extensions={
-                "http_version": b"HTTP/1.0" if response.version == 10 else b"HTTP/1.1",
-                "reason_phrase": response.reason.encode("latin-1", "replace"),
-            },
+            answer.status,
+            headers=answer.headers,  # bytes as received
+            stream=httpx.ByteStream(answer.body),
+            extensions={"http_version": answer.version, "reason_phrase": answer.reason},
         )
 
 
+class _Answer(NamedTuple):
+    status: int
+    reason: bytes
+    version: bytes
+    headers: list[tuple[bytes, bytes]]  #: as received
+    body: bytes
+    reusable: bool  #: read exactly to its end, and the server keeps the connection open
+
+
+def _request_head(request: httpx.Request) -> bytes:
+    """The request line and headers, as sent (httpx wrote Host, Content-Length and the rest).
+
+    A header with CR, LF or NUL in it is refused as httpx's own transport refuses it (h11's
+    ``LocalProtocolError``): it would split the request (e.g. a service key read from a
+    secret file with its trailing newline)."""
+    lines = [b"%s %s HTTP/1.1" % (request.method.encode("ascii"), request.url.raw_path)]
+    for name, value in request.headers.raw:
+        if b"\r" in value or b"\n" in value or b"\0" in value or not _TOKEN.fullmatch(name):
+            raise httpx.LocalProtocolError(f"illegal header {name!r}")
+        lines.append(name + b": " + value)
+    lines.append(b"\r\n")
+    return b"\r\n".join(lines)
+
+
+#: a header name (RFC 9110 section 5.6.2: a token)
+_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+
+
 def _exchange(
-    connection: http.client.HTTPConnection, request: httpx.Request, timeouts: dict[str, float]
-) -> tuple[http.client.HTTPResponse, bytes]:
+    sock: socket.socket, request: httpx.Request, head: bytes, timeouts: dict[str, float]
+) -> _Answer:
     """Write the request and read the whole answer (each phase under its own timeout)."""
-    sock = connection.sock
-    assert sock is not None  # connected by _connect, or kept open by the pool
     chunked = "transfer-encoding" in request.headers
-    body = request.stream if chunked else request.read()
     with _mapped(httpx.WriteTimeout, httpx.WriteError):
         sock.settimeout(timeouts.get("write"))
-        # http.client refuses a header value with a line break (ValueError): httpx's own
-        # transport raises LocalProtocolError for it (h11), an httpx.HTTPError like the rest
-        connection.putrequest(
-            request.method, request.url.raw_path.decode("ascii"), True, True
-        )  # skip_host, skip_accept_encoding: httpx wrote both headers already
-        for name, value in request.headers.raw:
-            connection.putheader(name, value)
-        connection.endheaders(body, encode_chunked=chunked)  # type: ignore[arg-type]
+        if chunked:
+            sock.sendall(head)
+            for piece in request.stream:  # type: ignore[union-attr]
+                if piece:
+                    sock.sendall(b"%X\r\n%s\r\n" % (len(piece), piece))
+            sock.sendall(b"0\r\n\r\n")
+        else:
+            sock.sendall(head + request.read())
     with _mapped(httpx.ReadTimeout, httpx.ReadError):
         sock.settimeout(timeouts.get("read"))
-        response = connection.getresponse()
-        body = response.read()
-    if 100 <= response.status < 200:
-        # http.client skips only 100 Continue; another 1xx (103 Early Hints) would come back as
-        # the answer while the real one waits unread on the socket, to be read by the next
-        # request on this connection. Neither PostgREST nor Supabase's edge sends one; should
-        # one come, the caller sees a protocol error and the connection is closed, not pooled.
-        raise httpx.RemoteProtocolError(f"unexpected informational response {response.status}")
-    return response, body
+        return _Reader(sock).answer(head_only=request.method == "HEAD")
 
 
-def _closed_by_peer(connection: http.client.HTTPConnection) -> bool:
+class _Reader:
+    """Reads one answer from a socket: the bytes received but not yet used are ``buffer``."""
+
+    __slots__ = ("buffer", "sock")
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.buffer = b""
+
+    def _more(self) -> bool:
+        data = self.sock.recv(_RECV)
+        self.buffer += data
+        return bool(data)
+
+    def answer(self, *, head_only: bool) -> _Answer:
+        while True:
+            status, reason, version, headers = self._head()
+            if status == 100:  # what http.client skips too
+                continue
+            if 100 <= status < 200:
+                raise httpx.RemoteProtocolError(f"unexpected informational response {status}")
+            break
+        names = {name.lower(): value for name, value in headers}
+        close = _wants_close(version, names.get(b"connection", b""))
+        if head_only or status in _NO_BODY_STATUS:
+            body = b""
+        elif b"transfer-encoding" in names:
+            if not names[b"transfer-encoding"].lower().rstrip().endswith(b"chunked"):
+                body, close = self._until_close(), True  # RFC 9112 section 6.3, item 4
+            else:
+                body = self._chunked()
+                # with a Content-Length too, or in HTTP/1.0, the framing is suspect (request
+                # smuggling): read as chunked, then the connection is closed (section 6.3, 3)
+                close = close or b"content-length" in names or version == b"HTTP/1.0"
+        elif b"content-length" in names:
+            body = self._exact(_content_length(headers))
+        else:
+            body, close = self._until_close(), True
+        # anything beyond the answer is not ours to hand to the next request
+        reusable = not close and not self.buffer
+        return _Answer(status, reason, version, headers, body, reusable)
+
+    def _head(self) -> tuple[int, bytes, bytes, list[tuple[bytes, bytes]]]:
+        end = _HEAD_END.search(self.buffer)
+        while end is None:
+            if len(self.buffer) > MAX_HEAD_BYTES:
+                raise httpx.RemoteProtocolError("the answer's head is too long")
+            if not self._more():
+                if not self.buffer:
+                    # httpcore's words for the same event
+                    raise httpx.RemoteProtocolError(
+                        "Server disconnected without sending a response."
+                    )
+                raise httpx.RemoteProtocolError("the connection closed inside the answer's head")
+            end = _HEAD_END.search(self.buffer)
+        lines = self.buffer[: end.start()].split(b"\n")
+        self.buffer = self.buffer[end.end() :]
+        status, reason, version = _status_line(lines[0].rstrip(b"\r"))
+        return status, reason, version, _header_lines(lines[1:])
+
+    def _exact(self, size: int) -> bytes:
+        if len(self.buffer) < size:
+            # the rest of a large body arrives in many reads: gathered, joined once
+            pieces, have = [self.buffer], len(self.buffer)
+            while have < size:
+                data = self.sock.recv(max(_RECV, min(size - have, _MAX_RECV)))
+                if not data:
+                    raise httpx.RemoteProtocolError(
+                        "the connection closed inside the answer's body"
+                    )
+                pieces.append(data)
+                have += len(data)
+            self.buffer = b"".join(pieces)
+        body, self.buffer = self.buffer[:size], self.buffer[size:]
+        return body
+
+    def _line(self) -> bytes:
+        while (end := self.buffer.find(b"\n")) < 0:
+            if len(self.buffer) > MAX_HEAD_BYTES:
+                raise httpx.RemoteProtocolError("a chunk line is too long")
+            if not self._more():
+                raise httpx.RemoteProtocolError("the connection closed inside a chunked body")
+        line, self.buffer = self.buffer[:end], self.buffer[end + 1 :]
+        return line.rstrip(b"\r")
+
+    def _chunked(self) -> bytes:
+        pieces: list[bytes] = []
+        while True:
+            size_text = self._line().split(b";", 1)[0].strip()
+            if not size_text or not all(c in b"0123456789abcdefABCDEF" for c in size_text):
+                raise httpx.RemoteProtocolError("malformed chunk size")
+            size = int(size_text, 16)
+            if size == 0:
+                while self._line():  # trailer fields, up to the empty line
+                    pass
+                return b"".join(pieces)
+            pieces.append(self._exact(size))
+            if self._line():
+                raise httpx.RemoteProtocolError("a chunk is longer than its size")
+
+    def _until_close(self) -> bytes:
+        pieces = [self.buffer]
+        while data := self.sock.recv(_RECV):
+            pieces.append(data)
+        self.buffer = b""
+        return b"".join(pieces)
+
+
+def _status_line(line: bytes) -> tuple[int, bytes, bytes]:
+    version, _, rest = line.partition(b" ")
+    code, _, reason = rest.partition(b" ")
+    if version not in {b"HTTP/1.1", b"HTTP/1.0"} or len(code) != 3 or not code.isdigit():
+        raise httpx.RemoteProtocolError(f"malformed status line {line[:100]!r}")
+    return int(code), reason.strip(), version
+
+
+def _header_lines(lines: list[bytes]) -> list[tuple[bytes, bytes]]:
+    headers: list[tuple[bytes, bytes]] = []
+    if len(lines) > MAX_HEADERS:
+        raise httpx.RemoteProtocolError(f"more than {MAX_HEADERS} headers in the answer")
+    for raw in lines:
+        line = raw.rstrip(b"\r")
+        if line[:1] in {b" ", b"\t"} and headers:  # obsolete line folding
+            name, value = headers[-1]
+            headers[-1] = (name, value + b" " + line.strip(b" \t"))
+            continue
+        name, colon, value = line.partition(b":")
+        if not colon or not _TOKEN.fullmatch(name):
+            raise httpx.RemoteProtocolError(f"malformed header line {line[:100]!r}")
+        headers.append((name, value.strip(b" \t")))
+    return headers
+
+
+def _wants_close(version: bytes, connection: bytes) -> bool:
+    if not connection:
+        return version == b"HTTP/1.0"
+    tokens = {token.strip() for token in connection.lower().split(b",")}
+    if version == b"HTTP/1.0":
+        return b"keep-alive" not in tokens
+    return b"close" in tokens
+
+
+def _content_length(headers: list[tuple[bytes, bytes]]) -> int:
+    """The body's length; several Content-Length fields must agree (RFC 9112 section 6.3)."""
+    values = {
+        part.strip()
+        for name, value in headers
+        if name.lower() == b"content-length"
+        for part in value.split(b",")
+    }
+    if len(values) != 1:
+        raise httpx.RemoteProtocolError("conflicting Content-Length values")
+    value = values.pop()
+    if not value.isdigit() or len(value) > 18:
+        raise httpx.RemoteProtocolError(f"malformed Content-Length {value[:30]!r}")
+    return int(value)
+
+
+def _closed_by_peer(sock: socket.socket) -> bool:
     """An idle keep-alive socket is readable only when the server closed it (EOF) or sent
     something unasked: either way it cannot carry a request (httpcore's ``is_readable``)."""
-    sock = connection.sock
-    if sock is None:
-        return True
     try:
         poller = select.poll()
         poller.register(sock, select.POLLIN)
@@ -213,18 +415,11 @@ def _mapped(
     timeout: type[httpx.TimeoutException], failure: type[httpx.HTTPError]
 ) -> Iterator[None]:
     """Raise the standard library's network errors as httpx's, as httpx's own transport does
-    (``map_httpcore_exceptions``): the phase decides which timeout or error it is."""
+    (``map_httpcore_exceptions``): the phase decides which timeout or error it is. The
+    transport's own framing errors are httpx's already and pass through."""
     try:
         yield
     except TimeoutError as exc:  # socket.timeout is TimeoutError since Python 3.10
         raise timeout(str(exc) or "timed out") from exc
-    except http.client.RemoteDisconnected as exc:
-        # httpcore's words for the same event
-        raise httpx.RemoteProtocolError("Server disconnected without sending a response.") from exc
-    except http.client.HTTPException as exc:  # a malformed or cut-off answer
-        raise httpx.RemoteProtocolError(str(exc) or type(exc).__name__) from exc
     except OSError as exc:  # refused, reset, unreachable, TLS failure
         raise failure(str(exc) or type(exc).__name__) from exc
-    except ValueError as exc:  # an illegal header in the request (a TLS verify error is an
-        # OSError and a ValueError: caught above, as the ConnectError it is)
-        raise httpx.LocalProtocolError(str(exc)) from exc

@@ -3,7 +3,7 @@
 Each server here is a real socket server in this process whose behaviour a test picks: it
 answers and keeps the connection, closes it after answering (as a server whose idle timeout
 ran out does), reads a request and drops the connection without a word, never answers, or
-never reads. Nothing is mocked: httpx, the transport, http.client and the sockets are real.
+never reads. Nothing is mocked: httpx, the transport and the sockets are real.
 """
 
 from __future__ import annotations
@@ -100,6 +100,8 @@ class Handler(BaseHTTPRequestHandler):
 
     def _answer(self, body: bytes) -> None:
         payload = json.dumps({"echo": json.loads(body or b"null")}).encode()
+        if self._answer_raw(payload):
+            return
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
         self.send_header("Set-Cookie", "a=1")
@@ -119,6 +121,36 @@ class Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(payload)))
         self.end_headers()
         self.wfile.write(payload)
+
+    def _answer_raw(self, payload: bytes) -> bool:
+        """The answers http.server would not write: framed by hand, byte by byte."""
+        mode = self.server.mode
+        if mode == "http10-folded":  # HTTP/1.0, a folded header, the body ends at the close
+            self.wfile.write(b"HTTP/1.0 200 OK\r\nX-Folded: a\r\n  b\r\n\r\n" + payload)
+        elif mode == "truncated":  # promises more than it sends, then closes
+            self.wfile.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % (len(payload) + 9))
+            self.wfile.write(payload)
+        elif mode == "trailing":  # the answer, then bytes nobody asked for
+            self.wfile.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(payload))
+            self.wfile.write(payload + b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}")
+            self.wfile.flush()
+            return True  # keeps the connection open: the client must not reuse it
+        elif mode == "chunked-with-length":  # both framings: chunked wins, then the close
+            self.wfile.write(
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 1\r\n\r\n"
+                b"%X\r\n%s\r\n0\r\nX-Trailer: t\r\n\r\n" % (len(payload), payload)
+            )
+            self.wfile.flush()
+            return True  # keeps the connection open: the client must not reuse it
+        elif mode == "conflicting-length":
+            self.wfile.write(
+                b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nContent-Length: 1\r\n\r\n%s"
+                % (len(payload), payload)
+            )
+        else:
+            return False
+        self.close_connection = True
+        return True
 
 
 @contextmanager
@@ -336,3 +368,53 @@ def test_the_store_reports_an_unreachable_gateway_as_database_unavailable() -> N
         with pytest.raises(errors.DatabaseUnavailable) as raised:
             store.get_job(uuid.uuid4())
     assert raised.value.details == {"upstream": "ConnectError"}
+
+
+def test_an_http10_answer_is_read_to_the_close_its_folded_header_joined_and_not_pooled() -> None:
+    transport = KeepAliveTransport()
+    with serving("http10-folded") as server:
+        with httpx.Client(transport=transport) as http:
+            answer = http.post(server.url, json=1)
+            assert transport.idle_connections() == 0
+            assert http.post(server.url, json=2).json() == {"echo": 2}
+        assert server.connections == 2
+    assert answer.json() == {"echo": 1}
+    assert answer.headers["x-folded"] == "a b"
+    assert answer.extensions["http_version"] == b"HTTP/1.0"
+
+
+def test_an_answer_cut_short_is_a_protocol_error_and_the_request_is_not_resent() -> None:
+    with serving("truncated") as server:
+        with client() as http, pytest.raises(httpx.RemoteProtocolError, match="body"):
+            http.post(server.url, json={"create": "once"})
+        assert server.requests == [b'{"create":"once"}']
+
+
+def test_bytes_after_the_answer_keep_its_connection_out_of_the_pool() -> None:
+    # they would otherwise be read as the next request's answer: someone else's answer
+    transport = KeepAliveTransport()
+    with serving("trailing") as server:
+        with httpx.Client(transport=transport) as http:
+            answers = [http.post(server.url, json=n).json() for n in range(2)]
+            assert transport.idle_connections() == 0
+        assert server.connections == 2
+    assert answers == [{"echo": 0}, {"echo": 1}]
+
+
+def test_conflicting_content_lengths_are_a_protocol_error() -> None:
+    with (
+        serving("conflicting-length") as server,
+        client() as http,
+        pytest.raises(httpx.RemoteProtocolError, match="Content-Length"),
+    ):
+        http.post(server.url, json=1)
+
+
+def test_a_chunked_answer_that_also_has_a_length_is_read_as_chunked_and_not_pooled() -> None:
+    transport = KeepAliveTransport()
+    with serving("chunked-with-length") as server:
+        with httpx.Client(transport=transport) as http:
+            answers = [http.post(server.url, json=n).json() for n in range(2)]
+            assert transport.idle_connections() == 0
+        assert server.connections == 2
+    assert answers == [{"echo": 0}, {"echo": 1}]

@@ -22,8 +22,17 @@ from werkzeug.test import EnvironBuilder
 
 from shared import errors
 from shared.api import decode_cursor, encode_cursor
-from shared.http import MAX_JSON_DEPTH, parse_json, parse_model, read_json
-from shared.jobs import CreateJobRequest, Job, JobStatus, JobType, Priority, json_depth
+from shared.http import MAX_JSON_DEPTH, dump_json, parse_json, parse_model, read_json
+from shared.jobs import (
+    CreateJobRequest,
+    Job,
+    JobStatus,
+    JobType,
+    Priority,
+    jobs_from_rows,
+    json_depth,
+    wire_without_results,
+)
 from shared.settings import Settings
 
 BOUNDED = settings(
@@ -203,3 +212,32 @@ def test_cursors_that_once_reached_postgres_are_invalid_cursors(parts: list[Any]
     cursor = base64.urlsafe_b64encode(json.dumps(parts).encode()).decode()
     with pytest.raises(errors.InvalidCursor):
         decode_cursor(cursor)
+
+
+@BOUNDED
+@given(
+    st.lists(
+        st.tuples(st.dictionaries(any_text, json_values, max_size=3), st.sampled_from(JobStatus)),
+        max_size=5,
+    )
+)
+def test_a_page_of_jobs_loads_and_shows_byte_for_byte_as_each_job_alone(
+    pages: list[tuple[dict[str, Any], JobStatus]],
+) -> None:
+    now = datetime.now(UTC)
+    try:
+        rows = [
+            queued_job(uuid.uuid4(), now, metadata=metadata, result={"r": 1}, error="e")
+            .model_copy(update={"status": status})
+            .model_dump(mode="json")
+            for metadata, status in pages
+        ]
+        one_by_one = [Job.model_validate(row) for row in rows]
+    except ValueError:  # a lone surrogate: metadata the create request refuses first
+        return
+
+    jobs = jobs_from_rows(rows)
+
+    assert jobs == one_by_one
+    each = [job.wire(include_result=False) for job in one_by_one]
+    assert dump_json(wire_without_results(jobs)) == dump_json(each)

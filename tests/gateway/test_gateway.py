@@ -23,6 +23,7 @@ from infra.local.gateway import (
     sqlstate_status,
     start_gateway,
 )
+from tests.gateway.wire import PostgresRelay
 from tests.support import JWT_SECRET, mint, wait_until
 
 #: a time no run of the suite reaches (year 2286)
@@ -336,6 +337,38 @@ def test_a_call_made_again_after_a_schema_reload_is_the_same_call(
 
     assert first == 3
     assert again == [5] * 8
+
+
+def test_a_statement_that_cannot_be_prepared_is_not_prepared_again_until_a_reload(
+    gateway_db: str, service_key: str
+) -> None:
+    # The function is dropped after the schema cache was read: its PREPARE fails, the call runs
+    # as text and reports 42883. Trying the PREPARE again on every call would double each
+    # call's round trips until the next reload (PostgREST's cache forgets it only then too).
+    name = f"vanishing_{uuid.uuid4().hex[:8]}"
+    prepare = b'prepare "pgrst_'
+    with psycopg.connect(gateway_db, autocommit=True) as conn, PostgresRelay(gateway_db) as relay:
+        conn.execute(f"create function public.{name}(a int) returns int language sql as 'select a'")
+        handle = start_gateway(relay.uri, JWT_SECRET, pool_min=1, pool_max=1)
+        try:
+            with httpx.Client(base_url=handle.url, headers={"apikey": service_key}) as http:
+                handle.app.reload()  # the cache knows the function
+                conn.execute(f"drop function public.{name}(int)")
+                refused = [http.post(f"/rest/v1/rpc/{name}", json={"a": 1}) for _ in range(3)]
+                prepared_while_gone = relay.count(prepare)
+                conn.execute(
+                    f"create function public.{name}(a int) returns int language sql as 'select a'"
+                )
+                handle.app.reload()
+                answers = [http.post(f"/rest/v1/rpc/{name}", json={"a": 7}) for _ in range(3)]
+                prepared_after_reload = relay.count(prepare)
+        finally:
+            handle.stop()
+
+    assert [r.json()["code"] for r in refused] == ["42883"] * 3
+    assert prepared_while_gone == 1
+    assert [r.json() for r in answers] == [7] * 3
+    assert prepared_after_reload == 2  # the reload's statement, once on the one connection
 
 
 # --- auth --------------------------------------------------------------------------------------

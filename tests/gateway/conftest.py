@@ -70,6 +70,10 @@ language sql as $$
                                pg_typeof(moods)::text))
 $$;
 
+-- a json value with JSON whitespace around it
+create function public.spaced_json() returns json
+language sql as $$ select E' \n {"b" : [1, 2],  "a" : "x"} \t'::json $$;
+
 create function public.stamp(at timestamptz) returns timestamptz
 language sql as $$ select at $$;
 

@@ -83,6 +83,54 @@ def test_json_results_pass_through_unchanged(
     assert raw.text == '{"z": 1, "a": 2}'
 
 
+#: Single results and the SQL that yields, in PostgREST's own expression, the same answer.
+SINGLE_RESULTS: list[tuple[str, dict[str, Any], str]] = [
+    ("add", {"a": 2, "b": 3}, "select public.add(2, 3) as x"),
+    ("shout", {"t": "hé"}, "select public.shout('hé') as x"),
+    ("is_positive", {"n": -1}, "select public.is_positive(-1) as x"),
+    ("nothing", {}, "select public.nothing() as x"),
+    ("echo_doc", {"doc": {"k": [1, None]}}, """select public.echo_doc('{"k": [1, null]}') as x"""),
+    (
+        "echo_json_text",
+        {"doc": {"z": 1, "a": 2}},
+        """select public.echo_json_text('{"z":1,"a":2}') as x""",
+    ),
+    ("spaced_json", {}, "select public.spaced_json() as x"),
+    (
+        "stamp",
+        {"at": "2026-05-06T07:08:09.5+09:00"},
+        "select public.stamp('2026-05-06T07:08:09.5+09:00') as x",
+    ),
+    (
+        "find_item",
+        {"p_name": "nobody-has-this-name"},
+        "select * from public.find_item('nobody-has-this-name') x",
+    ),
+    ("item_stats", {"p_prefix": "zz-none"}, "select * from public.item_stats('zz-none') x"),
+    ("one_out", {"p_a": 4}, "select * from public.one_out(4) x"),
+]
+
+
+@pytest.mark.parametrize("case", SINGLE_RESULTS, ids=[fn for fn, _, _ in SINGLE_RESULTS])
+def test_a_single_result_is_the_text_postgrest_builds_for_it(
+    http: httpx.Client, service_key: str, gateway_db: str, case: tuple[str, dict[str, Any], str]
+) -> None:
+    fn, args, source = case
+    # PostgREST (Statements.hs, asJsonSingleF): coalesce((json_agg(x)->0)::text, 'null'), of
+    # the value for a scalar function, of the row for a composite one
+    value = "x.x" if source.startswith("select public.") else "x"
+    postgrest = f"select coalesce((json_agg({value})->0)::text, 'null') from ({source}) x"
+    with psycopg.connect(gateway_db, autocommit=True) as conn:
+        row = conn.execute(postgrest).fetchone()
+
+    response = http.post(
+        f"/rest/v1/rpc/{fn}", json=args, headers={"Authorization": f"Bearer {service_key}"}
+    )
+
+    assert row is not None
+    assert (response.status_code, response.text) == (200, row[0])
+
+
 def test_single_composite_is_one_object(service: Client) -> None:
     name = unique("one")
 

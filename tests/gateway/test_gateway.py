@@ -96,6 +96,7 @@ SINGLE_RESULTS: list[tuple[str, dict[str, Any], str]] = [
         """select public.echo_json_text('{"z":1,"a":2}') as x""",
     ),
     ("spaced_json", {}, "select public.spaced_json() as x"),
+    ("spaced_domain", {}, "select public.spaced_domain() as x"),
     (
         "stamp",
         {"at": "2026-05-06T07:08:09.5+09:00"},

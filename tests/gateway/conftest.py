@@ -70,6 +70,14 @@ language sql as $$
                                pg_typeof(moods)::text))
 $$;
 
+-- a json value with JSON whitespace around it
+create function public.spaced_json() returns json
+language sql as $$ select E' \n {"b" : [1, 2],  "a" : "x"} \t'::json $$;
+
+create domain public.spaced_doc as json;
+create function public.spaced_domain() returns public.spaced_doc
+language sql as $$ select E'\r [1, {"x" : null}]\n'::public.spaced_doc $$;
+
 create function public.stamp(at timestamptz) returns timestamptz
 language sql as $$ select at $$;
 

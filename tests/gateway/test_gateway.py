@@ -23,6 +23,7 @@ from infra.local.gateway import (
     sqlstate_status,
     start_gateway,
 )
+from tests.gateway.wire import PostgresRelay
 from tests.support import JWT_SECRET, mint, wait_until
 
 #: a time no run of the suite reaches (year 2286)
@@ -80,6 +81,55 @@ def test_json_results_pass_through_unchanged(
         headers={"Authorization": f"Bearer {service_key}"},
     )
     assert raw.text == '{"z": 1, "a": 2}'
+
+
+#: Single results and the SQL that yields, in PostgREST's own expression, the same answer.
+SINGLE_RESULTS: list[tuple[str, dict[str, Any], str]] = [
+    ("add", {"a": 2, "b": 3}, "select public.add(2, 3) as x"),
+    ("shout", {"t": "hé"}, "select public.shout('hé') as x"),
+    ("is_positive", {"n": -1}, "select public.is_positive(-1) as x"),
+    ("nothing", {}, "select public.nothing() as x"),
+    ("echo_doc", {"doc": {"k": [1, None]}}, """select public.echo_doc('{"k": [1, null]}') as x"""),
+    (
+        "echo_json_text",
+        {"doc": {"z": 1, "a": 2}},
+        """select public.echo_json_text('{"z":1,"a":2}') as x""",
+    ),
+    ("spaced_json", {}, "select public.spaced_json() as x"),
+    ("spaced_domain", {}, "select public.spaced_domain() as x"),
+    (
+        "stamp",
+        {"at": "2026-05-06T07:08:09.5+09:00"},
+        "select public.stamp('2026-05-06T07:08:09.5+09:00') as x",
+    ),
+    (
+        "find_item",
+        {"p_name": "nobody-has-this-name"},
+        "select * from public.find_item('nobody-has-this-name') x",
+    ),
+    ("item_stats", {"p_prefix": "zz-none"}, "select * from public.item_stats('zz-none') x"),
+    ("one_out", {"p_a": 4}, "select * from public.one_out(4) x"),
+]
+
+
+@pytest.mark.parametrize("case", SINGLE_RESULTS, ids=[fn for fn, _, _ in SINGLE_RESULTS])
+def test_a_single_result_is_the_text_postgrest_builds_for_it(
+    http: httpx.Client, service_key: str, gateway_db: str, case: tuple[str, dict[str, Any], str]
+) -> None:
+    fn, args, source = case
+    # PostgREST (Statements.hs, asJsonSingleF): coalesce((json_agg(x)->0)::text, 'null'), of
+    # the value for a scalar function, of the row for a composite one
+    value = "x.x" if source.startswith("select public.") else "x"
+    postgrest = f"select coalesce((json_agg({value})->0)::text, 'null') from ({source}) x"
+    with psycopg.connect(gateway_db, autocommit=True) as conn:
+        row = conn.execute(postgrest).fetchone()
+
+    response = http.post(
+        f"/rest/v1/rpc/{fn}", json=args, headers={"Authorization": f"Bearer {service_key}"}
+    )
+
+    assert row is not None
+    assert (response.status_code, response.text) == (200, row[0])
 
 
 def test_single_composite_is_one_object(service: Client) -> None:
@@ -336,6 +386,38 @@ def test_a_call_made_again_after_a_schema_reload_is_the_same_call(
 
     assert first == 3
     assert again == [5] * 8
+
+
+def test_a_statement_that_cannot_be_prepared_is_not_prepared_again_until_a_reload(
+    gateway_db: str, service_key: str
+) -> None:
+    # The function is dropped after the schema cache was read: its PREPARE fails, the call runs
+    # as text and reports 42883. Trying the PREPARE again on every call would double each
+    # call's round trips until the next reload (PostgREST's cache forgets it only then too).
+    name = f"vanishing_{uuid.uuid4().hex[:8]}"
+    prepare = b'prepare "pgrst_'
+    with psycopg.connect(gateway_db, autocommit=True) as conn, PostgresRelay(gateway_db) as relay:
+        conn.execute(f"create function public.{name}(a int) returns int language sql as 'select a'")
+        handle = start_gateway(relay.uri, JWT_SECRET, pool_min=1, pool_max=1)
+        try:
+            with httpx.Client(base_url=handle.url, headers={"apikey": service_key}) as http:
+                handle.app.reload()  # the cache knows the function
+                conn.execute(f"drop function public.{name}(int)")
+                refused = [http.post(f"/rest/v1/rpc/{name}", json={"a": 1}) for _ in range(3)]
+                prepared_while_gone = relay.count(prepare)
+                conn.execute(
+                    f"create function public.{name}(a int) returns int language sql as 'select a'"
+                )
+                handle.app.reload()
+                answers = [http.post(f"/rest/v1/rpc/{name}", json={"a": 7}) for _ in range(3)]
+                prepared_after_reload = relay.count(prepare)
+        finally:
+            handle.stop()
+
+    assert [r.json()["code"] for r in refused] == ["42883"] * 3
+    assert prepared_while_gone == 1
+    assert [r.json() for r in answers] == [7] * 3
+    assert prepared_after_reload == 2  # the reload's statement, once on the one connection
 
 
 # --- auth --------------------------------------------------------------------------------------

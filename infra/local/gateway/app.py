@@ -124,6 +124,10 @@ class Gateway:
         self._prepared: weakref.WeakKeyDictionary[Any, tuple[int, set[str]]] = (
             weakref.WeakKeyDictionary()
         )
+        #: Statements whose PREPARE failed (the function changed since the schema cache was
+        #: read): they run as their text until the next reload, which names them anew, instead
+        #: of being PREPAREd again, and failing again, on every request.
+        self._unpreparable: set[str] = set()
         self._search_path = ", ".join(
             sql.Identifier(s).as_string()
             for s in dict.fromkeys((*self.schemas, *EXTRA_SEARCH_PATH))
@@ -145,6 +149,7 @@ class Gateway:
         with self._cache_lock, self._connection() as conn:
             self._cache = SchemaCache.load(conn, self.schemas)
             self._statements = {}
+            self._unpreparable = set()
             self._generation += 1
             return self._cache
 
@@ -341,7 +346,7 @@ class Gateway:
         older schema cache; only ours: psycopg may hold prepared statements of its own)."""
         statement = self._statement(call, conn)
         generation, names = self._prepared.get(conn, (self._generation, set()))
-        if statement.name in names:
+        if statement.name in names or statement.name in self._unpreparable:
             return statement, names, None
         first = statement.prepare
         if generation != self._generation:
@@ -359,9 +364,10 @@ class Gateway:
             try:
                 conn.execute(first)
             except psycopg.Error:
+                self._cannot_prepare(statement, conn)
                 return statement.text  # the call itself reports what is wrong
             names.add(statement.name)
-        return statement.execute
+        return self._runnable(statement, names)
 
     async def _executable_async(self, call: Call, conn: psycopg.AsyncConnection[Any]) -> bytes:
         """``_executable`` on an asyncio connection."""
@@ -370,9 +376,21 @@ class Gateway:
             try:
                 await conn.execute(first)
             except psycopg.Error:
+                self._cannot_prepare(statement, conn)
                 return statement.text
             names.add(statement.name)
-        return statement.execute
+        return self._runnable(statement, names)
+
+    def _cannot_prepare(self, statement: Statement, conn: Any) -> None:
+        """Remember a statement Postgres refused to prepare (not one whose connection broke:
+        another connection prepares it)."""
+        if not conn.broken:
+            self._unpreparable.add(statement.name)
+
+    @staticmethod
+    def _runnable(statement: Statement, names: set[str]) -> bytes:
+        """``EXECUTE`` where the connection prepared the statement, else its text."""
+        return statement.execute if statement.name in names else statement.text
 
 
 @dataclass(frozen=True)

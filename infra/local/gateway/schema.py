@@ -52,6 +52,9 @@ class Routine:
     #: Its ``SET`` of db-hoisted-tx-settings, applied to the whole transaction as PostgREST
     #: does (a function-level statement_timeout could not otherwise bound its own call).
     settings: tuple[tuple[str, str], ...] = ()
+    #: It returns json, or a domain (maybe over json): text that may carry whitespace around
+    #: the value, which PostgREST's answer leaves out (``rpc.call_sql``).
+    returns_json_text: bool = False
 
     def matches(self, keys: frozenset[str]) -> bool:
         """PostgREST's rule: every required argument given, every given key an argument."""
@@ -89,7 +92,8 @@ select n.nspname, p.proname, p.proretset, p.provolatile::text,
              order by a.i),
        (select lower(split_part(split_part(c, '=', 2), ',', 1))
         from unnest(p.proconfig) c where c like 'default_transaction_isolation%%' limit 1),
-       array(select c from unnest(p.proconfig) c where split_part(c, '=', 1) = any(%s))
+       array(select c from unnest(p.proconfig) c where split_part(c, '=', 1) = any(%s)),
+       p.prorettype = 'pg_catalog.json'::regtype or t.typtype = 'd' as returns_json_text
 from pg_proc p
 join pg_namespace n on n.oid = p.pronamespace
 join pg_type t on t.oid = p.prorettype
@@ -136,6 +140,7 @@ def _routine_from_row(row: Sequence[Any]) -> Routine:
         arg_types,
         isolation,
         hoisted,
+        returns_json_text,
     ) = row
     modes = list(arg_modes) or ["i"] * len(arg_types)
     names = list(arg_names) + [""] * (len(arg_types) - len(arg_names))
@@ -164,6 +169,7 @@ def _routine_from_row(row: Sequence[Any]) -> Routine:
         volatile=volatility == "v",
         isolation=isolation,
         settings=settings,
+        returns_json_text=returns_json_text,
     )
 
 

@@ -363,8 +363,8 @@ class Gateway:
         if first is not None:
             try:
                 conn.execute(first)
-            except psycopg.Error:
-                self._cannot_prepare(statement, conn)
+            except psycopg.Error as error:
+                self._cannot_prepare(statement, conn, error)
                 return statement.text  # the call itself reports what is wrong
             names.add(statement.name)
         return self._runnable(statement, names)
@@ -375,16 +375,18 @@ class Gateway:
         if first is not None:
             try:
                 await conn.execute(first)
-            except psycopg.Error:
-                self._cannot_prepare(statement, conn)
+            except psycopg.Error as error:
+                self._cannot_prepare(statement, conn, error)
                 return statement.text
             names.add(statement.name)
         return self._runnable(statement, names)
 
-    def _cannot_prepare(self, statement: Statement, conn: Any) -> None:
-        """Remember a statement Postgres refused to prepare (not one whose connection broke:
-        another connection prepares it)."""
-        if not conn.broken:
+    def _cannot_prepare(self, statement: Statement, conn: Any, error: psycopg.Error) -> None:
+        """Remember a statement Postgres refused to prepare for what it names (class 42: a
+        function, type or column that is gone or changed, a privilege), which stays so until
+        the schema reloads; not a passing failure (a lock or statement timeout, a cancel, a
+        connection that broke), after which the next request prepares it again."""
+        if not conn.broken and (error.sqlstate or "").startswith("42"):
             self._unpreparable.add(statement.name)
 
     @staticmethod

@@ -12,11 +12,20 @@
 -- create_job's rate count read every row of the user. With the predicate, the index serves
 -- only queries that name a key.
 --
--- Both steps run in this migration's one transaction: there is no moment without the rule.
--- Building the index holds writes to ai_jobs for its duration (a few milliseconds per
--- thousand jobs); the migration waits at most 5 s for its lock, as 20261127001200 does.
-set lock_timeout = '5s';
-alter table public.ai_jobs drop constraint ai_jobs_idempotency_key_unique;
-create unique index ai_jobs_idempotency_key_unique on public.ai_jobs (user_id, idempotency_key)
+-- All steps run in this migration's one transaction: there is no moment without the rule.
+-- The new index is built first under a temporary name: CREATE INDEX takes a SHARE lock, which
+-- holds writes to ai_jobs for the build (a few milliseconds per thousand jobs) but not reads.
+-- Only then are the constraint dropped and the index renamed, which take ACCESS EXCLUSIVE (reads
+-- too) for an instant before the commit. While a lock is awaited every later query on the table
+-- queues behind it, so each wait is capped at 500 ms (polls aim at < 200 ms): under a long
+-- transaction the migration fails instead, and `supabase db push` is run again.
+-- Nothing refers to the constraint by name (create_job looks the key up under an advisory lock;
+-- no ON CONFLICT): an `on conflict on constraint ai_jobs_idempotency_key_unique` would now fail,
+-- and an inferred `on conflict (user_id, idempotency_key)` needs `where idempotency_key is not
+-- null` to match the partial index.
+set lock_timeout = '500ms';
+create unique index ai_jobs_idempotency_key_partial on public.ai_jobs (user_id, idempotency_key)
   where idempotency_key is not null;
+alter table public.ai_jobs drop constraint ai_jobs_idempotency_key_unique;
+alter index public.ai_jobs_idempotency_key_partial rename to ai_jobs_idempotency_key_unique;
 reset lock_timeout;

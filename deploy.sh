@@ -6,9 +6,10 @@
 # flag and environment variable with its default; `--dry-run` prints each command instead of
 # running it (staging of the function sources still happens: it is local and harmless).
 #
-# Order: APIs → service accounts and their roles → Cloud Tasks queue → secrets → stage and
-# deploy the functions (processor first: the others need its URL) → Cloud Scheduler job for the
-# reaper → Supabase migrations → the function URLs.
+# Order: APIs → service accounts and their roles → Cloud Tasks queue → secrets → Supabase
+# migrations (additive, so before the code that needs them) → stage and deploy the functions
+# (processor first: the others need its URL) → Cloud Scheduler job for the reaper → the
+# function URLs.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -405,6 +406,20 @@ HAS_SHARED_SECRET=false
 if [[ "${MOUNTS[$REAPER]:-}" == *PROCESSOR_SHARED_SECRET=* ]]; then HAS_SHARED_SECRET=true; fi
 
 # ---------------------------------------------------------------------------------------------
+log "Supabase migrations (infra/supabase/migrations)"
+# Before the functions: every migration only adds (a changed SQL function gets a new name, the
+# old one stays for the instances still running the previous release), so the code deployed
+# next always finds the functions it calls.
+if $SKIP_MIGRATIONS; then
+  echo "skipped: --skip-migrations"
+elif [[ -z "$SUPABASE_DB_URL" ]]; then
+  echo "skipped: SUPABASE_DB_URL is not set (Supabase dashboard → Connect → connection string)"
+else
+  # --workdir is the folder that holds supabase/ (config.toml, migrations/).
+  run supabase db push --db-url "$SUPABASE_DB_URL" --workdir infra --yes
+fi
+
+# ---------------------------------------------------------------------------------------------
 # stage NAME: build/deploy/NAME/ = functions/NAME/main.py + shared/ + requirements.txt
 stage() {
   local name=$1 dest="$BUILD_DIR/$1"
@@ -579,17 +594,6 @@ if [[ -n "${SELECTED[$REAPER]:-}" ]]; then
   if $HAS_SHARED_SECRET; then
     echo "# the flags file holds $headers_flag X-AI-Jobs-Secret=<redacted>"
   fi
-fi
-
-# ---------------------------------------------------------------------------------------------
-log "Supabase migrations (infra/supabase/migrations)"
-if $SKIP_MIGRATIONS; then
-  echo "skipped: --skip-migrations"
-elif [[ -z "$SUPABASE_DB_URL" ]]; then
-  echo "skipped: SUPABASE_DB_URL is not set (Supabase dashboard → Connect → connection string)"
-else
-  # --workdir is the folder that holds supabase/ (config.toml, migrations/).
-  run supabase db push --db-url "$SUPABASE_DB_URL" --workdir infra --yes
 fi
 
 # ---------------------------------------------------------------------------------------------

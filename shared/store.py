@@ -400,10 +400,10 @@ class JobStore:
             except errors.BackendMisconfigured as exc:
                 if exc.details.get("upstream") not in _NO_SUCH_FUNCTION:
                     raise
-                # deploy.sh deploys the functions before it pushes the migrations: until the
-                # one adding v3 is applied, v2 (the result as jsonb) completes the job. Nothing
-                # ran in the refused call. Remembered for a while, so that each completion of
-                # that window does not pay a refused round trip first.
+                # code deployed before the migration adding v3 was pushed (deploy.sh pushes
+                # them first, unless --skip-migrations): v2 (the result as jsonb) completes the
+                # job. Nothing ran in the refused call. Remembered for a while, so that each
+                # completion of that window does not pay a refused round trip first.
                 self._v3_missing_until = time.monotonic() + V3_RETRY_AFTER_S
                 logs.warning(
                     "complete_job_v3 is missing: completing with complete_job_v2",

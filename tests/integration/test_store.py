@@ -65,7 +65,7 @@ def test_a_job_goes_through_its_whole_life(store: JobStore) -> None:
 def test_a_completion_before_the_v3_migration_is_applied_falls_back_to_v2(
     store: JobStore, db_uri: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """deploy.sh deploys the functions before it pushes the migrations."""
+    """Code deployed before its migration was pushed (deploy.sh --skip-migrations)."""
     job_id = _create(store)
     claimed = store.claim_delivery(job_id, 1, 60).job
     assert claimed is not None and claimed.lease_token is not None

@@ -7,7 +7,7 @@
 # running it (staging of the function sources still happens: it is local and harmless).
 #
 # Order: APIs → service accounts and their roles → Cloud Tasks queue → secrets → Supabase
-# migrations (additive, so before the code that needs them) → stage and deploy the functions
+# migrations (backward compatible, so before the code that needs them) → stage and deploy the functions
 # (processor first: the others need its URL) → Cloud Scheduler job for the reaper → the
 # function URLs.
 set -euo pipefail
@@ -407,9 +407,10 @@ if [[ "${MOUNTS[$REAPER]:-}" == *PROCESSOR_SHARED_SECRET=* ]]; then HAS_SHARED_S
 
 # ---------------------------------------------------------------------------------------------
 log "Supabase migrations (infra/supabase/migrations)"
-# Before the functions: every migration only adds (a changed SQL function gets a new name, the
-# old one stays for the instances still running the previous release), so the code deployed
-# next always finds the functions it calls.
+# Before the functions: every migration keeps what the running release calls working (a SQL
+# function whose arguments or answer change gets a new name, and the old one stays for the
+# instances still running the previous release), so the code deployed next always finds the
+# functions it calls and the running code keeps its own.
 if $SKIP_MIGRATIONS; then
   echo "skipped: --skip-migrations"
 elif [[ -z "$SUPABASE_DB_URL" ]]; then

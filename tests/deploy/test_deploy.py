@@ -100,7 +100,7 @@ def test_dry_run_prints_every_step_in_order_and_runs_nothing(tmp_path: Path) -> 
         first_index(lines, "+ gcloud tasks queues add-iam-policy-binding", "taskDeleter"),
         first_index(lines, "+ gcloud secrets create supabase-service-role-key"),
         first_index(lines, "+ gcloud secrets create gemini-api-key"),
-        first_index(lines, "+ supabase db push"),  # additive: before the code that needs it
+        first_index(lines, "+ supabase db push"),  # backward compatible: before the code
         *[first_index(lines, f"+ gcloud functions deploy {name} ") for name in NAMES],
         first_index(lines, f"+ gcloud scheduler jobs create http {REAP.name}"),
         *[url_line(lines, function) for function in FUNCTIONS],
@@ -309,7 +309,7 @@ def test_migrations_run_with_the_supabase_cli_or_are_skipped(tmp_path: Path) -> 
     run = commands(applied.stdout)
     (push,) = [c for c in run if c.startswith("supabase")]
     assert push.startswith("supabase db push --db-url postgresql://")
-    # before any function: migrations only add, and new code needs what they add
+    # before any function: migrations keep the running code working, new code needs them
     first_deploy = next(i for i, c in enumerate(run) if c.startswith("gcloud functions deploy"))
     assert run.index(push) < first_deploy
     assert "--workdir infra" in push  # the folder holding supabase/config.toml and migrations/

@@ -299,7 +299,10 @@ class _Reader:
         return bool(data)
 
     def answer(self, *, head_only: bool) -> _Answer:
-        status, reason, version, headers = self._final_head()
+        head = self._head()
+        if head[0] < 200:
+            head = self._after_interim(head)
+        status, reason, version, headers = head
         names = {name.lower(): value for name, value in headers}
         # every Connection line counts, as every Transfer-Encoding line (a dict keeps the last)
         connection = _tokens(headers, b"connection") if b"connection" in names else []
@@ -326,15 +329,16 @@ class _Reader:
         reusable = not close and not self.buffer
         return _Answer(status, reason, version, headers, body, reusable)
 
-    def _final_head(self) -> tuple[int, bytes, bytes, list[tuple[bytes, bytes]]]:
-        """The final answer's head, after the interim (1xx) ones, which are skipped."""
-        for _ in range(MAX_INTERIM + 1):
-            head = self._head()
-            status = head[0]
-            if status >= 200:
-                return head
-            if status == 101:  # the connection would speak another protocol from here on
+    def _after_interim(
+        self, head: tuple[int, bytes, bytes, list[tuple[bytes, bytes]]]
+    ) -> tuple[int, bytes, bytes, list[tuple[bytes, bytes]]]:
+        """The final answer's head: ``head`` and the interim (1xx) answers after it skipped."""
+        for _ in range(MAX_INTERIM):
+            if head[0] == 101:  # the connection would speak another protocol from here on
                 raise httpx.RemoteProtocolError("unexpected 101 Switching Protocols")
+            head = self._head()
+            if head[0] >= 200:
+                return head
         raise httpx.RemoteProtocolError(f"more than {MAX_INTERIM} informational answers")
 
     def _head(self) -> tuple[int, bytes, bytes, list[tuple[bytes, bytes]]]:

@@ -14,12 +14,18 @@ the wire are written by other code.
 
 The framing follows RFC 9112 (HTTP/1.1): the answer's body is delimited by
 ``Transfer-Encoding: chunked``, else by ``Content-Length``, else by the connection's close
-(section 6.3); 204, 304 and answers to HEAD have none; a ``100 Continue`` is skipped and any
-other 1xx refused (neither PostgREST nor Supabase's edge sends one; should one come, the
-caller sees a protocol error and the connection is closed, never pooled with an answer still
-unread on it). A head is at most ``MAX_HEAD_BYTES`` and ``MAX_HEADERS`` lines (http.client's
-limits: 100 headers of at most 64 KiB); obsolete line folding is joined with a space (RFC 9112
-section 5.2). A request header holding CR, LF or NUL is refused before anything is sent.
+(section 6.3); 204, 304 and answers to HEAD have none. The only transfer coding accepted is
+``chunked`` alone (the tokens of every ``Transfer-Encoding`` line joined, as h11 accepts only
+``chunked``): any other (``gzip, chunked``, ``identity``) is a protocol error and its
+connection closed, never a body handed on still framed or still coded. ``Connection`` tokens
+are likewise joined across lines. Interim (1xx) answers before the final one are skipped, as
+RFC 9110 section 15.2 requires of a client even when it expects none (e.g. ``103 Early
+Hints`` from an edge; httpx's own transport skips them too), at most ``MAX_INTERIM`` of them;
+``101 Switching Protocols`` is a protocol error (the connection would no longer speak HTTP)
+and its connection closed. A head, and the trailer section after a chunked body, is at most
+``MAX_HEAD_BYTES`` and ``MAX_HEADERS`` lines (http.client's limits: 100 headers of at most 64
+KiB); obsolete line folding is joined with a space (RFC 9112 section 5.2). A request header
+holding CR, LF or NUL is refused before anything is sent.
 
 What it keeps from httpx's default transport (httpcore), so nothing above it notices:
 
@@ -30,6 +36,12 @@ What it keeps from httpx's default transport (httpcore), so nothing above it not
   timeout bounds each read, as httpcore's), and every network failure as ``ConnectError``,
   ``WriteError``, ``ReadError`` or ``RemoteProtocolError`` (all ``httpx.HTTPError``: the store
   maps them to ``DatabaseUnavailable``);
+- an answer the server sends early and then closes the connection while the request's body
+  is still being written (e.g. ``413`` with ``Connection: close``) is returned, as httpcore
+  returns it (its ``HTTP11Connection.handle_request`` ignores the write error and reads the
+  answer): when the write fails with a broken pipe or a reset, whatever answer arrives within
+  the read timeout is read, returned if complete and its connection closed; else the
+  ``WriteError`` is raised as before;
 - a request is sent at most once. An idle connection the server has closed is found before
   it is used (its socket reads as ready: httpcore checks the same way) and replaced; a request
   that fails after being written is never resent, because the server may have run it (a POST
@@ -69,8 +81,11 @@ DEFAULT_KEEPALIVE_EXPIRY_S = 5.0
 #: 100 headers of at most 64 KiB each; a PostgREST answer's head is about 300 bytes).
 MAX_HEAD_BYTES = 256 * 1024
 MAX_HEADERS = 100
+#: interim (1xx) answers skipped before the final one; one more is a protocol error
+MAX_INTERIM = 10
 _RECV = 64 * 1024
-_MAX_RECV = 4 * 1024 * 1024
+#: the largest single read of a long body (each read allocates its whole size first)
+_MAX_RECV = 256 * 1024
 #: the end of an answer's head: an empty line (CRLF, or a bare LF, which RFC 9112 section 2.2
 #: lets a recipient accept)
 _HEAD_END = re.compile(rb"\r?\n\r?\n")
@@ -172,7 +187,10 @@ class KeepAliveTransport(httpx.BaseTransport):
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         url = request.url
-        origin = (url.scheme, url.host, url.port or (443 if url.scheme == "https" else 80))
+        # raw_host is the host as httpx encoded it (IDNA for a Unicode name, A-labels only):
+        # what DNS resolves and what TLS sends as SNI and checks against the certificate
+        host = url.raw_host.decode("ascii")
+        origin = (url.scheme, host, url.port or (443 if url.scheme == "https" else 80))
         timeouts = request.extensions.get("timeout", {})
         head = _request_head(request)  # refuses an illegal header before anything is sent
         connection = self._checkout(origin) or self._connect(origin, timeouts.get("connect"))
@@ -225,20 +243,45 @@ def _exchange(
     sock: socket.socket, request: httpx.Request, head: bytes, timeouts: dict[str, float]
 ) -> _Answer:
     """Write the request and read the whole answer (each phase under its own timeout)."""
-    chunked = "transfer-encoding" in request.headers
-    with _mapped(httpx.WriteTimeout, httpx.WriteError):
-        sock.settimeout(timeouts.get("write"))
-        if chunked:
-            sock.sendall(head)
-            for piece in request.stream:  # type: ignore[union-attr]
-                if piece:
-                    sock.sendall(b"%X\r\n%s\r\n" % (len(piece), piece))
-            sock.sendall(b"0\r\n\r\n")
-        else:
-            sock.sendall(head + request.read())
+    head_only = request.method == "HEAD"
+    try:
+        with _mapped(httpx.WriteTimeout, httpx.WriteError):
+            sock.settimeout(timeouts.get("write"))
+            _send(sock, request, head)
+    except httpx.WriteError as failed:
+        if not isinstance(failed.__cause__, BrokenPipeError | ConnectionResetError):
+            raise
+        return _early_answer(sock, timeouts, failed, head_only=head_only)
     with _mapped(httpx.ReadTimeout, httpx.ReadError):
         sock.settimeout(timeouts.get("read"))
-        return _Reader(sock).answer(head_only=request.method == "HEAD")
+        return _Reader(sock).answer(head_only=head_only)
+
+
+def _send(sock: socket.socket, request: httpx.Request, head: bytes) -> None:
+    if "transfer-encoding" in request.headers:
+        sock.sendall(head)
+        for piece in request.stream:  # type: ignore[union-attr]
+            if piece:
+                sock.sendall(b"%X\r\n%s\r\n" % (len(piece), piece))
+        sock.sendall(b"0\r\n\r\n")
+    else:
+        sock.sendall(head + request.read())
+
+
+def _early_answer(
+    sock: socket.socket, timeouts: dict[str, float], failed: httpx.WriteError, *, head_only: bool
+) -> _Answer:
+    """The answer a server sent before closing a connection whose request it did not read
+    whole (e.g. 413 for a body too large), as httpcore returns it; the write's error if none
+    arrived whole. The connection is never pooled: the server closed it, and the request went
+    out in part. Nothing is resent."""
+    try:
+        with _mapped(httpx.ReadTimeout, httpx.ReadError):
+            sock.settimeout(timeouts.get("read"))
+            answer = _Reader(sock).answer(head_only=head_only)
+    except httpx.HTTPError:
+        raise failed from failed.__cause__
+    return answer._replace(reusable=False)
 
 
 class _Reader:
@@ -256,25 +299,28 @@ class _Reader:
         return bool(data)
 
     def answer(self, *, head_only: bool) -> _Answer:
-        while True:
-            status, reason, version, headers = self._head()
-            if status == 100:  # what http.client skips too
-                continue
-            if 100 <= status < 200:
-                raise httpx.RemoteProtocolError(f"unexpected informational response {status}")
-            break
+        head = self._head()
+        if head[0] < 200:
+            head = self._after_interim(head)
+        status, reason, version, headers = head
         names = {name.lower(): value for name, value in headers}
-        close = _wants_close(version, names.get(b"connection", b""))
+        # every Connection line counts, as every Transfer-Encoding line (a dict keeps the last)
+        connection = _tokens(headers, b"connection") if b"connection" in names else []
+        close = _wants_close(version, connection)
         if head_only or status in _NO_BODY_STATUS:
             body = b""
         elif b"transfer-encoding" in names:
-            if not names[b"transfer-encoding"].lower().rstrip().endswith(b"chunked"):
-                body, close = self._until_close(), True  # RFC 9112 section 6.3, item 4
-            else:
-                body = self._chunked()
-                # with a Content-Length too, or in HTTP/1.0, the framing is suspect (request
-                # smuggling): read as chunked, then the connection is closed (section 6.3, 3)
-                close = close or b"content-length" in names or version == b"HTTP/1.0"
+            codings = _tokens(headers, b"transfer-encoding")
+            if codings != [b"chunked"]:
+                # h11 refuses these too ("Only Transfer-Encoding: chunked is supported"): a
+                # body still framed or coded would be handed on as if it were the payload
+                raise httpx.RemoteProtocolError(
+                    f"unsupported Transfer-Encoding {b', '.join(codings)[:100]!r}"
+                )
+            body = self._chunked()
+            # with a Content-Length too, or in HTTP/1.0, the framing is suspect (request
+            # smuggling): read as chunked, then the connection is closed (section 6.3, 3)
+            close = close or b"content-length" in names or version == b"HTTP/1.0"
         elif b"content-length" in names:
             body = self._exact(_content_length(headers))
         else:
@@ -282,6 +328,18 @@ class _Reader:
         # anything beyond the answer is not ours to hand to the next request
         reusable = not close and not self.buffer
         return _Answer(status, reason, version, headers, body, reusable)
+
+    def _after_interim(
+        self, head: tuple[int, bytes, bytes, list[tuple[bytes, bytes]]]
+    ) -> tuple[int, bytes, bytes, list[tuple[bytes, bytes]]]:
+        """The final answer's head: ``head`` and the interim (1xx) answers after it skipped."""
+        for _ in range(MAX_INTERIM):
+            if head[0] == 101:  # the connection would speak another protocol from here on
+                raise httpx.RemoteProtocolError("unexpected 101 Switching Protocols")
+            head = self._head()
+            if head[0] >= 200:
+                return head
+        raise httpx.RemoteProtocolError(f"more than {MAX_INTERIM} informational answers")
 
     def _head(self) -> tuple[int, bytes, bytes, list[tuple[bytes, bytes]]]:
         end = _HEAD_END.search(self.buffer)
@@ -334,12 +392,21 @@ class _Reader:
                 raise httpx.RemoteProtocolError("malformed chunk size")
             size = int(size_text, 16)
             if size == 0:
-                while self._line():  # trailer fields, up to the empty line
-                    pass
+                self._trailers()
                 return b"".join(pieces)
             pieces.append(self._exact(size))
             if self._line():
                 raise httpx.RemoteProtocolError("a chunk is longer than its size")
+
+    def _trailers(self) -> None:
+        """Skip the trailer fields up to the empty line (as httpcore drops them), within the
+        head's limits: a server cannot keep the reader busy with an endless trailer."""
+        lines, size = 0, 0
+        while line := self._line():
+            lines += 1
+            size += len(line) + 2
+            if lines > MAX_HEADERS or size > MAX_HEAD_BYTES:
+                raise httpx.RemoteProtocolError("the chunked answer's trailer is too long")
 
     def _until_close(self) -> bytes:
         pieces = [self.buffer]
@@ -374,10 +441,21 @@ def _header_lines(lines: list[bytes]) -> list[tuple[bytes, bytes]]:
     return headers
 
 
-def _wants_close(version: bytes, connection: bytes) -> bool:
-    if not connection:
+def _tokens(headers: list[tuple[bytes, bytes]], name: bytes) -> list[bytes]:
+    """The comma-separated tokens of every ``name`` line, in order, lower-cased and trimmed;
+    empty elements dropped (RFC 9110 section 5.6.1; h11's ``get_comma_header``)."""
+    return [
+        token
+        for field, value in headers
+        if field.lower() == name
+        for part in value.lower().split(b",")
+        if (token := part.strip(b" \t"))
+    ]
+
+
+def _wants_close(version: bytes, tokens: list[bytes]) -> bool:
+    if not tokens:
         return version == b"HTTP/1.0"
-    tokens = {token.strip() for token in connection.lower().split(b",")}
     if version == b"HTTP/1.0":
         return b"keep-alive" not in tokens
     return b"close" in tokens

@@ -60,6 +60,36 @@ class Server(ThreadingHTTPServer):
         return f"http://127.0.0.1:{self.server_address[1]}"
 
 
+#: the answer's framing headers in the "te-..." and "connection-..." modes (chunked body after)
+RAW_HEADS = {
+    "te-identity-last": b"Transfer-Encoding: chunked\r\nTransfer-Encoding: identity\r\n",
+    "te-gzip-chunked": b"Transfer-Encoding: gzip, chunked\r\n",
+    "te-xchunked": b"Transfer-Encoding: xchunked\r\n",
+    "te-chunked-twice": b"Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n",
+    "te-chunked-spaced": b"Transfer-Encoding:  CHUNKED \r\n",
+    "connection-close-first": b"Transfer-Encoding: chunked\r\nConnection: close\r\n"
+    b"Connection: x-trace\r\n",
+}
+TOO_LARGE = b'{"code":"BODY_TOO_LARGE"}'
+#: a trailer section too long: more lines than a head may have, or more bytes
+TRAILER_FLOODS = {
+    "trailer-lines": b"".join(b"X-T%d: t\r\n" % n for n in range(101)),
+    "trailer-bytes": b"".join(b"X-T%d: %s\r\n" % (n, b"t" * 60_000) for n in range(5)),
+}
+
+
+def chunked(payload: bytes, trailer: bytes = b"") -> bytes:
+    """``payload`` in two chunks, then the last chunk and ``trailer`` (lines with CRLF)."""
+    half = len(payload) // 2
+    return b"%X\r\n%s\r\n%X\r\n%s\r\n0\r\n%s\r\n" % (
+        half,
+        payload[:half],
+        len(payload) - half,
+        payload[half:],
+        trailer,
+    )
+
+
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     disable_nagle_algorithm = True  # headers and body are separate writes
@@ -79,15 +109,17 @@ class Handler(BaseHTTPRequestHandler):
             self.server.release.wait(30)
             self.close_connection = True
             return
+        if mode in {"too-large", "closes-unread"}:
+            self._close_unread()
+            return
         body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
         with self.server.lock:
             self.server.requests.append(body)
         if mode == "drop":  # the request arrived; the connection dies before any answer
             self.close_connection = True
             return
-        if mode == "early-hints":  # 103 first, then the real answer on the same connection
-            self.wfile.write(b"HTTP/1.1 103 Early Hints\r\nLink: </a>; rel=preload\r\n\r\n")
-            self.wfile.flush()
+        if self._interim():
+            return
         if mode == "gather":
             self.server.together.wait(10)
         if mode == "silent":
@@ -97,6 +129,49 @@ class Handler(BaseHTTPRequestHandler):
         self._answer(body)
         if mode == "close-after":  # answered as keep-alive, then closed (idle timeout)
             self.close_connection = True
+
+    def _close_unread(self) -> None:
+        """Reads only the head and closes with the body still coming (a reset: the client's
+        write fails), after a 413 in the "too-large" mode."""
+        if self.server.mode == "too-large":
+            self.wfile.write(
+                b"HTTP/1.1 413 Content Too Large\r\nConnection: close\r\n"
+                b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
+                % (len(TOO_LARGE), TOO_LARGE)
+            )
+        self.close_connection = True
+
+    def _interim(self) -> bool:
+        """Writes the interim (1xx) answers of the mode; True when no final one follows."""
+        mode = self.server.mode
+        if mode == "early-hints":  # 103 first, then the real answer on the same connection
+            self.wfile.write(b"HTTP/1.1 103 Early Hints\r\nLink: </a>; rel=preload\r\n\r\n")
+            self.wfile.flush()
+        if mode.startswith("interim-"):  # that many interim answers of several kinds first
+            interim = [b"100 Continue", b"102 Processing", b"103 Early Hints", b"199 Misc"]
+            for n in range(int(mode.removeprefix("interim-"))):
+                self.wfile.write(b"HTTP/1.1 %s\r\nX-N: %d\r\n\r\n" % (interim[n % 4], n))
+        if mode == "switching":  # an upgrade nobody asked for, then bytes of another protocol
+            self.wfile.write(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n")
+            self.wfile.write(b"\x81\x02hi")
+            self.server.release.wait(30)
+            self.close_connection = True
+            return True
+        return False
+
+    def do_HEAD(self) -> None:  # the head a GET would have, with its length, and no body
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", "1234")
+        self.end_headers()
+
+    def do_GET(self) -> None:  # /204 or /304: no body, whatever the head says
+        status = int(self.path.strip("/"))
+        self.send_response(status)
+        if status == 304:  # the length the full answer would have (RFC 9110 section 8.6)
+            self.send_header("ETag", '"v1"')
+            self.send_header("Content-Length", "1234")
+        self.end_headers()
 
     def _answer(self, body: bytes) -> None:
         payload = json.dumps({"echo": json.loads(body or b"null")}).encode()
@@ -142,6 +217,24 @@ class Handler(BaseHTTPRequestHandler):
             )
             self.wfile.flush()
             return True  # keeps the connection open: the client must not reuse it
+        elif mode in RAW_HEADS or mode in TRAILER_FLOODS or mode == "chunked-trailers":
+            trailer = TRAILER_FLOODS.get(mode, b"X-Trailer: t\r\nX-Other: u\r\n")
+            self.wfile.write(
+                b"HTTP/1.1 200 OK\r\n%s\r\n%s"
+                % (
+                    RAW_HEADS.get(mode, b"Transfer-Encoding: chunked\r\n"),
+                    chunked(payload, trailer),
+                )
+            )
+            self.wfile.flush()
+            return True  # keeps the connection open: whether it is reused is the client's call
+        elif mode == "http10-keep-alive-first":  # HTTP/1.0 kept open by the first line's token
+            self.wfile.write(
+                b"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nConnection: x-trace\r\n"
+                b"Content-Length: %d\r\n\r\n%s" % (len(payload), payload)
+            )
+            self.wfile.flush()
+            return True
         elif mode == "conflicting-length":
             self.wfile.write(
                 b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nContent-Length: 1\r\n\r\n%s"
@@ -220,14 +313,36 @@ def test_a_request_the_server_read_and_then_dropped_fails_and_is_never_resent() 
         assert server.requests == [b'{"create":"once"}']
 
 
-def test_an_informational_answer_is_an_error_and_its_connection_is_never_reused() -> None:
-    # http.client would return the 103 as the answer and leave the real one on the socket for
-    # the next request to read: someone else's answer. Refused, and the connection dropped.
+def test_an_early_hints_answer_is_skipped_and_the_final_one_returned_on_a_kept_connection() -> None:
+    # RFC 9110 section 15.2: a client must parse interim answers it did not expect. The server
+    # ran the RPC: refusing its answer would report a job that exists as never created.
     with serving("early-hints") as server, client() as http:
-        for n in range(2):
-            with pytest.raises(httpx.RemoteProtocolError, match="informational"):
-                http.post(server.url, json=n)
-        assert server.connections == 2
+        answers = [http.post(server.url, json=n) for n in range(2)]
+        assert [(a.status_code, a.json()) for a in answers] == [
+            (200, {"echo": n}) for n in range(2)
+        ]
+        assert server.connections == 1
+
+
+def test_ten_interim_answers_in_a_row_are_skipped_and_an_eleventh_is_a_protocol_error() -> None:
+    with serving("interim-10") as server, client() as http:
+        answers = [http.post(server.url, json=n).json() for n in range(2)]
+        assert answers == [{"echo": 0}, {"echo": 1}]
+        assert server.connections == 1
+    transport = KeepAliveTransport()
+    with serving("interim-11") as server, httpx.Client(transport=transport) as http:
+        with pytest.raises(httpx.RemoteProtocolError, match="informational"):
+            http.post(server.url, json=1)
+        assert transport.idle_connections() == 0  # the final answer is still unread on it
+        assert server.requests == [b"1"]
+
+
+def test_switching_protocols_is_a_protocol_error_and_its_connection_is_never_reused() -> None:
+    transport = KeepAliveTransport()
+    with serving("switching") as server, httpx.Client(transport=transport) as http:
+        with pytest.raises(httpx.RemoteProtocolError, match="101"):
+            http.post(server.url, json=1)
+        assert transport.idle_connections() == 0
 
 
 def test_a_header_value_with_a_line_break_is_an_httpx_error_not_a_crash(
@@ -418,3 +533,95 @@ def test_a_chunked_answer_that_also_has_a_length_is_read_as_chunked_and_not_pool
             assert transport.idle_connections() == 0
         assert server.connections == 2
     assert answers == [{"echo": 0}, {"echo": 1}]
+
+
+@pytest.mark.parametrize(
+    "mode", ["te-identity-last", "te-gzip-chunked", "te-xchunked", "te-chunked-twice"]
+)
+def test_a_transfer_coding_other_than_chunked_alone_is_a_protocol_error_and_never_pooled(
+    mode: str,
+) -> None:
+    # the last line alone would say "identity" (the chunk framing handed on as the body),
+    # "gzip, chunked" would hand on gzip, "xchunked" is not "chunked": h11 refuses them all
+    transport = KeepAliveTransport()
+    with serving(mode) as server, httpx.Client(transport=transport) as http:
+        for n in range(2):
+            with pytest.raises(httpx.RemoteProtocolError, match="Transfer-Encoding"):
+                http.post(server.url, json=n)
+            assert transport.idle_connections() == 0
+        assert server.connections == 2
+
+
+def test_chunked_in_any_case_and_spacing_is_read_and_its_connection_kept() -> None:
+    with serving("te-chunked-spaced") as server, client() as http:
+        assert [http.post(server.url, json=n).json() for n in range(2)] == [
+            {"echo": 0},
+            {"echo": 1},
+        ]
+        assert server.connections == 1
+
+
+@pytest.mark.parametrize("mode", ["connection-close-first", "http10-keep-alive-first"])
+def test_connection_tokens_count_on_every_line_not_only_the_last(mode: str) -> None:
+    # "close" on the first of two lines closes an HTTP/1.1 connection; "keep-alive" on the
+    # first keeps an HTTP/1.0 one: the server keeps both open, the client decides
+    transport = KeepAliveTransport()
+    with serving(mode) as server, httpx.Client(transport=transport) as http:
+        assert http.post(server.url, json=0).json() == {"echo": 0}
+        kept = mode == "http10-keep-alive-first"
+        assert transport.idle_connections() == int(kept)
+        assert http.post(server.url, json=1).json() == {"echo": 1}
+        assert server.connections == (1 if kept else 2)
+
+
+def test_a_chunked_answer_with_trailers_is_read_whole_and_its_connection_reused() -> None:
+    with serving("chunked-trailers") as server, client() as http:
+        answers = [http.post(server.url, json={"n": n}) for n in range(3)]
+        assert [a.json() for a in answers] == [{"echo": {"n": n}} for n in range(3)]
+        assert "x-trailer" not in answers[0].headers  # trailers are dropped, as httpcore does
+        assert server.connections == 1
+
+
+@pytest.mark.parametrize("mode", sorted(TRAILER_FLOODS))
+def test_a_trailer_longer_than_a_head_may_be_is_a_protocol_error(mode: str) -> None:
+    transport = KeepAliveTransport()
+    with serving(mode) as server, httpx.Client(transport=transport) as http:
+        with pytest.raises(httpx.RemoteProtocolError, match="trailer"):
+            http.post(server.url, json=1)
+        assert transport.idle_connections() == 0
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "status"), [("HEAD", "/", 200), ("GET", "/204", 204), ("GET", "/304", 304)]
+)
+def test_an_answer_without_a_body_is_read_to_its_head_and_its_connection_reused(
+    keepalive: Server, method: str, path: str, status: int
+) -> None:
+    # HEAD's and 304's Content-Length is the length a GET would have: no body follows it
+    with client(read=5) as http:
+        answer = http.request(method, keepalive.url + path)
+        assert (answer.status_code, answer.content) == (status, b"")
+        assert http.post(keepalive.url, json=1).json() == {"echo": 1}
+        assert http.request(method, keepalive.url + path).status_code == status
+    assert keepalive.connections == 1
+
+
+def test_an_error_answer_sent_while_the_body_was_still_being_written_is_returned() -> None:
+    # the server read the head, answered 413 and closed: the client's write fails on a reset,
+    # yet the answer came first (httpcore returns it too). Far more than loopback's buffers
+    # hold, so the write is still under way when the server closes.
+    transport = KeepAliveTransport()
+    with serving("too-large") as server, httpx.Client(transport=transport) as http:
+        answer = http.post(server.url, content=b"x" * (64 * 1024 * 1024))
+        assert (answer.status_code, answer.content) == (413, TOO_LARGE)
+        assert transport.idle_connections() == 0
+        assert server.connections == 1  # sent once, never again
+
+
+def test_a_server_that_closes_without_an_answer_while_the_body_is_written_is_a_write_error() -> (
+    None
+):
+    with serving("closes-unread") as server, client() as http:
+        with pytest.raises(httpx.WriteError):
+            http.post(server.url, content=b"x" * (64 * 1024 * 1024))
+        assert server.connections == 1

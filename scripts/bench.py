@@ -518,6 +518,7 @@ def api_under_load(
     rounds: int,
 ) -> dict[str, Any]:
     """``finished_id``: a job that ran, so a get with ``?logs=true`` has logs to send."""
+    tasks = stack.tasks_client()
     floor_insert = floors["insert_row"]
     floor_select = floors["select_row"]
     with httpx.Client(base_url=floor_insert["url"]) as client:
@@ -577,7 +578,10 @@ def api_under_load(
     for round_ in range(rounds):
         if rounds > 1:
             say(f"  -- round {round_ + 1} of {rounds}")
-        forget_api_jobs(stack, keep=[finished_id, job_id])  # every round from the same table
+        # every round from the same state: the rounds before it deleted from the table, and
+        # their tasks (held by the paused queue) purged
+        forget_api_jobs(stack, keep=[finished_id, job_id])
+        tasks.purge_queue(name=stack.queue_path)
         for name, url, call, expect, cpu in cases:
             result = load(
                 url, call, connections=CONNECTIONS, requests=requests, expect=expect, cpu=cpu

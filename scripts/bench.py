@@ -59,6 +59,7 @@ from scripts.bench_tools import (
     postmaster_pid,
     serve_function,
     stop,
+    wait_final,
     worker_pid,
 )
 from shared.functions import CANCEL, CREATE, GET, LIST, PROCESS
@@ -328,24 +329,6 @@ def cold_starts(stack: LocalStack, http: httpx.Client, repeats: int) -> dict[str
 # --- jobs ------------------------------------------------------------------------------------
 
 
-def wait_final(stack: LocalStack, job_ids: list[str], timeout_s: float = 300) -> None:
-    """Wait until every job is final, asking Postgres directly: polling over HTTP would add
-    its own load to the processes whose CPU per job is being measured."""
-    deadline = time.monotonic() + timeout_s
-    with psycopg.connect(stack.db_uri, autocommit=True) as conn:
-        while True:
-            row = conn.execute(
-                "select count(*) from ai_jobs where id = any(%s::uuid[])"
-                " and status not in ('completed', 'failed', 'cancelled')",
-                (job_ids,),
-            ).fetchone()
-            if row is not None and row[0] == 0:
-                return
-            if time.monotonic() > deadline:
-                raise SystemExit(f"{row[0] if row else '?'} jobs did not finish")
-            time.sleep(0.02)
-
-
 def ai_work_cpu_ms(repeats: int = 9) -> float:
     """CPU of the AI work alone (the local writer), run in this process: what a job costs
     whatever queue carries it."""
@@ -368,7 +351,7 @@ def pickup_ms(stack: LocalStack, http: httpx.Client, jobs: int) -> dict[str, flo
     ids = []
     for _ in range(jobs):
         job_id = http.post(CREATE.path(), json={"query": COMPLEX}).json()["jobId"]
-        wait_final(stack, [job_id])
+        wait_final(stack.db_uri, [job_id])
         ids.append(job_id)
         time.sleep(0.02)
     with psycopg.connect(stack.db_uri) as conn:
@@ -453,7 +436,7 @@ def jobs_running(
     polls: list[float] = []
     stop_polling = threading.Event()
     probe = http.post(CREATE.path(), json={"query": COMPLEX}).json()["jobId"]
-    wait_final(stack, [probe])
+    wait_final(stack.db_uri, [probe])
 
     def poller() -> None:
         with httpx.Client(base_url=stack.base_url, timeout=60) as client:
@@ -481,7 +464,7 @@ def jobs_running(
     began = time.perf_counter()
     with ThreadPoolExecutor(max_workers=8) as pool:
         list(pool.map(create, range(jobs)))
-    wait_final(stack, ids)
+    wait_final(stack.db_uri, ids)
     elapsed = time.perf_counter() - began
     if watcher is not None:
         watcher.drain(ids)
@@ -713,7 +696,7 @@ def run_all(
     tasks = stack.tasks_client()
     # warm every path once
     finished = http.post(CREATE.path(), json={"query": COMPLEX}).json()["jobId"]
-    wait_final(stack, [finished])
+    wait_final(stack.db_uri, [finished])
     http.get(LIST.path())
     http.get(GET.path(finished) + "?logs=true")
 

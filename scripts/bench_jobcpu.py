@@ -51,6 +51,7 @@ from scripts.bench_tools import (
     host_pids,
     percentiles,
     postmaster_pid,
+    wait_final,
     worker_pid,
 )
 
@@ -63,22 +64,6 @@ QUEUE = (PROCESS, "front", "gateway", "emulator", "postgres")
 
 
 # --- the child: one stack, bursts on demand ----------------------------------------------------
-
-
-def wait_final(db_uri: str, job_ids: list[str], timeout_s: float = 300) -> None:
-    deadline = time.monotonic() + timeout_s
-    with psycopg.connect(db_uri, autocommit=True) as conn:
-        while True:
-            row = conn.execute(
-                "select count(*) from ai_jobs where id = any(%s::uuid[])"
-                " and status not in ('completed', 'failed', 'cancelled')",
-                (job_ids,),
-            ).fetchone()
-            if row is not None and row[0] == 0:
-                return
-            if time.monotonic() > deadline:
-                raise SystemExit("jobs did not finish")
-            time.sleep(0.02)
 
 
 def outcomes(db_uri: str, job_ids: list[str]) -> dict[str, int]:

@@ -43,8 +43,15 @@ import psycopg
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from infra.local.stack import LocalStack, StackConfig
-from scripts.bench import COMPLEX, jobs_running, wait_final
-from scripts.bench_tools import CpuMeter, host_pids, percentiles, postmaster_pid, worker_pid
+from scripts.bench import COMPLEX, jobs_running
+from scripts.bench_tools import (
+    CpuMeter,
+    host_pids,
+    percentiles,
+    postmaster_pid,
+    wait_final,
+    worker_pid,
+)
 from shared.functions import CREATE, PROCESS
 
 #: the system calls that move a request between processes (strace ``-e trace=``)
@@ -316,7 +323,7 @@ def one_at_a_time(stack: LocalStack, http: httpx.Client, jobs: int) -> list[str]
     ids = []
     for _ in range(jobs):
         job_id = http.post(CREATE.path(), json={"query": COMPLEX}).json()["jobId"]
-        wait_final(stack, [job_id])
+        wait_final(stack.db_uri, [job_id])
         ids.append(job_id)
         time.sleep(0.02)
     return ids

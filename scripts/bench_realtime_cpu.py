@@ -51,14 +51,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from infra.local.host import free_port
 from infra.local.stack import LOCAL_JWT_SECRET, LocalStack, StackConfig
-from scripts.bench_tools import CpuMeter, postmaster_pid, stop
+from scripts.bench_tools import CpuMeter, postmaster_pid, stop, wait_final
 from shared.functions import CREATE
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 COMPLEX = "모든 서버 분석하고 최적화 리포트 만들어줘"
 #: the application_name of the measured Realtime server's connections
 APPLICATION = "bench_realtime_cpu"
-FINAL = ("completed", "failed", "cancelled")
 
 
 class Watcher:
@@ -214,22 +213,6 @@ class BackendMeter:
         now, slot = self._now()
         for pid, seconds in now.items():
             self.spent_s["slot" if pid in slot else "checks"] += seconds - self._before.get(pid, 0)
-
-
-def wait_final(db_uri: str, job_ids: list[str], timeout_s: float = 180) -> None:
-    deadline = time.monotonic() + timeout_s
-    with psycopg.connect(db_uri, autocommit=True) as conn:
-        while True:
-            row = conn.execute(
-                "select count(*) from ai_jobs where id = any(%s::uuid[])"
-                " and status <> all(%s::text[])",
-                (job_ids, list(FINAL)),
-            ).fetchone()
-            if row is not None and row[0] == 0:
-                return
-            if time.monotonic() > deadline:
-                raise SystemExit("jobs did not finish")
-            time.sleep(0.02)
 
 
 def burst(stack: LocalStack, jobs: int) -> list[str]:

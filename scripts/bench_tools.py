@@ -23,6 +23,7 @@ from typing import Any
 
 import httpx
 import psutil  # type: ignore[import-untyped]
+import psycopg
 
 from infra.local.host import free_port
 
@@ -287,3 +288,24 @@ def ai_cpu_ms(log_text: str, job_ids: set[str]) -> list[float]:
         if entry.get("jobId") in job_ids and entry.get("message") == "job completed":
             found.append(float(entry["aiCpuMs"]))
     return found
+
+
+def wait_final(db_uri: str, job_ids: list[str], timeout_s: float = 300) -> None:
+    """Wait until every job is final, asking Postgres directly: polling over HTTP would add
+    its own load to the processes whose CPU per job is being measured."""
+    from shared.jobs import FINAL_STATUSES
+
+    final = [status.value for status in FINAL_STATUSES]
+    deadline = time.monotonic() + timeout_s
+    with psycopg.connect(db_uri, autocommit=True) as conn:
+        while True:
+            row = conn.execute(
+                "select count(*) from ai_jobs where id = any(%s::uuid[])"
+                " and status <> all(%s::text[])",
+                (job_ids, final),
+            ).fetchone()
+            if row is not None and row[0] == 0:
+                return
+            if time.monotonic() > deadline:
+                raise SystemExit(f"{row[0] if row else '?'} jobs did not finish")
+            time.sleep(0.02)

@@ -16,6 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from infra.local.host import free_port
+from shared.functions import CONSOLE
 from shared.functions import ENTRY_POINTS as FUNCTIONS
 from tests.support import REPO_ROOT
 
@@ -28,15 +29,19 @@ HEAVY = {
     "shared.ai.pipeline": "the AI pipeline",
 }
 _PROBE = """
-import json, sys
+import gc, json, sys
 import functions_framework
 name, target, method, path = sys.argv[1:5]
 app = functions_framework.create_app(target, f"functions/{name}/main.py")
 heavy = json.loads(sys.argv[5])
 at_import = sorted(m for m in heavy if m in sys.modules)
+frozen_at_import = gc.get_freeze_count()
 status = app.test_client().open(path, method=method).status_code
 after_request = sorted(m for m in heavy if m in sys.modules)
-print(json.dumps({"import": at_import, "request": after_request, "status": status}))
+print(json.dumps({
+    "import": at_import, "request": after_request, "status": status,
+    "frozenAtImport": frozen_at_import, "frozenAfterRequest": gc.get_freeze_count(),
+}))
 """
 
 
@@ -91,3 +96,18 @@ def test_the_read_functions_load_only_the_supabase_client(
 ) -> None:
     assert probes[name]["status"] == 503, "the request reached the (absent) database"
     assert probes[name]["request"] == ["supabase"]
+
+
+#: the console only serves its files (not through shared.http.endpoint): no clients to keep
+_FREEZING = [name for name in FUNCTIONS if name != CONSOLE.name]
+
+
+@pytest.mark.parametrize("name", _FREEZING)
+def test_the_first_answer_freezes_what_the_cold_start_made(
+    probes: dict[str, dict[str, object]], name: str
+) -> None:
+    """Objects that live as long as the instance stay out of every later full collection."""
+    probe = probes[name]
+    assert probe["frozenAtImport"] == 0
+    frozen = probe["frozenAfterRequest"]
+    assert isinstance(frozen, int) and frozen > 10_000, probe

@@ -44,7 +44,7 @@ from infra.local.gateway import make_jwt
 from infra.local.host import free_port
 from infra.local.migrate import apply_migrations
 from infra.local.postgres import start_postgres
-from scripts.bench_tools import LoadResult, load, stop
+from scripts.bench_tools import LoadResult, export_tree, load, stop
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 JWT_SECRET = "super-secret-jwt-token-with-at-least-32-characters-long"
@@ -100,15 +100,6 @@ def wait_ready(url: str, process: subprocess.Popen[bytes], timeout_s: float = 60
                 return
         time.sleep(0.05)
     raise SystemExit(f"the gateway did not answer within {timeout_s}s")
-
-
-def export_tree(rev: str, into: Path) -> Path:
-    """The repository's files at ``rev`` (``git archive``), to serve an older gateway."""
-    archive = subprocess.run(
-        ["git", "archive", rev], cwd=REPO_ROOT, check=True, capture_output=True
-    ).stdout
-    subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
-    return into
 
 
 #: Postgres's processes by what they serve (``backend_cpu``): the gateway's connections, the

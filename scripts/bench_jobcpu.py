@@ -48,6 +48,7 @@ from infra.local.stack import LocalStack, StackConfig
 from scripts.bench_tools import (
     CpuMeter,
     ai_cpu_ms,
+    export_tree,
     host_pids,
     percentiles,
     postmaster_pid,
@@ -264,12 +265,12 @@ def completions(count: int, rounds: int) -> dict[str, dict[str, float]]:
 # --- the driver ---------------------------------------------------------------------------------
 
 
-def export_tree(rev: str, into: Path) -> Path:
-    archive = subprocess.run(
-        ["git", "archive", rev], cwd=REPO_ROOT, check=True, capture_output=True
-    ).stdout
-    subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
-    (into / "scripts" / Path(__file__).name).write_bytes(Path(__file__).read_bytes())
+def export_tree_with_this_bench(rev: str, into: Path) -> Path:
+    """The tree at ``rev`` with this script and the measuring tools it imports as they are
+    now: the child runs there, so only the code under test is the older one."""
+    export_tree(rev, into)
+    for tool in (Path(__file__), Path(__file__).with_name("bench_tools.py")):
+        (into / "scripts" / tool.name).write_bytes(tool.read_bytes())
     return into
 
 
@@ -332,7 +333,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         if args.compare:
             base = Path(scratch) / "base"
             base.mkdir()
-            trees = {args.compare: export_tree(args.compare, base), **trees}
+            trees = {args.compare: export_tree_with_this_bench(args.compare, base), **trees}
         children = [Child(label, tree, args.jobs, args.profile) for label, tree in trees.items()]
         rounds: dict[str, list[dict[str, Any]]] = {c.label: [] for c in children}
         pickups: dict[str, dict[str, Any]] = {}

@@ -51,7 +51,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from infra.local.host import free_port
 from infra.local.stack import LOCAL_JWT_SECRET, LocalStack, StackConfig
-from scripts.bench_tools import CpuMeter, postmaster_pid, stop, wait_final
+from scripts.bench_tools import CpuMeter, export_tree, postmaster_pid, stop, wait_final
 from shared.functions import CREATE
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -116,16 +116,6 @@ class Watcher:
         while not self.stop.is_set():
             await asyncio.sleep(0.05)
         await client.close()
-
-
-def export_tree(rev: str, into: Path) -> Path:
-    """The repository's files at ``rev`` (``git archive``)."""
-    archive = subprocess.run(
-        ["git", "archive", rev], cwd=REPO_ROOT, check=True, capture_output=True
-    ).stdout
-    into.mkdir(parents=True, exist_ok=True)
-    subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
-    return into
 
 
 @contextlib.contextmanager

@@ -199,14 +199,6 @@ def _round(
     return figures
 
 
-def export_tree(rev: str, into: Path) -> Path:
-    archive = subprocess.run(
-        ["git", "archive", rev], cwd=REPO_ROOT, check=True, capture_output=True
-    ).stdout
-    subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
-    return into
-
-
 def run_worker(tree: Path, admin_uri: str, calls: int) -> dict[str, float]:
     """``worker`` in a process of its own (each tree's modules imported alone)."""
     done = subprocess.run(
@@ -239,6 +231,7 @@ def main(argv: list[str] | None = None) -> int:
 
     sys.path.insert(0, str(REPO_ROOT))
     from infra.local.postgres import start_postgres
+    from scripts.bench_tools import export_tree
 
     scratch = Path(tempfile.mkdtemp(prefix="bench-sql-"))
     pg = start_postgres(scratch / "pg")

@@ -309,3 +309,13 @@ def wait_final(db_uri: str, job_ids: list[str], timeout_s: float = 300) -> None:
             if time.monotonic() > deadline:
                 raise SystemExit(f"{row[0] if row else '?'} jobs did not finish")
             time.sleep(0.02)
+
+
+def export_tree(rev: str, into: Path) -> Path:
+    """The repository's files at ``rev`` (``git archive``), for an A/B against an older tree."""
+    archive = subprocess.run(
+        ["git", "archive", rev], cwd=REPO_ROOT, check=True, capture_output=True
+    ).stdout
+    into.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
+    return into

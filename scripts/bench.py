@@ -24,7 +24,6 @@ Prints a table, writes ``docs/bench.json`` and draws ``docs/bench.png``.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import json
 import os
@@ -50,6 +49,7 @@ from scripts import bench_peer
 from scripts.bench_tools import (
     CpuMeter,
     LoadResult,
+    Watcher,
     ai_cpu_ms,
     cold_start_ms,
     host_pids,
@@ -361,64 +361,6 @@ def pickup_ms(stack: LocalStack, http: httpx.Client, jobs: int) -> dict[str, flo
             (ids,),
         ).fetchall()
     return dict(percentiles([float(r[0]) for r in rows]))
-
-
-class Watcher:
-    """One Realtime subscriber to the jobs table and its log lines (the console's bindings),
-    with the service role's key so every change is delivered to it: the most one watcher
-    costs. Runs on its own thread and event loop; its own CPU is this process's, not counted."""
-
-    def __init__(self, stack: LocalStack) -> None:
-        self.stack = stack
-        self.events = 0
-        self.completed: set[str] = set()
-        self.ready = threading.Event()
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=lambda: asyncio.run(self._run()), daemon=True)
-
-    def __enter__(self) -> Watcher:
-        self.thread.start()
-        if not self.ready.wait(30):
-            raise SystemExit("the Realtime watcher did not subscribe")
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop.set()
-        self.thread.join(10)
-
-    def _count(self, payload: Any) -> None:
-        self.events += 1
-        record = payload["data"].get("record") or {}
-        if payload["data"]["table"] == "ai_jobs" and record.get("status") == "completed":
-            self.completed.add(str(record["id"]))
-
-    def drain(self, job_ids: list[str], timeout_s: float = 120) -> None:
-        """Wait until every job's completion reached the watcher: the CPU of delivering
-        the burst's changes belongs to the burst, though it may trail the jobs."""
-        deadline = time.monotonic() + timeout_s
-        while not self.completed >= set(job_ids):
-            if time.monotonic() > deadline:
-                raise SystemExit("the Realtime watcher did not receive every completion")
-            time.sleep(0.02)
-
-    async def _run(self) -> None:
-        from realtime import AsyncRealtimeClient, RealtimePostgresChangesListenEvent
-
-        key = self.stack.service_key
-        client = AsyncRealtimeClient(f"{self.stack.api_url}/realtime/v1", key)
-        await client.connect()
-        channel = client.channel("bench-watcher")
-        channel.on_postgres_changes(
-            RealtimePostgresChangesListenEvent.All, self._count, table="ai_jobs"
-        )
-        channel.on_postgres_changes(
-            RealtimePostgresChangesListenEvent.Insert, self._count, table="ai_job_logs"
-        )
-        channel.on_system(lambda _p: self.ready.set())
-        await channel.subscribe()
-        while not self.stop.is_set():
-            await asyncio.sleep(0.05)
-        await client.close()
 
 
 def jobs_running(
@@ -764,7 +706,8 @@ def jobs_part(
     running = jobs_running(stack, http, burst_pids, jobs)
     # the queue's own cost, what the peer's figure is: creates and jobs, nobody watching
     quiet = jobs_running(stack, http, burst_pids, jobs, poll=False)
-    with Watcher(stack) as watcher:  # the same with one Realtime subscriber
+    # the same with one Realtime subscriber
+    with Watcher(f"{stack.api_url}/realtime/v1", stack.service_key) as watcher:
         watched = jobs_running(stack, http, burst_pids, jobs, poll=False, watcher=watcher)
 
     def queue_cpu(burst: dict[str, Any]) -> float:

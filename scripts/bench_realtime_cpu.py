@@ -27,18 +27,15 @@ GIL samples) of this tree's Realtime server during each of its bursts.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import os
 import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -51,71 +48,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from infra.local.host import free_port
 from infra.local.stack import LOCAL_JWT_SECRET, LocalStack, StackConfig
-from scripts.bench_tools import CpuMeter, export_tree, postmaster_pid, stop, wait_final
+from scripts.bench_tools import CpuMeter, Watcher, export_tree, postmaster_pid, stop, wait_final
 from shared.functions import CREATE
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 COMPLEX = "모든 서버 분석하고 최적화 리포트 만들어줘"
 #: the application_name of the measured Realtime server's connections
 APPLICATION = "bench_realtime_cpu"
-
-
-class Watcher:
-    """One subscriber on its own thread and event loop (its CPU is this process's)."""
-
-    def __init__(self, realtime_url: str, key: str) -> None:
-        self.realtime_url, self.key = realtime_url, key
-        self.events = 0
-        self.latencies_ms: list[float] = []
-        self.completed: set[str] = set()
-        self.ready = threading.Event()
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=lambda: asyncio.run(self._run()), daemon=True)
-
-    def __enter__(self) -> Watcher:
-        self.thread.start()
-        if not self.ready.wait(30):
-            raise SystemExit("the Realtime watcher did not subscribe")
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop.set()
-        self.thread.join(10)
-
-    def _count(self, payload: Any) -> None:
-        received = time.time()
-        data = payload["data"]
-        committed = datetime.fromisoformat(data["commit_timestamp"].replace("Z", "+00:00"))
-        self.latencies_ms.append((received - committed.timestamp()) * 1000)
-        self.events += 1
-        record = data.get("record") or {}
-        if data["table"] == "ai_jobs" and record.get("status") == "completed":
-            self.completed.add(str(record["id"]))
-
-    def drain(self, job_ids: list[str], timeout_s: float = 120) -> None:
-        deadline = time.monotonic() + timeout_s
-        while not self.completed >= set(job_ids):
-            if time.monotonic() > deadline:
-                raise SystemExit("the Realtime watcher did not receive every completion")
-            time.sleep(0.02)
-
-    async def _run(self) -> None:
-        from realtime import AsyncRealtimeClient, RealtimePostgresChangesListenEvent
-
-        client = AsyncRealtimeClient(self.realtime_url, self.key)
-        await client.connect()
-        channel = client.channel("bench-watcher")
-        channel.on_postgres_changes(
-            RealtimePostgresChangesListenEvent.All, self._count, table="ai_jobs"
-        )
-        channel.on_postgres_changes(
-            RealtimePostgresChangesListenEvent.Insert, self._count, table="ai_job_logs"
-        )
-        channel.on_system(lambda _p: self.ready.set())
-        await channel.subscribe()
-        while not self.stop.is_set():
-            await asyncio.sleep(0.05)
-        await client.close()
 
 
 @contextlib.contextmanager

@@ -6,6 +6,7 @@ Everything runs on loopback against processes the benchmark started itself.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -18,6 +19,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -319,3 +321,70 @@ def export_tree(rev: str, into: Path) -> Path:
     into.mkdir(parents=True, exist_ok=True)
     subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
     return into
+
+
+# --- Realtime ----------------------------------------------------------------------------
+
+
+class Watcher:
+    """One Realtime subscriber to the jobs table and its log lines (the console's bindings) on
+    its own thread and event loop, so its own CPU is this process's, not the measured ones'.
+    With the service role's key every change is delivered to it: the most one watcher costs.
+    It counts the events, records each one's commit → delivery latency, and notes which
+    jobs it saw complete."""
+
+    def __init__(self, realtime_url: str, key: str) -> None:
+        self.realtime_url, self.key = realtime_url, key
+        self.events = 0
+        self.latencies_ms: list[float] = []
+        self.completed: set[str] = set()
+        self.ready = threading.Event()
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=lambda: asyncio.run(self._run()), daemon=True)
+
+    def __enter__(self) -> Watcher:
+        self.thread.start()
+        if not self.ready.wait(30):
+            raise SystemExit("the Realtime watcher did not subscribe")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join(10)
+
+    def _count(self, payload: Any) -> None:
+        received = time.time()
+        data = payload["data"]
+        committed = datetime.fromisoformat(data["commit_timestamp"].replace("Z", "+00:00"))
+        self.latencies_ms.append((received - committed.timestamp()) * 1000)
+        self.events += 1
+        record = data.get("record") or {}
+        if data["table"] == "ai_jobs" and record.get("status") == "completed":
+            self.completed.add(str(record["id"]))
+
+    def drain(self, job_ids: list[str], timeout_s: float = 120) -> None:
+        """Wait until every job's completion reached the watcher: the CPU of delivering
+        a burst's changes belongs to the burst, though it may trail the jobs."""
+        deadline = time.monotonic() + timeout_s
+        while not self.completed >= set(job_ids):
+            if time.monotonic() > deadline:
+                raise SystemExit("the Realtime watcher did not receive every completion")
+            time.sleep(0.02)
+
+    async def _run(self) -> None:
+        from realtime import AsyncRealtimeClient, RealtimePostgresChangesListenEvent
+
+        client = AsyncRealtimeClient(self.realtime_url, self.key)
+        await client.connect()
+        channel = client.channel("bench-watcher")
+        channel.on_postgres_changes(
+            RealtimePostgresChangesListenEvent.All, self._count, table="ai_jobs"
+        )
+        channel.on_postgres_changes(
+            RealtimePostgresChangesListenEvent.Insert, self._count, table="ai_job_logs"
+        )
+        channel.on_system(lambda _p: self.ready.set())
+        await channel.subscribe()
+        while not self.stop.is_set():
+            await asyncio.sleep(0.05)
+        await client.close()

@@ -552,6 +552,15 @@ class Engine:
         thread to wake, and for CreateTask's answer, which holds the GIL until it is sent."""
         task = entry.task
         request = self._http_dispatch(queue, entry)
+        attempt = _Attempt(queue, entry, request, time.monotonic() + request.deadline_s)
+        if send_at_once:
+            # first, so the task is on its way before the attempt's bookkeeping below (all of
+            # it under the lock: nobody sees the attempt half recorded); under the lock also
+            # as the deadline watch wants it: the write of a small request on an idle
+            # connection cannot block (see dispatch.SEND_AT_ONCE_MAX_BYTES)
+            attempt.sent = dispatch.send_at_once(request, self._connections)
+            if attempt.sent is not None:
+                attempt.sock = attempt.sent.connection.sock
         task.dispatch_count += 1
         attempt_pb = AttemptPb(dispatch_time=timestamp_of(now))
         attempt_pb.schedule_time.CopyFrom(task.schedule_time)
@@ -562,14 +571,7 @@ class Engine:
         task.last_attempt.CopyFrom(attempt_pb)
         entry.in_flight = True
         queue.in_flight += 1
-        attempt = _Attempt(queue, entry, request, time.monotonic() + request.deadline_s)
         self._attempts.add(attempt)
-        if send_at_once:
-            # under the lock, as the deadline watch wants it; the write of a small request on
-            # an idle connection cannot block (see dispatch.SEND_AT_ONCE_MAX_BYTES)
-            attempt.sent = dispatch.send_at_once(request, self._connections)
-            if attempt.sent is not None:
-                attempt.sock = attempt.sent.connection.sock
         self._pool.submit(self._run, attempt)
         return attempt
 

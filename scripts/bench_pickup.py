@@ -16,6 +16,14 @@ time, the way bench.py's pickup figure does (create, wait until final, 20 ms pau
    in /proc at the end of the traced run, while the kept-alive connections are still open).
 
     .venv/bin/python scripts/bench_pickup.py [--jobs 40] [--traced 15] [--json /tmp/p.json]
+
+``--compare REV --rounds N`` measures this tree against the tree at ``REV`` (``git archive``,
+with this script and ``bench_tools.py`` as they are now copied in): each round runs the whole
+measurement above once per tree, each in a child started from that tree with a stack of its
+own, in alternating order (A B, B A, ...) so other load on the shared machine weighs on both
+alike; then the median over the rounds of each figure, per tree.
+
+    .venv/bin/python scripts/bench_pickup.py --compare 262f158 --rounds 3 [--json /tmp/p.json]
 """
 
 from __future__ import annotations
@@ -46,6 +54,7 @@ from infra.local.stack import LocalStack, StackConfig
 from scripts.bench import COMPLEX, jobs_running
 from scripts.bench_tools import (
     CpuMeter,
+    export_tree,
     host_pids,
     percentiles,
     postmaster_pid,
@@ -53,6 +62,8 @@ from scripts.bench_tools import (
     worker_pid,
 )
 from shared.functions import CREATE, PROCESS
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 #: the system calls that move a request between processes (strace ``-e trace=``)
 TRACED_CALLS = "read,write,writev,sendto,recvfrom,sendmsg,recvmsg,connect,accept4"
@@ -387,7 +398,20 @@ def main(argv: list[str] | None = None) -> int:
         default="perf",
         help="perf (kernel tracepoints: nobody stopped) or strace (stops at every call)",
     )
+    parser.add_argument("--compare", metavar="REV", help="also measure the tree at this revision")
+    parser.add_argument("--rounds", type=int, default=3, help="alternated rounds with --compare")
     args = parser.parse_args(argv)
+    if args.compare:
+        return compare(args, argv or sys.argv[1:])
+    results = measure(args)
+    report(results)
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2) + "\n")
+    return 0
+
+
+def measure(args: argparse.Namespace) -> dict[str, Any]:
+    """The figures of this tree (see the module docstring)."""
     results: dict[str, Any] = {"loadAverageAtStart": round(os.getloadavg()[0], 2)}
     env = {"MAX_JOBS_PER_MINUTE": "1000000", "MAX_ACTIVE_JOBS": "1000000"}
     with tempfile.TemporaryDirectory(prefix="ajq-pickup-") as tmp:
@@ -424,9 +448,93 @@ def main(argv: list[str] | None = None) -> int:
                 results["tracedPickupMsP50"] = round(
                     statistics.median((m["started_at"] - m["created_at"]) * 1000 for m in marks), 2
                 )
-    report(results)
+    return results
+
+
+# --- A/B against another revision --------------------------------------------------------
+
+
+def _child_argv(argv: list[str]) -> list[str]:
+    """The arguments a child gets: ours without --compare, --rounds and --json."""
+    out: list[str] = []
+    skip = False
+    for arg in argv:
+        if skip:
+            skip = False
+            continue
+        name = arg.split("=", 1)[0]
+        if name in {"--compare", "--rounds", "--json", "--trace-dir"}:
+            skip = "=" not in arg
+            continue
+        out.append(arg)
+    return out
+
+
+def _median_figures(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The median over rounds of every figure a run reports (hops matched by name)."""
+
+    def median(values: list[float]) -> float:
+        return round(statistics.median(values), 3)
+
+    out: dict[str, Any] = {
+        "loadAverageAtStart": [run["loadAverageAtStart"] for run in runs],
+        "pickupMs": {
+            key: median([run["pickupMs"][key] for run in runs]) for key in runs[0]["pickupMs"]
+        },
+    }
+    for figure in ("oneAtATimeCpuMsPerJob", "burstCpuMsPerJob"):
+        if figure in runs[0]:
+            out[figure] = {
+                name: median([run[figure][name] for run in runs]) for name in runs[0][figure]
+            }
+    if "tracedHopsMsP50" in runs[0]:
+        out["tracedPickupMsP50"] = median([run["tracedPickupMsP50"] for run in runs])
+        hops_by_name: dict[str, list[float]] = {}
+        for run in runs:
+            for row in run["tracedHopsMsP50"]:
+                hops_by_name.setdefault(row["hop"], []).append(row["p50"])
+        out["tracedHopsMsP50"] = [
+            {"hop": hop, "p50": median(values), "rounds": len(values)}
+            for hop, values in hops_by_name.items()
+        ]
+    return out
+
+
+def compare(args: argparse.Namespace, argv: list[str]) -> int:
+    """Alternated rounds of this tree and the tree at ``args.compare``, each run in a child."""
+    child_args = _child_argv(argv)
+    print(f"load average at start {os.getloadavg()}", flush=True)
+    with tempfile.TemporaryDirectory(prefix="ajq-pickup-trees-") as scratch:
+        base = export_tree(args.compare, Path(scratch) / "base")
+        for tool in (Path(__file__), Path(__file__).with_name("bench_tools.py")):
+            (base / "scripts" / tool.name).write_bytes(tool.read_bytes())
+        trees = {args.compare: base, "this": REPO_ROOT}
+        runs: dict[str, list[dict[str, Any]]] = {label: [] for label in trees}
+        for index in range(args.rounds):
+            order = list(trees.items())
+            for label, tree in order if index % 2 == 0 else order[::-1]:
+                out = Path(scratch) / f"{label}-{index}.json"
+                subprocess.run(
+                    [
+                        *(sys.executable, str(tree / "scripts" / Path(__file__).name)),
+                        *(*child_args, "--json", str(out)),
+                    ],
+                    cwd=tree,
+                    check=True,
+                    stdout=subprocess.DEVNULL,
+                )
+                runs[label].append(json.loads(out.read_text()))
+                print(f"round {index + 1} {label:>8}: pickup {runs[label][-1]['pickupMs']}")
+    result = {
+        "loadAverageAtEnd": [round(x, 2) for x in os.getloadavg()],
+        "rounds": args.rounds,
+        "medians": {label: _median_figures(r) for label, r in runs.items()},
+    }
+    for label, figures in result["medians"].items():
+        print(f"--- {label}, median of {args.rounds} rounds")
+        report({**figures, "loadAverageAtStart": figures["loadAverageAtStart"]})
     if args.json:
-        args.json.write_text(json.dumps(results, indent=2) + "\n")
+        args.json.write_text(json.dumps(result, indent=2) + "\n")
     return 0
 
 
@@ -475,7 +583,8 @@ def report(results: dict[str, Any]) -> None:
     if "tracedHopsMsP50" in results:
         print(f"traced pickup p50 {results['tracedPickupMsP50']} ms; hops (p50 ms):")
         for row in results["tracedHopsMsP50"]:
-            print(f"  {row['p50']:7.3f}  {row['hop']}  (n={row['n']})")
+            count = f"n={row['n']}" if "n" in row else f"rounds={row['rounds']}"
+            print(f"  {row['p50']:7.3f}  {row['hop']}  ({count})")
 
 
 if __name__ == "__main__":

@@ -169,6 +169,33 @@ def test_url_header_and_size_limits_are_enforced(
     assert len(list(quick_client.list_tasks(parent=queue_name))) == 1
 
 
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"X-Note": "a\r\nX-Injected: yes"},
+        {"X-Note": "a\nb"},
+        {"X-Note": "a\x00b"},
+        {"X-Note": "서버"},
+        {"Bad Name": "v"},
+        {"X-Note:": "v"},
+    ],
+)
+def test_a_header_that_cannot_go_on_the_wire_is_refused_and_holds_no_slot(
+    quick_client: tasks_v2.CloudTasksClient, target: Target, headers: dict[str, str]
+) -> None:
+    queue_name = new_queue(quick_client, "jobs", max_concurrent=1)
+
+    with pytest.raises(exceptions.InvalidArgument, match=r"http_request\.headers"):
+        quick_client.create_task(parent=queue_name, task=http_task(target.url, headers=headers))
+    quick_client.create_task(
+        parent=queue_name, task=http_task(target.url, headers={"X-Note": "fine\tand café"})
+    )
+
+    received = target.wait_for(1)  # the queue's only slot was free for it
+    assert received[0].headers["x-note"] == "fine\tand café"
+    wait_until(lambda: not list(quick_client.list_tasks(parent=queue_name)), "its completion")
+
+
 def test_a_used_task_name_is_refused_until_its_tombstone_expires(
     quick_client: tasks_v2.CloudTasksClient, target: Target
 ) -> None:

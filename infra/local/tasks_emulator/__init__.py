@@ -17,7 +17,8 @@ any 5xx and a high error rate, honouring `Retry-After`; a slow ramp-up of a new 
 (`ThrottlePolicy`, whose numbers are the emulator's own: Cloud Tasks publishes none; `OFF`
 for tests that measure rates); `X-CloudTasks-TaskExecutionCount` without 5xx responses and no
 `X-CloudTasks-TaskRetryReason` for HTTP targets; task-name tombstones that expire after an hour
-(`tombstone_ttl_s`); the task size, URL and header limits.
+(`tombstone_ttl_s`); the task size, URL and header limits, and header names and values that
+can go on the wire (an HTTP token; Latin-1 text without CR, LF or NUL).
 
 Where it knowingly differs from Cloud Tasks: state is in memory and lost on stop; backoffs
 keep fractions of a second (Cloud Tasks truncates to whole seconds); the 15 s

@@ -27,6 +27,7 @@ is honoured, a new or idle queue starts slowly) are in `throttle.py`; the limits
 from __future__ import annotations
 
 import logging
+import re
 import socket
 import threading
 import time
@@ -93,6 +94,13 @@ MAX_URL_CHARS = 2083
 MAX_HEADER_BYTES = 80 * 1024
 #: "~1 hour" of task-name de-duplication after a task was deleted or executed.
 DEFAULT_TOMBSTONE_TTL_S = 3600.0
+#: A header the request can carry: its name an HTTP token (RFC 9110 5.1, 5.6.2) and its value
+#: Latin-1 text (what goes on the wire, as http.client writes it) with no CR, LF or NUL (RFC
+#: 9110 5.5: a recipient must reject or replace those). Cloud Tasks documents no rule of its
+#: own; the emulator refuses such a task at CreateTask, since its request could never be sent
+#: (before, the dispatch raised, leaving the task in flight for good and its slot taken).
+_HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_HEADER_VALUE = re.compile(r"[^\r\n\x00\u0100-\U0010ffff]*")
 # Request headers Cloud Tasks computes or reserves, so a task's own values are dropped.
 _RESERVED_HEADERS = {"host", "content-length", "user-agent"}
 _RESERVED_PREFIXES = ("x-google-", "x-appengine-", "x-cloudtasks-")
@@ -143,6 +151,21 @@ def _min_wait(current: float | None, candidate: float | None) -> float | None:
     return candidate if current is None else min(current, candidate)
 
 
+def _check_headers(headers: Any) -> None:
+    """Each header sendable as it is (`_HEADER_NAME`, `_HEADER_VALUE`), all under the limit."""
+    for name, value in headers.items():
+        if not _HEADER_NAME.fullmatch(name):
+            raise invalid(f"http_request.headers: {name!r} is not a valid HTTP header name")
+        if not _HEADER_VALUE.fullmatch(value):
+            raise invalid(
+                f"http_request.headers: the value of {name!r} is not a valid HTTP header value"
+                " (CR, LF, NUL or a character beyond Latin-1)"
+            )
+    header_bytes = sum(len(k.encode()) + len(v.encode()) for k, v in headers.items())
+    if header_bytes >= MAX_HEADER_BYTES:
+        raise invalid(f"http_request.headers must be less than {MAX_HEADER_BYTES // 1024}KB")
+
+
 def _check_http_request(task: Any) -> None:
     """Validate a new task's HTTP request in place, defaulting the method to POST."""
     if not task.HasField("http_request"):
@@ -160,9 +183,7 @@ def _check_http_request(task: Any) -> None:
         raise invalid(f"a body is allowed only with POST, PUT or PATCH, not {method}")
     if len(dispatch.encoded_url(request.url)) > MAX_URL_CHARS:
         raise invalid(f"http_request.url is longer than {MAX_URL_CHARS} characters once encoded")
-    header_bytes = sum(len(k.encode()) + len(v.encode()) for k, v in request.headers.items())
-    if header_bytes >= MAX_HEADER_BYTES:
-        raise invalid(f"http_request.headers must be less than {MAX_HEADER_BYTES // 1024}KB")
+    _check_headers(request.headers)
     if task.ByteSize() > MAX_TASK_BYTES:
         raise invalid(f"the task is larger than the {MAX_TASK_BYTES // 1024}KB limit")
 
@@ -531,6 +552,15 @@ class Engine:
         thread to wake, and for CreateTask's answer, which holds the GIL until it is sent."""
         task = entry.task
         request = self._http_dispatch(queue, entry)
+        attempt = _Attempt(queue, entry, request, time.monotonic() + request.deadline_s)
+        if send_at_once:
+            # first, so the task is on its way before the attempt's bookkeeping below (all of
+            # it under the lock: nobody sees the attempt half recorded); under the lock also
+            # as the deadline watch wants it: the write of a small request on an idle
+            # connection cannot block (see dispatch.SEND_AT_ONCE_MAX_BYTES)
+            attempt.sent = dispatch.send_at_once(request, self._connections)
+            if attempt.sent is not None:
+                attempt.sock = attempt.sent.connection.sock
         task.dispatch_count += 1
         attempt_pb = AttemptPb(dispatch_time=timestamp_of(now))
         attempt_pb.schedule_time.CopyFrom(task.schedule_time)
@@ -541,14 +571,7 @@ class Engine:
         task.last_attempt.CopyFrom(attempt_pb)
         entry.in_flight = True
         queue.in_flight += 1
-        attempt = _Attempt(queue, entry, request, time.monotonic() + request.deadline_s)
         self._attempts.add(attempt)
-        if send_at_once:
-            # under the lock, as the deadline watch wants it; the write of a small request on
-            # an idle connection cannot block (see dispatch.SEND_AT_ONCE_MAX_BYTES)
-            attempt.sent = dispatch.send_at_once(request, self._connections)
-            if attempt.sent is not None:
-                attempt.sock = attempt.sent.connection.sock
         self._pool.submit(self._run, attempt)
         return attempt
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import json
 import os
 import signal
@@ -112,8 +113,15 @@ def load(
     requests: int,
     expect: int,
     cpu: dict[str, int] | None = None,
+    freeze_heap: bool = True,
 ) -> LoadResult:
-    """``requests`` calls spread over ``connections`` keep-alive clients, all at once."""
+    """``requests`` calls spread over ``connections`` keep-alive clients, all at once.
+
+    With ``freeze_heap`` (the default) this process's heap is collected before the timed part
+    and frozen through it (``gc.freeze``), so no full collection of the benchmark's own heap
+    lands inside a measurement: one stops every client thread at once, 200-240 ms by the
+    later rounds of the api part, which read as a server's p99 (scripts/bench_stall.py). A
+    client written in C (wrk) has no such pause; the functions freeze theirs too."""
     per_connection = max(1, requests // connections)
     samples: list[float] = []
     lock = threading.Lock()
@@ -134,6 +142,9 @@ def load(
         with lock:
             samples.extend(mine)
 
+    if freeze_heap:
+        gc.collect()  # its pause here, before the clock starts
+        gc.freeze()
     threads = [threading.Thread(target=worker, args=(i,)) for i in range(connections)]
     for thread in threads:
         thread.start()
@@ -145,6 +156,8 @@ def load(
         thread.join()
     elapsed = time.perf_counter() - began
     meter.stop()
+    if freeze_heap:
+        gc.unfreeze()  # what the run made is the collector's again, between loads
     if failures:
         raise SystemExit(f"unexpected answers ({len(failures)}): {failures[0]}")
     return LoadResult(

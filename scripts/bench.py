@@ -446,7 +446,7 @@ def api_under_load(
     tasks = stack.tasks_client()
     floor_insert = floors["insert_row"]
     floor_select = floors["select_row"]
-    with httpx.Client(base_url=floor_insert["url"]) as client:
+    with httpx.Client(base_url=floor_insert["url"], timeout=60) as client:
         floor_id = client.post("/", json={"query": COMPLEX}).json()["id"]
     with httpx.Client(base_url=stack.base_url, timeout=60) as client:
         job_id = client.post(CREATE.path(), json={"query": COMPLEX}).json()["jobId"]

@@ -250,7 +250,7 @@ def cold_start_ms(
 
 def worker_pid(arbiter_pid: int) -> int:
     """gunicorn's one worker process under its arbiter (WORKERS=1, as gen2 runs it)."""
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 30  # a loaded machine forks slowly
     while time.monotonic() < deadline:
         children = psutil.Process(arbiter_pid).children()
         if children:

@@ -7,6 +7,8 @@ The published-keys path itself (JWKS fetched over HTTP) is in tests/auth/test_si
 
 from __future__ import annotations
 
+import base64
+import json
 import time
 import uuid
 from typing import Any
@@ -42,6 +44,13 @@ def es256(claims: dict[str, Any]) -> str:
     key = ec.generate_private_key(ec.SECP256R1())
     payload = {"exp": int(time.time()) + 60, **claims}
     return jwt.encode(payload, key, algorithm="ES256", headers={"kid": "k1"})
+
+
+def _unsigned(header: dict[str, Any]) -> str:
+    """A token with this header, a user's claims and a made-up signature."""
+    parts = (header, {"sub": str(uuid.uuid4()), "exp": 2**40})
+    encoded = [base64.urlsafe_b64encode(json.dumps(part).encode()).rstrip(b"=") for part in parts]
+    return b".".join([*encoded, b"c2ln"]).decode()
 
 
 def refusal(headers: dict[str, str], config: Settings) -> errors.Unauthorized:
@@ -91,8 +100,10 @@ def test_an_hs256_token_is_not_verifiable_by_the_published_keys_alone() -> None:
         jwt.encode({"sub": str(uuid.uuid4()), "exp": 2**40}, SECRET, algorithm="HS384"),
         "not-a-jwt",
         "",
+        # a header whose alg is not a string (a 500, unhashable, before it was checked)
+        _unsigned({"alg": ["ES256"], "typ": "JWT", "kid": "k1"}),
     ],
-    ids=["alg none", "HS384", "garbage", "empty"],
+    ids=["alg none", "HS384", "garbage", "empty", "alg a list"],
 )
 def test_a_token_of_no_accepted_form_is_invalid_whatever_is_configured(
     config: Settings, token: str

@@ -12,13 +12,14 @@ from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+import flask
 import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 from jwt.algorithms import ECAlgorithm
 
 from shared import errors, identity
-from shared.identity import verified_user
+from shared.identity import caller_id, verified_user
 from shared.settings import Settings
 from tests.support import wait_until
 
@@ -132,3 +133,43 @@ def test_the_memory_keeps_at_most_its_bound(monkeypatch: pytest.MonkeyPatch) -> 
     assert [verified_user(token, settings()) for token in tokens] == users
     assert [verified_user(token, settings()) for token in tokens] == users
     assert len(identity._VERIFIED) == 3
+
+
+def _caller(token: str, config: Settings) -> str:
+    app = flask.Flask(__name__)
+    with app.test_request_context(headers={"Authorization": f"Bearer {token}"}):
+        return caller_id(flask.request, config)
+
+
+def test_a_callers_remembered_token_is_answered_without_decoding_it_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    user = str(uuid.uuid4())
+    token = hs256(user, int(time.time()) + 600)
+    assert _caller(token, settings()) == user
+
+    def no_decoding(*_args: object, **_kwargs: object) -> None:
+        raise AssertionError("a remembered token was decoded again")
+
+    monkeypatch.setattr(jwt, "decode", no_decoding)
+    monkeypatch.setattr(jwt, "get_unverified_header", no_decoding)
+
+    assert _caller(token, settings()) == user
+
+
+def test_a_callers_token_remembered_under_one_secret_is_refused_under_another() -> None:
+    token = hs256(str(uuid.uuid4()), int(time.time()) + 600)
+    _caller(token, settings())
+
+    with pytest.raises(errors.Unauthorized) as refused:
+        _caller(token, settings("another-secret-also-at-least-32-characters-long"))
+    assert refused.value.details == {"reason": "invalid"}
+
+
+def test_a_callers_remembered_token_needs_the_secret_still_configured() -> None:
+    token = hs256(str(uuid.uuid4()), int(time.time()) + 600)
+    _caller(token, settings())
+
+    with pytest.raises(errors.Unauthorized) as refused:
+        _caller(token, settings(""))
+    assert refused.value.details == {"reason": "unverifiable", "setting": "SUPABASE_JWT_SECRET"}

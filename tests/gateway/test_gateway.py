@@ -6,6 +6,7 @@ import json
 import time
 import uuid
 from collections.abc import Callable
+from datetime import timedelta
 from typing import Any
 
 import httpx
@@ -18,6 +19,7 @@ from infra.local.gateway import (
     DEFAULT_MAX_BODY_BYTES,
     DEFAULT_MAX_ROWS,
     GatewayHandle,
+    api_key,
     create_app,
     make_jwt,
     sqlstate_status,
@@ -563,10 +565,21 @@ def test_a_request_without_an_apikey_is_refused_before_postgrest(
     [
         make_jwt("another-secret-another-secret-another", "anon"),
         make_jwt(JWT_SECRET, "authenticated", sub=str(uuid.uuid4())),
+        # signed with the project's secret, role anon, but not the project's anon key: Kong's
+        # key-auth compares the key itself, it does not verify a JWT
+        make_jwt(JWT_SECRET, "anon", expires_in=timedelta(days=1)),
+        make_jwt(JWT_SECRET, "service_role", iat=int(time.time())),
         "sb_publishable_0123456789abcdef",
         "not-a-key",
     ],
-    ids=["forged", "a-user-token", "a-new-style-key-this-project-lacks", "not-a-jwt"],
+    ids=[
+        "forged",
+        "a-user-token",
+        "another-anon-jwt-of-this-secret",
+        "another-service-jwt-of-this-secret",
+        "a-new-style-key-this-project-lacks",
+        "not-a-jwt",
+    ],
 )
 def test_an_apikey_that_is_not_the_projects_is_401_invalid_api_key(
     gateway: GatewayHandle, service_key: str, key: str
@@ -582,6 +595,31 @@ def test_an_apikey_that_is_not_the_projects_is_401_invalid_api_key(
         "message": "Invalid API key",
         "hint": "Double check your Supabase `anon` or `service_role` API key.",
     }
+
+
+def test_the_project_keys_are_the_supabase_cli_keys_of_its_secret() -> None:
+    # `supabase status` with the CLI's default JWT secret (supabase/supabase kong.yml, the
+    # anon consumer's key); the local stack uses that secret, so a key copied from the CLI works
+    cli_anon_key = (
+        "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJpc3MiOiJzdXBhYmFzZS1kZW1vIiwicm9sZSI6ImFub24iLCJl"
+        "eHAiOjE5ODM4MTI5OTZ9.CRXP1A7WOeoJeXxjNni43kdQwgnWNReilDMblYTn_I0"
+    )
+
+    assert JWT_SECRET == "super-secret-jwt-token-with-at-least-32-characters-long"
+    assert api_key(JWT_SECRET, "anon") == cli_anon_key
+    assert make_jwt(JWT_SECRET, "anon") == cli_anon_key
+    assert make_jwt(JWT_SECRET, "service_role") == api_key(JWT_SECRET, "service_role")
+
+
+def test_an_apikey_is_compared_whole_not_stripped(gateway: GatewayHandle, anon_key: str) -> None:
+    response = httpx.post(
+        f"{gateway.url}/rest/v1/rpc/add",
+        params={"apikey": f" {anon_key}"},
+        json={"a": 1, "b": 1},
+    )
+
+    assert response.status_code == 401
+    assert response.json()["message"] == "Invalid API key"
 
 
 def test_the_apikey_may_come_as_a_url_parameter(gateway: GatewayHandle, anon_key: str) -> None:

@@ -25,6 +25,7 @@ from infra.local.gateway import (
     sqlstate_status,
     start_gateway,
 )
+from infra.local.gateway.auth import JWT_ALLOWED_SKEW_SECONDS
 from tests.gateway.wire import PostgresRelay
 from tests.support import JWT_SECRET, mint, wait_until
 
@@ -706,6 +707,22 @@ def test_a_token_within_the_allowed_skew_is_accepted(http: httpx.Client) -> None
     )
 
     assert (response.status_code, response.json()) == (200, 2)
+
+
+def test_a_token_accepted_before_its_exp_is_refused_after_it(http: httpx.Client) -> None:
+    # The gateway keeps verified tokens (as PostgREST's JWT cache) only until exp + skew.
+    expires = int(time.time()) - JWT_ALLOWED_SKEW_SECONDS + 4
+    token = mint("service_role", exp=expires)
+    headers = {"Authorization": f"Bearer {token}"}
+
+    before = http.post("/rest/v1/rpc/add", json={"a": 1, "b": 1}, headers=headers)
+    again = http.post("/rest/v1/rpc/add", json={"a": 1, "b": 2}, headers=headers)
+    wait_until(lambda: int(time.time()) > expires + JWT_ALLOWED_SKEW_SECONDS, "the token to expire")
+    after = http.post("/rest/v1/rpc/add", json={"a": 1, "b": 1}, headers=headers)
+
+    assert (before.status_code, before.json(), again.json()) == (200, 2, 3)
+    assert after.status_code == 401
+    assert (after.json()["code"], after.json()["message"]) == ("PGRST303", "JWT expired")
 
 
 def test_wrong_key_raises_api_error_in_the_client(supabase_for: Callable[..., Client]) -> None:

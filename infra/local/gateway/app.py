@@ -283,7 +283,8 @@ class Gateway:
             return Response(json.dumps(ready), 200, content_type=JSON_CONTENT_TYPE)
         if self.require_api_key:
             # Supabase's API gateway checks the key first, whatever the path and method.
-            self.auth.check_api_key(request.headers, request.args)
+            # (the URL's parameters are parsed only when the header is missing)
+            self.auth.check_api_key(request.headers.get("apikey") or request.args.get("apikey"))
         prefix = f"{REST_PREFIX}/rpc/"
         if not path.startswith(prefix) or "/" in path[len(prefix) :] or path == prefix[:-1]:
             raise ApiError(404, "PGRST125", f"Invalid path specified in request URL: {path}")
@@ -309,11 +310,12 @@ class Gateway:
         request_settings = (
             self._search_path,
             identity.role,
-            json.dumps(identity.claims),
+            identity.claims_json,
             request.method,
             request.path.removeprefix(REST_PREFIX),
             _headers_document(request.environ),
-            json.dumps(dict(request.cookies)),
+            # werkzeug parses the Cookie header into a MultiDict even when there is none
+            json.dumps(dict(request.cookies)) if "HTTP_COOKIE" in request.environ else "{}",
         )
         # PostgREST's order (Query.setPgLocals): the role's settings, then the role and the
         # request, then the function's hoisted settings.

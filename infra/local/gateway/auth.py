@@ -12,7 +12,9 @@ those two keys.
 
 from __future__ import annotations
 
+import functools
 import json
+import math
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -131,10 +133,25 @@ def _claims_problem(claims: Mapping[str, Any], now: int) -> str | None:
     return None
 
 
+def _valid_until(claims: Mapping[str, Any]) -> float:
+    """The last second a token whose claims are valid now stays valid: ``exp`` plus the skew
+    (``nbf`` and ``iat``, valid now, stay so); without ``exp``, for ever."""
+    expires = claims.get("exp")
+    if expires is None:
+        return math.inf
+    return _seconds(expires) + JWT_ALLOWED_SKEW_SECONDS
+
+
 @dataclass(frozen=True)
 class Identity:
     role: str
     claims: Mapping[str, Any]
+
+    @functools.cached_property
+    def claims_json(self) -> str:
+        """``request.jwt.claims``: the claims' JSON text (once per identity, which
+        ``Authenticator`` keeps per token)."""
+        return json.dumps(self.claims)
 
 
 def _bearer(header: str | None) -> str | None:
@@ -159,20 +176,27 @@ class Authenticator:
         #: Tokens whose signature and claims were read already, with their claims: the time
         #: claims are still checked on every request, only the HMAC and JSON work is saved.
         self._signed: dict[str, dict[str, Any]] = {}
+        #: Bearer tokens found valid, with their identity and the last second they stay valid
+        #: (``exp`` plus the skew; PostgREST keeps verified tokens so too: its JWT cache,
+        #: ``jwt-cache-max-lifetime``, holds an entry until the token's ``exp``). A token not
+        #: yet valid or expired is not kept, so it is checked, and refused, every time.
+        self._valid: dict[str, tuple[Identity, float]] = {}
+        self._anonymous = (
+            None if anonymous_role is None else Identity(anonymous_role, {"role": anonymous_role})
+        )
 
-    def check_api_key(self, headers: Headers, args: Mapping[str, str]) -> None:
+    def check_api_key(self, key: str | None) -> None:
         """Supabase's API gateway: every request carries one of the project's API keys.
 
         The gateway (Kong's ``key-auth`` on ``/rest/v1/`` in supabase/supabase
         ``docker/volumes/api/kong.yml``: consumers ``anon`` and ``service_role``, each with its
         key as its one ``keyauth_credentials`` entry, and the hosted project's) takes the key
-        from the ``apikey`` header or URL parameter and compares it with the project's keys:
-        a missing or unknown one is 401 before PostgREST. So another token signed with the
+        (``key``) from the ``apikey`` header or URL parameter and compares it with the project's
+        keys: a missing or unknown one is 401 before PostgREST. So another token signed with the
         project's secret, even of role anon, is no key; the ``Authorization`` bearer, when
         present, then decides the role (an anon key with a service_role bearer is service_role).
         The local stack issues no ``sb_publishable_``/``sb_secret_`` keys.
         """
-        key = headers.get("apikey") or args.get("apikey")
         if not key:
             raise no_api_key()
         if key not in self.api_keys:
@@ -191,16 +215,23 @@ class Authenticator:
         # Supabase's API gateway passes the apikey header on when there is no bearer token.
         token = bearer or headers.get("apikey", "").strip()
         if not token:
-            if self.anonymous_role is None:
+            if self._anonymous is None:
                 raise ApiError(401, "PGRST302", "Anonymous access is disabled")
-            return Identity(self.anonymous_role, {"role": self.anonymous_role})
+            return self._anonymous
+        known = self._valid.get(token)
+        if known is not None and int(time.time()) <= known[1]:
+            return known[0]
         claims = self._decode(token)
         role = claims.get("role", self.anonymous_role)
         if role is None:
             raise ApiError(401, "PGRST302", "Anonymous access is disabled")
         # PostgREST takes a non-string claim as its JSON text (Auth.hs, parseClaims: unquoted).
         role_name = role if isinstance(role, str) else json.dumps(role)
-        return Identity(role_name, {**claims, "role": role_name})
+        identity = Identity(role_name, {**claims, "role": role_name})
+        if len(self._valid) >= SIGNED_TOKENS_KEPT:
+            self._valid.clear()  # a bound, as _signed's
+        self._valid[token] = (identity, _valid_until(claims))
+        return identity
 
     def _decode(self, token: str) -> dict[str, Any]:
         """PostgREST v13's parseToken: three parts, a valid signature, then the claims."""

@@ -18,13 +18,19 @@ from supabase import Client
 from infra.local.gateway import (
     DEFAULT_MAX_BODY_BYTES,
     DEFAULT_MAX_ROWS,
+    Call,
     GatewayHandle,
+    Identity,
+    ReturnKind,
+    Routine,
     api_key,
     create_app,
     make_jwt,
     sqlstate_status,
     start_gateway,
 )
+from infra.local.gateway.app import Answer, Planned, answer, respond
+from infra.local.gateway.asgi import as_sent
 from infra.local.gateway.auth import JWT_ALLOWED_SKEW_SECONDS
 from tests.gateway.wire import PostgresRelay
 from tests.support import JWT_SECRET, mint, wait_until
@@ -1179,3 +1185,26 @@ def test_wsgi_app_works_without_a_server(gateway_db: str, service_key: str) -> N
 
 def test_handle_reports_its_url(gateway: GatewayHandle) -> None:
     assert gateway.url == f"http://127.0.0.1:{gateway.port}"
+
+
+@pytest.mark.parametrize("kind", list(ReturnKind))
+@pytest.mark.parametrize(("text", "page_total"), [('{"a": "é ☃"}', 1), ("[]", 0), ("null", 0)])
+def test_the_asgi_answer_is_what_a_wsgi_server_sends_for_the_response(
+    kind: ReturnKind, text: str, page_total: int
+) -> None:
+    # RestApp sends answer()'s bytes for a call; the WSGI path sends respond()'s Response.
+    routine = Routine("public", "f", (), kind, volatile=True)
+    planned = Planned(
+        Identity("anon", {"role": "anon"}),
+        Call(routine, (), whole_body=False),
+        settings=(),
+        body_text="{}",
+        isolation=None,
+        read_only=False,
+    )
+    environ = {"REQUEST_METHOD": "POST", "SERVER_PROTOCOL": "HTTP/1.1"}
+
+    made = answer(planned, text, page_total)
+    made = made if isinstance(made, Answer) else as_sent(made, environ)
+
+    assert made == as_sent(respond(planned, text, page_total), environ)

@@ -234,14 +234,16 @@ class Gateway:
                 raise postgres_error(exc, planned.identity.role) from None
         return respond(planned, text, page_total)
 
-    async def serve(self, environ: dict[str, Any], body: bytes | None = None) -> Response:
+    async def serve(self, environ: dict[str, Any], body: bytes | None = None) -> Response | Answer:
         """``__call__``'s answer on the running event loop, without a thread per request.
 
         The call runs on an asyncio connection (psycopg's ``AsyncConnectionPool``): handing
         each request to a worker thread, as a WSGI bridge does, cost the local Supabase server
         about as much CPU as the rest of the request's Python work together. Only the rare
         schema reload (a sync catalogue read) runs in a thread. ``body``: the request's body when
-        the server read it already (see ``arguments``).
+        the server read it already (see ``arguments``). A call's JSON answer comes as an
+        ``Answer`` (the bytes a WSGI server would send for ``respond``'s response), the rest
+        (errors, 204, the readiness document) as a werkzeug ``Response``.
         """
         request = Request(environ)
         try:
@@ -251,7 +253,7 @@ class Gateway:
         except Exception:
             return _unexpected(request)
 
-    async def _serve(self, request: Request, body: bytes | None) -> Response:
+    async def _serve(self, request: Request, body: bytes | None) -> Response | Answer:
         parsed = self.parse(request, body)
         if isinstance(parsed, Response):
             return parsed
@@ -272,7 +274,7 @@ class Gateway:
                 )
             except psycopg.Error as exc:
                 raise postgres_error(exc, planned.identity.role) from None
-        return respond(planned, text, page_total)
+        return answer(planned, text, page_total)
 
     def parse(self, request: Request, body: bytes | None = None) -> Response | Parsed:
         """Everything a request says before the schema cache is read: the route, the API key,
@@ -435,6 +437,34 @@ def respond(planned: Planned, text: str, page_total: int) -> Response:
         del empty.headers["Content-Type"]
         return empty
     return Response(text, 200, headers, content_type=JSON_CONTENT_TYPE)
+
+
+@dataclass(frozen=True)
+class Answer:
+    """A response as an ASGI server sends it: the status, the headers (lower-case names, as
+    ``RestApp`` sends every response's) and the body."""
+
+    status: int
+    headers: list[tuple[bytes, bytes]]
+    body: bytes
+
+
+_JSON_CONTENT_TYPE = JSON_CONTENT_TYPE.encode()
+
+
+def answer(planned: Planned, text: str, page_total: int) -> Response | Answer:
+    """``respond``'s response, a JSON answer made directly as the bytes a WSGI server sends for
+    it (werkzeug's ``Response`` and ``get_wsgi_response``: the headers in that order, the
+    UTF-8 body and its length), without building the werkzeug objects on every call."""
+    if planned.call.routine.returns is ReturnKind.VOID:
+        return respond(planned, text, page_total)
+    body = text.encode()
+    headers = [
+        (b"content-range", content_range(page_total).encode()),
+        (b"content-type", _JSON_CONTENT_TYPE),
+        (b"content-length", str(len(body)).encode()),
+    ]
+    return Answer(200, headers, body)
 
 
 def _headers_document(environ: dict[str, Any]) -> str:

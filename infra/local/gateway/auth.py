@@ -177,9 +177,10 @@ class Authenticator:
         #: claims are still checked on every request, only the HMAC and JSON work is saved.
         self._signed: dict[str, dict[str, Any]] = {}
         #: Bearer tokens found valid, with their identity and the last second they stay valid
-        #: (``exp`` plus the skew; PostgREST keeps verified tokens so too: its JWT cache,
-        #: ``jwt-cache-max-lifetime``, holds an entry until the token's ``exp``). A token not
-        #: yet valid or expired is not kept, so it is checked, and refused, every time.
+        #: (``exp`` plus the skew), as PostgREST keeps them since v12: "the JWT is cached on
+        #: the first request using the exp claim to set the cache entry's lifetime" (Supabase's
+        #: "PostgREST 12" post). A token not yet valid or expired is not kept, so it is
+        #: checked, and refused, every time.
         self._valid: dict[str, tuple[Identity, float]] = {}
         self._anonymous = (
             None if anonymous_role is None else Identity(anonymous_role, {"role": anonymous_role})

@@ -6,6 +6,7 @@ import json
 import time
 import uuid
 from collections.abc import Callable
+from datetime import timedelta
 from typing import Any
 
 import httpx
@@ -17,12 +18,20 @@ from supabase import Client
 from infra.local.gateway import (
     DEFAULT_MAX_BODY_BYTES,
     DEFAULT_MAX_ROWS,
+    Call,
     GatewayHandle,
+    Identity,
+    ReturnKind,
+    Routine,
+    api_key,
     create_app,
     make_jwt,
     sqlstate_status,
     start_gateway,
 )
+from infra.local.gateway.app import Answer, Planned, answer, respond
+from infra.local.gateway.asgi import as_sent
+from infra.local.gateway.auth import JWT_ALLOWED_SKEW_SECONDS
 from tests.gateway.wire import PostgresRelay
 from tests.support import JWT_SECRET, mint, wait_until
 
@@ -563,10 +572,21 @@ def test_a_request_without_an_apikey_is_refused_before_postgrest(
     [
         make_jwt("another-secret-another-secret-another", "anon"),
         make_jwt(JWT_SECRET, "authenticated", sub=str(uuid.uuid4())),
+        # signed with the project's secret, role anon, but not the project's anon key: Kong's
+        # key-auth compares the key itself, it does not verify a JWT
+        make_jwt(JWT_SECRET, "anon", expires_in=timedelta(days=1)),
+        make_jwt(JWT_SECRET, "service_role", iat=int(time.time())),
         "sb_publishable_0123456789abcdef",
         "not-a-key",
     ],
-    ids=["forged", "a-user-token", "a-new-style-key-this-project-lacks", "not-a-jwt"],
+    ids=[
+        "forged",
+        "a-user-token",
+        "another-anon-jwt-of-this-secret",
+        "another-service-jwt-of-this-secret",
+        "a-new-style-key-this-project-lacks",
+        "not-a-jwt",
+    ],
 )
 def test_an_apikey_that_is_not_the_projects_is_401_invalid_api_key(
     gateway: GatewayHandle, service_key: str, key: str
@@ -582,6 +602,31 @@ def test_an_apikey_that_is_not_the_projects_is_401_invalid_api_key(
         "message": "Invalid API key",
         "hint": "Double check your Supabase `anon` or `service_role` API key.",
     }
+
+
+def test_the_project_keys_are_the_supabase_cli_keys_of_its_secret() -> None:
+    # `supabase status` with the CLI's default JWT secret (supabase/supabase kong.yml, the
+    # anon consumer's key); the local stack uses that secret, so a key copied from the CLI works
+    cli_anon_key = (
+        "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJpc3MiOiJzdXBhYmFzZS1kZW1vIiwicm9sZSI6ImFub24iLCJl"
+        "eHAiOjE5ODM4MTI5OTZ9.CRXP1A7WOeoJeXxjNni43kdQwgnWNReilDMblYTn_I0"
+    )
+
+    assert JWT_SECRET == "super-secret-jwt-token-with-at-least-32-characters-long"
+    assert api_key(JWT_SECRET, "anon") == cli_anon_key
+    assert make_jwt(JWT_SECRET, "anon") == cli_anon_key
+    assert make_jwt(JWT_SECRET, "service_role") == api_key(JWT_SECRET, "service_role")
+
+
+def test_an_apikey_is_compared_whole_not_stripped(gateway: GatewayHandle, anon_key: str) -> None:
+    response = httpx.post(
+        f"{gateway.url}/rest/v1/rpc/add",
+        params={"apikey": f" {anon_key}"},
+        json={"a": 1, "b": 1},
+    )
+
+    assert response.status_code == 401
+    assert response.json()["message"] == "Invalid API key"
 
 
 def test_the_apikey_may_come_as_a_url_parameter(gateway: GatewayHandle, anon_key: str) -> None:
@@ -668,6 +713,22 @@ def test_a_token_within_the_allowed_skew_is_accepted(http: httpx.Client) -> None
     )
 
     assert (response.status_code, response.json()) == (200, 2)
+
+
+def test_a_token_accepted_before_its_exp_is_refused_after_it(http: httpx.Client) -> None:
+    # The gateway keeps verified tokens (as PostgREST's JWT cache) only until exp + skew.
+    expires = int(time.time()) - JWT_ALLOWED_SKEW_SECONDS + 4
+    token = mint("service_role", exp=expires)
+    headers = {"Authorization": f"Bearer {token}"}
+
+    before = http.post("/rest/v1/rpc/add", json={"a": 1, "b": 1}, headers=headers)
+    again = http.post("/rest/v1/rpc/add", json={"a": 1, "b": 2}, headers=headers)
+    wait_until(lambda: int(time.time()) > expires + JWT_ALLOWED_SKEW_SECONDS, "the token to expire")
+    after = http.post("/rest/v1/rpc/add", json={"a": 1, "b": 1}, headers=headers)
+
+    assert (before.status_code, before.json(), again.json()) == (200, 2, 3)
+    assert after.status_code == 401
+    assert (after.json()["code"], after.json()["message"]) == ("PGRST303", "JWT expired")
 
 
 def test_wrong_key_raises_api_error_in_the_client(supabase_for: Callable[..., Client]) -> None:
@@ -1124,3 +1185,26 @@ def test_wsgi_app_works_without_a_server(gateway_db: str, service_key: str) -> N
 
 def test_handle_reports_its_url(gateway: GatewayHandle) -> None:
     assert gateway.url == f"http://127.0.0.1:{gateway.port}"
+
+
+@pytest.mark.parametrize("kind", list(ReturnKind))
+@pytest.mark.parametrize(("text", "page_total"), [('{"a": "é ☃"}', 1), ("[]", 0), ("null", 0)])
+def test_the_asgi_answer_is_what_a_wsgi_server_sends_for_the_response(
+    kind: ReturnKind, text: str, page_total: int
+) -> None:
+    # RestApp sends answer()'s bytes for a call; the WSGI path sends respond()'s Response.
+    routine = Routine("public", "f", (), kind, volatile=True)
+    planned = Planned(
+        Identity("anon", {"role": "anon"}),
+        Call(routine, (), whole_body=False),
+        settings=(),
+        body_text="{}",
+        isolation=None,
+        read_only=False,
+    )
+    environ = {"REQUEST_METHOD": "POST", "SERVER_PROTOCOL": "HTTP/1.1"}
+
+    made = answer(planned, text, page_total)
+    made = made if isinstance(made, Answer) else as_sent(made, environ)
+
+    assert made == as_sent(respond(planned, text, page_total), environ)

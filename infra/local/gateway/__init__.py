@@ -6,8 +6,9 @@ PostgREST) against a real Postgres, so the same client code runs unchanged local
 
 - first (``require_api_key``, as the local Supabase server runs it), as Supabase's API gateway
   in front of PostgREST does, the request must carry one of the project's API keys
-  (``apikey`` header or URL parameter: its anon or service_role JWT), else 401 "No API key found
-  in request" or "Invalid API key" with the gateway's own ``{message, hint}`` body;
+  (``apikey`` header or URL parameter: exactly its anon or service_role key, as ``api_key``
+  mints them), else 401 "No API key found in request" or "Invalid API key" with the gateway's
+  own ``{message, hint}`` body;
 - the bearer token (``Authorization``, else ``apikey``) is an HS256 JWT checked with the
   project's secret; its ``role`` claim picks the database role, as in PostgREST (an anon key
   with a service_role bearer is service_role; a bearer that is not a JWT is 401 PGRST301);
@@ -25,7 +26,8 @@ PostgREST) against a real Postgres, so the same client code runs unchanged local
   v13's (PGRST301 undecodable, PGRST303 invalid claims); a body that is not JSON, nests
   deeper than the parser goes or breaks off is 400 PGRST102, one over the size bound 413.
 
-``make_jwt`` mints keys like the Supabase CLI's local anon / service_role keys and user tokens.
+``api_key`` (and ``make_jwt`` without claims) mints the project's keys as the Supabase CLI does,
+``make_jwt`` user tokens.
 
 The package, by concern: ``config`` (the fixed settings), ``errors`` (PostgREST's error body and
 status table), ``auth`` (token → role), ``request`` (arguments from the query or the body),
@@ -37,7 +39,7 @@ serves ``RestApp``.
 """
 
 from infra.local.gateway.app import Gateway
-from infra.local.gateway.auth import Identity, make_jwt
+from infra.local.gateway.auth import Identity, api_key, make_jwt
 from infra.local.gateway.config import (
     DEFAULT_MAX_BODY_BYTES,
     DEFAULT_MAX_ROWS,
@@ -62,6 +64,7 @@ __all__ = [
     "ReturnKind",
     "Routine",
     "SchemaCache",
+    "api_key",
     "call_sql",
     "create_app",
     "main",

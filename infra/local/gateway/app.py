@@ -234,14 +234,16 @@ class Gateway:
                 raise postgres_error(exc, planned.identity.role) from None
         return respond(planned, text, page_total)
 
-    async def serve(self, environ: dict[str, Any], body: bytes | None = None) -> Response:
+    async def serve(self, environ: dict[str, Any], body: bytes | None = None) -> Response | Answer:
         """``__call__``'s answer on the running event loop, without a thread per request.
 
         The call runs on an asyncio connection (psycopg's ``AsyncConnectionPool``): handing
         each request to a worker thread, as a WSGI bridge does, cost the local Supabase server
         about as much CPU as the rest of the request's Python work together. Only the rare
         schema reload (a sync catalogue read) runs in a thread. ``body``: the request's body when
-        the server read it already (see ``arguments``).
+        the server read it already (see ``arguments``). A call's JSON answer comes as an
+        ``Answer`` (the bytes a WSGI server would send for ``respond``'s response), the rest
+        (errors, 204, the readiness document) as a werkzeug ``Response``.
         """
         request = Request(environ)
         try:
@@ -251,7 +253,7 @@ class Gateway:
         except Exception:
             return _unexpected(request)
 
-    async def _serve(self, request: Request, body: bytes | None) -> Response:
+    async def _serve(self, request: Request, body: bytes | None) -> Response | Answer:
         parsed = self.parse(request, body)
         if isinstance(parsed, Response):
             return parsed
@@ -272,7 +274,7 @@ class Gateway:
                 )
             except psycopg.Error as exc:
                 raise postgres_error(exc, planned.identity.role) from None
-        return respond(planned, text, page_total)
+        return answer(planned, text, page_total)
 
     def parse(self, request: Request, body: bytes | None = None) -> Response | Parsed:
         """Everything a request says before the schema cache is read: the route, the API key,
@@ -283,7 +285,8 @@ class Gateway:
             return Response(json.dumps(ready), 200, content_type=JSON_CONTENT_TYPE)
         if self.require_api_key:
             # Supabase's API gateway checks the key first, whatever the path and method.
-            self.auth.check_api_key(request.headers, request.args)
+            # (the URL's parameters are parsed only when the header is missing)
+            self.auth.check_api_key(request.headers.get("apikey") or request.args.get("apikey"))
         prefix = f"{REST_PREFIX}/rpc/"
         if not path.startswith(prefix) or "/" in path[len(prefix) :] or path == prefix[:-1]:
             raise ApiError(404, "PGRST125", f"Invalid path specified in request URL: {path}")
@@ -309,11 +312,12 @@ class Gateway:
         request_settings = (
             self._search_path,
             identity.role,
-            json.dumps(identity.claims),
+            identity.claims_json,
             request.method,
             request.path.removeprefix(REST_PREFIX),
             _headers_document(request.environ),
-            json.dumps(dict(request.cookies)),
+            # werkzeug parses the Cookie header into a MultiDict even when there is none
+            json.dumps(dict(request.cookies)) if "HTTP_COOKIE" in request.environ else "{}",
         )
         # PostgREST's order (Query.setPgLocals): the role's settings, then the role and the
         # request, then the function's hoisted settings.
@@ -433,6 +437,34 @@ def respond(planned: Planned, text: str, page_total: int) -> Response:
         del empty.headers["Content-Type"]
         return empty
     return Response(text, 200, headers, content_type=JSON_CONTENT_TYPE)
+
+
+@dataclass(frozen=True)
+class Answer:
+    """A response as an ASGI server sends it: the status, the headers (lower-case names, as
+    ``RestApp`` sends every response's) and the body."""
+
+    status: int
+    headers: list[tuple[bytes, bytes]]
+    body: bytes
+
+
+_JSON_CONTENT_TYPE = JSON_CONTENT_TYPE.encode()
+
+
+def answer(planned: Planned, text: str, page_total: int) -> Response | Answer:
+    """``respond``'s response, a JSON answer made directly as the bytes a WSGI server sends for
+    it (werkzeug's ``Response`` and ``get_wsgi_response``: the headers in that order, the
+    UTF-8 body and its length), without building the werkzeug objects on every call."""
+    if planned.call.routine.returns is ReturnKind.VOID:
+        return respond(planned, text, page_total)
+    body = text.encode()
+    headers = [
+        (b"content-range", content_range(page_total).encode()),
+        (b"content-type", _JSON_CONTENT_TYPE),
+        (b"content-length", str(len(body)).encode()),
+    ]
+    return Answer(200, headers, body)
 
 
 def _headers_document(environ: dict[str, Any]) -> str:

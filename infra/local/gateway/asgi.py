@@ -19,7 +19,9 @@ import sys
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
-from infra.local.gateway.app import Gateway
+from werkzeug.wrappers import Response
+
+from infra.local.gateway.app import Answer, Gateway
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -42,12 +44,11 @@ class RestApp:
             return  # the client left mid-body: nobody to answer, nothing to run
         env = environ(scope, body)
         response = await self.gateway.serve(env, body)
-        # as a WSGI server would send it (werkzeug settles the headers for the status here)
-        chunks, status, wsgi_headers = response.get_wsgi_response(env)
-        headers = [(k.lower().encode(), v.encode("latin1")) for k, v in wsgi_headers]
-        start = {"type": "http.response.start", "status": int(status.split(" ", 1)[0])}
-        await send({**start, "headers": headers})
-        await send({"type": "http.response.body", "body": b"".join(chunks)})
+        if not isinstance(response, Answer):
+            response = as_sent(response, env)
+        start = {"type": "http.response.start", "status": response.status}
+        await send({**start, "headers": response.headers})
+        await send({"type": "http.response.body", "body": response.body})
 
     async def lifespan(self, receive: Receive, send: Send) -> None:
         while True:
@@ -62,6 +63,14 @@ class RestApp:
     async def close(self) -> None:
         await self.gateway.close_async()
         await asyncio.to_thread(self.gateway.close)
+
+
+def as_sent(response: Response, env: dict[str, Any]) -> Answer:
+    """A werkzeug response as a WSGI server would send it (werkzeug settles the headers for
+    the status and the method here)."""
+    chunks, status, wsgi_headers = response.get_wsgi_response(env)
+    headers = [(k.lower().encode(), v.encode("latin1")) for k, v in wsgi_headers]
+    return Answer(int(status.split(" ", 1)[0]), headers, b"".join(chunks))
 
 
 async def read_body(scope: Scope, receive: Receive, limit: int | None) -> bytes | None:

@@ -5,12 +5,16 @@ secret, its claims verified with PostgREST's rules and messages (PGRST301 for a 
 cannot be decoded or verified, PGRST303 for invalid claims), and its ``role`` claim naming the
 role. Whether that role may be used is the database's answer (``SET ROLE`` in the call).
 
-``make_jwt`` mints keys like the Supabase CLI's local anon / service_role keys and user tokens.
+``make_jwt`` mints the project's API keys as the Supabase CLI does (the same token every time),
+and user tokens; the API key check (``check_api_key``, Supabase's API gateway) accepts exactly
+those two keys.
 """
 
 from __future__ import annotations
 
+import functools
 import json
+import math
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -23,26 +27,47 @@ from werkzeug.datastructures import Headers
 from infra.local.gateway.config import DEFAULT_KEY_LIFETIME, JWT_ISSUER
 from infra.local.gateway.errors import ApiError, invalid_api_key, no_api_key
 
+#: The roles of a project's API keys (the anon and service_role JWTs).
+API_KEY_ROLES = frozenset({"anon", "service_role"})
+#: The ``exp`` of the Supabase CLI's local API keys (2032-11-12), which carry no ``iat``: a
+#: project's key is one fixed token (its ``supabase status`` shows the same one every time),
+#: and with the CLI's default secret ours are the CLI's own (tests/gateway checks the anon key).
+API_KEY_EXPIRES_AT = 1983812996
+
+
+def api_key(secret: str, role: str) -> str:
+    """The project's ``anon`` or ``service_role`` key, as the Supabase CLI mints it for ``secret``
+    (claims ``iss``, ``role``, ``exp``: the same token every time)."""
+    if role not in API_KEY_ROLES:
+        raise ValueError(f"a project has no {role!r} API key, only {sorted(API_KEY_ROLES)}")
+    payload = {"iss": JWT_ISSUER, "role": role, "exp": API_KEY_EXPIRES_AT}
+    return jwt.encode(payload, secret, algorithm="HS256")
+
 
 def make_jwt(
     secret: str,
     role: str,
     *,
-    expires_in: timedelta = DEFAULT_KEY_LIFETIME,
+    expires_in: timedelta | None = None,
     **claims: Any,
 ) -> str:
-    """Mint an HS256 token like the Supabase CLI's: anon/service_role keys, or user tokens.
+    """Mint an HS256 token like the Supabase CLI's: the project's API keys, or user tokens.
 
-    ``make_jwt(secret, "anon")`` is an anon key; ``make_jwt(secret, "authenticated",
-    sub=user_id)`` a signed-in user's access token. ``claims`` override the defaults
-    (pass ``exp=`` in the past for an expired token).
+    ``make_jwt(secret, "anon")`` (or ``"service_role"``), with nothing else given, is the
+    project's key (``api_key``); ``make_jwt(secret, "authenticated", sub=user_id)`` a signed-in
+    user's access token. ``claims`` override the defaults (pass ``exp=`` in the past for an
+    expired token); an anon or service_role token minted with them is a JWT of that role but
+    not one of the project's API keys (the API gateway refuses it as an ``apikey``).
     """
+    if role in API_KEY_ROLES and expires_in is None and not claims:
+        return api_key(secret, role)
     now = int(time.time())
+    lifetime = DEFAULT_KEY_LIFETIME if expires_in is None else expires_in
     payload: dict[str, Any] = {
         "iss": JWT_ISSUER,
         "role": role,
         "iat": now,
-        "exp": now + int(expires_in.total_seconds()),
+        "exp": now + int(lifetime.total_seconds()),
     }
     if role == "authenticated":
         payload["aud"] = "authenticated"
@@ -50,8 +75,6 @@ def make_jwt(
     return jwt.encode(payload, secret, algorithm="HS256")
 
 
-#: The roles of a project's API keys (the anon and service_role JWTs).
-API_KEY_ROLES = frozenset({"anon", "service_role"})
 #: How many verified tokens are remembered (the keys, and users' access tokens).
 SIGNED_TOKENS_KEPT = 1024
 
@@ -110,10 +133,25 @@ def _claims_problem(claims: Mapping[str, Any], now: int) -> str | None:
     return None
 
 
+def _valid_until(claims: Mapping[str, Any]) -> float:
+    """The last second a token whose claims are valid now stays valid: ``exp`` plus the skew
+    (``nbf`` and ``iat``, valid now, stay so); without ``exp``, for ever."""
+    expires = claims.get("exp")
+    if expires is None:
+        return math.inf
+    return _seconds(expires) + JWT_ALLOWED_SKEW_SECONDS
+
+
 @dataclass(frozen=True)
 class Identity:
     role: str
     claims: Mapping[str, Any]
+
+    @functools.cached_property
+    def claims_json(self) -> str:
+        """``request.jwt.claims``: the claims' JSON text (once per identity, which
+        ``Authenticator`` keeps per token)."""
+        return json.dumps(self.claims)
 
 
 def _bearer(header: str | None) -> str | None:
@@ -133,29 +171,36 @@ class Authenticator:
         self.jwt_secret = jwt_secret
         #: PostgREST's db-anon-role: the role of a request without a token (None: 401).
         self.anonymous_role = anonymous_role
+        #: The project's API keys: the only ``apikey`` values its API gateway lets through.
+        self.api_keys = frozenset(api_key(jwt_secret, role) for role in API_KEY_ROLES)
         #: Tokens whose signature and claims were read already, with their claims: the time
         #: claims are still checked on every request, only the HMAC and JSON work is saved.
         self._signed: dict[str, dict[str, Any]] = {}
+        #: Bearer tokens found valid, with their identity and the last second they stay valid
+        #: (``exp`` plus the skew), as PostgREST keeps them since v12: "the JWT is cached on
+        #: the first request using the exp claim to set the cache entry's lifetime" (Supabase's
+        #: "PostgREST 12" post). A token not yet valid or expired is not kept, so it is
+        #: checked, and refused, every time.
+        self._valid: dict[str, tuple[Identity, float]] = {}
+        self._anonymous = (
+            None if anonymous_role is None else Identity(anonymous_role, {"role": anonymous_role})
+        )
 
-    def check_api_key(self, headers: Headers, args: Mapping[str, str]) -> None:
+    def check_api_key(self, key: str | None) -> None:
         """Supabase's API gateway: every request carries one of the project's API keys.
 
         The gateway (Kong's ``key-auth`` on ``/rest/v1/`` in supabase/supabase
-        ``docker/volumes/api/kong.yml``, and the hosted project's) takes the key from the
-        ``apikey`` header or URL parameter and refuses a missing or unknown one with 401 before
-        PostgREST; the ``Authorization`` bearer, when present, then decides the role (an anon
-        key with a service_role bearer is service_role). The project's keys are the anon and
-        service_role JWTs signed with its secret (the local stack mints them at start, so any
-        such token counts as one here; it issues no ``sb_publishable_``/``sb_secret_`` keys).
+        ``docker/volumes/api/kong.yml``: consumers ``anon`` and ``service_role``, each with its
+        key as its one ``keyauth_credentials`` entry, and the hosted project's) takes the key
+        (``key``) from the ``apikey`` header or URL parameter and compares it with the project's
+        keys: a missing or unknown one is 401 before PostgREST. So another token signed with the
+        project's secret, even of role anon, is no key; the ``Authorization`` bearer, when
+        present, then decides the role (an anon key with a service_role bearer is service_role).
+        The local stack issues no ``sb_publishable_``/``sb_secret_`` keys.
         """
-        key = headers.get("apikey") or args.get("apikey")
         if not key:
             raise no_api_key()
-        try:
-            claims = self._signed_claims(key.strip())
-        except ApiError:
-            raise invalid_api_key() from None
-        if claims.get("role") not in API_KEY_ROLES:
+        if key not in self.api_keys:
             raise invalid_api_key()
 
     def identify(self, headers: Headers) -> Identity:
@@ -171,16 +216,23 @@ class Authenticator:
         # Supabase's API gateway passes the apikey header on when there is no bearer token.
         token = bearer or headers.get("apikey", "").strip()
         if not token:
-            if self.anonymous_role is None:
+            if self._anonymous is None:
                 raise ApiError(401, "PGRST302", "Anonymous access is disabled")
-            return Identity(self.anonymous_role, {"role": self.anonymous_role})
+            return self._anonymous
+        known = self._valid.get(token)
+        if known is not None and int(time.time()) <= known[1]:
+            return known[0]
         claims = self._decode(token)
         role = claims.get("role", self.anonymous_role)
         if role is None:
             raise ApiError(401, "PGRST302", "Anonymous access is disabled")
         # PostgREST takes a non-string claim as its JSON text (Auth.hs, parseClaims: unquoted).
         role_name = role if isinstance(role, str) else json.dumps(role)
-        return Identity(role_name, {**claims, "role": role_name})
+        identity = Identity(role_name, {**claims, "role": role_name})
+        if len(self._valid) >= SIGNED_TOKENS_KEPT:
+            self._valid.clear()  # a bound, as _signed's
+        self._valid[token] = (identity, _valid_until(claims))
+        return identity
 
     def _decode(self, token: str) -> dict[str, Any]:
         """PostgREST v13's parseToken: three parts, a valid signature, then the claims."""

@@ -238,10 +238,20 @@ def _transaction_mode(isolation: str | None, *, read_only: bool) -> bytes:
     return b"set transaction isolation level " + level + b" " + access
 
 
-@functools.lru_cache(maxsize=64)
-def _setup_sql(count: int) -> bytes:
-    """One ``select`` of ``count`` transaction-local ``set_config`` calls, evaluated in order."""
-    calls = (f"set_config(%(k{i})s, %(v{i})s, true)" for i in range(count))
+@functools.lru_cache(maxsize=256)
+def _setup_sql(names: tuple[str, ...]) -> bytes:
+    """One ``select`` of transaction-local ``set_config`` calls of the settings ``names``, in
+    order, their values the parameters ``v0``, ``v1`` …
+
+    The names are written into the statement (quoted literals; a ``%`` doubled for the client
+    binding), once per list of names, so that only the values are bound per request: the
+    names are a handful of lists (the request's settings after each role's and before each
+    function's).
+    """
+    calls = (
+        "set_config(" + sql.Literal(name).as_string().replace("%", "%%") + f", %(v{index})s, true)"
+        for index, name in enumerate(names)
+    )
     return ("select " + ", ".join(calls)).encode()
 
 
@@ -272,12 +282,10 @@ def call_query(
     server-side parameters, so it is sent with client-side binding (``ClientCursor``).
     """
     params: dict[str, str] = {"body": body}
-    for index, (key, value) in enumerate(settings):
-        params[f"k{index}"] = key
+    for index, (_, value) in enumerate(settings):
         params[f"v{index}"] = value
-    query = b"; ".join(
-        (_transaction_mode(isolation, read_only=read_only), _setup_sql(len(settings)), statement)
-    )
+    setup = _setup_sql(tuple(name for name, _ in settings))
+    query = b"; ".join((_transaction_mode(isolation, read_only=read_only), setup, statement))
     return query, params
 
 

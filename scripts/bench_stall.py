@@ -40,7 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from infra.local.stack import LocalStack, StackConfig
 from scripts.bench import COMPLEX, CONNECTIONS, forget_api_jobs, start_floors
-from scripts.bench_tools import percentiles, stop, wait_final
+from scripts.bench_tools import load, percentiles, stop, wait_final
 from shared.functions import CREATE, GET
 
 #: the kernel counters a lost or late segment moves (global: other work on the machine too)
@@ -102,41 +102,23 @@ def timed_load(
     expect: int,
     freeze_heap: bool,
 ) -> list[Sample]:
-    """As bench_tools.load (same clients, warm-up, barrier and heap), each request's times
-    kept."""
-    per_connection = max(1, requests // CONNECTIONS)
+    """bench_tools.load (same clients, warm-up, barrier and heap), each request's times kept."""
     samples: list[Sample] = []
     lock = threading.Lock()
-    start = threading.Barrier(CONNECTIONS + 1)
-    failures: list[str] = []
 
-    def worker(index: int) -> None:
-        mine = []
-        with httpx.Client(base_url=base_url, timeout=60) as client:
-            make_request(client, index)
-            start.wait()
-            for k in range(per_connection):
-                began = time.perf_counter()
-                response = make_request(client, index * per_connection + k)
-                mine.append(Sample(index, began, time.perf_counter()))
-                if response.status_code != expect:
-                    failures.append(f"{response.status_code}: {response.text[:200]}")
+    def keep(connection: int, began: float, ended: float) -> None:
         with lock:
-            samples.extend(mine)
+            samples.append(Sample(connection, began, ended))
 
-    if freeze_heap:
-        gc.collect()
-        gc.freeze()
-    threads = [threading.Thread(target=worker, args=(i,)) for i in range(CONNECTIONS)]
-    for thread in threads:
-        thread.start()
-    start.wait()
-    for thread in threads:
-        thread.join()
-    if freeze_heap:
-        gc.unfreeze()
-    if failures:
-        raise SystemExit(f"unexpected answers ({len(failures)}): {failures[0]}")
+    load(
+        base_url,
+        make_request,
+        connections=CONNECTIONS,
+        requests=requests,
+        expect=expect,
+        freeze_heap=freeze_heap,
+        on_sample=keep,
+    )
     return samples
 
 
@@ -181,6 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--requests", type=int, default=640, help="--detail: per case")
     parser.add_argument("--slow-ms", type=float, default=170.0, help="--detail: what is slow")
     parser.add_argument("--frozen", action="store_true", help="--detail: freeze the heap")
+    parser.add_argument("--only", default="", help="--detail: case-name prefixes, comma-separated")
     parser.add_argument("--child", choices=VARIANTS, help=argparse.SUPPRESS)
     parser.add_argument("--child-out", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -222,14 +205,14 @@ def child(variant: str, out: Path) -> int:
     windows: list[tuple[float, float]] = []
     objects: list[int] = []
     cases: list[dict[str, Any]] = []
-    load = vars(bench)["load"]
+    bench_load = vars(bench)["load"]
     row = bench.row
 
     def traced_load(*args: Any, **kwargs: Any) -> Any:
         objects.append(len(gc.get_objects()))
         began = time.perf_counter()
         try:
-            return load(*args, freeze_heap=variant == "frozen", **kwargs)
+            return bench_load(*args, freeze_heap=variant == "frozen", **kwargs)
         finally:
             windows.append((began, time.perf_counter()))
 

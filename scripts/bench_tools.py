@@ -18,7 +18,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -105,6 +105,22 @@ class LoadResult:
     cpu_ms_per_request: dict[str, float]
 
 
+@contextlib.contextmanager
+def frozen_heap(enabled: bool = True) -> Iterator[None]:
+    """This process's heap collected, then frozen (``gc.freeze``) until the block ends, so no
+    full collection of it pauses the block's threads. Only a heap this call froze is thawed
+    after it (``gc.unfreeze`` thaws everything), also when the block raises."""
+    froze = enabled and gc.get_freeze_count() == 0
+    if froze:
+        gc.collect()  # its pause here, before the clock starts
+        gc.freeze()
+    try:
+        yield
+    finally:
+        if froze:
+            gc.unfreeze()  # what the block made is the collector's again
+
+
 def load(
     base_url: str,
     make_request: Callable[[httpx.Client, int], httpx.Response],
@@ -114,6 +130,7 @@ def load(
     expect: int,
     cpu: dict[str, int] | None = None,
     freeze_heap: bool = True,
+    on_sample: Callable[[int, float, float], None] = lambda connection, began, ended: None,
 ) -> LoadResult:
     """``requests`` calls spread over ``connections`` keep-alive clients, all at once.
 
@@ -121,7 +138,8 @@ def load(
     and frozen through it (``gc.freeze``), so no full collection of the benchmark's own heap
     lands inside a measurement: one stops every client thread at once, 200-240 ms by the
     later rounds of the api part, which read as a server's p99 (scripts/bench_stall.py). A
-    client written in C (wrk) has no such pause; the functions freeze theirs too."""
+    client written in C (wrk) has no such pause; the functions freeze theirs too.
+    ``on_sample(connection, began, ended)`` sees each timed request (perf_counter seconds)."""
     per_connection = max(1, requests // connections)
     samples: list[float] = []
     lock = threading.Lock()
@@ -130,34 +148,39 @@ def load(
 
     def worker(index: int) -> None:
         mine = []
-        with httpx.Client(base_url=base_url, timeout=60) as client:
-            make_request(client, index)  # connect and warm outside the timed part
-            start.wait()
-            for k in range(per_connection):
-                began = time.perf_counter()
-                response = make_request(client, index * per_connection + k)
-                mine.append((time.perf_counter() - began) * 1000)
-                if response.status_code != expect:
-                    failures.append(f"{response.status_code}: {response.text[:200]}")
+        try:
+            with httpx.Client(base_url=base_url, timeout=60) as client:
+                make_request(client, index)  # connect and warm outside the timed part
+                start.wait()
+                for k in range(per_connection):
+                    began = time.perf_counter()
+                    response = make_request(client, index * per_connection + k)
+                    ended = time.perf_counter()
+                    mine.append((ended - began) * 1000)
+                    on_sample(index, began, ended)
+                    if response.status_code != expect:
+                        failures.append(f"{response.status_code}: {response.text[:200]}")
+        except threading.BrokenBarrierError:
+            return  # another connection failed before the start: reported by it
+        except Exception as error:  # a refused connection, a timeout: the load is void
+            failures.append(f"{type(error).__name__}: {error}")
+            start.abort()  # the others and the main thread stop waiting at the barrier
         with lock:
             samples.extend(mine)
 
-    if freeze_heap:
-        gc.collect()  # its pause here, before the clock starts
-        gc.freeze()
-    threads = [threading.Thread(target=worker, args=(i,)) for i in range(connections)]
-    for thread in threads:
-        thread.start()
-    meter = CpuMeter(cpu or {})
-    start.wait()
-    meter.start()
-    began = time.perf_counter()
-    for thread in threads:
-        thread.join()
-    elapsed = time.perf_counter() - began
-    meter.stop()
-    if freeze_heap:
-        gc.unfreeze()  # what the run made is the collector's again, between loads
+    with frozen_heap(freeze_heap):
+        threads = [threading.Thread(target=worker, args=(i,)) for i in range(connections)]
+        for thread in threads:
+            thread.start()
+        meter = CpuMeter(cpu or {})
+        with contextlib.suppress(threading.BrokenBarrierError):  # failures says why
+            start.wait(timeout=120)
+        meter.start()
+        began = time.perf_counter()
+        for thread in threads:
+            thread.join()
+        elapsed = time.perf_counter() - began
+        meter.stop()
     if failures:
         raise SystemExit(f"unexpected answers ({len(failures)}): {failures[0]}")
     return LoadResult(

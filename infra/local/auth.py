@@ -44,6 +44,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route, Router
 
+from infra.local.gateway.auth import project_api_keys
+
 ACCESS_TOKEN_TTL_S = 3600  # GoTrue's default JWT_EXP
 JWT_LEEWAY_S = 30
 AUDIENCE = "authenticated"
@@ -515,13 +517,10 @@ def create_auth_app(service: AuthService) -> Router:
 
 
 def _api_key_ok(secret: str, request: Request) -> bool:
-    """As Supabase's API gateway: an ``apikey`` (header or query) that is one of our JWTs."""
+    """As Supabase's API gateway: an ``apikey`` (header or query) that is one of the project's
+    two keys; another token signed with the secret is no key (``project_api_keys``)."""
     key = request.headers.get("apikey") or request.query_params.get("apikey")
-    try:
-        verify_token(secret, key)
-    except TokenError:
-        return False
-    return True
+    return key in project_api_keys(secret)
 
 
 # --- command line (the local Supabase server's Auth flags) ------------------------------------

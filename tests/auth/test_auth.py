@@ -114,6 +114,18 @@ def test_a_request_without_a_valid_api_key_is_refused(supabase_server: LocalSupa
     assert response.json() == {"message": "Invalid API key"}
 
 
+def test_a_token_signed_with_the_project_secret_is_no_api_key(
+    supabase_server: LocalSupabase,
+) -> None:
+    # Supabase's API gateway compares the apikey with the project's keys (Kong key-auth)
+    not_a_key = jwt.encode({"role": "anon", "exp": 2**31}, JWT_SECRET, algorithm="HS256")
+
+    response = httpx.get(f"{supabase_server.url}/auth/v1/settings", headers={"apikey": not_a_key})
+
+    assert response.status_code == 401
+    assert response.json() == {"message": "Invalid API key"}
+
+
 def test_a_malformed_body_is_a_400_with_gotrue_error_shape(supabase_server: LocalSupabase) -> None:
     response = httpx.post(
         f"{supabase_server.url}/auth/v1/signup",

@@ -19,7 +19,7 @@ import pytest
 import websockets
 
 from tests.realtime.listen import Listener, listen, until
-from tests.support import LocalSupabase
+from tests.support import JWT_SECRET, LocalSupabase
 
 JOB_BINDINGS = [
     ("INSERT", "ai_jobs", None),
@@ -53,6 +53,8 @@ async def marker(server: LocalSupabase, listener: Listener, user_id: str) -> Non
         ("not-a-jwt", "The token provided is not a valid JWT"),
         ("expired", "Token has expired"),
         ("wrong-secret", "Failed to validate JWT signature"),
+        # signed with the project's secret, of role anon, but not one of the project's keys
+        ("project-signed", "Invalid API key"),
     ],
 )
 def test_a_bad_api_key_is_refused_at_the_upgrade_with_401_json(
@@ -64,6 +66,8 @@ def test_a_bad_api_key_is_refused_at_the_upgrade_with_401_json(
         apikey = supabase_server.user_token(str(uuid.uuid4()), expires_in_s=-60)
     elif apikey == "wrong-secret":
         apikey = pyjwt.encode({"role": "anon", "exp": 2**31}, "x" * 40, algorithm="HS256")
+    elif apikey == "project-signed":
+        apikey = pyjwt.encode({"role": "anon", "exp": 2**31}, JWT_SECRET, algorithm="HS256")
 
     async def connect() -> websockets.InvalidStatus:
         url = f"{supabase_server.ws_url}?apikey={apikey}&vsn=1.0.0"

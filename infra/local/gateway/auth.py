@@ -44,6 +44,14 @@ def api_key(secret: str, role: str) -> str:
     return jwt.encode(payload, secret, algorithm="HS256")
 
 
+@functools.cache
+def project_api_keys(secret: str) -> frozenset[str]:
+    """The project's API keys for ``secret``: the only ``apikey`` values Supabase's API gateway
+    lets through to REST, Auth and Realtime (Kong's ``key-auth`` on ``/rest/v1/``, ``/auth/v1/``
+    and ``/realtime/v1/`` in supabase/supabase ``docker/volumes/api/kong.yml``)."""
+    return frozenset(api_key(secret, role) for role in API_KEY_ROLES)
+
+
 def make_jwt(
     secret: str,
     role: str,
@@ -172,7 +180,7 @@ class Authenticator:
         #: PostgREST's db-anon-role: the role of a request without a token (None: 401).
         self.anonymous_role = anonymous_role
         #: The project's API keys: the only ``apikey`` values its API gateway lets through.
-        self.api_keys = frozenset(api_key(jwt_secret, role) for role in API_KEY_ROLES)
+        self.api_keys = project_api_keys(jwt_secret)
         #: Tokens whose signature and claims were read already, with their claims: the time
         #: claims are still checked on every request, only the HMAC and JSON work is saved.
         self._signed: dict[str, dict[str, Any]] = {}

@@ -36,6 +36,7 @@ from starlette.responses import JSONResponse
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from infra.local.auth import TokenError, verify_token
+from infra.local.gateway.auth import project_api_keys
 from infra.local.realtime import protocol
 from infra.local.realtime.bindings import Binding, BindingError, parse_binding
 from infra.local.realtime.capture import ChangeCapture
@@ -310,6 +311,8 @@ class RealtimeServer:
             if vsn not in protocol.SUPPORTED:
                 raise TokenError("Unsupported", f"unsupported serializer vsn {vsn}")
             verify_token(self.jwt_secret, apikey)
+            if apikey not in project_api_keys(self.jwt_secret):  # as the API gateway in front
+                raise TokenError("InvalidApiKey", "Invalid API key")
         except TokenError as exc:
             await websocket.send_denial_response(JSONResponse({"error": exc.message}, 401))
             return

@@ -444,8 +444,9 @@ class _Routes:
 
     def guarded(self, handler: Any) -> Any:
         async def endpoint(request: Request) -> Response:
-            if not _api_key_ok(self.service.jwt_secret, request):
-                return JSONResponse({"message": "Invalid API key"}, 401)
+            refused = _api_key_refusal(self.service.jwt_secret, request)
+            if refused:
+                return JSONResponse({"message": refused}, 401)
             try:
                 result: Response = await handler(request)
             except AuthError as exc:
@@ -516,11 +517,14 @@ def create_auth_app(service: AuthService) -> Router:
     )
 
 
-def _api_key_ok(secret: str, request: Request) -> bool:
-    """As Supabase's API gateway: an ``apikey`` (header or query) that is one of the project's
-    two keys; another token signed with the secret is no key (``project_api_keys``)."""
+def _api_key_refusal(secret: str, request: Request) -> str | None:
+    """As Supabase's API gateway (Kong ``key-auth``): the ``apikey`` header (or URL parameter)
+    must be one of the project's two keys (``project_api_keys``); another token signed with the
+    secret is no key. None when it is, else the gateway's message."""
     key = request.headers.get("apikey") or request.query_params.get("apikey")
-    return key in project_api_keys(secret)
+    if not key:
+        return "No API key found in request"
+    return None if key in project_api_keys(secret) else "Invalid API key"
 
 
 # --- command line (the local Supabase server's Auth flags) ------------------------------------

@@ -114,6 +114,15 @@ def test_a_request_without_a_valid_api_key_is_refused(supabase_server: LocalSupa
     assert response.json() == {"message": "Invalid API key"}
 
 
+def test_a_request_without_an_api_key_is_refused_as_the_api_gateway_does(
+    supabase_server: LocalSupabase,
+) -> None:
+    response = httpx.get(f"{supabase_server.url}/auth/v1/settings")
+
+    assert response.status_code == 401
+    assert response.json() == {"message": "No API key found in request"}
+
+
 def test_a_token_signed_with_the_project_secret_is_no_api_key(
     supabase_server: LocalSupabase,
 ) -> None:

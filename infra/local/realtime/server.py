@@ -311,7 +311,10 @@ class RealtimeServer:
             if vsn not in protocol.SUPPORTED:
                 raise TokenError("Unsupported", f"unsupported serializer vsn {vsn}")
             verify_token(self.jwt_secret, apikey)
-            if apikey not in project_api_keys(self.jwt_secret):  # as the API gateway in front
+            # Supabase's API gateway (Kong key-auth on /realtime/v1/) lets only the project's
+            # two keys through; this server answers for both, keeping REALTIME.md's
+            # {"error": …} shape for the refusal as for a token that is no valid JWT above
+            if apikey not in project_api_keys(self.jwt_secret):
                 raise TokenError("InvalidApiKey", "Invalid API key")
         except TokenError as exc:
             await websocket.send_denial_response(JSONResponse({"error": exc.message}, 401))

@@ -30,7 +30,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import quote, urlsplit
+from urllib.parse import SplitResult, quote, urlsplit
 
 from infra.local.tasks_emulator.model import (
     RPC_DEADLINE_EXCEEDED,
@@ -87,16 +87,32 @@ def deadline_exceeded(deadline_s: float) -> AttemptOutcome:
 #: URLs parsed once each: a queue's tasks share one (or a few), and parsing and encoding it
 #: (``urlsplit``, ``quote``) at CreateTask and again at every dispatch showed in profiles.
 _URL_CACHE = 1024
+#: Longer URLs are encoded without the cache: CreateTask refuses them (2083 characters once
+#: encoded), and caching them would let refused requests of up to gRPC's 4 MB fill it.
+_CACHED_URL_MAX_CHARS = 4096
 
 
-@functools.lru_cache(maxsize=_URL_CACHE)
-def encoded_url(url: str) -> str:
-    """The URL as it goes on the wire (Cloud Tasks "will encode some characters")."""
-    parts = urlsplit(url)
+def _request_target(parts: SplitResult) -> str:
+    """The path and query as they go on the wire (Cloud Tasks "will encode some characters")."""
     target = quote(parts.path or "/", safe=_URL_SAFE)
     if parts.query:
         target += "?" + quote(parts.query, safe=_URL_SAFE)
-    return f"{parts.scheme}://{parts.netloc}{target}"
+    return target
+
+
+def _encode_url(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}{_request_target(parts)}"
+
+
+_encode_url_cached = functools.lru_cache(maxsize=_URL_CACHE)(_encode_url)
+
+
+def encoded_url(url: str) -> str:
+    """The URL as it goes on the wire; ValueError when ``urlsplit`` cannot parse it."""
+    if len(url) > _CACHED_URL_MAX_CHARS:
+        return _encode_url(url)
+    return _encode_url_cached(url)
 
 
 def retry_after_seconds(value: str | None, now: float | None = None) -> float | None:
@@ -130,11 +146,8 @@ def _origin_and_target(url: str) -> tuple[_Origin, str]:
     parts = urlsplit(url)
     if parts.hostname is None:
         raise ValueError(f"URL {url!r} has no host")
-    target = quote(parts.path or "/", safe=_URL_SAFE)
-    if parts.query:
-        target += "?" + quote(parts.query, safe=_URL_SAFE)
     default_port = 443 if parts.scheme == "https" else 80
-    return (parts.scheme, parts.hostname, parts.port or default_port), target
+    return (parts.scheme, parts.hostname, parts.port or default_port), _request_target(parts)
 
 
 class _OneSend(http.client.HTTPConnection):
@@ -261,7 +274,9 @@ def send(dispatch: HttpDispatch, watch: SocketWatch, connections: Connections) -
             connection, reused = connections.take(origin, dispatch.deadline_s)
         except TimeoutError:
             return deadline_exceeded(dispatch.deadline_s)
-        except OSError as error:
+        # http.client refuses a host it cannot write (InvalidURL) with an HTTPException, not
+        # an OSError: a connection failure all the same.
+        except (OSError, http.client.HTTPException) as error:
             return AttemptOutcome(None, RPC_UNAVAILABLE, f"{type(error).__name__}: {error}")
         outcome = _exchange(
             connection, target, dispatch, watch, connections=connections, origin=origin

@@ -316,13 +316,27 @@ def _exchange(
     return _answer(Sent(connection, origin), dispatch, watch, connections)
 
 
+def _wire_value(value: str) -> str | bytes:
+    """A header value as http.client should write it: as text when Latin-1 can carry it (what
+    http.client encodes a str with), else as its UTF-8 bytes (a str would raise)."""
+    try:
+        value.encode("latin-1")
+    except UnicodeEncodeError:
+        return value.encode()
+    return value
+
+
+def _wire_headers(dispatch: HttpDispatch) -> dict[str, str | bytes]:
+    return {name: _wire_value(value) for name, value in dispatch.headers.items()}
+
+
 def _write(connection: _OneSend, target: str, dispatch: HttpDispatch) -> AttemptOutcome | None:
     """Write the request; None once it is written whole, else what the attempt came to
     (`_CLOSED_BEFORE_ANSWER` when it was not completely written: it cannot have run)."""
     try:
         connection.hold()
         connection.request(
-            dispatch.method, target, body=dispatch.body or None, headers=dict(dispatch.headers)
+            dispatch.method, target, body=dispatch.body or None, headers=_wire_headers(dispatch)
         )
         connection.flush()
     except (BrokenPipeError, ConnectionResetError):
@@ -382,7 +396,7 @@ _HEAD_OVERHEAD_BYTES = 256
 
 def _request_bytes(dispatch: HttpDispatch) -> int:
     """About how many bytes the request takes on the wire (never fewer)."""
-    headers = sum(len(k) + len(v) + 4 for k, v in dispatch.headers.items())
+    headers = sum(len(k) + len(v.encode()) + 4 for k, v in dispatch.headers.items())
     return len(dispatch.url) + headers + len(dispatch.body) + _HEAD_OVERHEAD_BYTES
 
 

@@ -96,13 +96,13 @@ MAX_URL_CHARS = 2083
 MAX_HEADER_BYTES = 80 * 1024
 #: "~1 hour" of task-name de-duplication after a task was deleted or executed.
 DEFAULT_TOMBSTONE_TTL_S = 3600.0
-#: A header the request can carry: its name an HTTP token (RFC 9110 5.1, 5.6.2) and its value
-#: Latin-1 text (what goes on the wire, as http.client writes it) with no CR, LF or NUL (RFC
-#: 9110 5.5: a recipient must reject or replace those). Cloud Tasks documents no rule of its
-#: own; the emulator refuses such a task at CreateTask, since its request could never be sent
-#: (before, the dispatch raised, leaving the task in flight for good and its slot taken).
+#: What a header must be to go on the wire at all: its name an HTTP token (RFC 9110 5.1,
+#: 5.6.2), its value without CR, LF or NUL (RFC 9110 5.5: a recipient must reject or replace
+#: those; CR and LF would also split the request). Cloud Tasks documents no rule of its own
+#: (HttpRequest.headers names only reserved headers and the 80KB cap); the emulator refuses
+#: only what it could never send, at CreateTask, rather than leave the task failing forever.
 _HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
-_HEADER_VALUE = re.compile(r"[^\r\n\x00\u0100-\U0010ffff]*")
+_HEADER_VALUE = re.compile(r"[^\r\n\x00]*")
 #: A URL with a control character or a space: http.client would refuse its host
 #: (InvalidURL), and urlsplit silently drops tabs and newlines, sending to another URL.
 _URL_UNSENDABLE = re.compile(r"[\x00-\x20\x7f]")
@@ -157,14 +157,17 @@ def _min_wait(current: float | None, candidate: float | None) -> float | None:
 
 
 def _check_headers(headers: Any) -> None:
-    """Each header sendable as it is (`_HEADER_NAME`, `_HEADER_VALUE`), all under the limit."""
+    """Each header the dispatch sends can go on the wire (`_HEADER_NAME`, `_HEADER_VALUE`);
+    all of them, the reserved ones it drops included, are under the size limit."""
     for name, value in headers.items():
+        if _is_reserved(name):
+            continue  # dropped at dispatch (`_http_dispatch`): never on the wire
         if not _HEADER_NAME.fullmatch(name):
             raise invalid(f"http_request.headers: {name!r} is not a valid HTTP header name")
         if not _HEADER_VALUE.fullmatch(value):
             raise invalid(
-                f"http_request.headers: the value of {name!r} is not a valid HTTP header value"
-                " (CR, LF, NUL or a character beyond Latin-1)"
+                f"http_request.headers: the value of {name!r} contains CR, LF or NUL,"
+                " which no HTTP request can carry"
             )
     header_bytes = sum(len(k.encode()) + len(v.encode()) for k, v in headers.items())
     if header_bytes >= MAX_HEADER_BYTES:

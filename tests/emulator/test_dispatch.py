@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from infra.local.tasks_emulator import dispatch
-from infra.local.tasks_emulator.model import RPC_OK
+from infra.local.tasks_emulator.model import RPC_OK, RPC_UNAVAILABLE
 from tests.emulator.target import Target
 from tests.support import wait_until
 
@@ -138,3 +138,31 @@ def test_a_request_head_and_body_are_written_with_one_send(target: Target) -> No
     assert sent is not None
     assert len(counting.writes) == 1
     assert arrived[1].body == b'{"jobId": "z"}'
+
+
+def test_a_host_http_client_refuses_is_a_failed_attempt_not_an_exception() -> None:
+    # http.client raises InvalidURL (an HTTPException, not an OSError) for such a host.
+    request = dispatch.HttpDispatch(
+        method="POST", url="http://a b/x", headers={}, body=b"", deadline_s=1.0
+    )
+
+    outcome = dispatch.send(request, _ignore, dispatch.Connections())
+
+    assert outcome.http_status is None
+    assert outcome.rpc_code == RPC_UNAVAILABLE
+    assert "InvalidURL" in outcome.message
+
+
+def test_a_url_too_long_for_any_task_is_encoded_without_the_cache() -> None:
+    # CreateTask encodes a URL before it can refuse it as too long: caching such URLs would
+    # let refused requests (up to gRPC's 4 MB each) fill the cache.
+    url = "http://h/" + "a b" * 5_000
+    before = dispatch._encode_url_cached.cache_info()
+
+    encoded = dispatch.encoded_url(url)
+
+    assert encoded == "http://h/" + "a%20b" * 5_000
+    after = dispatch._encode_url_cached.cache_info()
+    assert (after.misses, after.currsize) == (before.misses, before.currsize)
+    assert dispatch.encoded_url("http://h/a b") == "http://h/a%20b"  # short ones are cached
+    assert dispatch._encode_url_cached.cache_info().currsize >= 1

@@ -17,8 +17,7 @@ any 5xx and a high error rate, honouring `Retry-After`; a slow ramp-up of a new 
 (`ThrottlePolicy`, whose numbers are the emulator's own: Cloud Tasks publishes none; `OFF`
 for tests that measure rates); `X-CloudTasks-TaskExecutionCount` without 5xx responses and no
 `X-CloudTasks-TaskRetryReason` for HTTP targets; task-name tombstones that expire after an hour
-(`tombstone_ttl_s`); the task size, URL and header limits, and header names and values that
-can go on the wire (an HTTP token; Latin-1 text without CR, LF or NUL).
+(`tombstone_ttl_s`); the task size, URL and header limits.
 
 Where it knowingly differs from Cloud Tasks: state is in memory and lost on stop; backoffs
 keep fractions of a second (Cloud Tasks truncates to whole seconds); the 15 s
@@ -26,7 +25,11 @@ keep fractions of a second (Cloud Tasks truncates to whole seconds); the 15 s
 environment variable CLOUD_TASKS_EMULATOR_MIN_DISPATCH_DEADLINE_S); no ramp-up when many
 tasks fall due at once in a queue already running; no redirect following; only HTTP tasks
 with OIDC or no auth (App Engine tasks, OAuth tokens, queue-level `http_target`, IAM, CMEK and
-batch methods are refused as UNIMPLEMENTED); ListQueues filters only on `state`.
+batch methods are refused as UNIMPLEMENTED); ListQueues filters only on `state`; CreateTask
+refuses what could never go on the wire, where Cloud Tasks documents no rule at all: a URL
+that does not parse, has no host, or holds a space or control character, and a header (other
+than the reserved ones, which are dropped) whose name is not an HTTP token or whose value holds
+CR, LF or NUL; a header value beyond Latin-1 is sent UTF-8-encoded.
 """
 
 from __future__ import annotations

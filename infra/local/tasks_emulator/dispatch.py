@@ -30,7 +30,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import quote, urlsplit
+from urllib.parse import SplitResult, quote, urlsplit
 
 from infra.local.tasks_emulator.model import (
     RPC_DEADLINE_EXCEEDED,
@@ -87,16 +87,32 @@ def deadline_exceeded(deadline_s: float) -> AttemptOutcome:
 #: URLs parsed once each: a queue's tasks share one (or a few), and parsing and encoding it
 #: (``urlsplit``, ``quote``) at CreateTask and again at every dispatch showed in profiles.
 _URL_CACHE = 1024
+#: Longer URLs are encoded without the cache: CreateTask refuses them (2083 characters once
+#: encoded), and caching them would let refused requests of up to gRPC's 4 MB fill it.
+_CACHED_URL_MAX_CHARS = 4096
 
 
-@functools.lru_cache(maxsize=_URL_CACHE)
-def encoded_url(url: str) -> str:
-    """The URL as it goes on the wire (Cloud Tasks "will encode some characters")."""
-    parts = urlsplit(url)
+def _request_target(parts: SplitResult) -> str:
+    """The path and query as they go on the wire (Cloud Tasks "will encode some characters")."""
     target = quote(parts.path or "/", safe=_URL_SAFE)
     if parts.query:
         target += "?" + quote(parts.query, safe=_URL_SAFE)
-    return f"{parts.scheme}://{parts.netloc}{target}"
+    return target
+
+
+def _encode_url(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}{_request_target(parts)}"
+
+
+_encode_url_cached = functools.lru_cache(maxsize=_URL_CACHE)(_encode_url)
+
+
+def encoded_url(url: str) -> str:
+    """The URL as it goes on the wire; ValueError when ``urlsplit`` cannot parse it."""
+    if len(url) > _CACHED_URL_MAX_CHARS:
+        return _encode_url(url)
+    return _encode_url_cached(url)
 
 
 def retry_after_seconds(value: str | None, now: float | None = None) -> float | None:
@@ -130,11 +146,8 @@ def _origin_and_target(url: str) -> tuple[_Origin, str]:
     parts = urlsplit(url)
     if parts.hostname is None:
         raise ValueError(f"URL {url!r} has no host")
-    target = quote(parts.path or "/", safe=_URL_SAFE)
-    if parts.query:
-        target += "?" + quote(parts.query, safe=_URL_SAFE)
     default_port = 443 if parts.scheme == "https" else 80
-    return (parts.scheme, parts.hostname, parts.port or default_port), target
+    return (parts.scheme, parts.hostname, parts.port or default_port), _request_target(parts)
 
 
 class _OneSend(http.client.HTTPConnection):
@@ -261,7 +274,9 @@ def send(dispatch: HttpDispatch, watch: SocketWatch, connections: Connections) -
             connection, reused = connections.take(origin, dispatch.deadline_s)
         except TimeoutError:
             return deadline_exceeded(dispatch.deadline_s)
-        except OSError as error:
+        # http.client refuses a host it cannot write (InvalidURL) with an HTTPException, not
+        # an OSError: a connection failure all the same.
+        except (OSError, http.client.HTTPException) as error:
             return AttemptOutcome(None, RPC_UNAVAILABLE, f"{type(error).__name__}: {error}")
         outcome = _exchange(
             connection, target, dispatch, watch, connections=connections, origin=origin
@@ -301,13 +316,27 @@ def _exchange(
     return _answer(Sent(connection, origin), dispatch, watch, connections)
 
 
+def _wire_value(value: str) -> str | bytes:
+    """A header value as http.client should write it: as text when Latin-1 can carry it (what
+    http.client encodes a str with), else as its UTF-8 bytes (a str would raise)."""
+    try:
+        value.encode("latin-1")
+    except UnicodeEncodeError:
+        return value.encode()
+    return value
+
+
+def _wire_headers(dispatch: HttpDispatch) -> dict[str, str | bytes]:
+    return {name: _wire_value(value) for name, value in dispatch.headers.items()}
+
+
 def _write(connection: _OneSend, target: str, dispatch: HttpDispatch) -> AttemptOutcome | None:
     """Write the request; None once it is written whole, else what the attempt came to
     (`_CLOSED_BEFORE_ANSWER` when it was not completely written: it cannot have run)."""
     try:
         connection.hold()
         connection.request(
-            dispatch.method, target, body=dispatch.body or None, headers=dict(dispatch.headers)
+            dispatch.method, target, body=dispatch.body or None, headers=_wire_headers(dispatch)
         )
         connection.flush()
     except (BrokenPipeError, ConnectionResetError):
@@ -367,7 +396,7 @@ _HEAD_OVERHEAD_BYTES = 256
 
 def _request_bytes(dispatch: HttpDispatch) -> int:
     """About how many bytes the request takes on the wire (never fewer)."""
-    headers = sum(len(k) + len(v) + 4 for k, v in dispatch.headers.items())
+    headers = sum(len(k) + len(v.encode()) + 4 for k, v in dispatch.headers.items())
     return len(dispatch.url) + headers + len(dispatch.body) + _HEAD_OVERHEAD_BYTES
 
 

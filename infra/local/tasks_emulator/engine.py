@@ -38,6 +38,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 from google.cloud import tasks_v2
 from google.rpc import status_pb2
@@ -48,6 +49,7 @@ from infra.local.tasks_emulator.model import (
     MAX_DISPATCH_DEADLINE_S,
     QUEUE_STATE_PAUSED,
     QUEUE_STATE_RUNNING,
+    RPC_UNAVAILABLE,
     AttemptPb,
     EmulatorError,
     QueuePb,
@@ -94,13 +96,16 @@ MAX_URL_CHARS = 2083
 MAX_HEADER_BYTES = 80 * 1024
 #: "~1 hour" of task-name de-duplication after a task was deleted or executed.
 DEFAULT_TOMBSTONE_TTL_S = 3600.0
-#: A header the request can carry: its name an HTTP token (RFC 9110 5.1, 5.6.2) and its value
-#: Latin-1 text (what goes on the wire, as http.client writes it) with no CR, LF or NUL (RFC
-#: 9110 5.5: a recipient must reject or replace those). Cloud Tasks documents no rule of its
-#: own; the emulator refuses such a task at CreateTask, since its request could never be sent
-#: (before, the dispatch raised, leaving the task in flight for good and its slot taken).
+#: What a header must be to go on the wire at all: its name an HTTP token (RFC 9110 5.1,
+#: 5.6.2), its value without CR, LF or NUL (RFC 9110 5.5: a recipient must reject or replace
+#: those; CR and LF would also split the request). Cloud Tasks documents no rule of its own
+#: (HttpRequest.headers names only reserved headers and the 80KB cap); the emulator refuses
+#: only what it could never send, at CreateTask, rather than leave the task failing forever.
 _HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
-_HEADER_VALUE = re.compile(r"[^\r\n\x00\u0100-\U0010ffff]*")
+_HEADER_VALUE = re.compile(r"[^\r\n\x00]*")
+#: A URL with a control character or a space: http.client would refuse its host
+#: (InvalidURL), and urlsplit silently drops tabs and newlines, sending to another URL.
+_URL_UNSENDABLE = re.compile(r"[\x00-\x20\x7f]")
 # Request headers Cloud Tasks computes or reserves, so a task's own values are dropped.
 _RESERVED_HEADERS = {"host", "content-length", "user-agent"}
 _RESERVED_PREFIXES = ("x-google-", "x-appengine-", "x-cloudtasks-")
@@ -152,18 +157,39 @@ def _min_wait(current: float | None, candidate: float | None) -> float | None:
 
 
 def _check_headers(headers: Any) -> None:
-    """Each header sendable as it is (`_HEADER_NAME`, `_HEADER_VALUE`), all under the limit."""
+    """Each header the dispatch sends can go on the wire (`_HEADER_NAME`, `_HEADER_VALUE`);
+    all of them, the reserved ones it drops included, are under the size limit."""
     for name, value in headers.items():
+        if _is_reserved(name):
+            continue  # dropped at dispatch (`_http_dispatch`): never on the wire
         if not _HEADER_NAME.fullmatch(name):
             raise invalid(f"http_request.headers: {name!r} is not a valid HTTP header name")
         if not _HEADER_VALUE.fullmatch(value):
             raise invalid(
-                f"http_request.headers: the value of {name!r} is not a valid HTTP header value"
-                " (CR, LF, NUL or a character beyond Latin-1)"
+                f"http_request.headers: the value of {name!r} contains CR, LF or NUL,"
+                " which no HTTP request can carry"
             )
     header_bytes = sum(len(k.encode()) + len(v.encode()) for k, v in headers.items())
     if header_bytes >= MAX_HEADER_BYTES:
         raise invalid(f"http_request.headers must be less than {MAX_HEADER_BYTES // 1024}KB")
+
+
+def _check_url(url: str) -> None:
+    """A URL the dispatch can send: parsed by urlsplit, with a host, without spaces or
+    control characters, and under the length limit once encoded."""
+    if not url.startswith(("http://", "https://")):
+        raise invalid("http_request.url must begin with http:// or https://")
+    if _URL_UNSENDABLE.search(url):
+        raise invalid("http_request.url must not contain spaces or control characters")
+    try:
+        parts = urlsplit(url)
+        _ = parts.port  # reading it is the check: a port that is not a number raises
+    except ValueError as error:
+        raise invalid(f"http_request.url is not a valid URL: {error}") from None
+    if not parts.hostname:
+        raise invalid("http_request.url has no host")
+    if len(dispatch.encoded_url(url)) > MAX_URL_CHARS:
+        raise invalid(f"http_request.url is longer than {MAX_URL_CHARS} characters once encoded")
 
 
 def _check_http_request(task: Any) -> None:
@@ -171,8 +197,7 @@ def _check_http_request(task: Any) -> None:
     if not task.HasField("http_request"):
         raise unimplemented("the emulator dispatches HTTP tasks (http_request) only")
     request = task.http_request
-    if not request.url.startswith(("http://", "https://")):
-        raise invalid("http_request.url must begin with http:// or https://")
+    _check_url(request.url)
     if request.HasField("oauth_token"):
         raise unimplemented("the emulator cannot mint OAuth access tokens; use oidc_token")
     request.http_method = request.http_method or int(tasks_v2.HttpMethod.POST)
@@ -181,8 +206,6 @@ def _check_http_request(task: Any) -> None:
         raise invalid("http_request.http_method is not a known method")
     if request.body and method not in _METHODS_WITH_BODY:
         raise invalid(f"a body is allowed only with POST, PUT or PATCH, not {method}")
-    if len(dispatch.encoded_url(request.url)) > MAX_URL_CHARS:
-        raise invalid(f"http_request.url is longer than {MAX_URL_CHARS} characters once encoded")
     _check_headers(request.headers)
     if task.ByteSize() > MAX_TASK_BYTES:
         raise invalid(f"the task is larger than the {MAX_TASK_BYTES // 1024}KB limit")
@@ -611,10 +634,19 @@ class Engine:
         def watch(sock: socket.socket | None) -> None:
             self._watch(attempt, sock)
 
-        if attempt.sent is not None:
-            outcome = dispatch.receive(attempt.sent, attempt.request, watch, self._connections)
-        else:
-            outcome = dispatch.send(attempt.request, watch, self._connections)
+        try:
+            if attempt.sent is not None:
+                outcome = dispatch.receive(attempt.sent, attempt.request, watch, self._connections)
+            else:
+                outcome = dispatch.send(attempt.request, watch, self._connections)
+        except Exception as error:
+            # Nothing may escape into the pool's future, where it is swallowed and the task
+            # stays in flight for good, holding its queue's slot: the attempt failed like a
+            # connection that never answered, and is retried per the retry config.
+            self._log.exception("dispatch task=%s raised", attempt.entry.task.name)
+            outcome = dispatch.AttemptOutcome(
+                None, RPC_UNAVAILABLE, f"{type(error).__name__}: {error}"
+            )
         overran = time.monotonic() - started > attempt.request.deadline_s
         with self._cond:
             pool_was_full = len(self._attempts) >= self._max_workers

@@ -181,9 +181,6 @@ class Authenticator:
         self.anonymous_role = anonymous_role
         #: The project's API keys: the only ``apikey`` values its API gateway lets through.
         self.api_keys = project_api_keys(jwt_secret)
-        #: Tokens whose signature and claims were read already, with their claims: the time
-        #: claims are still checked on every request, only the HMAC and JSON work is saved.
-        self._signed: dict[str, dict[str, Any]] = {}
         #: Bearer tokens found valid, with their identity and the last second they stay valid
         #: (``exp`` plus the skew), as PostgREST keeps them since v12: "the JWT is cached on
         #: the first request using the exp claim to set the cache entry's lifetime" (Supabase's
@@ -238,7 +235,7 @@ class Authenticator:
         role_name = role if isinstance(role, str) else json.dumps(role)
         identity = Identity(role_name, {**claims, "role": role_name})
         if len(self._valid) >= SIGNED_TOKENS_KEPT:
-            self._valid.clear()  # a bound, as _signed's
+            self._valid.clear()  # a bound, not an LRU: the keys come back on the next request
         self._valid[token] = (identity, _valid_until(claims))
         return identity
 
@@ -252,9 +249,6 @@ class Authenticator:
 
     def _signed_claims(self, token: str) -> dict[str, Any]:
         """The claims of a token with three parts and a valid signature (not yet checked)."""
-        known = self._signed.get(token)
-        if known is not None:
-            return known
         parts = token.count(".") + 1
         if parts != 3:
             raise _jwt_error(f"Expected 3 parts in JWT; got {parts}")
@@ -283,7 +277,4 @@ class Authenticator:
             raise _jwt_error("JWT cryptographic operation failed") from None
         if not isinstance(claims, dict):
             raise _jwt_error("Parsing claims failed", JWT_CLAIMS_ERROR)
-        if len(self._signed) >= SIGNED_TOKENS_KEPT:
-            self._signed.clear()  # a bound, not an LRU: the keys come back on the next request
-        self._signed[token] = claims
         return claims

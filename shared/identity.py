@@ -64,7 +64,7 @@ def caller_id(request: flask.Request, settings: Settings) -> str:
         if remembered is not None:
             return remembered
         if not is_anon_key(token):
-            return verified_user(token, settings)
+            return _verify(token, settings)
     header = request.headers.get(settings.user_id_header)
     if header:
         _check_header_is_trusted(request, settings)
@@ -112,11 +112,16 @@ def verified_user(token: str, settings: Settings) -> str:
     used only for the algorithm it is published for. Nothing else is accepted: not ``none``,
     not an HMAC over a public key (algorithm confusion), not an algorithm with no key here.
     """
-    import jwt
-
     remembered = _remembered_user(token, settings)
     if remembered is not None:
         return remembered
+    return _verify(token, settings)
+
+
+def _verify(token: str, settings: Settings) -> str:
+    """``verified_user`` for a token the memory does not hold: verified, then remembered."""
+    import jwt
+
     key, algorithm, kid = _verification_key(token, settings)
     try:
         claims = jwt.decode(

@@ -47,6 +47,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from infra.local.stack import LocalStack, StackConfig
 from scripts import bench_peer
 from scripts.bench_tools import (
+    RAISED_CAPS,
     CpuMeter,
     LoadResult,
     Watcher,
@@ -582,7 +583,7 @@ def main(argv: list[str] | None = None) -> int:
         },
         "connections": CONNECTIONS,
     }
-    env = {"MAX_JOBS_PER_MINUTE": "1000000", "MAX_ACTIVE_JOBS": "1000000"}
+    env = dict(RAISED_CAPS)
     with tempfile.TemporaryDirectory(prefix="ajq-bench-") as tmp:
         config = StackConfig.for_tests(Path(tmp), reap_interval_s=0, function_env=env)
         with LocalStack(config) as stack, httpx.Client(base_url=stack.base_url, timeout=60) as http:

@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from infra.local.host import free_port
 from infra.local.stack import LocalStack, StackConfig
 from scripts.bench import COMPLEX, start_floors
-from scripts.bench_tools import load, stop, worker_pid
+from scripts.bench_tools import RAISED_CAPS, load, stop, worker_pid
 from shared.functions import CANCEL, CREATE, GET, LIST, Function
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -155,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--requests", type=int, default=640)
     args = parser.parse_args(argv)
     trees = {"A": args.base.resolve(), "B": REPO_ROOT}
-    env = {"MAX_JOBS_PER_MINUTE": "1000000", "MAX_ACTIVE_JOBS": "1000000"}
+    env = dict(RAISED_CAPS)
     print(f"load average at start: {os.getloadavg()}", flush=True)
     with tempfile.TemporaryDirectory(prefix="ajq-apicpu-") as tmp:
         config = StackConfig.for_tests(Path(tmp), reap_interval_s=0, function_env=env)

@@ -46,6 +46,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from infra.local.stack import LocalStack, StackConfig
 from scripts.bench_tools import (
+    RAISED_CAPS,
     CpuMeter,
     ai_cpu_ms,
     export_tree,
@@ -146,7 +147,7 @@ def pickup(stack: LocalStack, jobs: int) -> dict[str, float]:
 def child(jobs: int, profile_dir: Path | None, label: str) -> int:
     """Serve bursts on this tree's stack: one line in (``burst`` or ``pickup``), one JSON
     line out."""
-    env = {"MAX_JOBS_PER_MINUTE": "1000000", "MAX_ACTIVE_JOBS": "1000000"}
+    env = dict(RAISED_CAPS)
     with tempfile.TemporaryDirectory(prefix="ajq-jobcpu-") as tmp:
         config = StackConfig.for_tests(Path(tmp), reap_interval_s=0, function_env=env)
         with LocalStack(config) as stack:
@@ -183,7 +184,7 @@ def completions(count: int, rounds: int) -> dict[str, dict[str, float]]:
         COMPLEX, JobType.REPORT, lambda _p, _s: True, settings=AISettings.from_env({})
     )
     steps = [{"progress": 80, "step": "formatting"}, {"progress": 100, "step": "done"}]
-    env = {"MAX_JOBS_PER_MINUTE": "1000000", "MAX_ACTIVE_JOBS": "1000000"}
+    env = dict(RAISED_CAPS)
     with tempfile.TemporaryDirectory(prefix="ajq-jobcpu-") as tmp:
         config = StackConfig.for_tests(Path(tmp), reap_interval_s=0, function_env=env)
         with LocalStack(config) as stack:

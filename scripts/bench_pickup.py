@@ -53,6 +53,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from infra.local.stack import LocalStack, StackConfig
 from scripts.bench import COMPLEX, jobs_running
 from scripts.bench_tools import (
+    RAISED_CAPS,
     CpuMeter,
     export_tree,
     host_pids,
@@ -413,7 +414,7 @@ def main(argv: list[str] | None = None) -> int:
 def measure(args: argparse.Namespace) -> dict[str, Any]:
     """The figures of this tree (see the module docstring)."""
     results: dict[str, Any] = {"loadAverageAtStart": round(os.getloadavg()[0], 2)}
-    env = {"MAX_JOBS_PER_MINUTE": "1000000", "MAX_ACTIVE_JOBS": "1000000"}
+    env = dict(RAISED_CAPS)
     with tempfile.TemporaryDirectory(prefix="ajq-pickup-") as tmp:
         config = StackConfig.for_tests(Path(tmp), reap_interval_s=0, function_env=env)
         with LocalStack(config) as stack, httpx.Client(base_url=stack.base_url, timeout=60) as http:

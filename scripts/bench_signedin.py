@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from infra.local.stack import LocalStack, StackConfig
 from scripts.bench import COMPLEX
 from scripts.bench_apicpu import CONNECTIONS, REPO_ROOT, serve
-from scripts.bench_tools import load, stop
+from scripts.bench_tools import RAISED_CAPS, load, stop
 from shared.functions import CREATE, GET, Function
 
 OPERATIONS: dict[str, Function] = {"get": GET, "create": CREATE}
@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--requests", type=int, default=640)
     args = parser.parse_args(argv)
     trees = {"A": args.base.resolve(), "B": REPO_ROOT}
-    env = {"MAX_JOBS_PER_MINUTE": "1000000", "MAX_ACTIVE_JOBS": "1000000"}
+    env = dict(RAISED_CAPS)
     print(f"load average at start: {os.getloadavg()}", flush=True)
     figures: dict[str, list[float]] = {}
     with tempfile.TemporaryDirectory(prefix="ajq-signedin-") as tmp:

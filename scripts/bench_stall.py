@@ -40,7 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from infra.local.stack import LocalStack, StackConfig
 from scripts.bench import COMPLEX, CONNECTIONS, forget_api_jobs, start_floors
-from scripts.bench_tools import load, percentiles, stop, wait_final
+from scripts.bench_tools import RAISED_CAPS, load, percentiles, stop, wait_final
 from shared.functions import CREATE, GET
 
 #: the kernel counters a lost or late segment moves (global: other work on the machine too)
@@ -173,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
         return alternate(args.runs)
     gcs = GcLog()
     gc.callbacks.append(gcs)
-    env = {"MAX_JOBS_PER_MINUTE": "1000000", "MAX_ACTIVE_JOBS": "1000000"}
+    env = dict(RAISED_CAPS)
     print(f"load average {os.getloadavg()[0]:.2f}", flush=True)
     with tempfile.TemporaryDirectory(prefix="ajq-stall-") as tmp:
         config = StackConfig.for_tests(Path(tmp), reap_interval_s=0, function_env=env)

@@ -31,6 +31,10 @@ import psycopg
 from infra.local.host import free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+#: The functions' settings for a benchmark: one caller makes thousands of jobs a minute, so the
+#: per-user caps (30 a minute, 10 unfinished by default) are raised out of the way, as issue 13
+#: measures with "caps raised".
+RAISED_CAPS = {"MAX_JOBS_PER_MINUTE": "1000000", "MAX_ACTIVE_JOBS": "1000000"}
 
 
 def percentiles(samples: list[float]) -> dict[str, float]:

@@ -14,11 +14,15 @@ user's model quota must not answer 503. Only "this worker or the database is dow
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import math
+import os
 import re
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -80,6 +84,57 @@ def process_job(request: flask.Request, settings: Settings) -> flask.Response:
     return json_response({"jobId": str(job_id), "outcome": outcome}, status, headers)
 
 
+class _Later:
+    """One daemon thread per process that calls each action at its time (``call_at``).
+
+    It starts each StepWriter's own thread when that writer's first background write could be
+    due, instead of at the claim: a job that ends sooner (the local writer's ~50 ms, any job
+    under ``STEP_FLUSH_S``) starts no thread at all. Starting and joining one per job cost the
+    processor 0.04 ms of CPU in a loop, and 0.09 + 0.05 ms per job right after a pipeline's
+    work (in process, the real processor on a real stack); this costs a heap push and one
+    wake of this thread when the time comes. Actions run on this thread, so they must be
+    quick (starting a thread is)."""
+
+    def __init__(self) -> None:
+        self._due: list[tuple[float, int, Callable[[], None]]] = []
+        self._order = itertools.count()  # equal times keep their order; actions never compared
+        self._changed = threading.Condition()
+        self._thread: threading.Thread | None = None
+
+    def forget(self) -> None:
+        """In a forked child, which has none of its parent's threads (nor their jobs): start
+        afresh, with a thread of its own on first use."""
+        self._due = []
+        self._changed = threading.Condition()
+        self._thread = None
+
+    def call_at(self, when: float, action: Callable[[], None]) -> None:
+        """Call ``action`` at ``when`` (``time.monotonic()``), or at once if that has passed."""
+        with self._changed:
+            heapq.heappush(self._due, (when, next(self._order), action))
+            if self._thread is None:  # the first use in this process
+                self._thread = threading.Thread(target=self._run, name="later", daemon=True)
+                self._thread.start()
+            elif self._due[0][2] is action:  # sooner than what the thread waits for
+                self._changed.notify()
+
+    def _run(self) -> None:
+        while True:
+            with self._changed:
+                while not self._due or self._due[0][0] > time.monotonic():
+                    wait = self._due[0][0] - time.monotonic() if self._due else None
+                    self._changed.wait(wait)
+                action = heapq.heappop(self._due)[2]
+            try:
+                action()
+            except Exception as exc:  # this thread serves every job of the process
+                logs.error("a deferred action failed", error=repr(exc)[:500])
+
+
+_LATER = _Later()
+os.register_at_fork(after_in_child=_LATER.forget)
+
+
 class StepWriter:
     """Writes the pipeline's progress steps and keeps the lease alive, in as few calls as a
     watcher allows.
@@ -88,7 +143,8 @@ class StepWriter:
     write, so steps that follow each other quickly travel together (``report_steps``), and the
     ones still waiting when the pipeline ends ride with the completion. A step followed by slow
     work (a model call) is written by a background thread once it has waited that long, so a
-    watcher sees it while the work runs. The same thread renews the lease when nothing has
+    watcher sees it while the work runs (the thread is started when its first write could be
+    due: a job that ends sooner never starts it). The same thread renews the lease when nothing has
     been written for a third of it, so a short lease (a dead worker is recovered soon) still
     covers a slow step. Every write holds one lock, so they reach the database in order."""
 
@@ -113,11 +169,22 @@ class StepWriter:
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._closed = False
-        self._thread = threading.Thread(target=self._loop, name="step-writer", daemon=True)
+        self._thread: threading.Thread | None = None  # started once a write could be due
+        self._state = threading.Lock()  # orders the thread's start against stop()
 
     def __enter__(self) -> StepWriter:
-        self._thread.start()
+        # Nothing is due before the first step has waited flush_after_s or the claim's lease a
+        # third of it (_next_due): the thread is started then, by the one starter thread of
+        # the process, so a job that ends sooner starts none (_LATER's docstring says why)
+        first_due = min(self._flush_after_s, self._lease_seconds / 3)
+        _LATER.call_at(self._last_write + first_due, self._start)
         return self
+
+    def _start(self) -> None:
+        with self._state:
+            if not self._closed:
+                self._thread = threading.Thread(target=self._loop, name="step-writer", daemon=True)
+                self._thread.start()
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
@@ -143,10 +210,12 @@ class StepWriter:
 
     def stop(self) -> list[Step]:
         """Stop the background writes; returns the steps not written yet (for the final write)."""
-        self._closed = True
+        with self._state:
+            self._closed = True
+            thread = self._thread
         self._wake.set()
-        if self._thread.is_alive():
-            self._thread.join()
+        if thread is not None:
+            thread.join()
         with self._lock:
             unwritten, self._pending = self._pending, []
         return unwritten

@@ -9,6 +9,7 @@ source that works, refuses (a closed port: retryable) or does not exist (permane
 from __future__ import annotations
 
 import json
+import os
 import time
 import uuid
 from collections.abc import Callable
@@ -207,6 +208,58 @@ def test_a_step_before_slow_work_is_written_while_the_work_runs() -> None:
         until(lambda: store.jobs[job.id].progress == 50, "the step was never written")
         assert writer.stop() == [], "nothing is left for the completion to carry"
     assert store.jobs[job.id].current_step == "analysis"
+
+
+def test_a_job_that_ends_before_a_write_could_be_due_starts_no_thread() -> None:
+    store = MemoryStore()
+    job = store.create_job(user_id="u1", job_type="report", query="q", max_attempts=3).job
+    token = claimed(store, job)
+    store.calls = 0
+
+    with StepWriter(store, job.id, token, 60, flush_after_s=0.05) as writer:  # type: ignore[arg-type]
+        writer.step(0, "start")
+        writer.step(100, "done")
+        unwritten = writer.stop()
+    time.sleep(0.15)  # past the time its thread would have been started
+
+    assert unwritten == [(0, "start"), (100, "done")], "they ride with the completion"
+    assert writer._thread is None, "no thread was started for it"
+    assert store.calls == 0, "nothing was written in the background"
+
+
+def test_a_writer_still_running_when_a_write_could_be_due_gets_its_thread() -> None:
+    store = MemoryStore()
+    job = store.create_job(user_id="u1", job_type="report", query="q", max_attempts=3).job
+    token = claimed(store, job)
+
+    with StepWriter(store, job.id, token, 60, flush_after_s=0.05) as writer:  # type: ignore[arg-type]
+        assert writer._thread is None, "not before a write could be due"
+        writer.step(20, "data")
+        until(lambda: store.jobs[job.id].progress == 20, "the step was never written")
+        assert writer._thread is not None
+
+
+def test_a_forked_child_starts_its_own_writer_threads() -> None:
+    store = MemoryStore()
+    job = store.create_job(user_id="u1", job_type="report", query="q", max_attempts=3).job
+    token = claimed(store, job)
+    with StepWriter(store, job.id, token, 60, flush_after_s=0.01) as writer:  # type: ignore[arg-type]
+        writer.step(10, "parent")  # the process's starter thread now runs
+        until(lambda: store.jobs[job.id].progress == 10, "the parent's step was never written")
+
+    pid = os.fork()
+    if pid == 0:  # the child: its step must be written by a thread it started itself
+        code = 1
+        try:
+            with StepWriter(store, job.id, token, 60, flush_after_s=0.01) as writer:  # type: ignore[arg-type]
+                writer.step(30, "child")
+                until(lambda: store.jobs[job.id].progress == 30, "the child's step")
+            code = 0
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+
+    assert os.waitstatus_to_exitcode(status) == 0
 
 
 def test_a_cancel_seen_by_a_background_write_stops_the_next_step() -> None:

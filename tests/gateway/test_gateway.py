@@ -10,6 +10,7 @@ from datetime import timedelta
 from typing import Any
 
 import httpx
+import jwt as pyjwt
 import psycopg
 import pytest
 from postgrest.exceptions import APIError
@@ -32,6 +33,7 @@ from infra.local.gateway import (
 from infra.local.gateway.app import Answer, Planned, answer, respond
 from infra.local.gateway.asgi import as_sent
 from infra.local.gateway.auth import JWT_ALLOWED_SKEW_SECONDS
+from infra.local.keys import project_api_keys
 from tests.gateway.wire import PostgresRelay
 from tests.support import JWT_SECRET, mint, wait_until
 
@@ -567,6 +569,23 @@ def test_a_request_without_an_apikey_is_refused_before_postgrest(
     assert "proxy-status" not in response.headers
 
 
+@pytest.mark.parametrize("method", ["GET", "HEAD"])
+def test_the_rest_root_needs_the_key_too(
+    gateway: GatewayHandle, anon_key: str, method: str
+) -> None:
+    # Kong's rest-v1 service puts key-auth on all of /rest/v1/ (supabase/supabase
+    # docker/volumes/api/kong.yml), PostgREST's root (its OpenAPI document) included
+    root = f"{gateway.url}/rest/v1/"
+
+    refused = httpx.request(method, root)
+    answered = httpx.request(method, root, headers={"apikey": anon_key})
+
+    assert refused.status_code == 401
+    if method == "GET":
+        assert refused.json()["message"] == "No API key found in request"
+    assert answered.status_code == 200
+
+
 @pytest.mark.parametrize(
     "key",
     [
@@ -576,6 +595,8 @@ def test_a_request_without_an_apikey_is_refused_before_postgrest(
         # key-auth compares the key itself, it does not verify a JWT
         make_jwt(JWT_SECRET, "anon", expires_in=timedelta(days=1)),
         make_jwt(JWT_SECRET, "service_role", iat=int(time.time())),
+        # asked for with nothing else given, a token is still fresh, not the project's key
+        make_jwt(JWT_SECRET, "anon"),
         "sb_publishable_0123456789abcdef",
         "not-a-key",
     ],
@@ -584,6 +605,7 @@ def test_a_request_without_an_apikey_is_refused_before_postgrest(
         "a-user-token",
         "another-anon-jwt-of-this-secret",
         "another-service-jwt-of-this-secret",
+        "a-fresh-anon-jwt",
         "a-new-style-key-this-project-lacks",
         "not-a-jwt",
     ],
@@ -614,8 +636,16 @@ def test_the_project_keys_are_the_supabase_cli_keys_of_its_secret() -> None:
 
     assert JWT_SECRET == "super-secret-jwt-token-with-at-least-32-characters-long"
     assert api_key(JWT_SECRET, "anon") == cli_anon_key
-    assert make_jwt(JWT_SECRET, "anon") == cli_anon_key
-    assert make_jwt(JWT_SECRET, "service_role") == api_key(JWT_SECRET, "service_role")
+
+
+@pytest.mark.parametrize("role", ["anon", "service_role"])
+def test_make_jwt_mints_a_fresh_token_of_a_key_role_not_the_projects_key(role: str) -> None:
+    token = make_jwt(JWT_SECRET, role)
+
+    assert token not in project_api_keys(JWT_SECRET)
+    claims = pyjwt.decode(token, JWT_SECRET, algorithms=["HS256"])
+    assert (claims["role"], claims["iss"]) == (role, "supabase-demo")
+    assert claims["iat"] <= time.time() < claims["exp"]
 
 
 def test_an_apikey_is_compared_whole_not_stripped(gateway: GatewayHandle, anon_key: str) -> None:
@@ -1061,7 +1091,7 @@ def test_unexposed_schema_is_406(http: httpx.Client, service_key: str) -> None:
 
 
 def test_readiness_and_other_paths(http: httpx.Client) -> None:
-    assert http.get("/rest/v1/").status_code == 200
+    assert http.get("/rest/v1/").status_code == 200  # with the anon key
     assert http.get("/rest/v1/items").status_code == 404
     assert http.get("/nothing").json()["code"] == "PGRST125"
 

@@ -280,13 +280,15 @@ class Gateway:
         """Everything a request says before the schema cache is read: the route, the API key,
         the identity, the schema and the arguments (or the answer, for the readiness path)."""
         path = request.path.rstrip("/")
+        if self.require_api_key:
+            # Supabase's API gateway checks the key first, whatever the path and method, the
+            # root (PostgREST's OpenAPI document, here the readiness one) included: Kong's
+            # rest-v1 service puts key-auth on all of /rest/v1/ (supabase/supabase kong.yml).
+            # (the URL's parameters are parsed only when the header is missing)
+            self.auth.check_api_key(request.headers.get("apikey") or request.args.get("apikey"))
         if path == REST_PREFIX and request.method in ("GET", "HEAD"):
             ready = {"service": "rest-gateway", "schemas": list(self.schemas)}
             return Response(json.dumps(ready), 200, content_type=JSON_CONTENT_TYPE)
-        if self.require_api_key:
-            # Supabase's API gateway checks the key first, whatever the path and method.
-            # (the URL's parameters are parsed only when the header is missing)
-            self.auth.check_api_key(request.headers.get("apikey") or request.args.get("apikey"))
         prefix = f"{REST_PREFIX}/rpc/"
         if not path.startswith(prefix) or "/" in path[len(prefix) :] or path == prefix[:-1]:
             raise ApiError(404, "PGRST125", f"Invalid path specified in request URL: {path}")

@@ -17,8 +17,6 @@ DEFAULT_SCHEMAS = ("public",)
 EXTRA_SEARCH_PATH = ("public", "extensions")
 JSON_CONTENT_TYPE = "application/json; charset=utf-8"
 REST_PREFIX = "/rest/v1"
-# Supabase CLI local keys carry this issuer; PostgREST allows 30 s of clock skew.
-JWT_ISSUER = "supabase-demo"
 DEFAULT_KEY_LIFETIME = timedelta(days=3650)
 #: PostgREST logs in as this role and switches to the token's role per request.
 AUTHENTICATOR_ROLE = "authenticator"

@@ -33,6 +33,7 @@ from infra.local.gateway import (
 from infra.local.gateway.app import Answer, Planned, answer, respond
 from infra.local.gateway.asgi import as_sent
 from infra.local.gateway.auth import JWT_ALLOWED_SKEW_SECONDS
+from infra.local.gateway.config import BOUND_BODY_CHARS
 from infra.local.keys import project_api_keys
 from tests.gateway.wire import PostgresRelay
 from tests.support import JWT_SECRET, mint, wait_until
@@ -429,6 +430,65 @@ def test_a_statement_that_cannot_be_prepared_is_not_prepared_again_until_a_reloa
     assert prepared_while_gone == 1
     assert [r.json() for r in answers] == [7] * 3
     assert prepared_after_reload == 2  # the reload's statement, once on the one connection
+
+
+@pytest.mark.parametrize(
+    ("volatility", "hoisted", "mode"),
+    [
+        ("volatile", "", "read committed,off"),
+        ("stable", "", "read committed,on"),
+        # another level must be set before any query: such a call keeps the one simple query
+        ("volatile", " set default_transaction_isolation = 'serializable'", "serializable,off"),
+    ],
+    ids=["read-write", "read-only", "serializable"],
+)
+def test_a_large_body_runs_in_the_transaction_a_small_one_runs_in(
+    service: Client, gateway_db: str, volatility: str, hoisted: str, mode: str
+) -> None:
+    # from BOUND_BODY_CHARS on, the body goes to Postgres bound (rpc.run_bound), the
+    # transaction's isolation level and access mode set by its settings statement
+    name = f"mode_{uuid.uuid4().hex[:8]}"
+    pad = "é" * BOUND_BODY_CHARS
+    with psycopg.connect(gateway_db, autocommit=True) as conn:
+        conn.execute(
+            f"create function public.{name}(pad text) returns text language sql {volatility}"
+            f"{hoisted} as $$ select current_setting('transaction_isolation') || ','"
+            " || current_setting('transaction_read_only') || ',' || length(pad) $$"
+        )
+        try:
+            small = rpc_data(service, name, {"pad": "é"})
+            large = rpc_data(service, name, {"pad": pad})
+        finally:
+            conn.execute(f"drop function public.{name}(text)")
+
+    assert small == f"{mode},1"
+    assert large == f"{mode},{BOUND_BODY_CHARS}"
+
+
+def test_a_large_body_reaches_postgres_as_a_bound_parameter_not_in_the_query_text(
+    gateway_db: str, service_key: str
+) -> None:
+    # Quoted into the query, the body is escaped by the client and scanned back by Postgres;
+    # bound, it is sent once as itself. A small body stays in the one simple query (EXECUTE).
+    small_marker = unique("small").encode()
+    large_marker = unique("large").encode()
+    with PostgresRelay(gateway_db) as relay:
+        handle = start_gateway(relay.uri, JWT_SECRET, pool_min=1, pool_max=1)
+        try:
+            with httpx.Client(base_url=handle.url, headers={"apikey": service_key}) as http:
+                small = http.post("/rest/v1/rpc/shout", content=b'{"t":"' + small_marker + b'"}')
+                executes_after_small = relay.count(b'execute "pgrst_')
+                padded = large_marker + b"x" * BOUND_BODY_CHARS
+                large = http.post("/rest/v1/rpc/shout", content=b'{"t":"' + padded + b'"}')
+                executes_after_large = relay.count(b'execute "pgrst_')
+        finally:
+            handle.stop()
+
+    assert (small.json(), large.json()) == (small_marker.decode().upper(), padded.decode().upper())
+    assert relay.count(b'\'{"t":"' + small_marker) == 1  # a quoted literal in the query
+    assert executes_after_large == executes_after_small == 1  # the large call was no EXECUTE
+    assert relay.count(large_marker) == 1
+    assert relay.count(b'\'{"t":"' + large_marker) == 0
 
 
 # --- auth --------------------------------------------------------------------------------------

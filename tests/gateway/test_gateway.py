@@ -565,6 +565,24 @@ def test_request_headers_reach_the_call_by_their_lower_case_names(
     assert all(name == name.lower() for name in document)
 
 
+def test_values_with_quotes_backslashes_and_placeholders_reach_sql_as_sent(
+    http: httpx.Client, service_key: str
+) -> None:
+    # the settings' values and the body are quoted into the one query by the gateway itself
+    # (rpc.call_query): each must arrive as it was sent, whatever it holds
+    odd = "it's \\ a 'quote' \\' %(body)s %s $1 $$"
+    headers = {"Authorization": f"Bearer {service_key}", "X-Odd": odd}
+
+    shown = http.post(
+        "/rest/v1/rpc/show_setting", json={"p_name": "request.headers"}, headers=headers
+    ).json()
+    shouted = http.post("/rest/v1/rpc/shout", json={"t": odd + " é"}, headers=headers).json()
+    again = http.post("/rest/v1/rpc/shout", json={"t": odd + " é"}, headers=headers).json()
+
+    assert json.loads(shown)["x-odd"] == odd
+    assert shouted == again == (odd + " é").upper()
+
+
 def test_function_settings_are_hoisted_to_the_transaction_like_postgrest(
     http: httpx.Client, service_key: str
 ) -> None:

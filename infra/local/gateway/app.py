@@ -500,21 +500,38 @@ def _headers_document(environ: dict[str, Any]) -> str:
     The headers as werkzeug's ``EnvironHeaders`` lists them (``HTTP_*`` but the two that WSGI
     keeps unprefixed, then ``CONTENT_TYPE`` and ``CONTENT_LENGTH`` when set), read from the
     environ at once: through ``EnvironHeaders`` (title-cased, then lowered) it cost as much as
-    the rest of ``plan``.
+    the rest of ``plan``. Each environ key's header name is worked out once (``_header_name``).
     """
     headers: dict[str, str] = {}
     for key, value in environ.items():
-        if key.startswith("HTTP_"):
-            if key not in _UNPREFIXED:
-                headers[key[5:].replace("_", "-").lower()] = value
-        elif key in _PREFIXLESS and value:
-            headers[key.replace("_", "-").lower()] = value
+        name = _header_names.get(key)
+        if name is None:
+            name = _header_name(key)
+        if name and (value or key not in _PREFIXLESS):
+            headers[name] = value
     return json.dumps(headers)
+
+
+def _header_name(key: str) -> str:
+    """The lower-case header name of an environ key ('' for a key that is not a header's)."""
+    if key.startswith("HTTP_"):
+        name = "" if key in _UNPREFIXED else key[5:].replace("_", "-").lower()
+    elif key in _PREFIXLESS:
+        name = key.replace("_", "-").lower()
+    else:
+        name = ""
+    if len(_header_names) < HEADER_NAMES_KEPT:  # a bound: clients choose header names
+        _header_names[key] = name
+    return name
 
 
 #: The environ keys of the two headers WSGI keeps without the ``HTTP_`` prefix.
 _PREFIXLESS = frozenset({"CONTENT_TYPE", "CONTENT_LENGTH"})
 _UNPREFIXED = frozenset({"HTTP_CONTENT_TYPE", "HTTP_CONTENT_LENGTH"})
+#: Each environ key seen, with its header's lower-case name ('' for the others); at most
+#: ``HEADER_NAMES_KEPT`` of them (later ones are worked out on every request).
+_header_names: dict[str, str] = {}
+HEADER_NAMES_KEPT = 1024
 
 
 def _unexpected(request: Request) -> Response:

@@ -2,7 +2,7 @@
 
 The worker completes a job with ``complete_job_v3``, its ~80 kB result as JSON text inside the
 JSON body. The gateway sends a body of ``BOUND_BODY_CHARS`` or more to Postgres as a bound
-parameter (``rpc.run_bound``); with ``bound_body_chars=None`` it goes, as every body did
+parameter (``rpc.run_call``'s ``bound``); with ``bound_body_chars=None`` it goes, as every body did
 before, as a quoted literal in the one simple-protocol query. This script drives the gateway's
 ASGI application (``RestApp``, as the local Supabase server calls it) in this process against a
 real embedded Postgres with the project's migrations, one request at a time, and reads the CPU

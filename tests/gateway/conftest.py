@@ -228,8 +228,8 @@ def gateway(gateway_db: str, request: pytest.FixtureRequest) -> Iterator[Gateway
     key check in front of PostgREST), one for the session over the tier's catalogue, served
     both ways: as a WSGI application (a thread per request) and as the local Supabase server
     serves it (``RestApp`` under uvicorn, the call on the event loop), so that every test of
-    the tier holds for both; and each way again with every body bound (``run_bound``, which
-    the gateway uses only for large bodies), so that the tier holds for that path too."""
+    the tier holds for both; and each way again with every body bound (``run_call``'s
+    ``bound``, which the gateway uses only for large bodies), so that it holds for that too."""
     asgi = request.param.startswith("asgi")
     bound_body_chars = 0 if request.param.endswith("bound") else BOUND_BODY_CHARS
     with start_gateway(

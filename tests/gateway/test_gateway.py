@@ -445,7 +445,7 @@ def test_a_statement_that_cannot_be_prepared_is_not_prepared_again_until_a_reloa
 def test_a_large_body_runs_in_the_transaction_a_small_one_runs_in(
     service: Client, gateway_db: str, volatility: str, hoisted: str, mode: str
 ) -> None:
-    # from BOUND_BODY_CHARS on, the body goes to Postgres bound (rpc.run_bound), the
+    # from BOUND_BODY_CHARS on, the body goes to Postgres bound (rpc.run_call's bound), the
     # transaction's isolation level and access mode set by its settings statement
     name = f"mode_{uuid.uuid4().hex[:8]}"
     pad = "é" * BOUND_BODY_CHARS

@@ -51,8 +51,6 @@ from infra.local.gateway.rpc import (
     binds_body,
     content_range,
     resolve,
-    run_bound,
-    run_bound_async,
     run_call,
     run_call_async,
 )
@@ -96,8 +94,8 @@ class Gateway:
         #: ``infra.local.supabase_server`` serves it): no key or not the project's key is 401.
         #: Off, the gateway is PostgREST alone.
         self.require_api_key = require_api_key
-        #: A body at least this long goes to Postgres as a bound parameter (``run_bound``), a
-        #: shorter one as a literal in the one simple query (``run_call``); None: never bound.
+        #: A body at least this long goes to Postgres as a bound parameter (``run_call``'s
+        #: ``bound``), a shorter one as a literal in the one simple query; None: never bound.
         self.bound_body_chars = bound_body_chars
         self.pool = ConnectionPool(
             self.authenticator_uri,
@@ -235,12 +233,14 @@ class Gateway:
             planned = self.plan(request, parsed, self.reload())
         with self._connection() as conn:
             try:
-                if self._binds_body(planned):
-                    bound = self._statement(planned.call, conn).bound
-                    text, page_total = run_bound(conn, bound, *planned.arguments, **planned.mode)
+                bound = self._binds_body(planned)
+                if bound:
+                    statement = self._statement(planned.call, conn).bound
                 else:
                     statement = self._executable(planned.call, conn)
-                    text, page_total = run_call(conn, statement, *planned.arguments, **planned.mode)
+                text, page_total = run_call(
+                    conn, statement, *planned.arguments, **planned.mode, bound=bound
+                )
             except psycopg.Error as exc:
                 raise postgres_error(exc, planned.identity.role) from None
         return respond(planned, text, page_total)
@@ -279,13 +279,14 @@ class Gateway:
             planned = self.plan(request, parsed, await asyncio.to_thread(self.reload))
         async with self._async_connection() as conn:
             try:
-                if self._binds_body(planned):
-                    bound = self._statement(planned.call, conn).bound
-                    run = run_bound_async(conn, bound, *planned.arguments, **planned.mode)
+                bound = self._binds_body(planned)
+                if bound:
+                    statement = self._statement(planned.call, conn).bound
                 else:
                     statement = await self._executable_async(planned.call, conn)
-                    run = run_call_async(conn, statement, *planned.arguments, **planned.mode)
-                text, page_total = await run
+                text, page_total = await run_call_async(
+                    conn, statement, *planned.arguments, **planned.mode, bound=bound
+                )
             except psycopg.Error as exc:
                 raise postgres_error(exc, planned.identity.role) from None
         return answer(planned, text, page_total)
@@ -352,7 +353,7 @@ class Gateway:
         )
 
     def _binds_body(self, planned: Planned) -> bool:
-        """Whether the call's body goes to Postgres bound (``run_bound``): a call that takes
+        """Whether the call's body goes to Postgres bound (``run_call``'s ``bound``): one that takes
         it, with a body of at least ``bound_body_chars``, at isolation level READ COMMITTED."""
         call = planned.call
         return (

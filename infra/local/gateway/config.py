@@ -39,11 +39,11 @@ def _configured_max_rows(config: Path = SUPABASE_CONFIG) -> int:
 #: hosted Supabase project): at most this many rows of a set are returned.
 DEFAULT_MAX_ROWS = _configured_max_rows()
 #: A call whose arguments' JSON text is at least this long gets it as a bound parameter (the
-#: call's transaction pipelined in the extended protocol, ``rpc.run_bound``) instead of as a
-#: quoted literal in the one simple-protocol query: quoting it and Postgres scanning it cost
-#: more than the pipeline's own work from about here. Measured with /tmp-style micro runs of
-#: complete_job_v3's 95 kB body: the literal 0.22 ms client + 0.76 ms backend CPU per call, bound
-#: 0.18 + 0.51; a 0.2 kB body bound cost 0.02 ms more client CPU than as a literal.
+#: call's statements pipelined in the extended protocol: ``rpc.run_call``'s ``bound``), not as
+#: a quoted literal in the one simple-protocol query: quoting it and Postgres scanning it cost
+#: more than the pipeline's own work from about here. A micro run of complete_job_v3's 95 kB
+#: body: as a literal 0.22 ms client + 0.76 ms backend CPU per call, bound 0.18 + 0.51; a
+#: 0.2 kB body bound cost 0.02 ms more client CPU than as a literal.
 BOUND_BODY_CHARS = 8192
 #: Bodies beyond this are refused before they are read (Supabase's API gateway bounds them
 #: too; our largest RPC body, a job with its metadata, is tens of KiB).

@@ -267,7 +267,7 @@ def _setup_parts(names: tuple[str, ...]) -> tuple[bytes, ...]:
 #: cookie document): quoted once rather than on every call. Values longer than
 #: ``KEPT_LITERAL_CHARS`` (the headers' document, a large token's claims) are quoted each time;
 #: the memory is emptied when it holds ``LITERALS_KEPT`` (a bound, as the verified tokens').
-_literals: dict[str, bytes] = {}
+_literals: dict[tuple[str, str], bytes] = {}
 KEPT_LITERAL_CHARS = 256
 LITERALS_KEPT = 4096
 
@@ -281,13 +281,14 @@ def _literal(escaping: pq.abc.Escaping, encoding: str, value: str) -> bytes:
 
 
 def _setting_literal(escaping: pq.abc.Escaping, encoding: str, value: str) -> bytes:
-    known = _literals.get(value)
+    key = (encoding, value)  # the connection's encoding: the literal's bytes depend on it
+    known = _literals.get(key)
     if known is None:
         known = _literal(escaping, encoding, value)
         if len(value) <= KEPT_LITERAL_CHARS:
             if len(_literals) >= LITERALS_KEPT:
                 _literals.clear()
-            _literals[value] = known
+            _literals[key] = known
     return known
 
 

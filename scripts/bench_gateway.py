@@ -40,7 +40,7 @@ import psycopg
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from infra.local.gateway import make_jwt
+from infra.local.gateway import api_key
 from infra.local.host import free_port
 from infra.local.migrate import apply_migrations
 from infra.local.postgres import start_postgres
@@ -84,7 +84,7 @@ def gateway(db_uri: str, tree: Path) -> Iterator[tuple[str, int]]:
     )
     try:
         url = f"http://127.0.0.1:{port}"
-        wait_ready(url + "/rest/v1/", process)
+        wait_ready(f"{url}/rest/v1/?apikey={api_key(JWT_SECRET, 'anon')}", process)
         yield url, process.pid
     finally:
         stop(process)
@@ -132,7 +132,7 @@ def one_round(
     url: str, pids: dict[str, int], args: argparse.Namespace, admin_uri: str | None
 ) -> tuple[dict[str, LoadResult], dict[str, dict[str, float]]]:
     """The round's load figures, and Postgres's CPU ms per request by ``BACKEND_KINDS``."""
-    key = make_jwt(JWT_SECRET, "service_role")
+    key = api_key(JWT_SECRET, "service_role")
     # what postgrest-py sends with a service key (supabase.create_client)
     headers = {"apikey": key, "Authorization": f"Bearer {key}", "Content-Profile": "public"}
     user = f"{USER}-{uuid.uuid4().hex[:8]}"  # the round's own (see the module's docstring)

@@ -110,10 +110,10 @@ async def _post(app: App, key: str, function: str, args: dict[str, Any]) -> tupl
 
 async def _measure(db_uri: str, requests: int, rounds: int) -> dict[str, float]:
     """This tree's lowest CPU ms per request of each operation over ``rounds``."""
-    from infra.local.gateway import create_app, make_jwt
+    from infra.local.gateway import api_key, create_app
     from infra.local.gateway.asgi import RestApp
 
-    key = make_jwt(JWT_SECRET, "service_role")
+    key = api_key(JWT_SECRET, "service_role")
     app = RestApp(create_app(db_uri, JWT_SECRET, require_api_key=True))
     user = f"inproc-{uuid.uuid4().hex[:8]}"
     ids: list[str] = []

@@ -47,6 +47,7 @@ from psycopg import conninfo
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from infra.local.host import free_port
+from infra.local.keys import api_key
 from infra.local.stack import LOCAL_JWT_SECRET, LocalStack, StackConfig
 from scripts.bench_tools import CpuMeter, Watcher, export_tree, postmaster_pid, stop, wait_final
 from shared.functions import CREATE
@@ -80,7 +81,8 @@ def realtime_server(db_uri: str, tree: Path, log: Path) -> Iterator[tuple[str, i
             if process.poll() is not None:
                 raise SystemExit(f"the Realtime server exited: see {log}")
             with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{url}/auth/v1/health", timeout=1).status_code == 200:
+                key = {"apikey": api_key(LOCAL_JWT_SECRET, "anon")}  # Kong key-auth
+                if httpx.get(f"{url}/auth/v1/health", headers=key, timeout=1).status_code == 200:
                     break
             if time.monotonic() > deadline:
                 raise SystemExit("the Realtime server did not start")

@@ -18,10 +18,10 @@ import httpx
 import pytest
 from supabase import Client, ClientOptions, create_client
 
-from infra.local.gateway import GatewayHandle, start_gateway
+from infra.local.gateway import GatewayHandle, api_key, start_gateway
 from infra.local.migrate import apply_migrations
 from infra.local.postgres import Postgres, start_postgres
-from tests.support import JWT_SECRET, LocalSupabase, mint, start_local_supabase
+from tests.support import JWT_SECRET, LocalSupabase, start_local_supabase
 
 TEMPLATE_DB = "ajq_template"
 
@@ -95,12 +95,12 @@ def supabase_client() -> Iterator[Callable[..., Client]]:
 @pytest.fixture(scope="session")
 def service_key() -> str:
     """The service role's key for every server the tests start (they share one JWT secret)."""
-    return mint("service_role")
+    return api_key(JWT_SECRET, "service_role")
 
 
 @pytest.fixture(scope="session")
 def anon_key() -> str:
-    return mint("anon")
+    return api_key(JWT_SECRET, "anon")
 
 
 @pytest.fixture(scope="module")

@@ -31,6 +31,7 @@ from psycopg import sql
 
 from infra.local.gateway import make_jwt
 from infra.local.host import free_port
+from infra.local.keys import api_key
 from infra.local.postgres import Postgres
 from infra.local.stack import LOCAL_JWT_SECRET, LocalStack, StackConfig
 from infra.local.tasks_emulator.oidc import CertsServer, OidcSigner
@@ -71,7 +72,8 @@ STACK_ENV = {
 
 
 def mint(role: str, **claims: Any) -> str:
-    """A JWT for ``role`` signed with the tests' secret (the anon and service keys are these)."""
+    """A fresh JWT for ``role`` signed with the tests' secret (never one of the project's API
+    keys: those are ``api_key(JWT_SECRET, role)``)."""
     return make_jwt(JWT_SECRET, role, **claims)
 
 
@@ -344,11 +346,11 @@ class LocalSupabase:
 
     @property
     def anon_key(self) -> str:
-        return mint("anon")
+        return api_key(JWT_SECRET, "anon")
 
     @property
     def service_key(self) -> str:
-        return mint("service_role")
+        return api_key(JWT_SECRET, "service_role")
 
     @property
     def ws_url(self) -> str:
@@ -405,7 +407,9 @@ def _answers_health(server: LocalSupabase) -> bool:
     if server.process.poll() is not None:
         raise RuntimeError(f"the local Supabase exited: {server.log_text()}")
     try:
-        return httpx.get(f"{server.url}/auth/v1/health", timeout=1).status_code == 200
+        # with the key: Kong key-auth guards /auth/v1/health as the rest of /auth/v1/
+        health = f"{server.url}/auth/v1/health"
+        return httpx.get(health, headers={"apikey": server.anon_key}, timeout=1).status_code == 200
     except httpx.HTTPError:
         return False
 

@@ -9,8 +9,9 @@ call, and what a session needs afterwards (REALTIME.md, "Auth"; GoTrue's ``api/s
 - ``POST /token?grant_type=password`` and ``?grant_type=refresh_token`` (refresh tokens rotate
   as GoTrue's do, reuse interval included: ``AuthService.refresh``);
 - ``GET /user`` for a bearer token of a live session; ``POST /logout`` ends it;
-- ``GET /.well-known/jwks.json`` (the public signing keys, no API key needed), ``GET /health``
-  and ``GET /settings``.
+- ``GET /.well-known/jwks.json`` (the public signing keys, no API key needed: Kong's
+  ``auth-v1-open-jwks`` route), ``GET /health`` and ``GET /settings`` (with the key, as every
+  other ``/auth/v1/`` route: Kong's ``auth-v1`` service is key-auth'd).
 
 Access tokens carry ``sub`` a fresh uuid, ``role`` and ``aud`` ``authenticated``,
 ``session_id``, ``is_anonymous``. They are signed HS256 with the project's JWT secret (the
@@ -44,7 +45,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route, Router
 
-from infra.local.gateway.auth import project_api_keys
+from infra.local.keys import api_key_refusal
 
 ACCESS_TOKEN_TTL_S = 3600  # GoTrue's default JWT_EXP
 JWT_LEEWAY_S = 30
@@ -511,7 +512,7 @@ def create_auth_app(service: AuthService) -> Router:
             Route("/auth/v1/user", routes.guarded(routes.user), methods=["GET"]),
             Route("/auth/v1/logout", routes.guarded(routes.logout), methods=["POST"]),
             Route("/auth/v1/.well-known/jwks.json", routes.jwks, methods=["GET"]),
-            Route("/auth/v1/health", routes.health, methods=["GET"]),
+            Route("/auth/v1/health", routes.guarded(routes.health), methods=["GET"]),
             Route("/auth/v1/settings", routes.guarded(routes.settings), methods=["GET"]),
         ]
     )
@@ -521,10 +522,9 @@ def _api_key_refusal(secret: str, request: Request) -> str | None:
     """As Supabase's API gateway (Kong ``key-auth``): the ``apikey`` header (or URL parameter)
     must be one of the project's two keys (``project_api_keys``); another token signed with the
     secret is no key. None when it is, else the gateway's message."""
-    key = request.headers.get("apikey") or request.query_params.get("apikey")
-    if not key:
-        return "No API key found in request"
-    return None if key in project_api_keys(secret) else "Invalid API key"
+    return api_key_refusal(
+        secret, request.headers.get("apikey") or request.query_params.get("apikey")
+    )
 
 
 # --- command line (the local Supabase server's Auth flags) ------------------------------------

@@ -117,9 +117,9 @@ class LocalStack:
 
     @property
     def anon_key(self) -> str:
-        from infra.local.gateway import make_jwt
+        from infra.local.keys import api_key
 
-        return make_jwt(LOCAL_JWT_SECRET, "anon")
+        return api_key(LOCAL_JWT_SECRET, "anon")
 
     def status(self) -> dict[str, str]:
         """What ``supabase status -o json`` reports, plus where the functions are."""
@@ -160,7 +160,7 @@ class LocalStack:
             print(message, flush=True)
 
     def start(self) -> None:
-        from infra.local.gateway import make_jwt
+        from infra.local.keys import api_key
         from infra.local.migrate import apply_migrations
 
         self._log_dir.mkdir(parents=True, exist_ok=True)
@@ -172,7 +172,7 @@ class LocalStack:
             self._ensure_database()
         applied = apply_migrations(self.db_uri)
         self.say(f"  migrations applied now: {', '.join(applied) or 'none pending'}")
-        self.service_key = make_jwt(LOCAL_JWT_SECRET, "service_role")
+        self.service_key = api_key(LOCAL_JWT_SECRET, "service_role")
         self.start_gateway()
         self.start_emulator()
         self.function_env = self._function_env()
@@ -234,7 +234,9 @@ class LocalStack:
             # against every thread of the caller, e.g. the benchmark's sixteen clients
             group=True,
         )
-        self._wait("gateway", lambda: httpx.get(f"{self.gateway_url}/rest/v1/").status_code == 200)
+        # with the key: Supabase's API gateway (Kong key-auth) guards /rest/v1/ whole
+        ready = f"{self.gateway_url}/rest/v1/?apikey={self.anon_key}"
+        self._wait("gateway", lambda: httpx.get(ready).status_code == 200)
 
     def start_emulator(self) -> None:
         self.say(f"starting the Cloud Tasks emulator on {self.emulator_host} ...")

@@ -4,6 +4,8 @@ supabase-js would use it: anonymous sign-in, refresh rotation, the user, logout,
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import uuid
 from collections.abc import Callable
 
@@ -123,6 +125,23 @@ def test_a_request_without_an_api_key_is_refused_as_the_api_gateway_does(
     assert response.json() == {"message": "No API key found in request"}
 
 
+def test_health_needs_the_key_and_the_signing_keys_do_not(supabase_server: LocalSupabase) -> None:
+    # Kong (supabase/supabase docker/volumes/api/kong.yml): /auth/v1/ is the key-auth'd auth-v1
+    # service but for a few open routes (verify, callback, authorize, .well-known/jwks.json)
+    url = supabase_server.url
+
+    unkeyed = httpx.get(f"{url}/auth/v1/health")
+    keyed = httpx.get(f"{url}/auth/v1/health", headers={"apikey": supabase_server.anon_key})
+    jwks = httpx.get(f"{url}/auth/v1/.well-known/jwks.json")
+
+    assert (unkeyed.status_code, unkeyed.json()) == (
+        401,
+        {"message": "No API key found in request"},
+    )
+    assert keyed.status_code == 200
+    assert jwks.status_code == 200
+
+
 def test_a_token_signed_with_the_project_secret_is_no_api_key(
     supabase_server: LocalSupabase,
 ) -> None:
@@ -159,3 +178,20 @@ def test_a_browser_preflight_from_another_origin_is_allowed(supabase_server: Loc
     assert response.status_code == 200
     assert response.headers["access-control-allow-origin"] in ("*", "http://127.0.0.1:8080")
     assert "apikey" in response.headers["access-control-allow-headers"].lower()
+
+
+def test_the_auth_and_realtime_stand_ins_check_keys_without_the_rest_gateway() -> None:
+    # the project's keys live in infra.local.keys: importing either stand-in loads no gateway
+    loaded = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys, infra.local.auth, infra.local.realtime.server; "
+            "print(sorted(m for m in sys.modules if m.startswith('infra.local.gateway')))",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+
+    assert loaded.stdout.strip() == "[]"

@@ -10,6 +10,7 @@ from datetime import timedelta
 from typing import Any
 
 import httpx
+import jwt as pyjwt
 import psycopg
 import pytest
 from postgrest.exceptions import APIError
@@ -32,6 +33,8 @@ from infra.local.gateway import (
 from infra.local.gateway.app import Answer, Planned, answer, respond
 from infra.local.gateway.asgi import as_sent
 from infra.local.gateway.auth import JWT_ALLOWED_SKEW_SECONDS
+from infra.local.gateway.config import BOUND_BODY_CHARS
+from infra.local.keys import project_api_keys
 from tests.gateway.wire import PostgresRelay
 from tests.support import JWT_SECRET, mint, wait_until
 
@@ -429,6 +432,65 @@ def test_a_statement_that_cannot_be_prepared_is_not_prepared_again_until_a_reloa
     assert prepared_after_reload == 2  # the reload's statement, once on the one connection
 
 
+@pytest.mark.parametrize(
+    ("volatility", "hoisted", "mode"),
+    [
+        ("volatile", "", "read committed,off"),
+        ("stable", "", "read committed,on"),
+        # another level must be set before any query: such a call keeps the one simple query
+        ("volatile", " set default_transaction_isolation = 'serializable'", "serializable,off"),
+    ],
+    ids=["read-write", "read-only", "serializable"],
+)
+def test_a_large_body_runs_in_the_transaction_a_small_one_runs_in(
+    service: Client, gateway_db: str, volatility: str, hoisted: str, mode: str
+) -> None:
+    # from BOUND_BODY_CHARS on, the body goes to Postgres bound (rpc.run_call's bound), the
+    # transaction's isolation level and access mode set by its settings statement
+    name = f"mode_{uuid.uuid4().hex[:8]}"
+    pad = "é" * BOUND_BODY_CHARS
+    with psycopg.connect(gateway_db, autocommit=True) as conn:
+        conn.execute(
+            f"create function public.{name}(pad text) returns text language sql {volatility}"
+            f"{hoisted} as $$ select current_setting('transaction_isolation') || ','"
+            " || current_setting('transaction_read_only') || ',' || length(pad) $$"
+        )
+        try:
+            small = rpc_data(service, name, {"pad": "é"})
+            large = rpc_data(service, name, {"pad": pad})
+        finally:
+            conn.execute(f"drop function public.{name}(text)")
+
+    assert small == f"{mode},1"
+    assert large == f"{mode},{BOUND_BODY_CHARS}"
+
+
+def test_a_large_body_reaches_postgres_as_a_bound_parameter_not_in_the_query_text(
+    gateway_db: str, service_key: str
+) -> None:
+    # Quoted into the query, the body is escaped by the client and scanned back by Postgres;
+    # bound, it is sent once as itself. A small body stays in the one simple query (EXECUTE).
+    small_marker = unique("small").encode()
+    large_marker = unique("large").encode()
+    with PostgresRelay(gateway_db) as relay:
+        handle = start_gateway(relay.uri, JWT_SECRET, pool_min=1, pool_max=1)
+        try:
+            with httpx.Client(base_url=handle.url, headers={"apikey": service_key}) as http:
+                small = http.post("/rest/v1/rpc/shout", content=b'{"t":"' + small_marker + b'"}')
+                executes_after_small = relay.count(b'execute "pgrst_')
+                padded = large_marker + b"x" * BOUND_BODY_CHARS
+                large = http.post("/rest/v1/rpc/shout", content=b'{"t":"' + padded + b'"}')
+                executes_after_large = relay.count(b'execute "pgrst_')
+        finally:
+            handle.stop()
+
+    assert (small.json(), large.json()) == (small_marker.decode().upper(), padded.decode().upper())
+    assert relay.count(b'\'{"t":"' + small_marker) == 1  # a quoted literal in the query
+    assert executes_after_large == executes_after_small == 1  # the large call was no EXECUTE
+    assert relay.count(large_marker) == 1
+    assert relay.count(b'\'{"t":"' + large_marker) == 0
+
+
 # --- auth --------------------------------------------------------------------------------------
 
 
@@ -503,6 +565,24 @@ def test_request_headers_reach_the_call_by_their_lower_case_names(
     assert all(name == name.lower() for name in document)
 
 
+def test_values_with_quotes_backslashes_and_placeholders_reach_sql_as_sent(
+    http: httpx.Client, service_key: str
+) -> None:
+    # the settings' values and the body are quoted into the one query by the gateway itself
+    # (rpc.call_query): each must arrive as it was sent, whatever it holds
+    odd = "it's \\ a 'quote' \\' %(body)s %s $1 $$"
+    headers = {"Authorization": f"Bearer {service_key}", "X-Odd": odd}
+
+    shown = http.post(
+        "/rest/v1/rpc/show_setting", json={"p_name": "request.headers"}, headers=headers
+    ).json()
+    shouted = http.post("/rest/v1/rpc/shout", json={"t": odd + " é"}, headers=headers).json()
+    again = http.post("/rest/v1/rpc/shout", json={"t": odd + " é"}, headers=headers).json()
+
+    assert json.loads(shown)["x-odd"] == odd
+    assert shouted == again == (odd + " é").upper()
+
+
 def test_function_settings_are_hoisted_to_the_transaction_like_postgrest(
     http: httpx.Client, service_key: str
 ) -> None:
@@ -567,6 +647,23 @@ def test_a_request_without_an_apikey_is_refused_before_postgrest(
     assert "proxy-status" not in response.headers
 
 
+@pytest.mark.parametrize("method", ["GET", "HEAD"])
+def test_the_rest_root_needs_the_key_too(
+    gateway: GatewayHandle, anon_key: str, method: str
+) -> None:
+    # Kong's rest-v1 service puts key-auth on all of /rest/v1/ (supabase/supabase
+    # docker/volumes/api/kong.yml), PostgREST's root (its OpenAPI document) included
+    root = f"{gateway.url}/rest/v1/"
+
+    refused = httpx.request(method, root)
+    answered = httpx.request(method, root, headers={"apikey": anon_key})
+
+    assert refused.status_code == 401
+    if method == "GET":
+        assert refused.json()["message"] == "No API key found in request"
+    assert answered.status_code == 200
+
+
 @pytest.mark.parametrize(
     "key",
     [
@@ -576,6 +673,8 @@ def test_a_request_without_an_apikey_is_refused_before_postgrest(
         # key-auth compares the key itself, it does not verify a JWT
         make_jwt(JWT_SECRET, "anon", expires_in=timedelta(days=1)),
         make_jwt(JWT_SECRET, "service_role", iat=int(time.time())),
+        # asked for with nothing else given, a token is still fresh, not the project's key
+        make_jwt(JWT_SECRET, "anon"),
         "sb_publishable_0123456789abcdef",
         "not-a-key",
     ],
@@ -584,6 +683,7 @@ def test_a_request_without_an_apikey_is_refused_before_postgrest(
         "a-user-token",
         "another-anon-jwt-of-this-secret",
         "another-service-jwt-of-this-secret",
+        "a-fresh-anon-jwt",
         "a-new-style-key-this-project-lacks",
         "not-a-jwt",
     ],
@@ -614,8 +714,16 @@ def test_the_project_keys_are_the_supabase_cli_keys_of_its_secret() -> None:
 
     assert JWT_SECRET == "super-secret-jwt-token-with-at-least-32-characters-long"
     assert api_key(JWT_SECRET, "anon") == cli_anon_key
-    assert make_jwt(JWT_SECRET, "anon") == cli_anon_key
-    assert make_jwt(JWT_SECRET, "service_role") == api_key(JWT_SECRET, "service_role")
+
+
+@pytest.mark.parametrize("role", ["anon", "service_role"])
+def test_make_jwt_mints_a_fresh_token_of_a_key_role_not_the_projects_key(role: str) -> None:
+    token = make_jwt(JWT_SECRET, role)
+
+    assert token not in project_api_keys(JWT_SECRET)
+    claims = pyjwt.decode(token, JWT_SECRET, algorithms=["HS256"])
+    assert (claims["role"], claims["iss"]) == (role, "supabase-demo")
+    assert claims["iat"] <= time.time() < claims["exp"]
 
 
 def test_an_apikey_is_compared_whole_not_stripped(gateway: GatewayHandle, anon_key: str) -> None:
@@ -1061,7 +1169,7 @@ def test_unexposed_schema_is_406(http: httpx.Client, service_key: str) -> None:
 
 
 def test_readiness_and_other_paths(http: httpx.Client) -> None:
-    assert http.get("/rest/v1/").status_code == 200
+    assert http.get("/rest/v1/").status_code == 200  # with the anon key
     assert http.get("/rest/v1/items").status_code == 404
     assert http.get("/nothing").json()["code"] == "PGRST125"
 

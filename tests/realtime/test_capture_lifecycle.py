@@ -24,6 +24,7 @@ from websockets.sync.client import ClientConnection, connect
 from websockets.sync.connection import Connection
 
 from infra.local.host import free_port
+from infra.local.keys import api_key
 from infra.local.realtime.server import RealtimeServer
 from tests.support import JWT_SECRET, mint, wait_until
 
@@ -74,7 +75,7 @@ class InProcessRealtime:
         self._thread.join(30)
 
     def socket(self) -> ClientConnection:
-        key = mint("service_role")  # BYPASSRLS: every change of the table is visible
+        key = api_key(JWT_SECRET, "service_role")  # BYPASSRLS: every change of the table is visible
         url = f"ws://127.0.0.1:{self.port}/realtime/v1/websocket?apikey={key}&vsn=1.0.0"
         return connect(url)
 

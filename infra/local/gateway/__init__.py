@@ -26,8 +26,8 @@ PostgREST) against a real Postgres, so the same client code runs unchanged local
   v13's (PGRST301 undecodable, PGRST303 invalid claims); a body that is not JSON, nests
   deeper than the parser goes or breaks off is 400 PGRST102, one over the size bound 413.
 
-``api_key`` (and ``make_jwt`` without claims) mints the project's keys as the Supabase CLI does,
-``make_jwt`` user tokens.
+``api_key`` (``infra.local.keys``) gives the project's keys as the Supabase CLI mints them,
+``make_jwt`` fresh tokens (users').
 
 The package, by concern: ``config`` (the fixed settings), ``errors`` (PostgREST's error body and
 status table), ``auth`` (token → role), ``request`` (arguments from the query or the body),
@@ -39,7 +39,7 @@ serves ``RestApp``.
 """
 
 from infra.local.gateway.app import Gateway
-from infra.local.gateway.auth import Identity, api_key, make_jwt
+from infra.local.gateway.auth import Identity, make_jwt
 from infra.local.gateway.config import (
     DEFAULT_MAX_BODY_BYTES,
     DEFAULT_MAX_ROWS,
@@ -50,6 +50,7 @@ from infra.local.gateway.errors import ApiError, sqlstate_status
 from infra.local.gateway.rpc import Call, call_sql, resolve
 from infra.local.gateway.schema import ReturnKind, Routine, SchemaCache
 from infra.local.gateway.server import GatewayHandle, create_app, main, start_gateway
+from infra.local.keys import api_key
 
 __all__ = [
     "DEFAULT_MAX_BODY_BYTES",

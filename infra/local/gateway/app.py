@@ -34,6 +34,7 @@ from infra.local.gateway.auth import Authenticator, Identity
 from infra.local.gateway.config import (
     ANON_ROLE,
     AUTHENTICATOR_ROLE,
+    BOUND_BODY_CHARS,
     DEFAULT_MAX_BODY_BYTES,
     DEFAULT_MAX_ROWS,
     DEFAULT_SCHEMAS,
@@ -47,6 +48,7 @@ from infra.local.gateway.rpc import (
     REQUEST_SETTINGS,
     Call,
     Statement,
+    binds_body,
     content_range,
     resolve,
     run_call,
@@ -74,6 +76,7 @@ class Gateway:
         max_rows: int | None = DEFAULT_MAX_ROWS,
         max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
         require_api_key: bool = False,
+        bound_body_chars: int | None = BOUND_BODY_CHARS,
     ) -> None:
         self.db_uri = db_uri
         #: As PostgREST, log in as authenticator: its statement and lock timeouts (8 s on
@@ -91,6 +94,9 @@ class Gateway:
         #: ``infra.local.supabase_server`` serves it): no key or not the project's key is 401.
         #: Off, the gateway is PostgREST alone.
         self.require_api_key = require_api_key
+        #: A body at least this long goes to Postgres as a bound parameter (``run_call``'s
+        #: ``bound``), a shorter one as a literal in the one simple query; None: never bound.
+        self.bound_body_chars = bound_body_chars
         self.pool = ConnectionPool(
             self.authenticator_uri,
             min_size=pool_min,
@@ -227,8 +233,13 @@ class Gateway:
             planned = self.plan(request, parsed, self.reload())
         with self._connection() as conn:
             try:
+                bound = self._binds_body(planned)
+                if bound:
+                    statement = self._statement(planned.call, conn).bound
+                else:
+                    statement = self._executable(planned.call, conn)
                 text, page_total = run_call(
-                    conn, self._executable(planned.call, conn), *planned.arguments, **planned.mode
+                    conn, statement, *planned.arguments, **planned.mode, bound=bound
                 )
             except psycopg.Error as exc:
                 raise postgres_error(exc, planned.identity.role) from None
@@ -268,9 +279,13 @@ class Gateway:
             planned = self.plan(request, parsed, await asyncio.to_thread(self.reload))
         async with self._async_connection() as conn:
             try:
-                statement = await self._executable_async(planned.call, conn)
+                bound = self._binds_body(planned)
+                if bound:
+                    statement = self._statement(planned.call, conn).bound
+                else:
+                    statement = await self._executable_async(planned.call, conn)
                 text, page_total = await run_call_async(
-                    conn, statement, *planned.arguments, **planned.mode
+                    conn, statement, *planned.arguments, **planned.mode, bound=bound
                 )
             except psycopg.Error as exc:
                 raise postgres_error(exc, planned.identity.role) from None
@@ -280,13 +295,15 @@ class Gateway:
         """Everything a request says before the schema cache is read: the route, the API key,
         the identity, the schema and the arguments (or the answer, for the readiness path)."""
         path = request.path.rstrip("/")
+        if self.require_api_key:
+            # Supabase's API gateway checks the key first, whatever the path and method, the
+            # root (PostgREST's OpenAPI document, here the readiness one) included: Kong's
+            # rest-v1 service puts key-auth on all of /rest/v1/ (supabase/supabase kong.yml).
+            # (the URL's parameters are parsed only when the header is missing)
+            self.auth.check_api_key(request.headers.get("apikey") or request.args.get("apikey"))
         if path == REST_PREFIX and request.method in ("GET", "HEAD"):
             ready = {"service": "rest-gateway", "schemas": list(self.schemas)}
             return Response(json.dumps(ready), 200, content_type=JSON_CONTENT_TYPE)
-        if self.require_api_key:
-            # Supabase's API gateway checks the key first, whatever the path and method.
-            # (the URL's parameters are parsed only when the header is missing)
-            self.auth.check_api_key(request.headers.get("apikey") or request.args.get("apikey"))
         prefix = f"{REST_PREFIX}/rpc/"
         if not path.startswith(prefix) or "/" in path[len(prefix) :] or path == prefix[:-1]:
             raise ApiError(404, "PGRST125", f"Invalid path specified in request URL: {path}")
@@ -333,6 +350,17 @@ class Gateway:
             parsed.body_text,
             isolation=routine.isolation or cache.role_isolation.get(identity.role),
             read_only=request.method == "GET" or not routine.volatile,
+        )
+
+    def _binds_body(self, planned: Planned) -> bool:
+        """Whether the call's body goes to Postgres bound (``run_call``'s ``bound``): one that takes
+        it, with a body of at least ``bound_body_chars``, at isolation level READ COMMITTED."""
+        call = planned.call
+        return (
+            self.bound_body_chars is not None
+            and (call.whole_body or bool(call.keys))
+            and len(planned.body_text) >= self.bound_body_chars
+            and binds_body(planned.isolation)
         )
 
     def _statement(self, call: Call, conn: AdaptContext) -> Statement:
@@ -473,21 +501,38 @@ def _headers_document(environ: dict[str, Any]) -> str:
     The headers as werkzeug's ``EnvironHeaders`` lists them (``HTTP_*`` but the two that WSGI
     keeps unprefixed, then ``CONTENT_TYPE`` and ``CONTENT_LENGTH`` when set), read from the
     environ at once: through ``EnvironHeaders`` (title-cased, then lowered) it cost as much as
-    the rest of ``plan``.
+    the rest of ``plan``. Each environ key's header name is worked out once (``_header_name``).
     """
     headers: dict[str, str] = {}
     for key, value in environ.items():
-        if key.startswith("HTTP_"):
-            if key not in _UNPREFIXED:
-                headers[key[5:].replace("_", "-").lower()] = value
-        elif key in _PREFIXLESS and value:
-            headers[key.replace("_", "-").lower()] = value
+        name = _header_names.get(key)
+        if name is None:
+            name = _header_name(key)
+        if name and (value or key not in _PREFIXLESS):
+            headers[name] = value
     return json.dumps(headers)
+
+
+def _header_name(key: str) -> str:
+    """The lower-case header name of an environ key ('' for a key that is not a header's)."""
+    if key.startswith("HTTP_"):
+        name = "" if key in _UNPREFIXED else key[5:].replace("_", "-").lower()
+    elif key in _PREFIXLESS:
+        name = key.replace("_", "-").lower()
+    else:
+        name = ""
+    if len(_header_names) < HEADER_NAMES_KEPT:  # a bound: clients choose header names
+        _header_names[key] = name
+    return name
 
 
 #: The environ keys of the two headers WSGI keeps without the ``HTTP_`` prefix.
 _PREFIXLESS = frozenset({"CONTENT_TYPE", "CONTENT_LENGTH"})
 _UNPREFIXED = frozenset({"HTTP_CONTENT_TYPE", "HTTP_CONTENT_LENGTH"})
+#: Each environ key seen, with its header's lower-case name ('' for the others); at most
+#: ``HEADER_NAMES_KEPT`` of them (later ones are worked out on every request).
+_header_names: dict[str, str] = {}
+HEADER_NAMES_KEPT = 1024
 
 
 def _unexpected(request: Request) -> Response:

@@ -121,13 +121,33 @@ def environ(scope: Scope, body: bytes) -> dict[str, Any]:
         "wsgi.run_once": False,
     }
     for raw_name, raw_value in scope["headers"]:
-        name = raw_name.decode("latin1").upper().replace("-", "_")
+        key = _environ_keys.get(raw_name)
+        if key is None:
+            key = _environ_key(raw_name)
         value = raw_value.decode("latin1")
-        if name == "CONTENT_TYPE":
+        if key == "CONTENT_TYPE":
             env["CONTENT_TYPE"] = value
-        elif name not in ("CONTENT_LENGTH", "TRANSFER_ENCODING"):
-            # the body is de-chunked and its length stated (a WSGI app given "chunked" with no
-            # terminated input would read an empty body)
-            key = f"HTTP_{name}"
+        elif key:
             env[key] = f"{env[key]},{value}" if key in env else value
     return env
+
+
+def _environ_key(raw_name: bytes) -> str:
+    """The environ key of a header's name ('' for the two the environ states otherwise)."""
+    name = raw_name.decode("latin1").upper().replace("-", "_")
+    if name == "CONTENT_TYPE":
+        key = name
+    elif name in ("CONTENT_LENGTH", "TRANSFER_ENCODING"):
+        # the body is de-chunked and its length stated (a WSGI app given "chunked" with no
+        # terminated input would read an empty body)
+        key = ""
+    else:
+        key = f"HTTP_{name}"
+    if len(_environ_keys) < ENVIRON_KEYS_KEPT:  # a bound: clients choose header names
+        _environ_keys[raw_name] = key
+    return key
+
+
+#: Each header name seen (as sent), with its environ key; at most ``ENVIRON_KEYS_KEPT``.
+_environ_keys: dict[bytes, str] = {}
+ENVIRON_KEYS_KEPT = 1024

@@ -5,9 +5,9 @@ secret, its claims verified with PostgREST's rules and messages (PGRST301 for a 
 cannot be decoded or verified, PGRST303 for invalid claims), and its ``role`` claim naming the
 role. Whether that role may be used is the database's answer (``SET ROLE`` in the call).
 
-``make_jwt`` mints the project's API keys as the Supabase CLI does (the same token every time),
-and user tokens; the API key check (``check_api_key``, Supabase's API gateway) accepts exactly
-those two keys.
+``make_jwt`` mints fresh tokens (users'); the project's two API keys are ``api_key``'s
+(``infra.local.keys``), and the API key check (``check_api_key``, Supabase's API gateway)
+accepts exactly those.
 """
 
 from __future__ import annotations
@@ -24,32 +24,13 @@ from typing import Any
 import jwt
 from werkzeug.datastructures import Headers
 
-from infra.local.gateway.config import DEFAULT_KEY_LIFETIME, JWT_ISSUER
+from infra.local.gateway.config import DEFAULT_KEY_LIFETIME
 from infra.local.gateway.errors import ApiError, invalid_api_key, no_api_key
-
-#: The roles of a project's API keys (the anon and service_role JWTs).
-API_KEY_ROLES = frozenset({"anon", "service_role"})
-#: The ``exp`` of the Supabase CLI's local API keys (2032-11-12), which carry no ``iat``: a
-#: project's key is one fixed token (its ``supabase status`` shows the same one every time),
-#: and with the CLI's default secret ours are the CLI's own (tests/gateway checks the anon key).
-API_KEY_EXPIRES_AT = 1983812996
-
-
-def api_key(secret: str, role: str) -> str:
-    """The project's ``anon`` or ``service_role`` key, as the Supabase CLI mints it for ``secret``
-    (claims ``iss``, ``role``, ``exp``: the same token every time)."""
-    if role not in API_KEY_ROLES:
-        raise ValueError(f"a project has no {role!r} API key, only {sorted(API_KEY_ROLES)}")
-    payload = {"iss": JWT_ISSUER, "role": role, "exp": API_KEY_EXPIRES_AT}
-    return jwt.encode(payload, secret, algorithm="HS256")
-
-
-@functools.cache
-def project_api_keys(secret: str) -> frozenset[str]:
-    """The project's API keys for ``secret``: the only ``apikey`` values Supabase's API gateway
-    lets through to REST, Auth and Realtime (Kong's ``key-auth`` on ``/rest/v1/``, ``/auth/v1/``
-    and ``/realtime/v1/`` in supabase/supabase ``docker/volumes/api/kong.yml``)."""
-    return frozenset(api_key(secret, role) for role in API_KEY_ROLES)
+from infra.local.keys import (
+    INVALID_API_KEY,
+    JWT_ISSUER,
+    api_key_refusal,
+)
 
 
 def make_jwt(
@@ -59,16 +40,15 @@ def make_jwt(
     expires_in: timedelta | None = None,
     **claims: Any,
 ) -> str:
-    """Mint an HS256 token like the Supabase CLI's: the project's API keys, or user tokens.
+    """A freshly minted HS256 token like the Supabase CLI's (``iss``, ``role``, ``iat`` now, ``exp``
+    ``expires_in`` later): ``make_jwt(secret, "authenticated", sub=user_id)`` a signed-in user's
+    access token. ``claims`` override the defaults (pass ``exp=`` in the past for an expired
+    token).
 
-    ``make_jwt(secret, "anon")`` (or ``"service_role"``), with nothing else given, is the
-    project's key (``api_key``); ``make_jwt(secret, "authenticated", sub=user_id)`` a signed-in
-    user's access token. ``claims`` override the defaults (pass ``exp=`` in the past for an
-    expired token); an anon or service_role token minted with them is a JWT of that role but
-    not one of the project's API keys (the API gateway refuses it as an ``apikey``).
+    It is never one of the project's API keys, even for ``anon`` or ``service_role`` with
+    nothing else given: those come from ``api_key`` (``infra.local.keys``), by name, so a caller
+    asking for a fresh token gets one (the API gateway refuses it as an ``apikey``).
     """
-    if role in API_KEY_ROLES and expires_in is None and not claims:
-        return api_key(secret, role)
     now = int(time.time())
     lifetime = DEFAULT_KEY_LIFETIME if expires_in is None else expires_in
     payload: dict[str, Any] = {
@@ -179,8 +159,6 @@ class Authenticator:
         self.jwt_secret = jwt_secret
         #: PostgREST's db-anon-role: the role of a request without a token (None: 401).
         self.anonymous_role = anonymous_role
-        #: The project's API keys: the only ``apikey`` values its API gateway lets through.
-        self.api_keys = project_api_keys(jwt_secret)
         #: Bearer tokens found valid, with their identity and the last second they stay valid
         #: (``exp`` plus the skew), as PostgREST keeps them since v12: "the JWT is cached on
         #: the first request using the exp claim to set the cache entry's lifetime" (Supabase's
@@ -203,10 +181,9 @@ class Authenticator:
         present, then decides the role (an anon key with a service_role bearer is service_role).
         The local stack issues no ``sb_publishable_``/``sb_secret_`` keys.
         """
-        if not key:
-            raise no_api_key()
-        if key not in self.api_keys:
-            raise invalid_api_key()
+        refusal = api_key_refusal(self.jwt_secret, key)
+        if refusal is not None:
+            raise invalid_api_key() if refusal == INVALID_API_KEY else no_api_key()
 
     def identify(self, headers: Headers) -> Identity:
         """Verify the bearer token like PostgREST v13; its ``role`` claim names the role.

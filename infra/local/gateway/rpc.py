@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import psycopg
-from psycopg import sql
+from psycopg import pq, sql
 from psycopg.abc import AdaptContext
 
 from infra.local.gateway.errors import ApiError
@@ -106,8 +106,9 @@ POSTGREST_SINGLE_SCALAR = "coalesce((json_agg(_postgrest_t.pgrst_scalar)->0)::te
 SINGLE_SCALAR = "coalesce(to_json(_postgrest_t.pgrst_scalar)::text, 'null')"
 SINGLE_COMPOSITE = "coalesce(row_to_json(_postgrest_t)::text, 'null')"
 
-#: Where ``call_sql`` reads the body: the client-bound parameter of ``call_query``.
-BODY = sql.SQL("%(body)s")
+#: Where ``call_sql`` reads the body: ``call_query`` quotes it in there.
+BODY_MARK = b"%(body)s"
+BODY = sql.SQL(BODY_MARK.decode())
 
 
 def call_sql(
@@ -196,6 +197,9 @@ class Statement:
     prepare: bytes  #: ``PREPARE name (text) AS <the statement with the body as $1>``
     execute: bytes  #: ``EXECUTE name(%(body)s)``
     text: bytes  #: the statement with the body bound in the query (``call_sql``)
+    bound: (
+        bytes  #: the statement with the body as a server-bound parameter (``run_call``'s ``bound``)
+    )
 
     @classmethod
     def compose(
@@ -210,6 +214,7 @@ class Statement:
             (header.format(sql.Identifier(name)) + prepared).as_bytes(context),
             execute.format(sql.Identifier(name)).as_bytes(context),
             call_sql(call, max_rows).as_bytes(context),
+            call_sql(call, max_rows, body=sql.SQL("%s")).as_bytes(context),
         )
 
 
@@ -239,18 +244,60 @@ def _transaction_mode(isolation: str | None, *, read_only: bool) -> bytes:
 
 
 @functools.lru_cache(maxsize=256)
-def _setup_sql(names: tuple[str, ...]) -> bytes:
+def _setup_parts(names: tuple[str, ...]) -> tuple[bytes, ...]:
     """One ``select`` of transaction-local ``set_config`` calls of the settings ``names``, in
-    order, their values the parameters ``v0``, ``v1`` …
+    order, cut where each value goes: the value of ``names[i]`` goes between part ``i`` and
+    part ``i + 1``.
 
-    The names are written into the statement (quoted literals; a ``%`` doubled for the client
-    binding), once per list of names, so that only the values are bound per request: the
+    The names are written into the statement (quoted literals) once per list of names: the
     names are a handful of lists (the request's settings after each role's and before each
     function's).
     """
+    parts = [b"select "]
+    for index, name in enumerate(names):
+        head = b"set_config(" + sql.Literal(name).as_bytes() + b", "
+        parts[-1] += head if index == 0 else b", true), " + head
+        parts.append(b"")
+    parts[-1] = b", true)"
+    return tuple(parts)
+
+
+#: SQL literals of the setting values that repeat from call to call (the search path, the
+#: role, the method, the path, a role's or a function's settings, a token's claims, an empty
+#: cookie document): quoted once rather than on every call. Values longer than
+#: ``KEPT_LITERAL_CHARS`` (the headers' document, a large token's claims) are quoted each time;
+#: the memory is emptied when it holds ``LITERALS_KEPT`` (a bound, as the verified tokens').
+_literals: dict[tuple[str, str], bytes] = {}
+KEPT_LITERAL_CHARS = 256
+LITERALS_KEPT = 4096
+
+
+def _literal(escaping: pq.abc.Escaping, encoding: str, value: str) -> bytes:
+    """``value`` as an SQL string literal: libpq's PQescapeLiteral of its encoded text, as
+    psycopg's ClientCursor quotes a str (``Dumper.quote``)."""
+    if "\x00" in value:  # as psycopg's str dumper: Postgres's text cannot hold it
+        raise psycopg.DataError("PostgreSQL text fields cannot contain NUL (0x00) bytes")
+    return escaping.escape_literal(value.encode(encoding))
+
+
+def _setting_literal(escaping: pq.abc.Escaping, encoding: str, value: str) -> bytes:
+    key = (encoding, value)  # the connection's encoding: the literal's bytes depend on it
+    known = _literals.get(key)
+    if known is None:
+        known = _literal(escaping, encoding, value)
+        if len(value) <= KEPT_LITERAL_CHARS:
+            if len(_literals) >= LITERALS_KEPT:
+                _literals.clear()
+            _literals[key] = known
+    return known
+
+
+@functools.lru_cache(maxsize=256)
+def _bound_setup_sql(names: tuple[str, ...]) -> bytes:
+    """``_setup_sql`` with the values as server-bound parameters (``%s``, in order)."""
     calls = (
-        "set_config(" + sql.Literal(name).as_string().replace("%", "%%") + f", %(v{index})s, true)"
-        for index, name in enumerate(names)
+        "set_config(" + sql.Literal(name).as_string().replace("%", "%%") + ", %s, true)"
+        for name in names
     )
     return ("select " + ", ".join(calls)).encode()
 
@@ -261,14 +308,15 @@ def content_range(page_total: int) -> str:
 
 
 def call_query(
+    conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any],
     statement: bytes,
     settings: Sequence[tuple[str, str]],
     body: str,
     *,
     isolation: str | None,
     read_only: bool,
-) -> tuple[bytes, dict[str, str]]:
-    """The call's whole transaction as one multi-statement query, and its parameters.
+) -> bytes:
+    """The call's whole transaction as one multi-statement query, its values quoted in.
 
     PostgREST sends its transaction as separate statements (BEGIN, the isolation level and
     access mode, one ``select set_config(...)`` of every setting in order, the call, COMMIT).
@@ -277,16 +325,25 @@ def call_query(
     ``set_config(..., true)`` values last until its end, an error rolls all of it back) and
     starts each statement's ``statement_timeout`` afresh with the values set before it, so the
     call sees what it saw before, for one round trip instead of six (the connection must be in
-    autocommit mode). ``statement`` is ``call_sql``'s bytes; ``settings`` the role's settings,
-    the request's, then the function's hoisted ones. A multi-statement query cannot take
-    server-side parameters, so it is sent with client-side binding (``ClientCursor``).
+    autocommit mode). ``statement`` is ``call_sql``'s bytes (the body where ``%(body)s`` is);
+    ``settings`` the role's settings, the request's, then the function's hoisted ones.
+
+    A multi-statement query cannot take server-side parameters: its values are quoted into it
+    as psycopg's ClientCursor would quote them, but here, so that the values that repeat from
+    call to call are quoted once (``_setting_literal``) and the query is not parsed again for
+    its placeholders on every call.
     """
-    params: dict[str, str] = {"body": body}
-    for index, (_, value) in enumerate(settings):
-        params[f"v{index}"] = value
-    setup = _setup_sql(tuple(name for name, _ in settings))
-    query = b"; ".join((_transaction_mode(isolation, read_only=read_only), setup, statement))
-    return query, params
+    escaping = pq.Escaping(conn.pgconn)
+    encoding = conn.info.encoding
+    parts = _setup_parts(tuple(name for name, _ in settings))
+    query = [_transaction_mode(isolation, read_only=read_only), b"; ", parts[0]]
+    for (_, value), part in zip(settings, parts[1:], strict=True):
+        query += (_setting_literal(escaping, encoding, value), part)
+    head, marked, tail = statement.partition(BODY_MARK)
+    query += (b"; ", head)
+    if marked:
+        query += (_literal(escaping, encoding, body), tail)
+    return b"".join(query)
 
 
 def _answer(row: Sequence[Any] | None) -> tuple[str, int]:
@@ -301,12 +358,21 @@ def run_call(
     *,
     isolation: str | None,
     read_only: bool,
+    bound: bool = False,
 ) -> tuple[str, int]:
     """The call's JSON text and its page total, in PostgREST's transaction, in one round trip
-    (``call_query``)."""
-    query, params = call_query(statement, settings, body, isolation=isolation, read_only=read_only)
-    with psycopg.ClientCursor(conn) as cursor:
-        cursor.execute(query, params)
+    (``call_query``); ``bound``: with the body bound (``statement``: ``Statement.bound``, the
+    isolation level READ COMMITTED: ``binds_body``), see below."""
+    if bound:
+        setup, values = _bound_statements(settings, isolation=isolation, read_only=read_only)
+        call = conn.cursor()
+        with conn.pipeline():
+            conn.cursor().execute(setup, values, prepare=True)
+            call.execute(statement, (body,), prepare=True)
+        return _answer(call.fetchone())
+    query = call_query(conn, statement, settings, body, isolation=isolation, read_only=read_only)
+    with psycopg.ClientCursor(conn) as cursor:  # never prepared (a query of many statements)
+        cursor.execute(query)
         while cursor.nextset():
             pass  # to the call's result, the last
         return _answer(cursor.fetchone())
@@ -320,11 +386,58 @@ async def run_call_async(
     *,
     isolation: str | None,
     read_only: bool,
+    bound: bool = False,
 ) -> tuple[str, int]:
-    """``run_call`` on an asyncio connection: the same query, the same answer."""
-    query, params = call_query(statement, settings, body, isolation=isolation, read_only=read_only)
+    """``run_call`` on an asyncio connection: the same statements, the same answer."""
+    if bound:
+        setup, values = _bound_statements(settings, isolation=isolation, read_only=read_only)
+        call = conn.cursor()
+        async with conn.pipeline():
+            await conn.cursor().execute(setup, values, prepare=True)
+            await call.execute(statement, (body,), prepare=True)
+        return _answer(await call.fetchone())
+    query = call_query(conn, statement, settings, body, isolation=isolation, read_only=read_only)
     async with psycopg.AsyncClientCursor(conn) as cursor:
-        await cursor.execute(query, params)
+        await cursor.execute(query)
         while cursor.nextset():
             pass  # to the call's result, the last
         return _answer(await cursor.fetchone())
+
+
+# --- the call with its body bound (run_call's ``bound``) --------------------------------------
+#
+# A large body (complete_job_v3's result, ~80 kB) cost more as a quoted literal in call_query's
+# simple-protocol query than the call's other work together: the client quotes it and Postgres
+# scans it back. A multi-statement query cannot carry a bound parameter, so these calls send
+# their two statements (the settings, then the call) in the extended protocol as one pipeline:
+# one round trip and one Sync, so both run in one transaction, which the Sync commits, or, after
+# an error (the rest of the pipeline is then skipped), rolls back, as the implicit transaction
+# block of call_query's one query. Both are statements psycopg prepares once per connection
+# (Postgres re-plans them when what they name changes, as the PREPAREd ones above).
+#
+# The transaction's mode is set by the settings statement itself: ``transaction_read_only``
+# may be turned on after the transaction's first snapshot and ``transaction_isolation`` set to
+# the level the transaction already has (Postgres's check_transaction_read_only and
+# check_transaction_isolation), so READ COMMITTED, read only or not, needs no BEGIN, whose
+# COMMIT or ROLLBACK a failed call would need a second round trip for (and psycopg answers a
+# ROLLBACK by deallocating every prepared statement of the connection, ours too). Another
+# level must be set before any query: those calls keep call_query (``binds_body``).
+
+
+def binds_body(isolation: str | None) -> bool:
+    """Whether a call of this isolation level can have its body bound (``run_call``'s ``bound``)."""
+    return (isolation or "read committed") == "read committed"
+
+
+def _bound_statements(
+    settings: Sequence[tuple[str, str]], *, isolation: str | None, read_only: bool
+) -> tuple[bytes, list[str]]:
+    """The settings statement (the transaction's mode first) and its values."""
+    if not binds_body(isolation):
+        raise ValueError(f"a call at isolation level {isolation!r} cannot be bound")
+    every = (
+        ("transaction_isolation", "read committed"),
+        ("transaction_read_only", "on" if read_only else "off"),
+        *settings,
+    )
+    return _bound_setup_sql(tuple(name for name, _ in every)), [value for _, value in every]

@@ -36,7 +36,7 @@ from starlette.responses import JSONResponse
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from infra.local.auth import TokenError, verify_token
-from infra.local.gateway.auth import project_api_keys
+from infra.local.keys import project_api_keys
 from infra.local.realtime import protocol
 from infra.local.realtime.bindings import Binding, BindingError, parse_binding
 from infra.local.realtime.capture import ChangeCapture

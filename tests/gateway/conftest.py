@@ -13,7 +13,6 @@ import pytest
 from supabase import Client
 
 from infra.local.gateway import GatewayHandle, start_gateway
-from infra.local.gateway.config import BOUND_BODY_CHARS
 from infra.local.migrate import bootstrap
 from infra.local.postgres import Postgres
 from tests.support import JWT_SECRET
@@ -222,23 +221,15 @@ def gateway_db(pg: Postgres) -> Iterator[str]:
     pg.drop_database(DATABASE)
 
 
-@pytest.fixture(scope="session", params=["wsgi", "asgi", "wsgi-bound", "asgi-bound"])
+@pytest.fixture(scope="session", params=["wsgi", "asgi"])
 def gateway(gateway_db: str, request: pytest.FixtureRequest) -> Iterator[GatewayHandle]:
     """Overrides tests/conftest.py's: the gateway as the project URL serves it (Supabase's API
     key check in front of PostgREST), one for the session over the tier's catalogue, served
     both ways: as a WSGI application (a thread per request) and as the local Supabase server
     serves it (``RestApp`` under uvicorn, the call on the event loop), so that every test of
-    the tier holds for both; and each way again with every body bound (``run_call``'s
-    ``bound``, which the gateway uses only for large bodies), so that it holds for that too."""
-    asgi = request.param.startswith("asgi")
-    bound_body_chars = 0 if request.param.endswith("bound") else BOUND_BODY_CHARS
-    with start_gateway(
-        gateway_db,
-        JWT_SECRET,
-        require_api_key=True,
-        asgi=asgi,
-        bound_body_chars=bound_body_chars,
-    ) as handle:
+    the tier holds for both."""
+    asgi = request.param == "asgi"
+    with start_gateway(gateway_db, JWT_SECRET, require_api_key=True, asgi=asgi) as handle:
         yield handle
 
 

@@ -34,7 +34,6 @@ from infra.local.gateway.auth import Authenticator, Identity
 from infra.local.gateway.config import (
     ANON_ROLE,
     AUTHENTICATOR_ROLE,
-    BOUND_BODY_CHARS,
     DEFAULT_MAX_BODY_BYTES,
     DEFAULT_MAX_ROWS,
     DEFAULT_SCHEMAS,
@@ -48,7 +47,6 @@ from infra.local.gateway.rpc import (
     REQUEST_SETTINGS,
     Call,
     Statement,
-    binds_body,
     content_range,
     resolve,
     run_call,
@@ -76,7 +74,6 @@ class Gateway:
         max_rows: int | None = DEFAULT_MAX_ROWS,
         max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
         require_api_key: bool = False,
-        bound_body_chars: int | None = BOUND_BODY_CHARS,
     ) -> None:
         self.db_uri = db_uri
         #: As PostgREST, log in as authenticator: its statement and lock timeouts (8 s on
@@ -94,9 +91,6 @@ class Gateway:
         #: ``infra.local.supabase_server`` serves it): no key or not the project's key is 401.
         #: Off, the gateway is PostgREST alone.
         self.require_api_key = require_api_key
-        #: A body at least this long goes to Postgres as a bound parameter (``run_call``'s
-        #: ``bound``), a shorter one as a literal in the one simple query; None: never bound.
-        self.bound_body_chars = bound_body_chars
         self.pool = ConnectionPool(
             self.authenticator_uri,
             min_size=pool_min,
@@ -233,13 +227,8 @@ class Gateway:
             planned = self.plan(request, parsed, self.reload())
         with self._connection() as conn:
             try:
-                bound = self._binds_body(planned)
-                if bound:
-                    statement = self._statement(planned.call, conn).bound
-                else:
-                    statement = self._executable(planned.call, conn)
                 text, page_total = run_call(
-                    conn, statement, *planned.arguments, **planned.mode, bound=bound
+                    conn, self._executable(planned.call, conn), *planned.arguments, **planned.mode
                 )
             except psycopg.Error as exc:
                 raise postgres_error(exc, planned.identity.role) from None
@@ -279,13 +268,9 @@ class Gateway:
             planned = self.plan(request, parsed, await asyncio.to_thread(self.reload))
         async with self._async_connection() as conn:
             try:
-                bound = self._binds_body(planned)
-                if bound:
-                    statement = self._statement(planned.call, conn).bound
-                else:
-                    statement = await self._executable_async(planned.call, conn)
+                statement = await self._executable_async(planned.call, conn)
                 text, page_total = await run_call_async(
-                    conn, statement, *planned.arguments, **planned.mode, bound=bound
+                    conn, statement, *planned.arguments, **planned.mode
                 )
             except psycopg.Error as exc:
                 raise postgres_error(exc, planned.identity.role) from None
@@ -350,17 +335,6 @@ class Gateway:
             parsed.body_text,
             isolation=routine.isolation or cache.role_isolation.get(identity.role),
             read_only=request.method == "GET" or not routine.volatile,
-        )
-
-    def _binds_body(self, planned: Planned) -> bool:
-        """Whether the call's body goes to Postgres bound (``run_call``'s ``bound``): one that takes
-        it, with a body of at least ``bound_body_chars``, at isolation level READ COMMITTED."""
-        call = planned.call
-        return (
-            self.bound_body_chars is not None
-            and (call.whole_body or bool(call.keys))
-            and len(planned.body_text) >= self.bound_body_chars
-            and binds_body(planned.isolation)
         )
 
     def _statement(self, call: Call, conn: AdaptContext) -> Statement:

@@ -38,13 +38,6 @@ def _configured_max_rows(config: Path = SUPABASE_CONFIG) -> int:
 #: PostgREST's ``db-max-rows`` as the project configures it (``[api] max_rows``, 1000 as on a
 #: hosted Supabase project): at most this many rows of a set are returned.
 DEFAULT_MAX_ROWS = _configured_max_rows()
-#: A call whose arguments' JSON text is at least this long gets it as a bound parameter (the
-#: call's statements pipelined in the extended protocol: ``rpc.run_call``'s ``bound``), not as
-#: a quoted literal in the one simple-protocol query: quoting it and Postgres scanning it cost
-#: more than the pipeline's own work from about here. A micro run of complete_job_v3's 95 kB
-#: body: as a literal 0.22 ms client + 0.76 ms backend CPU per call, bound 0.18 + 0.51; a
-#: 0.2 kB body bound cost 0.02 ms more client CPU than as a literal.
-BOUND_BODY_CHARS = 8192
 #: Bodies beyond this are refused before they are read (Supabase's API gateway bounds them
 #: too; our largest RPC body, a job with its metadata, is tens of KiB).
 DEFAULT_MAX_BODY_BYTES = 1024 * 1024

@@ -197,9 +197,6 @@ class Statement:
     prepare: bytes  #: ``PREPARE name (text) AS <the statement with the body as $1>``
     execute: bytes  #: ``EXECUTE name(%(body)s)``
     text: bytes  #: the statement with the body bound in the query (``call_sql``)
-    bound: (
-        bytes  #: the statement with the body as a server-bound parameter (``run_call``'s ``bound``)
-    )
 
     @classmethod
     def compose(
@@ -214,7 +211,6 @@ class Statement:
             (header.format(sql.Identifier(name)) + prepared).as_bytes(context),
             execute.format(sql.Identifier(name)).as_bytes(context),
             call_sql(call, max_rows).as_bytes(context),
-            call_sql(call, max_rows, body=sql.SQL("%s")).as_bytes(context),
         )
 
 
@@ -292,16 +288,6 @@ def _setting_literal(escaping: pq.abc.Escaping, encoding: str, value: str) -> by
     return known
 
 
-@functools.lru_cache(maxsize=256)
-def _bound_setup_sql(names: tuple[str, ...]) -> bytes:
-    """``_setup_sql`` with the values as server-bound parameters (``%s``, in order)."""
-    calls = (
-        "set_config(" + sql.Literal(name).as_string().replace("%", "%%") + ", %s, true)"
-        for name in names
-    )
-    return ("select " + ", ".join(calls)).encode()
-
-
 def content_range(page_total: int) -> str:
     """PostgREST's Content-Range of an RPC answer without a count (RangeQuery.contentRangeH)."""
     return f"0-{page_total - 1}/*" if page_total > 0 else "*/*"
@@ -358,18 +344,9 @@ def run_call(
     *,
     isolation: str | None,
     read_only: bool,
-    bound: bool = False,
 ) -> tuple[str, int]:
     """The call's JSON text and its page total, in PostgREST's transaction, in one round trip
-    (``call_query``); ``bound``: with the body bound (``statement``: ``Statement.bound``, the
-    isolation level READ COMMITTED: ``binds_body``), see below."""
-    if bound:
-        setup, values = _bound_statements(settings, isolation=isolation, read_only=read_only)
-        call = conn.cursor()
-        with conn.pipeline():
-            conn.cursor().execute(setup, values, prepare=True)
-            call.execute(statement, (body,), prepare=True)
-        return _answer(call.fetchone())
+    (``call_query``)."""
     query = call_query(conn, statement, settings, body, isolation=isolation, read_only=read_only)
     with psycopg.ClientCursor(conn) as cursor:  # never prepared (a query of many statements)
         cursor.execute(query)
@@ -386,58 +363,11 @@ async def run_call_async(
     *,
     isolation: str | None,
     read_only: bool,
-    bound: bool = False,
 ) -> tuple[str, int]:
-    """``run_call`` on an asyncio connection: the same statements, the same answer."""
-    if bound:
-        setup, values = _bound_statements(settings, isolation=isolation, read_only=read_only)
-        call = conn.cursor()
-        async with conn.pipeline():
-            await conn.cursor().execute(setup, values, prepare=True)
-            await call.execute(statement, (body,), prepare=True)
-        return _answer(await call.fetchone())
+    """``run_call`` on an asyncio connection: the same query, the same answer."""
     query = call_query(conn, statement, settings, body, isolation=isolation, read_only=read_only)
     async with psycopg.AsyncClientCursor(conn) as cursor:
         await cursor.execute(query)
         while cursor.nextset():
             pass  # to the call's result, the last
         return _answer(await cursor.fetchone())
-
-
-# --- the call with its body bound (run_call's ``bound``) --------------------------------------
-#
-# A large body (complete_job_v3's result, ~80 kB) cost more as a quoted literal in call_query's
-# simple-protocol query than the call's other work together: the client quotes it and Postgres
-# scans it back. A multi-statement query cannot carry a bound parameter, so these calls send
-# their two statements (the settings, then the call) in the extended protocol as one pipeline:
-# one round trip and one Sync, so both run in one transaction, which the Sync commits, or, after
-# an error (the rest of the pipeline is then skipped), rolls back, as the implicit transaction
-# block of call_query's one query. Both are statements psycopg prepares once per connection
-# (Postgres re-plans them when what they name changes, as the PREPAREd ones above).
-#
-# The transaction's mode is set by the settings statement itself: ``transaction_read_only``
-# may be turned on after the transaction's first snapshot and ``transaction_isolation`` set to
-# the level the transaction already has (Postgres's check_transaction_read_only and
-# check_transaction_isolation), so READ COMMITTED, read only or not, needs no BEGIN, whose
-# COMMIT or ROLLBACK a failed call would need a second round trip for (and psycopg answers a
-# ROLLBACK by deallocating every prepared statement of the connection, ours too). Another
-# level must be set before any query: those calls keep call_query (``binds_body``).
-
-
-def binds_body(isolation: str | None) -> bool:
-    """Whether a call of this isolation level can have its body bound (``run_call``'s ``bound``)."""
-    return (isolation or "read committed") == "read committed"
-
-
-def _bound_statements(
-    settings: Sequence[tuple[str, str]], *, isolation: str | None, read_only: bool
-) -> tuple[bytes, list[str]]:
-    """The settings statement (the transaction's mode first) and its values."""
-    if not binds_body(isolation):
-        raise ValueError(f"a call at isolation level {isolation!r} cannot be bound")
-    every = (
-        ("transaction_isolation", "read committed"),
-        ("transaction_read_only", "on" if read_only else "off"),
-        *settings,
-    )
-    return _bound_setup_sql(tuple(name for name, _ in every)), [value for _, value in every]

@@ -37,7 +37,6 @@ class GatewayOptions(TypedDict, total=False):
     max_rows: int | None
     max_body_bytes: int
     require_api_key: bool
-    bound_body_chars: int | None
 
 
 def create_app(db_uri: str, jwt_secret: str, **options: Unpack[GatewayOptions]) -> Gateway:

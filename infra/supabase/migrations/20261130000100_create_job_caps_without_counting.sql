@@ -3,12 +3,17 @@
 -- owner and the grants: service_role only, from migration 20261127000800).
 --
 -- * A cap is reached when the user has at least `cap` rows in it, that is when the cap-th row
---   exists: `exists (select ... offset cap - 1 limit 1)` reads at most `cap` index entries and
---   stops, where `count(*)` read every one (the caps are tested with `>=`, so the answers are
---   the same: a cap below 1 is always reached, as `count(*) >= 0` was; a null cap never is, as
---   `count >= null` was not true). Both probes run in one statement without an aggregate: the
---   two count(*) statements set up an Agg node each on every call (ExecInitAgg/ExecAgg were
---   ~6% of the call's backend samples in a perf profile of create_job as the gateway runs it).
+--   exists: `exists (select ... offset cap - 1 limit 1)` stops at the cap-th index entry where
+--   `count(*)` read every one (the caps are tested with `>=`, so the answers are the same: a cap
+--   below 1 is always reached, as `count(*) >= 0` was; a null cap never is, as `count >= null`
+--   was not true). The rate's probe walks ai_jobs_user_created_idx in its order (`order by
+--   created_at desc`: without it a planner that expects few rows of the user takes a bitmap
+--   scan, which reads all of them before the limit applies); the unfinished jobs' probe reads
+--   the partial index ai_jobs_user_unfinished_idx, which holds only unfinished jobs, so either
+--   plan reads at most the user's unfinished jobs (at most the cap while it holds). Both probes
+--   run in one statement without an aggregate: the two count(*) statements set up an Agg node
+--   each on every call (ExecInitAgg/ExecAgg were ~6% of the call's backend samples in a perf
+--   profile of create_job as the gateway runs it).
 -- * The oldest job of the last minute, which only the rate_limited answer needs (its
 --   retryAfter), is read only when that answer is given: the first of the same rows as before
 --   in created_at order (the value min(created_at) gave, at the same now(), so retryAfter is
@@ -72,7 +77,7 @@ begin
   select p_max_per_minute is not null and (p_max_per_minute < 1 or exists (
            select from public.ai_jobs j
            where j.user_id = p_user_id and j.created_at > now() - interval '1 minute'
-           offset p_max_per_minute - 1 limit 1)),
+           order by j.created_at desc offset p_max_per_minute - 1 limit 1)),
          p_max_active is not null and (p_max_active < 1 or exists (
            select from public.ai_jobs j
            where j.user_id = p_user_id and j.status in ('queued', 'processing')

@@ -52,9 +52,15 @@ from infra.local.migrate import apply_migrations
 from infra.local.postgres import start_postgres
 
 JWT_SECRET = "super-secret-jwt-token-with-at-least-32-characters-long"
-#: The pieces cut out of a copy of create_job: (name, where the cut starts, what ends it).
+#: The pieces cut out of a copy of create_job: (name, where the cut starts, what ends it;
+#: nothing: the cut is the start's text).
 PIECES = (
-    ("without the 'job created' log row", ", logged as (", "from inserted\n  )"),
+    (
+        "without the 'job created' log row",
+        "  insert into public.ai_job_logs (job_id, attempt, progress, step, message)\n"
+        "    values (job.id, 0, 0, 'queued', 'job created');\n",
+        "",
+    ),
     ("without the caps' probes", "  select p_max_per_minute is not null", "v_active_reached;\n"),
     ("without the lock", "  perform pg_advisory_xact_lock(", ";\n"),
 )
@@ -101,7 +107,8 @@ def cut_copies(conn: psycopg.Connection[Any]) -> dict[str, str]:
         if begin < 0:
             print(f"skipped {name!r}: create_job has no {start!r}")
             continue
-        stop = definition.index(end, begin) + len(end)
+        after = begin + len(start)
+        stop = definition.index(end, after) + len(end) if end else after
         cut = definition[:begin] + definition[stop:]
         conn.execute(cut.replace("public.create_job(", f"split.create_job_{index}(", 1))
         made[name] = f"split.create_job_{index}"

@@ -1,6 +1,6 @@
--- create_job decides its two caps without counting, and writes the job and its first log row
--- in one statement. Same signature, same answers, same errors (CREATE OR REPLACE keeps the
--- owner and the grants: service_role only, from migration 20261127000800).
+-- create_job decides its two caps without counting them. Same signature, same answers, same
+-- errors (CREATE OR REPLACE keeps the owner and the grants: service_role only, from migration
+-- 20261127000800).
 --
 -- * A cap is reached when the user has at least `cap` rows in it, that is when the cap-th row
 --   exists: `exists (select ... offset cap - 1 limit 1)` stops at the cap-th index entry where
@@ -13,15 +13,19 @@
 --   plan reads at most the user's unfinished jobs (at most the cap while it holds). Both probes
 --   run in one statement without an aggregate: the two count(*) statements set up an Agg node
 --   each on every call (ExecInitAgg/ExecAgg were ~6% of the call's backend samples in a perf
---   profile of create_job as the gateway runs it).
+--   profile of create_job as the gateway runs it; in interleaved A/B rounds the whole change
+--   stayed within ~0.01 ms of backend CPU per create, under this shared machine's noise: what
+--   it buys is the bound on what a refused create reads).
 -- * The oldest job of the last minute, which only the rate_limited answer needs (its
 --   retryAfter), is read only when that answer is given: the first of the same rows as before
 --   in created_at order (the value min(created_at) gave, at the same now(), so retryAfter is
 --   unchanged), one entry at the end of ai_jobs_user_created_idx; min() itself was planned as
 --   an aggregate over all of them.
--- * The ai_jobs row and its 'job created' log row are inserted by one statement (a
---   data-modifying WITH), one executor run instead of two; the log row's foreign key is checked
---   at the end of that statement, when the job row exists, as before.
+-- * The job row and its 'job created' log row stay two statements. One data-modifying WITH
+--   saved no measurable CPU per create, and the jobs it wrote were slower to read once finished
+--   (scripts/bench_sql.py --compare 0ee0b73: get_job of a finished job 0.52-0.60 -> 0.64-0.76 ms
+--   of backend CPU in 12 of 12 rounds, get_job_with_logs ~0.1 ms more; back to 0.52-0.64 with
+--   the two statements).
 --
 -- Unchanged: the per-user advisory lock first (so the caps and the idempotency check are exact
 -- under concurrent creates), the idempotency lookup and its conflict, the order of the checks
@@ -104,21 +108,18 @@ begin
 
   -- dispatch_count/dispatched_at presume the enqueue that follows; if it fails the caller
   -- calls release_dispatch_v2 and the reaper dispatches the job.
-  with inserted as (
-    insert into public.ai_jobs (
-      user_id, type, query, priority, idempotency_key, request_hash,
-      complexity, complexity_score, estimated_seconds, metadata, max_attempts,
-      dispatch_count, dispatched_at, current_step)
-    values (
-      p_user_id, p_type, p_query, p_priority, p_idempotency_key, p_request_hash,
-      p_complexity, p_complexity_score, p_estimated_seconds, coalesce(p_metadata, '{}'::jsonb),
-      p_max_attempts, 1, now(), 'queued')
-    returning *
-  ), logged as (
-    insert into public.ai_job_logs (job_id, attempt, progress, step, message)
-      select inserted.id, 0, 0, 'queued', 'job created' from inserted
-  )
-  select * into job from inserted;
+  insert into public.ai_jobs (
+    user_id, type, query, priority, idempotency_key, request_hash,
+    complexity, complexity_score, estimated_seconds, metadata, max_attempts,
+    dispatch_count, dispatched_at, current_step)
+  values (
+    p_user_id, p_type, p_query, p_priority, p_idempotency_key, p_request_hash,
+    p_complexity, p_complexity_score, p_estimated_seconds, coalesce(p_metadata, '{}'::jsonb),
+    p_max_attempts, 1, now(), 'queued')
+  returning * into job;
+
+  insert into public.ai_job_logs (job_id, attempt, progress, step, message)
+    values (job.id, 0, 0, 'queued', 'job created');
   created := true;
 end
 $$;

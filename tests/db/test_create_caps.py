@@ -1,6 +1,6 @@
-"""create_job's caps decided by bounded existence probes and its rows written in one statement
-(migration 20261130000100): the same answers as the counts they replaced, at every boundary,
-and a refused create that reads about `cap` index entries however many jobs the user has.
+"""create_job's caps decided by bounded existence probes (migration 20261130000100): the same
+answers as the counts they replaced, at every boundary, the same rows written, and a refused
+create that reads about `cap` index entries however many jobs the user has.
 
 What a call read is counted by Postgres itself (the index entries its index scans returned and
 the rows its sequential scans read, ``pg_stat_get_xact_tuples_returned``, within the calling

@@ -21,11 +21,8 @@
 --   in created_at order (the value min(created_at) gave, at the same now(), so retryAfter is
 --   unchanged), one entry at the end of ai_jobs_user_created_idx; min() itself was planned as
 --   an aggregate over all of them.
--- * The job row and its 'job created' log row stay two statements. One data-modifying WITH
---   saved no measurable CPU per create, and the jobs it wrote were slower to read once finished
---   (scripts/bench_sql.py --compare 0ee0b73: get_job of a finished job 0.52-0.60 -> 0.64-0.76 ms
---   of backend CPU in 12 of 12 rounds, get_job_with_logs ~0.1 ms more; back to 0.52-0.64 with
---   the two statements).
+-- * The job row and its 'job created' log row stay two statements: one data-modifying WITH
+--   saved no measurable CPU per create in interleaved A/B rounds.
 --
 -- Unchanged: the per-user advisory lock first (so the caps and the idempotency check are exact
 -- under concurrent creates), the idempotency lookup and its conflict, the order of the checks

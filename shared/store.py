@@ -9,6 +9,7 @@ instance reuses it across invocations).
 from __future__ import annotations
 
 import functools
+import http.cookiejar
 import json
 import threading
 import time
@@ -111,6 +112,21 @@ def map_api_error(error: APIError) -> errors.AppError:
     )
 
 
+class NoCookies(http.cookiejar.CookieJar):
+    """A cookie jar that keeps nothing, for the store's ``httpx.Client`` (httpx takes a
+    ``CookieJar`` as its ``cookies`` option and files every answer's ``Set-Cookie`` in it).
+
+    The data API is called with the service key on every request: nothing it could set in a
+    cookie is ever needed again (supabase-js, on a server, calls it with ``fetch``, which keeps
+    no cookies either). Filing an answer's cookies costs httpx a copy of its headers as an
+    ``email.message.Message`` and the jar's lock, on every call, found or not: about 100 us
+    between the answer's arrival and the ``CreateTask`` of a new job, one job at a time
+    (scripts/bench_pickup.py's hop), 7 us per call in a hot loop."""
+
+    def extract_cookies(self, response: Any, request: Any) -> None:
+        """Keep none of the answer's cookies."""
+
+
 @dataclass(frozen=True)
 class CreatedJob:
     job: Job
@@ -186,6 +202,7 @@ class JobStore:
                             # (less CPU per rpc() call than httpx's transport or http.client)
                             httpx_client=httpx.Client(
                                 transport=KeepAliveTransport(),
+                                cookies=NoCookies(),
                                 timeout=httpx.Timeout(
                                     self._timeout_s,
                                     connect=min(CLIENT_CONNECT_TIMEOUT_S, self._timeout_s),

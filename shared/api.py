@@ -105,9 +105,9 @@ def create_job(request: flask.Request, settings: Settings) -> flask.Response:
         max_per_minute=settings.max_jobs_per_minute,
         max_active=settings.max_active_jobs,
     )
+    if created.created:  # first: the task's pickup waits for nothing the answer needs
+        _dispatch(created.job_id, created.dispatch_count, settings)
     job = created.job
-    if created.created:
-        _dispatch(job, settings)
     url = poll_url(settings, job.id)
     headers = {"Location": url}
     if not created.created:
@@ -126,10 +126,10 @@ def create_job(request: flask.Request, settings: Settings) -> flask.Response:
     return json_response(body, 202, headers)
 
 
-def _dispatch(job: Job, settings: Settings) -> None:
+def _dispatch(job_id: uuid.UUID, dispatch: int, settings: Settings) -> None:
     """Nudge the processor. The row is the source of truth: if the queue is down, the job
     stays queued and the reaper dispatches it later, so the client still gets its 202."""
-    dispatch_or_release(get_queue(settings), get_store(settings), job.id, job.dispatch_count)
+    dispatch_or_release(get_queue(settings), get_store(settings), job_id, dispatch)
 
 
 def _answer_synchronously(query: str, job_type: JobType, settings: Settings) -> flask.Response:

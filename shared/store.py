@@ -127,10 +127,34 @@ class NoCookies(http.cookiejar.CookieJar):
         """Keep none of the answer's cookies."""
 
 
-@dataclass(frozen=True)
 class CreatedJob:
-    job: Job
-    created: bool  #: False when an Idempotency-Key replay returned the existing job
+    """What ``create_job`` answered: the job's id, its dispatch number and whether it was
+    created now (False: an Idempotency-Key replay returned the existing job) are read from the
+    answer at once; the whole row is validated into ``job`` when first asked for.
+
+    A task is named by the id and the dispatch number alone, so the create path enqueues it
+    before the row is validated: the task's pickup does not wait for that (the client's answer,
+    made from ``job`` after, is the same)."""
+
+    __slots__ = ("_job", "_row", "created", "dispatch_count", "job_id")
+
+    def __init__(self, job: Job | dict[str, Any], created: bool) -> None:
+        self.created = created
+        self._row: dict[str, Any] | None = None
+        self._job: Job | None = None
+        if isinstance(job, Job):
+            self._job = job
+            self.job_id, self.dispatch_count = job.id, job.dispatch_count
+        else:  # a row of ai_jobs as the database sent it
+            self._row = job
+            self.job_id = uuid.UUID(job["id"])
+            self.dispatch_count = int(job["dispatch_count"])
+
+    @property
+    def job(self) -> Job:
+        if self._job is None:
+            self._job = Job.model_validate(self._row)
+        return self._job
 
 
 @dataclass(frozen=True)
@@ -266,7 +290,7 @@ class JobStore:
                 "p_max_active": max_active,
             },
         )
-        return CreatedJob(job=Job.model_validate(data["job"]), created=bool(data["created"]))
+        return CreatedJob(job=data["job"], created=bool(data["created"]))
 
     def release_dispatch(self, job_id: uuid.UUID, dispatch: int | None = None) -> bool:
         """Undo dispatch ``dispatch`` (its enqueue failed) so the next sweep dispatches the job;

@@ -347,12 +347,13 @@ def test_switching_protocols_is_a_protocol_error_and_its_connection_is_never_reu
         assert transport.idle_connections() == 0
 
 
+@pytest.mark.parametrize("value", ["key\nInjected: 1", "key\n", "key\r", "k\r\ney", "k\x00ey"])
 def test_a_header_value_with_a_line_break_is_an_httpx_error_not_a_crash(
-    keepalive: Server,
+    keepalive: Server, value: str
 ) -> None:
     # e.g. a service key read from a secret file with its trailing newline
-    with client() as http, pytest.raises(httpx.LocalProtocolError):
-        http.post(keepalive.url, json=1, headers={"apikey": "key\nInjected: 1"})
+    with client() as http, pytest.raises(httpx.LocalProtocolError, match="apikey"):
+        http.post(keepalive.url, json=1, headers={"X-Before": "a", "apikey": value, "X-After": "b"})
     assert keepalive.requests == []
 
 

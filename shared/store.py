@@ -78,6 +78,21 @@ def _details(raw: Any) -> dict[str, Any]:
     return {} if raw is None else {"details": raw}
 
 
+def _client_error(exc: Exception) -> errors.AppError | None:
+    """The project's error for a failed ``rpc()`` call: PostgREST's answer (``APIError``), or
+    no answer at all (any ``httpx.HTTPError``); None for anything else (a bug: it propagates)."""
+    import httpx
+    from postgrest.exceptions import APIError
+
+    if isinstance(exc, APIError):
+        return map_api_error(exc)
+    if isinstance(exc, httpx.HTTPError):
+        return errors.DatabaseUnavailable(
+            "the database is unavailable", details={"upstream": type(exc).__name__}
+        )
+    return None
+
+
 def _is_missing_role(code: str, message: str) -> bool:
     # PostgREST v13 passes through Postgres's 22023 when the key's role does not exist
     # (answering 401, its issue 3601); any other 22023 is the caller's bad value.
@@ -239,17 +254,16 @@ class JobStore:
         return self._client
 
     def rpc(self, function: str, params: dict[str, Any]) -> Any:
-        import httpx
-        from postgrest.exceptions import APIError
-
+        # the client libraries' error classes are looked up only on a failure: an import
+        # statement per call is a few microseconds before every request goes out (a claim's
+        # among them, on the way from a task's delivery to its job's start)
         try:
             return self.client.rpc(function, params).execute().data
-        except APIError as exc:
-            raise map_api_error(exc) from None
-        except httpx.HTTPError as exc:
-            raise errors.DatabaseUnavailable(
-                "the database is unavailable", details={"upstream": type(exc).__name__}
-            ) from None
+        except Exception as exc:
+            mapped = _client_error(exc)
+            if mapped is None:
+                raise
+            raise mapped from None
 
     # --- clients' operations -------------------------------------------------------------
 

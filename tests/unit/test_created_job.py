@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import json
 import uuid
-from datetime import UTC, datetime
-from typing import Any
 
 import pydantic
 import pytest
@@ -18,28 +16,11 @@ import pytest
 from shared.jobs import Job
 from shared.store import CreatedJob
 from shared.tasks import task_body
-
-
-def _row(**extra: Any) -> dict[str, Any]:
-    now = datetime.now(UTC).isoformat()
-    return {
-        "id": str(uuid.uuid4()),
-        "user_id": "u1",
-        "type": "report",
-        "query": "q",
-        "priority": "normal",
-        "status": "queued",
-        "progress": 0,
-        "max_attempts": 3,
-        "dispatch_count": 1,
-        "created_at": now,
-        "updated_at": now,
-        **extra,
-    }
+from tests.support import job_row
 
 
 def test_the_id_and_dispatch_number_are_read_without_validating_the_row() -> None:
-    row = _row(dispatch_count=7)
+    row = job_row(dispatch_count=7)
     del row["created_at"]  # a row the model refuses: nothing asked of it yet
 
     created = CreatedJob(job=row, created=True)
@@ -50,7 +31,7 @@ def test_the_id_and_dispatch_number_are_read_without_validating_the_row() -> Non
 
 
 def test_the_job_asked_for_is_the_row_validated_once() -> None:
-    row = _row()
+    row = job_row()
 
     created = CreatedJob(job=row, created=False)
 
@@ -60,7 +41,7 @@ def test_the_job_asked_for_is_the_row_validated_once() -> None:
 
 
 def test_a_job_given_as_a_model_gives_its_own_id_and_dispatch_number() -> None:
-    job = Job.model_validate(_row(dispatch_count=3))
+    job = Job.model_validate(job_row(dispatch_count=3))
 
     created = CreatedJob(job=job, created=True)
 

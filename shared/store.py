@@ -128,8 +128,9 @@ def map_api_error(error: APIError) -> errors.AppError:
 
 
 class NoCookies(http.cookiejar.CookieJar):
-    """A cookie jar that keeps nothing, for the store's ``httpx.Client`` (httpx takes a
-    ``CookieJar`` as its ``cookies`` option and files every answer's ``Set-Cookie`` in it).
+    """A cookie jar that keeps nothing, for the store's ``httpx.Client`` (the client's
+    ``cookies`` option, https://www.python-httpx.org/api/ "Client"; httpx 0.28's ``Cookies``
+    uses a ``CookieJar`` given there as its jar and files every answer's ``Set-Cookie`` in it).
 
     The data API is called with the service key on every request: nothing it could set in a
     cookie is ever needed again (supabase-js, on a server, calls it with ``fetch``, which keeps

@@ -19,7 +19,7 @@ import flask
 from shared import errors
 from shared.functions import GET
 from shared.http import (
-    dump_json,
+    dump_json_bytes,
     json_response,
     json_text_response,
     parse_job_id,
@@ -105,9 +105,9 @@ def create_job(request: flask.Request, settings: Settings) -> flask.Response:
         max_per_minute=settings.max_jobs_per_minute,
         max_active=settings.max_active_jobs,
     )
+    if created.created:  # first: the task's pickup waits for nothing the answer needs
+        _dispatch(created.job_id, created.dispatch_count, settings)
     job = created.job
-    if created.created:
-        _dispatch(job, settings)
     url = poll_url(settings, job.id)
     headers = {"Location": url}
     if not created.created:
@@ -126,10 +126,10 @@ def create_job(request: flask.Request, settings: Settings) -> flask.Response:
     return json_response(body, 202, headers)
 
 
-def _dispatch(job: Job, settings: Settings) -> None:
+def _dispatch(job_id: uuid.UUID, dispatch: int, settings: Settings) -> None:
     """Nudge the processor. The row is the source of truth: if the queue is down, the job
     stays queued and the reaper dispatches it later, so the client still gets its 202."""
-    dispatch_or_release(get_queue(settings), get_store(settings), job.id, job.dispatch_count)
+    dispatch_or_release(get_queue(settings), get_store(settings), job_id, dispatch)
 
 
 def _answer_synchronously(query: str, job_type: JobType, settings: Settings) -> flask.Response:
@@ -152,11 +152,11 @@ def _answer_synchronously(query: str, job_type: JobType, settings: Settings) -> 
     )
 
 
-def _etag(text: str) -> str:
+def _etag(raw: bytes) -> str:
     """The ETag of a get's answer: a digest of the very bytes sent, so the body is serialized
     once (the same job and logs always serialize alike: the fields in model order, jsonb
     keys in Postgres's order)."""
-    return f'"{hashlib.sha256(text.encode()).hexdigest()[:32]}"'
+    return f'"{hashlib.sha256(raw).hexdigest()[:32]}"'
 
 
 def _matches(if_none_match: str | None, etag: str) -> bool:
@@ -187,14 +187,14 @@ def get_job(request: flask.Request, settings: Settings) -> flask.Response:
         body["logs"] = [
             log.model_dump(mode="json", by_alias=True, exclude={"job_id"}) for log in logs
         ]
-    text = dump_json(body)
-    etag = _etag(text)
+    raw = dump_json_bytes(body)
+    etag = _etag(raw)
     headers["ETag"] = etag
     if _matches(request.headers.get("If-None-Match"), etag):
         response = flask.Response(status=304)
         response.headers.update({"Cache-Control": "no-store", **headers})
         return response
-    return json_text_response(text, 200, headers)
+    return json_text_response(raw, 200, headers)
 
 
 def _int_arg(request: flask.Request, name: str, default: int, *, minimum: int, maximum: int) -> int:

@@ -70,16 +70,26 @@ def dump_json(body: Any) -> str:
         return json.dumps(body, ensure_ascii=False, separators=(",", ":"))
 
 
+def dump_json_bytes(body: Any) -> bytes:
+    """``dump_json(body)`` as the UTF-8 bytes sent: the serializer's own bytes, not decoded
+    into text to be encoded again for the ETag and the response (twice over a 74 KB report)."""
+    try:
+        return pydantic_core.to_json(body)
+    except pydantic_core.PydanticSerializationError:
+        return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
+
+
 def json_response(
     body: Any, status: int = 200, headers: dict[str, str] | None = None
 ) -> flask.Response:
-    return json_text_response(dump_json(body), status, headers)
+    return json_text_response(dump_json_bytes(body), status, headers)
 
 
 def json_text_response(
-    text: str, status: int = 200, headers: dict[str, str] | None = None
+    text: str | bytes, status: int = 200, headers: dict[str, str] | None = None
 ) -> flask.Response:
-    """A JSON answer from ``dump_json``'s text (for a handler that needed the text itself)."""
+    """A JSON answer from ``dump_json``'s text or ``dump_json_bytes``'s bytes (for a handler
+    that needed them itself)."""
     response = flask.Response(text, status=status, mimetype="application/json")
     response.headers["Cache-Control"] = "no-store"
     for name, value in (headers or {}).items():

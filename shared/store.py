@@ -9,6 +9,7 @@ instance reuses it across invocations).
 from __future__ import annotations
 
 import functools
+import http.cookiejar
 import json
 import threading
 import time
@@ -77,6 +78,21 @@ def _details(raw: Any) -> dict[str, Any]:
     return {} if raw is None else {"details": raw}
 
 
+def _client_error(exc: Exception) -> errors.AppError | None:
+    """The project's error for a failed ``rpc()`` call: PostgREST's answer (``APIError``), or
+    no answer at all (any ``httpx.HTTPError``); None for anything else (a bug: it propagates)."""
+    import httpx
+    from postgrest.exceptions import APIError
+
+    if isinstance(exc, APIError):
+        return map_api_error(exc)
+    if isinstance(exc, httpx.HTTPError):
+        return errors.DatabaseUnavailable(
+            "the database is unavailable", details={"upstream": type(exc).__name__}
+        )
+    return None
+
+
 def _is_missing_role(code: str, message: str) -> bool:
     # PostgREST v13 passes through Postgres's 22023 when the key's role does not exist
     # (answering 401, its issue 3601); any other 22023 is the caller's bad value.
@@ -111,10 +127,50 @@ def map_api_error(error: APIError) -> errors.AppError:
     )
 
 
-@dataclass(frozen=True)
+class NoCookies(http.cookiejar.CookieJar):
+    """A cookie jar that keeps nothing, for the store's ``httpx.Client`` (the client's
+    ``cookies`` option, https://www.python-httpx.org/api/ "Client"; httpx 0.28's ``Cookies``
+    uses a ``CookieJar`` given there as its jar and files every answer's ``Set-Cookie`` in it).
+
+    The data API is called with the service key on every request: nothing it could set in a
+    cookie is ever needed again (supabase-js, on a server, calls it with ``fetch``, which keeps
+    no cookies either). Filing an answer's cookies costs httpx a copy of its headers as an
+    ``email.message.Message`` and the jar's lock, on every call, found or not: about 100 us
+    between the answer's arrival and the ``CreateTask`` of a new job, one job at a time
+    (scripts/bench_pickup.py's hop), 7 us per call in a hot loop."""
+
+    def extract_cookies(self, response: Any, request: Any) -> None:
+        """Keep none of the answer's cookies."""
+
+
 class CreatedJob:
-    job: Job
-    created: bool  #: False when an Idempotency-Key replay returned the existing job
+    """What ``create_job`` answered: the job's id, its dispatch number and whether it was
+    created now (False: an Idempotency-Key replay returned the existing job) are read from the
+    answer at once; the whole row is validated into ``job`` when first asked for.
+
+    A task is named by the id and the dispatch number alone, so the create path enqueues it
+    before the row is validated: the task's pickup does not wait for that (the client's answer,
+    made from ``job`` after, is the same)."""
+
+    __slots__ = ("_job", "_row", "created", "dispatch_count", "job_id")
+
+    def __init__(self, job: Job | dict[str, Any], created: bool) -> None:
+        self.created = created
+        self._row: dict[str, Any] | None = None
+        self._job: Job | None = None
+        if isinstance(job, Job):
+            self._job = job
+            self.job_id, self.dispatch_count = job.id, job.dispatch_count
+        else:  # a row of ai_jobs as the database sent it
+            self._row = job
+            self.job_id = uuid.UUID(job["id"])
+            self.dispatch_count = int(job["dispatch_count"])
+
+    @property
+    def job(self) -> Job:
+        if self._job is None:
+            self._job = Job.model_validate(self._row)
+        return self._job
 
 
 @dataclass(frozen=True)
@@ -186,6 +242,7 @@ class JobStore:
                             # (less CPU per rpc() call than httpx's transport or http.client)
                             httpx_client=httpx.Client(
                                 transport=KeepAliveTransport(),
+                                cookies=NoCookies(),
                                 timeout=httpx.Timeout(
                                     self._timeout_s,
                                     connect=min(CLIENT_CONNECT_TIMEOUT_S, self._timeout_s),
@@ -198,17 +255,16 @@ class JobStore:
         return self._client
 
     def rpc(self, function: str, params: dict[str, Any]) -> Any:
-        import httpx
-        from postgrest.exceptions import APIError
-
+        # the client libraries' error classes are looked up only on a failure: an import
+        # statement per call is a few microseconds before every request goes out (a claim's
+        # among them, on the way from a task's delivery to its job's start)
         try:
             return self.client.rpc(function, params).execute().data
-        except APIError as exc:
-            raise map_api_error(exc) from None
-        except httpx.HTTPError as exc:
-            raise errors.DatabaseUnavailable(
-                "the database is unavailable", details={"upstream": type(exc).__name__}
-            ) from None
+        except Exception as exc:
+            mapped = _client_error(exc)
+            if mapped is None:
+                raise
+            raise mapped from None
 
     # --- clients' operations -------------------------------------------------------------
 
@@ -249,7 +305,7 @@ class JobStore:
                 "p_max_active": max_active,
             },
         )
-        return CreatedJob(job=Job.model_validate(data["job"]), created=bool(data["created"]))
+        return CreatedJob(job=data["job"], created=bool(data["created"]))
 
     def release_dispatch(self, job_id: uuid.UUID, dispatch: int | None = None) -> bool:
         """Undo dispatch ``dispatch`` (its enqueue failed) so the next sweep dispatches the job;

@@ -19,7 +19,6 @@ insecure gRPC channel; nothing else changes.
 from __future__ import annotations
 
 import functools
-import json
 import threading
 import time
 import uuid
@@ -43,6 +42,12 @@ _DELETE_BUDGET_S = 2.0
 
 def task_id(job_id: uuid.UUID, dispatch: int) -> str:
     return f"job-{job_id}-d{dispatch}"
+
+
+def task_body(job_id: uuid.UUID, dispatch: int) -> bytes:
+    """The task's JSON body: ``json.dumps({"jobId": str(job_id), "dispatch": dispatch})``'s
+    bytes, written directly (a UUID's text and an int need no escaping)."""
+    return b'{"jobId": "%s", "dispatch": %d}' % (str(job_id).encode(), dispatch)
 
 
 def dispatch_of(task_name: str | None, job_id: uuid.UUID) -> int | None:
@@ -80,11 +85,11 @@ class TaskQueue:
         self._current: _Channel | None = None
         self._lock = threading.Lock()
         self._template: Any = None  # see _request_template
-
-    @property
-    def queue_path(self) -> str:
-        s = self._settings
-        return f"projects/{s.project_id}/locations/{s.tasks_location}/queues/{s.tasks_queue}"
+        self._wrap: Any = None  # tasks_v2.CreateTaskRequest.wrap, kept with the template
+        s = settings  # frozen: the queue's path is written once
+        self.queue_path = (
+            f"projects/{s.project_id}/locations/{s.tasks_location}/queues/{s.tasks_queue}"
+        )
 
     def task_path(self, job_id: uuid.UUID, dispatch: int) -> str:
         return f"{self.queue_path}/tasks/{task_id(job_id, dispatch)}"
@@ -120,6 +125,7 @@ class TaskQueue:
             template = tasks_v2.CreateTaskRequest.pb(
                 tasks_v2.CreateTaskRequest(parent=self.queue_path, task=task)
             )
+            self._wrap = tasks_v2.CreateTaskRequest.wrap
             self._template = template
         request = type(template)()
         request.CopyFrom(template)
@@ -158,15 +164,12 @@ class TaskQueue:
 
     def _call(self, method: str, **kwargs: Any) -> Any:
         """One RPC; every failure that is not an answer from Cloud Tasks retires the channel."""
-        from google.api_core import exceptions as gexc
-
         with self._channel() as channel:
             try:
                 return getattr(channel.client, method)(**kwargs)
-            except (gexc.NotFound, gexc.AlreadyExists):
-                raise  # answers, not failures: the channel is fine
-            except Exception:
-                self._retire(channel)
+            except Exception as exc:
+                if not _is_answer(exc):  # NOT_FOUND, ALREADY_EXISTS: the channel is fine
+                    self._retire(channel)
                 raise
 
     def enqueue(
@@ -179,13 +182,12 @@ class TaskQueue:
         or deleted task answers False: that task will not run again. Any failure to reach Cloud
         Tasks raises ``QueueUnavailable``. ``budget_s`` bounds the whole call (short on the
         create path, where the reaper is the fallback)."""
-        from google.api_core import exceptions as gexc
-        from google.cloud import tasks_v2
-
+        # The create path's pickup waits on everything up to the send: nothing is imported or
+        # written here that the template step did not prepare once per instance.
         request = self._request_template()
         task = request.task
         task.name = self.task_path(job_id, dispatch)
-        task.http_request.body = json.dumps({"jobId": str(job_id), "dispatch": dispatch}).encode()
+        task.http_request.body = task_body(job_id, dispatch)
         if delay_s > 0:
             task.schedule_time.FromNanoseconds(int((time.time() + delay_s) * 1e9))
         try:
@@ -193,13 +195,15 @@ class TaskQueue:
                 "create_task",
                 # the typed request, wrapped around the protobuf without a copy (proto-plus
                 # ``Message.wrap``): the client skips its dict/keyword conversion
-                request=tasks_v2.CreateTaskRequest.wrap(request),
+                request=self._wrap(request),
                 timeout=min(_RPC_TIMEOUT_S, budget_s),
                 retry=_enqueue_retry(budget_s),
             )
-        except gexc.AlreadyExists:
-            return self.exists(job_id, dispatch)
         except Exception as exc:  # grpc, api_core, a closed channel: all mean "not enqueued"
+            from google.api_core import exceptions as gexc
+
+            if isinstance(exc, gexc.AlreadyExists):
+                return self.exists(job_id, dispatch)
             raise _unavailable(exc) from None
         return True
 
@@ -264,6 +268,13 @@ def _enqueue_retry(budget_s: float) -> Any:
         timeout=budget_s,
         predicate=gretry.if_exception_type(gexc.ServiceUnavailable, gexc.DeadlineExceeded),
     )
+
+
+def _is_answer(exc: Exception) -> bool:
+    """Whether Cloud Tasks answered (NOT_FOUND, ALREADY_EXISTS) rather than failed."""
+    from google.api_core import exceptions as gexc
+
+    return isinstance(exc, gexc.NotFound | gexc.AlreadyExists)
 
 
 def _unavailable(exc: Exception) -> errors.QueueUnavailable:

@@ -71,6 +71,26 @@ STACK_ENV = {
 }
 
 
+def job_row(**fields: Any) -> dict[str, Any]:
+    """A queued job's row of ``ai_jobs`` as the database sends it (the columns ``Job`` needs),
+    with ``fields`` over the defaults."""
+    now = "2026-11-27T00:00:00+00:00"
+    return {
+        "id": str(uuid.uuid4()),
+        "user_id": "u",
+        "type": "report",
+        "query": "q",
+        "priority": "normal",
+        "status": "queued",
+        "progress": 0,
+        "max_attempts": 3,
+        "dispatch_count": 1,
+        "created_at": now,
+        "updated_at": now,
+        **fields,
+    }
+
+
 def mint(role: str, **claims: Any) -> str:
     """A fresh JWT for ``role`` signed with the tests' secret (never one of the project's API
     keys: those are ``api_key(JWT_SECRET, role)``)."""

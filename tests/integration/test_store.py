@@ -47,6 +47,7 @@ def test_a_job_goes_through_its_whole_life(store: JobStore) -> None:
     )
     assert created.created
     job = created.job
+    assert (created.job_id, created.dispatch_count) == (job.id, job.dispatch_count) == (job.id, 1)
     assert (job.status, job.priority, job.metadata) == (JobStatus.QUEUED, "high", {"k": "v"})
     claimed = store.claim_delivery(job.id, job.dispatch_count, lease_seconds=60).job
     assert claimed is not None

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from shared.http import dump_json
+from shared.http import dump_json, dump_json_bytes
 
 
 def reference(body: Any) -> str:
@@ -27,9 +27,12 @@ def reference(body: Any) -> str:
 )
 def test_the_answer_is_the_text_json_dumps_wrote(body: Any) -> None:
     assert dump_json(body) == reference(body)
+    assert dump_json_bytes(body) == reference(body).encode()
 
 
 def test_what_the_fast_writer_refuses_is_written_by_the_standard_library() -> None:
     lone_surrogate = {"text": "\ud800"}
 
     assert dump_json(lone_surrogate) == reference(lone_surrogate)
+    with pytest.raises(UnicodeEncodeError):  # as the text did, encoded for the response
+        dump_json_bytes(lone_surrogate)

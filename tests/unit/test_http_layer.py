@@ -24,6 +24,7 @@ from shared.http import MAX_JSON_DEPTH, endpoint, parse_json, read_json
 from shared.identity import caller_id
 from shared.jobs import MAX_METADATA_BYTES, MAX_METADATA_DEPTH, CreateJobRequest, Job
 from shared.settings import Settings, get_settings
+from tests.support import job_row
 
 SECRET = "unit-test-jwt-secret-with-at-least-32-characters"
 SETTINGS = Settings(
@@ -112,20 +113,7 @@ def test_metadata_larger_than_its_limit_is_refused() -> None:
 def test_whatever_metadata_is_accepted_round_trips_through_the_response_model() -> None:
     metadata = nested(MAX_METADATA_DEPTH)
     create = CreateJobRequest.model_validate({"query": "q", "metadata": metadata})
-    now = "2026-11-27T00:00:00+00:00"
-    row = {
-        "id": str(uuid.uuid4()),
-        "user_id": "u",
-        "type": "report",
-        "query": "q",
-        "priority": "normal",
-        "status": "queued",
-        "progress": 0,
-        "max_attempts": 3,
-        "created_at": now,
-        "updated_at": now,
-        "metadata": create.metadata,
-    }
+    row = job_row(metadata=create.metadata)
     assert Job.model_validate(row).wire()["metadata"] == metadata
 
 

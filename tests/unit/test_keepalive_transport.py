@@ -46,6 +46,7 @@ class Server(ThreadingHTTPServer):
         self.mode = mode
         self.connections = 0
         self.requests: list[bytes] = []
+        self.cookies: list[str | None] = []  #: the Cookie header of each request, if any
         self.closed = threading.Event()  # set when the server closed a connection
         self.release = threading.Event()  # lets a "silent" handler finish
         self.together = threading.Barrier(6)  # "gather": six requests answered at once
@@ -115,6 +116,7 @@ class Handler(BaseHTTPRequestHandler):
         body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
         with self.server.lock:
             self.server.requests.append(body)
+            self.server.cookies.append(self.headers.get("Cookie"))
         if mode == "drop":  # the request arrived; the connection dies before any answer
             self.close_connection = True
             return
@@ -345,12 +347,13 @@ def test_switching_protocols_is_a_protocol_error_and_its_connection_is_never_reu
         assert transport.idle_connections() == 0
 
 
+@pytest.mark.parametrize("value", ["key\nInjected: 1", "key\n", "key\r", "k\r\ney", "k\x00ey"])
 def test_a_header_value_with_a_line_break_is_an_httpx_error_not_a_crash(
-    keepalive: Server,
+    keepalive: Server, value: str
 ) -> None:
     # e.g. a service key read from a secret file with its trailing newline
-    with client() as http, pytest.raises(httpx.LocalProtocolError):
-        http.post(keepalive.url, json=1, headers={"apikey": "key\nInjected: 1"})
+    with client() as http, pytest.raises(httpx.LocalProtocolError, match="apikey"):
+        http.post(keepalive.url, json=1, headers={"X-Before": "a", "apikey": value, "X-After": "b"})
     assert keepalive.requests == []
 
 
@@ -483,6 +486,16 @@ def test_the_store_reports_an_unreachable_gateway_as_database_unavailable() -> N
         with pytest.raises(errors.DatabaseUnavailable) as raised:
             store.get_job(uuid.uuid4())
     assert raised.value.details == {"upstream": "ConnectError"}
+
+
+def test_the_store_keeps_no_cookie_the_server_sets(keepalive: Server) -> None:
+    store = JobStore(keepalive.url, "service-key")
+
+    with store.client.postgrest.session:  # the store's httpx.Client: its pool closed after
+        answers = [store.rpc("echo", {"n": n}) for n in range(2)]
+
+    assert answers == [{"echo": {"n": 0}}, {"echo": {"n": 1}}]  # each answer set a=1 and b=2
+    assert keepalive.cookies == [None, None]
 
 
 def test_an_http10_answer_is_read_to_the_close_its_folded_header_joined_and_not_pooled() -> None:

@@ -40,18 +40,14 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
-from werkzeug.test import EnvironBuilder
-from werkzeug.wrappers import Request
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from infra.local.gateway import Gateway, make_jwt
-from infra.local.gateway.app import Parsed
-from infra.local.gateway.rpc import run_call
+from infra.local.gateway import Gateway
 from infra.local.migrate import apply_migrations
 from infra.local.postgres import start_postgres
+from scripts.bench_inproc import JWT_SECRET, create_args, rpc_caller
 
-JWT_SECRET = "super-secret-jwt-token-with-at-least-32-characters-long"
 #: The pieces cut out of a copy of create_job: (name, where the cut starts, what ends it;
 #: nothing: the cut is the start's text).
 PIECES = (
@@ -69,25 +65,6 @@ PIECES = (
 def on_cpu_ns(pid: int) -> int:
     """Time on the CPU of a process, in nanoseconds (the first field of its schedstat)."""
     return int(Path(f"/proc/{pid}/schedstat").read_text().split()[0])
-
-
-def create_args(user: str) -> dict[str, Any]:
-    """create_job's arguments as the create function sends them, the caps raised."""
-    return {
-        "p_user_id": user,
-        "p_type": "report",
-        "p_query": "모든 서버 분석하고 최적화 리포트 만들어줘",
-        "p_priority": "normal",
-        "p_idempotency_key": None,
-        "p_request_hash": None,
-        "p_complexity": "complex",
-        "p_complexity_score": 0.8,
-        "p_estimated_seconds": 30,
-        "p_metadata": {},
-        "p_max_attempts": 3,
-        "p_max_per_minute": 1_000_000,
-        "p_max_active": 1_000_000,
-    }
 
 
 def cut_copies(conn: psycopg.Connection[Any]) -> dict[str, str]:
@@ -134,27 +111,10 @@ def direct_call(conn: psycopg.Connection[Any], function: str) -> Callable[[], No
 def gateway_call(
     gateway: Gateway, conn: psycopg.Connection[Any], function: str, body: Callable[[], Any]
 ) -> Callable[[], None]:
-    key = make_jwt(JWT_SECRET, "service_role")
-    headers = {
-        "apikey": key,
-        "Authorization": f"Bearer {key}",
-        "Content-Profile": "public",
-        "Content-Type": "application/json",
-    }
+    rpc = rpc_caller(gateway, conn)
 
     def call() -> None:
-        environ = EnvironBuilder(
-            method="POST",
-            path=f"/rest/v1/rpc/{function}",
-            headers=list(headers.items()),
-            data=json.dumps(body()),
-        ).get_environ()
-        request = Request(environ)
-        parsed = gateway.parse(request)
-        assert isinstance(parsed, Parsed), "not an RPC"
-        planned = gateway.plan(request, parsed, gateway.schema_cache())
-        statement = gateway._executable(planned.call, conn)
-        run_call(conn, statement, *planned.arguments, **planned.mode)
+        rpc(function, body())
 
     return call
 

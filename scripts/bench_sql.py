@@ -31,8 +31,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from scripts.bench_inproc import JWT_SECRET, backend_ticks, create_args, rpc_caller
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
-JWT_SECRET = "super-secret-jwt-token-with-at-least-32-characters-long"
+
 #: The operations, in the order a round runs them (the reads need the created jobs).
 OPERATIONS = (
     "create_job",
@@ -44,12 +47,6 @@ OPERATIONS = (
 )
 #: Reads of finished jobs move ~80 kB each: a quarter of the calls.
 FINISHED_SHARE = 4
-
-
-def backend_ticks(pid: int) -> int:
-    """utime + stime of a process, in clock ticks (fields 14 and 15 of /proc/<pid>/stat)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return int(fields[11]) + int(fields[12])
 
 
 def report_result() -> dict[str, Any]:
@@ -71,12 +68,8 @@ def worker(tree: Path, admin_uri: str, calls: int) -> dict[str, float]:
     """One round of ``tree``'s gateway and migrations on a new database: CPU ms per call."""
     sys.path.insert(0, str(tree))
     import psycopg
-    from werkzeug.test import EnvironBuilder
-    from werkzeug.wrappers import Request
 
-    from infra.local.gateway import Gateway, make_jwt
-    from infra.local.gateway.app import Parsed
-    from infra.local.gateway.rpc import run_call
+    from infra.local.gateway import Gateway
     from infra.local.migrate import apply_migrations
     from infra.local.postgres import Postgres
 
@@ -86,33 +79,8 @@ def worker(tree: Path, admin_uri: str, calls: int) -> dict[str, float]:
     try:
         apply_migrations(uri)
         gateway = Gateway(uri, JWT_SECRET)
-        key = make_jwt(JWT_SECRET, "service_role")
-        # what postgrest-py sends with a service key
-        headers = {
-            "apikey": key,
-            "Authorization": f"Bearer {key}",
-            "Content-Profile": "public",
-            "Content-Type": "application/json",
-            "Accept": "application/json",
-        }
         with psycopg.connect(gateway.authenticator_uri, autocommit=True) as conn:
-
-            def call(function: str, body: dict[str, Any]) -> str:
-                environ = EnvironBuilder(
-                    method="POST",
-                    path=f"/rest/v1/rpc/{function}",
-                    headers=list(headers.items()),
-                    data=json.dumps(body),
-                ).get_environ()
-                request = Request(environ)
-                parsed = gateway.parse(request)
-                assert isinstance(parsed, Parsed), "not an RPC"
-                planned = gateway.plan(request, parsed, gateway.schema_cache())
-                statement = gateway._executable(planned.call, conn)
-                text, _ = run_call(conn, statement, *planned.arguments, **planned.mode)
-                return text
-
-            figures = _round(call, conn.info.backend_pid, uri, calls)
+            figures = _round(rpc_caller(gateway, conn), conn.info.backend_pid, uri, calls)
         gateway.close()
         return figures
     finally:
@@ -128,21 +96,7 @@ def _round(
     ids: list[str] = []
 
     def create(index: int) -> dict[str, Any]:
-        return {
-            "p_user_id": user,
-            "p_type": "report",
-            "p_query": f"bench query {index}",
-            "p_priority": "normal",
-            "p_idempotency_key": None,
-            "p_request_hash": None,
-            "p_complexity": "complex",
-            "p_complexity_score": 0.8,
-            "p_estimated_seconds": 30,
-            "p_metadata": {"bench": True},
-            "p_max_attempts": 3,
-            "p_max_per_minute": 1_000_000,
-            "p_max_active": 1_000_000,
-        }
+        return create_args(user, query=f"bench query {index}", metadata={"bench": True})
 
     def page() -> dict[str, Any]:
         return {

@@ -30,8 +30,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from scripts.bench_inproc import JWT_SECRET, REPORT_QUERY, backend_ticks, create_args, rpc_caller
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
-JWT_SECRET = "super-secret-jwt-token-with-at-least-32-characters-long"
+
 OPERATIONS = ("create_job", "claim_job_v3", "complete_job_v3")
 #: the steps a quick job's completion carries (none was written before: shared/worker.py)
 STEPS = [
@@ -43,21 +46,14 @@ STEPS = [
 ]
 
 
-def backend_ticks(pid: int) -> int:
-    """utime + stime of a process, in clock ticks (fields 14 and 15 of /proc/<pid>/stat)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return int(fields[11]) + int(fields[12])
-
-
 def report_text() -> str:
     """A report's result as the processor sends it (pydantic-core's JSON, by alias)."""
-    sys.path.insert(0, str(REPO_ROOT))
     from shared.ai import pipeline
     from shared.jobs import JobType
     from shared.settings import AISettings
 
     report = pipeline.run(
-        "모든 서버 분석하고 최적화 리포트 만들어줘",
+        REPORT_QUERY,
         JobType.REPORT,
         lambda _progress, _step: True,
         settings=AISettings.from_env({}),
@@ -69,12 +65,8 @@ def worker(tree: Path, admin_uri: str, jobs: int, result_file: Path) -> dict[str
     """One round of ``tree``'s gateway and migrations on a new database: CPU ms per call."""
     sys.path.insert(0, str(tree))
     import psycopg
-    from werkzeug.test import EnvironBuilder
-    from werkzeug.wrappers import Request
 
-    from infra.local.gateway import Gateway, make_jwt
-    from infra.local.gateway.app import Parsed
-    from infra.local.gateway.rpc import run_call
+    from infra.local.gateway import Gateway
     from infra.local.migrate import apply_migrations
     from infra.local.postgres import Postgres
 
@@ -85,31 +77,11 @@ def worker(tree: Path, admin_uri: str, jobs: int, result_file: Path) -> dict[str
     try:
         apply_migrations(uri)
         gateway = Gateway(uri, JWT_SECRET)
-        key = make_jwt(JWT_SECRET, "service_role")
-        # what postgrest-py sends with a service key
-        headers = {
-            "apikey": key,
-            "Authorization": f"Bearer {key}",
-            "Content-Profile": "public",
-            "Content-Type": "application/json",
-            "Accept": "application/json",
-        }
         with psycopg.connect(gateway.authenticator_uri, autocommit=True) as conn:
+            rpc = rpc_caller(gateway, conn)
 
             def call(function: str, body: dict[str, Any]) -> Any:
-                environ = EnvironBuilder(
-                    method="POST",
-                    path=f"/rest/v1/rpc/{function}",
-                    headers=list(headers.items()),
-                    data=json.dumps(body),
-                ).get_environ()
-                request = Request(environ)
-                parsed = gateway.parse(request)
-                assert isinstance(parsed, Parsed), "not an RPC"
-                planned = gateway.plan(request, parsed, gateway.schema_cache())
-                statement = gateway._executable(planned.call, conn)
-                text, _ = run_call(conn, statement, *planned.arguments, **planned.mode)
-                return json.loads(text)
+                return json.loads(rpc(function, body))
 
             figures = _round(call, conn.info.backend_pid, jobs, result)
         gateway.close()
@@ -124,21 +96,7 @@ def _round(
     user = f"bench-worker-{uuid.uuid4().hex[:8]}"
 
     def create(_: int) -> dict[str, Any]:
-        return {
-            "p_user_id": user,
-            "p_type": "report",
-            "p_query": "모든 서버 분석하고 최적화 리포트 만들어줘",
-            "p_priority": "normal",
-            "p_idempotency_key": None,
-            "p_request_hash": None,
-            "p_complexity": "complex",
-            "p_complexity_score": 0.8,
-            "p_estimated_seconds": 30,
-            "p_metadata": {},
-            "p_max_attempts": 3,
-            "p_max_per_minute": 1_000_000,
-            "p_max_active": 1_000_000,
-        }
+        return create_args(user)
 
     figures: dict[str, float] = {}
 

@@ -56,11 +56,11 @@ def rpc_caller(gateway: Any, conn: Any) -> Callable[[str, dict[str, Any]], str]:
     from werkzeug.test import EnvironBuilder
     from werkzeug.wrappers import Request
 
-    from infra.local.gateway import make_jwt
+    from infra.local.gateway import api_key
     from infra.local.gateway.app import Parsed
     from infra.local.gateway.rpc import run_call
 
-    key = make_jwt(JWT_SECRET, "service_role")
+    key = api_key(JWT_SECRET, "service_role")  # the project's service key, in either tree
     # what postgrest-py sends with a service key
     headers = [
         ("apikey", key),

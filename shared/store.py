@@ -163,14 +163,33 @@ class CreatedJob:
             self.job_id, self.dispatch_count = job.id, job.dispatch_count
         else:  # a row of ai_jobs as the database sent it
             self._row = job
-            self.job_id = uuid.UUID(job["id"])
-            self.dispatch_count = int(job["dispatch_count"])
+            try:
+                self.job_id = uuid.UUID(job["id"])
+                dispatch = job["dispatch_count"]
+                if type(dispatch) is not int:
+                    raise TypeError(f"dispatch_count is {type(dispatch).__name__}")
+            except (KeyError, TypeError, ValueError, AttributeError) as exc:
+                # nothing to enqueue by: a schema this code does not know (a deployment error)
+                raise _unreadable_row(None, exc) from None
+            self.dispatch_count = dispatch
 
     @property
     def job(self) -> Job:
         if self._job is None:
-            self._job = Job.model_validate(self._row)
+            try:
+                self._job = Job.model_validate(self._row)
+            except ValueError as exc:  # pydantic's ValidationError is one
+                # The job exists (and its task may be sent): the log names it, so the run
+                # that follows is not a mystery; the client is told the service is broken.
+                raise _unreadable_row(self.job_id, exc) from None
         return self._job
+
+
+def _unreadable_row(job_id: uuid.UUID | None, exc: Exception) -> errors.BackendMisconfigured:
+    return errors.BackendMisconfigured(
+        "create_job answered a row this code cannot read",
+        details={"jobId": str(job_id) if job_id else None, "error": str(exc)[:500]},
+    )
 
 
 @dataclass(frozen=True)

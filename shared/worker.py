@@ -182,9 +182,24 @@ class StepWriter:
 
     def _start(self) -> None:
         with self._state:
-            if not self._closed:
-                self._thread = threading.Thread(target=self._loop, name="step-writer", daemon=True)
-                self._thread.start()
+            if self._closed:
+                return
+            thread = threading.Thread(target=self._loop, name="step-writer", daemon=True)
+            try:
+                thread.start()
+            except RuntimeError as exc:  # "can't start new thread": the process is out of them
+                # Without the thread, each step the pipeline reports is written at once (and
+                # renews the lease, as the thread would): slower, but the job goes on, and
+                # stop() has no thread to join.
+                with self._lock:
+                    self._doubt = True
+                logs.warning(
+                    "step-writer thread not started: steps are written as they come",
+                    jobId=str(self._job_id),
+                    error=str(exc)[:200],
+                )
+                return
+            self._thread = thread
 
     def __exit__(self, *exc: object) -> None:
         self.stop()

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import json
 import uuid
+from typing import Any
 
-import pydantic
 import pytest
 
+from shared import errors
 from shared.jobs import Job
 from shared.store import CreatedJob
 from shared.tasks import task_body
@@ -26,8 +27,31 @@ def test_the_id_and_dispatch_number_are_read_without_validating_the_row() -> Non
     created = CreatedJob(job=row, created=True)
 
     assert (created.job_id, created.dispatch_count) == (uuid.UUID(row["id"]), 7)
-    with pytest.raises(pydantic.ValidationError):
+    with pytest.raises(errors.BackendMisconfigured) as refused:
         _ = created.job
+    assert refused.value.details["jobId"] == row["id"], "the log names the job that exists"
+
+
+@pytest.mark.parametrize(
+    "change",
+    [{"id": "not-a-uuid"}, {"id": None}, {"dispatch_count": 1.5}, {"dispatch_count": "1"}],
+    ids=["bad-id", "no-id", "fractional-dispatch", "text-dispatch"],
+)
+def test_an_answer_without_a_readable_id_and_dispatch_is_refused_before_any_enqueue(
+    change: dict[str, Any],
+) -> None:
+    row = {**job_row(), **change}
+
+    with pytest.raises(errors.BackendMisconfigured):
+        CreatedJob(job=row, created=True)
+
+
+def test_an_answer_missing_the_dispatch_number_is_refused() -> None:
+    row = job_row()
+    del row["dispatch_count"]
+
+    with pytest.raises(errors.BackendMisconfigured):
+        CreatedJob(job=row, created=True)
 
 
 def test_the_job_asked_for_is_the_row_validated_once() -> None:

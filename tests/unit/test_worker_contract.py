@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -237,6 +238,32 @@ def test_a_writer_still_running_when_a_write_could_be_due_gets_its_thread() -> N
         writer.step(20, "data")
         until(lambda: store.jobs[job.id].progress == 20, "the step was never written")
         assert writer._thread is not None
+
+
+def test_a_writer_whose_thread_cannot_start_writes_each_step_itself(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    store = MemoryStore()
+    job = store.create_job(user_id="u1", job_type="report", query="q", max_attempts=3).job
+    token = claimed(store, job)
+    start = threading.Thread.start
+
+    def refuse_step_writers(thread: threading.Thread) -> None:
+        if thread.name == "step-writer":
+            raise RuntimeError("can't start new thread")
+        start(thread)
+
+    monkeypatch.setattr(threading.Thread, "start", refuse_step_writers)
+    with StepWriter(store, job.id, token, 60, flush_after_s=0.01) as writer:  # type: ignore[arg-type]
+        writer.step(10, "data")
+        until(lambda: writer._doubt, "the writer never learnt its thread could not start")
+        writer.step(40, "analysis")  # written at once, by the pipeline's own thread
+        progress_while_running = store.jobs[job.id].progress
+        unwritten = writer.stop()  # nothing to join: no error
+
+    assert writer._thread is None
+    assert progress_while_running == 40
+    assert unwritten == []
 
 
 def test_a_forked_child_starts_its_own_writer_threads() -> None:

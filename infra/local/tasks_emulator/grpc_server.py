@@ -1,0 +1,586 @@
+"""The emulator's gRPC endpoint: unary methods over HTTP/2, served by one thread.
+
+Cloud Tasks' API is all unary calls, and the engine answers each under its one lock in well
+under a millisecond, so one thread can serve every connection: it reads a request's frames,
+runs the method and writes the answer, with no hand-off to another thread. grpcio's sync
+server made four for each call (its polling thread takes the call, a pool thread asks for the
+message, the polling thread receives it, the pool thread runs the method), each a wake-up and,
+on a busy machine, a wait for the GIL: about half a millisecond between the CreateTask bytes'
+arrival and the task's dispatch (scripts/bench_pickup.py's hop table). Its asyncio server was
+no faster (one poller thread more), and the `h2` library, tried first, cost 0.3 ms of CPU per
+call in its general state machines.
+
+The wire is gRPC over HTTP/2 as grpc/grpc's doc/PROTOCOL-HTTP2.md specifies it, on HTTP/2 as
+RFC 9113 does (frames, SETTINGS and PING answered, flow control both ways, CONTINUATION) with
+the `hpack` library for header blocks: a request is one Length-Prefixed-Message (compressed
+flag 0, 4-byte big-endian length, the message); the answer is Response-Headers (``:status
+200``, ``content-type: application/grpc``), one message and Trailers (``grpc-status`` 0), or
+for an error Trailers-Only (one header block with ``grpc-status`` and the percent-encoded
+``grpc-message``). The server's header blocks are literals never added to the HPACK dynamic
+table, so they need no encoder state. Where grpcio's server answers a malformed call in a way
+of its own, this one answers the same status: UNIMPLEMENTED for an unknown method ("Method not
+found!") or a call without a message, INTERNAL for a message that does not parse ("Exception
+deserializing request!"), RESOURCE_EXHAUSTED for a message over 4 MiB (grpcio's default
+receive limit), UNKNOWN for a method that raised. Compressed requests (grpc-encoding) are
+refused as UNIMPLEMENTED: the Cloud Tasks client sends none. A connection that breaks the
+HTTP/2 rules gets a GOAWAY naming the error and is closed.
+"""
+
+from __future__ import annotations
+
+import logging
+import selectors
+import socket
+import struct
+import threading
+from collections.abc import Callable, Mapping
+from contextlib import suppress
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import quote
+
+import grpc
+import hpack
+
+#: grpcio's default max_receive_message_length: a larger message is RESOURCE_EXHAUSTED.
+MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+_PREFIX_BYTES = 5  #: a Length-Prefixed-Message's compressed flag and length
+_READ_BYTES = 256 * 1024
+_GRPC_CONTENT_TYPE = b"application/grpc"
+#: grpc-message's Percent-Byte-Unencoded: space and VCHAR except "%" (PROTOCOL-HTTP2.md)
+_MESSAGE_SAFE = "".join(chr(c) for c in range(0x20, 0x7F) if c != 0x25)
+
+# RFC 9113: the client's connection preface, frame types, flags, settings, error codes.
+_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+_FRAME_HEAD = struct.Struct(">HBBBI")  #: length (24 bits: 16 + 8), type, flags, stream id
+_DATA, _HEADERS, _RST_STREAM, _SETTINGS, _PUSH_PROMISE, _PING, _GOAWAY = 0, 1, 3, 4, 5, 6, 7
+_WINDOW_UPDATE, _CONTINUATION = 8, 9
+_END_STREAM = _ACK = 0x1
+_END_HEADERS, _PADDED, _PRIORITY = 0x4, 0x8, 0x20
+_SETTINGS_INITIAL_WINDOW_SIZE, _SETTINGS_MAX_FRAME_SIZE = 0x4, 0x5
+_NO_ERROR, _PROTOCOL_ERROR, _FLOW_CONTROL_ERROR = 0x0, 0x1, 0x3
+_FRAME_SIZE_ERROR, _COMPRESSION_ERROR = 0x6, 0x9
+_DEFAULT_WINDOW = 65_535
+_DEFAULT_MAX_FRAME = 16_384  #: both sides' SETTINGS_MAX_FRAME_SIZE until told otherwise
+_MAX_WINDOW = 2**31 - 1
+#: received bytes given back (WINDOW_UPDATE) once this many have gathered, per window
+_WINDOW_UPDATE_AT = 32_768
+
+Headers = list[tuple[bytes, bytes]]
+
+
+class RpcError(Exception):
+    """What a method raises to end its call with a status other than OK."""
+
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+@dataclass(frozen=True)
+class UnaryMethod:
+    """A unary method: ``behaviour(request) -> response`` over raw protobuf messages;
+    `RpcError` (or a subclass) ends the call with its status."""
+
+    behaviour: Callable[[Any], Any]
+    request_class: Any  #: a protobuf message class (its ``FromString`` parses the request)
+
+
+class _ConnectionError(Exception):
+    """The peer broke the HTTP/2 rules: GOAWAY with this code, then close."""
+
+    def __init__(self, code: int) -> None:
+        super().__init__(code)
+        self.code = code
+
+
+# --- HPACK literals (RFC 7541) and frames ---------------------------------------------------
+
+
+def _hpack_int(value: int, prefix_bits: int, first: int = 0) -> bytes:
+    """RFC 7541 5.1: ``value`` in a ``prefix_bits`` prefix of a byte starting ``first``."""
+    limit = (1 << prefix_bits) - 1
+    if value < limit:
+        return bytes((first | value,))
+    out = bytearray((first | limit,))
+    value -= limit
+    while value >= 128:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def _literal(name: bytes, value: bytes) -> bytes:
+    """A header "without indexing", new name (RFC 7541 6.2.2): no dynamic table entry."""
+    return b"".join((b"\x00", _hpack_int(len(name), 7), name, _hpack_int(len(value), 7), value))
+
+
+#: ``:status 200`` (static table index 8) and ``content-type: application/grpc`` (a literal
+#: with the static table's name 31, without indexing)
+_RESPONSE_HEADERS = (
+    b"\x88" + _hpack_int(31, 4) + _hpack_int(len(_GRPC_CONTENT_TYPE), 7) + _GRPC_CONTENT_TYPE
+)
+#: ``:status 415`` (a literal with the static table's name 8, without indexing)
+_NOT_GRPC_HEADERS = _hpack_int(8, 4) + _hpack_int(3, 7) + b"415"
+_OK_TRAILERS = _literal(b"grpc-status", b"0")
+
+
+def _status_block(code: grpc.StatusCode, message: str) -> bytes:
+    block = _literal(b"grpc-status", str(code.value[0]).encode())
+    if message:
+        block += _literal(b"grpc-message", quote(message, safe=_MESSAGE_SAFE).encode())
+    return block
+
+
+def _frame(frame_type: int, flags: int, stream_id: int, payload: bytes | memoryview) -> bytes:
+    size = len(payload)
+    head = _FRAME_HEAD.pack(size >> 8, size & 0xFF, frame_type, flags, stream_id)
+    return head + payload
+
+
+def _header_frames(stream_id: int, block: bytes, end_stream: bool, max_frame: int) -> bytes:
+    """HEADERS, and CONTINUATION frames if the block is larger than a frame."""
+    first, rest = block[:max_frame], block[max_frame:]
+    flags = (_END_STREAM if end_stream else 0) | (0 if rest else _END_HEADERS)
+    frames = [_frame(_HEADERS, flags, stream_id, first)]
+    while rest:
+        chunk, rest = rest[:max_frame], rest[max_frame:]
+        frames.append(_frame(_CONTINUATION, 0 if rest else _END_HEADERS, stream_id, chunk))
+    return b"".join(frames)
+
+
+def _unpadded(flags: int, payload: bytes) -> bytes:
+    if not flags & _PADDED:
+        return payload
+    if not payload or payload[0] >= len(payload):
+        raise _ConnectionError(_PROTOCOL_ERROR)
+    return payload[1 : len(payload) - payload[0]]
+
+
+# --- state ----------------------------------------------------------------------------------
+
+
+@dataclass(eq=False)
+class _Call:
+    """A stream's request as it arrives, then its answer as it leaves."""
+
+    send_window: int
+    path: bytes = b""
+    content_type: bytes = b""
+    encoding: bytes = b"identity"
+    body: bytearray = field(default_factory=bytearray)
+    ended: bool = False  #: the client's END_STREAM came
+    too_large: bool = False
+    received: int = 0  #: bytes received and not yet given back to the stream's window
+    #: the answer's message not yet sent (flow control), then its trailers
+    pending: memoryview | None = None
+
+
+@dataclass(eq=False)
+class _Connection:
+    sock: socket.socket
+    decoder: hpack.Decoder = field(default_factory=hpack.Decoder)
+    incoming: bytearray = field(default_factory=bytearray)
+    preface_seen: bool = False
+    calls: dict[int, _Call] = field(default_factory=dict)
+    last_stream_id: int = 0
+    #: a header block still waiting for its CONTINUATION frames: (stream id, flags, block)
+    header_block: tuple[int, int, bytearray] | None = None
+    send_window: int = _DEFAULT_WINDOW
+    peer_initial_window: int = _DEFAULT_WINDOW
+    peer_max_frame: int = _DEFAULT_MAX_FRAME
+    received: int = 0  #: bytes received and not yet given back to the connection's window
+    outgoing: bytearray = field(default_factory=bytearray)
+    writing: bool = False  #: registered for EVENT_WRITE (the kernel buffer was full)
+    closing: bool = False
+
+
+# --- the server -----------------------------------------------------------------------------
+
+
+class UnaryGrpcServer:
+    """Serves ``methods`` (by path, ``/package.Service/Method``) on ``host:port`` (0: any
+    free port, see `port`) from one thread, between `start` and `stop`."""
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        methods: Mapping[str, UnaryMethod],
+        *,
+        logger: logging.Logger,
+    ) -> None:
+        self._methods = {path.encode(): method for path, method in methods.items()}
+        self._log = logger
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        # create_server sets SO_REUSEADDR, never SO_REUSEPORT: a port in use fails to bind.
+        self._listener = socket.create_server((host, port), family=family, backlog=128)
+        self._listener.setblocking(False)
+        self.port: int = self._listener.getsockname()[1]
+        self._selector = selectors.DefaultSelector()
+        self._selector.register(self._listener, selectors.EVENT_READ, None)
+        self._wake_reader, self._wake_writer = socket.socketpair()
+        self._wake_reader.setblocking(False)
+        self._selector.register(self._wake_reader, selectors.EVENT_READ, self._wake_reader)
+        self._connections: set[_Connection] = set()
+        self._stopping = False
+        self._thread = threading.Thread(target=self._serve, name="tasks-emulator-grpc", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop serving: the call being run ends first (each runs whole on the serving
+        thread); every connection gets a GOAWAY and is closed."""
+        self._stopping = True
+        if self._thread.is_alive():
+            self._wake_writer.send(b"x")
+            self._thread.join()
+        for connection in list(self._connections):
+            goaway = struct.pack(">II", connection.last_stream_id, _NO_ERROR)
+            connection.outgoing += _frame(_GOAWAY, 0, 0, goaway)
+            with suppress(OSError):  # the peer is gone: nothing more to tell it
+                connection.sock.send(connection.outgoing)
+            self._drop(connection)
+        self._selector.close()
+        self._listener.close()
+        self._wake_reader.close()
+        self._wake_writer.close()
+
+    # -- the loop ------------------------------------------------------------------------
+
+    def _serve(self) -> None:
+        while not self._stopping:
+            for key, events in self._selector.select():
+                if key.data is None:
+                    self._accept()
+                elif key.data is self._wake_reader:
+                    continue  # stop() woke the loop
+                else:
+                    connection: _Connection = key.data
+                    if events & selectors.EVENT_WRITE:
+                        self._write(connection)
+                    if events & selectors.EVENT_READ:
+                        self._read(connection)
+
+    def _accept(self) -> None:
+        try:
+            sock, _ = self._listener.accept()
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as error:  # e.g. out of file descriptors: the client sees a reset
+            self._log.warning("gRPC accept failed: %s", error)
+            return
+        sock.setblocking(False)
+        # An answer is one small write; it must not wait on Nagle for an ACK.
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        connection = _Connection(sock)
+        # The server's preface: SETTINGS, here all defaults.
+        connection.outgoing += _frame(_SETTINGS, 0, 0, b"")
+        self._connections.add(connection)
+        self._selector.register(sock, selectors.EVENT_READ, connection)
+        self._write(connection)
+
+    def _read(self, connection: _Connection) -> None:
+        if connection.closing:
+            return
+        try:
+            data = connection.sock.recv(_READ_BYTES)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self._drop(connection)
+            return
+        connection.incoming += data
+        try:
+            self._frames(connection)
+        except _ConnectionError as error:
+            goaway = struct.pack(">II", connection.last_stream_id, error.code)
+            connection.outgoing += _frame(_GOAWAY, 0, 0, goaway)
+            connection.closing = True
+        self._write(connection)
+
+    def _frames(self, connection: _Connection) -> None:
+        """Handle every whole frame received so far."""
+        incoming = connection.incoming
+        if not connection.preface_seen:
+            if len(incoming) < len(_PREFACE):
+                if not _PREFACE.startswith(incoming):
+                    raise _ConnectionError(_PROTOCOL_ERROR)
+                return
+            if incoming[: len(_PREFACE)] != _PREFACE:
+                raise _ConnectionError(_PROTOCOL_ERROR)
+            connection.preface_seen = True
+            del incoming[: len(_PREFACE)]
+        offset = 0
+        while len(incoming) - offset >= _FRAME_HEAD.size:
+            high, low, frame_type, flags, stream_id = _FRAME_HEAD.unpack_from(incoming, offset)
+            size = (high << 8) | low
+            if size > _DEFAULT_MAX_FRAME:  # our SETTINGS_MAX_FRAME_SIZE is the default
+                raise _ConnectionError(_FRAME_SIZE_ERROR)
+            end = offset + _FRAME_HEAD.size + size
+            if len(incoming) < end:
+                break
+            payload = bytes(incoming[offset + _FRAME_HEAD.size : end])
+            offset = end
+            if connection.header_block is not None and frame_type != _CONTINUATION:
+                raise _ConnectionError(_PROTOCOL_ERROR)  # a header block must be contiguous
+            self._on_frame(connection, frame_type, flags, stream_id & _MAX_WINDOW, payload)
+        del incoming[:offset]
+
+    def _on_frame(
+        self, connection: _Connection, frame_type: int, flags: int, stream_id: int, payload: bytes
+    ) -> None:
+        if frame_type == _DATA:
+            self._on_data(connection, flags, stream_id, payload)
+        elif frame_type in (_HEADERS, _CONTINUATION):
+            self._on_header_frame(connection, frame_type, flags, stream_id, payload)
+        elif frame_type == _RST_STREAM:
+            connection.calls.pop(stream_id, None)  # the client cancelled the call
+        elif frame_type == _SETTINGS:
+            self._on_settings(connection, flags, payload)
+        elif frame_type == _PING:
+            if not flags & _ACK:
+                connection.outgoing += _frame(_PING, _ACK, 0, payload)
+        elif frame_type == _GOAWAY:
+            connection.closing = True  # every call it sent is answered already
+        elif frame_type == _WINDOW_UPDATE:
+            self._on_window_update(connection, stream_id, payload)
+        elif frame_type == _PUSH_PROMISE:
+            raise _ConnectionError(_PROTOCOL_ERROR)  # clients never push
+        # PRIORITY and unknown frame types are ignored, as RFC 9113 asks.
+
+    def _on_settings(self, connection: _Connection, flags: int, payload: bytes) -> None:
+        if flags & _ACK:
+            return
+        if len(payload) % 6:
+            raise _ConnectionError(_FRAME_SIZE_ERROR)
+        for index in range(0, len(payload), 6):
+            setting, value = struct.unpack_from(">HI", payload, index)
+            if setting == _SETTINGS_INITIAL_WINDOW_SIZE:
+                if value > _MAX_WINDOW:
+                    raise _ConnectionError(_FLOW_CONTROL_ERROR)
+                change = value - connection.peer_initial_window
+                connection.peer_initial_window = value
+                for call in connection.calls.values():
+                    call.send_window += change
+            elif setting == _SETTINGS_MAX_FRAME_SIZE:
+                if not _DEFAULT_MAX_FRAME <= value <= 2**24 - 1:
+                    raise _ConnectionError(_PROTOCOL_ERROR)
+                connection.peer_max_frame = value
+        connection.outgoing += _frame(_SETTINGS, _ACK, 0, b"")
+        self._resume(connection)
+
+    def _on_window_update(self, connection: _Connection, stream_id: int, payload: bytes) -> None:
+        if len(payload) != 4:
+            raise _ConnectionError(_FRAME_SIZE_ERROR)
+        increment = struct.unpack(">I", payload)[0] & _MAX_WINDOW
+        if stream_id == 0:
+            connection.send_window += increment
+            if not increment or connection.send_window > _MAX_WINDOW:
+                raise _ConnectionError(_FLOW_CONTROL_ERROR)
+        elif (call := connection.calls.get(stream_id)) is not None:
+            call.send_window += increment
+        self._resume(connection)
+
+    def _on_header_frame(
+        self, connection: _Connection, frame_type: int, flags: int, stream_id: int, payload: bytes
+    ) -> None:
+        if frame_type == _CONTINUATION:
+            pending = connection.header_block
+            if pending is None or pending[0] != stream_id:
+                raise _ConnectionError(_PROTOCOL_ERROR)
+            pending[2].extend(payload)
+            if flags & _END_HEADERS:
+                connection.header_block = None
+                self._on_headers(connection, stream_id, pending[1], bytes(pending[2]))
+            return
+        payload = _unpadded(flags, payload)
+        if flags & _PRIORITY:
+            payload = payload[5:]  # stream dependency and weight, which this server ignores
+        if flags & _END_HEADERS:
+            self._on_headers(connection, stream_id, flags, payload)
+        else:
+            connection.header_block = (stream_id, flags, bytearray(payload))
+
+    def _on_headers(
+        self, connection: _Connection, stream_id: int, flags: int, block: bytes
+    ) -> None:
+        try:
+            # Every block is decoded, whatever its stream: the HPACK table is the connection's.
+            headers = connection.decoder.decode(block, raw=True)
+        except hpack.HPACKError:
+            raise _ConnectionError(_COMPRESSION_ERROR) from None
+        call = connection.calls.get(stream_id)
+        if call is None:
+            if stream_id % 2 == 0 or stream_id <= connection.last_stream_id:
+                raise _ConnectionError(_PROTOCOL_ERROR)  # not a new client stream
+            connection.last_stream_id = stream_id
+            call = _Call(connection.peer_initial_window)
+            for name, value in headers:
+                if name == b":path":
+                    call.path = bytes(value)
+                elif name == b"content-type":
+                    call.content_type = bytes(value)
+                elif name == b"grpc-encoding":
+                    call.encoding = bytes(value)
+            connection.calls[stream_id] = call
+        if flags & _END_STREAM:  # a second block is the client's trailers (gRPC sends none)
+            self._answer(connection, stream_id, call)
+
+    def _on_data(self, connection: _Connection, flags: int, stream_id: int, payload: bytes) -> None:
+        if stream_id == 0:
+            raise _ConnectionError(_PROTOCOL_ERROR)
+        connection.received += len(payload)  # padding included: it counts against the window
+        if connection.received >= _WINDOW_UPDATE_AT:
+            increment, connection.received = connection.received, 0
+            connection.outgoing += _frame(_WINDOW_UPDATE, 0, 0, struct.pack(">I", increment))
+        call = connection.calls.get(stream_id)
+        if call is None or call.ended:
+            return  # a call answered early (too large) or cancelled: its data is dropped
+        data = _unpadded(flags, payload)
+        if not call.too_large:
+            call.body += data
+            if len(call.body) > _PREFIX_BYTES + MAX_MESSAGE_BYTES:
+                self._refuse_too_large(connection, stream_id, call)
+                return
+        if flags & _END_STREAM:
+            self._answer(connection, stream_id, call)
+            return
+        call.received += len(payload)
+        if call.received >= _WINDOW_UPDATE_AT:
+            increment, call.received = call.received, 0
+            update = struct.pack(">I", increment)
+            connection.outgoing += _frame(_WINDOW_UPDATE, 0, stream_id, update)
+
+    def _refuse_too_large(self, connection: _Connection, stream_id: int, call: _Call) -> None:
+        """Answered now, before the rest arrives; RST_STREAM NO_ERROR then tells the client to
+        stop sending (PROTOCOL-HTTP2.md, "Early Server Closure")."""
+        size = len(call.body) - _PREFIX_BYTES
+        call.too_large, call.body = True, bytearray()
+        self._end(connection, stream_id, *self._too_large(size))
+        connection.outgoing += _frame(_RST_STREAM, 0, stream_id, struct.pack(">I", _NO_ERROR))
+
+    @staticmethod
+    def _too_large(size: int) -> tuple[grpc.StatusCode, str]:
+        return (
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            f"Received message larger than max ({size} vs. {MAX_MESSAGE_BYTES})",
+        )
+
+    # -- a call --------------------------------------------------------------------------
+
+    def _answer(self, connection: _Connection, stream_id: int, call: _Call) -> None:
+        call.ended = True
+        if not call.content_type.startswith(_GRPC_CONTENT_TYPE):
+            # Not a gRPC request at all: gRPC servers answer HTTP 415 (PROTOCOL-HTTP2.md).
+            connection.calls.pop(stream_id, None)
+            max_frame = connection.peer_max_frame
+            connection.outgoing += _header_frames(stream_id, _NOT_GRPC_HEADERS, True, max_frame)
+            return
+        outcome = self._run(call)
+        if isinstance(outcome, tuple):
+            self._end(connection, stream_id, *outcome)
+            return
+        message = outcome.SerializeToString()
+        call.body = bytearray()
+        call.pending = memoryview(b"".join((b"\x00", len(message).to_bytes(4, "big"), message)))
+        connection.outgoing += _header_frames(
+            stream_id, _RESPONSE_HEADERS, False, connection.peer_max_frame
+        )
+        self._send_message(connection, stream_id, call)
+
+    def _run(self, call: _Call) -> Any:
+        """The method's response, or the (status, message) the call ends with."""
+        method = self._methods.get(call.path)
+        if method is None:
+            return grpc.StatusCode.UNIMPLEMENTED, "Method not found!"
+        body = call.body
+        if len(body) < _PREFIX_BYTES:
+            path = call.path.decode(errors="replace")
+            return grpc.StatusCode.UNIMPLEMENTED, f'"{path}" requires exactly one request message.'
+        if body[0] != 0:
+            encoding = call.encoding.decode(errors="replace")
+            return grpc.StatusCode.UNIMPLEMENTED, f"compressed messages ({encoding}) are refused"
+        length = int.from_bytes(body[1:_PREFIX_BYTES], "big")
+        if len(body) != _PREFIX_BYTES + length:
+            return grpc.StatusCode.INTERNAL, "Exception deserializing request!"
+        try:
+            request = method.request_class.FromString(bytes(body[_PREFIX_BYTES:]))
+        except Exception:  # protobuf's DecodeError, or a message it cannot take
+            return grpc.StatusCode.INTERNAL, "Exception deserializing request!"
+        try:
+            return method.behaviour(request)
+        except RpcError as error:
+            return error.code, error.message
+        except Exception as error:
+            self._log.exception("gRPC method %s raised", call.path.decode(errors="replace"))
+            return grpc.StatusCode.UNKNOWN, f"Exception calling application: {error}"
+
+    def _end(
+        self, connection: _Connection, stream_id: int, code: grpc.StatusCode, message: str
+    ) -> None:
+        """Trailers-Only: the answer of a call that failed."""
+        connection.calls.pop(stream_id, None)
+        block = _RESPONSE_HEADERS + _status_block(code, message)
+        connection.outgoing += _header_frames(stream_id, block, True, connection.peer_max_frame)
+
+    def _resume(self, connection: _Connection) -> None:
+        """Send what flow control held back, now that a window grew."""
+        for stream_id, call in list(connection.calls.items()):
+            if call.pending is not None:
+                self._send_message(connection, stream_id, call)
+
+    def _send_message(self, connection: _Connection, stream_id: int, call: _Call) -> None:
+        """Send as much of the answer's message as flow control allows, then its trailers."""
+        pending = call.pending
+        assert pending is not None
+        while pending:
+            room = min(connection.send_window, call.send_window, connection.peer_max_frame)
+            if room <= 0:
+                call.pending = pending
+                return  # a WINDOW_UPDATE (or SETTINGS) resumes it
+            chunk, pending = pending[:room], pending[room:]
+            connection.outgoing += _frame(_DATA, 0, stream_id, chunk)
+            connection.send_window -= len(chunk)
+            call.send_window -= len(chunk)
+        connection.calls.pop(stream_id, None)
+        connection.outgoing += _header_frames(
+            stream_id, _OK_TRAILERS, True, connection.peer_max_frame
+        )
+
+    # -- the socket ----------------------------------------------------------------------
+
+    def _write(self, connection: _Connection) -> None:
+        outgoing = connection.outgoing
+        while outgoing:
+            try:
+                sent = connection.sock.send(outgoing)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError:
+                self._drop(connection)
+                return
+            del outgoing[:sent]
+        if outgoing and not connection.writing:
+            connection.writing = True
+            self._selector.modify(
+                connection.sock, selectors.EVENT_READ | selectors.EVENT_WRITE, connection
+            )
+        elif not outgoing:
+            if connection.closing:
+                self._drop(connection)
+            elif connection.writing:
+                connection.writing = False
+                self._selector.modify(connection.sock, selectors.EVENT_READ, connection)
+
+    def _drop(self, connection: _Connection) -> None:
+        if connection not in self._connections:
+            return
+        self._connections.discard(connection)
+        self._selector.unregister(connection.sock)
+        connection.sock.close()

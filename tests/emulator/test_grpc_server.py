@@ -1,0 +1,114 @@
+"""The emulator's own gRPC server (infra/local/tasks_emulator/grpc_server.py) as grpcio's
+client sees it: statuses of malformed calls, messages larger than a flow-control window both
+ways, calls from many clients at once, and a peer that does not speak HTTP/2."""
+
+from __future__ import annotations
+
+import socket
+import threading
+
+import grpc
+import pytest
+from google.api_core import exceptions
+from google.cloud import tasks_v2
+
+from infra.local.tasks_emulator import EmulatorHandle
+from infra.local.tasks_emulator.grpc_server import MAX_MESSAGE_BYTES
+from tests.emulator.target import LOCATION, http_task, make_client, new_queue
+
+_GET_QUEUE = "/google.cloud.tasks.v2.CloudTasks/GetQueue"
+
+
+def _raw_call(address: str, path: str, request: bytes) -> grpc.RpcError:
+    with grpc.insecure_channel(address) as channel:
+        call = channel.unary_unary(path)
+        with pytest.raises(grpc.RpcError) as caught:
+            call(request, timeout=10)
+    return caught.value
+
+
+def test_a_method_the_emulator_does_not_offer_is_unimplemented(emulator: EmulatorHandle) -> None:
+    error = _raw_call(emulator.address, "/google.cloud.tasks.v2.CloudTasks/GetIamPolicy", b"")
+
+    assert error.code() == grpc.StatusCode.UNIMPLEMENTED
+
+
+def test_a_request_that_does_not_parse_is_internal(emulator: EmulatorHandle) -> None:
+    error = _raw_call(emulator.address, _GET_QUEUE, b"\xff\xff\xff")
+
+    assert error.code() == grpc.StatusCode.INTERNAL
+    assert error.details() == "Exception deserializing request!"
+
+
+def test_an_error_message_beyond_ascii_arrives_as_it_was_raised(
+    client: tasks_v2.CloudTasksClient,
+) -> None:
+    with pytest.raises(exceptions.InvalidArgument) as caught:
+        client.get_queue(name=f"{LOCATION}/queues/café 100%")
+
+    assert "café 100%" in caught.value.message
+
+
+def test_a_message_over_four_mib_is_resource_exhausted_and_the_connection_serves_on(
+    client: tasks_v2.CloudTasksClient,
+) -> None:
+    name = new_queue(client, "big")
+    huge = http_task("http://127.0.0.1:9/", body=b"x" * (MAX_MESSAGE_BYTES + 1))
+
+    with pytest.raises(exceptions.ResourceExhausted):
+        client.create_task(parent=name, task=huge)
+
+    assert client.get_queue(name=name).name == name
+
+
+def test_requests_and_answers_larger_than_a_flow_control_window_arrive_whole(
+    client: tasks_v2.CloudTasksClient,
+) -> None:
+    name = new_queue(client, "held")
+    client.pause_queue(name=name)
+    bodies = [bytes([65 + i]) * 900_000 for i in range(3)]  # 2.7 MB answer, 64 KiB windows
+    for body in bodies:
+        client.create_task(parent=name, task=http_task("http://127.0.0.1:9/", body=body))
+
+    listed = client.list_tasks(
+        request={"parent": name, "response_view": tasks_v2.Task.View.FULL}
+    ).tasks
+
+    assert sorted(task.http_request.body for task in listed) == bodies
+
+
+def test_calls_from_many_clients_at_once_are_all_answered(emulator: EmulatorHandle) -> None:
+    with make_client(emulator.address) as setup:
+        name = new_queue(setup, "shared")
+    answers: list[str] = []
+    lock = threading.Lock()
+
+    def calls() -> None:
+        with make_client(emulator.address) as own:
+            for _ in range(20):
+                got = own.get_queue(name=name).name
+                with lock:
+                    answers.append(got)
+
+    threads = [threading.Thread(target=calls) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    assert answers == [name] * 160
+
+
+def test_a_peer_that_does_not_speak_http2_gets_a_goaway_and_the_server_serves_on(
+    emulator: EmulatorHandle, client: tasks_v2.CloudTasksClient
+) -> None:
+    with socket.create_connection((emulator.host, emulator.port), timeout=10) as sock:
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        received = b""
+        while chunk := sock.recv(4096):
+            received += chunk
+
+    settings, goaway = received[:9], received[9:]
+    assert settings[3] == 0x4  # the server's preface: SETTINGS
+    assert goaway[3] == 0x7 and goaway[-4:] == b"\x00\x00\x00\x01"  # GOAWAY PROTOCOL_ERROR
+    assert new_queue(client, "after").endswith("/after")

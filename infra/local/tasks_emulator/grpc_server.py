@@ -58,7 +58,7 @@ _WINDOW_UPDATE, _CONTINUATION = 8, 9
 _END_STREAM = _ACK = 0x1
 _END_HEADERS, _PADDED, _PRIORITY = 0x4, 0x8, 0x20
 _SETTINGS_INITIAL_WINDOW_SIZE, _SETTINGS_MAX_FRAME_SIZE = 0x4, 0x5
-_NO_ERROR, _PROTOCOL_ERROR, _FLOW_CONTROL_ERROR = 0x0, 0x1, 0x3
+_NO_ERROR, _PROTOCOL_ERROR, _INTERNAL_ERROR, _FLOW_CONTROL_ERROR = 0x0, 0x1, 0x2, 0x3
 _FRAME_SIZE_ERROR, _COMPRESSION_ERROR = 0x6, 0x9
 _DEFAULT_WINDOW = 65_535
 _DEFAULT_MAX_FRAME = 16_384  #: both sides' SETTINGS_MAX_FRAME_SIZE until told otherwise
@@ -299,10 +299,18 @@ class UnaryGrpcServer:
         try:
             self._frames(connection)
         except _ConnectionError as error:
-            goaway = struct.pack(">II", connection.last_stream_id, error.code)
-            connection.outgoing += _frame(_GOAWAY, 0, 0, goaway)
-            connection.closing = True
+            self._go_away(connection, error.code)
+        except Exception:
+            # A fault of this server's own: that connection ends, the server serves on.
+            self._log.exception("gRPC connection failed")
+            self._go_away(connection, _INTERNAL_ERROR)
         self._write(connection)
+
+    @staticmethod
+    def _go_away(connection: _Connection, code: int) -> None:
+        goaway = struct.pack(">II", connection.last_stream_id, code)
+        connection.outgoing += _frame(_GOAWAY, 0, 0, goaway)
+        connection.closing = True
 
     def _frames(self, connection: _Connection) -> None:
         """Handle every whole frame received so far."""

@@ -197,6 +197,19 @@ def _template(url: str) -> Any:
     return tasks_v2.CreateTaskRequest.pb(tasks_v2.CreateTaskRequest(parent=QUEUE, task=task))
 
 
+def _create(emulator: Emulator, template: Any) -> tuple[str, float, float]:
+    """One task from ``template`` with a name and body of its own: (its id, when CreateTask
+    was called, how long it took to answer), on the monotonic clock."""
+    request = type(template)()
+    request.CopyFrom(template)
+    task_id = uuid.uuid4().hex
+    request.task.name = f"{QUEUE}/tasks/{task_id}"
+    request.task.http_request.body = json.dumps({"jobId": task_id, "dispatch": 0}).encode()
+    before = time.monotonic()
+    emulator.client.create_task(request=tasks_v2.CreateTaskRequest.wrap(request), timeout=30)
+    return task_id, before, time.monotonic() - before
+
+
 def _cpu_shares(emulator: Emulator, by_thread: dict[int, float], tasks: int) -> dict[str, float]:
     names = emulator.thread_names()
     shares: dict[str, float] = {}
@@ -214,15 +227,9 @@ def paused_round(emulator: Emulator, tasks: int, connections: int, threads: bool
     lock = threading.Lock()
 
     def create(_: int) -> None:
-        request = type(template)()
-        request.CopyFrom(template)
-        task_id = uuid.uuid4().hex
-        request.task.name = f"{QUEUE}/tasks/{task_id}"
-        request.task.http_request.body = json.dumps({"jobId": task_id, "dispatch": 0}).encode()
-        before = time.monotonic()
-        emulator.client.create_task(request=tasks_v2.CreateTaskRequest.wrap(request), timeout=30)
+        _task_id, _before, answer = _create(emulator, template)
         with lock:
-            answers.append((time.monotonic() - before) * 1000)
+            answers.append(answer * 1000)
 
     with ThreadPoolExecutor(connections) as pool:
         list(pool.map(create, range(connections * 4)))  # warm
@@ -250,14 +257,7 @@ def one_round(emulator: Emulator, tasks: int, pause_s: float, threads: bool) -> 
     template = _template(f"http://127.0.0.1:{target.port}/process")
 
     def create() -> tuple[str, float, float]:
-        request = type(template)()
-        request.CopyFrom(template)
-        task_id = uuid.uuid4().hex
-        request.task.name = f"{QUEUE}/tasks/{task_id}"
-        request.task.http_request.body = json.dumps({"jobId": task_id, "dispatch": 0}).encode()
-        before = time.monotonic()
-        emulator.client.create_task(request=tasks_v2.CreateTaskRequest.wrap(request), timeout=30)
-        return task_id, before, time.monotonic() - before
+        return _create(emulator, template)
 
     for _ in range(5):  # the target's connection, kept alive from here on
         create()

@@ -8,6 +8,7 @@ import socket
 import threading
 
 import grpc
+import hpack
 import pytest
 from google.api_core import exceptions
 from google.cloud import tasks_v2
@@ -112,3 +113,58 @@ def test_a_peer_that_does_not_speak_http2_gets_a_goaway_and_the_server_serves_on
     assert settings[3] == 0x4  # the server's preface: SETTINGS
     assert goaway[3] == 0x7 and goaway[-4:] == b"\x00\x00\x00\x01"  # GOAWAY PROTOCOL_ERROR
     assert new_queue(client, "after").endswith("/after")
+
+
+def _frame(frame_type: int, flags: int, stream_id: int, payload: bytes) -> bytes:
+    return (
+        len(payload).to_bytes(3, "big")
+        + bytes((frame_type, flags))
+        + (stream_id.to_bytes(4, "big") + payload)
+    )
+
+
+def _frames(data: bytes) -> list[tuple[int, int, bytes]]:
+    frames, offset = [], 0
+    while offset + 9 <= len(data):
+        size = int.from_bytes(data[offset : offset + 3], "big")
+        frames.append((data[offset + 3], data[offset + 4], data[offset + 9 : offset + 9 + size]))
+        offset += 9 + size
+    return frames
+
+
+def test_headers_after_a_request_ended_end_the_connection_and_the_method_runs_once(
+    emulator: EmulatorHandle, client: tasks_v2.CloudTasksClient
+) -> None:
+    name = new_queue(client, "once")
+    request = tasks_v2.CreateTaskRequest.pb(
+        tasks_v2.CreateTaskRequest(parent=name, task=http_task("http://127.0.0.1:9/"))
+    ).SerializeToString()
+    headers = hpack.Encoder().encode(
+        [
+            (":method", "POST"),
+            (":scheme", "http"),
+            (":path", "/google.cloud.tasks.v2.CloudTasks/CreateTask"),
+            (":authority", emulator.address),
+            ("content-type", "application/grpc"),
+            ("te", "trailers"),
+        ]
+    )
+    with socket.create_connection((emulator.host, emulator.port), timeout=10) as sock:
+        sock.sendall(
+            b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+            # SETTINGS_INITIAL_WINDOW_SIZE 0: the answer's message waits on flow control, so
+            # the call is still open when the second block comes
+            + _frame(0x4, 0, 0, b"\x00\x04\x00\x00\x00\x00")
+            + _frame(0x1, 0x4, 1, headers)  # HEADERS, END_HEADERS
+            + _frame(0x0, 0x1, 1, b"\x00" + len(request).to_bytes(4, "big") + request)
+            + _frame(0x1, 0x5, 1, b"")  # HEADERS again, END_STREAM: the stream had ended
+        )
+        received = b""
+        while chunk := sock.recv(65536):
+            received += chunk
+    frames = _frames(received)
+
+    goaway = [f for f in frames if f[0] == 0x7]
+    assert [f[0] for f in frames if f[0] in (0x0, 0x1)] == [0x1]  # Response-Headers, held DATA
+    assert goaway and goaway[0][2][4:] == b"\x00\x00\x00\x01"  # PROTOCOL_ERROR
+    assert len(client.list_tasks(parent=name).tasks) == 1

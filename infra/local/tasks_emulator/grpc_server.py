@@ -437,6 +437,8 @@ class UnaryGrpcServer:
                 elif name == b"grpc-encoding":
                     call.encoding = bytes(value)
             connection.calls[stream_id] = call
+        elif call.ended:
+            raise _ConnectionError(_PROTOCOL_ERROR)  # headers after the request's end
         if flags & _END_STREAM:  # a second block is the client's trailers (gRPC sends none)
             self._answer(connection, stream_id, call)
 

@@ -5,7 +5,11 @@ ways, calls from many clients at once, and a peer that does not speak HTTP/2."""
 from __future__ import annotations
 
 import socket
+import struct
 import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 
 import grpc
 import hpack
@@ -14,7 +18,7 @@ from google.api_core import exceptions
 from google.cloud import tasks_v2
 
 from infra.local.tasks_emulator import EmulatorHandle
-from infra.local.tasks_emulator.grpc_server import MAX_MESSAGE_BYTES
+from infra.local.tasks_emulator.grpc_server import CLOSE_GRACE_S, MAX_MESSAGE_BYTES
 from tests.emulator.target import LOCATION, http_task, make_client, new_queue
 
 _GET_QUEUE = "/google.cloud.tasks.v2.CloudTasks/GetQueue"
@@ -168,3 +172,93 @@ def test_headers_after_a_request_ended_end_the_connection_and_the_method_runs_on
     assert [f[0] for f in frames if f[0] in (0x0, 0x1)] == [0x1]  # Response-Headers, held DATA
     assert goaway and goaway[0][2][4:] == b"\x00\x00\x00\x01"  # PROTOCOL_ERROR
     assert len(client.list_tasks(parent=name).tasks) == 1
+
+
+# --- raw HTTP/2 peers (RFC 9113), for what grpcio's client never sends --------------------
+
+_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+_DATA, _HEADERS, _RST_STREAM, _SETTINGS, _PUSH_PROMISE, _PING, _GOAWAY = 0, 1, 3, 4, 5, 6, 7
+_WINDOW_UPDATE, _CONTINUATION = 8, 9
+_LIST_TASKS = "/google.cloud.tasks.v2.CloudTasks/ListTasks"
+
+
+def _request_block(encoder: hpack.Encoder, path: str, *extra: tuple[str, str]) -> bytes:
+    return encoder.encode(
+        [
+            (":method", "POST"),
+            (":scheme", "http"),
+            (":path", path),
+            (":authority", "emulator"),
+            ("content-type", "application/grpc"),
+            ("te", "trailers"),
+            *extra,
+        ]
+    )
+
+
+def _message(payload: bytes) -> bytes:
+    return b"\x00" + len(payload).to_bytes(4, "big") + payload
+
+
+@contextmanager
+def _raw_peer(emulator: EmulatorHandle, *, receive_buffer: int = 0) -> Iterator[socket.socket]:
+    """A connection that has sent its preface and empty SETTINGS."""
+    sock = socket.socket()
+    if receive_buffer:  # set before connecting: the window the kernel offers follows it
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
+    sock.settimeout(10)
+    with sock:
+        sock.connect((emulator.host, emulator.port))
+        sock.sendall(_PREFACE + _frame(_SETTINGS, 0, 0, b""))
+        yield sock
+
+
+def _read_all(sock: socket.socket) -> list[tuple[int, int, bytes]]:
+    """Every frame until the server closes the connection (bounded by the socket timeout)."""
+    received = b""
+    with suppress(ConnectionResetError):
+        while chunk := sock.recv(65536):
+            received += chunk
+    return _frames(received)
+
+
+def _goaway_code(frames: list[tuple[int, int, bytes]]) -> int | None:
+    goaways = [payload for frame_type, _, payload in frames if frame_type == _GOAWAY]
+    return struct.unpack(">I", goaways[0][4:8])[0] if goaways else None
+
+
+def test_a_closing_connection_whose_peer_never_reads_has_its_input_drained_and_is_closed(
+    emulator: EmulatorHandle, client: tasks_v2.CloudTasksClient
+) -> None:
+    name = new_queue(client, "unread")
+    client.pause_queue(name=name)
+    for letter in b"ABCDEFGHIJ":  # a 9 MB answer: more than the kernel's buffers take
+        body = bytes([letter]) * 900_000
+        client.create_task(parent=name, task=http_task("http://127.0.0.1:9/", body=body))
+    listing = tasks_v2.ListTasksRequest.pb(
+        tasks_v2.ListTasksRequest(parent=name, response_view=tasks_v2.Task.View.FULL)
+    ).SerializeToString()
+    big_windows = struct.pack(">HI", 0x4, 2**31 - 1)
+    junk = _frame(0xFA, 0, 0, b"\x00" * 16_000)  # an unknown frame type: ignored if read
+    sent_after_goaway = 0
+
+    with _raw_peer(emulator, receive_buffer=4096) as sock:
+        sock.sendall(
+            _frame(_SETTINGS, 0, 0, big_windows)
+            + _frame(_WINDOW_UPDATE, 0, 0, (2**31 - 1 - 65_535).to_bytes(4, "big"))
+            + _frame(_HEADERS, 0x4, 1, _request_block(hpack.Encoder(), _LIST_TASKS))
+            + _frame(_DATA, 0x1, 1, _message(listing))
+            # a client never pushes: GOAWAY PROTOCOL_ERROR, queued behind the answer
+            + _frame(_PUSH_PROMISE, 0x4, 1, b"\x00\x00\x00\x02")
+        )
+        # The peer never reads. The server reads what it sends (else the sends would stop
+        # with the kernel's buffers full: TimeoutError) until it closes the connection
+        # (CLOSE_GRACE_S after the GOAWAY): the sends then fail with a reset.
+        with pytest.raises((ConnectionResetError, BrokenPipeError)):
+            give_up = time.monotonic() + CLOSE_GRACE_S + 20
+            while time.monotonic() < give_up:
+                sock.sendall(junk)
+                sent_after_goaway += len(junk)
+
+    assert sent_after_goaway > 0
+    assert new_queue(client, "after-unread").endswith("/after-unread")

@@ -33,6 +33,7 @@ import selectors
 import socket
 import struct
 import threading
+import time
 from collections.abc import Callable, Mapping
 from contextlib import suppress
 from dataclasses import dataclass, field
@@ -65,6 +66,9 @@ _DEFAULT_MAX_FRAME = 16_384  #: both sides' SETTINGS_MAX_FRAME_SIZE until told o
 _MAX_WINDOW = 2**31 - 1
 #: received bytes given back (WINDOW_UPDATE) once this many have gathered, per window
 _WINDOW_UPDATE_AT = 32_768
+#: how long a closing connection (GOAWAY sent or received) may wait for its peer to take the
+#: rest of its output before it is closed anyway
+CLOSE_GRACE_S = 1.0
 
 Headers = list[tuple[bytes, bytes]]
 
@@ -195,6 +199,7 @@ class _Connection:
     outgoing: bytearray = field(default_factory=bytearray)
     writing: bool = False  #: registered for EVENT_WRITE (the kernel buffer was full)
     closing: bool = False
+    close_by: float = 0.0  #: when closing: the monotonic time it is closed at the latest
 
 
 # --- the server -----------------------------------------------------------------------------
@@ -225,6 +230,7 @@ class UnaryGrpcServer:
         self._wake_reader.setblocking(False)
         self._selector.register(self._wake_reader, selectors.EVENT_READ, self._wake_reader)
         self._connections: set[_Connection] = set()
+        self._closing: set[_Connection] = set()
         self._stopping = False
         self._thread = threading.Thread(target=self._serve, name="tasks-emulator-grpc", daemon=True)
 
@@ -253,17 +259,39 @@ class UnaryGrpcServer:
 
     def _serve(self) -> None:
         while not self._stopping:
-            for key, events in self._selector.select():
+            timeout = self._until_next_close() if self._closing else None
+            for key, events in self._selector.select(timeout):
                 if key.data is None:
                     self._accept()
                 elif key.data is self._wake_reader:
                     continue  # stop() woke the loop
                 else:
-                    connection: _Connection = key.data
-                    if events & selectors.EVENT_WRITE:
-                        self._write(connection)
-                    if events & selectors.EVENT_READ:
-                        self._read(connection)
+                    self._ready(key.data, events)
+            if self._closing:
+                self._close_late()
+
+    def _ready(self, connection: _Connection, events: int) -> None:
+        try:
+            if events & selectors.EVENT_WRITE:
+                self._write(connection)
+            if events & selectors.EVENT_READ:
+                self._read(connection)
+        except Exception:
+            # A fault of this server's own outside a connection's frames (those are caught in
+            # _read): that connection ends, the serving thread serves on.
+            self._log.exception("gRPC connection failed")
+            self._drop(connection)
+
+    def _until_next_close(self) -> float:
+        soonest = min(connection.close_by for connection in self._closing)
+        return max(0.0, soonest - time.monotonic())
+
+    def _close_late(self) -> None:
+        """Close every closing connection whose peer has not taken its output in time (it
+        may never read again: the output would wait, and the connection stay, forever)."""
+        now = time.monotonic()
+        for connection in [c for c in self._closing if c.close_by <= now]:
+            self._drop(connection)
 
     def _accept(self) -> None:
         try:
@@ -284,8 +312,6 @@ class UnaryGrpcServer:
         self._write(connection)
 
     def _read(self, connection: _Connection) -> None:
-        if connection.closing:
-            return
         try:
             data = connection.sock.recv(_READ_BYTES)
         except (BlockingIOError, InterruptedError):
@@ -294,6 +320,10 @@ class UnaryGrpcServer:
             data = b""
         if not data:
             self._drop(connection)
+            return
+        if connection.closing:
+            # Read only to be thrown away: left unread, the socket would stay readable and
+            # the loop spin on it until the connection closes.
             return
         connection.incoming += data
         try:
@@ -306,11 +336,17 @@ class UnaryGrpcServer:
             self._go_away(connection, _INTERNAL_ERROR)
         self._write(connection)
 
-    @staticmethod
-    def _go_away(connection: _Connection, code: int) -> None:
+    def _go_away(self, connection: _Connection, code: int) -> None:
         goaway = struct.pack(">II", connection.last_stream_id, code)
         connection.outgoing += _frame(_GOAWAY, 0, 0, goaway)
-        connection.closing = True
+        self._close_soon(connection)
+
+    def _close_soon(self, connection: _Connection) -> None:
+        """Close once the output is sent, or after CLOSE_GRACE_S whatever is left."""
+        if not connection.closing:
+            connection.closing = True
+            connection.close_by = time.monotonic() + CLOSE_GRACE_S
+            self._closing.add(connection)
 
     def _frames(self, connection: _Connection) -> None:
         """Handle every whole frame received so far."""
@@ -355,7 +391,7 @@ class UnaryGrpcServer:
             if not flags & _ACK:
                 connection.outgoing += _frame(_PING, _ACK, 0, payload)
         elif frame_type == _GOAWAY:
-            connection.closing = True  # every call it sent is answered already
+            self._close_soon(connection)  # every call it sent is answered already
         elif frame_type == _WINDOW_UPDATE:
             self._on_window_update(connection, stream_id, payload)
         elif frame_type == _PUSH_PROMISE:
@@ -592,5 +628,7 @@ class UnaryGrpcServer:
         if connection not in self._connections:
             return
         self._connections.discard(connection)
-        self._selector.unregister(connection.sock)
+        self._closing.discard(connection)
+        with suppress(KeyError, ValueError):  # a socket the selector no longer knows
+            self._selector.unregister(connection.sock)
         connection.sock.close()

@@ -18,7 +18,11 @@ from google.api_core import exceptions
 from google.cloud import tasks_v2
 
 from infra.local.tasks_emulator import EmulatorHandle
-from infra.local.tasks_emulator.grpc_server import CLOSE_GRACE_S, MAX_MESSAGE_BYTES
+from infra.local.tasks_emulator.grpc_server import (
+    CLOSE_GRACE_S,
+    MAX_HEADER_BLOCK_BYTES,
+    MAX_MESSAGE_BYTES,
+)
 from tests.emulator.target import LOCATION, http_task, make_client, new_queue
 
 _GET_QUEUE = "/google.cloud.tasks.v2.CloudTasks/GetQueue"
@@ -262,3 +266,18 @@ def test_a_closing_connection_whose_peer_never_reads_has_its_input_drained_and_i
 
     assert sent_after_goaway > 0
     assert new_queue(client, "after-unread").endswith("/after-unread")
+
+
+def test_a_header_block_continued_past_its_cap_ends_the_connection_with_enhance_your_calm(
+    emulator: EmulatorHandle, client: tasks_v2.CloudTasksClient
+) -> None:
+    continuation = _frame(_CONTINUATION, 0, 1, b"\x00" * 16_384)  # never END_HEADERS
+    frames_needed = MAX_HEADER_BLOCK_BYTES // 16_384 + 1
+
+    with _raw_peer(emulator) as sock:
+        sock.sendall(_frame(_HEADERS, 0, 1, _request_block(hpack.Encoder(), _GET_QUEUE)))
+        sock.sendall(continuation * frames_needed)
+        frames = _read_all(sock)
+
+    assert _goaway_code(frames) == 0xB  # ENHANCE_YOUR_CALM
+    assert new_queue(client, "after-flood").endswith("/after-flood")

@@ -60,10 +60,14 @@ _END_STREAM = _ACK = 0x1
 _END_HEADERS, _PADDED, _PRIORITY = 0x4, 0x8, 0x20
 _SETTINGS_INITIAL_WINDOW_SIZE, _SETTINGS_MAX_FRAME_SIZE = 0x4, 0x5
 _NO_ERROR, _PROTOCOL_ERROR, _INTERNAL_ERROR, _FLOW_CONTROL_ERROR = 0x0, 0x1, 0x2, 0x3
-_FRAME_SIZE_ERROR, _COMPRESSION_ERROR = 0x6, 0x9
+_FRAME_SIZE_ERROR, _COMPRESSION_ERROR, _ENHANCE_YOUR_CALM = 0x6, 0x9, 0xB
 _DEFAULT_WINDOW = 65_535
 _DEFAULT_MAX_FRAME = 16_384  #: both sides' SETTINGS_MAX_FRAME_SIZE until told otherwise
 _MAX_WINDOW = 2**31 - 1
+#: the largest header block (HEADERS and its CONTINUATIONs, compressed) a peer may send: RFC
+#: 9113 bounds neither a block nor its CONTINUATION frames, so without a cap a peer could
+#: make the server buffer without end (section 10.5.1: ENHANCE_YOUR_CALM)
+MAX_HEADER_BLOCK_BYTES = 64 * 1024
 #: received bytes given back (WINDOW_UPDATE) once this many have gathered, per window
 _WINDOW_UPDATE_AT = 32_768
 #: how long a closing connection (GOAWAY sent or received) may wait for its peer to take the
@@ -438,6 +442,8 @@ class UnaryGrpcServer:
             pending = connection.header_block
             if pending is None or pending[0] != stream_id:
                 raise _ConnectionError(_PROTOCOL_ERROR)
+            if len(pending[2]) + len(payload) > MAX_HEADER_BLOCK_BYTES:
+                raise _ConnectionError(_ENHANCE_YOUR_CALM)
             pending[2].extend(payload)
             if flags & _END_HEADERS:
                 connection.header_block = None

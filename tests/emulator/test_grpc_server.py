@@ -22,6 +22,7 @@ from infra.local.tasks_emulator.grpc_server import (
     CLOSE_GRACE_S,
     MAX_HEADER_BLOCK_BYTES,
     MAX_MESSAGE_BYTES,
+    OUTGOING_HIGH_WATER,
 )
 from tests.emulator.target import LOCATION, http_task, make_client, new_queue
 
@@ -266,6 +267,24 @@ def test_a_closing_connection_whose_peer_never_reads_has_its_input_drained_and_i
 
     assert sent_after_goaway > 0
     assert new_queue(client, "after-unread").endswith("/after-unread")
+
+
+def test_a_peer_that_stops_reading_stops_being_read_and_its_answers_stay_bounded(
+    emulator: EmulatorHandle, client: tasks_v2.CloudTasksClient
+) -> None:
+    pings = _frame(_PING, 0, 0, b"12345678") * 4096  # 69 KB sent, 69 KB of PING ACKs owed
+    sent = 0
+
+    with _raw_peer(emulator, receive_buffer=4096) as sock:
+        sock.settimeout(2)
+        with pytest.raises(TimeoutError):  # its sends stall: the server has stopped reading
+            while sent < 32 * 1024 * 1024:
+                sock.sendall(pings)
+                sent += len(pings)
+        held = [len(connection.outgoing) for connection in emulator._server._connections]
+
+    assert max(held) <= OUTGOING_HIGH_WATER + 256 * 1024  # one read's answers past the mark
+    assert new_queue(client, "after-stall").endswith("/after-stall")
 
 
 def test_a_header_block_continued_past_its_cap_ends_the_connection_with_enhance_your_calm(

@@ -68,6 +68,9 @@ _MAX_WINDOW = 2**31 - 1
 #: 9113 bounds neither a block nor its CONTINUATION frames, so without a cap a peer could
 #: make the server buffer without end (section 10.5.1: ENHANCE_YOUR_CALM)
 MAX_HEADER_BLOCK_BYTES = 64 * 1024
+#: a connection whose unsent output is larger than this is not read until the peer takes
+#: some: a peer that sends (PINGs, calls) and never reads would otherwise grow it without end
+OUTGOING_HIGH_WATER = 1024 * 1024
 #: received bytes given back (WINDOW_UPDATE) once this many have gathered, per window
 _WINDOW_UPDATE_AT = 32_768
 #: how long a closing connection (GOAWAY sent or received) may wait for its peer to take the
@@ -201,7 +204,7 @@ class _Connection:
     peer_max_frame: int = _DEFAULT_MAX_FRAME
     received: int = 0  #: bytes received and not yet given back to the connection's window
     outgoing: bytearray = field(default_factory=bytearray)
-    writing: bool = False  #: registered for EVENT_WRITE (the kernel buffer was full)
+    events: int = selectors.EVENT_READ  #: what the selector watches the socket for
     closing: bool = False
     close_by: float = 0.0  #: when closing: the monotonic time it is closed at the latest
 
@@ -618,17 +621,17 @@ class UnaryGrpcServer:
                 self._drop(connection)
                 return
             del outgoing[:sent]
-        if outgoing and not connection.writing:
-            connection.writing = True
-            self._selector.modify(
-                connection.sock, selectors.EVENT_READ | selectors.EVENT_WRITE, connection
-            )
-        elif not outgoing:
-            if connection.closing:
-                self._drop(connection)
-            elif connection.writing:
-                connection.writing = False
-                self._selector.modify(connection.sock, selectors.EVENT_READ, connection)
+        if not outgoing and connection.closing:
+            self._drop(connection)
+            return
+        # Written when the kernel takes more; read unless too much is waiting to be written
+        # (a closing connection is read to throw its input away, see _read).
+        events = selectors.EVENT_WRITE if outgoing else 0
+        if connection.closing or len(outgoing) <= OUTGOING_HIGH_WATER:
+            events |= selectors.EVENT_READ
+        if events != connection.events:
+            connection.events = events
+            self._selector.modify(connection.sock, events, connection)
 
     def _drop(self, connection: _Connection) -> None:
         if connection not in self._connections:

@@ -4,6 +4,7 @@ ways, calls from many clients at once, and a peer that does not speak HTTP/2."""
 
 from __future__ import annotations
 
+import logging
 import socket
 import struct
 import threading
@@ -20,10 +21,14 @@ from google.cloud import tasks_v2
 from infra.local.tasks_emulator import EmulatorHandle
 from infra.local.tasks_emulator.grpc_server import (
     CLOSE_GRACE_S,
+    MAX_CONCURRENT_STREAMS,
     MAX_HEADER_BLOCK_BYTES,
     MAX_MESSAGE_BYTES,
     OUTGOING_HIGH_WATER,
+    UnaryGrpcServer,
+    UnaryMethod,
 )
+from infra.local.tasks_emulator.model import QueuePb
 from tests.emulator.target import LOCATION, http_task, make_client, new_queue
 
 _GET_QUEUE = "/google.cloud.tasks.v2.CloudTasks/GetQueue"
@@ -118,9 +123,9 @@ def test_a_peer_that_does_not_speak_http2_gets_a_goaway_and_the_server_serves_on
         while chunk := sock.recv(4096):
             received += chunk
 
-    settings, goaway = received[:9], received[9:]
-    assert settings[3] == 0x4  # the server's preface: SETTINGS
-    assert goaway[3] == 0x7 and goaway[-4:] == b"\x00\x00\x00\x01"  # GOAWAY PROTOCOL_ERROR
+    frames = _frames(received)
+    assert frames[0][0] == _SETTINGS  # the server's preface
+    assert _goaway_code(frames) == 0x1  # PROTOCOL_ERROR
     assert new_queue(client, "after").endswith("/after")
 
 
@@ -300,3 +305,103 @@ def test_a_header_block_continued_past_its_cap_ends_the_connection_with_enhance_
 
     assert _goaway_code(frames) == 0xB  # ENHANCE_YOUR_CALM
     assert new_queue(client, "after-flood").endswith("/after-flood")
+
+
+def test_the_server_advertises_its_concurrent_streams_and_refuses_one_past_them(
+    emulator: EmulatorHandle,
+) -> None:
+    encoder = hpack.Encoder()
+    opened = b"".join(  # requests begun and never ended: each stream stays open
+        _frame(_HEADERS, 0x4, stream_id, _request_block(encoder, _GET_QUEUE))
+        for stream_id in range(1, 2 * MAX_CONCURRENT_STREAMS + 3, 2)
+    )
+
+    with _raw_peer(emulator) as sock:
+        sock.sendall(opened + _frame(_GOAWAY, 0, 0, bytes(8)))  # then the peer is done
+        frames = _read_all(sock)
+
+    settings = frames[0][2]
+    advertised = {settings[i : i + 2]: settings[i + 2 : i + 6] for i in range(0, len(settings), 6)}
+    resets = [payload for frame_type, _, payload in frames if frame_type == _RST_STREAM]
+    assert int.from_bytes(advertised[b"\x00\x03"], "big") == MAX_CONCURRENT_STREAMS
+    assert resets == [b"\x00\x00\x00\x07"]  # REFUSED_STREAM, for the one stream past them
+
+
+def _blocking_server(
+    release: threading.Event, entered: threading.Event | None = None, **options: int
+) -> tuple[UnaryGrpcServer, list[bytes]]:
+    """A server of its own whose one method (``entered``) waits for ``release``: the serving
+    thread is held while a peer's bytes queue up, so they arrive in one read."""
+    seen: list[bytes] = []
+
+    def hold(request: QueuePb) -> QueuePb:
+        if entered is not None:
+            entered.set()
+        release.wait(10)
+        seen.append(request.name.encode())
+        return request
+
+    methods = {_GET_QUEUE: UnaryMethod(hold, QueuePb)}
+    server = UnaryGrpcServer("127.0.0.1", 0, methods, logger=logging.getLogger(__name__), **options)
+    server.start()
+    return server, seen
+
+
+def _peer_of(server: UnaryGrpcServer) -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+    sock.sendall(_PREFACE + _frame(_SETTINGS, 0, 0, b""))
+    return sock
+
+
+def test_data_past_the_window_the_server_gave_ends_the_connection_with_flow_control_error() -> None:
+    release, entered = threading.Event(), threading.Event()
+    server, _ = _blocking_server(release, entered)
+    encoder = hpack.Encoder()
+    held_call = _frame(_HEADERS, 0x4, 1, _request_block(encoder, _GET_QUEUE)) + _frame(
+        _DATA, 0x1, 1, _message(QueuePb(name="held").SerializeToString())
+    )
+    # 80 KiB on stream 3 with no WINDOW_UPDATE seen: past the 65,535-byte initial window
+    blind = _frame(_HEADERS, 0x4, 3, _request_block(encoder, _GET_QUEUE)) + b"".join(
+        _frame(_DATA, 0, 3, b"\x00" * 16_384) for _ in range(5)
+    )
+    try:
+        with _peer_of(server) as sock:
+            sock.sendall(held_call)
+            assert entered.wait(10)
+            sock.sendall(blind)  # queued whole while the serving thread is held
+            release.set()
+            frames = _read_all(sock)
+    finally:
+        release.set()
+        server.stop()
+
+    assert _goaway_code(frames) == 0x3  # FLOW_CONTROL_ERROR
+
+
+def test_a_call_whose_bytes_pass_the_connections_buffer_cap_is_resource_exhausted() -> None:
+    release = threading.Event()
+    release.set()
+    server, seen = _blocking_server(release, max_buffered_bytes=40_000)
+    encoder = hpack.Encoder()
+    declared = (1_000_000).to_bytes(4, "big")  # each request far from whole
+    partial = b"".join(
+        _frame(_HEADERS, 0x4, stream_id, _request_block(encoder, _GET_QUEUE))
+        + _frame(_DATA, 0, stream_id, b"\x00" + declared + b"\x00" * 15_000)
+        for stream_id in (1, 3, 5)
+    )
+    try:
+        with _peer_of(server) as sock:
+            sock.sendall(partial + _frame(_GOAWAY, 0, 0, bytes(8)))
+            frames = _read_all(sock)
+    finally:
+        server.stop()
+
+    decoder = hpack.Decoder()
+    answers = [
+        dict(decoder.decode(payload, raw=True))
+        for frame_type, _, payload in frames
+        if frame_type == _HEADERS
+    ]
+    assert [answer.get(b"grpc-status") for answer in answers] == [b"8"]  # RESOURCE_EXHAUSTED
+    assert b"buffered" in answers[0][b"grpc-message"]
+    assert seen == []

@@ -34,7 +34,7 @@ import socket
 import struct
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from contextlib import suppress
 from dataclasses import dataclass, field
 from typing import Any
@@ -58,9 +58,10 @@ _DATA, _HEADERS, _RST_STREAM, _SETTINGS, _PUSH_PROMISE, _PING, _GOAWAY = 0, 1, 3
 _WINDOW_UPDATE, _CONTINUATION = 8, 9
 _END_STREAM = _ACK = 0x1
 _END_HEADERS, _PADDED, _PRIORITY = 0x4, 0x8, 0x20
+_SETTINGS_MAX_CONCURRENT_STREAMS = 0x3
 _SETTINGS_INITIAL_WINDOW_SIZE, _SETTINGS_MAX_FRAME_SIZE = 0x4, 0x5
 _NO_ERROR, _PROTOCOL_ERROR, _INTERNAL_ERROR, _FLOW_CONTROL_ERROR = 0x0, 0x1, 0x2, 0x3
-_FRAME_SIZE_ERROR, _COMPRESSION_ERROR, _ENHANCE_YOUR_CALM = 0x6, 0x9, 0xB
+_FRAME_SIZE_ERROR, _REFUSED_STREAM, _COMPRESSION_ERROR, _ENHANCE_YOUR_CALM = 0x6, 0x7, 0x9, 0xB
 _DEFAULT_WINDOW = 65_535
 _DEFAULT_MAX_FRAME = 16_384  #: both sides' SETTINGS_MAX_FRAME_SIZE until told otherwise
 _MAX_WINDOW = 2**31 - 1
@@ -68,6 +69,16 @@ _MAX_WINDOW = 2**31 - 1
 #: 9113 bounds neither a block nor its CONTINUATION frames, so without a cap a peer could
 #: make the server buffer without end (section 10.5.1: ENHANCE_YOUR_CALM)
 MAX_HEADER_BLOCK_BYTES = 64 * 1024
+#: SETTINGS_MAX_CONCURRENT_STREAMS, as grpcio's server advertises by default (gRPC core's
+#: GRPC_ARG_MAX_CONCURRENT_STREAMS... unset: here the HTTP/2 suggestion of at least 100, RFC
+#: 9113 6.5.2); a stream past it is refused (RST_STREAM REFUSED_STREAM, which the client may
+#: retry as never processed, RFC 9113 8.7)
+MAX_CONCURRENT_STREAMS = 100
+#: request bytes a connection may hold at once across its calls not yet answered: this server
+#: gives flow-control window back as soon as a request's bytes arrive, so without this cap
+#: a peer could have MAX_CONCURRENT_STREAMS requests of MAX_MESSAGE_BYTES each buffered; the
+#: call whose bytes pass it is answered RESOURCE_EXHAUSTED
+MAX_BUFFERED_BYTES = 32 * 1024 * 1024
 #: a connection whose unsent output is larger than this is not read until the peer takes
 #: some: a peer that sends (PINGs, calls) and never reads would otherwise grow it without end
 OUTGOING_HIGH_WATER = 1024 * 1024
@@ -77,7 +88,7 @@ _WINDOW_UPDATE_AT = 32_768
 #: rest of its output before it is closed anyway
 CLOSE_GRACE_S = 1.0
 
-Headers = list[tuple[bytes, bytes]]
+Headers = Iterable[hpack.HeaderTuple]  #: a decoded header block (raw: bytes)
 
 
 class RpcError(Exception):
@@ -151,6 +162,12 @@ def _frame(frame_type: int, flags: int, stream_id: int, payload: bytes | memoryv
     return head + payload
 
 
+#: the server's connection preface: SETTINGS, the defaults but for the streams it serves at once
+_PREFACE_SETTINGS = _frame(
+    _SETTINGS, 0, 0, struct.pack(">HI", _SETTINGS_MAX_CONCURRENT_STREAMS, MAX_CONCURRENT_STREAMS)
+)
+
+
 def _header_frames(stream_id: int, block: bytes, end_stream: bool, max_frame: int) -> bytes:
     """HEADERS, and CONTINUATION frames if the block is larger than a frame."""
     first, rest = block[:max_frame], block[max_frame:]
@@ -183,7 +200,6 @@ class _Call:
     encoding: bytes = b"identity"
     body: bytearray = field(default_factory=bytearray)
     ended: bool = False  #: the client's END_STREAM came
-    too_large: bool = False
     received: int = 0  #: bytes received and not yet given back to the stream's window
     #: the answer's message not yet sent (flow control), then its trailers
     pending: memoryview | None = None
@@ -203,6 +219,8 @@ class _Connection:
     peer_initial_window: int = _DEFAULT_WINDOW
     peer_max_frame: int = _DEFAULT_MAX_FRAME
     received: int = 0  #: bytes received and not yet given back to the connection's window
+    owed: list[int] = field(default_factory=list)  #: streams that may be owed window
+    buffered: int = 0  #: request bytes held by calls not yet answered
     outgoing: bytearray = field(default_factory=bytearray)
     events: int = selectors.EVENT_READ  #: what the selector watches the socket for
     closing: bool = False
@@ -223,8 +241,10 @@ class UnaryGrpcServer:
         methods: Mapping[str, UnaryMethod],
         *,
         logger: logging.Logger,
+        max_buffered_bytes: int = MAX_BUFFERED_BYTES,
     ) -> None:
         self._methods = {path.encode(): method for path, method in methods.items()}
+        self._max_buffered = max_buffered_bytes
         self._log = logger
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         # create_server sets SO_REUSEADDR, never SO_REUSEPORT: a port in use fails to bind.
@@ -312,8 +332,7 @@ class UnaryGrpcServer:
         # An answer is one small write; it must not wait on Nagle for an ACK.
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         connection = _Connection(sock)
-        # The server's preface: SETTINGS, here all defaults.
-        connection.outgoing += _frame(_SETTINGS, 0, 0, b"")
+        connection.outgoing += _PREFACE_SETTINGS
         self._connections.add(connection)
         self._selector.register(sock, selectors.EVENT_READ, connection)
         self._write(connection)
@@ -382,6 +401,25 @@ class UnaryGrpcServer:
                 raise _ConnectionError(_PROTOCOL_ERROR)  # a header block must be contiguous
             self._on_frame(connection, frame_type, flags, stream_id & _MAX_WINDOW, payload)
         del incoming[:offset]
+        self._give_window(connection)
+
+    @staticmethod
+    def _give_window(connection: _Connection) -> None:
+        """WINDOW_UPDATE for what the frames just handled took, once a batch is handled:
+        every byte of the batch was sent before the peer could see this grant, so a peer that
+        sent more than its window is caught (see _on_data) rather than excused by it."""
+        if connection.received >= _WINDOW_UPDATE_AT:
+            increment, connection.received = connection.received, 0
+            connection.outgoing += _frame(_WINDOW_UPDATE, 0, 0, struct.pack(">I", increment))
+        if not connection.owed:
+            return
+        for stream_id in connection.owed:
+            call = connection.calls.get(stream_id)
+            if call is not None and not call.ended and call.received >= _WINDOW_UPDATE_AT:
+                increment, call.received = call.received, 0
+                update = struct.pack(">I", increment)
+                connection.outgoing += _frame(_WINDOW_UPDATE, 0, stream_id, update)
+        connection.owed.clear()
 
     def _on_frame(
         self, connection: _Connection, frame_type: int, flags: int, stream_id: int, payload: bytes
@@ -391,7 +429,7 @@ class UnaryGrpcServer:
         elif frame_type in (_HEADERS, _CONTINUATION):
             self._on_header_frame(connection, frame_type, flags, stream_id, payload)
         elif frame_type == _RST_STREAM:
-            connection.calls.pop(stream_id, None)  # the client cancelled the call
+            self._cancelled(connection, stream_id)
         elif frame_type == _SETTINGS:
             self._on_settings(connection, flags, payload)
         elif frame_type == _PING:
@@ -470,55 +508,82 @@ class UnaryGrpcServer:
             raise _ConnectionError(_COMPRESSION_ERROR) from None
         call = connection.calls.get(stream_id)
         if call is None:
-            if stream_id % 2 == 0 or stream_id <= connection.last_stream_id:
-                raise _ConnectionError(_PROTOCOL_ERROR)  # not a new client stream
-            connection.last_stream_id = stream_id
-            call = _Call(connection.peer_initial_window)
-            for name, value in headers:
-                if name == b":path":
-                    call.path = bytes(value)
-                elif name == b"content-type":
-                    call.content_type = bytes(value)
-                elif name == b"grpc-encoding":
-                    call.encoding = bytes(value)
-            connection.calls[stream_id] = call
+            call = self._open(connection, stream_id, headers)
+            if call is None:
+                return
         elif call.ended:
             raise _ConnectionError(_PROTOCOL_ERROR)  # headers after the request's end
         if flags & _END_STREAM:  # a second block is the client's trailers (gRPC sends none)
             self._answer(connection, stream_id, call)
 
+    @staticmethod
+    def _open(connection: _Connection, stream_id: int, headers: Headers) -> _Call | None:
+        """A new call on ``stream_id``, or None if refused (too many open)."""
+        if stream_id % 2 == 0 or stream_id <= connection.last_stream_id:
+            raise _ConnectionError(_PROTOCOL_ERROR)  # not a new client stream
+        connection.last_stream_id = stream_id
+        if len(connection.calls) >= MAX_CONCURRENT_STREAMS:
+            refused = struct.pack(">I", _REFUSED_STREAM)
+            connection.outgoing += _frame(_RST_STREAM, 0, stream_id, refused)
+            return None
+        call = _Call(connection.peer_initial_window)
+        for name, value in headers:
+            if name == b":path":
+                call.path = bytes(value)
+            elif name == b"content-type":
+                call.content_type = bytes(value)
+            elif name == b"grpc-encoding":
+                call.encoding = bytes(value)
+        connection.calls[stream_id] = call
+        return call
+
     def _on_data(self, connection: _Connection, flags: int, stream_id: int, payload: bytes) -> None:
         if stream_id == 0:
             raise _ConnectionError(_PROTOCOL_ERROR)
         connection.received += len(payload)  # padding included: it counts against the window
-        if connection.received >= _WINDOW_UPDATE_AT:
-            increment, connection.received = connection.received, 0
-            connection.outgoing += _frame(_WINDOW_UPDATE, 0, 0, struct.pack(">I", increment))
+        if connection.received > _DEFAULT_WINDOW:
+            raise _ConnectionError(_FLOW_CONTROL_ERROR)  # more than the window we gave
         call = connection.calls.get(stream_id)
         if call is None or call.ended:
             return  # a call answered early (too large) or cancelled: its data is dropped
-        data = _unpadded(flags, payload)
-        if not call.too_large:
-            call.body += data
-            if len(call.body) > _PREFIX_BYTES + MAX_MESSAGE_BYTES:
-                self._refuse_too_large(connection, stream_id, call)
-                return
-        if flags & _END_STREAM:
-            self._answer(connection, stream_id, call)
-            return
         call.received += len(payload)
-        if call.received >= _WINDOW_UPDATE_AT:
-            increment, call.received = call.received, 0
-            update = struct.pack(">I", increment)
-            connection.outgoing += _frame(_WINDOW_UPDATE, 0, stream_id, update)
+        if call.received > _DEFAULT_WINDOW:
+            raise _ConnectionError(_FLOW_CONTROL_ERROR)
+        data = _unpadded(flags, payload)
+        call.body += data
+        connection.buffered += len(data)
+        if len(call.body) > _PREFIX_BYTES + MAX_MESSAGE_BYTES:
+            self._refuse(
+                connection, stream_id, call, *self._too_large(len(call.body) - _PREFIX_BYTES)
+            )
+        elif connection.buffered > self._max_buffered:
+            message = f"Requests buffered on the connection over {self._max_buffered} bytes"
+            self._refuse(connection, stream_id, call, grpc.StatusCode.RESOURCE_EXHAUSTED, message)
+        elif flags & _END_STREAM:
+            self._answer(connection, stream_id, call)
+        else:
+            connection.owed.append(stream_id)
 
-    def _refuse_too_large(self, connection: _Connection, stream_id: int, call: _Call) -> None:
+    def _refuse(
+        self,
+        connection: _Connection,
+        stream_id: int,
+        call: _Call,
+        code: grpc.StatusCode,
+        message: str,
+    ) -> None:
         """Answered now, before the rest arrives; RST_STREAM NO_ERROR then tells the client to
         stop sending (PROTOCOL-HTTP2.md, "Early Server Closure")."""
-        size = len(call.body) - _PREFIX_BYTES
-        call.too_large, call.body = True, bytearray()
-        self._end(connection, stream_id, *self._too_large(size))
+        connection.buffered -= len(call.body)
+        call.body = bytearray()
+        self._end(connection, stream_id, code, message)
         connection.outgoing += _frame(_RST_STREAM, 0, stream_id, struct.pack(">I", _NO_ERROR))
+
+    @staticmethod
+    def _cancelled(connection: _Connection, stream_id: int) -> None:
+        call = connection.calls.pop(stream_id, None)
+        if call is not None and not call.ended:
+            connection.buffered -= len(call.body)
 
     @staticmethod
     def _too_large(size: int) -> tuple[grpc.StatusCode, str]:
@@ -531,6 +596,7 @@ class UnaryGrpcServer:
 
     def _answer(self, connection: _Connection, stream_id: int, call: _Call) -> None:
         call.ended = True
+        connection.buffered -= len(call.body)
         if not call.content_type.startswith(_GRPC_CONTENT_TYPE):
             # Not a gRPC request at all: gRPC servers answer HTTP 415 (PROTOCOL-HTTP2.md).
             connection.calls.pop(stream_id, None)

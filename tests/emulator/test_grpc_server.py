@@ -18,7 +18,7 @@ import pytest
 from google.api_core import exceptions
 from google.cloud import tasks_v2
 
-from infra.local.tasks_emulator import EmulatorHandle
+from infra.local.tasks_emulator import EmulatorHandle, start_emulator
 from infra.local.tasks_emulator.grpc_server import (
     CLOSE_GRACE_S,
     MAX_CONCURRENT_STREAMS,
@@ -405,3 +405,14 @@ def test_a_call_whose_bytes_pass_the_connections_buffer_cap_is_resource_exhauste
     assert [answer.get(b"grpc-status") for answer in answers] == [b"8"]  # RESOURCE_EXHAUSTED
     assert b"buffered" in answers[0][b"grpc-message"]
     assert seen == []
+
+
+@pytest.mark.parametrize("host", ["::", "localhost"])
+def test_a_host_that_names_both_families_is_served_on_ipv4_and_ipv6(host: str) -> None:
+    with start_emulator(host, 0) as emulator:
+        for address, queue in (
+            (f"127.0.0.1:{emulator.port}", "v4"),
+            (f"[::1]:{emulator.port}", "v6"),
+        ):
+            with make_client(address) as tasks_client:
+                assert new_queue(tasks_client, queue).endswith(f"/{queue}")

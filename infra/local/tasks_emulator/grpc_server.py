@@ -37,7 +37,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from contextlib import suppress
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 from urllib.parse import quote
 
 import grpc
@@ -69,9 +69,8 @@ _MAX_WINDOW = 2**31 - 1
 #: 9113 bounds neither a block nor its CONTINUATION frames, so without a cap a peer could
 #: make the server buffer without end (section 10.5.1: ENHANCE_YOUR_CALM)
 MAX_HEADER_BLOCK_BYTES = 64 * 1024
-#: SETTINGS_MAX_CONCURRENT_STREAMS, as grpcio's server advertises by default (gRPC core's
-#: GRPC_ARG_MAX_CONCURRENT_STREAMS... unset: here the HTTP/2 suggestion of at least 100, RFC
-#: 9113 6.5.2); a stream past it is refused (RST_STREAM REFUSED_STREAM, which the client may
+#: SETTINGS_MAX_CONCURRENT_STREAMS advertised: RFC 9113 6.5.2 recommends no fewer than 100;
+#: a stream past it is refused (RST_STREAM REFUSED_STREAM, which the client may
 #: retry as never processed, RFC 9113 8.7)
 MAX_CONCURRENT_STREAMS = 100
 #: request bytes a connection may hold at once across its calls not yet answered: this server
@@ -227,6 +226,31 @@ class _Connection:
     close_by: float = 0.0  #: when closing: the monotonic time it is closed at the latest
 
 
+def _listen(host: str, port: int, logger: logging.Logger) -> list[socket.socket]:
+    """Listening sockets for ``host:port`` on every address the host names, as grpcio's
+    server binds them: ``::`` takes IPv4 as well (dual stack), a name such as ``localhost``
+    both its IPv4 and IPv6 addresses, on one port. The first address must bind; another that
+    cannot (no IPv6, or port 0's pick taken in the other family) is left out, logged."""
+    # create_server sets SO_REUSEADDR, never SO_REUSEPORT: a port in use fails to bind.
+    if host in ("", "::") and socket.has_dualstack_ipv6():
+        dual = socket.create_server(("::", port), family=socket.AF_INET6, dualstack_ipv6=True)
+        return [dual]
+    if host == "localhost":  # both loopbacks, whatever /etc/hosts lists (grpcio does too)
+        addresses = [(socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "::1")]
+    else:
+        found = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        addresses = list(dict.fromkeys((info[0], str(info[4][0])) for info in found))
+    first_family, first_host = addresses[0]
+    listeners = [socket.create_server((first_host, port), family=first_family, backlog=128)]
+    port = listeners[0].getsockname()[1]
+    for family, address in addresses[1:]:
+        try:
+            listeners.append(socket.create_server((address, port), family=family, backlog=128))
+        except OSError as error:
+            logger.warning("gRPC: not listening on %s port %d: %s", address, port, error)
+    return listeners
+
+
 # --- the server -----------------------------------------------------------------------------
 
 
@@ -246,13 +270,12 @@ class UnaryGrpcServer:
         self._methods = {path.encode(): method for path, method in methods.items()}
         self._max_buffered = max_buffered_bytes
         self._log = logger
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        # create_server sets SO_REUSEADDR, never SO_REUSEPORT: a port in use fails to bind.
-        self._listener = socket.create_server((host, port), family=family, backlog=128)
-        self._listener.setblocking(False)
-        self.port: int = self._listener.getsockname()[1]
+        self._listeners = _listen(host, port, logger)
+        self.port: int = self._listeners[0].getsockname()[1]
         self._selector = selectors.DefaultSelector()
-        self._selector.register(self._listener, selectors.EVENT_READ, None)
+        for listener in self._listeners:
+            listener.setblocking(False)
+            self._selector.register(listener, selectors.EVENT_READ, None)
         self._wake_reader, self._wake_writer = socket.socketpair()
         self._wake_reader.setblocking(False)
         self._selector.register(self._wake_reader, selectors.EVENT_READ, self._wake_reader)
@@ -278,7 +301,8 @@ class UnaryGrpcServer:
                 connection.sock.send(connection.outgoing)
             self._drop(connection)
         self._selector.close()
-        self._listener.close()
+        for listener in self._listeners:
+            listener.close()
         self._wake_reader.close()
         self._wake_writer.close()
 
@@ -289,7 +313,7 @@ class UnaryGrpcServer:
             timeout = self._until_next_close() if self._closing else None
             for key, events in self._selector.select(timeout):
                 if key.data is None:
-                    self._accept()
+                    self._accept(cast(socket.socket, key.fileobj))
                 elif key.data is self._wake_reader:
                     continue  # stop() woke the loop
                 else:
@@ -320,9 +344,9 @@ class UnaryGrpcServer:
         for connection in [c for c in self._closing if c.close_by <= now]:
             self._drop(connection)
 
-    def _accept(self) -> None:
+    def _accept(self, listener: socket.socket) -> None:
         try:
-            sock, _ = self._listener.accept()
+            sock, _ = listener.accept()
         except (BlockingIOError, InterruptedError):
             return
         except OSError as error:  # e.g. out of file descriptors: the client sees a reset

@@ -24,6 +24,7 @@ from infra.local.tasks_emulator.grpc_server import (
     MAX_CONCURRENT_STREAMS,
     MAX_HEADER_BLOCK_BYTES,
     MAX_MESSAGE_BYTES,
+    MAX_METADATA_BYTES,
     OUTGOING_HIGH_WATER,
     UnaryGrpcServer,
     UnaryMethod,
@@ -192,7 +193,10 @@ _WINDOW_UPDATE, _CONTINUATION = 8, 9
 _LIST_TASKS = "/google.cloud.tasks.v2.CloudTasks/ListTasks"
 
 
-def _request_block(encoder: hpack.Encoder, path: str, *extra: tuple[str, str]) -> bytes:
+def _request_block(
+    encoder: hpack.Encoder, path: str, *extra: tuple[str, str] | hpack.HeaderTuple
+) -> bytes:
+    """A gRPC request's header block (added to the encoder's table, as a client would)."""
     return encoder.encode(
         [
             (":method", "POST"),
@@ -416,3 +420,58 @@ def test_a_host_that_names_both_families_is_served_on_ipv4_and_ipv6(host: str) -
         ):
             with make_client(address) as tasks_client:
                 assert new_queue(tasks_client, queue).endswith(f"/{queue}")
+
+
+def test_metadata_past_the_advertised_limit_is_resource_exhausted_and_the_channel_serves_on(
+    emulator: EmulatorHandle, client: tasks_v2.CloudTasksClient
+) -> None:
+    name = new_queue(client, "metadata")
+    request = tasks_v2.GetQueueRequest.pb(tasks_v2.GetQueueRequest(name=name)).SerializeToString()
+    with grpc.insecure_channel(emulator.address) as channel:
+        call = channel.unary_unary(_GET_QUEUE)
+        call(request, metadata=[("x-big", "v" * 9_000)], timeout=10)
+        with pytest.raises(grpc.RpcError) as caught:
+            call(request, metadata=[("x-big", "v" * (MAX_METADATA_BYTES + 1))], timeout=10)
+        after = call(request, timeout=10)
+
+    assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert after
+
+
+def test_a_call_refused_for_its_metadata_keeps_the_header_table_in_step(
+    emulator: EmulatorHandle, client: tasks_v2.CloudTasksClient
+) -> None:
+    name = new_queue(client, "in-step")
+    request = tasks_v2.GetQueueRequest.pb(tasks_v2.GetQueueRequest(name=name)).SerializeToString()
+    encoder = hpack.Encoder()
+    # the first block adds entries to the peer's table (an indexed x-small among them) that
+    # the second block refers to
+    oversized = _request_block(
+        encoder,
+        _GET_QUEUE,
+        ("x-small", "kept"),
+        hpack.NeverIndexedHeaderTuple("x-big", "v" * (MAX_METADATA_BYTES + 1)),
+    )
+    following = _request_block(encoder, _GET_QUEUE, ("x-small", "kept"))
+    assert len(following) < 20  # all of it indexed
+    first, rest = oversized[:16_384], oversized[16_384:]
+
+    with _raw_peer(emulator) as sock:
+        sock.sendall(
+            _frame(_HEADERS, 0, 1, first)
+            + _frame(_CONTINUATION, 0x4, 1, rest)
+            + _frame(_DATA, 0x1, 1, _message(request))
+            + _frame(_HEADERS, 0x4, 3, following)
+            + _frame(_DATA, 0x1, 3, _message(request))
+            + _frame(_GOAWAY, 0, 0, bytes(8))
+        )
+        frames = _read_all(sock)
+
+    decoder = hpack.Decoder()
+    statuses = [
+        dict(decoder.decode(payload, raw=True)).get(b"grpc-status")
+        for frame_type, _, payload in frames
+        if frame_type == _HEADERS
+    ]
+    assert statuses == [b"8", None, b"0"]  # RESOURCE_EXHAUSTED; then headers, OK trailers
+    assert _goaway_code(frames) is None

@@ -60,6 +60,7 @@ _END_STREAM = _ACK = 0x1
 _END_HEADERS, _PADDED, _PRIORITY = 0x4, 0x8, 0x20
 _SETTINGS_MAX_CONCURRENT_STREAMS = 0x3
 _SETTINGS_INITIAL_WINDOW_SIZE, _SETTINGS_MAX_FRAME_SIZE = 0x4, 0x5
+_SETTINGS_MAX_HEADER_LIST_SIZE = 0x6
 _NO_ERROR, _PROTOCOL_ERROR, _INTERNAL_ERROR, _FLOW_CONTROL_ERROR = 0x0, 0x1, 0x2, 0x3
 _FRAME_SIZE_ERROR, _REFUSED_STREAM, _COMPRESSION_ERROR, _ENHANCE_YOUR_CALM = 0x6, 0x7, 0x9, 0xB
 _DEFAULT_WINDOW = 65_535
@@ -78,6 +79,14 @@ MAX_CONCURRENT_STREAMS = 100
 #: a peer could have MAX_CONCURRENT_STREAMS requests of MAX_MESSAGE_BYTES each buffered; the
 #: call whose bytes pass it is answered RESOURCE_EXHAUSTED
 MAX_BUFFERED_BYTES = 32 * 1024 * 1024
+#: SETTINGS_MAX_HEADER_LIST_SIZE advertised, and the decoded size (RFC 7541 4.1: name, value
+#: and 32 per header) past which a call is RESOURCE_EXHAUSTED, as grpcio's server answers
+#: (its hard metadata limit, 16 KiB by default)
+MAX_METADATA_BYTES = 16 * 1024
+#: a block decoding to more than this ends the connection (ENHANCE_YOUR_CALM): hpack stops
+#: decoding there, so its table would no longer match the peer's; a 64 KiB block of indexed
+#: fields could otherwise decode to 256 MiB
+_MAX_DECODED_BYTES = 256 * 1024
 #: a connection whose unsent output is larger than this is not read until the peer takes
 #: some: a peer that sends (PINGs, calls) and never reads would otherwise grow it without end
 OUTGOING_HIGH_WATER = 1024 * 1024
@@ -163,7 +172,16 @@ def _frame(frame_type: int, flags: int, stream_id: int, payload: bytes | memoryv
 
 #: the server's connection preface: SETTINGS, the defaults but for the streams it serves at once
 _PREFACE_SETTINGS = _frame(
-    _SETTINGS, 0, 0, struct.pack(">HI", _SETTINGS_MAX_CONCURRENT_STREAMS, MAX_CONCURRENT_STREAMS)
+    _SETTINGS,
+    0,
+    0,
+    struct.pack(
+        ">HIHI",
+        _SETTINGS_MAX_CONCURRENT_STREAMS,
+        MAX_CONCURRENT_STREAMS,
+        _SETTINGS_MAX_HEADER_LIST_SIZE,
+        MAX_METADATA_BYTES,
+    ),
 )
 
 
@@ -197,6 +215,7 @@ class _Call:
     path: bytes = b""
     content_type: bytes = b""
     encoding: bytes = b"identity"
+    metadata_size: int = 0  #: the request's header block decoded (RFC 7541 4.1 sizes)
     body: bytearray = field(default_factory=bytearray)
     ended: bool = False  #: the client's END_STREAM came
     received: int = 0  #: bytes received and not yet given back to the stream's window
@@ -204,10 +223,16 @@ class _Call:
     pending: memoryview | None = None
 
 
+def _decoder() -> hpack.Decoder:
+    decoder = hpack.Decoder()
+    decoder.max_header_list_size = _MAX_DECODED_BYTES
+    return decoder
+
+
 @dataclass(eq=False)
 class _Connection:
     sock: socket.socket
-    decoder: hpack.Decoder = field(default_factory=hpack.Decoder)
+    decoder: hpack.Decoder = field(default_factory=_decoder)
     incoming: bytearray = field(default_factory=bytearray)
     preface_seen: bool = False
     calls: dict[int, _Call] = field(default_factory=dict)
@@ -528,12 +553,17 @@ class UnaryGrpcServer:
         try:
             # Every block is decoded, whatever its stream: the HPACK table is the connection's.
             headers = connection.decoder.decode(block, raw=True)
+        except hpack.OversizedHeaderListError:
+            raise _ConnectionError(_ENHANCE_YOUR_CALM) from None
         except hpack.HPACKError:
             raise _ConnectionError(_COMPRESSION_ERROR) from None
         call = connection.calls.get(stream_id)
         if call is None:
             call = self._open(connection, stream_id, headers)
             if call is None:
+                return
+            if call.metadata_size > MAX_METADATA_BYTES:
+                self._refuse_metadata(connection, stream_id, call, ended=bool(flags & _END_STREAM))
                 return
         elif call.ended:
             raise _ConnectionError(_PROTOCOL_ERROR)  # headers after the request's end
@@ -551,15 +581,28 @@ class UnaryGrpcServer:
             connection.outgoing += _frame(_RST_STREAM, 0, stream_id, refused)
             return None
         call = _Call(connection.peer_initial_window)
+        size = 0
         for name, value in headers:
+            size += len(name) + len(value) + 32
             if name == b":path":
                 call.path = bytes(value)
             elif name == b"content-type":
                 call.content_type = bytes(value)
             elif name == b"grpc-encoding":
                 call.encoding = bytes(value)
+        call.metadata_size = size
         connection.calls[stream_id] = call
         return call
+
+    def _refuse_metadata(
+        self, connection: _Connection, stream_id: int, call: _Call, *, ended: bool
+    ) -> None:
+        size = f"{call.metadata_size} vs. {MAX_METADATA_BYTES}"
+        message = f"received metadata size exceeds hard limit ({size})"
+        if ended:
+            self._end(connection, stream_id, grpc.StatusCode.RESOURCE_EXHAUSTED, message)
+        else:
+            self._refuse(connection, stream_id, call, grpc.StatusCode.RESOURCE_EXHAUSTED, message)
 
     def _on_data(self, connection: _Connection, flags: int, stream_id: int, payload: bytes) -> None:
         if stream_id == 0:

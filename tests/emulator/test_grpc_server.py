@@ -475,3 +475,45 @@ def test_a_call_refused_for_its_metadata_keeps_the_header_table_in_step(
     ]
     assert statuses == [b"8", None, b"0"]  # RESOURCE_EXHAUSTED; then headers, OK trailers
     assert _goaway_code(frames) is None
+
+
+_OPEN_STREAM_1 = _frame(_HEADERS, 0x4, 1, _request_block(hpack.Encoder(), _GET_QUEUE))
+
+
+@pytest.mark.parametrize(
+    ("frames", "code"),
+    [
+        (_frame(_PING, 0, 0, b"abc"), 0x6),  # a PING is 8 bytes: FRAME_SIZE_ERROR
+        (_frame(_PING, 0, 1, b"12345678"), 0x1),  # PING on a stream: PROTOCOL_ERROR
+        (_frame(_RST_STREAM, 0, 0, bytes(4)), 0x1),  # RST_STREAM on stream 0
+        (_frame(_RST_STREAM, 0, 5, bytes(4)), 0x1),  # RST_STREAM on an idle stream
+        (_frame(_SETTINGS, 0, 1, b""), 0x1),  # SETTINGS on a stream
+        (_frame(_SETTINGS, 0x1, 0, bytes(6)), 0x6),  # SETTINGS ACK with a payload
+        (_frame(_SETTINGS, 0, 0, struct.pack(">HI", 0x2, 2)), 0x1),  # ENABLE_PUSH 2
+        (_frame(_DATA, 0x1, 7, _message(b"")), 0x1),  # DATA on an idle stream
+        (_frame(_GOAWAY, 0, 1, bytes(8)), 0x1),  # GOAWAY on a stream
+        (_frame(_WINDOW_UPDATE, 0, 0, bytes(4)), 0x1),  # a zero increment
+    ],
+)
+def test_frames_that_break_rfc_9113_end_the_connection_with_its_error_code(
+    emulator: EmulatorHandle, frames: bytes, code: int
+) -> None:
+    with _raw_peer(emulator) as sock:
+        sock.sendall(frames)
+        received = _read_all(sock)
+
+    assert _goaway_code(received) == code
+
+
+def test_a_stream_window_grown_past_its_maximum_resets_that_stream_only(
+    emulator: EmulatorHandle,
+) -> None:
+    increment = _frame(_WINDOW_UPDATE, 0, 1, struct.pack(">I", 2**31 - 1))
+
+    with _raw_peer(emulator) as sock:
+        sock.sendall(_OPEN_STREAM_1 + increment + _frame(_GOAWAY, 0, 0, bytes(8)))
+        received = _read_all(sock)
+
+    resets = [(flags, payload) for frame_type, flags, payload in received if frame_type == 3]
+    assert resets == [(0, b"\x00\x00\x00\x03")]  # RST_STREAM FLOW_CONTROL_ERROR
+    assert _goaway_code(received) is None

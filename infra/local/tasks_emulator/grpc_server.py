@@ -58,7 +58,7 @@ _DATA, _HEADERS, _RST_STREAM, _SETTINGS, _PUSH_PROMISE, _PING, _GOAWAY = 0, 1, 3
 _WINDOW_UPDATE, _CONTINUATION = 8, 9
 _END_STREAM = _ACK = 0x1
 _END_HEADERS, _PADDED, _PRIORITY = 0x4, 0x8, 0x20
-_SETTINGS_MAX_CONCURRENT_STREAMS = 0x3
+_SETTINGS_ENABLE_PUSH, _SETTINGS_MAX_CONCURRENT_STREAMS = 0x2, 0x3
 _SETTINGS_INITIAL_WINDOW_SIZE, _SETTINGS_MAX_FRAME_SIZE = 0x4, 0x5
 _SETTINGS_MAX_HEADER_LIST_SIZE = 0x6
 _NO_ERROR, _PROTOCOL_ERROR, _INTERNAL_ERROR, _FLOW_CONTROL_ERROR = 0x0, 0x1, 0x2, 0x3
@@ -478,13 +478,14 @@ class UnaryGrpcServer:
         elif frame_type in (_HEADERS, _CONTINUATION):
             self._on_header_frame(connection, frame_type, flags, stream_id, payload)
         elif frame_type == _RST_STREAM:
-            self._cancelled(connection, stream_id)
+            self._on_rst_stream(connection, stream_id, payload)
         elif frame_type == _SETTINGS:
-            self._on_settings(connection, flags, payload)
+            self._on_settings(connection, flags, stream_id, payload)
         elif frame_type == _PING:
-            if not flags & _ACK:
-                connection.outgoing += _frame(_PING, _ACK, 0, payload)
+            self._on_ping(connection, flags, stream_id, payload)
         elif frame_type == _GOAWAY:
+            if stream_id:
+                raise _ConnectionError(_PROTOCOL_ERROR)  # RFC 9113 6.8
             self._close_soon(connection)  # every call it sent is answered already
         elif frame_type == _WINDOW_UPDATE:
             self._on_window_update(connection, stream_id, payload)
@@ -492,37 +493,74 @@ class UnaryGrpcServer:
             raise _ConnectionError(_PROTOCOL_ERROR)  # clients never push
         # PRIORITY and unknown frame types are ignored, as RFC 9113 asks.
 
-    def _on_settings(self, connection: _Connection, flags: int, payload: bytes) -> None:
+    @staticmethod
+    def _on_ping(connection: _Connection, flags: int, stream_id: int, payload: bytes) -> None:
+        if stream_id:
+            raise _ConnectionError(_PROTOCOL_ERROR)  # RFC 9113 6.7
+        if len(payload) != 8:
+            raise _ConnectionError(_FRAME_SIZE_ERROR)
+        if not flags & _ACK:
+            connection.outgoing += _frame(_PING, _ACK, 0, payload)
+
+    def _on_rst_stream(self, connection: _Connection, stream_id: int, payload: bytes) -> None:
+        if not stream_id or stream_id > connection.last_stream_id:
+            raise _ConnectionError(_PROTOCOL_ERROR)  # RFC 9113 6.4: not on 0 nor an idle one
+        if len(payload) != 4:
+            raise _ConnectionError(_FRAME_SIZE_ERROR)
+        self._cancelled(connection, stream_id)  # the client cancelled the call
+
+    def _on_settings(
+        self, connection: _Connection, flags: int, stream_id: int, payload: bytes
+    ) -> None:
+        if stream_id:
+            raise _ConnectionError(_PROTOCOL_ERROR)  # RFC 9113 6.5
         if flags & _ACK:
+            if payload:
+                raise _ConnectionError(_FRAME_SIZE_ERROR)
             return
         if len(payload) % 6:
             raise _ConnectionError(_FRAME_SIZE_ERROR)
         for index in range(0, len(payload), 6):
-            setting, value = struct.unpack_from(">HI", payload, index)
-            if setting == _SETTINGS_INITIAL_WINDOW_SIZE:
-                if value > _MAX_WINDOW:
-                    raise _ConnectionError(_FLOW_CONTROL_ERROR)
-                change = value - connection.peer_initial_window
-                connection.peer_initial_window = value
-                for call in connection.calls.values():
-                    call.send_window += change
-            elif setting == _SETTINGS_MAX_FRAME_SIZE:
-                if not _DEFAULT_MAX_FRAME <= value <= 2**24 - 1:
-                    raise _ConnectionError(_PROTOCOL_ERROR)
-                connection.peer_max_frame = value
+            self._setting(connection, *struct.unpack_from(">HI", payload, index))
         connection.outgoing += _frame(_SETTINGS, _ACK, 0, b"")
         self._resume(connection)
+
+    @staticmethod
+    def _setting(connection: _Connection, setting: int, value: int) -> None:
+        """One setting (RFC 9113 6.5.2); the others are of no use to this server."""
+        if setting == _SETTINGS_INITIAL_WINDOW_SIZE:
+            if value > _MAX_WINDOW:
+                raise _ConnectionError(_FLOW_CONTROL_ERROR)
+            change = value - connection.peer_initial_window
+            connection.peer_initial_window = value
+            for call in connection.calls.values():
+                call.send_window += change
+                if call.send_window > _MAX_WINDOW:  # RFC 9113 6.9.2
+                    raise _ConnectionError(_FLOW_CONTROL_ERROR)
+        elif setting == _SETTINGS_MAX_FRAME_SIZE:
+            if not _DEFAULT_MAX_FRAME <= value <= 2**24 - 1:
+                raise _ConnectionError(_PROTOCOL_ERROR)
+            connection.peer_max_frame = value
+        elif setting == _SETTINGS_ENABLE_PUSH and value > 1:
+            raise _ConnectionError(_PROTOCOL_ERROR)
 
     def _on_window_update(self, connection: _Connection, stream_id: int, payload: bytes) -> None:
         if len(payload) != 4:
             raise _ConnectionError(_FRAME_SIZE_ERROR)
         increment = struct.unpack(">I", payload)[0] & _MAX_WINDOW
         if stream_id == 0:
+            if not increment:
+                raise _ConnectionError(_PROTOCOL_ERROR)  # RFC 9113 6.9
             connection.send_window += increment
-            if not increment or connection.send_window > _MAX_WINDOW:
+            if connection.send_window > _MAX_WINDOW:
                 raise _ConnectionError(_FLOW_CONTROL_ERROR)
         elif (call := connection.calls.get(stream_id)) is not None:
             call.send_window += increment
+            if not increment or call.send_window > _MAX_WINDOW:
+                # A stream error (RFC 9113 6.9, 6.9.1): that call ends, the connection serves on.
+                code = _PROTOCOL_ERROR if not increment else _FLOW_CONTROL_ERROR
+                self._cancelled(connection, stream_id)
+                connection.outgoing += _frame(_RST_STREAM, 0, stream_id, struct.pack(">I", code))
         self._resume(connection)
 
     def _on_header_frame(
@@ -605,8 +643,8 @@ class UnaryGrpcServer:
             self._refuse(connection, stream_id, call, grpc.StatusCode.RESOURCE_EXHAUSTED, message)
 
     def _on_data(self, connection: _Connection, flags: int, stream_id: int, payload: bytes) -> None:
-        if stream_id == 0:
-            raise _ConnectionError(_PROTOCOL_ERROR)
+        if stream_id == 0 or stream_id > connection.last_stream_id:
+            raise _ConnectionError(_PROTOCOL_ERROR)  # RFC 9113 6.1: not on 0 nor an idle one
         connection.received += len(payload)  # padding included: it counts against the window
         if connection.received > _DEFAULT_WINDOW:
             raise _ConnectionError(_FLOW_CONTROL_ERROR)  # more than the window we gave

@@ -77,6 +77,24 @@ def test_a_message_over_four_mib_is_resource_exhausted_and_the_connection_serves
     assert client.get_queue(name=name).name == name
 
 
+def test_a_message_over_four_mib_is_refused_at_its_declared_length(
+    emulator: EmulatorHandle, client: tasks_v2.CloudTasksClient
+) -> None:
+    name = new_queue(client, "declared")
+    request = tasks_v2.CreateTaskRequest.pb(
+        tasks_v2.CreateTaskRequest(
+            parent=name, task=http_task("http://127.0.0.1:9/", body=b"x" * (5 * 1024 * 1024))
+        )
+    ).SerializeToString()
+
+    error = _raw_call(emulator.address, "/google.cloud.tasks.v2.CloudTasks/CreateTask", request)
+
+    assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert error.details() == (
+        f"Received message larger than max ({len(request)} vs. {MAX_MESSAGE_BYTES})"
+    )
+
+
 def test_requests_and_answers_larger_than_a_flow_control_window_arrive_whole(
     client: tasks_v2.CloudTasksClient,
 ) -> None:

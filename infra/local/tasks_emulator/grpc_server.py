@@ -204,6 +204,19 @@ def _unpadded(flags: int, payload: bytes) -> bytes:
     return payload[1 : len(payload) - payload[0]]
 
 
+def _over_size(body: bytearray, had: int) -> int:
+    """The size of a request message over MAX_MESSAGE_BYTES, as grpcio reports it (the
+    declared length, checked as soon as the prefix is whole, so the message is refused before
+    it is buffered), or 0 while it is within the limit."""
+    if had < _PREFIX_BYTES <= len(body):
+        declared = int.from_bytes(body[1:_PREFIX_BYTES], "big")
+        if declared > MAX_MESSAGE_BYTES:
+            return declared
+    if len(body) > _PREFIX_BYTES + MAX_MESSAGE_BYTES:  # more than a small prefix declared
+        return len(body) - _PREFIX_BYTES
+    return 0
+
+
 # --- state ----------------------------------------------------------------------------------
 
 
@@ -655,12 +668,11 @@ class UnaryGrpcServer:
         if call.received > _DEFAULT_WINDOW:
             raise _ConnectionError(_FLOW_CONTROL_ERROR)
         data = _unpadded(flags, payload)
+        had = len(call.body)
         call.body += data
         connection.buffered += len(data)
-        if len(call.body) > _PREFIX_BYTES + MAX_MESSAGE_BYTES:
-            self._refuse(
-                connection, stream_id, call, *self._too_large(len(call.body) - _PREFIX_BYTES)
-            )
+        if size := _over_size(call.body, had):
+            self._refuse(connection, stream_id, call, *self._too_large(size))
         elif connection.buffered > self._max_buffered:
             message = f"Requests buffered on the connection over {self._max_buffered} bytes"
             self._refuse(connection, stream_id, call, grpc.StatusCode.RESOURCE_EXHAUSTED, message)

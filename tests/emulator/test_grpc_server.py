@@ -9,6 +9,7 @@ import socket
 import struct
 import threading
 import time
+import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 
@@ -17,6 +18,7 @@ import hpack
 import pytest
 from google.api_core import exceptions
 from google.cloud import tasks_v2
+from google.cloud.tasks_v2.services.cloud_tasks.transports import CloudTasksGrpcTransport
 
 from infra.local.tasks_emulator import EmulatorHandle, start_emulator
 from infra.local.tasks_emulator.grpc_server import (
@@ -93,6 +95,47 @@ def test_a_message_over_four_mib_is_refused_at_its_declared_length(
     assert error.details() == (
         f"Received message larger than max ({len(request)} vs. {MAX_MESSAGE_BYTES})"
     )
+
+
+@pytest.mark.parametrize("compression", [grpc.Compression.Gzip, grpc.Compression.Deflate])
+def test_a_compressed_request_is_inflated(
+    emulator: EmulatorHandle, compression: grpc.Compression
+) -> None:
+    body = b"compressible " * 20_000
+    with make_client(emulator.address) as setup:
+        name = new_queue(setup, compression.name.lower())
+        setup.pause_queue(name=name)
+    channel = grpc.insecure_channel(emulator.address, compression=compression)
+    with tasks_v2.CloudTasksClient(transport=CloudTasksGrpcTransport(channel=channel)) as client:
+        client.create_task(parent=name, task=http_task("http://127.0.0.1:9/", body=body))
+        listed = client.list_tasks(
+            request={"parent": name, "response_view": tasks_v2.Task.View.FULL}
+        ).tasks
+
+    assert [task.http_request.body for task in listed] == [body]
+
+
+def test_a_compressed_request_inflating_past_four_mib_is_resource_exhausted(
+    emulator: EmulatorHandle,
+) -> None:
+    bomb = zlib.compress(b"\x00" * (MAX_MESSAGE_BYTES + 1))  # about 4 KB
+    block = _request_block(hpack.Encoder(), _GET_QUEUE, ("grpc-encoding", "deflate"))
+
+    with _raw_peer(emulator) as sock:
+        sock.sendall(
+            _frame(_HEADERS, 0x4, 1, block)
+            + _frame(_DATA, 0x1, 1, b"\x01" + len(bomb).to_bytes(4, "big") + bomb)
+            + _frame(_GOAWAY, 0, 0, bytes(8))
+        )
+        frames = _read_all(sock)
+
+    decoder = hpack.Decoder()
+    answers = [
+        dict(decoder.decode(payload, raw=True))
+        for frame_type, _, payload in frames
+        if frame_type == _HEADERS
+    ]
+    assert [answer.get(b"grpc-status") for answer in answers] == [b"8"]  # RESOURCE_EXHAUSTED
 
 
 def test_requests_and_answers_larger_than_a_flow_control_window_arrive_whole(

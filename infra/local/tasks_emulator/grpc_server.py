@@ -21,8 +21,9 @@ table, so they need no encoder state. Where grpcio's server answers a malformed 
 of its own, this one answers the same status: UNIMPLEMENTED for an unknown method ("Method not
 found!") or a call without a message, INTERNAL for a message that does not parse ("Exception
 deserializing request!"), RESOURCE_EXHAUSTED for a message over 4 MiB (grpcio's default
-receive limit), UNKNOWN for a method that raised. Compressed requests (grpc-encoding) are
-refused as UNIMPLEMENTED: the Cloud Tasks client sends none. A connection that breaks the
+receive limit), UNKNOWN for a method that raised. A compressed request (grpc-encoding gzip
+or deflate, as grpcio's client sends on a channel with compression) is inflated with zlib;
+answers go uncompressed, which a gRPC client always accepts. A connection that breaks the
 HTTP/2 rules gets a GOAWAY naming the error and is closed.
 """
 
@@ -34,6 +35,7 @@ import socket
 import struct
 import threading
 import time
+import zlib
 from collections.abc import Callable, Iterable, Mapping
 from contextlib import suppress
 from dataclasses import dataclass, field
@@ -215,6 +217,54 @@ def _over_size(body: bytearray, had: int) -> int:
     if len(body) > _PREFIX_BYTES + MAX_MESSAGE_BYTES:  # more than a small prefix declared
         return len(body) - _PREFIX_BYTES
     return 0
+
+
+#: zlib's wbits for a grpc-encoding: gzip's wrapper; "deflate" is zlib's wrapper in gRPC
+#: core (its message_compress.c: deflateInit2 with window bits 15, 16 more for gzip)
+_ZLIB_WBITS = {b"gzip": 31, b"deflate": 15}
+_BAD_REQUEST = grpc.StatusCode.INTERNAL, "Exception deserializing request!"
+
+
+def _request(method: UnaryMethod, call: _Call) -> Any:
+    """The call's request message, or the (status, message) the call ends with."""
+    body = call.body
+    if len(body) < _PREFIX_BYTES:
+        path = call.path.decode(errors="replace")
+        return grpc.StatusCode.UNIMPLEMENTED, f'"{path}" requires exactly one request message.'
+    if len(body) != _PREFIX_BYTES + int.from_bytes(body[1:_PREFIX_BYTES], "big"):
+        return _BAD_REQUEST
+    message = bytes(body[_PREFIX_BYTES:])
+    if body[0]:
+        inflated = _inflate(call.encoding, message)
+        if isinstance(inflated, tuple):
+            return inflated
+        message = inflated
+    try:
+        return method.request_class.FromString(message)
+    except Exception:  # protobuf's DecodeError, or a message it cannot take
+        return _BAD_REQUEST
+
+
+def _inflate(encoding: bytes, compressed: bytes) -> bytes | tuple[grpc.StatusCode, str]:
+    """A compressed message (flag 1) as its grpc-encoding names it, at most 4 MiB of it."""
+    wbits = _ZLIB_WBITS.get(encoding)
+    if wbits is None:
+        named = encoding.decode(errors="replace")
+        return grpc.StatusCode.UNIMPLEMENTED, f"compressed messages ({named}) are refused"
+    inflater = zlib.decompressobj(wbits)
+    try:
+        message = inflater.decompress(compressed, MAX_MESSAGE_BYTES + 1)
+    except zlib.error:
+        return _BAD_REQUEST
+    if len(message) > MAX_MESSAGE_BYTES:  # inflated no further: a bomb costs no more
+        return (
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            f"Received message larger than max (over {MAX_MESSAGE_BYTES} inflated"
+            f" vs. {MAX_MESSAGE_BYTES})",
+        )
+    if not inflater.eof or inflater.unused_data:
+        return _BAD_REQUEST
+    return message
 
 
 # --- state ----------------------------------------------------------------------------------
@@ -737,20 +787,9 @@ class UnaryGrpcServer:
         method = self._methods.get(call.path)
         if method is None:
             return grpc.StatusCode.UNIMPLEMENTED, "Method not found!"
-        body = call.body
-        if len(body) < _PREFIX_BYTES:
-            path = call.path.decode(errors="replace")
-            return grpc.StatusCode.UNIMPLEMENTED, f'"{path}" requires exactly one request message.'
-        if body[0] != 0:
-            encoding = call.encoding.decode(errors="replace")
-            return grpc.StatusCode.UNIMPLEMENTED, f"compressed messages ({encoding}) are refused"
-        length = int.from_bytes(body[1:_PREFIX_BYTES], "big")
-        if len(body) != _PREFIX_BYTES + length:
-            return grpc.StatusCode.INTERNAL, "Exception deserializing request!"
-        try:
-            request = method.request_class.FromString(bytes(body[_PREFIX_BYTES:]))
-        except Exception:  # protobuf's DecodeError, or a message it cannot take
-            return grpc.StatusCode.INTERNAL, "Exception deserializing request!"
+        request = _request(method, call)
+        if isinstance(request, tuple):
+            return request
         try:
             return method.behaviour(request)
         except RpcError as error:

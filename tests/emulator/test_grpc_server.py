@@ -129,12 +129,7 @@ def test_a_compressed_request_inflating_past_four_mib_is_resource_exhausted(
         )
         frames = _read_all(sock)
 
-    decoder = hpack.Decoder()
-    answers = [
-        dict(decoder.decode(payload, raw=True))
-        for frame_type, _, payload in frames
-        if frame_type == _HEADERS
-    ]
+    answers = _header_blocks(frames)
     assert [answer.get(b"grpc-status") for answer in answers] == [b"8"]  # RESOURCE_EXHAUSTED
 
 
@@ -302,6 +297,16 @@ def _goaway_code(frames: list[tuple[int, int, bytes]]) -> int | None:
     return struct.unpack(">I", goaways[0][4:8])[0] if goaways else None
 
 
+def _header_blocks(frames: list[tuple[int, int, bytes]]) -> list[dict[bytes, bytes]]:
+    """The server's header blocks (each one HEADERS frame: its answers are small), decoded."""
+    decoder = hpack.Decoder()
+    return [
+        {bytes(name): bytes(value) for name, value in decoder.decode(payload, raw=True)}
+        for frame_type, _, payload in frames
+        if frame_type == _HEADERS
+    ]
+
+
 def test_a_closing_connection_whose_peer_never_reads_has_its_input_drained_and_is_closed(
     emulator: EmulatorHandle, client: tasks_v2.CloudTasksClient
 ) -> None:
@@ -461,12 +466,7 @@ def test_a_call_whose_bytes_pass_the_connections_buffer_cap_is_resource_exhauste
     finally:
         server.stop()
 
-    decoder = hpack.Decoder()
-    answers = [
-        dict(decoder.decode(payload, raw=True))
-        for frame_type, _, payload in frames
-        if frame_type == _HEADERS
-    ]
+    answers = _header_blocks(frames)
     assert [answer.get(b"grpc-status") for answer in answers] == [b"8"]  # RESOURCE_EXHAUSTED
     assert b"buffered" in answers[0][b"grpc-message"]
     assert seen == []
@@ -528,12 +528,7 @@ def test_a_call_refused_for_its_metadata_keeps_the_header_table_in_step(
         )
         frames = _read_all(sock)
 
-    decoder = hpack.Decoder()
-    statuses = [
-        dict(decoder.decode(payload, raw=True)).get(b"grpc-status")
-        for frame_type, _, payload in frames
-        if frame_type == _HEADERS
-    ]
+    statuses = [block.get(b"grpc-status") for block in _header_blocks(frames)]
     assert statuses == [b"8", None, b"0"]  # RESOURCE_EXHAUSTED; then headers, OK trailers
     assert _goaway_code(frames) is None
 

@@ -483,8 +483,9 @@ def test_a_host_that_names_both_families_is_served_on_ipv4_and_ipv6(host: str) -
                 assert new_queue(tasks_client, queue).endswith(f"/{queue}")
 
 
+@pytest.mark.parametrize("size", [MAX_METADATA_BYTES + 1, 70_000])  # 70 KB: CONTINUATIONs
 def test_metadata_past_the_advertised_limit_is_resource_exhausted_and_the_channel_serves_on(
-    emulator: EmulatorHandle, client: tasks_v2.CloudTasksClient
+    emulator: EmulatorHandle, client: tasks_v2.CloudTasksClient, size: int
 ) -> None:
     name = new_queue(client, "metadata")
     request = tasks_v2.GetQueueRequest.pb(tasks_v2.GetQueueRequest(name=name)).SerializeToString()
@@ -492,7 +493,7 @@ def test_metadata_past_the_advertised_limit_is_resource_exhausted_and_the_channe
         call = channel.unary_unary(_GET_QUEUE)
         call(request, metadata=[("x-big", "v" * 9_000)], timeout=10)
         with pytest.raises(grpc.RpcError) as caught:
-            call(request, metadata=[("x-big", "v" * (MAX_METADATA_BYTES + 1))], timeout=10)
+            call(request, metadata=[("x-big", "v" * size)], timeout=10)
         after = call(request, timeout=10)
 
     assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED

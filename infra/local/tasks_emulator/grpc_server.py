@@ -24,7 +24,12 @@ deserializing request!"), RESOURCE_EXHAUSTED for a message over 4 MiB (grpcio's 
 receive limit), UNKNOWN for a method that raised. A compressed request (grpc-encoding gzip
 or deflate, as grpcio's client sends on a channel with compression) is inflated with zlib;
 answers go uncompressed, which a gRPC client always accepts. A connection that breaks the
-HTTP/2 rules gets a GOAWAY naming the error and is closed.
+HTTP/2 rules gets a GOAWAY naming the error and is closed (within CLOSE_GRACE_S, whether or
+not its peer reads). What a peer can make a connection hold is bounded: header blocks
+(MAX_HEADER_BLOCK_BYTES), open streams (MAX_CONCURRENT_STREAMS, advertised), metadata
+(MAX_METADATA_BYTES, advertised; past it that call is RESOURCE_EXHAUSTED, as with grpcio),
+request bytes (MAX_BUFFERED_BYTES), unsent output (past OUTGOING_HIGH_WATER the connection is
+not read until its peer takes some), and DATA past the window given is FLOW_CONTROL_ERROR.
 """
 
 from __future__ import annotations
@@ -71,7 +76,7 @@ _MAX_WINDOW = 2**31 - 1
 #: the largest header block (HEADERS and its CONTINUATIONs, compressed) a peer may send: RFC
 #: 9113 bounds neither a block nor its CONTINUATION frames, so without a cap a peer could
 #: make the server buffer without end (section 10.5.1: ENHANCE_YOUR_CALM)
-MAX_HEADER_BLOCK_BYTES = 64 * 1024
+MAX_HEADER_BLOCK_BYTES = 256 * 1024  # as _MAX_DECODED_BYTES: a block of literals decodes whole
 #: SETTINGS_MAX_CONCURRENT_STREAMS advertised: RFC 9113 6.5.2 recommends no fewer than 100;
 #: a stream past it is refused (RST_STREAM REFUSED_STREAM, which the client may
 #: retry as never processed, RFC 9113 8.7)
@@ -86,8 +91,8 @@ MAX_BUFFERED_BYTES = 32 * 1024 * 1024
 #: (its hard metadata limit, 16 KiB by default)
 MAX_METADATA_BYTES = 16 * 1024
 #: a block decoding to more than this ends the connection (ENHANCE_YOUR_CALM): hpack stops
-#: decoding there, so its table would no longer match the peer's; a 64 KiB block of indexed
-#: fields could otherwise decode to 256 MiB
+#: decoding there, so its table would no longer match the peer's; a 256 KiB block of indexed
+#: fields could otherwise decode to 1 GiB
 _MAX_DECODED_BYTES = 256 * 1024
 #: a connection whose unsent output is larger than this is not read until the peer takes
 #: some: a peer that sends (PINGs, calls) and never reads would otherwise grow it without end

@@ -15,9 +15,15 @@ body, a secret header, dispatch deadline), with a pause between them, as jobs ar
   ``Thread-1 (_serve)``, its handler pool ``tasks-emulator-grpc_*``, the dispatch pool
   ``tasks-emulator-dispatch_*``; gRPC's own C threads ``event_engine``).
 
+With ``--paused N``, the queue is paused (nothing is dispatched) and the tasks are created by
+N threads at once over one channel, as the create function's threads share one client in
+``scripts/bench.py``'s create figure (16 connections, queue paused): then ``answerMs`` (p50,
+p90) and ``cpuMsPerTask`` are CreateTask's alone.
+
 Trees alternate (A B, B A, ...) so other load on the shared machine weighs on both alike.
 
     .venv/bin/python scripts/bench_emulator.py [--compare REV] [--rounds 4] [--tasks 300]
+    .venv/bin/python scripts/bench_emulator.py --paused 16 [--compare REV] [--tasks 2000]
 """
 
 from __future__ import annotations
@@ -33,8 +39,10 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -189,19 +197,67 @@ def _template(url: str) -> Any:
     return tasks_v2.CreateTaskRequest.pb(tasks_v2.CreateTaskRequest(parent=QUEUE, task=task))
 
 
+def _create(emulator: Emulator, template: Any) -> tuple[str, float, float]:
+    """One task from ``template`` with a name and body of its own: (its id, when CreateTask
+    was called, how long it took to answer), on the monotonic clock."""
+    request = type(template)()
+    request.CopyFrom(template)
+    task_id = uuid.uuid4().hex
+    request.task.name = f"{QUEUE}/tasks/{task_id}"
+    request.task.http_request.body = json.dumps({"jobId": task_id, "dispatch": 0}).encode()
+    before = time.monotonic()
+    emulator.client.create_task(request=tasks_v2.CreateTaskRequest.wrap(request), timeout=30)
+    return task_id, before, time.monotonic() - before
+
+
+def _cpu_shares(emulator: Emulator, by_thread: dict[int, float], tasks: int) -> dict[str, float]:
+    names = emulator.thread_names()
+    shares: dict[str, float] = {}
+    for tid, seconds in by_thread.items():
+        name = names.get(tid, str(tid))
+        shares[name] = shares.get(name, 0.0) + seconds * 1000 / tasks
+    return {name: round(ms, 3) for name, ms in sorted(shares.items(), key=lambda kv: -kv[1]) if ms}
+
+
+def paused_round(emulator: Emulator, tasks: int, connections: int, threads: bool) -> dict[str, Any]:
+    """CreateTask alone: a paused queue, ``connections`` threads creating at once."""
+    emulator.client.pause_queue(name=QUEUE)
+    template = _template("http://127.0.0.1:9/process")
+    answers: list[float] = []
+    lock = threading.Lock()
+
+    def create(_: int) -> None:
+        _task_id, _before, answer = _create(emulator, template)
+        with lock:
+            answers.append(answer * 1000)
+
+    with ThreadPoolExecutor(connections) as pool:
+        list(pool.map(create, range(connections * 4)))  # warm
+        answers.clear()
+        cpu_before = _thread_cpu_s(emulator.process.pid)
+        list(pool.map(create, range(tasks)))
+        cpu_after = _thread_cpu_s(emulator.process.pid)
+    emulator.client.purge_queue(name=QUEUE)
+    by_thread = {t: cpu_after[t] - cpu_before.get(t, 0.0) for t in cpu_after}
+    answers.sort()
+    result: dict[str, Any] = {
+        "answerMs": {
+            "p50": round(statistics.median(answers), 3),
+            "p90": round(answers[int(len(answers) * 0.9)], 3),
+        },
+        "cpuMsPerTask": round(sum(by_thread.values()) * 1000 / tasks, 3),
+    }
+    if threads:
+        result["cpuMsPerTaskByThread"] = _cpu_shares(emulator, by_thread, tasks)
+    return result
+
+
 def one_round(emulator: Emulator, tasks: int, pause_s: float, threads: bool) -> dict[str, Any]:
     target = Target()
     template = _template(f"http://127.0.0.1:{target.port}/process")
 
     def create() -> tuple[str, float, float]:
-        request = type(template)()
-        request.CopyFrom(template)
-        task_id = uuid.uuid4().hex
-        request.task.name = f"{QUEUE}/tasks/{task_id}"
-        request.task.http_request.body = json.dumps({"jobId": task_id, "dispatch": 0}).encode()
-        before = time.monotonic()
-        emulator.client.create_task(request=tasks_v2.CreateTaskRequest.wrap(request), timeout=30)
-        return task_id, before, time.monotonic() - before
+        return _create(emulator, template)
 
     for _ in range(5):  # the target's connection, kept alive from here on
         create()
@@ -229,14 +285,7 @@ def one_round(emulator: Emulator, tasks: int, pause_s: float, threads: bool) -> 
         "arrived": len(latency),
     }
     if threads:
-        names = emulator.thread_names()
-        shares: dict[str, float] = {}
-        for tid, seconds in by_thread.items():
-            name = names.get(tid, str(tid))
-            shares[name] = shares.get(name, 0.0) + seconds * 1000 / tasks
-        result["cpuMsPerTaskByThread"] = {
-            name: round(ms, 3) for name, ms in sorted(shares.items(), key=lambda kv: -kv[1]) if ms
-        }
+        result["cpuMsPerTaskByThread"] = _cpu_shares(emulator, by_thread, tasks)
     return result
 
 
@@ -244,11 +293,12 @@ def _medians(rounds: list[dict[str, Any]]) -> dict[str, Any]:
     def med(values: list[float]) -> float:
         return round(statistics.median(values), 3)
 
-    out: dict[str, Any] = {
-        "dispatchMs": {k: med([r["dispatchMs"][k] for r in rounds]) for k in ("p50", "p90")},
-        "answerMsP50": med([r["answerMsP50"] for r in rounds]),
-        "cpuMsPerTask": med([r["cpuMsPerTask"] for r in rounds]),
-    }
+    out: dict[str, Any] = {"cpuMsPerTask": med([r["cpuMsPerTask"] for r in rounds])}
+    for key in ("dispatchMs", "answerMs"):
+        if key in rounds[0]:
+            out[key] = {k: med([r[key][k] for r in rounds]) for k in ("p50", "p90")}
+    if "answerMsP50" in rounds[0]:
+        out["answerMsP50"] = med([r["answerMsP50"] for r in rounds])
     if "cpuMsPerTaskByThread" in rounds[0]:
         names = {n for r in rounds for n in r["cpuMsPerTaskByThread"]}
         out["cpuMsPerTaskByThread"] = {
@@ -264,6 +314,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tasks", type=int, default=300, help="tasks per round and tree")
     parser.add_argument("--pause", type=float, default=0.01, help="seconds between creates")
     parser.add_argument("--threads", action="store_true", help="CPU per thread (py-spy dump)")
+    parser.add_argument(
+        "--paused",
+        type=int,
+        default=0,
+        metavar="N",
+        help="CreateTask alone: queue paused, N threads creating at once",
+    )
     parser.add_argument("--json", type=Path, help="write the figures here too")
     parser.add_argument("--target", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -281,7 +338,11 @@ def main(argv: list[str] | None = None) -> int:
             for index in range(args.rounds):
                 order = list(emulators.items())
                 for label, emulator in order if index % 2 == 0 else order[::-1]:
-                    result = one_round(emulator, args.tasks, args.pause, args.threads)
+                    result = (
+                        paused_round(emulator, args.tasks, args.paused, args.threads)
+                        if args.paused
+                        else one_round(emulator, args.tasks, args.pause, args.threads)
+                    )
                     rounds[label].append(result)
                     print(f"round {index + 1} {label:>8}: {result}", flush=True)
         finally:
@@ -291,6 +352,7 @@ def main(argv: list[str] | None = None) -> int:
         "loadAverageAtEnd": [round(x, 2) for x in os.getloadavg()],
         "rounds": args.rounds,
         "tasks": args.tasks,
+        "paused": args.paused,
         "medians": {label: _medians(r) for label, r in rounds.items()},
     }
     print(json.dumps(summary, indent=2))

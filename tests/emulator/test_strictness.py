@@ -128,8 +128,13 @@ def test_a_503_with_retry_after_holds_every_task_of_the_queue(target: Target) ->
         target.behaviour = lambda received, index: (
             Reply(503, retry_after="1") if index == 0 else Reply(200)
         )
-        client.create_task(parent=queue_name, task=http_task(target.url))
+        refused = client.create_task(parent=queue_name, task=http_task(target.url)).name
         refused_at = target.wait_for(1)[0].arrived_at
+        # The others are created once the emulator has the 503 (the target has it first):
+        # created in between, they would rightly go before the queue learnt of the hold.
+        give_up = time.monotonic() + 10
+        while client.get_task(name=refused).response_count == 0 and time.monotonic() < give_up:
+            time.sleep(0.01)
         for _ in range(3):
             client.create_task(parent=queue_name, task=http_task(target.url))
         later = target.wait_for(5, timeout_s=30)[1:]

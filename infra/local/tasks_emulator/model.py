@@ -14,6 +14,8 @@ import grpc
 from google.cloud import tasks_v2
 from google.protobuf import duration_pb2, timestamp_pb2
 
+from infra.local.tasks_emulator.grpc_server import RpcError
+
 # Raw protobuf classes behind the proto-plus wrappers: the server speaks protobuf directly.
 QueuePb: Any = tasks_v2.Queue.pb()
 TaskPb: Any = tasks_v2.Task.pb()
@@ -77,13 +79,8 @@ _RPC_INTERNAL = 13
 _RPC_UNKNOWN = 2
 
 
-class EmulatorError(Exception):
+class EmulatorError(RpcError):
     """A request the emulator refuses, with the gRPC status real Cloud Tasks would return."""
-
-    def __init__(self, code: grpc.StatusCode, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
 
 
 def invalid(message: str) -> EmulatorError:

@@ -1,9 +1,9 @@
 """The `google.cloud.tasks.v2.CloudTasks` gRPC service, wired to the engine.
 
-`google-cloud-tasks` ships only the client, so the server side is registered as a generic
-handler over the same method paths and protobuf messages the client's transport uses
-(`transports/grpc.py`). Methods the emulator does not offer (IAM, batch, CMEK) fall through
-to gRPC's own UNIMPLEMENTED.
+`google-cloud-tasks` ships only the client, so the server side is a table of the same method
+paths and protobuf messages the client's transport uses (`transports/grpc.py`), served by
+`grpc_server.UnaryGrpcServer`. Methods the emulator does not offer (IAM, batch, CMEK) are
+answered UNIMPLEMENTED as gRPC answers a method it does not know.
 """
 
 from __future__ import annotations
@@ -12,17 +12,16 @@ import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import grpc
 from google.cloud import tasks_v2
 from google.protobuf import empty_pb2
 
 from infra.local.tasks_emulator.engine import Engine
+from infra.local.tasks_emulator.grpc_server import UnaryMethod
 from infra.local.tasks_emulator.model import (
     QUEUE_STATE_PAUSED,
     QUEUE_STATE_RUNNING,
     VIEW_BASIC,
     VIEW_FULL,
-    EmulatorError,
     invalid,
 )
 
@@ -144,27 +143,11 @@ class CloudTasksService:
         }
 
 
-def _serialize(message: Any) -> bytes:
-    data: bytes = message.SerializeToString()
-    return data
-
-
-def _unary(implementation: Handler, request_class: Any) -> grpc.RpcMethodHandler:
-    def handle(request: Any, context: grpc.ServicerContext) -> Any:
-        try:
-            return implementation(request)
-        except EmulatorError as error:
-            context.abort(error.code, error.message)
-
-    return grpc.unary_unary_rpc_method_handler(
-        handle, request_deserializer=request_class.FromString, response_serializer=_serialize
-    )
-
-
-def generic_handler(engine: Engine) -> grpc.GenericRpcHandler:
-    """The handler to pass to `grpc.server(..., handlers=[...])`."""
+def grpc_methods(engine: Engine) -> dict[str, UnaryMethod]:
+    """The service's methods by gRPC path, for `grpc_server.UnaryGrpcServer`; a method's
+    `EmulatorError` ends its call with the error's status."""
     service = CloudTasksService(engine)
-    return grpc.method_handlers_generic_handler(
-        SERVICE_NAME,
-        {name: _unary(impl, request) for name, (impl, request) in service.methods().items()},
-    )
+    return {
+        f"/{SERVICE_NAME}/{name}": UnaryMethod(implementation, request_class)
+        for name, (implementation, request_class) in service.methods().items()
+    }

@@ -93,11 +93,6 @@ class _TargetHandler(BaseHTTPRequestHandler):
         # request times out), as a server's keep-alive timeout does.
         self.connection.settimeout(self.server.target.keep_alive_s)
 
-    def finish(self) -> None:
-        super().finish()
-        with self.server.target.lock:
-            self.server.target.closed_connections += 1
-
     def _serve(self) -> None:
         target = self.server.target
         length = int(self.headers.get("Content-Length") or 0)
@@ -160,6 +155,14 @@ class TargetServer(ThreadingHTTPServer):
     def handle_error(self, request: Any, client_address: Any) -> None:
         # The emulator hangs up on slow requests at the dispatch deadline; that is expected.
         return
+
+    def shutdown_request(self, request: Any) -> None:
+        # Counted once the socket is shut down and closed (the client can see it), not when the
+        # handler finishes, which comes before: a test waiting for the count then found the
+        # connection still open under load.
+        super().shutdown_request(request)
+        with self.target.lock:
+            self.target.closed_connections += 1
 
 
 def make_client(address: str) -> tasks_v2.CloudTasksClient:

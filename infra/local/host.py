@@ -28,6 +28,7 @@ import asyncio
 import contextlib
 import json
 import os
+import random
 import signal
 import socket
 import sys
@@ -458,7 +459,41 @@ def _plain(status: int, code: str, message: str, *, close: bool) -> bytes:
 # --- the function servers ----------------------------------------------------------------
 
 
+_EPHEMERAL_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+_handed_out: set[int] = set()
+
+
+def _below_ephemeral() -> range:
+    """Ports below the kernel's ephemeral range (``ip_local_port_range``, 32768-60999 by
+    default on Linux), down to 10000: the kernel never picks one of these for an outgoing
+    connection or a bind to port 0. Empty when the range cannot be read or starts too low."""
+    try:
+        low = int(_EPHEMERAL_RANGE.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return range(0)
+    return range(10000, low)
+
+
 def free_port() -> int:
+    """A loopback port nothing listens on, for a server that is started after it is chosen.
+
+    A port from a bind to port 0 is one of the kernel's ephemeral ports, which it goes on
+    handing out: between choosing it and the server's bind, an outgoing connection (any test's
+    client) could take it as its local port, and the bind fails with EADDRINUSE (a CI run
+    failed that way). So the port comes from below the ephemeral range, checked by a bind,
+    and never twice from one process."""
+    candidates = _below_ephemeral()
+    for _ in range(200 if candidates else 0):
+        port = random.choice(candidates)
+        if port in _handed_out:
+            continue
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])

@@ -1,4 +1,5 @@
-"""Draws docs/bench.png from the benchmark's results (four panels, each beside its floor)."""
+"""Draws docs/bench.png from the benchmark's results: the API and cold-start panels, each beside
+its floor, and the jobs panels beside the peer, one unit per panel."""
 
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ def draw(results: dict[str, Any], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     floor, ours, peer = "#9e9e9e", "#1e88e5", "#fb8c00"
-    fig, axes = plt.subplots(2, 2, figsize=(11, 8))
+    fig, axes = plt.subplots(2, 3, figsize=(15, 8))
     api = results["apiQueuePaused"]
     names = list(api)
     _bars(
@@ -60,28 +61,31 @@ def draw(results: dict[str, Any], path: Path) -> None:
     )
     axes[1][0].set_title("cold start: process start -> first answer (wall, CPU)")
     jobs, other = results["jobs"], results["peer"]
-    _bars(
-        axes[1][1],
-        [
-            "pickup p50 (ms)",
-            "peer pickup p50",
-            "queue CPU/job (ms)",
-            "peer CPU/job",
-            "burst jobs/s",
-            "peer jobs/s",
-        ],
-        [
+    for ax, title, unit, ours_value, peer_value in (
+        (
+            axes[1][1],
+            "pickup p50, created -> claimed",
+            "ms",
             jobs["pickupMs"]["p50"],
             other["pickupMs"]["p50"],
+        ),
+        (
+            axes[1][2],
+            "the queue's own CPU per job",
+            "CPU ms per job",
             jobs["queueOwnCpuMsPerJob"],
             other["cpuMsPerJob"]["total"],
+        ),
+        (
+            axes[0][2],
+            "burst throughput (ours: with its AI work; peer: no-op)",
+            "jobs per second",
             jobs["burst"]["jobsPerSecond"],
             other["burst"]["jobsPerSecond"],
-        ],
-        [ours, peer] * 3,
-        "",
-    )
-    axes[1][1].set_title("jobs: this queue (blue) vs Procrastinate (orange)")
+        ),
+    ):
+        _bars(ax, ["this queue", "Procrastinate"], [ours_value, peer_value], [ours, peer], unit)
+        ax.set_title(title)
     fig.suptitle(
         f"ai-job-queue local benchmark ({results['machine']['cpus']} CPUs,"
         f" Python {results['machine']['python']}); grey = floor measured in the same run",

@@ -30,8 +30,10 @@ def backend_ticks(pid: int) -> int:
 def create_args(
     user: str, *, query: str = REPORT_QUERY, metadata: dict[str, Any] | None = None
 ) -> dict[str, Any]:
-    """create_job's arguments as the create function sends them, the caps raised (as
-    bench_tools.RAISED_CAPS raises them for bench.py)."""
+    """create_job's arguments as the create function sends them, the caps raised to
+    bench_tools.RAISED_CAPS (imported here, when called: bench_tools imports ``infra``)."""
+    from scripts.bench_tools import RAISED_CAPS
+
     return {
         "p_user_id": user,
         "p_type": "report",
@@ -44,8 +46,8 @@ def create_args(
         "p_estimated_seconds": 30,
         "p_metadata": metadata or {},
         "p_max_attempts": 3,
-        "p_max_per_minute": 1_000_000,
-        "p_max_active": 1_000_000,
+        "p_max_per_minute": int(RAISED_CAPS["MAX_JOBS_PER_MINUTE"]),
+        "p_max_active": int(RAISED_CAPS["MAX_ACTIVE_JOBS"]),
     }
 
 

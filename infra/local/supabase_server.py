@@ -30,6 +30,7 @@ from starlette.middleware.cors import CORSMiddleware
 from infra.local.auth import AuthService, add_arguments, create_auth_app, service_from_arguments
 from infra.local.gateway import DEFAULT_PORT, REST_PREFIX, Gateway, create_app
 from infra.local.gateway.asgi import RestApp
+from infra.local.gateway.http import HttpProtocol
 from infra.local.realtime.server import RealtimeServer
 
 log = logging.getLogger("infra.local.supabase_server")
@@ -139,7 +140,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         host=args.host,
         port=args.port,
         ws="websockets-sansio",
-        http="httptools",
+        http=HttpProtocol,  # httptools, a response's head and body in one write
         lifespan="on",
         log_level="warning",
         # no keep-alive cut for idle REST clients shorter than Supabase's (Kong: 60 s)

@@ -24,6 +24,7 @@ from werkzeug.serving import ThreadedWSGIServer, WSGIRequestHandler
 from infra.local.gateway.app import Gateway, log
 from infra.local.gateway.asgi import RestApp
 from infra.local.gateway.config import DEFAULT_PORT, REST_PREFIX
+from infra.local.gateway.http import HttpProtocol
 
 
 class GatewayOptions(TypedDict, total=False):
@@ -86,7 +87,7 @@ class _UvicornServer:
         self.server_address = self._socket.getsockname()
         config = uvicorn.Config(
             RestApp(app),
-            http="httptools",
+            http=HttpProtocol,  # httptools, a response's head and body in one write
             lifespan="on",
             log_level="warning",
             log_config=None,  # leave the host process's logging as it is

@@ -4,8 +4,10 @@ answer read afterwards, and every request written with one send."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import http.client
+import os
 import socket
 from typing import Any
 
@@ -130,15 +132,68 @@ def test_a_request_head_and_body_are_written_with_one_send(target: Target) -> No
     connection.sock = counting
     connections.give_back(_origin(target), connection)
 
+    outcome = dispatch.send(_request(target, b'{"jobId": "z"}'), _ignore, connections)
+    arrived = target.wait_for(2)
+    connections.close()
+
+    assert outcome.rpc_code == RPC_OK
+    assert len(counting.writes) == 1
+    assert arrived[1].body == b'{"jobId": "z"}'
+
+
+def test_a_request_written_at_once_is_one_write_that_never_waits(
+    target: Target, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    target.keep_alive_s = 30.0
+    connections = dispatch.Connections()
+    dispatch.send(_request(target), _ignore, connections)
+    writes: list[tuple[int, int]] = []
+    real_write = os.write
+
+    def write(fd: int, data: bytes) -> int:
+        writes.append((fd, len(data)))
+        return real_write(fd, data)
+
+    monkeypatch.setattr(os, "write", write)
     sent = dispatch.send_at_once(_request(target, b'{"jobId": "z"}'), connections)
+    monkeypatch.undo()
     arrived = target.wait_for(2)
     if sent is not None:
         dispatch.receive(sent, _request(target), _ignore, connections)
     connections.close()
 
     assert sent is not None
-    assert len(counting.writes) == 1
+    assert len(writes) == 1, "head and body in one write(2)"
+    # a socket with a timeout is non-blocking at the kernel's level: the write cannot wait
+    assert sent.connection.sock is None or sent.connection.sock.gettimeout() == 10.0
     assert arrived[1].body == b'{"jobId": "z"}'
+
+
+def test_a_request_the_connection_cannot_take_at_once_is_not_sent_and_its_connection_closed() -> (
+    None
+):
+    # A worker that stops reading: the buffers between fill up, so a request written at once
+    # cannot go whole. The write does not wait; cut short, the request never ran, and the
+    # attempt goes the usual way (`send`) on a new connection.
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        origin = ("http", "127.0.0.1", listener.getsockname()[1])
+        connection = dispatch._new_connection(origin, 10.0)
+        worker, _ = listener.accept()  # and never reads
+        assert connection.sock is not None
+        with contextlib.suppress(BlockingIOError):
+            while True:
+                os.write(connection.sock.fileno(), b"x" * 65536)
+        connections = dispatch.Connections()
+        connections.give_back(origin, connection)
+        request = dispatch.HttpDispatch(
+            "POST", f"http://127.0.0.1:{origin[2]}/run", {}, b'{"jobId": "q"}', 10.0
+        )
+
+        sent = dispatch.send_at_once(request, connections)
+        worker.close()
+
+    assert sent is None
+    assert connection.sock is None, "the connection the request was cut short on is closed"
 
 
 def test_a_host_http_client_refuses_is_a_failed_attempt_not_an_exception() -> None:
@@ -191,7 +246,7 @@ def _as_http_client_writes(origin: tuple[str, str, int], request: dispatch.HttpD
     _scheme, host, port = origin
     connection = http.client.HTTPConnection(host, port)
     recorder = _Recorder()
-    connection.sock = recorder  # type: ignore[assignment]
+    connection.sock = recorder
     # as the emulator handed headers to http.client before: text when Latin-1 carries it
     headers = {name: _latin1_or_utf8(value) for name, value in request.headers.items()}
     url, body = request.url, request.body or None

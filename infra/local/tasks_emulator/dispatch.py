@@ -21,6 +21,7 @@ from __future__ import annotations
 import email.utils
 import functools
 import http.client
+import os
 import re
 import select
 import socket
@@ -188,6 +189,13 @@ def _still_open(connection: _OneSend) -> bool:
     return not readable
 
 
+def _set_timeout(sock: socket.socket, timeout_s: float | None) -> None:
+    """Each settimeout is a syscall (ioctl FIONBIO), and a reused connection mostly has the
+    timeout it needs already (a queue's tasks share a dispatch deadline)."""
+    if timeout_s is not None and sock.gettimeout() != timeout_s:
+        sock.settimeout(timeout_s)
+
+
 class Connections:
     """Kept-alive connections by origin, shared by the dispatch threads."""
 
@@ -203,8 +211,9 @@ class Connections:
             return connection, True
         return _new_connection(origin, timeout_s), False
 
-    def take_idle(self, origin: _Origin, timeout_s: float) -> _OneSend | None:
-        """An idle connection to ``origin`` that can carry a request, or None."""
+    def take_idle(self, origin: _Origin, timeout_s: float | None) -> _OneSend | None:
+        """An idle connection to ``origin`` that can carry a request, or None; its socket
+        timeout set to ``timeout_s`` (None: left as it was, never None itself)."""
         now = time.monotonic()
         while True:
             with self._lock:
@@ -214,7 +223,7 @@ class Connections:
                 connection, since = idle.pop()
             if now - since < IDLE_REUSE_S and _still_open(connection):
                 assert connection.sock is not None
-                connection.sock.settimeout(timeout_s)
+                _set_timeout(connection.sock, timeout_s)
                 return connection
             connection.close()
 
@@ -399,22 +408,10 @@ def _answer(
 #: A request this small (head and body) is written at once by the thread that launches the
 #: attempt (CreateTask's own, holding the emulator's lock), before CreateTask answers, instead
 #: of by a dispatch thread woken for it: written on an idle kept-alive connection, whose send
-#: buffer is empty, it cannot block (Linux starts a TCP socket's send buffer at 16 KiB,
-#: net.ipv4.tcp_wmem). Larger requests (a task may carry 80 KB of headers and a 1 MB body) go
-#: the usual way.
+#: buffer is empty, it is taken whole (Linux starts a TCP socket's send buffer at 16 KiB,
+#: net.ipv4.tcp_wmem), and the write never blocks (see `send_at_once`). Larger requests (a
+#: task may carry 80 KB of headers and a 1 MB body) go the usual way.
 SEND_AT_ONCE_MAX_BYTES = 8 * 1024
-#: ... and should it block all the same, the write gives up after this long (the request then
-#: goes the usual way on a new connection: a request cut short never ran), so CreateTask is
-#: never held behind a slow target.
-SEND_AT_ONCE_WRITE_TIMEOUT_S = 0.2
-#: the request line, Host, Content-Length and Accept-Encoding http.client adds, generously
-_HEAD_OVERHEAD_BYTES = 256
-
-
-def _request_bytes(dispatch: HttpDispatch) -> int:
-    """About how many bytes the request takes on the wire (never fewer)."""
-    headers = sum(len(k) + len(v.encode()) + 4 for k, v in dispatch.headers.items())
-    return len(dispatch.url) + headers + len(dispatch.body) + _HEAD_OVERHEAD_BYTES
 
 
 @dataclass(frozen=True)
@@ -429,25 +426,36 @@ def send_at_once(dispatch: HttpDispatch, connections: Connections) -> Sent | Non
     """Write the request now on an idle kept-alive connection to its origin, when one is at
     hand and the request is small (`SEND_AT_ONCE_MAX_BYTES`); then a dispatch thread only
     reads the answer (`receive`). None when it was not sent: no idle connection, a large
-    request, or the server had closed the connection before the request was completely
-    written (nothing ran), and also when the write failed otherwise, so that `send` makes the
-    attempt from the start, with its own outcome; a request is never written whole twice."""
-    if _request_bytes(dispatch) > SEND_AT_ONCE_MAX_BYTES:
-        return None
+    request, or the request could not be written whole at once (the server had closed the
+    connection, or its buffer was full: cut short, it never ran; the connection is closed),
+    so that `send` makes the attempt from the start, with its own outcome; a request is
+    never written whole twice.
+
+    The write never blocks, so CreateTask is never held behind a slow target: it is one
+    write(2) on the socket's descriptor, which is non-blocking at the kernel's level because
+    the socket has a timeout (CPython keeps O_NONBLOCK on such a socket and polls before each
+    send of its own: a poll and, to change the timeout, an ioctl that this path saves)."""
     try:
         origin, target = _origin_and_target(dispatch.url)
     except ValueError:
         return None
-    connection = connections.take_idle(
-        origin, min(dispatch.deadline_s, SEND_AT_ONCE_WRITE_TIMEOUT_S)
-    )
+    head = _wire_head(origin, target, dispatch)
+    if len(head) + len(dispatch.body) > SEND_AT_ONCE_MAX_BYTES:
+        return None
+    connection = connections.take_idle(origin, None)
     if connection is None:
         return None
-    if _write(connection, origin, target, dispatch) is not None:
+    sock = connection.sock
+    assert sock is not None and sock.gettimeout(), "a connection with a timeout: non-blocking"
+    request = head + dispatch.body
+    try:
+        written = os.write(sock.fileno(), request)
+    except OSError:  # BlockingIOError, BrokenPipeError, ConnectionResetError, ...
+        written = -1
+    if written != len(request):
         connection.close()
         return None
-    assert connection.sock is not None
-    connection.sock.settimeout(dispatch.deadline_s)  # the answer has the whole deadline
+    _set_timeout(sock, dispatch.deadline_s)  # the answer has the whole deadline
     return Sent(connection, origin)
 
 

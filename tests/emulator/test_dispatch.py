@@ -196,6 +196,29 @@ def test_a_request_the_connection_cannot_take_at_once_is_not_sent_and_its_connec
     assert connection.sock is None, "the connection the request was cut short on is closed"
 
 
+def test_an_https_request_is_never_written_at_once_on_the_raw_socket(target: Target) -> None:
+    # The at-once write goes to the socket's descriptor: over TLS that would be plaintext.
+    target.keep_alive_s = 30.0
+    connections = dispatch.Connections()
+    dispatch.send(_request(target), _ignore, connections)
+    http_origin = _origin(target)
+    connection = connections.take_idle(http_origin, 10.0)
+    assert connection is not None
+    tls_origin = ("https", http_origin[1], http_origin[2])
+    connections.give_back(tls_origin, connection)  # an idle connection for the https origin
+    request = dataclasses.replace(_request(target), url=f"https://127.0.0.1:{http_origin[2]}/run")
+
+    sent = dispatch.send_at_once(request, connections)
+    still_idle = connections.take_idle(tls_origin, 10.0)
+    connections.close()
+    if still_idle is not None:
+        still_idle.close()
+
+    assert sent is None
+    assert still_idle is connection, "not taken, nothing written"
+    assert len(target.received) == 1
+
+
 def test_a_host_http_client_refuses_is_a_failed_attempt_not_an_exception() -> None:
     # http.client raises InvalidURL (an HTTPException, not an OSError) for such a host.
     request = dispatch.HttpDispatch(

@@ -439,6 +439,8 @@ def send_at_once(dispatch: HttpDispatch, connections: Connections) -> Sent | Non
         origin, target = _origin_and_target(dispatch.url)
     except ValueError:
         return None
+    if origin[0] != "http":
+        return None  # TLS: written through the SSL socket by `send`, never on the raw socket
     head = _wire_head(origin, target, dispatch)
     if len(head) + len(dispatch.body) > SEND_AT_ONCE_MAX_BYTES:
         return None

@@ -4,7 +4,10 @@ answer read afterwards, and every request written with one send."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import http.client
+import os
 import socket
 from typing import Any
 
@@ -129,15 +132,91 @@ def test_a_request_head_and_body_are_written_with_one_send(target: Target) -> No
     connection.sock = counting
     connections.give_back(_origin(target), connection)
 
+    outcome = dispatch.send(_request(target, b'{"jobId": "z"}'), _ignore, connections)
+    arrived = target.wait_for(2)
+    connections.close()
+
+    assert outcome.rpc_code == RPC_OK
+    assert len(counting.writes) == 1
+    assert arrived[1].body == b'{"jobId": "z"}'
+
+
+def test_a_request_written_at_once_is_one_write_that_never_waits(
+    target: Target, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    target.keep_alive_s = 30.0
+    connections = dispatch.Connections()
+    dispatch.send(_request(target), _ignore, connections)
+    writes: list[tuple[int, int]] = []
+    real_write = os.write
+
+    def write(fd: int, data: bytes) -> int:
+        writes.append((fd, len(data)))
+        return real_write(fd, data)
+
+    monkeypatch.setattr(os, "write", write)
     sent = dispatch.send_at_once(_request(target, b'{"jobId": "z"}'), connections)
+    monkeypatch.undo()
     arrived = target.wait_for(2)
     if sent is not None:
         dispatch.receive(sent, _request(target), _ignore, connections)
     connections.close()
 
     assert sent is not None
-    assert len(counting.writes) == 1
+    assert len(writes) == 1, "head and body in one write(2)"
+    # a socket with a timeout is non-blocking at the kernel's level: the write cannot wait
+    assert sent.connection.sock is None or sent.connection.sock.gettimeout() == 10.0
     assert arrived[1].body == b'{"jobId": "z"}'
+
+
+def test_a_request_the_connection_cannot_take_at_once_is_not_sent_and_its_connection_closed() -> (
+    None
+):
+    # A worker that stops reading: the buffers between fill up, so a request written at once
+    # cannot go whole. The write does not wait; cut short, the request never ran, and the
+    # attempt goes the usual way (`send`) on a new connection.
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        origin = ("http", "127.0.0.1", listener.getsockname()[1])
+        connection = dispatch._new_connection(origin, 10.0)
+        worker, _ = listener.accept()  # and never reads
+        assert connection.sock is not None
+        with contextlib.suppress(BlockingIOError):
+            while True:
+                os.write(connection.sock.fileno(), b"x" * 65536)
+        connections = dispatch.Connections()
+        connections.give_back(origin, connection)
+        request = dispatch.HttpDispatch(
+            "POST", f"http://127.0.0.1:{origin[2]}/run", {}, b'{"jobId": "q"}', 10.0
+        )
+
+        sent = dispatch.send_at_once(request, connections)
+        worker.close()
+
+    assert sent is None
+    assert connection.sock is None, "the connection the request was cut short on is closed"
+
+
+def test_an_https_request_is_never_written_at_once_on_the_raw_socket(target: Target) -> None:
+    # The at-once write goes to the socket's descriptor: over TLS that would be plaintext.
+    target.keep_alive_s = 30.0
+    connections = dispatch.Connections()
+    dispatch.send(_request(target), _ignore, connections)
+    http_origin = _origin(target)
+    connection = connections.take_idle(http_origin, 10.0)
+    assert connection is not None
+    tls_origin = ("https", http_origin[1], http_origin[2])
+    connections.give_back(tls_origin, connection)  # an idle connection for the https origin
+    request = dataclasses.replace(_request(target), url=f"https://127.0.0.1:{http_origin[2]}/run")
+
+    sent = dispatch.send_at_once(request, connections)
+    still_idle = connections.take_idle(tls_origin, 10.0)
+    connections.close()
+    if still_idle is not None:
+        still_idle.close()
+
+    assert sent is None
+    assert still_idle is connection, "not taken, nothing written"
+    assert len(target.received) == 1
 
 
 def test_a_host_http_client_refuses_is_a_failed_attempt_not_an_exception() -> None:
@@ -166,3 +245,54 @@ def test_a_url_too_long_for_any_task_is_encoded_without_the_cache() -> None:
     assert (after.misses, after.currsize) == (before.misses, before.currsize)
     assert dispatch.encoded_url("http://h/a b") == "http://h/a%20b"  # short ones are cached
     assert dispatch._encode_url_cached.cache_info().currsize >= 1
+
+
+class _Recorder:
+    """Stands for a connected socket: keeps what http.client writes on it."""
+
+    def __init__(self) -> None:
+        self.data = b""
+
+    def sendall(self, data: bytes) -> None:
+        self.data += data
+
+
+def _latin1_or_utf8(value: str) -> str | bytes:
+    try:
+        value.encode("latin-1")
+    except UnicodeEncodeError:
+        return value.encode()
+    return value
+
+
+def _as_http_client_writes(origin: tuple[str, str, int], request: dispatch.HttpDispatch) -> bytes:
+    _scheme, host, port = origin
+    connection = http.client.HTTPConnection(host, port)
+    recorder = _Recorder()
+    connection.sock = recorder
+    # as the emulator handed headers to http.client before: text when Latin-1 carries it
+    headers = {name: _latin1_or_utf8(value) for name, value in request.headers.items()}
+    url, body = request.url, request.body or None
+    connection.request(request.method, url, body=body, headers=headers)
+    return recorder.data
+
+
+@pytest.mark.parametrize(
+    ("url", "method", "headers", "body"),
+    [
+        ("http://127.0.0.1:8080/run?x=1", "POST", {"Content-Type": "application/json"}, b"{}"),
+        ("http://example.com/a", "POST", {}, b""),  # Content-Length: 0 for an empty POST
+        ("http://example.com:80/a", "GET", {"Accept-Encoding": "gzip"}, b""),
+        ("http://[::1]:9000/", "PUT", {"X-Name": "caf\u00e9", "X-Emoji": "\u2603"}, b"body"),
+        ("http://h/", "DELETE", {"Transfer-Encoding": "chunked"}, b""),
+    ],
+)
+def test_a_request_is_written_byte_for_byte_as_http_client_writes_it(
+    url: str, method: str, headers: dict[str, str], body: bytes
+) -> None:
+    origin, target = dispatch._origin_and_target(url)
+    request = dispatch.HttpDispatch(method, target, headers, body, 10.0)
+
+    ours = dispatch._wire_head(origin, target, request) + body
+
+    assert ours == _as_http_client_writes(origin, request)

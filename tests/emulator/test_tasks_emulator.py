@@ -10,6 +10,7 @@ import datetime as dt
 import itertools
 import os
 import queue
+import random
 import re
 import signal
 import subprocess
@@ -718,3 +719,21 @@ def test_command_line_serves_dispatches_logs_and_stops_on_sigterm(target: Target
     assert logged[1] == task.name
     assert logged[2] == "HTTP 200"
     assert returncode == 0
+
+
+def test_a_generated_task_name_already_taken_is_drawn_again(
+    client: tasks_v2.CloudTasksClient, target: Target, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    queue_name = new_queue(client, "jobs")
+    taken = client.create_task(
+        parent=queue_name, task=http_task(target.url, name=f"{queue_name}/tasks/{7:019d}")
+    )
+    draws = iter([7, 7, 8])  # the taken name twice, then a free one
+    # the emulator draws from the random module (patched for this test only)
+    monkeypatch.setattr(random, "randrange", lambda _stop: next(draws))
+
+    created = client.create_task(parent=queue_name, task=http_task(target.url))
+
+    assert taken.name.endswith("/tasks/0000000000000000007")
+    assert created.name == f"{queue_name}/tasks/0000000000000000008"
+    target.wait_for(2)

@@ -26,12 +26,13 @@ is honoured, a new or idle queue starts slowly) are in `throttle.py`; the limits
 
 from __future__ import annotations
 
+import functools
 import logging
+import random
 import re
 import socket
 import threading
 import time
-import uuid
 from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -177,19 +178,32 @@ def _check_headers(headers: Any) -> None:
 def _check_url(url: str) -> None:
     """A URL the dispatch can send: parsed by urlsplit, with a host, without spaces or
     control characters, and under the length limit once encoded."""
+    problem = _url_problem(url) if len(url) > _CACHED_URL_MAX_CHARS else _url_problem_cached(url)
+    if problem is not None:
+        raise invalid(problem)
+
+
+def _url_problem(url: str) -> str | None:
     if not url.startswith(("http://", "https://")):
-        raise invalid("http_request.url must begin with http:// or https://")
+        return "http_request.url must begin with http:// or https://"
     if _URL_UNSENDABLE.search(url):
-        raise invalid("http_request.url must not contain spaces or control characters")
+        return "http_request.url must not contain spaces or control characters"
     try:
         parts = urlsplit(url)
         _ = parts.port  # reading it is the check: a port that is not a number raises
     except ValueError as error:
-        raise invalid(f"http_request.url is not a valid URL: {error}") from None
+        return f"http_request.url is not a valid URL: {error}"
     if not parts.hostname:
-        raise invalid("http_request.url has no host")
+        return "http_request.url has no host"
     if len(dispatch.encoded_url(url)) > MAX_URL_CHARS:
-        raise invalid(f"http_request.url is longer than {MAX_URL_CHARS} characters once encoded")
+        return f"http_request.url is longer than {MAX_URL_CHARS} characters once encoded"
+    return None
+
+
+#: A queue's tasks share a URL (or a few): each is checked once, not at every CreateTask;
+#: as in `dispatch.encoded_url`, long URLs (refused anyway) are checked without the cache.
+_url_problem_cached = functools.lru_cache(maxsize=1024)(_url_problem)
+_CACHED_URL_MAX_CHARS = 4096
 
 
 def _check_http_request(task: Any) -> None:
@@ -349,7 +363,7 @@ class Engine:
         with self._cond:
             queue = self._queue(parent)
             if not stored.name:
-                stored.name = f"{parent}/tasks/{uuid.uuid4().int % 10**19:019d}"
+                stored.name = self._new_task_name(queue, parent, now)
             if stored.name in queue.tasks or self._buried(stored.name, now):
                 raise already_exists(f"task {stored.name!r} already exists or existed recently")
             if not stored.HasField("schedule_time") or epoch_of(stored.schedule_time) < now:
@@ -360,6 +374,15 @@ class Engine:
             queue.tasks[stored.name] = entry
             self._dispatch_new(queue, entry, now)
             return self._copy_task(stored)
+
+    def _new_task_name(self, queue: _QueueEntry, parent: str, now: float) -> str:
+        """19 random digits, as Cloud Tasks names a task, drawn again in the unlikely case
+        that the name is taken or remembered. Not uuid4, whose os.urandom is a syscall on the
+        way from CreateTask's bytes to the task's write: a name must be unique, not secret."""
+        while True:
+            name = f"{parent}/tasks/{random.randrange(10**19):019d}"
+            if name not in queue.tasks and not self._buried(name, now):
+                return name
 
     def get_task(self, name: str) -> Any:
         with self._cond:
@@ -579,8 +602,8 @@ class Engine:
         if send_at_once:
             # first, so the task is on its way before the attempt's bookkeeping below (all of
             # it under the lock: nobody sees the attempt half recorded); under the lock also
-            # as the deadline watch wants it: the write of a small request on an idle
-            # connection cannot block (see dispatch.SEND_AT_ONCE_MAX_BYTES)
+            # as the deadline watch wants it: the write never blocks (see
+            # dispatch.send_at_once)
             attempt.sent = dispatch.send_at_once(request, self._connections)
             if attempt.sent is not None:
                 attempt.sock = attempt.sent.connection.sock

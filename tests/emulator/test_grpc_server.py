@@ -387,7 +387,8 @@ def test_the_server_advertises_its_concurrent_streams_and_refuses_one_past_them(
     )
 
     with _raw_peer(emulator) as sock:
-        sock.sendall(opened + _frame(_GOAWAY, 0, 0, bytes(8)))  # then the peer is done
+        sock.sendall(opened)
+        sock.shutdown(socket.SHUT_WR)  # then the peer is done (its GOAWAY would keep them open)
         frames = _read_all(sock)
 
     settings = frames[0][2]
@@ -461,7 +462,8 @@ def test_a_call_whose_bytes_pass_the_connections_buffer_cap_is_resource_exhauste
     )
     try:
         with _peer_of(server) as sock:
-            sock.sendall(partial + _frame(_GOAWAY, 0, 0, bytes(8)))
+            sock.sendall(partial)
+            sock.shutdown(socket.SHUT_WR)  # the two calls left open would outlast a GOAWAY
             frames = _read_all(sock)
     finally:
         server.stop()
@@ -550,6 +552,9 @@ _OPEN_STREAM_1 = _frame(_HEADERS, 0x4, 1, _request_block(hpack.Encoder(), _GET_Q
         (_frame(_DATA, 0x1, 7, _message(b"")), 0x1),  # DATA on an idle stream
         (_frame(_GOAWAY, 0, 1, bytes(8)), 0x1),  # GOAWAY on a stream
         (_frame(_WINDOW_UPDATE, 0, 0, bytes(4)), 0x1),  # a zero increment
+        (_frame(_WINDOW_UPDATE, 0, 9, struct.pack(">I", 1)), 0x1),  # on an idle stream
+        (_frame(_HEADERS, 0x24, 1, b"\x00\x00"), 0x6),  # PRIORITY flag, no room for it
+        (_frame(_GOAWAY, 0, 0, bytes(4)), 0x6),  # a GOAWAY is at least 8 bytes
     ],
 )
 def test_frames_that_break_rfc_9113_end_the_connection_with_its_error_code(
@@ -574,3 +579,76 @@ def test_a_stream_window_grown_past_its_maximum_resets_that_stream_only(
     resets = [(flags, payload) for frame_type, flags, payload in received if frame_type == 3]
     assert resets == [(0, b"\x00\x00\x00\x03")]  # RST_STREAM FLOW_CONTROL_ERROR
     assert _goaway_code(received) is None
+
+
+def _held_answer_peer(emulator: EmulatorHandle, queue: str) -> socket.socket:
+    """A peer that gave the server no window (SETTINGS_INITIAL_WINDOW_SIZE 0) and made one
+    GetQueue call on stream 1 for ``queue``: its answer's message is held by flow control."""
+    sock = socket.create_connection((emulator.host, emulator.port), timeout=10)
+    sock.sendall(
+        _PREFACE
+        + _frame(_SETTINGS, 0, 0, struct.pack(">HI", 0x4, 0))
+        + _frame(_HEADERS, 0x4, 1, _request_block(hpack.Encoder(), _GET_QUEUE))
+        + _frame(_DATA, 0x1, 1, _message(QueuePb(name=queue).SerializeToString()))
+    )
+    return sock
+
+
+def test_after_the_peers_goaway_its_open_call_is_answered_whole_then_the_connection_closes(
+    emulator: EmulatorHandle, client: tasks_v2.CloudTasksClient
+) -> None:
+    with _held_answer_peer(emulator, new_queue(client, "goaway")) as sock:
+        time.sleep(0.2)  # the answer's headers are out, its message held
+        # RFC 9113 6.8: a graceful GOAWAY; stream 1 (<= its last id) must still complete
+        sock.sendall(_frame(_GOAWAY, 0, 0, struct.pack(">II", 1, 0)))
+        time.sleep(0.1)
+        sock.sendall(_frame(_WINDOW_UPDATE, 0, 1, struct.pack(">I", 65_535)))
+        frames = _read_all(sock)  # until the server closes
+
+    kinds = [frame_type for frame_type, _, _ in frames if frame_type in (_DATA, _HEADERS)]
+    assert kinds == [_HEADERS, _DATA, _HEADERS]  # headers, the held message, trailers
+    assert _header_blocks(frames)[-1].get(b"grpc-status") == b"0"
+    assert _goaway_code(frames) is None
+
+
+def test_data_after_a_requests_end_resets_that_stream(
+    emulator: EmulatorHandle, client: tasks_v2.CloudTasksClient
+) -> None:
+    with _held_answer_peer(emulator, new_queue(client, "late-data")) as sock:
+        time.sleep(0.2)
+        sock.sendall(_frame(_DATA, 0x1, 1, b"late"))  # stream 1 is half-closed (remote)
+        sock.shutdown(socket.SHUT_WR)
+        frames = _read_all(sock)
+
+    resets = [payload for frame_type, _, payload in frames if frame_type == _RST_STREAM]
+    assert resets == [struct.pack(">I", 0x5)]  # STREAM_CLOSED, a stream error
+    assert _goaway_code(frames) is None
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        [(":method", "GET"), (":scheme", "http"), (":path", _GET_QUEUE)],
+        [(":method", "POST"), (":scheme", "http")],  # no :path
+    ],
+)
+def test_a_request_that_is_not_a_grpc_post_is_reset_and_the_connection_serves_on(
+    emulator: EmulatorHandle, headers: list[tuple[str, str]]
+) -> None:
+    encoder = hpack.Encoder()
+    malformed = encoder.encode([*headers, ("content-type", "application/grpc")])
+    good = _request_block(encoder, _GET_QUEUE)
+
+    with _raw_peer(emulator) as sock:
+        sock.sendall(
+            _frame(_HEADERS, 0x5, 1, malformed)
+            + _frame(_HEADERS, 0x4, 3, good)
+            + _frame(_DATA, 0x1, 3, _message(QueuePb(name="x").SerializeToString()))
+        )
+        sock.shutdown(socket.SHUT_WR)
+        frames = _read_all(sock)
+
+    resets = [payload for frame_type, _, payload in frames if frame_type == _RST_STREAM]
+    assert resets == [struct.pack(">I", 0x1)]  # PROTOCOL_ERROR for stream 1 only
+    assert [block.get(b"grpc-status") for block in _header_blocks(frames)][-1] is not None
+    assert _goaway_code(frames) is None

@@ -69,7 +69,8 @@ _SETTINGS_ENABLE_PUSH, _SETTINGS_MAX_CONCURRENT_STREAMS = 0x2, 0x3
 _SETTINGS_INITIAL_WINDOW_SIZE, _SETTINGS_MAX_FRAME_SIZE = 0x4, 0x5
 _SETTINGS_MAX_HEADER_LIST_SIZE = 0x6
 _NO_ERROR, _PROTOCOL_ERROR, _INTERNAL_ERROR, _FLOW_CONTROL_ERROR = 0x0, 0x1, 0x2, 0x3
-_FRAME_SIZE_ERROR, _REFUSED_STREAM, _COMPRESSION_ERROR, _ENHANCE_YOUR_CALM = 0x6, 0x7, 0x9, 0xB
+_STREAM_CLOSED, _FRAME_SIZE_ERROR, _REFUSED_STREAM = 0x5, 0x6, 0x7
+_COMPRESSION_ERROR, _ENHANCE_YOUR_CALM = 0x9, 0xB
 _DEFAULT_WINDOW = 65_535
 _DEFAULT_MAX_FRAME = 16_384  #: both sides' SETTINGS_MAX_FRAME_SIZE until told otherwise
 _MAX_WINDOW = 2**31 - 1
@@ -99,8 +100,8 @@ _MAX_DECODED_BYTES = 256 * 1024
 OUTGOING_HIGH_WATER = 1024 * 1024
 #: received bytes given back (WINDOW_UPDATE) once this many have gathered, per window
 _WINDOW_UPDATE_AT = 32_768
-#: how long a closing connection (GOAWAY sent or received) may wait for its peer to take the
-#: rest of its output before it is closed anyway
+#: how long a closing connection (our GOAWAY sent, or the peer's received and its calls all
+#: answered) may wait for its peer to take the rest of its output before it is closed anyway
 CLOSE_GRACE_S = 1.0
 
 Headers = Iterable[hpack.HeaderTuple]  #: a decoded header block (raw: bytes)
@@ -317,6 +318,8 @@ class _Connection:
     events: int = selectors.EVENT_READ  #: what the selector watches the socket for
     closing: bool = False
     close_by: float = 0.0  #: when closing: the monotonic time it is closed at the latest
+    #: the peer sent GOAWAY: its open calls still run to their end (RFC 9113 6.8), then close
+    peer_going_away: bool = False
 
 
 def _listen(host: str, port: int, logger: logging.Logger) -> list[socket.socket]:
@@ -519,6 +522,8 @@ class UnaryGrpcServer:
             self._on_frame(connection, frame_type, flags, stream_id & _MAX_WINDOW, payload)
         del incoming[:offset]
         self._give_window(connection)
+        if connection.peer_going_away and not connection.calls and connection.header_block is None:
+            self._close_soon(connection)
 
     @staticmethod
     def _give_window(connection: _Connection) -> None:
@@ -552,14 +557,23 @@ class UnaryGrpcServer:
         elif frame_type == _PING:
             self._on_ping(connection, flags, stream_id, payload)
         elif frame_type == _GOAWAY:
-            if stream_id:
-                raise _ConnectionError(_PROTOCOL_ERROR)  # RFC 9113 6.8
-            self._close_soon(connection)  # every call it sent is answered already
+            self._on_goaway(connection, stream_id, payload)
         elif frame_type == _WINDOW_UPDATE:
             self._on_window_update(connection, stream_id, payload)
         elif frame_type == _PUSH_PROMISE:
             raise _ConnectionError(_PROTOCOL_ERROR)  # clients never push
         # PRIORITY and unknown frame types are ignored, as RFC 9113 asks.
+
+    @staticmethod
+    def _on_goaway(connection: _Connection, stream_id: int, payload: bytes) -> None:
+        if stream_id:
+            raise _ConnectionError(_PROTOCOL_ERROR)  # RFC 9113 6.8
+        if len(payload) < 8:
+            raise _ConnectionError(_FRAME_SIZE_ERROR)
+        # The calls it opened go on to their end: an answer flow control holds still needs the
+        # peer's WINDOW_UPDATEs, a request the rest of its DATA (RFC 9113 6.8); the connection
+        # closes once none is left (_frames).
+        connection.peer_going_away = True
 
     @staticmethod
     def _on_ping(connection: _Connection, flags: int, stream_id: int, payload: bytes) -> None:
@@ -622,6 +636,8 @@ class UnaryGrpcServer:
             connection.send_window += increment
             if connection.send_window > _MAX_WINDOW:
                 raise _ConnectionError(_FLOW_CONTROL_ERROR)
+        elif stream_id > connection.last_stream_id:
+            raise _ConnectionError(_PROTOCOL_ERROR)  # RFC 9113 5.1: an idle stream
         elif (call := connection.calls.get(stream_id)) is not None:
             call.send_window += increment
             if not increment or call.send_window > _MAX_WINDOW:
@@ -647,6 +663,8 @@ class UnaryGrpcServer:
             return
         payload = _unpadded(flags, payload)
         if flags & _PRIORITY:
+            if len(payload) < 5:
+                raise _ConnectionError(_FRAME_SIZE_ERROR)  # RFC 9113 6.2, 4.2
             payload = payload[5:]  # stream dependency and weight, which this server ignores
         if flags & _END_HEADERS:
             self._on_headers(connection, stream_id, flags, payload)
@@ -688,15 +706,24 @@ class UnaryGrpcServer:
             return None
         call = _Call(connection.peer_initial_window)
         size = 0
+        method = b""
         for name, value in headers:
             size += len(name) + len(value) + 32
             if name == b":path":
                 call.path = bytes(value)
+            elif name == b":method":
+                method = bytes(value)
             elif name == b"content-type":
                 call.content_type = bytes(value)
             elif name == b"grpc-encoding":
                 call.encoding = bytes(value)
         call.metadata_size = size
+        if method != b"POST" or not call.path:
+            # Malformed for gRPC (RFC 9113 8.3.1; PROTOCOL-HTTP2.md: ":method POST", ":path"):
+            # a stream error, the connection serves on; DATA that follows is dropped.
+            malformed = struct.pack(">I", _PROTOCOL_ERROR)
+            connection.outgoing += _frame(_RST_STREAM, 0, stream_id, malformed)
+            return None
         connection.calls[stream_id] = call
         return call
 
@@ -717,8 +744,15 @@ class UnaryGrpcServer:
         if connection.received > _DEFAULT_WINDOW:
             raise _ConnectionError(_FLOW_CONTROL_ERROR)  # more than the window we gave
         call = connection.calls.get(stream_id)
-        if call is None or call.ended:
-            return  # a call answered early (too large) or cancelled: its data is dropped
+        if call is None:
+            return  # a call answered early (too large), refused or cancelled: data dropped
+        if call.ended:
+            # DATA after the request's END_STREAM: a stream error (RFC 9113 5.1, half-closed
+            # remote), so the call ends here; the window it took is given back as usual.
+            self._cancelled(connection, stream_id)
+            closed = struct.pack(">I", _STREAM_CLOSED)
+            connection.outgoing += _frame(_RST_STREAM, 0, stream_id, closed)
+            return
         call.received += len(payload)
         if call.received > _DEFAULT_WINDOW:
             raise _ConnectionError(_FLOW_CONTROL_ERROR)

@@ -135,10 +135,8 @@ def test_delete_removes_every_pending_task_of_the_job(queue: TaskQueue, target: 
     assert queue.exists(other, 1), "another job's task stays"
 
 
-def test_an_enqueue_retries_while_cloud_tasks_is_unavailable_and_succeeds_once_it_is_back(
-    port: int, target: Target
-) -> None:
-    queue = TaskQueue(_settings(f"127.0.0.1:{port}", target.url))
+def _refusals_of(queue: TaskQueue) -> list[Exception]:
+    """The errors of the queue's calls to Cloud Tasks (each attempt is one call), as they come."""
     refused: list[Exception] = []
     call = queue._call
 
@@ -150,6 +148,14 @@ def test_an_enqueue_retries_while_cloud_tasks_is_unavailable_and_succeeds_once_i
             raise
 
     queue._call = counted  # type: ignore[method-assign]
+    return refused
+
+
+def test_an_enqueue_retries_while_cloud_tasks_is_unavailable_and_succeeds_once_it_is_back(
+    port: int, target: Target
+) -> None:
+    queue = TaskQueue(_settings(f"127.0.0.1:{port}", target.url))
+    refused = _refusals_of(queue)
     handles: list[EmulatorHandle] = []
 
     # the emulator comes up only once an attempt was refused (not while the first one is
@@ -176,18 +182,11 @@ def test_an_enqueue_that_stays_unavailable_gives_up_with_api_cores_timeout_error
     port: int, target: Target
 ) -> None:
     queue = TaskQueue(_settings(f"127.0.0.1:{port}", target.url))
-    attempts: list[str] = []
-    call = queue._call
-
-    def counted(method: str, **kwargs: Any) -> Any:
-        attempts.append(method)
-        return call(method, **kwargs)
-
-    queue._call = counted  # type: ignore[method-assign]
+    refused = _refusals_of(queue)
     with pytest.raises(errors.QueueUnavailable) as caught:
         queue.enqueue(uuid.uuid4(), 1, budget_s=0.5)
 
     # as google-api-core's Retry ends it: RetryError, UNAVAILABLE its cause; not a refusal
     assert caught.value.details == {"upstream": "RetryError", "refused": False}
-    assert len(attempts) > 1, "UNAVAILABLE is retried within the budget"
+    assert len(refused) > 1, "UNAVAILABLE is retried within the budget"
     assert target.received == []

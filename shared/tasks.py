@@ -19,6 +19,7 @@ insecure gRPC channel; nothing else changes.
 from __future__ import annotations
 
 import functools
+import random
 import threading
 import time
 import uuid
@@ -36,6 +37,8 @@ if TYPE_CHECKING:
 #: Header carrying PROCESSOR_SHARED_SECRET inside each task (checked by the processor).
 SECRET_HEADER = "X-AI-Jobs-Secret"
 _RPC_TIMEOUT_S = 5.0
+#: The create's retry sleeps: full jitter up to 0.1 s, doubling to at most 1 s (see _create).
+_RETRY_MAX_DELAY_S = 1.0
 #: Cancelling deletes the job's pending tasks within this budget (best effort).
 _DELETE_BUDGET_S = 2.0
 
@@ -191,14 +194,9 @@ class TaskQueue:
         if delay_s > 0:
             task.schedule_time.FromNanoseconds(int((time.time() + delay_s) * 1e9))
         try:
-            self._call(
-                "create_task",
-                # the typed request, wrapped around the protobuf without a copy (proto-plus
-                # ``Message.wrap``): the client skips its dict/keyword conversion
-                request=self._wrap(request),
-                timeout=min(_RPC_TIMEOUT_S, budget_s),
-                retry=_enqueue_retry(budget_s),
-            )
+            # the typed request, wrapped around the protobuf without a copy (proto-plus
+            # ``Message.wrap``): the client skips its dict/keyword conversion
+            self._create(self._wrap(request), budget_s)
         except Exception as exc:  # grpc, api_core, a closed channel: all mean "not enqueued"
             from google.api_core import exceptions as gexc
 
@@ -206,6 +204,43 @@ class TaskQueue:
                 return self.exists(job_id, dispatch)
             raise _unavailable(exc) from None
         return True
+
+    def _create(self, request: Any, budget_s: float) -> None:
+        """CreateTask, retried on UNAVAILABLE and DEADLINE_EXCEEDED within ``budget_s``.
+
+        The policy of ``google.api_core.retry.Retry(initial=0.1, maximum=1.0, timeout=budget_s)``
+        (its ``retry_target``: full-jitter exponential sleeps, no new attempt that could not
+        start before the deadline, then ``RetryError`` naming the timeout with the last error
+        as its cause; any other error at once), looped here with ``retry=None`` passed to the
+        client, a documented value of the gapic method's ``retry`` argument: the first attempt
+        is then the client's plain call. Passing a ``Retry`` had api_core build its wrapper
+        and run its generator-driven loop on every create, about a quarter of the Python time
+        from create_job's answer to the gRPC call (82-100 vs 127-130 us p50 in process, one
+        create at a time). Each attempt's timeout is what is left of the budget (capped by
+        ``_RPC_TIMEOUT_S``), so the budget bounds the whole call."""
+        deadline = time.monotonic() + budget_s
+        max_delay = 0.1
+        while True:
+            left = deadline - time.monotonic()
+            try:
+                self._call(
+                    "create_task",
+                    request=request,
+                    timeout=max(min(_RPC_TIMEOUT_S, left), 0.001),
+                    retry=None,
+                )
+                return
+            except Exception as exc:
+                from google.api_core import exceptions as gexc
+
+                if not isinstance(exc, gexc.ServiceUnavailable | gexc.DeadlineExceeded):
+                    raise
+                sleep = random.uniform(0.0, max_delay)
+                if time.monotonic() + sleep > deadline:
+                    timeout = f"Timeout of {budget_s:0.1f}s exceeded"  # api_core's words
+                    raise gexc.RetryError(timeout, exc) from exc  # type: ignore[no-untyped-call]
+                max_delay = min(max_delay * 2.0, _RETRY_MAX_DELAY_S)
+            time.sleep(sleep)
 
     def exists(self, job_id: uuid.UUID, dispatch: int) -> bool:
         """Whether this dispatch's task is still pending (GetTask); executed or deleted tasks
@@ -253,21 +288,6 @@ class TaskQueue:
                 break  # the queue is unreachable: the tasks find nothing to do when they run
             deleted += 1
         return deleted
-
-
-@functools.lru_cache(maxsize=8)
-def _enqueue_retry(budget_s: float) -> Any:
-    """The create call's retry policy for a budget (one object per budget, reused: a
-    ``Retry`` is immutable, google-api-core's ``with_*`` methods return copies)."""
-    from google.api_core import exceptions as gexc
-    from google.api_core import retry as gretry
-
-    return gretry.Retry(
-        initial=0.1,
-        maximum=1.0,
-        timeout=budget_s,
-        predicate=gretry.if_exception_type(gexc.ServiceUnavailable, gexc.DeadlineExceeded),
-    )
 
 
 def _is_answer(exc: Exception) -> bool:

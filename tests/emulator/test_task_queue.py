@@ -4,10 +4,12 @@ and how it behaves while Cloud Tasks is unreachable."""
 from __future__ import annotations
 
 import json
+import threading
 import time
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import pytest
 
@@ -131,3 +133,60 @@ def test_delete_removes_every_pending_task_of_the_job(queue: TaskQueue, target: 
     assert queue.delete(job_id, 3) == 3
     assert not any(queue.exists(job_id, dispatch) for dispatch in (1, 2, 3))
     assert queue.exists(other, 1), "another job's task stays"
+
+
+def _refusals_of(queue: TaskQueue) -> list[Exception]:
+    """The errors of the queue's calls to Cloud Tasks (each attempt is one call), as they come."""
+    refused: list[Exception] = []
+    call = queue._call
+
+    def counted(method: str, **kwargs: Any) -> Any:
+        try:
+            return call(method, **kwargs)
+        except Exception as exc:
+            refused.append(exc)
+            raise
+
+    queue._call = counted  # type: ignore[method-assign]
+    return refused
+
+
+def test_an_enqueue_retries_while_cloud_tasks_is_unavailable_and_succeeds_once_it_is_back(
+    port: int, target: Target
+) -> None:
+    queue = TaskQueue(_settings(f"127.0.0.1:{port}", target.url))
+    refused = _refusals_of(queue)
+    handles: list[EmulatorHandle] = []
+
+    # the emulator comes up only once an attempt was refused (not while the first one is
+    # still importing and connecting: it would then simply succeed)
+    def start_later() -> None:
+        wait_until(lambda: bool(refused), "a refused attempt")
+        time.sleep(0.2)
+        handles.append(_emulator(port))
+
+    starter = threading.Thread(target=start_later)
+    starter.start()
+    try:
+        # a budget long enough for a loaded machine: the emulator is up well inside it
+        assert queue.enqueue(uuid.uuid4(), 1, budget_s=20.0) is True
+    finally:
+        starter.join()
+        for handle in handles:
+            handle.stop()
+    assert refused, "refused at first, then retried"
+    target.wait_for(1)
+
+
+def test_an_enqueue_that_stays_unavailable_gives_up_with_api_cores_timeout_error(
+    port: int, target: Target
+) -> None:
+    queue = TaskQueue(_settings(f"127.0.0.1:{port}", target.url))
+    refused = _refusals_of(queue)
+    with pytest.raises(errors.QueueUnavailable) as caught:
+        queue.enqueue(uuid.uuid4(), 1, budget_s=0.5)
+
+    # as google-api-core's Retry ends it: RetryError, UNAVAILABLE its cause; not a refusal
+    assert caught.value.details == {"upstream": "RetryError", "refused": False}
+    assert len(refused) > 1, "UNAVAILABLE is retried within the budget"
+    assert target.received == []

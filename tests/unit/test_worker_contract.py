@@ -233,7 +233,8 @@ def test_a_writer_still_running_when_a_write_could_be_due_gets_its_thread() -> N
     job = store.create_job(user_id="u1", job_type="report", query="q", max_attempts=3).job
     token = claimed(store, job)
 
-    with StepWriter(store, job.id, token, 60, flush_after_s=0.05) as writer:  # type: ignore[arg-type]
+    # 0.5 s: at 50 ms a loaded machine could reach the first assert after the thread started
+    with StepWriter(store, job.id, token, 60, flush_after_s=0.5) as writer:  # type: ignore[arg-type]
         assert writer._thread is None, "not before a write could be due"
         writer.step(20, "data")
         until(lambda: store.jobs[job.id].progress == 20, "the step was never written")

@@ -78,7 +78,7 @@ def draw(results: dict[str, Any], path: Path) -> None:
         ),
         (
             axes[0][2],
-            "burst throughput (ours: with its AI work; peer: no-op)",
+            "burst throughput\n(this queue with its AI work, the peer no-op tasks)",
             "jobs per second",
             jobs["burst"]["jobsPerSecond"],
             other["burst"]["jobsPerSecond"],

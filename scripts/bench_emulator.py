@@ -34,7 +34,6 @@ import json
 import os
 import re
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -53,19 +52,13 @@ from google.protobuf import duration_pb2
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from infra.local.host import free_port
 from scripts.bench_tools import export_tree
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 QUEUE = "projects/bench/locations/local/queues/q"
 _PY_SPY = Path(sys.executable).with_name("py-spy")
 _SPY_THREAD = re.compile(r'^Thread (?:0x[0-9A-Fa-f]+ )?\(?(?P<tid>\d+)\)?.*"(?P<name>[^"]+)"')
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 # --- the target: answers at once, notes arrivals ------------------------------------------
@@ -104,7 +97,7 @@ async def _serve_target(port: int) -> None:
 
 class Target:
     def __init__(self) -> None:
-        self.port = _free_port()
+        self.port = free_port()
         self.process = subprocess.Popen(
             [sys.executable, __file__, "--target", str(self.port)],
             stdout=subprocess.PIPE,
@@ -136,7 +129,7 @@ def _thread_cpu_s(pid: int) -> dict[int, float]:
 
 class Emulator:
     def __init__(self, tree: Path) -> None:
-        self.port = _free_port()
+        self.port = free_port()
         self.process = subprocess.Popen(
             [
                 *(sys.executable, "-m", "infra.local.tasks_emulator"),

@@ -326,14 +326,15 @@ _CACHED_BLOCK_MAX_BYTES = 4096
 class _BlockDecoder:
     """A connection's HPACK decoder that decodes a header block it has seen before, on the
     same table, from memory. A gRPC client sends each call's headers as the same bytes once
-    its table holds what it indexes (grpcio's Python client: one 350-byte block per
+    its table holds what it indexes (grpcio's Python client: one 161-byte block per
     CreateTask, which left the table as it was), and the `hpack` package's pure-Python
-    decoder took about 45 us of CPU for it on the way from CreateTask's bytes to the task's
-    dispatch. What a block decodes to depends only on its bytes and the table (RFC 7541 3.2):
-    a block that left the table unchanged decodes to the same headers, again leaving it
-    unchanged, as long as the table has not changed since; so the remembered blocks are
-    forgotten at every change of the table (`_CountedTable.generation`), and a block that
-    changes it is always decoded, which keeps the table in step with the peer's."""
+    decoder took 16 us of CPU for it at best, 30-45 us in the live emulator, on the way from
+    CreateTask's bytes to the task's dispatch (0.1 us from memory). What a block decodes to
+    depends only on its bytes and the table (RFC 7541 3.2): a block that left the table
+    unchanged decodes to the same headers, again leaving it unchanged, as long as the table
+    has not changed since; so the remembered blocks are forgotten at every change of the
+    table (`_CountedTable.generation`), and a block that changes it is always decoded, which
+    keeps the table in step with the peer's."""
 
     def __init__(self) -> None:
         self._decoder = hpack.Decoder()

@@ -30,6 +30,7 @@ from infra.local.tasks_emulator.grpc_server import (
     OUTGOING_HIGH_WATER,
     UnaryGrpcServer,
     UnaryMethod,
+    _BlockDecoder,
 )
 from infra.local.tasks_emulator.model import QueuePb
 from tests.emulator.target import LOCATION, http_task, make_client, new_queue
@@ -652,3 +653,71 @@ def test_a_request_that_is_not_a_grpc_post_is_reset_and_the_connection_serves_on
     assert resets == [struct.pack(">I", 0x1)]  # PROTOCOL_ERROR for stream 1 only
     assert [block.get(b"grpc-status") for block in _header_blocks(frames)][-1] is not None
     assert _goaway_code(frames) is None
+
+
+# --- header blocks decoded from memory (grpc_server._BlockDecoder) --------------------------
+
+
+def _path_indexed(path: str) -> bytes:
+    """``:path`` as a literal with incremental indexing (RFC 7541 6.2.1, the static table's
+    name 4): it becomes the dynamic table's first entry, index 62."""
+    return b"\x44" + bytes((len(path),)) + path.encode()
+
+
+#: the rest of a gRPC request's headers, none of them added to the table: ``:method POST``
+#: and ``:scheme http`` (static 3 and 6), content-type and te as literals without indexing
+_REST_OF_REQUEST = (
+    b"\x83\x86"
+    + b"\x0f\x10"
+    + bytes((len(b"application/grpc"),))
+    + b"application/grpc"
+    + b"\x00\x02te\x08trailers"
+)
+#: ``:path`` by reference to the dynamic table's first entry (index 62): the same bytes name
+#: whatever path the table holds there
+_PATH_BY_REFERENCE = b"\xbe" + _REST_OF_REQUEST
+
+
+def test_the_same_header_block_after_the_table_changed_names_what_the_table_now_holds(
+    emulator: EmulatorHandle, client: tasks_v2.CloudTasksClient
+) -> None:
+    name = new_queue(client, "table-changed")
+    request = _message(
+        tasks_v2.GetQueueRequest.pb(tasks_v2.GetQueueRequest(name=name)).SerializeToString()
+    )
+    unknown = "/google.cloud.tasks.v2.CloudTasks/NoSuchMethod"
+
+    with _raw_peer(emulator) as sock:
+        sock.sendall(
+            _frame(_HEADERS, 0x4, 1, _path_indexed(_GET_QUEUE) + _REST_OF_REQUEST)
+            + _frame(_DATA, 0x1, 1, request)
+            + _frame(_HEADERS, 0x4, 3, _PATH_BY_REFERENCE)  # GetQueue: remembered
+            + _frame(_DATA, 0x1, 3, request)
+            + _frame(_HEADERS, 0x4, 5, _PATH_BY_REFERENCE)  # GetQueue again
+            + _frame(_DATA, 0x1, 5, request)
+            # index 62 is now the unknown method, GetQueue 63
+            + _frame(_HEADERS, 0x4, 7, _path_indexed(unknown) + _REST_OF_REQUEST)
+            + _frame(_DATA, 0x1, 7, request)
+            + _frame(_HEADERS, 0x4, 9, _PATH_BY_REFERENCE)  # the same bytes: the unknown one
+            + _frame(_DATA, 0x1, 9, request)
+            + _frame(_GOAWAY, 0, 0, bytes(8))
+        )
+        frames = _read_all(sock)
+
+    statuses = [
+        block[b"grpc-status"] for block in _header_blocks(frames) if b"grpc-status" in block
+    ]
+    assert statuses == [b"0", b"0", b"0", b"12", b"12"]  # OK x3, then UNIMPLEMENTED x2
+    assert _goaway_code(frames) is None
+
+
+def test_a_header_block_seen_before_on_an_unchanged_table_is_decoded_from_memory() -> None:
+    decoder = _BlockDecoder()
+    first = decoder.decode(_path_indexed(_GET_QUEUE) + _REST_OF_REQUEST)  # adds to the table
+
+    again = decoder.decode(_PATH_BY_REFERENCE)
+
+    assert dict(again) == dict(first)
+    assert decoder.decode(_PATH_BY_REFERENCE) is again
+    assert decoder.decode(_path_indexed(_LIST_TASKS) + _REST_OF_REQUEST) is not again
+    assert dict(decoder.decode(_PATH_BY_REFERENCE))[b":path"] == _LIST_TASKS.encode()

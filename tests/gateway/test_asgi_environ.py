@@ -1,10 +1,11 @@
-"""The WSGI environ ``RestApp`` builds from an ASGI scope, and the headers document it works out
-with it: the same document ``headers_document`` reads from that environ, for every set of
-headers (repeated, duplicated, case, an empty Content-Type, a chunked body), whether the
-request's headers were seen before or not."""
+"""How ``RestApp`` reads a request: its body (bounded; as it came when it came whole), the WSGI
+environ it builds from the ASGI scope, and the headers document it works out with it: the same
+document ``headers_document`` reads from that environ, for every set of headers (repeated,
+duplicated, case, an empty Content-Type, a chunked body), whether seen before or not."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
@@ -68,3 +69,38 @@ def test_the_remembered_heads_are_bounded() -> None:
     assert 0 < len(asgi._heads) <= asgi.HEADS_KEPT
     last = asgi.environ(_scope([(b"x-n", b"last")]), b"")
     assert json.loads(last[HEADERS_DOCUMENT]) == {"content-length": "0", "x-n": "last"}
+
+
+def _read(messages: list[dict[str, Any]], limit: int | None = 10, length: int | None = None) -> Any:
+    """``read_body`` of ``messages`` as the server hands them in turn."""
+    pending = list(messages)
+
+    async def receive() -> dict[str, Any]:
+        return pending.pop(0)
+
+    headers = [] if length is None else [(b"content-length", str(length).encode())]
+    return asyncio.run(asgi.read_body(_scope(headers), receive, limit))
+
+
+def _part(body: bytes | bytearray, more: bool = False) -> dict[str, Any]:
+    return {"type": "http.request", "body": body, "more_body": more}
+
+
+def test_a_body_in_one_message_is_taken_as_it_came() -> None:
+    body = b'{"a": 1}'
+    assert _read([_part(body)]) is body
+    assert _read([_part(bytearray(b"{}"))]) == b"{}"
+    assert _read([{"type": "http.request"}]) == b""
+
+
+def test_a_body_in_parts_is_joined_and_read_only_to_one_byte_past_the_bound() -> None:
+    assert _read([_part(b"ab", True), _part(b"cd", True), _part(b"")]) == b"abcd"
+    assert _read([_part(b"0123456789abc")]) == b"0123456789a"
+    assert _read([_part(b"012345", True), _part(b"6789abc", True)]) == b"0123456789a"
+    assert _read([_part(b"0123456789abc")], limit=None) == b"0123456789abc"
+
+
+def test_a_client_gone_before_the_bodys_end_gives_no_body_and_a_declared_excess_no_read() -> None:
+    assert _read([{"type": "http.disconnect"}]) is None
+    assert _read([_part(b"ab", True), {"type": "http.disconnect"}]) is None
+    assert _read([], length=11) == b""  # refused from its declared length, nothing received

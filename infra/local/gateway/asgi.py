@@ -78,16 +78,23 @@ async def read_body(scope: Scope, receive: Receive, limit: int | None) -> bytes 
     declared = _declared_length(scope)
     if limit is not None and declared is not None and declared > limit:
         return b""  # the gateway refuses it from the declared length; nothing is read
-    body = bytearray()
+    message = await receive()
+    if message["type"] == "http.disconnect":
+        return None
+    first = message.get("body", b"")
+    if not message.get("more_body") and (limit is None or len(first) <= limit):
+        # the whole body in one message (a small request's): taken as it came, not copied
+        return first if type(first) is bytes else bytes(first)
+    body = bytearray(first)
     while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            return None
-        body += message.get("body", b"")
         if limit is not None and len(body) > limit:
             return bytes(body[: limit + 1])
         if not message.get("more_body"):
             return bytes(body)
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return None
+        body += message.get("body", b"")
 
 
 def _declared_length(scope: Scope) -> int | None:

@@ -7,6 +7,7 @@ to record what each write hands the kernel (one entry per write).
 
 from __future__ import annotations
 
+import logging
 import socket
 import threading
 import time
@@ -64,16 +65,20 @@ async def _app(scope: dict[str, Any], receive: Receive, send: Send) -> None:
 
 
 @contextmanager
-def _served() -> Iterator[tuple[int, list[bytes]]]:
+def _served(
+    protocols: list[HttpProtocol] | None = None, log_level: str = "critical"
+) -> Iterator[tuple[int, list[bytes]]]:
     writes: list[bytes] = []
 
     class Recording(HttpProtocol):
         def connection_made(self, transport: Any) -> None:  # uvloop's or asyncio's
             super().connection_made(_Recorded(transport, writes))  # type: ignore[arg-type]
+            if protocols is not None:
+                protocols.append(self)
 
     sock = socket.create_server(("127.0.0.1", 0))
     config = uvicorn.Config(
-        _app, http=Recording, lifespan="off", log_level="critical", log_config=None
+        _app, http=Recording, lifespan="off", log_level=log_level, log_config=None
     )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
@@ -162,3 +167,38 @@ def test_an_application_failing_after_its_head_still_sends_the_head_then_closes(
         received = _exchange(port, _post("/fail", b""), until=b"never")
     assert received.startswith(b"HTTP/1.1 200 OK\r\n") and received.endswith(b"\r\n\r\n")
     assert _content(writes) == [received]
+
+
+@contextmanager
+def _access_logger() -> Iterator[list[logging.LogRecord]]:
+    """``uvicorn.access`` with a handler (as uvicorn's default logging config gives it one),
+    recording its lines (the server's ``log_level`` sets its level)."""
+    records: list[logging.LogRecord] = []
+
+    class Handler(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record)
+
+    logger = logging.getLogger("uvicorn.access")
+    handler, before = Handler(), logger.level
+    logger.addHandler(handler)
+    try:
+        yield records
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(before)
+
+
+def test_the_access_log_still_writes_each_answers_line_when_its_logger_takes_info() -> None:
+    with _access_logger() as records, _served(log_level="info") as (port, _):
+        _exchange(port, _post("/json", b""), until=b'{"ok":true}')
+    (record,) = records
+    assert record.args is not None and tuple(record.args)[1:] == ("POST", "/json", "1.1", 200)
+
+
+def test_the_access_log_is_off_when_its_logger_drops_info_lines() -> None:
+    protocols: list[HttpProtocol] = []
+    with _access_logger() as records, _served(protocols, "warning") as (port, _):
+        received = _exchange(port, _post("/json", b""), until=b'{"ok":true}')
+    assert received.endswith(b'{"ok":true}') and records == []
+    assert [p.access_log for p in protocols] == [False]

@@ -280,12 +280,15 @@ class Gateway:
         """Everything a request says before the schema cache is read: the route, the API key,
         the identity, the schema and the arguments (or the answer, for the readiness path)."""
         path = request.path.rstrip("/")
+        # the headers straight from the environ, as werkzeug's EnvironHeaders reads them
+        environ = request.environ
+        apikey: str | None = environ.get("HTTP_APIKEY")
         if self.require_api_key:
             # Supabase's API gateway checks the key first, whatever the path and method, the
             # root (PostgREST's OpenAPI document, here the readiness one) included: Kong's
             # rest-v1 service puts key-auth on all of /rest/v1/ (supabase/supabase kong.yml).
             # (the URL's parameters are parsed only when the header is missing)
-            self.auth.check_api_key(request.headers.get("apikey") or request.args.get("apikey"))
+            self.auth.check_api_key(apikey or request.args.get("apikey"))
         if path == REST_PREFIX and request.method in ("GET", "HEAD"):
             ready = {"service": "rest-gateway", "schemas": list(self.schemas)}
             return Response(json.dumps(ready), 200, content_type=JSON_CONTENT_TYPE)
@@ -294,9 +297,9 @@ class Gateway:
             raise ApiError(404, "PGRST125", f"Invalid path specified in request URL: {path}")
         if request.method not in ("POST", "GET"):
             raise ApiError(405, "PGRST117", f"Unsupported HTTP method: {request.method}")
-        identity = self.auth.identify(request.headers)
-        profile_header = "Content-Profile" if request.method == "POST" else "Accept-Profile"
-        schema = request.headers.get(profile_header) or self.schemas[0]
+        identity = self.auth.identify(environ.get("HTTP_AUTHORIZATION"), apikey)
+        profile_key = "HTTP_CONTENT_PROFILE" if request.method == "POST" else "HTTP_ACCEPT_PROFILE"
+        schema = environ.get(profile_key) or self.schemas[0]
         if schema not in self.schemas:
             raise ApiError(
                 406,
@@ -317,7 +320,7 @@ class Gateway:
             identity.claims_json,
             request.method,
             request.path.removeprefix(REST_PREFIX),
-            _headers_document(request.environ),
+            request.environ.get(HEADERS_DOCUMENT) or headers_document(request.environ),
             # werkzeug parses the Cookie header into a MultiDict even when there is none
             json.dumps(dict(request.cookies)) if "HTTP_COOKIE" in request.environ else "{}",
         )
@@ -469,7 +472,12 @@ def answer(planned: Planned, text: str, page_total: int) -> Response | Answer:
     return Answer(200, headers, body)
 
 
-def _headers_document(environ: dict[str, Any]) -> str:
+#: The environ key where a server that read the headers already (``RestApp``) leaves their
+#: ``headers_document``, so that it is not worked out again from the environ.
+HEADERS_DOCUMENT = "infra.gateway.headers_document"
+
+
+def headers_document(environ: dict[str, Any]) -> str:
     """PostgREST's ``request.headers``: each header under its lower-case name.
 
     The headers as werkzeug's ``EnvironHeaders`` lists them (``HTTP_*`` but the two that WSGI

@@ -16,12 +16,12 @@ from __future__ import annotations
 import asyncio
 import io
 import sys
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from typing import Any
 
 from werkzeug.wrappers import Response
 
-from infra.local.gateway.app import Answer, Gateway
+from infra.local.gateway.app import HEADERS_DOCUMENT, Answer, Gateway, headers_document
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -78,16 +78,23 @@ async def read_body(scope: Scope, receive: Receive, limit: int | None) -> bytes 
     declared = _declared_length(scope)
     if limit is not None and declared is not None and declared > limit:
         return b""  # the gateway refuses it from the declared length; nothing is read
-    body = bytearray()
+    message = await receive()
+    if message["type"] == "http.disconnect":
+        return None
+    first = message.get("body", b"")
+    if not message.get("more_body") and (limit is None or len(first) <= limit):
+        # the whole body in one message (a small request's): taken as it came, not copied
+        return first if type(first) is bytes else bytes(first)
+    body = bytearray(first)
     while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            return None
-        body += message.get("body", b"")
         if limit is not None and len(body) > limit:
             return bytes(body[: limit + 1])
         if not message.get("more_body"):
             return bytes(body)
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return None
+        body += message.get("body", b"")
 
 
 def _declared_length(scope: Scope) -> int | None:
@@ -98,9 +105,13 @@ def _declared_length(scope: Scope) -> int | None:
 
 
 def environ(scope: Scope, body: bytes) -> dict[str, Any]:
-    """The WSGI environ of an ASGI HTTP request whose body was read (PEP 3333)."""
+    """The WSGI environ of an ASGI HTTP request whose body was read (PEP 3333), with the
+    request's headers document (``HEADERS_DOCUMENT``) worked out with it."""
     server = scope.get("server") or ("127.0.0.1", 80)
     client = scope.get("client") or ("127.0.0.1", 0)
+    # a declared length not read (over the limit) is passed on as declared
+    length = str(len(body) if body else (_declared_length(scope) or 0))
+    head = _head(scope["headers"])
     env: dict[str, Any] = {
         "REQUEST_METHOD": scope["method"],
         "SCRIPT_NAME": "",
@@ -110,8 +121,7 @@ def environ(scope: Scope, body: bytes) -> dict[str, Any]:
         "SERVER_NAME": server[0],
         "SERVER_PORT": str(server[1]),
         "REMOTE_ADDR": client[0],
-        # a declared length not read (over the limit) is passed on as declared
-        "CONTENT_LENGTH": str(len(body) if body else (_declared_length(scope) or 0)),
+        "CONTENT_LENGTH": length,
         "wsgi.version": (1, 0),
         "wsgi.url_scheme": scope.get("scheme", "http"),
         "wsgi.input": io.BytesIO(body),
@@ -119,17 +129,54 @@ def environ(scope: Scope, body: bytes) -> dict[str, Any]:
         "wsgi.multithread": False,
         "wsgi.multiprocess": False,
         "wsgi.run_once": False,
+        **head.environ,
     }
-    for raw_name, raw_value in scope["headers"]:
-        key = _environ_keys.get(raw_name)
-        if key is None:
-            key = _environ_key(raw_name)
-        value = raw_value.decode("latin1")
-        if key == "CONTENT_TYPE":
-            env["CONTENT_TYPE"] = value
-        elif key:
-            env[key] = f"{env[key]},{value}" if key in env else value
+    # headers_document(env) of this environ: CONTENT_LENGTH is its one header entry before the
+    # request's headers (the others are none of the document's), and always in it
+    env[HEADERS_DOCUMENT] = f'{{"content-length": "{length}"{head.document_tail}'
     return env
+
+
+class _Head:
+    """What a request's headers give the environ: its header entries, and the headers
+    document (``headers_document``) of those after the leading content-length entry."""
+
+    __slots__ = ("document_tail", "environ")
+
+    def __init__(self, headers: Iterable[tuple[bytes, bytes]]) -> None:
+        env: dict[str, str] = {}
+        for raw_name, raw_value in headers:
+            key = _environ_keys.get(raw_name)
+            if key is None:
+                key = _environ_key(raw_name)
+            value = raw_value.decode("latin1")
+            if key == "CONTENT_TYPE":
+                env["CONTENT_TYPE"] = value
+            elif key:
+                env[key] = f"{env[key]},{value}" if key in env else value
+        self.environ = env
+        document = headers_document(env)
+        self.document_tail = "}" if document == "{}" else ", " + document[1:]
+
+
+def _head(headers: Iterable[tuple[bytes, bytes]]) -> _Head:
+    """The request's ``_Head``, worked out once per set of headers (a client's requests repeat
+    theirs: the keys, the client's name, the profile) but for its Content-Length, which is
+    never an environ header entry (the environ states the body's length) and varies with the
+    body. At most ``HEADS_KEPT`` are remembered (a bound: clients choose their headers)."""
+    key = tuple(header for header in headers if header[0] != b"content-length")
+    head = _heads.get(key)
+    if head is None:
+        head = _Head(key)
+        if len(_heads) >= HEADS_KEPT:
+            _heads.clear()
+        _heads[key] = head
+    return head
+
+
+#: Each set of request headers seen (Content-Length left out), with its ``_Head``.
+_heads: dict[tuple[tuple[bytes, bytes], ...], _Head] = {}
+HEADS_KEPT = 1024
 
 
 def _environ_key(raw_name: bytes) -> str:

@@ -22,7 +22,6 @@ from datetime import timedelta
 from typing import Any
 
 import jwt
-from werkzeug.datastructures import Headers
 
 from infra.local.gateway.config import DEFAULT_KEY_LIFETIME
 from infra.local.gateway.errors import ApiError, invalid_api_key, no_api_key
@@ -185,18 +184,19 @@ class Authenticator:
         if refusal is not None:
             raise invalid_api_key() if refusal == INVALID_API_KEY else no_api_key()
 
-    def identify(self, headers: Headers) -> Identity:
-        """Verify the bearer token like PostgREST v13; its ``role`` claim names the role.
+    def identify(self, authorization: str | None, apikey: str | None) -> Identity:
+        """Verify the bearer token (the ``Authorization`` header's, else the ``apikey`` header)
+        like PostgREST v13; its ``role`` claim names the role.
 
         Whether that role may be used is the database's answer, as in PostgREST: switching to
         a role authenticator is not a member of fails with 42501, to one that does not exist
         with 22023 (401).
         """
-        bearer = _bearer(headers.get("Authorization"))
+        bearer = _bearer(authorization)
         if bearer == "":
             raise _jwt_error("Empty JWT is sent in Authorization header")
         # Supabase's API gateway passes the apikey header on when there is no bearer token.
-        token = bearer or headers.get("apikey", "").strip()
+        token = bearer or (apikey or "").strip()
         if not token:
             if self._anonymous is None:
                 raise ApiError(401, "PGRST302", "Anonymous access is disabled")

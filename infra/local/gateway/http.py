@@ -17,6 +17,7 @@ answer (no body write) gets its head once its body message is sent, as uvicorn s
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any
 
 from uvicorn._types import ASGISendEvent
@@ -60,7 +61,17 @@ class HeadWithBody:
 
 
 class HttpProtocol(HttpToolsProtocol):
-    """``http="httptools"``, each response cycle writing through ``HeadWithBody``."""
+    """``http="httptools"``, each response cycle writing through ``HeadWithBody``.
+
+    Its access log is on only when ``uvicorn.access`` would write a line: uvicorn turns it on
+    when that logger has a handler (its default logging config gives it one) and then works out
+    each answer's line arguments (the client's address, the URL-quoted path) before the logger
+    drops it at the ``warning`` level the local servers run at.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.access_log = self.access_log and self.access_logger.isEnabledFor(logging.INFO)
 
     def on_headers_complete(self) -> None:
         previous = self.cycle

@@ -40,7 +40,7 @@ def arguments(
     invalid = ApiError(400, "PGRST102", "Empty or invalid json")
     try:
         text = raw.decode("utf-8")
-        body = json.loads(text, parse_constant=_reject_constant)
+        body = _DECODER.decode(text)
     except (ValueError, RecursionError):
         # RecursionError: nesting deeper than Python's parser goes. PostgREST drops the
         # parser's message for this generic one (its issue 2344).
@@ -60,8 +60,14 @@ def _too_large(limit: int) -> ApiError:
 
 
 def bounded(request: Request, body: bytes, limit: int) -> bytes:
-    """A body read already, refused as ``read_body`` refuses it (its declared length first)."""
-    if (request.content_length is not None and request.content_length > limit) or len(body) > limit:
+    """A body read already, refused as ``read_body`` refuses it (its declared length first).
+
+    The server reads a body to at most one byte past the bound, and not at all when its
+    declared length is past it: so only an empty body can have been declared too long (the
+    declared length is parsed only then)."""
+    if len(body) > limit or (
+        not body and request.content_length is not None and request.content_length > limit
+    ):
         raise _too_large(limit)
     return body
 
@@ -87,3 +93,8 @@ def read_body(request: Request, limit: int) -> bytes:
 
 def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
+
+
+#: ``json.loads(text, parse_constant=_reject_constant)``'s decoder, made once (``loads`` with an
+#: argument makes a new one, and its scanner, on every call).
+_DECODER = json.JSONDecoder(parse_constant=_reject_constant)

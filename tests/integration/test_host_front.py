@@ -39,6 +39,10 @@ class _Echo(BaseHTTPRequestHandler):
         if self.path == "/vanish":  # closes without a word, as a crashed worker does
             self.close_connection = True
             return
+        if self.path == "/garbled":  # a head no HTTP reader can frame
+            self.wfile.write(b"HTTP/1.1 200 OK\r\nno colon here\r\n\r\n")
+            self.close_connection = True
+            return
         payload = self.path.encode() + b"|" + body
         if self.path == "/headers":
             payload = bytes(self.headers)  # the head's fields as this server got them
@@ -181,9 +185,12 @@ def test_a_head_that_is_not_strictly_well_formed_still_gets_the_lenient_reading(
     assert refused.startswith(b"HTTP/1.1 400") and b'"bad_request"' in refused
 
 
-def test_a_function_that_closes_without_answering_gets_the_client_a_502(front: int) -> None:
+@pytest.mark.parametrize("path", [b"/echo/vanish", b"/echo/garbled"])
+def test_a_function_that_closes_or_garbles_its_answer_gets_the_client_a_502(
+    front: int, path: bytes
+) -> None:
     with socket.create_connection(("127.0.0.1", front)) as sock:
-        answer = _exchange(sock, b"GET /echo/vanish HTTP/1.1\r\nHost: h\r\n\r\n")
+        answer = _exchange(sock, b"GET %s HTTP/1.1\r\nHost: h\r\n\r\n" % path)
         assert answer.startswith(b"HTTP/1.1 502") and b'"bad_gateway"' in answer
         assert b"Connection: close" in answer
         sock.settimeout(5)

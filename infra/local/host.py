@@ -641,7 +641,7 @@ class _Client(asyncio.Protocol):
             if self.transport is None or self.transport.is_closing():
                 return
             if not self._one_request():
-                return
+                break
         if self.reading_paused and not self.busy:
             self.reading_paused = False
             self._transport().resume_reading()

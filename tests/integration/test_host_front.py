@@ -207,3 +207,29 @@ def test_a_pooled_connection_the_function_closed_is_not_used_for_the_next_reques
         for _ in range(3):  # each on a connection that works: a stale one is retried or skipped
             answer = _exchange(sock, b"GET /echo/next HTTP/1.1\r\nHost: h\r\n\r\n")
             assert answer.startswith(b"HTTP/1.1 200") and answer.endswith(b"/next|")
+
+
+def test_a_client_that_sends_far_ahead_is_read_as_it_is_served_and_loses_nothing(
+    front: int,
+) -> None:
+    # eight pipelined bodies of 60 KB: more than the front holds ahead, so it stops reading
+    # the client until it has served what it holds, then reads on
+    bodies = [bytes([65 + k]) * 60_000 for k in range(8)]
+    requests = b"".join(
+        b"POST /echo/%d HTTP/1.1\r\nHost: h\r\nContent-Length: 60000\r\n\r\n%s" % (k, body)
+        for k, body in enumerate(bodies)
+    )
+    with socket.create_connection(("127.0.0.1", front)) as sock:
+        sender = threading.Thread(target=sock.sendall, args=(requests,))
+        sender.start()
+        sock.settimeout(10)
+        received = b""
+        while received.count(b"HTTP/1.") < 8 or not received.endswith(bodies[-1]):
+            piece = sock.recv(1 << 20)
+            assert piece, "the front closed the connection"
+            received += piece
+        sender.join(10)
+    answers = received.split(b"HTTP/1.")[1:]
+    assert [answer.endswith(b"/%d|%s" % (k, bodies[k])) for k, answer in enumerate(answers)] == [
+        True
+    ] * 8

@@ -613,7 +613,8 @@ class _Client(asyncio.Protocol):
         self.buffer = self.buffer + data if self.buffer else data
         if not self.busy:
             self.next_request()
-        elif len(self.buffer) > _CLIENT_AHEAD_MAX and not self.reading_paused:
+        # still held (its request is with the function, or the client reads no answers)
+        if len(self.buffer) > _CLIENT_AHEAD_MAX and not self.reading_paused:
             self.reading_paused = True
             self._transport().pause_reading()
 
@@ -642,7 +643,7 @@ class _Client(asyncio.Protocol):
                 return
             if not self._one_request():
                 break
-        if self.reading_paused and not self.busy:
+        if self.reading_paused and not self.busy and not self.writing_paused:
             self.reading_paused = False
             self._transport().resume_reading()
 

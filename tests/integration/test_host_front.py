@@ -36,7 +36,16 @@ class _Echo(BaseHTTPRequestHandler):
         body = self.rfile.read(length) if length else b""
         if "chunked" in (self.headers.get("Transfer-Encoding") or ""):
             body = self._chunks()  # read it whole, as a real server does before answering
+        if self.path == "/vanish":  # closes without a word, as a crashed worker does
+            self.close_connection = True
+            return
+        if self.path == "/garbled":  # a head no HTTP reader can frame
+            self.wfile.write(b"HTTP/1.1 200 OK\r\nno colon here\r\n\r\n")
+            self.close_connection = True
+            return
         payload = self.path.encode() + b"|" + body
+        if self.path == "/headers":
+            payload = bytes(self.headers)  # the head's fields as this server got them
         self.send_response(200)
         if self.path.startswith("/chunked"):
             self.send_header("Transfer-Encoding", "chunked")
@@ -49,6 +58,8 @@ class _Echo(BaseHTTPRequestHandler):
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(payload)
+        if self.path == "/then-close":  # framed and not "Connection: close", yet it closes
+            self.close_connection = True
 
     def _chunks(self) -> bytes:
         body = b""
@@ -130,3 +141,95 @@ def test_one_kept_alive_connection_carries_every_kind_of_message(front: int) -> 
         assert index.endswith(b'{"functions": ["echo"]}')
         missing = _exchange(sock, b"GET /nope HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n")
         assert missing.startswith(b"HTTP/1.1 404") and b"Connection: close" in missing
+
+
+def test_hop_by_hop_fields_are_cut_from_a_forwarded_head_and_the_rest_kept_as_sent(
+    front: int,
+) -> None:
+    with socket.create_connection(("127.0.0.1", front)) as sock:
+        answer = _exchange(
+            sock,
+            b"GET /echo/headers HTTP/1.1\r\nHost: h\r\nConnection: keep-alive, x-drop\r\n"
+            b"X-Kept:  spaced value\r\nKeep-Alive: timeout=5\r\nTE: trailers\r\n"
+            b"Upgrade: websocket\r\nProxy-Connection: keep-alive\r\nX-Last: 1\r\n\r\n",
+        )
+    fields = answer.partition(b"\r\n\r\n")[2].lower()
+    assert fields == b"host: h\nx-kept: spaced value\nx-last: 1\n\n"
+
+
+def test_pipelined_requests_are_answered_in_order_on_one_connection(front: int) -> None:
+    with socket.create_connection(("127.0.0.1", front)) as sock:
+        sock.sendall(
+            b"POST /echo/one HTTP/1.1\r\nHost: h\r\nContent-Length: 1\r\n\r\n1"
+            b"GET /echo/two HTTP/1.1\r\nHost: h\r\n\r\n"
+        )
+        second = _exchange(sock, b"GET /echo/three HTTP/1.1\r\nHost: h\r\n\r\n")
+        while second.count(b"HTTP/1.") < 3:
+            second += sock.recv(65536)
+    assert second.index(b"/one|1") < second.index(b"/two|") < second.index(b"/three|")
+
+
+def test_a_head_that_is_not_strictly_well_formed_still_gets_the_lenient_reading(
+    front: int,
+) -> None:
+    with socket.create_connection(("127.0.0.1", front)) as sock:
+        # a space before the colon: read leniently as before, then the connection goes on
+        lenient = _exchange(
+            sock, b"POST /echo/l HTTP/1.1\r\nHost: h\r\nContent-Length : 2\r\n\r\nok"
+        )
+        assert lenient.endswith(b"/l|ok")
+        after = _exchange(sock, b"GET /echo/after HTTP/1.1\r\nHost: h\r\n\r\n")
+        assert after.endswith(b"/after|")
+    with socket.create_connection(("127.0.0.1", front)) as sock:
+        refused = _exchange(sock, b"GET /echo/x HTTP/1.1\r\nHost: h\r\nno colon\r\n\r\n")
+    assert refused.startswith(b"HTTP/1.1 400") and b'"bad_request"' in refused
+
+
+@pytest.mark.parametrize("path", [b"/echo/vanish", b"/echo/garbled"])
+def test_a_function_that_closes_or_garbles_its_answer_gets_the_client_a_502(
+    front: int, path: bytes
+) -> None:
+    with socket.create_connection(("127.0.0.1", front)) as sock:
+        answer = _exchange(sock, b"GET %s HTTP/1.1\r\nHost: h\r\n\r\n" % path)
+        assert answer.startswith(b"HTTP/1.1 502") and b'"bad_gateway"' in answer
+        assert b"Connection: close" in answer
+        sock.settimeout(5)
+        assert sock.recv(65536) == b"", "the client's connection is closed after a 502"
+
+
+def test_a_pooled_connection_the_function_closed_is_not_used_for_the_next_request(
+    front: int,
+) -> None:
+    with socket.create_connection(("127.0.0.1", front)) as sock:
+        assert _exchange(sock, b"GET /echo/then-close HTTP/1.1\r\nHost: h\r\n\r\n").endswith(
+            b"/then-close|"
+        )
+        for _ in range(3):  # each on a connection that works: a stale one is retried or skipped
+            answer = _exchange(sock, b"GET /echo/next HTTP/1.1\r\nHost: h\r\n\r\n")
+            assert answer.startswith(b"HTTP/1.1 200") and answer.endswith(b"/next|")
+
+
+def test_a_client_that_sends_far_ahead_is_read_as_it_is_served_and_loses_nothing(
+    front: int,
+) -> None:
+    # eight pipelined bodies of 60 KB: more than the front holds ahead, so it stops reading
+    # the client until it has served what it holds, then reads on
+    bodies = [bytes([65 + k]) * 60_000 for k in range(8)]
+    requests = b"".join(
+        b"POST /echo/%d HTTP/1.1\r\nHost: h\r\nContent-Length: 60000\r\n\r\n%s" % (k, body)
+        for k, body in enumerate(bodies)
+    )
+    with socket.create_connection(("127.0.0.1", front)) as sock:
+        sender = threading.Thread(target=sock.sendall, args=(requests,))
+        sender.start()
+        sock.settimeout(10)
+        received = b""
+        while received.count(b"HTTP/1.") < 8 or not received.endswith(bodies[-1]):
+            piece = sock.recv(1 << 20)
+            assert piece, "the front closed the connection"
+            received += piece
+        sender.join(10)
+    answers = received.split(b"HTTP/1.")[1:]
+    assert [answer.endswith(b"/%d|%s" % (k, bodies[k])) for k, answer in enumerate(answers)] == [
+        True
+    ] * 8

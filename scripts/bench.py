@@ -89,7 +89,11 @@ def row(name: str, result: LoadResult, cpu_key: str) -> None:
 # --- floors ----------------------------------------------------------------------------------
 
 
-def start_floors(stack: LocalStack) -> tuple[dict[str, Any], list[Any]]:
+def start_floors(
+    stack: LocalStack, *, with_clients: bool = False
+) -> tuple[dict[str, Any], list[Any]]:
+    """The psycopg floors; ``with_clients``: also the client-library floors
+    (``bench_functions/clients.py``) on the stack's settings."""
     assert stack.pg is not None
     uri = stack.pg.create_database("bench_floor")
     with psycopg.connect(uri, autocommit=True) as conn:
@@ -102,6 +106,10 @@ def start_floors(stack: LocalStack) -> tuple[dict[str, Any], list[Any]]:
     processes = []
     for target in ("insert_row", "select_row"):
         process, url = serve_function(target, BENCH_FUNCTIONS / "floor.py", env)
+        processes.append(process)
+        floors[target] = {"url": url, "pid": worker_pid(process.pid)}
+    for target in ("create_with_clients", "get_with_clients") if with_clients else ():
+        process, url = serve_function(target, BENCH_FUNCTIONS / "clients.py", stack.function_env)
         processes.append(process)
         floors[target] = {"url": url, "pid": worker_pid(process.pid)}
     return floors, processes
@@ -451,7 +459,10 @@ def api_under_load(
         floor_id = client.post("/", json={"query": COMPLEX}).json()["id"]
     with httpx.Client(base_url=stack.base_url, timeout=60) as client:
         job_id = client.post(CREATE.path(), json={"query": COMPLEX}).json()["jobId"]
+    with httpx.Client(base_url=floors["create_with_clients"]["url"], timeout=60) as client:
+        clients_job_id = client.post("/", json={}).json()["jobId"]
     shared_cpu = {k: v for k, v in pids.items() if k in {"front", "gateway", "postgres"}}
+    gateway_cpu = {k: v for k, v in pids.items() if k in {"gateway", "postgres"}}
     out: dict[str, Any] = {}
     cases = [
         (
@@ -469,6 +480,17 @@ def api_under_load(
             {"function": pids[CREATE.name], "emulator": pids["emulator"], **shared_cpu},
         ),
         (
+            CLIENTS_CREATE,
+            floors["create_with_clients"]["url"],
+            lambda c, i: c.post("/", json={"i": i}),
+            202,
+            {
+                "function": floors["create_with_clients"]["pid"],
+                "emulator": pids["emulator"],
+                **gateway_cpu,
+            },
+        ),
+        (
             "floor SELECT (psycopg)",
             floor_select["url"],
             lambda c, i: c.get(f"/{floor_id}"),
@@ -481,6 +503,13 @@ def api_under_load(
             lambda c, i: c.get(GET.path(job_id)),
             200,
             {"function": pids[GET.name], **shared_cpu},
+        ),
+        (
+            CLIENTS_GET,
+            floors["get_with_clients"]["url"],
+            lambda c, i: c.get(f"/{clients_job_id}"),
+            200,
+            {"function": floors["get_with_clients"]["pid"], **gateway_cpu},
         ),
         (
             "get job with logs (finished job)",
@@ -506,7 +535,7 @@ def api_under_load(
             say(f"  -- round {round_ + 1} of {rounds}")
         # every round from the same state: the rounds before it deleted from the table, and
         # their tasks (held by the paused queue) purged
-        forget_api_jobs(stack, keep=[finished_id, job_id])
+        forget_api_jobs(stack, keep=[finished_id, job_id, clients_job_id])
         tasks.purge_queue(name=stack.queue_path)
         for name, url, call, expect, cpu in cases:
             result = load(
@@ -520,8 +549,13 @@ def api_under_load(
     return out
 
 
-#: (measure, project row, floor row, figure, goal): the issue's goals at 16 connections
-RATIOS = (
+CLIENTS_CREATE = "floor supabase-py + CreateTask"
+CLIENTS_GET = "floor supabase-py get_job"
+#: (measure, project row, floor row, figure, goal): the issue's goals at 16 connections; then,
+#: without a goal, how the function CPU splits: the client libraries' floor over the psycopg
+#: floor (what DESIGN.md's clients cost) and the project over the libraries' floor (what our
+#: code costs)
+RATIOS: tuple[tuple[str, str, str, str, float | None], ...] = (
     ("create p90 / INSERT floor p90", "create job (202)", "floor INSERT (psycopg)", "p90", 2.5),
     ("get p90 / SELECT floor p90", "get job (200)", "floor SELECT (psycopg)", "p90", 2.0),
     ("create CPU / INSERT floor CPU", "create job (202)", "floor INSERT (psycopg)", "cpu", 1.5),
@@ -533,6 +567,16 @@ RATIOS = (
         "cpu",
         1.5,
     ),
+    (
+        "clients floor CPU / INSERT floor",
+        CLIENTS_CREATE,
+        "floor INSERT (psycopg)",
+        "cpu",
+        None,
+    ),
+    ("create CPU / clients floor CPU", "create job (202)", CLIENTS_CREATE, "cpu", None),
+    ("clients floor CPU / SELECT floor", CLIENTS_GET, "floor SELECT (psycopg)", "cpu", None),
+    ("get CPU / clients floor CPU", "get job (200)", CLIENTS_GET, "cpu", None),
 )
 
 
@@ -553,7 +597,8 @@ def api_ratios(api: dict[str, Any]) -> dict[str, dict[str, float]]:
         )
         ratio = per_round[len(per_round) // 2]
         out[name] = {"ratio": ratio, "goal": goal, "rounds": per_round}
-        say(f"  {name:<34} {ratio:5.2f}x   (goal <= {goal}x; rounds {per_round})")
+        target = f"goal <= {goal}x" if goal is not None else "no goal"
+        say(f"  {name:<34} {ratio:5.2f}x   ({target}; rounds {per_round})")
     return out
 
 
@@ -587,7 +632,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="ajq-bench-") as tmp:
         config = StackConfig.for_tests(Path(tmp), reap_interval_s=0, function_env=env)
         with LocalStack(config) as stack, httpx.Client(base_url=stack.base_url, timeout=60) as http:
-            floors, floor_processes = start_floors(stack)
+            floors, floor_processes = start_floors(stack, with_clients=True)
             try:
                 results.update(
                     run_all(

@@ -89,6 +89,10 @@ def row(name: str, result: LoadResult, cpu_key: str) -> None:
 # --- floors ----------------------------------------------------------------------------------
 
 
+#: bench_functions/clients.py's functions
+CLIENT_FLOORS = ("create_with_clients", "get_with_clients", "list_with_clients")
+
+
 def start_floors(
     stack: LocalStack, *, with_clients: bool = False
 ) -> tuple[dict[str, Any], list[Any]]:
@@ -108,7 +112,7 @@ def start_floors(
         process, url = serve_function(target, BENCH_FUNCTIONS / "floor.py", env)
         processes.append(process)
         floors[target] = {"url": url, "pid": worker_pid(process.pid)}
-    for target in ("create_with_clients", "get_with_clients") if with_clients else ():
+    for target in CLIENT_FLOORS if with_clients else ():
         process, url = serve_function(target, BENCH_FUNCTIONS / "clients.py", stack.function_env)
         processes.append(process)
         floors[target] = {"url": url, "pid": worker_pid(process.pid)}
@@ -525,6 +529,13 @@ def api_under_load(
             200,
             {"function": pids[LIST.name], **shared_cpu},
         ),
+        (
+            CLIENTS_LIST,
+            floors["list_with_clients"]["url"],
+            lambda c, i: c.get("/"),
+            200,
+            {"function": floors["list_with_clients"]["pid"], **gateway_cpu},
+        ),
     ]
     # Alternated rounds: each floor runs right before the operations measured against it, in
     # every round, so a ratio compares figures taken moments apart (the machine's load drifts
@@ -551,6 +562,7 @@ def api_under_load(
 
 CLIENTS_CREATE = "floor supabase-py + CreateTask"
 CLIENTS_GET = "floor supabase-py get_job"
+CLIENTS_LIST = "floor supabase-py list_jobs"
 #: (measure, project row, floor row, figure, goal): the issue's goals at 16 connections; then,
 #: without a goal, how the function CPU splits: the client libraries' floor over the psycopg
 #: floor (what DESIGN.md's clients cost) and the project over the libraries' floor (what our
@@ -577,6 +589,7 @@ RATIOS: tuple[tuple[str, str, str, str, float | None], ...] = (
     ("create CPU / clients floor CPU", "create job (202)", CLIENTS_CREATE, "cpu", None),
     ("clients floor CPU / SELECT floor", CLIENTS_GET, "floor SELECT (psycopg)", "cpu", None),
     ("get CPU / clients floor CPU", "get job (200)", CLIENTS_GET, "cpu", None),
+    ("list CPU / clients floor CPU", "list jobs (20 per page)", CLIENTS_LIST, "cpu", None),
 )
 
 

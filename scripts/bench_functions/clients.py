@@ -6,7 +6,9 @@ transport):
 - ``create_with_clients``: supabase-py ``create_client(url, key)`` then
   ``rpc("create_job", ...).execute()``, and google-cloud-tasks ``create_task`` of a named HTTP
   task for the processor (on an insecure channel to the emulator, as ``shared.tasks`` does);
-- ``get_with_clients``: ``rpc("get_job", ...).execute()``.
+- ``get_with_clients``: ``rpc("get_job", ...).execute()``;
+- ``list_with_clients``: ``rpc("list_jobs", ...).execute()``, a page of 20 (21 asked for, as
+  the list function asks one more to tell whether a next page exists).
 
 What these cost over the psycopg floor (``floor.py``) is the libraries' share, which no code
 of ours can remove; what the project's functions cost over these is ours. Served by the
@@ -63,3 +65,23 @@ def get_with_clients(request: flask.Request) -> flask.Response:
         _supabase.rpc("get_job", {"p_job_id": request.path[1:], "p_user_id": USER}).execute().data
     )
     return flask.Response(json.dumps(data), 200, mimetype="application/json")
+
+
+@functions_framework.http
+def list_with_clients(request: flask.Request) -> flask.Response:
+    data: Any = (
+        _supabase.rpc(
+            "list_jobs",
+            {
+                "p_user_id": USER,
+                "p_statuses": None,
+                "p_types": None,
+                "p_limit": 21,
+                "p_before_created_at": None,
+                "p_before_id": None,
+            },
+        )
+        .execute()
+        .data
+    )
+    return flask.Response(json.dumps(data[:20]), 200, mimetype="application/json")

@@ -54,6 +54,18 @@ _NO_BODY_STATUS = {204, 304}
 _HOP_BY_HOP = {b"connection", b"keep-alive", b"proxy-connection", b"te", b"upgrade"}
 
 
+#: never cut for being named in ``Connection``: the body's framing (cutting it would leave the
+#: body to be read as the next request) and the host
+_NEVER_CUT = {b"content-length", b"transfer-encoding", b"host"}
+
+
+def _connection_named(value: bytes) -> list[bytes]:
+    """The fields a (lowercased) ``Connection`` value names, which are hop-by-hop too and cut
+    when the message is forwarded (RFC 9110 7.6.1), but for ``_NEVER_CUT``."""
+    names = (token.strip() for token in value.split(b","))
+    return [name for name in names if name and name not in _NEVER_CUT | _HOP_BY_HOP]
+
+
 class Writable(Protocol):
     def write(self, data: bytes) -> None: ...
 
@@ -77,7 +89,15 @@ class Head:
 
     def encode(self, *, close: bool) -> bytes:
         lines = [self.start]
-        lines += [k + b": " + v for k, v in self.headers if k.lower() not in _HOP_BY_HOP]
+        named = set()
+        for key, value in self.headers:
+            if key.lower() == b"connection":
+                named.update(_connection_named(value.lower()))
+        lines += [
+            k + b": " + v
+            for k, v in self.headers
+            if k.lower() not in _HOP_BY_HOP and k.lower() not in named
+        ]
         if close:
             lines.append(b"Connection: close")
         return b"\r\n".join(lines) + b"\r\n\r\n"
@@ -285,24 +305,14 @@ class Front:
             return await self._tunnel(
                 backend, request, client_reader, client_writer, received, at_eof=at_eof
             )
-        for _attempt in range(2):
-            up_reader, up_writer, reused = await backend.connection()
-            try:
-                up_writer.write(request.encode(close=False) + body)
-                await up_writer.drain()
-                response = await read_head(up_reader)
-            except (ConnectionError, BadRequest):
-                response = None
-            if response is None:
-                up_writer.close()
-                if reused:
-                    continue  # the server closed an idle connection as we wrote: nothing ran
-                client_writer.write(_plain(502, "bad_gateway", "the function closed", close=True))
-                return False
-            break
-        else:  # pragma: no cover - two closed pooled connections in a row
+        sent = await self._send(backend, request.encode(close=False) + body)
+        final = None if sent is None else await _final_head(sent[0], sent[1], client_writer)
+        if sent is None or final is None:
             client_writer.write(_plain(502, "bad_gateway", "the function closed", close=True))
+            if sent is not None:
+                sent[2].close()
             return False
+        response, up_reader, up_writer = final, sent[1], sent[2]
         status = int(response.start.split(b" ", 2)[1])
         if is_head or status in _NO_BODY_STATUS or status < 200:
             client_writer.write(response.encode(close=close))
@@ -321,6 +331,31 @@ class Front:
         else:
             up_writer.close()
         return framed
+
+    @staticmethod
+    async def _send(
+        backend: Backend, request: bytes
+    ) -> tuple[Head, asyncio.StreamReader, asyncio.StreamWriter] | None:
+        """Send a whole request on a pooled connection and read the answer's head; None when
+        the function closed before answering (sent again on a new connection once if the
+        pooled one closed before any of the answer came: nothing ran)."""
+        for _attempt in range(2):
+            up_reader, up_writer, reused = await backend.connection()
+            answered = False  # part of an answer came: the request ran, not sent again
+            try:
+                up_writer.write(request)
+                await up_writer.drain()
+                response = await read_head(up_reader)
+            except ConnectionError:
+                response = None
+            except BadRequest:
+                response, answered = None, True
+            if response is not None:
+                return response, up_reader, up_writer
+            up_writer.close()
+            if not reused or answered:
+                return None
+        return None  # pragma: no cover - two closed pooled connections in a row
 
     async def _tunnel(
         self,
@@ -352,6 +387,8 @@ class Front:
                 response = await read_head(up_reader)
             except ConnectionError:  # reset before its answer (it closed on unread bytes)
                 response = None
+            if response is not None:
+                response = await _final_head(response, up_reader, client_writer)
             if response is None:
                 client_writer.write(_plain(502, "bad_gateway", "the function closed", close=True))
                 return False
@@ -374,6 +411,23 @@ class Front:
             if pump is not None and not pump.done():
                 pump.cancel()
             up_writer.close()
+
+
+async def _final_head(
+    response: Head, reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter
+) -> Head | None:
+    """The final answer's head after any interim ones (a 100 Continue), each passed on to the
+    client as it comes (see ``_is_interim``); None if the function closed or garbled it."""
+    while _is_interim(int(response.start.split(b" ", 2)[1])):
+        client_writer.write(response.encode(close=False))
+        try:
+            next_head = await read_head(reader)
+        except (ConnectionError, BadRequest):
+            return None
+        if next_head is None:
+            return None
+        response = next_head
+    return response
 
 
 async def _buffer(request: Head, reader: asyncio.StreamReader) -> tuple[bytes | None, bytes, bool]:
@@ -518,6 +572,7 @@ def _plain(status: int, code: str, message: str, *, close: bool) -> bytes:
 #: reads it leniently or answers 400, as before
 _STRICT_FIELDS = re.compile(rb"(?:\r\n[!#$%&'*+.^_`|~0-9A-Za-z-]+:[^\r\n]*)*")
 _HOP_MARKS = tuple(b"\r\n" + name + b":" for name in sorted(_HOP_BY_HOP))
+_CONNECTION_MARK = b"\r\nconnection:"
 #: what a client may send ahead while its request is served, before the front stops reading
 _CLIENT_AHEAD_MAX = 4 * _MAX_HEAD + _BUFFERED_BODY_MAX
 
@@ -545,12 +600,16 @@ class _Fields:
         """The lines without hop-by-hop fields (bytes as they came when there is none)."""
         lower = self.lower
         cuts = []
-        for mark in _HOP_MARKS:
+        marks = list(_HOP_MARKS)  # "connection" first: the fields it names are cut too
+        for mark in marks:
             at = lower.find(mark)
             while at >= 0:
                 end = lower.find(b"\r\n", at + 2)
                 end = len(lower) if end < 0 else end
                 cuts.append((at, end))
+                if mark == _CONNECTION_MARK:
+                    named = _connection_named(lower[at + len(mark) : end])
+                    marks += [b"\r\n" + name + b":" for name in named if name not in marks]
                 at = lower.find(mark, end)
         if not cuts:
             return self.raw
@@ -651,9 +710,10 @@ class _Client(asyncio.Protocol):
         """Start one buffered request; False when it needs more bytes or went elsewhere."""
         buffer = self.buffer
         head_end = buffer.find(b"\r\n\r\n")
-        if head_end < 0:
+        if head_end < 0 or head_end > _MAX_HEAD:
             if len(buffer) > _MAX_HEAD:
-                self.to_streams()  # which answers 400 (head too large)
+                # which answers 400 (head too large), however the head's bytes were read
+                self.to_streams()
             return False
         line_end = buffer.find(b"\r\n")
         start = buffer[:line_end]
@@ -811,7 +871,9 @@ class _Pooled(asyncio.Protocol):
             exchange.client.answered(keep=False)
         elif self.framing:
             exchange.client.answered(keep=False)  # cut short: the client sees a close
-        elif self.reused:  # the server closed an idle connection as we wrote: nothing ran
+        elif self.reused and not self.buffer:
+            # the server closed an idle connection as we wrote: nothing ran (had part of an
+            # answer come, the request ran, and is not sent again)
             self.front.dispatch(self.backend, self.request, exchange, pooled=False)
         else:
             exchange.failed()
@@ -828,6 +890,12 @@ class _Pooled(asyncio.Protocol):
         self.buffer = buffer[head_end + 4 :]
         status = int(head.start.split(b" ", 2)[1])
         exchange = self.exchange
+        if _is_interim(status):
+            # a 100 Continue (gunicorn sends one for ``Expect: 100-continue``) comes before
+            # the answer, which follows on the same connection (RFC 9110 15.2)
+            exchange.write(head.encode(close=False))
+            self._head()
+            return
         self.keep = not head.wants_close
         if exchange.is_head or status in _NO_BODY_STATUS or status < 200:
             self.framing, self.remaining = b"length", 0
@@ -903,6 +971,12 @@ def _answer_head(buffer: bytes, head_end: int) -> _RawHead | Head:
     if fields is not None:
         return _RawHead(buffer[:line_end], fields)
     return parse_head(buffer[:head_end])
+
+
+def _is_interim(status: int) -> bool:
+    """A 1xx answer other than 101: one or more come before the final answer (RFC 9110 15.2),
+    which the client still waits for. (101 cannot come: Upgrade is cut as hop-by-hop.)"""
+    return 100 <= status < 200 and status != 101
 
 
 def _whole_chunks(buffer: bytes) -> int:

@@ -52,6 +52,7 @@ UPSTREAM_IDLE_S = 1.0
 _MAX_HEAD = 64 * 1024
 _NO_BODY_STATUS = {204, 304}
 _HOP_BY_HOP = {b"connection", b"keep-alive", b"proxy-connection", b"te", b"upgrade"}
+_BARE_CR_LF_NUL = re.compile(rb"[\r\n\x00]")
 
 
 #: never cut for being named in ``Connection``: the body's framing (cutting it would leave the
@@ -124,6 +125,10 @@ async def read_head(reader: asyncio.StreamReader) -> Head | None:
 def parse_head(raw: bytes) -> Head:
     """A head without its blank line, read leniently (spaces around names and values)."""
     start, *lines = raw.split(b"\r\n")
+    if _BARE_CR_LF_NUL.search(raw.replace(b"\r\n", b"")):
+        # a bare CR or LF, or a NUL, in a line: one reader splits lines there, another does
+        # not, so the two frame the message differently (RFC 9112 2.2, RFC 9110 5.5: reject)
+        raise BadRequest("bare CR, LF or NUL")
     headers = []
     for line in lines:
         name, sep, value = line.partition(b":")
@@ -321,8 +326,8 @@ class Front:
             framed = _is_framed(response)
             head = response.encode(close=close or not framed)
             length = response.get(b"content-length")
-            if length is not None:  # the usual answer: head and body in one send
-                client_writer.write(head + await up_reader.readexactly(int(length)))
+            if length is not None and not _is_chunked(response):  # head and body in one send
+                client_writer.write(head + await up_reader.readexactly(_length(length)))
             else:
                 client_writer.write(head)
                 await copy_body(response, up_reader, client_writer)
@@ -400,8 +405,8 @@ class Front:
             keep = whole and _is_framed(response) and not response.wants_close
             client_writer.write(response.encode(close=not keep))
             length = response.get(b"content-length")
-            if length is not None:
-                client_writer.write(await up_reader.readexactly(int(length)))
+            if length is not None and not _is_chunked(response):
+                client_writer.write(await up_reader.readexactly(_length(length)))
             elif not _is_framed(response):
                 client_writer.write(await up_reader.read())
             else:
@@ -568,9 +573,9 @@ def _plain(status: int, code: str, message: str, *, close: bool) -> bytes:
 # the front spends a fraction of the CPU per request (scripts/bench_front.py).
 
 #: header fields as RFC 9112 section 5 writes them (a token, a colon at once, a value on one
-#: line), each preceded by its CRLF; a head that does not match goes to the stream code, which
-#: reads it leniently or answers 400, as before
-_STRICT_FIELDS = re.compile(rb"(?:\r\n[!#$%&'*+.^_`|~0-9A-Za-z-]+:[^\r\n]*)*")
+#: line, no NUL), each preceded by its CRLF; a head that does not match goes to the stream
+#: code, which reads it leniently or answers 400, as before
+_STRICT_FIELDS = re.compile(rb"(?:\r\n[!#$%&'*+.^_`|~0-9A-Za-z-]+:[^\r\n\x00]*)*")
 _HOP_MARKS = tuple(b"\r\n" + name + b":" for name in sorted(_HOP_BY_HOP))
 _CONNECTION_MARK = b"\r\nconnection:"
 #: what a client may send ahead while its request is served, before the front stops reading
@@ -720,7 +725,7 @@ class _Client(asyncio.Protocol):
         parts = start.split(b" ")
         fields = _strict_fields(buffer, line_end, head_end)
         length = None if fields is None else _small_length(fields)
-        if len(parts) != 3 or fields is None or length is None:
+        if len(parts) != 3 or fields is None or length is None or _BARE_CR_LF_NUL.search(start):
             self.to_streams()
             return False
         end = head_end + 4 + length
@@ -902,12 +907,12 @@ class _Pooled(asyncio.Protocol):
             exchange.write(head.encode(close=exchange.close))
             return
         length = head.get(b"content-length")
-        if length is not None:
-            self.framing, self.remaining = b"length", int(length)
-            self.head = head.encode(close=exchange.close)
-        elif _is_chunked(head):
+        if _is_chunked(head):  # Transfer-Encoding overrides Content-Length (RFC 9112 6.3)
             self.framing = b"chunked"
             exchange.write(head.encode(close=exchange.close))
+        elif length is not None:
+            self.framing, self.remaining = b"length", _length(length)
+            self.head = head.encode(close=exchange.close)
         else:
             self.framing = b"eof"
             exchange.write(head.encode(close=True))
@@ -971,6 +976,14 @@ def _answer_head(buffer: bytes, head_end: int) -> _RawHead | Head:
     if fields is not None:
         return _RawHead(buffer[:line_end], fields)
     return parse_head(buffer[:head_end])
+
+
+def _length(value: bytes) -> int:
+    """An answer's Content-Length; ValueError for one that is not digits (``int`` takes a
+    sign, and a negative length would cut the body short)."""
+    if not value.isdigit():
+        raise ValueError(f"Content-Length {value!r}")
+    return int(value)
 
 
 def _is_interim(status: int) -> bool:

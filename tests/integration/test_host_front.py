@@ -28,6 +28,16 @@ def test_the_function_gets_the_path_after_its_name() -> None:
     assert route(b"/", backends)[0] is None
 
 
+_RAW_ANSWERS = {
+    # both framings: Transfer-Encoding overrides Content-Length (RFC 9112 6.3)
+    "/both": b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n"
+    b"5\r\nhello\r\n0\r\n\r\n",
+    "/negative": b"HTTP/1.1 200 OK\r\nContent-Length: -3\r\n\r\nabcdef",
+    # ran, then died after part of its answer
+    "/half": b"HTTP/1.1 200 OK\r\nContent-",
+}
+
+
 class _Echo(BaseHTTPRequestHandler):
     """Answers with the path and body it got; a chunked answer for /chunked."""
 
@@ -43,10 +53,8 @@ class _Echo(BaseHTTPRequestHandler):
         if self.path == "/vanish":  # closes without a word, as a crashed worker does
             self.close_connection = True
             return
-        if self.path == "/half":  # ran, then died after part of its answer
-            _Echo.ran.append(self.path)
-            self.wfile.write(b"HTTP/1.1 200 OK\r\nContent-")
-            self.close_connection = True
+        if self.path in _RAW_ANSWERS:  # answers written as they are, then closed
+            self._raw()
             return
         if self.path == "/garbled":  # a head no HTTP reader can frame
             self.wfile.write(b"HTTP/1.1 200 OK\r\nno colon here\r\n\r\n")
@@ -69,6 +77,12 @@ class _Echo(BaseHTTPRequestHandler):
             self.wfile.write(payload)
         if self.path == "/then-close":  # framed and not "Connection: close", yet it closes
             self.close_connection = True
+
+    def _raw(self) -> None:
+        if self.path == "/half":
+            _Echo.ran.append(self.path)
+        self.wfile.write(_RAW_ANSWERS[self.path])
+        self.close_connection = True
 
     def _chunks(self) -> bytes:
         body = b""
@@ -306,5 +320,39 @@ def test_a_request_that_ran_and_died_mid_answer_is_not_sent_again(front: int, ho
 def test_a_head_over_the_bound_is_refused_however_its_bytes_arrive(front: int) -> None:
     with socket.create_connection(("127.0.0.1", front)) as sock:
         sock.sendall(b"GET /echo/x HTTP/1.1\r\nHost: h\r\nX-Big: %s\r\n\r\n" % (b"a" * 70_000))
+        answer = _until(sock, b"<never>")
+    assert answer.startswith(b"HTTP/1.1 400") and b'"bad_request"' in answer
+
+
+@pytest.mark.parametrize("host", [b"Host: h", b"Host : h"])
+def test_an_answer_with_both_framings_is_framed_by_its_chunks(front: int, host: bytes) -> None:
+    with socket.create_connection(("127.0.0.1", front)) as sock:
+        answer = _exchange(sock, b"GET /echo/both HTTP/1.1\r\n%s\r\n\r\n" % host)
+        assert answer.endswith(b"\r\n\r\n5\r\nhello\r\n0\r\n\r\n")
+        assert _exchange(sock, b"GET /echo/after HTTP/1.1\r\nHost: h\r\n\r\n").endswith(b"/after|")
+
+
+def test_an_answer_with_a_negative_length_gets_the_client_a_502(front: int) -> None:
+    with socket.create_connection(("127.0.0.1", front)) as sock:
+        answer = _exchange(sock, b"GET /echo/negative HTTP/1.1\r\nHost: h\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.1 502") and b'"bad_gateway"' in answer
+
+
+@pytest.mark.parametrize("field", [b"X: a\nContent-Length: 5", b"X: a\rb", b"X: a\x00b"])
+def test_a_bare_lf_cr_or_nul_in_a_head_is_refused_not_forwarded(front: int, field: bytes) -> None:
+    # http.server, like many readers, splits lines at a bare LF: forwarded, it would read the
+    # next request as this one's body
+    with socket.create_connection(("127.0.0.1", front)) as sock:
+        sock.sendall(
+            b"GET /echo/headers HTTP/1.1\r\nHost: h\r\n%s\r\n\r\n"
+            b"GET /echo/next HTTP/1.1\r\nHost: h\r\n\r\n" % field
+        )
+        answer = _until(sock, b"<never>")
+    assert answer.startswith(b"HTTP/1.1 400") and b'"bad_request"' in answer
+
+
+def test_a_bare_lf_in_the_request_line_is_refused_not_forwarded(front: int) -> None:
+    with socket.create_connection(("127.0.0.1", front)) as sock:
+        sock.sendall(b"GET /echo/a\nb HTTP/1.1\r\nHost: h\r\n\r\n")
         answer = _until(sock, b"<never>")
     assert answer.startswith(b"HTTP/1.1 400") and b'"bad_request"' in answer

@@ -58,13 +58,16 @@ _BARE_CR_LF_NUL = re.compile(rb"[\r\n\x00]")
 #: never cut for being named in ``Connection``: the body's framing (cutting it would leave the
 #: body to be read as the next request) and the host
 _NEVER_CUT = {b"content-length", b"transfer-encoding", b"host"}
+_NOT_NAMED = _NEVER_CUT | _HOP_BY_HOP
+#: the usual Connection values, which name no other field
+_CONNECTION_PLAIN = {b"keep-alive", b"close"}
 
 
 def _connection_named(value: bytes) -> list[bytes]:
     """The fields a (lowercased) ``Connection`` value names, which are hop-by-hop too and cut
     when the message is forwarded (RFC 9110 7.6.1), but for ``_NEVER_CUT``."""
     names = (token.strip() for token in value.split(b","))
-    return [name for name in names if name and name not in _NEVER_CUT | _HOP_BY_HOP]
+    return [name for name in names if name and name not in _NOT_NAMED]
 
 
 class Writable(Protocol):
@@ -577,7 +580,7 @@ def _plain(status: int, code: str, message: str, *, close: bool) -> bytes:
 #: code, which reads it leniently or answers 400, as before
 _STRICT_FIELDS = re.compile(rb"(?:\r\n[!#$%&'*+.^_`|~0-9A-Za-z-]+:[^\r\n\x00]*)*")
 _HOP_MARKS = tuple(b"\r\n" + name + b":" for name in sorted(_HOP_BY_HOP))
-_CONNECTION_MARK = b"\r\nconnection:"
+_CONNECTION_MARK = _HOP_MARKS[0]  # b"\r\nconnection:", the same object
 #: what a client may send ahead while its request is served, before the front stops reading
 _CLIENT_AHEAD_MAX = 4 * _MAX_HEAD + _BUFFERED_BODY_MAX
 
@@ -605,17 +608,21 @@ class _Fields:
         """The lines without hop-by-hop fields (bytes as they came when there is none)."""
         lower = self.lower
         cuts = []
-        marks = list(_HOP_MARKS)  # "connection" first: the fields it names are cut too
-        for mark in marks:
+        named: set[bytes] = set()
+        for mark in _HOP_MARKS:
             at = lower.find(mark)
             while at >= 0:
                 end = lower.find(b"\r\n", at + 2)
                 end = len(lower) if end < 0 else end
                 cuts.append((at, end))
-                if mark == _CONNECTION_MARK:
-                    named = _connection_named(lower[at + len(mark) : end])
-                    marks += [b"\r\n" + name + b":" for name in named if name not in marks]
+                if mark is _CONNECTION_MARK:
+                    # the fields it names are cut too (RFC 9110 7.6.1)
+                    value = lower[at + len(mark) : end].strip()
+                    if value not in _CONNECTION_PLAIN:
+                        named.update(_connection_named(value))
                 at = lower.find(mark, end)
+        for name in named:
+            _find_lines(lower, b"\r\n" + name + b":", cuts)
         if not cuts:
             return self.raw
         kept, pos = [], 0
@@ -624,6 +631,16 @@ class _Fields:
             pos = end
         kept.append(self.raw[pos:])
         return b"".join(kept)
+
+
+def _find_lines(lower: bytes, mark: bytes, cuts: list[tuple[int, int]]) -> None:
+    """Add where each field line starting with ``mark`` starts and ends to ``cuts``."""
+    at = lower.find(mark)
+    while at >= 0:
+        end = lower.find(b"\r\n", at + 2)
+        end = len(lower) if end < 0 else end
+        cuts.append((at, end))
+        at = lower.find(mark, end)
 
 
 def _strict_fields(head: bytes, line_end: int, head_end: int) -> _Fields | None:

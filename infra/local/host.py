@@ -916,6 +916,7 @@ class _Pooled(asyncio.Protocol):
             # a 100 Continue (gunicorn sends one for ``Expect: 100-continue``) comes before
             # the answer, which follows on the same connection (RFC 9110 15.2)
             exchange.write(head.encode(close=False))
+            self.reused = False  # the function has the request: never sent again
             self._head()
             return
         self.keep = not head.wants_close

@@ -52,6 +52,22 @@ UPSTREAM_IDLE_S = 1.0
 _MAX_HEAD = 64 * 1024
 _NO_BODY_STATUS = {204, 304}
 _HOP_BY_HOP = {b"connection", b"keep-alive", b"proxy-connection", b"te", b"upgrade"}
+_BARE_CR_LF_NUL = re.compile(rb"[\r\n\x00]")
+
+
+#: never cut for being named in ``Connection``: the body's framing (cutting it would leave the
+#: body to be read as the next request) and the host
+_NEVER_CUT = {b"content-length", b"transfer-encoding", b"host"}
+_NOT_NAMED = _NEVER_CUT | _HOP_BY_HOP
+#: the usual Connection values, which name no other field
+_CONNECTION_PLAIN = {b"keep-alive", b"close"}
+
+
+def _connection_named(value: bytes) -> list[bytes]:
+    """The fields a (lowercased) ``Connection`` value names, which are hop-by-hop too and cut
+    when the message is forwarded (RFC 9110 7.6.1), but for ``_NEVER_CUT``."""
+    names = (token.strip() for token in value.split(b","))
+    return [name for name in names if name and name not in _NOT_NAMED]
 
 
 class Writable(Protocol):
@@ -77,7 +93,15 @@ class Head:
 
     def encode(self, *, close: bool) -> bytes:
         lines = [self.start]
-        lines += [k + b": " + v for k, v in self.headers if k.lower() not in _HOP_BY_HOP]
+        named = set()
+        for key, value in self.headers:
+            if key.lower() == b"connection":
+                named.update(_connection_named(value.lower()))
+        lines += [
+            k + b": " + v
+            for k, v in self.headers
+            if k.lower() not in _HOP_BY_HOP and k.lower() not in named
+        ]
         if close:
             lines.append(b"Connection: close")
         return b"\r\n".join(lines) + b"\r\n\r\n"
@@ -104,6 +128,10 @@ async def read_head(reader: asyncio.StreamReader) -> Head | None:
 def parse_head(raw: bytes) -> Head:
     """A head without its blank line, read leniently (spaces around names and values)."""
     start, *lines = raw.split(b"\r\n")
+    if _BARE_CR_LF_NUL.search(raw.replace(b"\r\n", b"")):
+        # a bare CR or LF, or a NUL, in a line: one reader splits lines there, another does
+        # not, so the two frame the message differently (RFC 9112 2.2, RFC 9110 5.5: reject)
+        raise BadRequest("bare CR, LF or NUL")
     headers = []
     for line in lines:
         name, sep, value = line.partition(b":")
@@ -285,24 +313,14 @@ class Front:
             return await self._tunnel(
                 backend, request, client_reader, client_writer, received, at_eof=at_eof
             )
-        for _attempt in range(2):
-            up_reader, up_writer, reused = await backend.connection()
-            try:
-                up_writer.write(request.encode(close=False) + body)
-                await up_writer.drain()
-                response = await read_head(up_reader)
-            except (ConnectionError, BadRequest):
-                response = None
-            if response is None:
-                up_writer.close()
-                if reused:
-                    continue  # the server closed an idle connection as we wrote: nothing ran
-                client_writer.write(_plain(502, "bad_gateway", "the function closed", close=True))
-                return False
-            break
-        else:  # pragma: no cover - two closed pooled connections in a row
+        sent = await self._send(backend, request.encode(close=False) + body)
+        final = None if sent is None else await _final_head(sent[0], sent[1], client_writer)
+        if sent is None or final is None:
             client_writer.write(_plain(502, "bad_gateway", "the function closed", close=True))
+            if sent is not None:
+                sent[2].close()
             return False
+        response, up_reader, up_writer = final, sent[1], sent[2]
         status = int(response.start.split(b" ", 2)[1])
         if is_head or status in _NO_BODY_STATUS or status < 200:
             client_writer.write(response.encode(close=close))
@@ -311,8 +329,8 @@ class Front:
             framed = _is_framed(response)
             head = response.encode(close=close or not framed)
             length = response.get(b"content-length")
-            if length is not None:  # the usual answer: head and body in one send
-                client_writer.write(head + await up_reader.readexactly(int(length)))
+            if length is not None and not _is_chunked(response):  # head and body in one send
+                client_writer.write(head + await up_reader.readexactly(_length(length)))
             else:
                 client_writer.write(head)
                 await copy_body(response, up_reader, client_writer)
@@ -321,6 +339,31 @@ class Front:
         else:
             up_writer.close()
         return framed
+
+    @staticmethod
+    async def _send(
+        backend: Backend, request: bytes
+    ) -> tuple[Head, asyncio.StreamReader, asyncio.StreamWriter] | None:
+        """Send a whole request on a pooled connection and read the answer's head; None when
+        the function closed before answering (sent again on a new connection once if the
+        pooled one closed before any of the answer came: nothing ran)."""
+        for _attempt in range(2):
+            up_reader, up_writer, reused = await backend.connection()
+            answered = False  # part of an answer came: the request ran, not sent again
+            try:
+                up_writer.write(request)
+                await up_writer.drain()
+                response = await read_head(up_reader)
+            except ConnectionError:
+                response = None
+            except BadRequest:
+                response, answered = None, True
+            if response is not None:
+                return response, up_reader, up_writer
+            up_writer.close()
+            if not reused or answered:
+                return None
+        return None  # pragma: no cover - two closed pooled connections in a row
 
     async def _tunnel(
         self,
@@ -352,6 +395,8 @@ class Front:
                 response = await read_head(up_reader)
             except ConnectionError:  # reset before its answer (it closed on unread bytes)
                 response = None
+            if response is not None:
+                response = await _final_head(response, up_reader, client_writer)
             if response is None:
                 client_writer.write(_plain(502, "bad_gateway", "the function closed", close=True))
                 return False
@@ -363,8 +408,8 @@ class Front:
             keep = whole and _is_framed(response) and not response.wants_close
             client_writer.write(response.encode(close=not keep))
             length = response.get(b"content-length")
-            if length is not None:
-                client_writer.write(await up_reader.readexactly(int(length)))
+            if length is not None and not _is_chunked(response):
+                client_writer.write(await up_reader.readexactly(_length(length)))
             elif not _is_framed(response):
                 client_writer.write(await up_reader.read())
             else:
@@ -374,6 +419,23 @@ class Front:
             if pump is not None and not pump.done():
                 pump.cancel()
             up_writer.close()
+
+
+async def _final_head(
+    response: Head, reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter
+) -> Head | None:
+    """The final answer's head after any interim ones (a 100 Continue), each passed on to the
+    client as it comes (see ``_is_interim``); None if the function closed or garbled it."""
+    while _is_interim(int(response.start.split(b" ", 2)[1])):
+        client_writer.write(response.encode(close=False))
+        try:
+            next_head = await read_head(reader)
+        except (ConnectionError, BadRequest):
+            return None
+        if next_head is None:
+            return None
+        response = next_head
+    return response
 
 
 async def _buffer(request: Head, reader: asyncio.StreamReader) -> tuple[bytes | None, bytes, bool]:
@@ -514,10 +576,11 @@ def _plain(status: int, code: str, message: str, *, close: bool) -> bytes:
 # the front spends a fraction of the CPU per request (scripts/bench_front.py).
 
 #: header fields as RFC 9112 section 5 writes them (a token, a colon at once, a value on one
-#: line), each preceded by its CRLF; a head that does not match goes to the stream code, which
-#: reads it leniently or answers 400, as before
-_STRICT_FIELDS = re.compile(rb"(?:\r\n[!#$%&'*+.^_`|~0-9A-Za-z-]+:[^\r\n]*)*")
+#: line, no NUL), each preceded by its CRLF; a head that does not match goes to the stream
+#: code, which reads it leniently or answers 400, as before
+_STRICT_FIELDS = re.compile(rb"(?:\r\n[!#$%&'*+.^_`|~0-9A-Za-z-]+:[^\r\n\x00]*)*")
 _HOP_MARKS = tuple(b"\r\n" + name + b":" for name in sorted(_HOP_BY_HOP))
+_CONNECTION_MARK = _HOP_MARKS[0]  # b"\r\nconnection:", the same object
 #: what a client may send ahead while its request is served, before the front stops reading
 _CLIENT_AHEAD_MAX = 4 * _MAX_HEAD + _BUFFERED_BODY_MAX
 
@@ -545,13 +608,21 @@ class _Fields:
         """The lines without hop-by-hop fields (bytes as they came when there is none)."""
         lower = self.lower
         cuts = []
+        named: set[bytes] = set()
         for mark in _HOP_MARKS:
             at = lower.find(mark)
             while at >= 0:
                 end = lower.find(b"\r\n", at + 2)
                 end = len(lower) if end < 0 else end
                 cuts.append((at, end))
+                if mark is _CONNECTION_MARK:
+                    # the fields it names are cut too (RFC 9110 7.6.1)
+                    value = lower[at + len(mark) : end].strip()
+                    if value not in _CONNECTION_PLAIN:
+                        named.update(_connection_named(value))
                 at = lower.find(mark, end)
+        for name in named:
+            _find_lines(lower, b"\r\n" + name + b":", cuts)
         if not cuts:
             return self.raw
         kept, pos = [], 0
@@ -560,6 +631,16 @@ class _Fields:
             pos = end
         kept.append(self.raw[pos:])
         return b"".join(kept)
+
+
+def _find_lines(lower: bytes, mark: bytes, cuts: list[tuple[int, int]]) -> None:
+    """Add where each field line starting with ``mark`` starts and ends to ``cuts``."""
+    at = lower.find(mark)
+    while at >= 0:
+        end = lower.find(b"\r\n", at + 2)
+        end = len(lower) if end < 0 else end
+        cuts.append((at, end))
+        at = lower.find(mark, end)
 
 
 def _strict_fields(head: bytes, line_end: int, head_end: int) -> _Fields | None:
@@ -651,16 +732,17 @@ class _Client(asyncio.Protocol):
         """Start one buffered request; False when it needs more bytes or went elsewhere."""
         buffer = self.buffer
         head_end = buffer.find(b"\r\n\r\n")
-        if head_end < 0:
+        if head_end < 0 or head_end > _MAX_HEAD:
             if len(buffer) > _MAX_HEAD:
-                self.to_streams()  # which answers 400 (head too large)
+                # which answers 400 (head too large), however the head's bytes were read
+                self.to_streams()
             return False
         line_end = buffer.find(b"\r\n")
         start = buffer[:line_end]
         parts = start.split(b" ")
         fields = _strict_fields(buffer, line_end, head_end)
         length = None if fields is None else _small_length(fields)
-        if len(parts) != 3 or fields is None or length is None:
+        if len(parts) != 3 or fields is None or length is None or _BARE_CR_LF_NUL.search(start):
             self.to_streams()
             return False
         end = head_end + 4 + length
@@ -811,7 +893,9 @@ class _Pooled(asyncio.Protocol):
             exchange.client.answered(keep=False)
         elif self.framing:
             exchange.client.answered(keep=False)  # cut short: the client sees a close
-        elif self.reused:  # the server closed an idle connection as we wrote: nothing ran
+        elif self.reused and not self.buffer:
+            # the server closed an idle connection as we wrote: nothing ran (had part of an
+            # answer come, the request ran, and is not sent again)
             self.front.dispatch(self.backend, self.request, exchange, pooled=False)
         else:
             exchange.failed()
@@ -828,18 +912,25 @@ class _Pooled(asyncio.Protocol):
         self.buffer = buffer[head_end + 4 :]
         status = int(head.start.split(b" ", 2)[1])
         exchange = self.exchange
+        if _is_interim(status):
+            # a 100 Continue (gunicorn sends one for ``Expect: 100-continue``) comes before
+            # the answer, which follows on the same connection (RFC 9110 15.2)
+            exchange.write(head.encode(close=False))
+            self.reused = False  # the function has the request: never sent again
+            self._head()
+            return
         self.keep = not head.wants_close
         if exchange.is_head or status in _NO_BODY_STATUS or status < 200:
             self.framing, self.remaining = b"length", 0
             exchange.write(head.encode(close=exchange.close))
             return
         length = head.get(b"content-length")
-        if length is not None:
-            self.framing, self.remaining = b"length", int(length)
-            self.head = head.encode(close=exchange.close)
-        elif _is_chunked(head):
+        if _is_chunked(head):  # Transfer-Encoding overrides Content-Length (RFC 9112 6.3)
             self.framing = b"chunked"
             exchange.write(head.encode(close=exchange.close))
+        elif length is not None:
+            self.framing, self.remaining = b"length", _length(length)
+            self.head = head.encode(close=exchange.close)
         else:
             self.framing = b"eof"
             exchange.write(head.encode(close=True))
@@ -903,6 +994,20 @@ def _answer_head(buffer: bytes, head_end: int) -> _RawHead | Head:
     if fields is not None:
         return _RawHead(buffer[:line_end], fields)
     return parse_head(buffer[:head_end])
+
+
+def _length(value: bytes) -> int:
+    """An answer's Content-Length; ValueError for one that is not digits (``int`` takes a
+    sign, and a negative length would cut the body short)."""
+    if not value.isdigit():
+        raise ValueError(f"Content-Length {value!r}")
+    return int(value)
+
+
+def _is_interim(status: int) -> bool:
+    """A 1xx answer other than 101: one or more come before the final answer (RFC 9110 15.2),
+    which the client still waits for. (101 cannot come: Upgrade is cut as hop-by-hop.)"""
+    return 100 <= status < 200 and status != 101
 
 
 def _whole_chunks(buffer: bytes) -> int:

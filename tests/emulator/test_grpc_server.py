@@ -721,3 +721,39 @@ def test_a_header_block_seen_before_on_an_unchanged_table_is_decoded_from_memory
     assert decoder.decode(_PATH_BY_REFERENCE) is again
     assert decoder.decode(_path_indexed(_LIST_TASKS) + _REST_OF_REQUEST) is not again
     assert dict(decoder.decode(_PATH_BY_REFERENCE))[b":path"] == _LIST_TASKS.encode()
+
+
+def test_remembered_blocks_decode_as_a_plain_decoder_does_through_every_change_of_the_table() -> (
+    None
+):
+    # One encoder's blocks, decoded by _BlockDecoder and by a plain hpack.Decoder side by side:
+    # repeated blocks (from memory), blocks that add and refer to what they add, evictions
+    # (entries larger than a small table), size updates (up, down, to zero, to the same size),
+    # never-indexed fields, and the same repeated block after each of those changes.
+    encoder = hpack.Encoder()
+    plain = hpack.Decoder()
+    remembering = _BlockDecoder()
+    usual = [(b":path", b"/CreateTask"), (b"x-goog-request-params", b"parent=projects/p")]
+    steps: list[tuple[int | None, list[tuple[bytes, bytes]] | list[hpack.HeaderTuple]]] = [
+        (None, usual),
+        (None, usual),
+        (None, [*usual, (b"x-new", b"1"), (b"x-new", b"1")]),  # adds, then refers to it
+        (None, usual),
+        (None, [(b"x-evicting", b"v" * 3000)]),  # evicts every entry of the 4096-byte table
+        (None, usual),
+        (256, usual),
+        (256, usual),
+        (0, usual),
+        (None, usual),
+        (4096, usual),
+        (None, [hpack.NeverIndexedHeaderTuple(b"authorization", b"Bearer t"), *usual]),
+        (None, [hpack.NeverIndexedHeaderTuple(b"authorization", b"Bearer t"), *usual]),
+        (None, usual),
+    ]
+    for size, headers in steps * 3:
+        if size is not None:
+            encoder.header_table_size = size
+        block = encoder.encode(headers)
+        expected = plain.decode(block, raw=True)
+        assert remembering.decode(block) == expected
+        assert remembering._table.dynamic_entries == plain.header_table.dynamic_entries

@@ -104,3 +104,15 @@ def test_a_client_gone_before_the_bodys_end_gives_no_body_and_a_declared_excess_
     assert _read([{"type": "http.disconnect"}]) is None
     assert _read([_part(b"ab", True), {"type": "http.disconnect"}]) is None
     assert _read([], length=11) == b""  # refused from its declared length, nothing received
+
+
+def test_a_set_of_headers_over_the_byte_bound_is_not_remembered() -> None:
+    # httptools takes a header of any size: 1024 sets of 8 MB each would stay in memory
+    big = [(b"apikey", KEY), (b"x-big", b"a" * (asgi.HEAD_KEPT_MAX_BYTES + 1))]
+    asgi._heads.clear()
+    env = asgi.environ(_scope(big), b"")
+    assert env["HTTP_X_BIG"] == "a" * (asgi.HEAD_KEPT_MAX_BYTES + 1)
+    assert json.loads(env[HEADERS_DOCUMENT]) == json.loads(headers_document(env))
+    assert asgi._heads == {}
+    asgi.environ(_scope(big[:1]), b"")
+    assert list(asgi._heads) == [tuple(big[:1])]

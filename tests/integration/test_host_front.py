@@ -4,10 +4,12 @@ and message framing over kept-alive connections (one real front and real HTTP se
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import ClassVar
 
 import pytest
 
@@ -26,10 +28,23 @@ def test_the_function_gets_the_path_after_its_name() -> None:
     assert route(b"/", backends)[0] is None
 
 
+_RAW_ANSWERS = {
+    # both framings: Transfer-Encoding overrides Content-Length (RFC 9112 6.3)
+    "/both": b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n"
+    b"5\r\nhello\r\n0\r\n\r\n",
+    "/negative": b"HTTP/1.1 200 OK\r\nContent-Length: -3\r\n\r\nabcdef",
+    # ran, then died after part of its answer
+    "/half": b"HTTP/1.1 200 OK\r\nContent-",
+    "/continued": b"HTTP/1.1 100 Continue\r\n\r\n",
+}
+
+
 class _Echo(BaseHTTPRequestHandler):
     """Answers with the path and body it got; a chunked answer for /chunked."""
 
     protocol_version = "HTTP/1.1"
+    #: the paths of the requests that ran and died mid-answer
+    ran: ClassVar[list[str]] = []
 
     def _answer(self) -> None:
         length = int(self.headers.get("Content-Length") or 0)
@@ -38,6 +53,9 @@ class _Echo(BaseHTTPRequestHandler):
             body = self._chunks()  # read it whole, as a real server does before answering
         if self.path == "/vanish":  # closes without a word, as a crashed worker does
             self.close_connection = True
+            return
+        if self.path in _RAW_ANSWERS:  # answers written as they are, then closed
+            self._raw()
             return
         if self.path == "/garbled":  # a head no HTTP reader can frame
             self.wfile.write(b"HTTP/1.1 200 OK\r\nno colon here\r\n\r\n")
@@ -60,6 +78,11 @@ class _Echo(BaseHTTPRequestHandler):
             self.wfile.write(payload)
         if self.path == "/then-close":  # framed and not "Connection: close", yet it closes
             self.close_connection = True
+
+    def _raw(self) -> None:
+        _Echo.ran.append(self.path)
+        self.wfile.write(_RAW_ANSWERS[self.path])
+        self.close_connection = True
 
     def _chunks(self) -> bytes:
         body = b""
@@ -233,3 +256,106 @@ def test_a_client_that_sends_far_ahead_is_read_as_it_is_served_and_loses_nothing
     assert [answer.endswith(b"/%d|%s" % (k, bodies[k])) for k, answer in enumerate(answers)] == [
         True
     ] * 8
+
+
+def _until(sock: socket.socket, ending: bytes) -> bytes:
+    """What the front sends until it has sent ``ending`` (or closes, or stalls for 5 s)."""
+    sock.settimeout(5)
+    data = b""
+    with contextlib.suppress(TimeoutError):
+        while not data.endswith(ending) and (piece := sock.recv(65536)):
+            data += piece
+    return data
+
+
+@pytest.mark.parametrize("field", [b"Expect: 100-continue", b"Expect : 100-continue"])
+def test_a_100_continue_from_the_function_is_passed_on_and_its_answer_follows(
+    front: int, field: bytes
+) -> None:
+    # http.server, as gunicorn, answers "Expect: 100-continue" with a 100 before the answer;
+    # the strict head takes the callbacks' path, the lenient one the stream code's
+    lenient = b" :" in field
+    with socket.create_connection(("127.0.0.1", front)) as sock:
+        sock.sendall(
+            b"POST /echo/x HTTP/1.1\r\nHost: h\r\n%s\r\nContent-Length: 2\r\n\r\nhi" % field
+        )
+        answer = _until(sock, b"/x|hi")
+        assert answer.startswith(b"HTTP/1.1 100 Continue\r\n\r\n")
+        assert b"HTTP/1.1 200" in answer and answer.endswith(b"/x|hi")
+        host = b"Host : h" if lenient else b"Host: h"
+        sock.sendall(b"GET /echo/next HTTP/1.1\r\n%s\r\n\r\n" % host)
+        assert _until(sock, b"/next|").endswith(b"/next|")
+    with socket.create_connection(("127.0.0.1", front)) as other:
+        # another client's request on the pooled connection gets its own answer
+        other.sendall(b"GET /echo/other HTTP/1.1\r\nHost : h\r\n\r\n")
+        assert _until(other, b"/other|").endswith(b"/other|")
+
+
+@pytest.mark.parametrize("host", [b"Host: h", b"Host : h"])
+def test_fields_named_in_connection_are_cut_but_never_the_framing_ones(
+    front: int, host: bytes
+) -> None:
+    with socket.create_connection(("127.0.0.1", front)) as sock:
+        answer = _exchange(
+            sock,
+            b"POST /echo/headers HTTP/1.1\r\n%s\r\nConnection: X-Drop , content-length\r\n"
+            b"X-Drop: secret\r\nContent-Length: 2\r\nX-Last: 1\r\n\r\nhi" % host,
+        )
+    fields = answer.partition(b"\r\n\r\n")[2].lower()
+    assert fields == b"host: h\ncontent-length: 2\nx-last: 1\n\n"
+
+
+@pytest.mark.parametrize("host", [b"Host: h", b"Host : h"])
+@pytest.mark.parametrize("path", [b"/half", b"/continued"])
+def test_a_request_that_ran_and_died_mid_answer_is_not_sent_again(
+    front: int, host: bytes, path: bytes
+) -> None:
+    _Echo.ran.clear()
+    with socket.create_connection(("127.0.0.1", front)) as sock:
+        first = _exchange(sock, b"GET /echo/first HTTP/1.1\r\n%s\r\n\r\n" % host)
+        assert first.endswith(b"/first|")  # its connection is pooled, then reused below
+        sock.sendall(b"POST /echo%s HTTP/1.1\r\n%s\r\nContent-Length: 0\r\n\r\n" % (path, host))
+        answer = _until(sock, b"<never>")
+    assert b"HTTP/1.1 502" in answer and b'"bad_gateway"' in answer
+    assert _Echo.ran == [path.decode()], "the function ran the request once"
+
+
+def test_a_head_over_the_bound_is_refused_however_its_bytes_arrive(front: int) -> None:
+    with socket.create_connection(("127.0.0.1", front)) as sock:
+        sock.sendall(b"GET /echo/x HTTP/1.1\r\nHost: h\r\nX-Big: %s\r\n\r\n" % (b"a" * 70_000))
+        answer = _until(sock, b"<never>")
+    assert answer.startswith(b"HTTP/1.1 400") and b'"bad_request"' in answer
+
+
+@pytest.mark.parametrize("host", [b"Host: h", b"Host : h"])
+def test_an_answer_with_both_framings_is_framed_by_its_chunks(front: int, host: bytes) -> None:
+    with socket.create_connection(("127.0.0.1", front)) as sock:
+        answer = _exchange(sock, b"GET /echo/both HTTP/1.1\r\n%s\r\n\r\n" % host)
+        assert answer.endswith(b"\r\n\r\n5\r\nhello\r\n0\r\n\r\n")
+        assert _exchange(sock, b"GET /echo/after HTTP/1.1\r\nHost: h\r\n\r\n").endswith(b"/after|")
+
+
+def test_an_answer_with_a_negative_length_gets_the_client_a_502(front: int) -> None:
+    with socket.create_connection(("127.0.0.1", front)) as sock:
+        answer = _exchange(sock, b"GET /echo/negative HTTP/1.1\r\nHost: h\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.1 502") and b'"bad_gateway"' in answer
+
+
+@pytest.mark.parametrize("field", [b"X: a\nContent-Length: 5", b"X: a\rb", b"X: a\x00b"])
+def test_a_bare_lf_cr_or_nul_in_a_head_is_refused_not_forwarded(front: int, field: bytes) -> None:
+    # http.server, like many readers, splits lines at a bare LF: forwarded, it would read the
+    # next request as this one's body
+    with socket.create_connection(("127.0.0.1", front)) as sock:
+        sock.sendall(
+            b"GET /echo/headers HTTP/1.1\r\nHost: h\r\n%s\r\n\r\n"
+            b"GET /echo/next HTTP/1.1\r\nHost: h\r\n\r\n" % field
+        )
+        answer = _until(sock, b"<never>")
+    assert answer.startswith(b"HTTP/1.1 400") and b'"bad_request"' in answer
+
+
+def test_a_bare_lf_in_the_request_line_is_refused_not_forwarded(front: int) -> None:
+    with socket.create_connection(("127.0.0.1", front)) as sock:
+        sock.sendall(b"GET /echo/a\nb HTTP/1.1\r\nHost: h\r\n\r\n")
+        answer = _until(sock, b"<never>")
+    assert answer.startswith(b"HTTP/1.1 400") and b'"bad_request"' in answer

@@ -141,11 +141,13 @@ class _Head:
     """What a request's headers give the environ: its header entries, and the headers
     document (``headers_document``) of those after the leading content-length entry."""
 
-    __slots__ = ("document_tail", "environ")
+    __slots__ = ("document_tail", "environ", "size")
 
     def __init__(self, headers: Iterable[tuple[bytes, bytes]]) -> None:
         env: dict[str, str] = {}
+        self.size = 0  # the headers' bytes
         for raw_name, raw_value in headers:
+            self.size += len(raw_name) + len(raw_value)
             key = _environ_keys.get(raw_name)
             if key is None:
                 key = _environ_key(raw_name)
@@ -163,11 +165,14 @@ def _head(headers: Iterable[tuple[bytes, bytes]]) -> _Head:
     """The request's ``_Head``, worked out once per set of headers (a client's requests repeat
     theirs: the keys, the client's name, the profile) but for its Content-Length, which is
     never an environ header entry (the environ states the body's length) and varies with the
-    body. At most ``HEADS_KEPT`` are remembered (a bound: clients choose their headers)."""
+    body. At most ``HEADS_KEPT`` are remembered, each of at most ``HEAD_KEPT_MAX_BYTES`` (a
+    bound in bytes too: clients choose their headers, and httptools bounds none)."""
     key = tuple(header for header in headers if header[0] != b"content-length")
     head = _heads.get(key)
     if head is None:
         head = _Head(key)
+        if head.size > HEAD_KEPT_MAX_BYTES:
+            return head  # worked out for this request only
         if len(_heads) >= HEADS_KEPT:
             _heads.clear()
         _heads[key] = head
@@ -177,6 +182,8 @@ def _head(headers: Iterable[tuple[bytes, bytes]]) -> _Head:
 #: Each set of request headers seen (Content-Length left out), with its ``_Head``.
 _heads: dict[tuple[tuple[bytes, bytes], ...], _Head] = {}
 HEADS_KEPT = 1024
+#: the largest set of headers remembered (names and values; the project's clients send < 1 KB)
+HEAD_KEPT_MAX_BYTES = 8192
 
 
 def _environ_key(raw_name: bytes) -> str:

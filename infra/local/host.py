@@ -51,6 +51,10 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 UPSTREAM_IDLE_S = 1.0
 _MAX_HEAD = 64 * 1024
 _NO_BODY_STATUS = {204, 304}
+#: RFC 9110 9.2.2's idempotent methods: the only requests the front sends again after a
+#: pooled connection closed with no answer (the function may have run the request before it
+#: died), as nginx's proxy_next_upstream and Go's Transport decide
+_IDEMPOTENT = {b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"}
 _HOP_BY_HOP = {b"connection", b"keep-alive", b"proxy-connection", b"te", b"upgrade"}
 _BARE_CR_LF_NUL = re.compile(rb"[\r\n\x00]")
 
@@ -345,8 +349,8 @@ class Front:
         backend: Backend, request: bytes
     ) -> tuple[Head, asyncio.StreamReader, asyncio.StreamWriter] | None:
         """Send a whole request on a pooled connection and read the answer's head; None when
-        the function closed before answering (sent again on a new connection once if the
-        pooled one closed before any of the answer came: nothing ran)."""
+        the function closed before answering (an idempotent request is sent again on a new
+        connection once if the pooled one closed before any of the answer came)."""
         for _attempt in range(2):
             up_reader, up_writer, reused = await backend.connection()
             answered = False  # part of an answer came: the request ran, not sent again
@@ -361,7 +365,7 @@ class Front:
             if response is not None:
                 return response, up_reader, up_writer
             up_writer.close()
-            if not reused or answered:
+            if not reused or answered or not _may_send_again(request):
                 return None
         return None  # pragma: no cover - two closed pooled connections in a row
 
@@ -506,6 +510,12 @@ class _Upstream:
         if not self.broken:
             with contextlib.suppress(ConnectionError, OSError):
                 self.writer.write_eof()
+
+
+def _may_send_again(request: bytes) -> bool:
+    """Whether a request (its bytes, method first) is idempotent: sent again when its pooled
+    connection closed with no answer."""
+    return request.split(b" ", 1)[0] in _IDEMPOTENT
 
 
 def _is_chunked(head: Head | _RawHead) -> bool:
@@ -893,9 +903,10 @@ class _Pooled(asyncio.Protocol):
             exchange.client.answered(keep=False)
         elif self.framing:
             exchange.client.answered(keep=False)  # cut short: the client sees a close
-        elif self.reused and not self.buffer:
-            # the server closed an idle connection as we wrote: nothing ran (had part of an
-            # answer come, the request ran, and is not sent again)
+        elif self.reused and not self.buffer and _may_send_again(self.request):
+            # the server closed the connection with no answer: most likely an idle one it
+            # closed as we wrote, but it may have run the request and died, so only an
+            # idempotent one goes again (had part of an answer come, it ran: never again)
             self.front.dispatch(self.backend, self.request, exchange, pooled=False)
         else:
             exchange.failed()

@@ -52,6 +52,7 @@ class _Echo(BaseHTTPRequestHandler):
         if "chunked" in (self.headers.get("Transfer-Encoding") or ""):
             body = self._chunks()  # read it whole, as a real server does before answering
         if self.path == "/vanish":  # closes without a word, as a crashed worker does
+            _Echo.ran.append(self.path)
             self.close_connection = True
             return
         if self.path in _RAW_ANSWERS:  # answers written as they are, then closed
@@ -359,3 +360,21 @@ def test_a_bare_lf_in_the_request_line_is_refused_not_forwarded(front: int) -> N
         sock.sendall(b"GET /echo/a\nb HTTP/1.1\r\nHost: h\r\n\r\n")
         answer = _until(sock, b"<never>")
     assert answer.startswith(b"HTTP/1.1 400") and b'"bad_request"' in answer
+
+
+@pytest.mark.parametrize("host", [b"Host: h", b"Host : h"])
+@pytest.mark.parametrize(("method", "runs"), [(b"POST", 1), (b"GET", 2)])
+def test_a_request_whose_function_closed_without_answering_goes_again_only_if_idempotent(
+    front: int, host: bytes, method: bytes, runs: int
+) -> None:
+    """A pooled connection closed with no answer may have run the request (RFC 9110 9.2.2):
+    a POST gets a 502, a GET is sent once more on a new connection."""
+    _Echo.ran.clear()
+    with socket.create_connection(("127.0.0.1", front)) as sock:
+        first = _exchange(sock, b"GET /echo/first HTTP/1.1\r\n%s\r\n\r\n" % host)
+        assert first.endswith(b"/first|")  # its connection is pooled, then reused below
+        request = b"%s /echo/vanish HTTP/1.1\r\n%s\r\nContent-Length: 0\r\n\r\n"
+        sock.sendall(request % (method, host))
+        answer = _until(sock, b"<never>")
+    assert b"HTTP/1.1 502" in answer and b'"bad_gateway"' in answer
+    assert _Echo.ran == ["/vanish"] * runs

@@ -90,7 +90,12 @@ def row(name: str, result: LoadResult, cpu_key: str) -> None:
 
 
 #: bench_functions/clients.py's functions
-CLIENT_FLOORS = ("create_with_clients", "get_with_clients", "list_with_clients")
+CLIENT_FLOORS = (
+    "claim_with_clients",
+    "create_with_clients",
+    "get_with_clients",
+    "list_with_clients",
+)
 
 
 def start_floors(
@@ -113,7 +118,11 @@ def start_floors(
         processes.append(process)
         floors[target] = {"url": url, "pid": worker_pid(process.pid)}
     for target in CLIENT_FLOORS if with_clients else ():
-        process, url = serve_function(target, BENCH_FUNCTIONS / "clients.py", stack.function_env)
+        # the floor's tasks go to its own claim function (started first), straight to its
+        # server: no front on the way, so this floor's pickup is, if anything, short
+        task_url = floors.get("claim_with_clients", {}).get("url")
+        env = {**stack.function_env, **({"PROCESSOR_URL": task_url} if task_url else {})}
+        process, url = serve_function(target, BENCH_FUNCTIONS / "clients.py", env)
         processes.append(process)
         floors[target] = {"url": url, "pid": worker_pid(process.pid)}
     return floors, processes
@@ -367,6 +376,37 @@ def pickup_ms(stack: LocalStack, http: httpx.Client, jobs: int) -> dict[str, flo
         wait_final(stack.db_uri, [job_id])
         ids.append(job_id)
         time.sleep(0.02)
+    return started_minus_created(stack, ids)
+
+
+def pickup_floor_ms(stack: LocalStack, floors: dict[str, Any], jobs: int) -> dict[str, float]:
+    """The same through the client-library floor: its create function's task claimed by its
+    bare claim function (``bench_functions/clients.py``), one job at a time, each waited for
+    as ``pickup_ms`` waits (Postgres asked every 20 ms)."""
+    ids = []
+    url = floors["create_with_clients"]["url"]
+    with (
+        httpx.Client(base_url=url, timeout=60) as client,
+        psycopg.connect(stack.db_uri, autocommit=True) as conn,
+    ):
+        for _ in range(jobs):
+            job_id = client.post("/", json={}).json()["jobId"]
+            deadline = time.monotonic() + 60
+            while _unclaimed(conn, job_id):
+                if time.monotonic() > deadline:
+                    raise SystemExit(f"the floor's job {job_id} was not claimed")
+                time.sleep(0.02)
+            ids.append(job_id)
+            time.sleep(0.02)
+    return started_minus_created(stack, ids)
+
+
+def _unclaimed(conn: psycopg.Connection[Any], job_id: str) -> bool:
+    row = conn.execute("select started_at is null from ai_jobs where id = %s", (job_id,))
+    return bool(row.fetchone() == (True,))
+
+
+def started_minus_created(stack: LocalStack, ids: list[str]) -> dict[str, float]:
     with psycopg.connect(stack.db_uri) as conn:
         rows = conn.execute(
             "select extract(epoch from started_at - created_at) * 1000 from ai_jobs"
@@ -730,7 +770,7 @@ def run_all(
     if "peer" in parts:
         results["peer"] = peer_part(stack, postmaster, quick=quick)
     if "jobs" in parts:
-        results["jobs"] = jobs_part(stack, http, pids, postmaster, jobs=jobs, quick=quick)
+        results["jobs"] = jobs_part(stack, http, pids, postmaster, floors, jobs=jobs, quick=quick)
     return results
 
 
@@ -751,6 +791,7 @@ def jobs_part(
     http: httpx.Client,
     pids: dict[str, int],
     postmaster: int,
+    floors: dict[str, Any],
     *,
     jobs: int,
     quick: bool,
@@ -758,6 +799,7 @@ def jobs_part(
     say("\n== jobs (local writer) ==")
     ai_ms = ai_work_cpu_ms()
     pickup = pickup_ms(stack, http, 10 if quick else 20)
+    pickup_floor = pickup_floor_ms(stack, floors, 10 if quick else 20)
     queue_pids = {k: pids[k] for k in (PROCESS.name, "front", "gateway", "emulator")}
     queue_pids["postgres"] = postmaster
     burst_pids = {**queue_pids, CREATE.name: pids[CREATE.name]}
@@ -781,6 +823,7 @@ def jobs_part(
         "aiWorkCpuMsPerJob": ai_ms,
         "aiWorkCpuMsPerJobInPlace": ai_in(quiet),
         "pickupMs": pickup,
+        "pickupClientsFloorMs": pickup_floor,
         **running,
         "queueOwnCpuMsPerJobWithPoller": round(queue_cpu(running) - ai_in(running), 2),
         "quietCpuMsPerJob": quiet["cpuMsPerJob"],
@@ -797,6 +840,10 @@ def jobs_part(
     }
     say(f"  AI work alone                      {ai_ms:.1f} ms CPU per job")
     say(f"  pickup created -> claimed          p50 {pickup['p50']:.1f}  p90 {pickup['p90']:.1f} ms")
+    say(
+        f"  the same, client-library floor     p50 {pickup_floor['p50']:.1f}"
+        f"  p90 {pickup_floor['p90']:.1f} ms"
+    )
     say(
         f"  create while jobs run              p90 {running['createMs']['p90']:.1f} ms"
         f"   poll p90 {running['pollMs']['p90']:.1f} ms"

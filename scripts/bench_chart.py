@@ -61,14 +61,15 @@ def draw(results: dict[str, Any], path: Path) -> None:
     )
     axes[1][0].set_title("cold start: process start -> first answer (wall, CPU)")
     jobs, other = results["jobs"], results["peer"]
+    pickup = [jobs["pickupMs"]["p50"], other["pickupMs"]["p50"]]
+    pickup_labels, pickup_colors = ["this queue", "Procrastinate"], [ours, peer]
+    if "pickupClientsFloorMs" in jobs:  # the same path with the client libraries alone
+        pickup.insert(1, jobs["pickupClientsFloorMs"]["p50"])
+        pickup_labels.insert(1, "client-library floor")
+        pickup_colors.insert(1, floor)
+    _bars(axes[1][1], pickup_labels, pickup, pickup_colors, "ms")
+    axes[1][1].set_title("pickup p50, created -> claimed")
     for ax, title, unit, ours_value, peer_value in (
-        (
-            axes[1][1],
-            "pickup p50, created -> claimed",
-            "ms",
-            jobs["pickupMs"]["p50"],
-            other["pickupMs"]["p50"],
-        ),
         (
             axes[1][2],
             "the queue's own CPU per job",

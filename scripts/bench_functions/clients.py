@@ -8,7 +8,10 @@ transport):
   task for the processor (on an insecure channel to the emulator, as ``shared.tasks`` does);
 - ``get_with_clients``: ``rpc("get_job", ...).execute()``;
 - ``list_with_clients``: ``rpc("list_jobs", ...).execute()``, a page of 20 (21 asked for, as
-  the list function asks one more to tell whether a next page exists).
+  the list function asks one more to tell whether a next page exists);
+- ``claim_with_clients``: a task's delivery claimed with ``rpc("claim_job_v3", ...)`` and
+  nothing else (the benchmark points ``create_with_clients``'s tasks at it: the pickup path
+  with the required clients and none of this project's code).
 
 What these cost over the psycopg floor (``floor.py``) is the libraries' share, which no code
 of ours can remove; what the project's functions cost over these is ours. Served by the
@@ -85,3 +88,13 @@ def list_with_clients(request: flask.Request) -> flask.Response:
         .data
     )
     return flask.Response(json.dumps(data[:20]), 200, mimetype="application/json")
+
+
+@functions_framework.http
+def claim_with_clients(request: flask.Request) -> flask.Response:
+    job_id = (request.get_json(silent=True) or {})["jobId"]
+    params = {"p_job_id": job_id, "p_dispatch": 1, "p_lease_seconds": 600}
+    data: Any = _supabase.rpc("claim_job_v3", params).execute().data
+    return flask.Response(
+        json.dumps({"outcome": data["outcome"]}), 200, mimetype="application/json"
+    )

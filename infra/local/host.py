@@ -74,6 +74,18 @@ def _connection_named(value: bytes) -> list[bytes]:
     return [name for name in names if name and name not in _NOT_NAMED]
 
 
+class _HasSocket(Protocol):
+    def get_extra_info(self, name: str, default: object = None) -> object: ...
+
+
+def _no_delay(connection: _HasSocket) -> None:
+    """Small messages go out at once (no Nagle wait for the peer's ACK): every connection the
+    front holds carries one small request or answer at a time."""
+    sock = connection.get_extra_info("socket")  # a socket-like object (asyncio's, uvloop's)
+    if sock is not None:
+        cast(socket.socket, sock).setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
 class Writable(Protocol):
     def write(self, data: bytes) -> None: ...
 
@@ -188,7 +200,7 @@ class Backend:
                 return reader, writer, True
             writer.close()
         reader, writer = await asyncio.open_connection("127.0.0.1", self.port)
-        writer.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        _no_delay(writer)
         return reader, writer, False
 
     def give_back(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -257,9 +269,7 @@ class Front:
     async def serve_client(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> None:
-        sock = writer.get_extra_info("socket")
-        if sock is not None:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        _no_delay(writer)
         try:
             while await self._one_exchange(reader, writer):
                 pass
@@ -611,26 +621,23 @@ class _Fields:
         return self.raw[at + len(mark) : None if end < 0 else end].strip()
 
     def wants_close(self, start: bytes) -> bool:
-        connection = (self.value(b"\r\nconnection:") or b"").lower()
+        connection = (self.value(_CONNECTION_MARK) or b"").lower()
         return b"close" in connection or start.endswith(b"HTTP/1.0")
 
     def forwarded(self) -> bytes:
         """The lines without hop-by-hop fields (bytes as they came when there is none)."""
         lower = self.lower
-        cuts = []
+        cuts: list[tuple[int, int]] = []
         named: set[bytes] = set()
         for mark in _HOP_MARKS:
-            at = lower.find(mark)
-            while at >= 0:
-                end = lower.find(b"\r\n", at + 2)
-                end = len(lower) if end < 0 else end
-                cuts.append((at, end))
-                if mark is _CONNECTION_MARK:
-                    # the fields it names are cut too (RFC 9110 7.6.1)
+            found = len(cuts)
+            _find_lines(lower, mark, cuts)
+            if mark is _CONNECTION_MARK:
+                # the fields it names are cut too (RFC 9110 7.6.1)
+                for at, end in cuts[found:]:
                     value = lower[at + len(mark) : end].strip()
                     if value not in _CONNECTION_PLAIN:
                         named.update(_connection_named(value))
-                at = lower.find(mark, end)
         for name in named:
             _find_lines(lower, b"\r\n" + name + b":", cuts)
         if not cuts:
@@ -692,9 +699,7 @@ class _Client(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not subclasses of asyncio.Transport, only alike
         self.transport = cast(asyncio.Transport, transport)
-        sock = transport.get_extra_info("socket")
-        if sock is not None:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        _no_delay(transport)
         self.front.clients.add(transport)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -852,9 +857,7 @@ class _Pooled(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not subclasses of asyncio.Transport, only alike
         self.transport = cast(asyncio.Transport, transport)
-        sock = transport.get_extra_info("socket")
-        if sock is not None:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        _no_delay(transport)
 
     def close(self) -> None:
         self.lost = True
